@@ -1,0 +1,172 @@
+"""REST API for people and programs: submit, follow, list and cancel tasks; templates; workers summary."""
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import permissions, serializers
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from generation import selectors, services
+from generation.models import Task, WorkflowTemplate
+from generation.serializers import (
+    TaskListOutput,
+    TaskOutput,
+    TaskSubmitInput,
+    TemplateInput,
+    TemplateOutput,
+)
+from workers_app.models import Worker
+
+
+class CanSubmit(permissions.BasePermission):
+    """Signed-in users, or anyone when T2I_ALLOW_ANONYMOUS_SUBMIT is on (a trusted LAN)."""
+
+    message = "Sign in or use an API token (Authorization: Token <key>) to submit."
+
+    def has_permission(self, request: Request, view) -> bool:
+        return bool(request.user and request.user.is_authenticated) or settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
+
+
+class SubmitThrottle(ScopedRateThrottle):
+    """Throttles only submissions (POST), per user or per address."""
+
+    scope_attr = "throttle_scope"
+
+    def allow_request(self, request: Request, view) -> bool:
+        if request.method != "POST":
+            return True
+        return super().allow_request(request, view)
+
+
+def submit_task(request: Request) -> Task:
+    """Shared by the REST submit and the seed's POST /generate."""
+    serializer = TaskSubmitInput(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return services.task_submit(owner=request.user, data=serializer.to_task_input())
+
+
+class TaskPagination(CursorPagination):
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class TaskListCreateApi(APIView):
+    permission_classes = [CanSubmit]
+    throttle_classes = [SubmitThrottle]
+    throttle_scope = "submit"
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=Task.Status.values),
+            OpenApiParameter("mine", bool, description="Staff: only your own tasks."),
+        ],
+        responses=TaskListOutput(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        status = request.query_params.get("status") or None
+        if status and status not in Task.Status.values:
+            raise serializers.ValidationError({"status": [f"One of {', '.join(Task.Status.values)}."]})
+        mine = request.query_params.get("mine", "").lower() in ("1", "true", "yes")
+        paginator = TaskPagination()
+        page = paginator.paginate_queryset(
+            selectors.tasks_for(request.user, mine=mine, status=status), request
+        )
+        return paginator.get_paginated_response(
+            TaskListOutput(page, many=True, context={"request": request}).data
+        )
+
+    @extend_schema(request=TaskSubmitInput, responses={201: TaskOutput})
+    def post(self, request: Request) -> Response:
+        task = submit_task(request)
+        return Response(TaskOutput(task, context={"request": request}).data, status=201)
+
+
+class TaskDetailApi(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(responses=TaskOutput)
+    def get(self, request: Request, task_id) -> Response:
+        task = selectors.task_for(request.user, task_id)
+        return Response(TaskOutput(task, context={"request": request}).data)
+
+
+class TaskCancelApi(APIView):
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(request=None, responses=TaskOutput)
+    def post(self, request: Request, task_id) -> Response:
+        task = selectors.task_for(request.user, task_id)
+        if (
+            task.owner_id is None
+            and not request.user.is_authenticated
+            and not settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
+        ):
+            raise selectors.NotFound("No such task.")
+        task = services.task_cancel(task=task)
+        return Response(TaskOutput(task, context={"request": request}).data)
+
+
+class TemplateListCreateApi(APIView):
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [permissions.IsAdminUser()]
+        return [permissions.IsAuthenticated()]
+
+    @extend_schema(responses=TemplateOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return Response(TemplateOutput(WorkflowTemplate.objects.all(), many=True).data)
+
+    @extend_schema(request=TemplateInput, responses={201: TemplateOutput})
+    def post(self, request: Request) -> Response:
+        serializer = TemplateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        template = services.template_create(**serializer.validated_data)
+        return Response(TemplateOutput(template).data, status=201)
+
+
+class TemplateDetailApi(APIView):
+    @extend_schema(responses=TemplateOutput)
+    def get(self, request: Request, name: str) -> Response:
+        template = WorkflowTemplate.objects.filter(name=name).first()
+        if template is None:
+            raise services.NotFound("No such template.")
+        return Response(TemplateOutput(template).data)
+
+
+class WorkerSummaryOutput(serializers.ModelSerializer):
+    comfyui_version = serializers.SerializerMethodField()
+    device_name = serializers.SerializerMethodField()
+    checkpoints = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Worker
+        fields = [
+            "name", "status", "last_heartbeat", "comfyui_version", "device_name", "checkpoints",
+            "tasks_completed", "tasks_failed",
+        ]  # fmt: skip
+
+    def get_comfyui_version(self, worker: Worker) -> str:
+        return worker.capabilities.get("comfyui_version", "")
+
+    def get_device_name(self, worker: Worker) -> str:
+        return worker.capabilities.get("device_name", "")
+
+    def get_checkpoints(self, worker: Worker) -> list[str]:
+        return worker.checkpoints
+
+
+class WorkerListApi(APIView):
+    @extend_schema(responses=WorkerSummaryOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return Response(WorkerSummaryOutput(Worker.objects.all(), many=True).data)
+
+
+class CheckpointListApi(APIView):
+    @extend_schema(responses=serializers.ListSerializer(child=serializers.DictField()))
+    def get(self, request: Request) -> Response:
+        return Response(selectors.checkpoints_available())

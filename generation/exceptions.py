@@ -1,0 +1,46 @@
+"""Domain errors. One DRF exception handler (generation.api_errors) turns each into a JSON 4xx."""
+
+from http import HTTPStatus
+
+
+class DomainError(Exception):
+    """A rule of the farm was broken; `code` is stable, `detail` is for people, `fields` names inputs."""
+
+    status = HTTPStatus.BAD_REQUEST
+    code = "invalid"
+
+    def __init__(self, detail: str, *, fields: dict | None = None, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.fields = fields or {}
+        if code:
+            self.code = code
+
+
+class InvalidInput(DomainError):
+    pass
+
+
+class NotFound(DomainError):
+    status = HTTPStatus.NOT_FOUND
+    code = "not_found"
+
+
+class Forbidden(DomainError):
+    status = HTTPStatus.FORBIDDEN
+    code = "forbidden"
+
+
+class Conflict(DomainError):
+    status = HTTPStatus.CONFLICT
+    code = "conflict"
+
+
+class LeaseLost(Conflict):
+    """The lease token is stale or not this worker's: the call changes nothing."""
+
+    code = "lease_lost"
+
+
+class NoCapableWorker(InvalidInput):
+    code = "no_capable_worker"

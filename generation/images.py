@@ -1,0 +1,76 @@
+"""Checking uploaded images and making thumbnails, with Pillow."""
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+from generation.exceptions import InvalidInput
+
+ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+THUMBNAIL_SIZE = 384
+
+
+@dataclass(frozen=True)
+class VerifiedImage:
+    data: bytes
+    width: int
+    height: int
+    format: str
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def extension(self) -> str:
+        return ALLOWED_FORMATS[self.format]
+
+
+def verify_image(upload, *, width: int, height: int, max_bytes: int, field: str = "images") -> VerifiedImage:
+    """Read an upload and check it is a whole PNG/JPEG/WebP of exactly `width`×`height`.
+
+    The size is checked from the header before any pixel is decoded, so a decompression bomb is refused
+    without being expanded.
+    """
+    name = getattr(upload, "name", "upload")
+    if getattr(upload, "size", 0) > max_bytes:
+        raise InvalidInput(f"{name}: larger than {max_bytes} bytes.", fields={field: [f"{name}: too large."]})
+    data = upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InvalidInput(f"{name}: larger than {max_bytes} bytes.", fields={field: [f"{name}: too large."]})
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            fmt, size = img.format, img.size
+            if fmt not in ALLOWED_FORMATS:
+                raise InvalidInput(
+                    f"{name}: {fmt} is not accepted.", fields={field: [f"{name}: must be PNG, JPEG or WebP."]}
+                )
+            if size != (width, height):
+                raise InvalidInput(
+                    f"{name}: {size[0]}x{size[1]}, expected {width}x{height}.",
+                    fields={field: [f"{name}: is {size[0]}x{size[1]}, expected {width}x{height}."]},
+                )
+            img.verify()
+    except InvalidInput:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:
+        raise InvalidInput(
+            f"{name}: not a valid image ({exc}).", fields={field: [f"{name}: not a valid image."]}
+        )
+    return VerifiedImage(
+        data=data, width=width, height=height, format=fmt, sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def make_thumbnail(data: bytes, *, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A WebP thumbnail whose longer side is at most `size` pixels."""
+    with PILImage.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        img.thumbnail((size, size))
+        out = io.BytesIO()
+        img.save(out, format="WEBP", quality=80, method=4)
+    return out.getvalue()

@@ -1,0 +1,252 @@
+"""Tasks, their attempts (leases), their images, and the ComfyUI workflow templates they run."""
+
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from generation import workflows
+
+SEED_MAX = 2**64 - 1
+
+
+class Uint64Field(models.CharField):
+    """An unsigned 64-bit integer (ComfyUI seeds reach 2**64-1) stored as decimal text.
+
+    Neither SQLite's INTEGER nor PostgreSQL's bigint holds 2**64-1, and SQLite silently turns larger numbers
+    into floats, so text is the lossless choice on both databases.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("max_length", 20)
+        super().__init__(*args, **kwargs)
+
+    def from_db_value(self, value, expression, connection):
+        return None if value is None else int(value)
+
+    def to_python(self, value):
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValidationError("Enter a whole number.", code="invalid")
+
+    def get_prep_value(self, value):
+        value = self.to_python(value)
+        return None if value is None else str(value)
+
+    def formfield(self, **kwargs):
+        from django import forms
+
+        return forms.IntegerField(min_value=0, max_value=SEED_MAX, **kwargs)
+
+
+class WorkflowTemplate(models.Model):
+    """A ComfyUI API-format workflow plus the map of which node input receives each task field."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    workflow = models.JSONField(help_text="ComfyUI API-format workflow (a map of node id to node).")
+    bindings = models.JSONField(
+        default=dict,
+        help_text='Task field to [node id, input name], e.g. {"seed": ["3", "seed"]}. Fields: '
+        + ", ".join(workflows.BINDABLE_FIELDS)
+        + ".",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors = workflows.validate_template(self.workflow, self.bindings)
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def node_classes(self) -> set[str]:
+        return workflows.node_classes(self.workflow)
+
+    def binds(self, field: str) -> bool:
+        return field in (self.bindings or {})
+
+
+class Task(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        LEASED = "leased", "Leased"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE_STATUSES = (Status.LEASED, Status.RUNNING)
+    FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks"
+    )
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True)
+    width = models.PositiveIntegerField(default=512)
+    height = models.PositiveIntegerField(default=512)
+    steps = models.PositiveSmallIntegerField(default=20)
+    cfg = models.FloatField(default=7.0)
+    sampler = models.CharField(max_length=64, default="euler")
+    scheduler = models.CharField(max_length=64, default="normal")
+    seed = Uint64Field()
+    batch_size = models.PositiveSmallIntegerField(default=1)
+    checkpoint = models.CharField(max_length=255, blank=True)
+    template = models.ForeignKey(WorkflowTemplate, on_delete=models.PROTECT, related_name="tasks")
+    priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress_value = models.FloatField(default=0)
+    progress_max = models.FloatField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    leased_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    warning = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Leases that counted against the limit.")
+    lease_count = models.PositiveSmallIntegerField(default=0, help_text="Leases handed out, counted or not.")
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    # The current lease, copied from its TaskAttempt so fencing is one conditional UPDATE on this row.
+    worker = models.ForeignKey(
+        "workers_app.Worker", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks"
+    )
+    lease_token = models.UUIDField(null=True, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # task_lease_next: WHERE status='queued' [AND checkpoint …] ORDER BY priority DESC, id; also the
+            # queue position count and the queue depth figures.
+            models.Index(fields=["status", "-priority", "id"], name="task_claim_idx"),
+            # tasks_reap_expired: WHERE status IN ('leased','running') AND lease_expires_at < now
+            models.Index(fields=["status", "lease_expires_at"], name="task_lease_expiry_idx"),
+            # "my tasks": WHERE owner_id = ? ORDER BY id DESC
+            models.Index(fields=["owner", "-id"], name="task_owner_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(width__gt=0) & Q(height__gt=0) & Q(batch_size__gt=0), name="task_positive_size"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status__in=["leased", "running"]) | Q(lease_token__isnull=False),
+                name="task_active_has_lease",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def progress_percent(self) -> int:
+        if self.status == self.Status.COMPLETED:
+            return 100
+        if not self.progress_max:
+            return 0
+        return max(0, min(100, round(100 * self.progress_value / self.progress_max)))
+
+    @property
+    def wait_seconds(self) -> float | None:
+        if self.leased_at is None:
+            return None
+        return (self.leased_at - self.created_at).total_seconds()
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class TaskAttempt(models.Model):
+    """One lease of a task to a worker: the history of why a task ran twice, and the fencing token."""
+
+    class Outcome(models.TextChoices):
+        ACTIVE = "active", "Active"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Lease expired"
+        RELEASED = "released", "Handed back"
+        CANCELLED = "cancelled", "Cancelled"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempt_set")
+    worker = models.ForeignKey(
+        "workers_app.Worker", null=True, on_delete=models.SET_NULL, related_name="attempts"
+    )
+    number = models.PositiveSmallIntegerField()
+    lease_token = models.UUIDField(unique=True, editable=False)
+    lease_expires_at = models.DateTimeField()
+    leased_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.ACTIVE)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    comfyui_prompt_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["task_id", "number"]
+        indexes = [
+            # worker_heartbeat / dashboard: a worker's active attempts
+            models.Index(fields=["worker", "outcome"], name="attempt_worker_outcome_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "number"], name="attempt_unique_number"),
+            # At most one active lease per task.
+            models.UniqueConstraint(
+                fields=["task"], condition=Q(outcome="active"), name="attempt_one_active_per_task"
+            ),
+            # A task completes once: at most one completed attempt.
+            models.UniqueConstraint(
+                fields=["task"], condition=Q(outcome="completed"), name="attempt_one_completed_per_task"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task.public_id} #{self.number}"
+
+
+class Image(models.Model):
+    """An image a task produced. The row is written only after its file is fully stored."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="images")
+    attempt = models.ForeignKey(TaskAttempt, on_delete=models.PROTECT, related_name="images")
+    index = models.PositiveSmallIntegerField(default=0, help_text="Position in the batch.")
+    file = models.FileField(max_length=255)
+    thumbnail = models.FileField(max_length=255, blank=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "index"], name="image_unique_index_per_task"),
+        ]
+
+    def __str__(self) -> str:
+        return self.file.name

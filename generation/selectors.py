@@ -1,0 +1,54 @@
+"""Reads with rules in them: who may see or change a task, what the farm can run."""
+
+from collections import Counter
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from generation.exceptions import NotFound
+from generation.models import Task
+from workers_app.models import Worker
+
+
+def task_visible_to(task: Task, user) -> bool:
+    """Staff see everything; users their own tasks; anonymous tasks are visible to whoever has the id."""
+    if user.is_authenticated and user.is_staff:
+        return True
+    if task.owner_id is None:
+        return True
+    return user.is_authenticated and task.owner_id == user.pk
+
+
+def task_for(user, public_id) -> Task:
+    """The task with this id if `user` may see it; NotFound otherwise (no hint that it exists)."""
+    from generation.services import task_get
+
+    task = task_get(public_id=public_id)
+    if not task_visible_to(task, user):
+        raise NotFound("No such task.")
+    return task
+
+
+def tasks_for(user, *, mine: bool = False, status: str | None = None) -> QuerySet[Task]:
+    qs = Task.objects.select_related("template", "worker", "owner").prefetch_related("images")
+    if not (user.is_authenticated and user.is_staff) or mine:
+        qs = qs.filter(owner=user) if user.is_authenticated else qs.none()
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def checkpoints_available(*, recent_hours: int = 24) -> list[dict]:
+    """Checkpoints some online or recently seen worker has, with how many online workers have each."""
+    since = timezone.now() - timedelta(hours=recent_hours)
+    workers = Worker.objects.exclude(registered_at=None).filter(last_heartbeat__gte=since)
+    online, seen = Counter(), set()
+    for worker in workers.only("status", "capabilities"):
+        for name in worker.checkpoints:
+            seen.add(name)
+            if worker.is_online:
+                online[name] += 1
+    default = settings.T2I["DEFAULT_CHECKPOINT"]
+    return [{"name": n, "online_workers": online[n], "default": n == default} for n in sorted(seen)]

@@ -1,0 +1,695 @@
+"""Every state change of a task. The REST API, the seed endpoints, the admin, the web pages and the
+background jobs all call these functions: one rule, one place.
+
+Leases are fenced by their token: each transition is a conditional UPDATE that names the token and the
+states it may leave, and checks the row count, so a stale worker can never change a task.
+"""
+
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.utils import timezone
+
+from generation import dispatch, workflows
+from generation.exceptions import Conflict, InvalidInput, LeaseLost, NoCapableWorker, NotFound
+from generation.images import VerifiedImage, verify_image
+from generation.models import SEED_MAX, Image, Task, TaskAttempt, WorkflowTemplate
+from workers_app.models import Worker
+
+logger = logging.getLogger(__name__)
+
+Status = Task.Status
+Outcome = TaskAttempt.Outcome
+
+
+def farm_setting(name: str):
+    return settings.T2I[name]
+
+
+# --- Submit ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """What a person or program asks for. Unset fields take the template's or the farm's defaults."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    seed: int | None = None
+    batch_size: int = 1
+    checkpoint: str = ""
+    template: str = ""
+    priority: int = 0
+
+
+def task_submit(*, owner: AbstractBaseUser | None, data: TaskInput, callback_url: str = "") -> Task:
+    """Validate `data` against the farm's limits and the workers' capabilities, then queue a task."""
+    _validate_input(data)
+    template = _template_for(data.template)
+    checkpoint, warning = _choose_checkpoint(template, data.checkpoint)
+    seed = data.seed if data.seed is not None else secrets.randbelow(SEED_MAX + 1)
+    with transaction.atomic():
+        task = Task.objects.create(
+            owner=owner if owner is not None and owner.is_authenticated else None,
+            prompt=data.prompt,
+            negative_prompt=data.negative_prompt,
+            width=data.width,
+            height=data.height,
+            steps=data.steps,
+            cfg=data.cfg,
+            sampler=data.sampler,
+            scheduler=data.scheduler,
+            seed=seed,
+            batch_size=data.batch_size,
+            checkpoint=checkpoint,
+            template=template,
+            priority=data.priority,
+            max_attempts=farm_setting("MAX_ATTEMPTS"),
+            warning=warning,
+        )
+        dispatch.announce_work()
+    logger.info("task queued", extra={"task": task.public_id})
+    return task
+
+
+def _validate_input(data: TaskInput) -> None:
+    errors: dict[str, list[str]] = {}
+    lo, hi, step = farm_setting("SIZE_MIN"), farm_setting("SIZE_MAX"), farm_setting("SIZE_MULTIPLE")
+    for field in ("width", "height"):
+        value = getattr(data, field)
+        if not lo <= value <= hi or value % step:
+            errors[field] = [f"Must be a multiple of {step} from {lo} to {hi}."]
+    if not data.prompt.strip():
+        errors["prompt"] = ["Must not be empty."]
+    for field in ("prompt", "negative_prompt"):
+        text = getattr(data, field)
+        if len(text) > farm_setting("PROMPT_MAX_LENGTH"):
+            errors[field] = [f"At most {farm_setting('PROMPT_MAX_LENGTH')} characters."]
+        elif any(ord(c) < 32 and c not in "\t\n\r" for c in text) or "\x7f" in text:
+            errors[field] = ["Control characters are not allowed."]
+    if not 1 <= data.steps <= farm_setting("STEPS_MAX"):
+        errors["steps"] = [f"Must be from 1 to {farm_setting('STEPS_MAX')}."]
+    if not 0 <= data.cfg <= 100:
+        errors["cfg"] = ["Must be from 0 to 100."]
+    if not 1 <= data.batch_size <= farm_setting("BATCH_MAX"):
+        errors["batch_size"] = [f"Must be from 1 to {farm_setting('BATCH_MAX')}."]
+    if data.seed is not None and not 0 <= data.seed <= SEED_MAX:
+        errors["seed"] = [f"Must be from 0 to {SEED_MAX}."]
+    if not -1000 <= data.priority <= 1000:
+        errors["priority"] = ["Must be from -1000 to 1000."]
+    if errors:
+        raise InvalidInput("Some fields are not valid.", fields=errors)
+
+
+def _template_for(name: str) -> WorkflowTemplate:
+    name = name or farm_setting("DEFAULT_TEMPLATE")
+    try:
+        return WorkflowTemplate.objects.get(name=name)
+    except WorkflowTemplate.DoesNotExist:
+        known = list(WorkflowTemplate.objects.values_list("name", flat=True))
+        raise InvalidInput(
+            f"Unknown template {name!r}.",
+            fields={"template": [f"Unknown template {name!r}. Available: {', '.join(known) or 'none'}."]},
+            code="unknown_template",
+        )
+
+
+def _choose_checkpoint(template: WorkflowTemplate, requested: str) -> tuple[str, str]:
+    """The checkpoint to run (empty when the template binds none) and a warning for the submitter.
+
+    A task that no registered worker could ever run is refused; while no worker has registered yet, tasks
+    simply queue; one that only offline workers can run is accepted with a warning.
+    """
+    if not template.binds("checkpoint"):
+        return "", ""
+    workers = list(Worker.objects.exclude(registered_at=None).only("status", "capabilities"))
+    online = [w for w in workers if w.is_online]
+    checkpoint = requested or farm_setting("DEFAULT_CHECKPOINT")
+    if not checkpoint:
+        counts = Counter(c for w in (online or workers) for c in w.checkpoints)
+        if not counts:
+            return "", ""  # nothing registered yet; the template's own checkpoint stays in the workflow
+        checkpoint = counts.most_common(1)[0][0]
+    if not workers:
+        return checkpoint, ""
+    needed = template.node_classes
+
+    def capable(w: Worker) -> bool:
+        return checkpoint in w.checkpoints and needed <= w.node_classes
+
+    if any(capable(w) for w in online):
+        return checkpoint, ""
+    if any(capable(w) for w in workers):
+        return checkpoint, "Only offline workers can run this task; it waits until one of them is back."
+    available = sorted({c for w in workers for c in w.checkpoints if needed <= w.node_classes})
+    raise NoCapableWorker(
+        f"No registered worker can run checkpoint {checkpoint!r} with template {template.name!r}.",
+        fields={"checkpoint": [f"Not available. Available checkpoints: {', '.join(available) or 'none'}."]},
+    )
+
+
+# --- Leasing --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    task: Task
+    attempt: TaskAttempt
+    workflow: dict
+    filename_prefix: str
+
+
+def task_lease_next(*, worker: Worker, prefetch: bool = False, now: datetime | None = None) -> Lease | None:
+    """Hand the best queued task this worker can run to it, or return None.
+
+    Highest priority first, then oldest. PostgreSQL: the candidate row is locked with SKIP LOCKED so
+    concurrent workers pass over each other's picks. SQLite ignores row locks, but our transactions are
+    BEGIN IMMEDIATE, so only one writer at a time runs this block; the conditional UPDATE re-checks the
+    status either way.
+    """
+    from workers_app.services import worker_assert_can_lease
+
+    now = now or timezone.now()
+    maybe_reap(now)
+    if not worker_assert_can_lease(worker=worker):
+        return None
+    candidates = _runnable_by(worker)
+    if candidates is None:
+        return None
+    if prefetch and not _prefetch_allowed(worker, candidates):
+        return None
+    expires = now + timedelta(seconds=farm_setting("LEASE_SECONDS"))
+    for _ in range(3):
+        with transaction.atomic():
+            task = (
+                candidates.select_related("template")
+                .select_for_update(skip_locked=True, of=("self",))
+                .order_by("-priority", "id")
+                .first()
+            )
+            if task is None:
+                return None
+            token = uuid.uuid4()
+            claimed = Task.objects.filter(pk=task.pk, status=Status.QUEUED).update(
+                status=Status.LEASED,
+                worker=worker,
+                lease_token=token,
+                lease_expires_at=expires,
+                leased_at=now,
+                started_at=None,
+                progress_value=0,
+                progress_max=0,
+                attempts=F("attempts") + 1,
+                lease_count=F("lease_count") + 1,
+            )
+            if not claimed:
+                continue
+            attempt = TaskAttempt.objects.create(
+                task=task,
+                worker=worker,
+                number=task.lease_count + 1,
+                lease_token=token,
+                lease_expires_at=expires,
+                leased_at=now,
+            )
+            if worker.status == Worker.Status.IDLE:
+                Worker.objects.filter(pk=worker.pk, status=Worker.Status.IDLE).update(
+                    status=Worker.Status.BUSY
+                )
+        task.status, task.worker, task.lease_token, task.lease_expires_at = (
+            Status.LEASED,
+            worker,
+            token,
+            expires,
+        )
+        task.leased_at, task.attempts, task.lease_count = now, task.attempts + 1, task.lease_count + 1
+        prefix = f"t2i/{task.public_id}_a{attempt.number}"
+        logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
+        return Lease(task=task, attempt=attempt, workflow=task_workflow(task, prefix), filename_prefix=prefix)
+    return None
+
+
+def task_workflow(task: Task, filename_prefix: str) -> dict:
+    """The task's ComfyUI workflow: its template with every bound field filled in."""
+    values = {
+        "prompt": task.prompt,
+        "negative_prompt": task.negative_prompt,
+        "width": task.width,
+        "height": task.height,
+        "seed": int(task.seed),
+        "steps": task.steps,
+        "cfg": task.cfg,
+        "sampler": task.sampler,
+        "scheduler": task.scheduler,
+        "batch_size": task.batch_size,
+        "filename_prefix": filename_prefix,
+    }
+    if task.checkpoint:
+        values["checkpoint"] = task.checkpoint
+    return workflows.build_workflow(task.template.workflow, task.template.bindings, values)
+
+
+def _runnable_by(worker: Worker):
+    """Queued tasks whose template nodes and checkpoint this worker reported; None when it can run none."""
+    nodes = worker.node_classes
+    template_ids = [t.pk for t in WorkflowTemplate.objects.only("workflow") if t.node_classes <= nodes]
+    if not template_ids:
+        return None
+    return Task.objects.filter(status=Status.QUEUED, template_id__in=template_ids).filter(
+        Q(checkpoint="") | Q(checkpoint__in=worker.checkpoints)
+    )
+
+
+def _prefetch_allowed(worker: Worker, candidates) -> bool:
+    """Prefetch only when more tasks wait than there are other idle workers to take them."""
+    idle_others = (
+        Worker.objects.filter(status=Worker.Status.IDLE)
+        .exclude(pk=worker.pk)
+        .filter(last_heartbeat__gte=timezone.now() - timedelta(seconds=farm_setting("WORKER_OFFLINE_AFTER")))
+        .count()
+    )
+    return candidates[: idle_others + 1].count() > idle_others
+
+
+# --- Transitions of a leased task -----------------------------------------------------------------------
+
+
+def _active_task(*, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID) -> Task:
+    """The task this lease names, or LeaseLost when the token is stale or another worker's."""
+    task = (
+        Task.objects.filter(
+            public_id=task_id, lease_token=lease_token, worker=worker, status__in=Task.ACTIVE_STATUSES
+        )
+        .select_related("template")
+        .first()
+    )
+    if task is None:
+        raise LeaseLost("This lease is no longer yours (expired, cancelled, finished or never issued).")
+    return task
+
+
+def _fenced(task: Task, lease_token: uuid.UUID):
+    return Task.objects.filter(pk=task.pk, lease_token=lease_token, status__in=Task.ACTIVE_STATUSES)
+
+
+def task_start(
+    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, comfyui_prompt_id: str = ""
+) -> None:
+    """ComfyUI began executing the task."""
+    now = timezone.now()
+    with transaction.atomic():
+        task = _active_task(worker=worker, task_id=task_id, lease_token=lease_token)
+        if not _fenced(task, lease_token).update(
+            status=Status.RUNNING,
+            started_at=Case(When(started_at=None, then=Value(now)), default=F("started_at")),
+        ):
+            raise LeaseLost("This lease is no longer yours.")
+        TaskAttempt.objects.filter(lease_token=lease_token, started_at=None).update(
+            started_at=now, comfyui_prompt_id=comfyui_prompt_id[:64]
+        )
+    logger.info("task started", extra={"task": task.public_id, "worker": worker.name})
+
+
+def task_report_progress(
+    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, value: float, maximum: float
+) -> None:
+    """Record sampling progress; the first report also marks the task running."""
+    if maximum <= 0 or not 0 <= value <= maximum:
+        raise InvalidInput(
+            "Progress must satisfy 0 <= value <= max and max > 0.", fields={"value": ["Out of range."]}
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Task.objects.filter(
+            public_id=task_id, lease_token=lease_token, worker=worker, status__in=Task.ACTIVE_STATUSES
+        ).update(
+            status=Status.RUNNING,
+            progress_value=value,
+            progress_max=maximum,
+            started_at=Case(When(started_at=None, then=Value(now)), default=F("started_at")),
+        )
+        if not updated:
+            raise LeaseLost("This lease is no longer yours.")
+
+
+def task_complete(
+    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, files: list, comfyui_prompt_id: str = ""
+) -> Task:
+    """Verify and store the images, then mark the task completed, in that order.
+
+    Files are verified with Pillow and written before the transaction; rows are inserted and the status
+    flips inside it, fenced by the lease token. If the fence fails, the written files are removed again.
+    A retry of a completion that already landed for this same lease returns the task unchanged.
+    """
+    try:
+        task = _active_task(worker=worker, task_id=task_id, lease_token=lease_token)
+    except LeaseLost:
+        done = Task.objects.filter(
+            public_id=task_id, status=Status.COMPLETED, attempt_set__lease_token=lease_token
+        ).first()
+        if done is not None:
+            return done
+        raise
+    verified = _verify_batch(task, files)
+    attempt = TaskAttempt.objects.get(lease_token=lease_token)
+    stored = [_store(task, attempt, index, image) for index, image in enumerate(verified)]
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            if not _fenced(task, lease_token).update(
+                status=Status.COMPLETED,
+                finished_at=now,
+                lease_token=None,
+                lease_expires_at=None,
+                progress_value=F("progress_max"),
+                error_code="",
+                error_message="",
+            ):
+                raise LeaseLost("This lease is no longer yours.")
+            Image.objects.bulk_create(
+                Image(
+                    task=task,
+                    attempt=attempt,
+                    index=index,
+                    file=name,
+                    width=image.width,
+                    height=image.height,
+                    size_bytes=image.size,
+                    sha256=image.sha256,
+                )
+                for index, (name, image) in enumerate(zip(stored, verified, strict=True))
+            )
+            TaskAttempt.objects.filter(pk=attempt.pk).update(
+                outcome=Outcome.COMPLETED,
+                finished_at=now,
+                comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
+            )
+            Worker.objects.filter(pk=worker.pk).update(tasks_completed=F("tasks_completed") + 1)
+            refresh_worker_status(worker.pk)
+    except BaseException:
+        for name in stored:
+            default_storage.delete(name)
+        raise
+    task.refresh_from_db()
+    logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
+    _after_finish(task)
+    return task
+
+
+def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
+    if len(files) != task.batch_size:
+        raise InvalidInput(
+            f"Expected {task.batch_size} image(s), got {len(files)}.",
+            fields={"images": [f"Expected {task.batch_size} image(s), got {len(files)}."]},
+        )
+    return [
+        verify_image(
+            f, width=task.width, height=task.height, max_bytes=farm_setting("MAX_IMAGE_BYTES"), field="images"
+        )
+        for f in files
+    ]
+
+
+def _store(task: Task, attempt: TaskAttempt, index: int, image: VerifiedImage) -> str:
+    day = timezone.now()
+    name = f"images/{day:%Y/%m/%d}/{task.public_id}_a{attempt.number}_{index}.{image.extension}"
+    return default_storage.save(name, ContentFile(image.data))
+
+
+def task_fail(
+    *,
+    worker: Worker,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    code: str,
+    message: str,
+    retryable: bool,
+) -> Task:
+    """The worker could not finish: requeue when retrying can help and attempts remain, else fail."""
+    task = _active_task(worker=worker, task_id=task_id, lease_token=lease_token)
+    return _close_lease(
+        task,
+        lease_token,
+        outcome=Outcome.FAILED,
+        code=code,
+        message=message,
+        retry=retryable,
+        worker_id=worker.pk,
+    )
+
+
+def task_release(*, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID) -> Task:
+    """The worker hands the lease back unused (shutdown, prefetched but not started): requeue at once."""
+    task = _active_task(worker=worker, task_id=task_id, lease_token=lease_token)
+    return _close_lease(task, lease_token, outcome=Outcome.RELEASED, worker_id=worker.pk)
+
+
+def _close_lease(
+    task: Task,
+    lease_token: uuid.UUID,
+    *,
+    outcome: str,
+    worker_id: int | None,
+    code: str = "",
+    message: str = "",
+    retry: bool = True,
+    now: datetime | None = None,
+) -> Task:
+    """End the lease `lease_token` of `task` with `outcome` and move the task on (LeaseLost if stale)."""
+    now = now or timezone.now()
+    message = message[:2000]
+    if outcome == Outcome.RELEASED:
+        requeue, attempts_delta = True, -1
+    else:
+        requeue, attempts_delta = retry and task.attempts < task.max_attempts, 0
+    with transaction.atomic():
+        fields = {
+            "lease_token": None,
+            "lease_expires_at": None,
+            "attempts": F("attempts") + attempts_delta,
+            "error_code": code,
+            "error_message": message,
+        }
+        if requeue:
+            fields |= {"status": Status.QUEUED, "worker": None, "progress_value": 0, "progress_max": 0}
+        else:
+            fields |= {"status": Status.FAILED, "finished_at": now}
+        if not _fenced(task, lease_token).update(**fields):
+            raise LeaseLost("This lease is no longer yours.")
+        TaskAttempt.objects.filter(lease_token=lease_token, outcome=Outcome.ACTIVE).update(
+            outcome=outcome, finished_at=now, error_code=code, error_message=message
+        )
+        if worker_id is not None:
+            if outcome == Outcome.FAILED:
+                Worker.objects.filter(pk=worker_id).update(tasks_failed=F("tasks_failed") + 1)
+            refresh_worker_status(worker_id)
+        if requeue:
+            dispatch.announce_work()
+    task.refresh_from_db()
+    level = logging.INFO if requeue else logging.WARNING
+    logger.log(
+        level,
+        "task %s after %s: %s %s",
+        "requeued" if requeue else "failed",
+        outcome,
+        code,
+        message[:200],
+        extra={"task": task.public_id},
+    )
+    if not requeue:
+        _after_finish(task)
+    return task
+
+
+def refresh_worker_status(worker_id: int) -> None:
+    """A live worker is busy while it holds a lease and idle otherwise (operator states are kept)."""
+    has_lease = Exists(Task.objects.filter(worker_id=OuterRef("pk"), status__in=Task.ACTIVE_STATUSES))
+    Worker.objects.filter(pk=worker_id, status__in=[Worker.Status.IDLE, Worker.Status.BUSY]).update(
+        status=Case(When(has_lease, then=Value(Worker.Status.BUSY)), default=Value(Worker.Status.IDLE))
+    )
+
+
+def _after_finish(task: Task) -> None:
+    """Hook for work that follows a finished task (thumbnails, webhooks); runs after the commit."""
+    from generation import hooks
+
+    transaction.on_commit(lambda: hooks.task_finished(task.pk))
+
+
+# --- Cancel, retry, priority ----------------------------------------------------------------------------
+
+
+def task_cancel(*, task: Task) -> Task:
+    """Cancel a queued or leased/running task. The worker learns of it from its next heartbeat or report."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        if locked.is_finished:
+            raise Conflict(f"The task is already {locked.status}.", code="task_finished")
+        token, worker_id = locked.lease_token, locked.worker_id
+        updated = Task.objects.filter(pk=task.pk, status=locked.status, lease_token=token).update(
+            status=Status.CANCELLED,
+            finished_at=now,
+            lease_token=None,
+            lease_expires_at=None,
+            error_code="cancelled",
+            error_message="Cancelled by request.",
+        )
+        if not updated:
+            raise Conflict("The task changed while cancelling; try again.", code="task_changed")
+        if token is not None:
+            TaskAttempt.objects.filter(lease_token=token, outcome=Outcome.ACTIVE).update(
+                outcome=Outcome.CANCELLED, finished_at=now
+            )
+            refresh_worker_status(worker_id)
+    task.refresh_from_db()
+    logger.info("task cancelled", extra={"task": task.public_id})
+    return task
+
+
+def task_retry(*, task: Task) -> Task:
+    """Put a failed or cancelled task back in the queue with a fresh set of attempts."""
+    with transaction.atomic():
+        updated = Task.objects.filter(pk=task.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
+            status=Status.QUEUED,
+            attempts=0,
+            worker=None,
+            finished_at=None,
+            progress_value=0,
+            progress_max=0,
+            error_code="",
+            error_message="",
+        )
+        if not updated:
+            raise Conflict("Only failed or cancelled tasks can be retried.", code="not_retryable")
+        dispatch.announce_work()
+    task.refresh_from_db()
+    return task
+
+
+def task_set_priority(*, task: Task, priority: int) -> Task:
+    if not -1000 <= priority <= 1000:
+        raise InvalidInput("Priority must be from -1000 to 1000.", fields={"priority": ["Out of range."]})
+    Task.objects.filter(pk=task.pk).update(priority=priority)
+    task.refresh_from_db()
+    return task
+
+
+# --- Reaping --------------------------------------------------------------------------------------------
+
+
+def tasks_reap_expired(*, now: datetime | None = None) -> int:
+    """Requeue (or fail with `worker_lost` after max attempts) every task whose lease has expired."""
+    now = now or timezone.now()
+    expired = Task.objects.filter(status__in=Task.ACTIVE_STATUSES, lease_expires_at__lt=now).values_list(
+        "pk", "lease_token"
+    )
+    count = 0
+    for pk, token in list(expired[:1000]):
+        task = Task.objects.get(pk=pk)
+        try:
+            _close_lease(
+                task,
+                token,
+                outcome=Outcome.EXPIRED,
+                worker_id=task.worker_id,
+                code="worker_lost",
+                message="The worker stopped renewing its lease.",
+                now=now,
+            )
+            count += 1
+        except LeaseLost:
+            continue  # finished or renewed meanwhile
+    return count
+
+
+def tasks_requeue_for_worker(*, worker_id: int, reason: str) -> int:
+    """End every lease a worker holds (it went offline or restarted) as if it had expired."""
+    count = 0
+    for task in Task.objects.filter(worker_id=worker_id, status__in=Task.ACTIVE_STATUSES):
+        try:
+            _close_lease(
+                task,
+                task.lease_token,
+                outcome=Outcome.EXPIRED,
+                worker_id=worker_id,
+                code="worker_lost",
+                message=reason,
+            )
+            count += 1
+        except LeaseLost:
+            continue
+    return count
+
+
+_reap_lock = threading.Lock()
+_last_reap = 0.0
+
+
+def maybe_reap(now: datetime) -> None:
+    """Reap lazily on the lease path (at most every REAP_EVERY seconds per process), so correctness never
+    depends on the background job runner being up."""
+    global _last_reap
+    if time.monotonic() - _last_reap < farm_setting("REAP_EVERY") or not _reap_lock.acquire(blocking=False):
+        return
+    try:
+        _last_reap = time.monotonic()
+        from workers_app.services import workers_mark_offline
+
+        workers_mark_offline(now=now)
+        tasks_reap_expired(now=now)
+    finally:
+        _reap_lock.release()
+
+
+# --- Reads used by several callers ----------------------------------------------------------------------
+
+
+def task_queue_position(task: Task) -> int | None:
+    """1-based position among queued tasks (the order leasing uses), or None when not queued."""
+    if task.status != Status.QUEUED:
+        return None
+    ahead = Task.objects.filter(status=Status.QUEUED).filter(
+        Q(priority__gt=task.priority) | Q(priority=task.priority, id__lt=task.pk)
+    )
+    return ahead.count() + 1
+
+
+def task_get(*, public_id) -> Task:
+    try:
+        return Task.objects.select_related("template", "worker", "owner").get(public_id=public_id)
+    except (Task.DoesNotExist, ValueError, TypeError):
+        raise NotFound("No such task.")
+
+
+# --- Templates ------------------------------------------------------------------------------------------
+
+
+def template_create(*, name: str, workflow, bindings, description: str = "") -> WorkflowTemplate:
+    """Validate and save a workflow template (shape, bindings pointing at real inputs, an output node)."""
+    errors = workflows.validate_template(workflow, bindings)
+    if WorkflowTemplate.objects.filter(name=name).exists():
+        errors["name"] = [f"A template named {name!r} exists."]
+    if errors:
+        raise InvalidInput("The template is not valid.", fields=errors)
+    return WorkflowTemplate.objects.create(
+        name=name, description=description, workflow=workflow, bindings=bindings
+    )

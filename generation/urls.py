@@ -1,0 +1,15 @@
+from django.urls import path
+
+from generation import apis
+
+app_name = "api"
+
+urlpatterns = [
+    path("tasks/", apis.TaskListCreateApi.as_view(), name="task-list"),
+    path("tasks/<uuid:task_id>/", apis.TaskDetailApi.as_view(), name="task-detail"),
+    path("tasks/<uuid:task_id>/cancel/", apis.TaskCancelApi.as_view(), name="task-cancel"),
+    path("templates/", apis.TemplateListCreateApi.as_view(), name="template-list"),
+    path("templates/<slug:name>/", apis.TemplateDetailApi.as_view(), name="template-detail"),
+    path("workers/", apis.WorkerListApi.as_view(), name="worker-list"),
+    path("checkpoints/", apis.CheckpointListApi.as_view(), name="checkpoint-list"),
+]

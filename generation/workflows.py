@@ -1,0 +1,206 @@
+"""ComfyUI API-format workflows: template validation and building a task's workflow. Pure functions."""
+
+import copy
+from typing import Any
+
+BINDABLE_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "seed",
+    "steps",
+    "cfg",
+    "sampler",
+    "scheduler",
+    "checkpoint",
+    "batch_size",
+    "filename_prefix",
+)
+
+# Node classes that write results (ComfyUI's output_node=True). Only these and what they depend on run.
+OUTPUT_NODE_CLASSES = frozenset(
+    {"SaveImage", "PreviewImage", "SaveImageWebsocket", "SaveAnimatedWEBP", "SaveAnimatedPNG", "PreviewAny"}
+)
+IMAGE_OUTPUT_CLASSES = frozenset({"SaveImage", "PreviewImage", "SaveImageWebsocket"})
+
+
+def node_classes(workflow: Any) -> set[str]:
+    if not isinstance(workflow, dict):
+        return set()
+    return {
+        node["class_type"] for node in workflow.values() if isinstance(node, dict) and "class_type" in node
+    }
+
+
+def validate_template(workflow: Any, bindings: Any) -> dict[str, list[str]]:
+    """Return errors by field (`workflow`, `bindings`); empty when the template is usable."""
+    errors: dict[str, list[str]] = {}
+    workflow_errors = _workflow_errors(workflow)
+    if workflow_errors:
+        errors["workflow"] = workflow_errors
+    binding_errors = _binding_errors(
+        workflow if not workflow_errors else {}, bindings, check_nodes=not workflow_errors
+    )
+    if binding_errors:
+        errors["bindings"] = binding_errors
+    return errors
+
+
+def _workflow_errors(workflow: Any) -> list[str]:
+    if not isinstance(workflow, dict) or not workflow:
+        return ["Must be a non-empty JSON object mapping node ids to nodes (ComfyUI API format)."]
+    errors = []
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict):
+            errors.append(f"Node {node_id!r} must be an object.")
+            continue
+        if not isinstance(node.get("class_type"), str) or not node["class_type"]:
+            errors.append(f"Node {node_id!r} has no class_type.")
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, dict):
+            errors.append(f"Node {node_id!r}: inputs must be an object.")
+            continue
+        for name, value in inputs.items():
+            if _is_link(value) and value[0] not in workflow:
+                errors.append(f"Node {node_id!r} input {name!r} links to missing node {value[0]!r}.")
+    if errors:
+        return errors
+    if not any(node["class_type"] in OUTPUT_NODE_CLASSES for node in workflow.values()):
+        errors.append("The workflow has no output node (e.g. SaveImage).")
+    cycle = _find_cycle(workflow)
+    if cycle:
+        errors.append(f"The workflow has a cycle through nodes {', '.join(cycle)}.")
+    return errors
+
+
+def _binding_errors(workflow: dict, bindings: Any, *, check_nodes: bool) -> list[str]:
+    if not isinstance(bindings, dict):
+        return ['Must be an object like {"seed": ["3", "seed"]}.']
+    errors = []
+    for field, target in bindings.items():
+        if field not in BINDABLE_FIELDS:
+            errors.append(f"Unknown field {field!r}; bindable fields: {', '.join(BINDABLE_FIELDS)}.")
+            continue
+        if not (isinstance(target, list) and len(target) == 2 and all(isinstance(x, str) for x in target)):
+            errors.append(f"{field}: must be [node id, input name] (two strings).")
+            continue
+        if not check_nodes:
+            continue
+        node_id, input_name = target
+        node = workflow.get(node_id)
+        if node is None:
+            errors.append(f"{field}: node {node_id!r} is not in the workflow.")
+        elif input_name not in node.get("inputs", {}):
+            errors.append(f"{field}: node {node_id!r} ({node['class_type']}) has no input {input_name!r}.")
+        elif _is_link(node["inputs"][input_name]):
+            errors.append(f"{field}: input {input_name!r} of node {node_id!r} is a link, not a value.")
+    return errors
+
+
+def _is_link(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
+
+
+def _find_cycle(workflow: dict) -> list[str]:
+    """Node ids on a cycle of links, or [] (iterative DFS, so deep graphs cannot overflow the stack)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for root in workflow:
+        if state.get(root):
+            continue
+        stack = [(root, iter(_links(workflow, root)))]
+        path = [root]
+        state[root] = 1
+        while stack:
+            node_id, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node_id] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(child) == 1:
+                return path[path.index(child) :]
+            elif not state.get(child):
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(_links(workflow, child))))
+    return []
+
+
+def _links(workflow: dict, node_id: str) -> list[str]:
+    return [v[0] for v in workflow[node_id].get("inputs", {}).values() if _is_link(v) and v[0] in workflow]
+
+
+def build_workflow(workflow: dict, bindings: dict, values: dict[str, Any]) -> dict:
+    """A copy of `workflow` with each bound task field written into its node input."""
+    built = copy.deepcopy(workflow)
+    for field, (node_id, input_name) in bindings.items():
+        if field in values:
+            built[node_id]["inputs"][input_name] = values[field]
+    return built
+
+
+def output_image_nodes(workflow: dict) -> list[str]:
+    return [node_id for node_id, node in workflow.items() if node.get("class_type") in IMAGE_OUTPUT_CLASSES]
+
+
+# The canonical SD1.5 text-to-image graph (protocol sheet, section 2).
+DEFAULT_SD15_WORKFLOW: dict = {
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+    "3": {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["4", 0],
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": ["5", 0],
+            "seed": 0,
+            "steps": 20,
+            "cfg": 7.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "denoise": 1.0,
+        },
+    },
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "t2i"}},
+}
+DEFAULT_SD15_BINDINGS: dict = {
+    "checkpoint": ["4", "ckpt_name"],
+    "prompt": ["6", "text"],
+    "negative_prompt": ["7", "text"],
+    "width": ["5", "width"],
+    "height": ["5", "height"],
+    "batch_size": ["5", "batch_size"],
+    "seed": ["3", "seed"],
+    "steps": ["3", "steps"],
+    "cfg": ["3", "cfg"],
+    "sampler": ["3", "sampler_name"],
+    "scheduler": ["3", "scheduler"],
+    "filename_prefix": ["9", "filename_prefix"],
+}
+
+# Checkpoint-free test workflow: EmptyImage -> ImageAddNoise -> SaveImage (runs on any ComfyUI).
+NOISE_TEST_WORKFLOW: dict = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 512, "height": 512, "batch_size": 1, "color": 3368601},
+    },
+    "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": 0, "strength": 0.5}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t2i"}},
+}
+NOISE_TEST_BINDINGS: dict = {
+    "width": ["1", "width"],
+    "height": ["1", "height"],
+    "batch_size": ["1", "batch_size"],
+    "seed": ["2", "seed"],
+    "filename_prefix": ["3", "filename_prefix"],
+}

@@ -1,0 +1,25 @@
+"""JSON log lines (LOG_JSON=1): one object per line, with task and worker ids when a call passes them."""
+
+import json
+import logging
+from datetime import UTC, datetime
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object; `extra={"task": ..., "worker": ...}` become fields."""
+
+    FIELDS = ("task", "worker", "attempt")
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in self.FIELDS:
+            if hasattr(record, field):
+                payload[field] = str(getattr(record, field))
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, ensure_ascii=False)

@@ -1,0 +1,214 @@
+"""Settings for the render-farm scheduler. Everything a deployment changes comes from the environment."""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from t2i_project.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+# Required outside DEBUG; the worker daemon and the simulator (manage.py sets T2I_STANDALONE_COMMAND) sign
+# nothing and may run without one.
+_DEV_KEY = "dev-only-insecure-key-do-not-deploy"
+_STANDALONE = env_bool("T2I_STANDALONE_COMMAND", False)
+SECRET_KEY = env_str("SECRET_KEY", _DEV_KEY if DEBUG or _STANDALONE else None)
+if not DEBUG and not _STANDALONE and SECRET_KEY == _DEV_KEY:
+    raise ImproperlyConfigured("Set a real SECRET_KEY when DEBUG is off.")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "workers_app",
+    "generation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "t2i_project.urls"
+WSGI_APPLICATION = "t2i_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------------------
+# SQLite by default (WAL, IMMEDIATE transactions so concurrent writers queue on the busy timeout instead of
+# failing with "database is locked"); PostgreSQL via DATABASE_URL for real deployments.
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+elif DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_URL must point at SQLite or PostgreSQL.")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = True
+
+# Request size limits: JSON bodies stay small; image uploads are capped per file by T2I_MAX_IMAGE_BYTES.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# Cookies are secure whenever DEBUG is off (LAN deployments behind TLS set SECURE_* via the proxy).
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- REST API -------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "generation.api_errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"submit": env_str("T2I_SUBMIT_RATE", "120/min")},
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ComfyUI render farm scheduler API",
+    "DESCRIPTION": "Submit text-to-image tasks, follow them, and lease them to worker daemons.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- The farm -------------------------------------------------------------------------------------------
+T2I = {
+    "HEARTBEAT_INTERVAL": env_float("T2I_HEARTBEAT_INTERVAL", 5.0, minimum=0.1),
+    "WORKER_OFFLINE_AFTER": env_float("T2I_WORKER_OFFLINE_AFTER", 15.0, minimum=0.3),
+    "LEASE_SECONDS": env_float("T2I_LEASE_SECONDS", 30.0, minimum=0.5),
+    "MAX_ATTEMPTS": env_int("T2I_MAX_ATTEMPTS", 3, minimum=1, maximum=100),
+    "LEASE_MAX_WAIT": env_float("T2I_LEASE_MAX_WAIT", 30.0, minimum=0, maximum=120),
+    "REAP_EVERY": env_float("T2I_REAP_EVERY", 1.0, minimum=0),
+    "ALLOW_ANONYMOUS_SUBMIT": env_bool("T2I_ALLOW_ANONYMOUS_SUBMIT", False),
+    "DEFAULT_TEMPLATE": env_str("T2I_DEFAULT_TEMPLATE", "sd15-txt2img"),
+    "DEFAULT_CHECKPOINT": env_str("T2I_DEFAULT_CHECKPOINT", ""),
+    "SIZE_MIN": env_int("T2I_SIZE_MIN", 64, minimum=8),
+    "SIZE_MAX": env_int("T2I_SIZE_MAX", 2048, minimum=64),
+    "SIZE_MULTIPLE": env_int("T2I_SIZE_MULTIPLE", 8, minimum=1),
+    "PROMPT_MAX_LENGTH": env_int("T2I_PROMPT_MAX_LENGTH", 4000, minimum=1),
+    "STEPS_MAX": env_int("T2I_STEPS_MAX", 150, minimum=1, maximum=10000),
+    "BATCH_MAX": env_int("T2I_BATCH_MAX", 8, minimum=1, maximum=64),
+    "MAX_IMAGE_BYTES": env_int("T2I_MAX_IMAGE_BYTES", 50 * 1024 * 1024, minimum=1024),
+    "SIGNUP_ENABLED": env_bool("T2I_SIGNUP_ENABLED", True),
+}
+if T2I["SIZE_MIN"] > T2I["SIZE_MAX"]:
+    raise ImproperlyConfigured("T2I_SIZE_MIN must not exceed T2I_SIZE_MAX.")
+
+# --- Background jobs (django-q2) ------------------------------------------------------------------------
+# The ORM broker needs nothing else running; set Q_REDIS_URL to use Redis instead.
+Q_CLUSTER = {
+    "name": "t2i",
+    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    "timeout": 120,
+    "retry": 180,
+    "catch_up": False,
+    "orm": "default",
+    "save_limit": 1000,
+}
+if redis_url := env_str("Q_REDIS_URL", ""):
+    Q_CLUSTER.pop("orm")
+    Q_CLUSTER["redis"] = redis_url
+
+# --- Logging --------------------------------------------------------------------------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "t2i_project.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if env_bool("LOG_JSON", False) else "plain",
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

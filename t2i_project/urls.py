@@ -1,0 +1,26 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+from django.views.static import serve
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from generation import compat_apis
+from workers_app import compat_apis as worker_compat
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("generation.urls")),
+    path("api/v1/worker/", include("workers_app.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    # The original design's endpoints (compatibility surface).
+    path("generate", compat_apis.GenerateApi.as_view(), name="seed-generate"),
+    path("status/<str:prompt_id>", compat_apis.StatusApi.as_view(), name="seed-status"),
+    path("register", worker_compat.SeedRegisterApi.as_view(), name="seed-register"),
+    path("heartbeat", worker_compat.SeedHeartbeatApi.as_view(), name="seed-heartbeat"),
+    path("task", worker_compat.SeedTaskApi.as_view(), name="seed-task"),
+    path("complete", worker_compat.SeedCompleteApi.as_view(), name="seed-complete"),
+    # Images are files on this machine's disk; a LAN deployment serves them from here or from a proxy.
+    path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", serve, {"document_root": settings.MEDIA_ROOT}),
+]

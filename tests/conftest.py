@@ -1,0 +1,134 @@
+"""Shared fixtures: users, API clients, a registered worker with its token, and tiny real images."""
+
+import io
+import os
+import socket
+from urllib.parse import urlparse
+
+import pytest
+from django.db import connection
+from PIL import Image as PILImage
+from rest_framework.test import APIClient
+
+from workers_app import services as worker_services
+
+SD15_NODES = [
+    "CheckpointLoaderSimple",
+    "CLIPTextEncode",
+    "EmptyLatentImage",
+    "KSampler",
+    "VAEDecode",
+    "SaveImage",
+]
+NOISE_NODES = ["EmptyImage", "ImageAddNoise", "SaveImage"]
+CHECKPOINT = "sim-v1-5.safetensors"
+
+
+def capabilities(checkpoints=(CHECKPOINT,), nodes=(*SD15_NODES, *NOISE_NODES)) -> dict:
+    return {
+        "comfyui_version": "0.3.64",
+        "device_name": "Simulated GPU",
+        "vram_total": 8 * 2**30,
+        "checkpoints": list(checkpoints),
+        "node_classes": list(nodes),
+        "samplers": ["euler"],
+        "schedulers": ["normal"],
+    }
+
+
+def png_bytes(width: int = 64, height: int = 64, color=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    PILImage.new("RGB", (width, height), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _no_lazy_reap_throttle(settings):
+    settings.T2I = {**settings.T2I, "REAP_EVERY": 0}
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user("bob", password="pw-bob-123")
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user(
+        "ops", password="pw-ops-123", is_staff=True, is_superuser=True
+    )
+
+
+@pytest.fixture
+def api(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    return APIClient()
+
+
+def make_worker(name: str = "gpu-1", caps: dict | None = None, register: bool = True):
+    worker, token = worker_services.worker_create(name=name)
+    if register:
+        worker = worker_services.worker_register(worker=worker, capabilities=caps or capabilities())
+    return worker, token
+
+
+def worker_client(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+@pytest.fixture
+def worker_and_token(db):
+    return make_worker()
+
+
+@pytest.fixture
+def worker(worker_and_token):
+    return worker_and_token[0]
+
+
+@pytest.fixture
+def wapi(worker_and_token) -> APIClient:
+    return worker_client(worker_and_token[1])
+
+
+# --- PostgreSQL-only tests ------------------------------------------------------------------------------
+
+
+def _postgres_reachable() -> bool:
+    url = urlparse(os.environ.get("T2I_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"))
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 5432), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only(request):
+    """`@pytest.mark.postgres` tests run in the PostgreSQL pass. Elsewhere they skip, except under CI=true
+    when the server is unreachable: then they fail, so a broken CI database can never pass silently."""
+    if request.node.get_closest_marker("postgres") is None:
+        return
+    if connection.vendor == "postgresql":
+        return
+    if os.environ.get("CI", "").lower() == "true" and not _postgres_reachable():
+        pytest.fail("PostgreSQL is unreachable, and CI=true requires the PostgreSQL tests to run.")
+    pytest.skip("PostgreSQL-only: runs in the PostgreSQL pass (DATABASE_URL=postgres://…).")

@@ -1,0 +1,295 @@
+"""The worker API (docs/worker-api.md): thin views over workers_app.services and generation.services."""
+
+import time
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from generation import dispatch, services
+from generation.serializers import ImageOutput
+from workers_app import services as worker_services
+from workers_app.authentication import IsWorker, WorkerTokenAuthentication
+from workers_app.models import Worker
+
+
+class WorkerApi(APIView):
+    authentication_classes = [WorkerTokenAuthentication]
+    permission_classes = [IsWorker]
+
+    @property
+    def worker(self) -> Worker:
+        return self.request.auth
+
+
+class CapabilitiesInput(serializers.Serializer):
+    comfyui_version = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
+    device_name = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
+    vram_total = serializers.IntegerField(required=False, min_value=0, default=0)
+    checkpoints = serializers.ListField(
+        child=serializers.CharField(max_length=255), required=False, default=list
+    )
+    node_classes = serializers.ListField(
+        child=serializers.CharField(max_length=255), required=False, default=list
+    )
+    samplers = serializers.ListField(
+        child=serializers.CharField(max_length=255), required=False, default=list
+    )
+    schedulers = serializers.ListField(
+        child=serializers.CharField(max_length=255), required=False, default=list
+    )
+
+
+class RegisterInput(serializers.Serializer):
+    name = serializers.CharField(required=False, max_length=100)
+    prefetch = serializers.IntegerField(required=False, min_value=1, max_value=8, default=2)
+    capabilities = CapabilitiesInput(required=False, default=dict)
+
+
+class RegisterOutput(serializers.Serializer):
+    worker_id = serializers.IntegerField(source="pk")
+    name = serializers.CharField()
+    status = serializers.CharField()
+    heartbeat_interval = serializers.SerializerMethodField()
+    lease_seconds = serializers.SerializerMethodField()
+
+    def get_heartbeat_interval(self, worker: Worker) -> float:
+        return settings.T2I["HEARTBEAT_INTERVAL"]
+
+    def get_lease_seconds(self, worker: Worker) -> float:
+        return settings.T2I["LEASE_SECONDS"]
+
+
+def register(request: Request, worker: Worker) -> Worker:
+    """Shared by the worker API and the seed's POST /register."""
+    serializer = RegisterInput(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    return worker_services.worker_register(
+        worker=worker, capabilities=data.get("capabilities") or {}, prefetch=data["prefetch"]
+    )
+
+
+class RegisterApi(WorkerApi):
+    @extend_schema(request=RegisterInput, responses=RegisterOutput)
+    def post(self, request: Request) -> Response:
+        return Response(RegisterOutput(register(request, self.worker)).data)
+
+
+class LeaseRef(serializers.Serializer):
+    task_id = serializers.UUIDField()
+    lease_token = serializers.UUIDField()
+
+
+class HeartbeatInput(serializers.Serializer):
+    tasks = LeaseRef(many=True, required=False, default=list)
+
+
+class HeartbeatOutput(serializers.Serializer):
+    worker_status = serializers.CharField()
+    lease_expires_at = serializers.DateTimeField()
+    renewed = serializers.ListField(child=serializers.UUIDField())
+    cancel = serializers.ListField(child=serializers.UUIDField())
+    lost = serializers.ListField(child=serializers.UUIDField())
+
+
+def heartbeat(request: Request, worker: Worker) -> dict:
+    serializer = HeartbeatInput(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    leases = [(t["task_id"], t["lease_token"]) for t in serializer.validated_data["tasks"]]
+    return HeartbeatOutput(worker_services.worker_heartbeat(worker=worker, leases=leases)).data
+
+
+class HeartbeatApi(WorkerApi):
+    @extend_schema(request=HeartbeatInput, responses=HeartbeatOutput)
+    def post(self, request: Request) -> Response:
+        return Response(heartbeat(request, self.worker))
+
+
+class LeaseInput(serializers.Serializer):
+    wait = serializers.FloatField(required=False, min_value=0, default=0)
+    prefetch = serializers.BooleanField(required=False, default=False)
+
+
+class LeaseOutput(serializers.Serializer):
+    task_id = serializers.UUIDField(source="task.public_id")
+    lease_token = serializers.UUIDField(source="attempt.lease_token")
+    attempt = serializers.IntegerField(source="attempt.number")
+    lease_expires_at = serializers.DateTimeField(source="attempt.lease_expires_at")
+    workflow = serializers.JSONField()
+    filename_prefix = serializers.CharField()
+    width = serializers.IntegerField(source="task.width")
+    height = serializers.IntegerField(source="task.height")
+    batch_size = serializers.IntegerField(source="task.batch_size")
+    seed = serializers.CharField(source="task.seed")
+    checkpoint = serializers.CharField(source="task.checkpoint")
+    prompt = serializers.CharField(source="task.prompt")
+    negative_prompt = serializers.CharField(source="task.negative_prompt")
+
+
+def lease(request: Request, worker: Worker) -> services.Lease | None:
+    """Lease a task, long-polling up to `wait` seconds (capped by T2I_LEASE_MAX_WAIT)."""
+    data = {**request.query_params.dict(), **(request.data if isinstance(request.data, dict) else {})}
+    serializer = LeaseInput(data=data)
+    serializer.is_valid(raise_exception=True)
+    wait = min(serializer.validated_data["wait"], settings.T2I["LEASE_MAX_WAIT"])
+    prefetch = serializer.validated_data["prefetch"]
+    deadline = time.monotonic() + wait
+    while True:
+        generation = dispatch.current_generation()
+        result = services.task_lease_next(worker=worker, prefetch=prefetch)
+        remaining = deadline - time.monotonic()
+        if result is not None or remaining <= 0:
+            return result
+        dispatch.wait_for_work(generation, remaining)
+        worker.refresh_from_db(fields=["status"])
+
+
+class LeaseApi(WorkerApi):
+    @extend_schema(
+        request=LeaseInput,
+        parameters=[
+            OpenApiParameter("wait", float, description="Seconds to long-poll when nothing is queued.")
+        ],
+        responses={200: LeaseOutput, 204: None},
+    )
+    def post(self, request: Request) -> Response:
+        result = lease(request, self.worker)
+        if result is None:
+            return Response(status=204)
+        return Response(LeaseOutput(result).data)
+
+
+class LeaseTokenInput(serializers.Serializer):
+    lease_token = serializers.UUIDField()
+
+
+class StartInput(LeaseTokenInput):
+    comfyui_prompt_id = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
+
+
+class ProgressInput(LeaseTokenInput):
+    value = serializers.FloatField(min_value=0)
+    max = serializers.FloatField(min_value=0)
+
+
+class CancelFlagOutput(serializers.Serializer):
+    cancel = serializers.BooleanField()
+
+
+class TaskStartApi(WorkerApi):
+    @extend_schema(request=StartInput, responses=CancelFlagOutput)
+    def post(self, request: Request, task_id) -> Response:
+        data = _valid(StartInput, request)
+        services.task_start(worker=self.worker, task_id=task_id, **data)
+        return Response({"cancel": False})
+
+
+class TaskProgressApi(WorkerApi):
+    @extend_schema(request=ProgressInput, responses=CancelFlagOutput)
+    def post(self, request: Request, task_id) -> Response:
+        data = _valid(ProgressInput, request)
+        services.task_report_progress(
+            worker=self.worker,
+            task_id=task_id,
+            lease_token=data["lease_token"],
+            value=data["value"],
+            maximum=data["max"],
+        )
+        return Response({"cancel": False})
+
+
+class CompleteInput(LeaseTokenInput):
+    images = serializers.ListField(child=serializers.FileField(), allow_empty=False)
+    comfyui_prompt_id = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
+
+
+class CompleteOutput(serializers.Serializer):
+    task_id = serializers.UUIDField(source="public_id")
+    status = serializers.CharField()
+    images = ImageOutput(many=True)
+
+
+def complete(request: Request, worker: Worker, task_id, lease_token: str | None = None) -> dict:
+    data = {
+        "lease_token": lease_token or request.data.get("lease_token"),
+        "comfyui_prompt_id": request.data.get("comfyui_prompt_id", ""),
+        "images": request.FILES.getlist("images"),
+    }
+    serializer = CompleteInput(data=data)
+    serializer.is_valid(raise_exception=True)
+    task = services.task_complete(
+        worker=worker,
+        task_id=task_id,
+        lease_token=serializer.validated_data["lease_token"],
+        files=serializer.validated_data["images"],
+        comfyui_prompt_id=serializer.validated_data["comfyui_prompt_id"],
+    )
+    return CompleteOutput(task, context={"request": request}).data
+
+
+class TaskCompleteApi(WorkerApi):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(request={"multipart/form-data": CompleteInput}, responses=CompleteOutput)
+    def post(self, request: Request, task_id) -> Response:
+        return Response(complete(request, self.worker, task_id))
+
+
+class FailInput(LeaseTokenInput):
+    code = serializers.RegexField(r"^[a-z][a-z0-9_]{0,63}$")
+    message = serializers.CharField(max_length=4000, allow_blank=True, trim_whitespace=False)
+    retryable = serializers.BooleanField(default=False)
+    details = serializers.DictField(required=False, default=dict)
+
+
+class TaskSummaryOutput(serializers.Serializer):
+    task_id = serializers.UUIDField(source="public_id")
+    status = serializers.CharField()
+    attempts = serializers.IntegerField()
+    max_attempts = serializers.IntegerField()
+
+
+class TaskFailApi(WorkerApi):
+    @extend_schema(request=FailInput, responses=TaskSummaryOutput)
+    def post(self, request: Request, task_id) -> Response:
+        data = _valid(FailInput, request)
+        details = data["details"]
+        message = data["message"]
+        where = ", ".join(f"{k}={details[k]}" for k in ("node_id", "node_type", "input") if details.get(k))
+        if where:
+            message = f"{message} ({where})"
+        task = services.task_fail(
+            worker=self.worker,
+            task_id=task_id,
+            lease_token=data["lease_token"],
+            code=data["code"],
+            message=message,
+            retryable=data["retryable"],
+        )
+        return Response(TaskSummaryOutput(task).data)
+
+
+class TaskReleaseApi(WorkerApi):
+    @extend_schema(request=LeaseTokenInput, responses=TaskSummaryOutput)
+    def post(self, request: Request, task_id) -> Response:
+        data = _valid(LeaseTokenInput, request)
+        task = services.task_release(worker=self.worker, task_id=task_id, lease_token=data["lease_token"])
+        return Response(TaskSummaryOutput(task).data)
+
+
+class OfflineApi(WorkerApi):
+    @extend_schema(request=None, responses={200: None})
+    def post(self, request: Request) -> Response:
+        requeued = worker_services.worker_go_offline(worker=self.worker)
+        return Response({"status": "offline", "requeued": requeued})
+
+
+def _valid(serializer_class: type[serializers.Serializer], request: Request) -> dict:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data

@@ -1,0 +1,81 @@
+"""The original design's worker endpoints over the same services: `POST /register`, `/heartbeat`,
+`/task` and `/complete`. Workers still authenticate with their token (Authorization: Bearer …).
+
+`/complete` also accepts the seed's request without a lease token: the lease is then the one this worker
+holds on that task, so the call is still fenced by the worker's identity.
+"""
+
+import uuid
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from generation.exceptions import InvalidInput, LeaseLost
+from generation.models import Task
+from workers_app.apis import (
+    HeartbeatInput,
+    LeaseInput,
+    LeaseOutput,
+    RegisterInput,
+    RegisterOutput,
+    WorkerApi,
+    complete,
+    heartbeat,
+    lease,
+    register,
+)
+
+
+class SeedRegisterApi(WorkerApi):
+    @extend_schema(request=RegisterInput, responses=RegisterOutput)
+    def post(self, request: Request) -> Response:
+        worker = register(request, self.worker)
+        return Response({**RegisterOutput(worker).data, "registered": True})
+
+
+class SeedHeartbeatApi(WorkerApi):
+    @extend_schema(request=HeartbeatInput)
+    def post(self, request: Request) -> Response:
+        return Response({"status": "ok", **heartbeat(request, self.worker)})
+
+
+class SeedTaskApi(WorkerApi):
+    @extend_schema(request=LeaseInput, responses={200: LeaseOutput, 204: None})
+    def post(self, request: Request) -> Response:
+        result = lease(request, self.worker)
+        if result is None:
+            return Response(status=204)
+        data = LeaseOutput(result).data
+        return Response({"prompt_id": data["task_id"], **data})
+
+
+class SeedCompleteApi(WorkerApi):
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    @extend_schema(request=None)
+    def post(self, request: Request) -> Response:
+        prompt_id = request.data.get("prompt_id")
+        if not prompt_id:
+            raise InvalidInput("prompt_id is required.", fields={"prompt_id": ["This field is required."]})
+        token = request.data.get("lease_token")
+        if not token:
+            token = (
+                Task.objects.filter(
+                    public_id=_uuid(prompt_id), worker=self.worker, status__in=Task.ACTIVE_STATUSES
+                )
+                .values_list("lease_token", flat=True)
+                .first()
+            )
+            if token is None:
+                raise LeaseLost("This worker holds no lease on that task.")
+        result = complete(request, self.worker, _uuid(prompt_id), lease_token=str(token))
+        return Response({"status": "ok", **result})
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidInput("prompt_id is not a valid id.", fields={"prompt_id": ["Must be a UUID."]})

@@ -1,0 +1,71 @@
+"""Worker daemons, each driving one ComfyUI server (one GPU)."""
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from django.db import models
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of a worker token. Tokens are 256-bit random strings, so a fast hash is safe to store."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Worker(models.Model):
+    class Status(models.TextChoices):
+        IDLE = "idle", "Idle"
+        BUSY = "busy", "Busy"
+        OFFLINE = "offline", "Offline"
+        DRAINING = "draining", "Draining"
+        DISABLED = "disabled", "Disabled"
+
+    name = models.CharField(max_length=100, unique=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_hint = models.CharField(max_length=8, editable=False, help_text="First characters of the token.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OFFLINE)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    registered_at = models.DateTimeField(null=True, blank=True)
+    capabilities = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="As reported at register: comfyui_version, device_name, vram_total, checkpoints, "
+        "node_classes, samplers, schedulers.",
+    )
+    prefetch = models.PositiveSmallIntegerField(default=2)
+    tasks_completed = models.PositiveIntegerField(default=0)
+    tasks_failed = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            # workers_mark_offline: status IN (idle, busy, draining) AND last_heartbeat < cutoff
+            models.Index(fields=["status", "last_heartbeat"], name="worker_status_hb_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_token(self, token: str) -> None:
+        self.token_hash = hash_token(token)
+        self.token_hint = token[:6]
+
+    def is_stale(self, now: datetime, offline_after: float) -> bool:
+        return self.last_heartbeat is None or now - self.last_heartbeat > timedelta(seconds=offline_after)
+
+    @property
+    def is_online(self) -> bool:
+        return self.status in (self.Status.IDLE, self.Status.BUSY, self.Status.DRAINING)
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return list(self.capabilities.get("checkpoints") or [])
+
+    @property
+    def node_classes(self) -> set[str]:
+        return set(self.capabilities.get("node_classes") or [])

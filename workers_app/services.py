@@ -1,0 +1,214 @@
+"""Worker lifecycle: creation, register, heartbeat, liveness and operator states."""
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from generation.exceptions import InvalidInput
+from generation.models import Task, TaskAttempt
+from generation.services import refresh_worker_status, tasks_requeue_for_worker
+from workers_app.exceptions import RegisterRequired, WorkerDisabled
+from workers_app.models import Worker, hash_token, new_token
+
+logger = logging.getLogger(__name__)
+
+CAPABILITY_LISTS = ("checkpoints", "node_classes", "samplers", "schedulers")
+
+
+def worker_create(*, name: str) -> tuple[Worker, str]:
+    """Create a worker and return it with its token. The token is shown once; only its hash is kept."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise InvalidInput(
+            "A worker needs a name of 1 to 100 characters.", fields={"name": ["Invalid name."]}
+        )
+    if Worker.objects.filter(name=name).exists():
+        raise InvalidInput(f"A worker named {name!r} exists.", fields={"name": ["Already taken."]})
+    token = new_token()
+    worker = Worker(name=name)
+    worker.set_token(token)
+    worker.save()
+    return worker, token
+
+
+def worker_rotate_token(*, worker: Worker) -> str:
+    token = new_token()
+    worker.set_token(token)
+    worker.save(update_fields=["token_hash", "token_hint"])
+    return token
+
+
+def worker_by_token(token: str) -> Worker | None:
+    """The worker this token belongs to. Looked up by its SHA-256, so nothing secret is compared in SQL."""
+    return Worker.objects.filter(token_hash=hash_token(token)).first()
+
+
+def worker_register(*, worker: Worker, capabilities: dict, prefetch: int = 2) -> Worker:
+    """Record what the worker's ComfyUI can do and mark it live. Idempotent.
+
+    A register means the daemon (re)started, so any lease it still held is lost: those tasks go back to
+    the queue now instead of waiting for their leases to expire.
+    """
+    if worker.status == Worker.Status.DISABLED:
+        raise WorkerDisabled("This worker is disabled by an operator.")
+    now = timezone.now()
+    clean = _clean_capabilities(capabilities)
+    with transaction.atomic():
+        tasks_requeue_for_worker(worker_id=worker.pk, reason="The worker restarted and registered again.")
+        status = Worker.Status.DRAINING if worker.status == Worker.Status.DRAINING else Worker.Status.IDLE
+        Worker.objects.filter(pk=worker.pk).update(
+            capabilities=clean, prefetch=prefetch, registered_at=now, last_heartbeat=now, status=status
+        )
+    worker.refresh_from_db()
+    logger.info("worker registered", extra={"worker": worker.name})
+    return worker
+
+
+def _clean_capabilities(capabilities: dict) -> dict:
+    if not isinstance(capabilities, dict):
+        raise InvalidInput("capabilities must be an object.", fields={"capabilities": ["Must be an object."]})
+    clean = {}
+    for key in CAPABILITY_LISTS:
+        values = capabilities.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) and len(v) <= 255 for v in values):
+            raise InvalidInput(
+                f"{key} must be a list of strings.", fields={f"capabilities.{key}": ["Invalid."]}
+            )
+        clean[key] = sorted(set(values))
+    for key in ("comfyui_version", "device_name"):
+        value = capabilities.get(key, "")
+        if not isinstance(value, str) or len(value) > 255:
+            raise InvalidInput(f"{key} must be a string.", fields={f"capabilities.{key}": ["Invalid."]})
+        clean[key] = value
+    vram = capabilities.get("vram_total", 0)
+    if not isinstance(vram, int) or isinstance(vram, bool) or vram < 0:
+        raise InvalidInput(
+            "vram_total must be a whole number.", fields={"capabilities.vram_total": ["Invalid."]}
+        )
+    clean["vram_total"] = vram
+    return clean
+
+
+@dataclass
+class HeartbeatResult:
+    worker_status: str
+    lease_expires_at: datetime
+    renewed: list[uuid.UUID] = field(default_factory=list)
+    cancel: list[uuid.UUID] = field(default_factory=list)
+    lost: list[uuid.UUID] = field(default_factory=list)
+
+
+def worker_heartbeat(*, worker: Worker, leases: list[tuple[uuid.UUID, uuid.UUID]]) -> HeartbeatResult:
+    """Mark the worker alive and renew the leases it still holds; tell it which tasks to drop.
+
+    `leases` is (task public id, lease token) for every task the daemon holds. A lease that was cancelled
+    comes back in `cancel`; one that is no longer this worker's (expired, re-leased, finished) in `lost`.
+    """
+    worker_assert_live(worker=worker)
+    now = timezone.now()
+    expires = now + timedelta(seconds=settings.T2I["LEASE_SECONDS"])
+    tokens = [token for _, token in leases]
+    with transaction.atomic():
+        Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now)
+        renewed_pks = list(
+            Task.objects.filter(
+                worker=worker, lease_token__in=tokens, status__in=Task.ACTIVE_STATUSES
+            ).values_list("public_id", flat=True)
+        )
+        if renewed_pks:
+            Task.objects.filter(public_id__in=renewed_pks, lease_token__in=tokens).update(
+                lease_expires_at=expires
+            )
+            TaskAttempt.objects.filter(lease_token__in=tokens, outcome=TaskAttempt.Outcome.ACTIVE).update(
+                lease_expires_at=expires
+            )
+    cancelled = set(
+        TaskAttempt.objects.filter(
+            lease_token__in=tokens, worker=worker, outcome=TaskAttempt.Outcome.CANCELLED
+        ).values_list("task__public_id", flat=True)
+    )
+    renewed = set(renewed_pks)
+    result = HeartbeatResult(
+        worker_status=worker.status, lease_expires_at=expires, renewed=sorted(renewed, key=str)
+    )
+    for task_id, _ in leases:
+        if task_id in renewed:
+            continue
+        (result.cancel if task_id in cancelled else result.lost).append(task_id)
+    return result
+
+
+def worker_assert_live(*, worker: Worker) -> None:
+    """Disabled workers are refused; offline (or never registered) ones must register first."""
+    if worker.status == Worker.Status.DISABLED:
+        raise WorkerDisabled("This worker is disabled by an operator.")
+    if worker.status == Worker.Status.OFFLINE or worker.registered_at is None:
+        raise RegisterRequired("Register before heartbeats and leases (the scheduler has you offline).")
+
+
+def worker_assert_can_lease(*, worker: Worker) -> bool:
+    """True when the worker may take new work now; draining workers may not. Raises for disabled/offline."""
+    worker_assert_live(worker=worker)
+    return worker.status != Worker.Status.DRAINING
+
+
+def worker_go_offline(*, worker: Worker) -> int:
+    """The daemon is stopping: mark it offline and requeue whatever it still holds."""
+    with transaction.atomic():
+        count = tasks_requeue_for_worker(worker_id=worker.pk, reason="The worker shut down.")
+        Worker.objects.filter(pk=worker.pk).exclude(status=Worker.Status.DISABLED).update(
+            status=Worker.Status.OFFLINE
+        )
+    logger.info("worker offline (shutdown), %d lease(s) requeued", count, extra={"worker": worker.name})
+    return count
+
+
+def workers_mark_offline(*, now: datetime | None = None) -> int:
+    """Workers silent for longer than WORKER_OFFLINE_AFTER go offline and their leases are requeued."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"])
+    live = [Worker.Status.IDLE, Worker.Status.BUSY, Worker.Status.DRAINING]
+    stale = list(Worker.objects.filter(status__in=live, last_heartbeat__lt=cutoff).values_list("pk", "name"))
+    for pk, name in stale:
+        with transaction.atomic():
+            if Worker.objects.filter(pk=pk, status__in=live, last_heartbeat__lt=cutoff).update(
+                status=Worker.Status.OFFLINE
+            ):
+                count = tasks_requeue_for_worker(
+                    worker_id=pk, reason="The worker stopped sending heartbeats."
+                )
+                logger.warning(
+                    "worker offline (no heartbeat), %d lease(s) requeued", count, extra={"worker": name}
+                )
+    return len(stale)
+
+
+def worker_set_state(*, worker: Worker, state: str) -> Worker:
+    """Operator actions: drain (finish current work, take nothing new), disable, or enable."""
+    if state == "drain":
+        Worker.objects.filter(pk=worker.pk).exclude(status=Worker.Status.DISABLED).update(
+            status=Worker.Status.DRAINING
+        )
+    elif state == "disable":
+        with transaction.atomic():
+            Worker.objects.filter(pk=worker.pk).update(status=Worker.Status.DISABLED)
+            tasks_requeue_for_worker(worker_id=worker.pk, reason="The worker was disabled by an operator.")
+    elif state == "enable":
+        # A drained worker is still running: it goes back to taking work. A disabled one lost its leases and
+        # must register again.
+        if Worker.objects.filter(pk=worker.pk, status=Worker.Status.DRAINING).update(
+            status=Worker.Status.IDLE
+        ):
+            refresh_worker_status(worker.pk)
+        Worker.objects.filter(pk=worker.pk, status=Worker.Status.DISABLED).update(
+            status=Worker.Status.OFFLINE
+        )
+    else:
+        raise InvalidInput(f"Unknown state {state!r}.", fields={"state": ["drain, disable or enable."]})
+    worker.refresh_from_db()
+    return worker

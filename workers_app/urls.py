@@ -1,0 +1,17 @@
+from django.urls import path
+
+from workers_app import apis
+
+app_name = "worker-api"
+
+urlpatterns = [
+    path("register", apis.RegisterApi.as_view(), name="register"),
+    path("heartbeat", apis.HeartbeatApi.as_view(), name="heartbeat"),
+    path("lease", apis.LeaseApi.as_view(), name="lease"),
+    path("offline", apis.OfflineApi.as_view(), name="offline"),
+    path("tasks/<uuid:task_id>/start", apis.TaskStartApi.as_view(), name="start"),
+    path("tasks/<uuid:task_id>/progress", apis.TaskProgressApi.as_view(), name="progress"),
+    path("tasks/<uuid:task_id>/complete", apis.TaskCompleteApi.as_view(), name="complete"),
+    path("tasks/<uuid:task_id>/fail", apis.TaskFailApi.as_view(), name="fail"),
+    path("tasks/<uuid:task_id>/release", apis.TaskReleaseApi.as_view(), name="release"),
+]
