@@ -9,6 +9,8 @@ from workers_app import compat_apis as worker_compat
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("", include("generation.web_urls")),
+    path("", include("t2i_project.ops_urls")),
     path("api/v1/", include("generation.urls")),
     path("api/v1/worker/", include("workers_app.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

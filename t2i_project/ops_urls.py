@@ -1,0 +1,3 @@
+"""Operations endpoints: /metrics and /healthz."""
+
+urlpatterns: list = []
