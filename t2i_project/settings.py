@@ -93,9 +93,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "/"
-LOGOUT_REDIRECT_URL = "/"
+# --- Web site (generation/web_urls.py, namespace "web"): where sign-in sends people -------------------------
+LOGIN_URL = "web:login"
+LOGIN_REDIRECT_URL = "web:generate"
+LOGOUT_REDIRECT_URL = "web:generate"
+# --- end of web site block
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
@@ -154,6 +156,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TaskStatusEnum": "generation.models.Task.Status",
+        "WorkerStatusEnum": "workers_app.models.Worker.Status",
+    },
 }
 
 # --- The farm -------------------------------------------------------------------------------------------
@@ -211,4 +217,32 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+
+# --- Operations: background jobs, webhooks, retention, metrics, log context (issue 5) -------------------
+# Run the jobs with `python manage.py qcluster` (ORM broker by default, Redis when Q_REDIS_URL is set; the
+# schedules are created by migration generation/0005 and generation.jobs.ensure_schedules()).
+T2I.update(
+    {
+        # Seconds between the offline/expired-lease sweeps inside the once-a-minute maintenance job.
+        "MAINTENANCE_EVERY": env_float("T2I_MAINTENANCE_EVERY", 5.0, minimum=0.5, maximum=60),
+        # Delete finished tasks with their images and thumbnails after this many days; 0 keeps them forever.
+        "RETENTION_DAYS": env_int("T2I_RETENTION_DAYS", 0, minimum=0),
+        # Callback POSTs carry X-T2I-Signature: sha256=HMAC-SHA256(secret, raw body). Without a secret no
+        # callback is sent: the delivery is recorded as given up.
+        "WEBHOOK_SECRET": env_str("T2I_WEBHOOK_SECRET", ""),
+        "WEBHOOK_MAX_TRIES": env_int("T2I_WEBHOOK_MAX_TRIES", 5, minimum=1, maximum=20),
+        "WEBHOOK_BACKOFF": env_float("T2I_WEBHOOK_BACKOFF", 60.0, minimum=1),  # doubles after each failure
+        "WEBHOOK_TIMEOUT": env_float("T2I_WEBHOOK_TIMEOUT", 10.0, minimum=0.5, maximum=60),
+        # Absolute base for the image URLs in callback bodies, e.g. http://farm.lan:8000 (else relative).
+        "PUBLIC_URL": env_str("T2I_PUBLIC_URL", "").rstrip("/"),
+        # When set, /metrics asks for "Authorization: Bearer <token>".
+        "METRICS_TOKEN": env_str("T2I_METRICS_TOKEN", ""),
+    }
+)
+# Plain log lines end with "task=… worker=…" whenever the call passed them in `extra` (JSON has them as
+# fields).
+LOGGING["formatters"]["plain"] = {
+    "()": "t2i_project.logging.PlainFormatter",
+    "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
 }

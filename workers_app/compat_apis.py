@@ -15,6 +15,9 @@ from rest_framework.response import Response
 from generation.exceptions import InvalidInput, LeaseLost
 from generation.models import Task
 from workers_app.apis import (
+    CompleteInput,
+    CompleteOutput,
+    HeartbeatOutput,
     HeartbeatInput,
     LeaseInput,
     LeaseOutput,
@@ -36,7 +39,7 @@ class SeedRegisterApi(WorkerApi):
 
 
 class SeedHeartbeatApi(WorkerApi):
-    @extend_schema(request=HeartbeatInput)
+    @extend_schema(request=HeartbeatInput, responses=HeartbeatOutput)
     def post(self, request: Request) -> Response:
         return Response({"status": "ok", **heartbeat(request, self.worker)})
 
@@ -54,7 +57,7 @@ class SeedTaskApi(WorkerApi):
 class SeedCompleteApi(WorkerApi):
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
-    @extend_schema(request=None)
+    @extend_schema(request={"multipart/form-data": CompleteInput}, responses=CompleteOutput)
     def post(self, request: Request) -> Response:
         prompt_id = request.data.get("prompt_id")
         if not prompt_id:
