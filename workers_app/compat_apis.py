@@ -17,8 +17,8 @@ from generation.models import Task
 from workers_app.apis import (
     CompleteInput,
     CompleteOutput,
-    HeartbeatOutput,
     HeartbeatInput,
+    HeartbeatOutput,
     LeaseInput,
     LeaseOutput,
     RegisterInput,
