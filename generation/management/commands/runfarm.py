@@ -46,8 +46,8 @@ class Command(BaseCommand):
             comfyui = f"http://127.0.0.1:{simulator_port}"
             sim = [*manage, "comfyui_simulator", "--port", str(simulator_port), "--job-time", str(job_time)]
             commands.append(("comfyui-simulator", sim))
-        worker = [*manage, "runworker", "--scheduler", scheduler_url, "--comfyui", comfyui, "--name", WORKER_NAME]
-        commands.append(("worker", worker))
+        worker = [*manage, "runworker", "--scheduler", scheduler_url, "--comfyui", comfyui]
+        commands.append(("worker", [*worker, "--name", WORKER_NAME]))
 
         processes = []
         for name, command in commands:
@@ -55,7 +55,8 @@ class Command(BaseCommand):
             processes.append((name, subprocess.Popen(command, env=env)))
             if name == "scheduler":
                 time.sleep(1.5)  # let the scheduler bind before the worker registers (it retries anyway)
-        self.stdout.write(self.style.SUCCESS(f"\nThe farm runs at {scheduler_url}/  (admin: {scheduler_url}/admin/)"))
+        banner = f"\nThe farm runs at {scheduler_url}/  (admin: {scheduler_url}/admin/)"
+        self.stdout.write(self.style.SUCCESS(banner))
         self.stdout.write("Press Ctrl-C to stop everything.\n")
         self._wait(processes)
 
@@ -65,7 +66,8 @@ class Command(BaseCommand):
             return
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "", password)
-        self.stdout.write(self.style.WARNING(f"Created the admin account: user 'admin', password '{password}'."))
+        notice = f"Created the admin account: user 'admin', password '{password}'."
+        self.stdout.write(self.style.WARNING(notice))
         self.stdout.write("Change it in the admin, or make your own with: python manage.py createsuperuser")
 
     def _worker_token(self) -> str:
