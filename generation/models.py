@@ -126,6 +126,8 @@ class Task(models.Model):
     )
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Where to POST a signed JSON summary when the task completes or fails (generation.webhooks).
+    callback_url = models.URLField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -137,6 +139,9 @@ class Task(models.Model):
             models.Index(fields=["status", "lease_expires_at"], name="task_lease_expiry_idx"),
             # "my tasks": WHERE owner_id = ? ORDER BY id DESC
             models.Index(fields=["owner", "-id"], name="task_owner_idx"),
+            # Dashboard and metrics: WHERE status IN ('completed','failed') AND finished_at >= now - 1h;
+            # retention: WHERE status IN (finished) AND finished_at < cutoff.
+            models.Index(fields=["status", "finished_at"], name="task_finished_idx"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -211,6 +216,8 @@ class TaskAttempt(models.Model):
         indexes = [
             # worker_heartbeat / dashboard: a worker's active attempts
             models.Index(fields=["worker", "outcome"], name="attempt_worker_outcome_idx"),
+            # Dashboard utilisation and the workers' admin columns: WHERE finished_at >= start of window
+            models.Index(fields=["finished_at"], name="attempt_finished_idx"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["task", "number"], name="attempt_unique_number"),
@@ -250,3 +257,36 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return self.file.name
+
+
+class WebhookDelivery(models.Model):
+    """One callback POST for a finished task, with its retry state (generation.webhooks sends it)."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    url = models.URLField(max_length=500)
+    event = models.CharField(max_length=32)
+    payload = models.JSONField(help_text="The JSON body; every try sends the same bytes.")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_tried_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    next_try_at = models.DateTimeField(null=True, blank=True, help_text="Empty once delivered or given up.")
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            # webhooks_deliver_due: WHERE next_try_at <= now ORDER BY next_try_at
+            models.Index(fields=["next_try_at"], name="webhook_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} -> {self.url}"
+
+    @property
+    def state(self) -> str:
+        if self.delivered_at is not None:
+            return "delivered"
+        return "pending" if self.next_try_at is not None else "gave up"

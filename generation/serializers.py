@@ -1,5 +1,6 @@
 """Input and output shapes of the task API. Inputs check types only; the services check the rules."""
 
+from django.core.validators import URLValidator
 from rest_framework import serializers
 
 from generation import services
@@ -24,6 +25,13 @@ class TaskSubmitInput(serializers.Serializer):
     checkpoint = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
     template = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
     priority = serializers.IntegerField(required=False, default=0)
+    callback_url = serializers.URLField(
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        default="",
+        validators=[URLValidator(schemes=["http", "https"], message="Must be an http or https URL.")],
+    )
 
     def to_task_input(self) -> services.TaskInput:
         return services.TaskInput(**self.validated_data)

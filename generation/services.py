@@ -58,6 +58,7 @@ class TaskInput:
     checkpoint: str = ""
     template: str = ""
     priority: int = 0
+    callback_url: str = ""
 
 
 def task_submit(*, owner: AbstractBaseUser | None, data: TaskInput, callback_url: str = "") -> Task:
@@ -84,6 +85,7 @@ def task_submit(*, owner: AbstractBaseUser | None, data: TaskInput, callback_url
             priority=data.priority,
             max_attempts=farm_setting("MAX_ATTEMPTS"),
             warning=warning,
+            callback_url=callback_url or data.callback_url,
         )
         dispatch.announce_work()
     logger.info("task queued", extra={"task": task.public_id})

@@ -23,3 +23,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)
+
+
+class PlainFormatter(logging.Formatter):
+    """The plain text format, with ` task=… worker=…` appended when the call passed them in `extra`."""
+
+    FIELDS = JsonFormatter.FIELDS
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(f"{f}={getattr(record, f)}" for f in self.FIELDS if hasattr(record, f))
+        if not context:
+            return line
+        # Keep a traceback below the line it belongs to.
+        head, sep, tail = line.partition("\n")
+        return f"{head} {context}{sep}{tail}"

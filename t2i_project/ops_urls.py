@@ -1,3 +1,10 @@
-"""Operations endpoints: /metrics and /healthz."""
+"""Operations endpoints: /metrics (Prometheus) and /healthz (JSON)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from t2i_project import observability
+
+urlpatterns = [
+    path("metrics", observability.metrics, name="metrics"),
+    path("healthz", observability.healthz, name="healthz"),
+]

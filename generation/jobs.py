@@ -1,0 +1,125 @@
+"""Background jobs, run by django-q2 (`python manage.py qcluster`) on the schedules in SCHEDULES.
+
+Each job is a small function that calls the services and returns what it did, so a test (or an operator in
+`manage.py shell`) can run one step directly. Nothing here is needed for correctness: the lease path reaps
+expired leases and stale workers lazily (generation.services.maybe_reap); the jobs keep the farm tidy when
+nobody is leasing, and do the work that has no request to hang on (thumbnails, webhooks, retention).
+
+django-q2's scheduler looks at its schedules about every 30 seconds and counts intervals in whole minutes,
+so the every-few-seconds sweep is one job a minute that repeats its step every MAINTENANCE_EVERY seconds.
+"""
+
+import logging
+import time
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from generation.models import Image, Task
+from generation.services import tasks_reap_expired
+from generation.thumbnails import images_make_missing_thumbnails
+from generation.webhooks import webhooks_deliver_due
+from workers_app.services import workers_mark_offline
+
+logger = logging.getLogger(__name__)
+
+# (schedule name, function, every N minutes). ensure_schedules() makes the django_q Schedule rows match.
+SCHEDULE_PREFIX = "t2i: "
+SCHEDULES = [
+    ("t2i: workers offline and expired leases", "generation.jobs.farm_maintenance", 1),
+    ("t2i: webhook retries", "generation.jobs.webhooks_job", 1),
+    ("t2i: missing thumbnails", "generation.jobs.thumbnails_job", 5),
+    ("t2i: retention", "generation.jobs.retention_job", 60),
+]
+
+
+def maintenance_step(*, now: datetime | None = None) -> tuple[int, int]:
+    """Workers silent too long go offline; expired leases are requeued. Returns (offline, requeued)."""
+    now = now or timezone.now()
+    return workers_mark_offline(now=now), tasks_reap_expired(now=now)
+
+
+def farm_maintenance(duration: float = 55.0) -> str:
+    """Run maintenance_step every MAINTENANCE_EVERY seconds for about `duration` seconds (one schedule
+    tick). Runs that overlap are harmless: both services are conditional UPDATEs."""
+    every = settings.T2I["MAINTENANCE_EVERY"]
+    deadline = time.monotonic() + duration
+    offline = requeued = steps = 0
+    while True:
+        started = time.monotonic()
+        found = maintenance_step()
+        offline, requeued, steps = offline + found[0], requeued + found[1], steps + 1
+        if started + every >= deadline:
+            break
+        time.sleep(max(0.0, started + every - time.monotonic()))
+    return f"{steps} sweeps: {offline} worker(s) marked offline, {requeued} lease(s) requeued"
+
+
+def thumbnails_job() -> str:
+    return f"{images_make_missing_thumbnails()} thumbnail(s) made"
+
+
+def webhooks_job() -> str:
+    return f"{webhooks_deliver_due()} webhook(s) delivered"
+
+
+def retention_job() -> str:
+    return f"{tasks_purge_expired()} task(s) purged"
+
+
+def tasks_purge_expired(*, now: datetime | None = None, batch: int = 500) -> int:
+    """Delete tasks finished more than RETENTION_DAYS ago, with their attempts, webhook deliveries, images
+    and the image and thumbnail files. Off (returns 0) while RETENTION_DAYS is 0.
+
+    Rows go first, in batches, each in its own transaction; files are removed after the commit, so a crash
+    leaves at worst an orphaned file, never a row pointing at a missing one.
+    """
+    days = settings.T2I["RETENTION_DAYS"]
+    if not days:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    expired = Task.objects.filter(
+        status__in=Task.FINISHED_STATUSES, finished_at__lt=cutoff
+    )  # task_finished_idx
+    total = 0
+    while pks := list(expired.order_by().values_list("pk", flat=True)[:batch]):
+        files = [
+            name
+            for pair in Image.objects.filter(task_id__in=pks).values_list("file", "thumbnail")
+            for name in pair
+            if name
+        ]
+        with transaction.atomic():
+            Image.objects.filter(task_id__in=pks).delete()
+            total += expired.filter(pk__in=pks).delete()[1].get(Task._meta.label, 0)
+        for name in files:
+            try:
+                default_storage.delete(name)
+            except OSError:
+                logger.warning("retention: could not delete %s", name, exc_info=True)
+        if len(pks) < batch:
+            break
+    if total:
+        logger.info("retention: deleted %d task(s) finished before %s", total, cutoff.isoformat())
+    return total
+
+
+def ensure_schedules(schedule_model=None) -> int:
+    """Create or update the django_q Schedule rows in SCHEDULES and drop stale ones with our prefix.
+
+    Idempotent: run by migration generation/0005 and safe to run again (e.g. after changing SCHEDULES).
+    `schedule_model` lets a migration pass its historical model. Returns the number of schedules.
+    """
+    if schedule_model is None:
+        from django_q.models import Schedule as schedule_model
+    for name, func, minutes in SCHEDULES:
+        schedule_model.objects.update_or_create(
+            name=name,
+            defaults={"func": func, "schedule_type": "I", "minutes": minutes, "repeats": -1},
+        )
+    names = [name for name, _, _ in SCHEDULES]
+    schedule_model.objects.filter(name__startswith=SCHEDULE_PREFIX).exclude(name__in=names).delete()
+    return len(SCHEDULES)

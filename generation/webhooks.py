@@ -1,0 +1,186 @@
+"""Callbacks: a signed JSON POST to a task's `callback_url` when it completes or fails, retried with backoff.
+
+The delivery row is written after the task's transaction commits (generation.hooks.task_finished). Its first
+try runs at once as a django-q2 task; failed tries wait WEBHOOK_BACKOFF seconds, doubling each time, and are
+sent by the webhooks job (generation.jobs) once due, until WEBHOOK_MAX_TRIES. Each try claims the row with a
+conditional UPDATE and checks the row count, so the immediate try and the job never send the same try twice.
+
+The receiver checks `X-T2I-Signature: sha256=<hex>`, the HMAC-SHA256 of the raw request body under the
+shared secret T2I_WEBHOOK_SECRET (see `signature`). Every try of one delivery sends the same bytes and the
+same `X-T2I-Delivery` id, so receivers can drop duplicates.
+"""
+
+import hashlib
+import hmac
+import json
+import logging
+from datetime import datetime, timedelta
+
+import requests
+from django.conf import settings
+from django.utils import timezone
+
+from generation.models import Task, WebhookDelivery
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-T2I-Signature"
+EVENTS = {Task.Status.COMPLETED: "task.completed", Task.Status.FAILED: "task.failed"}
+
+
+def _setting(name: str):
+    return settings.T2I[name]
+
+
+def signature(body: bytes, secret: str) -> str:
+    """The X-T2I-Signature header value for `body`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_is_valid(body: bytes, secret: str, header: str) -> bool:
+    """What a receiver does: recompute the HMAC over the raw body and compare in constant time."""
+    return hmac.compare_digest(signature(body, secret), header or "")
+
+
+def encode(payload: dict) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def task_payload(task: Task) -> dict:
+    """The body: the event and the task exactly as GET /api/v1/tasks/<id>/ shows it, image URLs absolute
+    when T2I_PUBLIC_URL is set."""
+    from generation.serializers import TaskOutput
+
+    task = (
+        Task.objects.select_related("template", "worker", "owner").prefetch_related("images").get(pk=task.pk)
+    )
+    data = json.loads(json.dumps(TaskOutput(task).data, default=str))
+    data.pop("queue_position", None)
+    base = _setting("PUBLIC_URL")
+    for image in data.get("images", []):
+        for key in ("url", "thumbnail_url"):
+            if base and image.get(key) and "://" not in image[key]:
+                image[key] = f"{base}/{image[key].lstrip('/')}"
+    return {"event": EVENTS.get(task.status, f"task.{task.status}"), "task": data}
+
+
+def webhook_enqueue(*, task: Task) -> WebhookDelivery | None:
+    """Record a delivery for a finished task that asked for one, and try it at once in the background."""
+    if not task.callback_url or task.status not in EVENTS:
+        return None
+    delivery = WebhookDelivery.objects.create(
+        task=task,
+        url=task.callback_url,
+        event=EVENTS[task.status],
+        payload=task_payload(task),
+        next_try_at=timezone.now(),
+    )
+    _try_soon(delivery.pk)
+    return delivery
+
+
+def webhook_retry_now(*, delivery: WebhookDelivery) -> bool:
+    """An operator asks for one more try now, also after the retries ran out. False if already delivered."""
+    if not WebhookDelivery.objects.filter(pk=delivery.pk, delivered_at=None).update(
+        next_try_at=timezone.now()
+    ):
+        return False
+    _try_soon(delivery.pk)
+    return True
+
+
+def _try_soon(delivery_id: int) -> None:
+    """Queue one try for the cluster. If the broker is down the row is still due, so the job sends it."""
+    try:
+        from django_q.tasks import async_task
+
+        async_task("generation.webhooks.webhook_deliver", delivery_id, task_name=f"webhook-{delivery_id}")
+    except Exception:
+        logger.warning("webhook %s not queued; the webhooks job will send it", delivery_id, exc_info=True)
+
+
+def webhook_backoff(attempts: int) -> timedelta:
+    """The wait after the `attempts`-th failed try: WEBHOOK_BACKOFF, doubling each time."""
+    return timedelta(seconds=_setting("WEBHOOK_BACKOFF") * 2 ** (attempts - 1))
+
+
+def webhook_deliver(delivery_id: int, *, now: datetime | None = None) -> bool:
+    """One try of a due delivery. True when the receiver answered 2xx; False otherwise (or not due)."""
+    now = now or timezone.now()
+    claim_until = now + timedelta(seconds=2 * _setting("WEBHOOK_TIMEOUT") + 60)
+    claimed = WebhookDelivery.objects.filter(pk=delivery_id, delivered_at=None, next_try_at__lte=now).update(
+        next_try_at=claim_until
+    )
+    if not claimed:
+        return False
+    delivery = WebhookDelivery.objects.select_related("task").get(pk=delivery_id)
+    extra = {"task": delivery.task.public_id}
+    attempts = delivery.attempts + 1
+    secret = _setting("WEBHOOK_SECRET")
+    if not secret:
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            attempts=attempts,
+            last_tried_at=now,
+            last_error="T2I_WEBHOOK_SECRET is not set; callbacks are not sent unsigned.",
+            next_try_at=None,
+        )
+        logger.error("webhook %s not sent: T2I_WEBHOOK_SECRET is not set", delivery.pk, extra=extra)
+        return False
+    body = encode(delivery.payload)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "t2i-scheduler-webhook/1",
+        SIGNATURE_HEADER: signature(body, secret),
+        "X-T2I-Event": delivery.event,
+        "X-T2I-Delivery": str(delivery.pk),
+    }
+    status, error = None, ""
+    try:
+        response = requests.post(
+            delivery.url,
+            data=body,
+            headers=headers,
+            timeout=_setting("WEBHOOK_TIMEOUT"),
+            allow_redirects=False,
+        )
+        status = response.status_code
+        if not 200 <= status < 300:
+            error = f"HTTP {status}: {response.text[:200]}"
+    except requests.RequestException as exc:
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+    finished = timezone.now()
+    if not error:
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            attempts=attempts,
+            last_status_code=status,
+            last_error="",
+            last_tried_at=finished,
+            delivered_at=finished,
+            next_try_at=None,
+        )
+        logger.info("webhook %s delivered (HTTP %s)", delivery.pk, status, extra=extra)
+        return True
+    retry_at = finished + webhook_backoff(attempts) if attempts < _setting("WEBHOOK_MAX_TRIES") else None
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        attempts=attempts,
+        last_status_code=status,
+        last_error=error,
+        last_tried_at=finished,
+        next_try_at=retry_at,
+    )
+    logger.warning(
+        "webhook %s try %d failed (%s); %s",
+        delivery.pk,
+        attempts,
+        error,
+        f"next try at {retry_at:%H:%M:%S}" if retry_at else "giving up",
+        extra=extra,
+    )
+    return False
+
+
+def webhooks_deliver_due(*, now: datetime | None = None, limit: int = 100) -> int:
+    """Try every delivery that is due (oldest first, at most `limit`); return how many were sent."""
+    now = now or timezone.now()
+    due = WebhookDelivery.objects.filter(delivered_at=None, next_try_at__lte=now).order_by("next_try_at")
+    return sum(webhook_deliver(pk, now=now) for pk in list(due.values_list("pk", flat=True)[:limit]))

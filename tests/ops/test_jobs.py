@@ -1,0 +1,127 @@
+"""The background jobs, one step at a time, and their django-q2 schedules."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.files.storage import default_storage
+from django.utils import timezone
+from django_q.models import Schedule
+
+from generation import jobs
+from generation.models import Image, Task, TaskAttempt, WebhookDelivery
+from tests.ops.conftest import run, submit
+from workers_app.models import Worker
+
+pytestmark = pytest.mark.django_db
+
+
+def test_migration_created_the_schedules():
+    names = set(Schedule.objects.filter(name__startswith=jobs.SCHEDULE_PREFIX).values_list("name", flat=True))
+    assert names == {name for name, _, _ in jobs.SCHEDULES}
+
+
+def test_ensure_schedules_is_idempotent_and_repairs_rows():
+    Schedule.objects.filter(func="generation.jobs.thumbnails_job").update(minutes=99, schedule_type="D")
+    Schedule.objects.create(name="t2i: an old job", func="generation.jobs.gone", schedule_type="I", minutes=1)
+    Schedule.objects.create(name="someone else's job", func="x.y", schedule_type="I", minutes=1)
+    assert jobs.ensure_schedules() == len(jobs.SCHEDULES)
+    assert jobs.ensure_schedules() == len(jobs.SCHEDULES)
+    ours = Schedule.objects.filter(name__startswith=jobs.SCHEDULE_PREFIX)
+    assert ours.count() == len(jobs.SCHEDULES)
+    thumbnails = ours.get(func="generation.jobs.thumbnails_job")
+    assert (thumbnails.schedule_type, thumbnails.minutes, thumbnails.repeats) == ("I", 5, -1)
+    assert Schedule.objects.filter(name="someone else's job").exists()
+
+
+def test_every_scheduled_function_exists():
+    from django.utils.module_loading import import_string
+
+    for _, func, _ in jobs.SCHEDULES:
+        assert callable(import_string(func))
+
+
+def test_maintenance_marks_silent_workers_offline_and_requeues(worker, settings):
+    task = submit()
+    from generation import services
+
+    services.task_lease_next(worker=worker)
+    long_ago = timezone.now() - timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"] + 5)
+    Worker.objects.filter(pk=worker.pk).update(last_heartbeat=long_ago)
+    summary = jobs.farm_maintenance(duration=0)
+    assert summary.startswith("1 sweeps: 1 worker(s) marked offline")
+    worker.refresh_from_db()
+    task.refresh_from_db()
+    assert worker.status == Worker.Status.OFFLINE
+    assert task.status == Task.Status.QUEUED
+    assert TaskAttempt.objects.get(task=task).outcome == TaskAttempt.Outcome.EXPIRED
+
+
+def test_maintenance_requeues_expired_leases(worker):
+    task = submit()
+    from generation import services
+
+    services.task_lease_next(worker=worker)
+    Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert jobs.maintenance_step() == (0, 1)
+    task.refresh_from_db()
+    assert task.status == Task.Status.QUEUED
+
+
+def test_maintenance_repeats_its_step(monkeypatch, settings):
+    settings.T2I = {**settings.T2I, "MAINTENANCE_EVERY": 0.5}
+    calls = []
+    monkeypatch.setattr(jobs, "maintenance_step", lambda: calls.append(1) or (0, 0))
+    jobs.farm_maintenance(duration=1.2)
+    assert len(calls) == 3  # at 0, 0.5 and 1.0 seconds
+
+
+def test_thumbnails_job_makes_missing_ones(worker):
+    submit()
+    task = run(worker)  # on-commit hook not run: no thumbnail yet
+    assert Image.objects.get(task=task).thumbnail == ""
+    assert jobs.thumbnails_job() == "1 thumbnail(s) made"
+    assert default_storage.exists(Image.objects.get(task=task).thumbnail.name)
+
+
+def test_retention_is_off_by_default(worker):
+    submit()
+    task = run(worker)
+    Task.objects.filter(pk=task.pk).update(finished_at=timezone.now() - timedelta(days=3650))
+    assert jobs.tasks_purge_expired() == 0
+    assert Task.objects.filter(pk=task.pk).exists()
+
+
+def test_retention_deletes_old_finished_tasks_with_files(
+    worker, settings, django_capture_on_commit_callbacks
+):
+    settings.T2I = {**settings.T2I, "RETENTION_DAYS": 7}
+    submit(callback_url="http://127.0.0.1:9/hook")
+    with django_capture_on_commit_callbacks(execute=True):
+        old = run(worker)
+    submit()
+    recent = run(worker)
+    queued = submit()
+    Task.objects.filter(pk=queued.pk).update(created_at=timezone.now() - timedelta(days=30))
+    image = Image.objects.get(task=old)
+    files = [image.file.name, image.thumbnail.name]
+    assert all(default_storage.exists(name) for name in files)
+    assert WebhookDelivery.objects.filter(task=old).exists()
+    Task.objects.filter(pk=old.pk).update(finished_at=timezone.now() - timedelta(days=8))
+
+    assert jobs.retention_job() == "1 task(s) purged"
+    assert not Task.objects.filter(pk=old.pk).exists()
+    assert not Image.objects.filter(task_id=old.pk).exists()
+    assert not TaskAttempt.objects.filter(task_id=old.pk).exists()
+    assert not WebhookDelivery.objects.filter(task_id=old.pk).exists()
+    assert not any(default_storage.exists(name) for name in files)
+    assert Task.objects.filter(pk__in=[recent.pk, queued.pk]).count() == 2
+    assert default_storage.exists(Image.objects.get(task=recent).file.name)
+
+
+def test_retention_works_in_batches(worker, settings):
+    settings.T2I = {**settings.T2I, "RETENTION_DAYS": 1}
+    for _ in range(5):
+        submit()
+    Task.objects.update(status=Task.Status.CANCELLED, finished_at=timezone.now() - timedelta(days=2))
+    assert jobs.tasks_purge_expired(batch=2) == 5
+    assert not Task.objects.exists()

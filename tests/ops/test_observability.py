@@ -1,0 +1,173 @@
+"""/metrics, /healthz and the log format."""
+
+import json
+import logging
+from http import HTTPStatus
+
+import pytest
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from generation import services
+from generation.models import TaskAttempt, WebhookDelivery
+from t2i_project import observability
+from t2i_project.logging import JsonFormatter, PlainFormatter
+from tests.conftest import CHECKPOINT, make_worker
+from tests.ops.conftest import run, submit
+
+pytestmark = pytest.mark.django_db
+
+
+def scrape(client, **headers) -> dict:
+    response = client.get("/metrics", **headers)
+    assert response.status_code == HTTPStatus.OK
+    assert response["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_report_the_farm(client, worker):
+    submit(priority=3)
+    submit()
+    run(worker)
+    submit()
+    run(worker, complete=False)
+    other, _ = make_worker("gpu-2")
+    services.task_lease_next(worker=other)  # the third task
+    submit()
+    expired = TaskAttempt.objects.create(
+        task=submit(), worker=worker, number=9, lease_token="00000000-0000-0000-0000-000000000001",
+        lease_expires_at=timezone.now(), leased_at=timezone.now(), outcome=TaskAttempt.Outcome.EXPIRED,
+    )  # fmt: skip
+    WebhookDelivery.objects.create(
+        task=expired.task, url="http://x", event="task.failed", payload={}, attempts=3
+    )
+
+    m = scrape(client)
+    assert m[("t2i_tasks", (("status", "queued"),))] == 2  # the priority-3 one leased first, then the others
+    assert m[("t2i_tasks", (("status", "leased"),))] == 1
+    assert m[("t2i_tasks", (("status", "running"),))] == 0
+    assert m[("t2i_workers", (("status", "busy"),))] == 1
+    assert m[("t2i_workers", (("status", "idle"),))] == 1
+    assert m[("t2i_workers", (("status", "offline"),))] == 0
+    assert m[("t2i_oldest_queued_task_age_seconds", ())] >= 0
+    labels = (("checkpoint", CHECKPOINT), ("worker", "gpu-1"))
+    assert m[("t2i_tasks_completed_total", labels)] == 1
+    assert m[("t2i_tasks_failed_total", labels)] == 1
+    assert m[("t2i_task_run_seconds_count", ())] == 1
+    assert m[("t2i_task_run_seconds_bucket", (("le", "+Inf"),))] == 1
+    assert m[("t2i_task_run_seconds_bucket", (("le", "3600.0"),))] == 1
+    assert m[("t2i_task_wait_seconds_count", ())] == 1
+    assert m[("t2i_lease_expiries_total", (("worker", "gpu-1"),))] == 1
+    assert m[("t2i_task_attempts_total", (("outcome", "completed"), ("worker", "gpu-1")))] == 1
+    assert m[("t2i_webhook_failures_total", ())] == 3
+    assert m[("t2i_webhook_deliveries", (("state", "gave_up"),))] == 1
+    assert ("t2i_metrics_scrape_seconds", ()) in m
+
+
+def test_metrics_scrape_is_a_fixed_number_of_queries(client, worker, django_assert_max_num_queries):
+    for _ in range(5):
+        submit()
+        run(worker)
+    with django_assert_max_num_queries(12):
+        scrape(client)
+
+
+def test_metrics_speak_openmetrics_when_asked(client):
+    response = client.get("/metrics", HTTP_ACCEPT="application/openmetrics-text; version=1.0.0")
+    assert response["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert response.content.decode().endswith("# EOF\n")
+
+
+def test_metrics_token(client, settings):
+    settings.T2I = {**settings.T2I, "METRICS_TOKEN": "m-token"}
+    assert client.get("/metrics").status_code == HTTPStatus.UNAUTHORIZED
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == HTTPStatus.UNAUTHORIZED
+    assert ("t2i_workers", (("status", "idle"),)) in scrape(client, HTTP_AUTHORIZATION="Bearer m-token")
+
+
+def test_healthz_ok(client, worker):
+    submit()
+    response = client.get("/healthz")
+    assert response.status_code == HTTPStatus.OK
+    body = response.json()
+    assert body["status"] == "ok" and body["database"] == "ok" and body["migrations"] == "ok"
+    assert body["online_workers"] == 1 and body["queued_tasks"] == 1
+    assert body["oldest_queued_task_age_seconds"] >= 0
+    assert "no-cache" in response["Cache-Control"]
+
+
+def test_healthz_503_when_migrations_are_pending(client, monkeypatch):
+    monkeypatch.setattr(observability, "_pending_migrations", lambda connection: 2)
+    response = client.get("/healthz")
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert response.json()["status"] == "error" and response.json()["migrations"] == "2 pending"
+
+
+def test_healthz_503_when_the_database_is_down(client, monkeypatch):
+    from django.db import connections
+    from django.db.utils import OperationalError
+
+    def broken(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(connections["default"], "cursor", broken)
+    response = client.get("/healthz")
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert response.json() == {"status": "error", "database": "unreachable: OperationalError"}
+
+
+def test_pending_migrations_check_finds_none():
+    from django.db import connection
+
+    observability._migrations_applied = False
+    assert observability._pending_migrations(connection) == 0
+
+
+# --- Logging --------------------------------------------------------------------------------------------
+
+
+def record(message="task completed", **extra) -> logging.LogRecord:
+    rec = logging.LogRecord("generation.services", logging.INFO, __file__, 1, message, None, None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_plain_lines_carry_task_and_worker():
+    formatter = PlainFormatter("%(levelname)s %(name)s %(message)s")
+    line = formatter.format(record(task="3f2a", worker="gpu-1"))
+    assert line == "INFO generation.services task completed task=3f2a worker=gpu-1"
+    assert formatter.format(record()) == "INFO generation.services task completed"
+
+
+def test_plain_context_stays_on_the_first_line_of_a_traceback():
+    formatter = PlainFormatter("%(message)s")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        rec = record("thumbnail failed", task="3f2a")
+        rec.exc_info = sys.exc_info()
+    first, *rest = formatter.format(rec).splitlines()
+    assert first == "thumbnail failed task=3f2a" and rest[-1] == "ValueError: boom"
+
+
+def test_json_lines_carry_task_and_worker():
+    payload = json.loads(JsonFormatter().format(record(task="3f2a", worker="gpu-1")))
+    assert (
+        payload["task"] == "3f2a" and payload["worker"] == "gpu-1" and payload["message"] == "task completed"
+    )
+
+
+def test_settings_use_the_plain_formatter_and_services_pass_context(worker, caplog, settings):
+    assert settings.LOGGING["formatters"]["plain"]["()"] == "t2i_project.logging.PlainFormatter"
+    formatter = PlainFormatter("%(message)s")
+    caplog.set_level(logging.INFO, logger="generation.services")
+    task = submit()
+    services.task_lease_next(worker=worker)
+    leased = [r for r in caplog.records if r.getMessage() == "task leased"]
+    assert formatter.format(leased[0]) == f"task leased task={task.public_id} worker={worker.name}"

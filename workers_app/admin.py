@@ -1,0 +1,353 @@
+"""The operators' view of the workers: live status, today's figures, capabilities, and the state actions.
+
+Every change goes through workers_app.services; rows are never saved from a stale admin form (heartbeats
+update them every few seconds), so the only editable field is the name, written with a targeted UPDATE.
+"""
+
+import json
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from generation import dashboard
+from generation.exceptions import DomainError
+from workers_app import services
+from workers_app.models import Worker
+
+STATUS_COLOURS = {
+    Worker.Status.IDLE: "#2e7d32",
+    Worker.Status.BUSY: "#1565c0",
+    Worker.Status.DRAINING: "#ef6c00",
+    Worker.Status.OFFLINE: "#757575",
+    Worker.Status.DISABLED: "#c62828",
+}
+
+
+def status_badge(label: str, colour: str):
+    return format_html(
+        '<span style="display:inline-block;padding:1px 8px;border-radius:9px;background:{};color:#fff;'
+        'font-weight:600;font-size:11px;white-space:nowrap">{}</span>',
+        colour,
+        label,
+    )
+
+
+def seconds_text(seconds: float | None) -> str:
+    """12 s, 3 m 20 s, 2 h 05 m: short durations for tables."""
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} m {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} m"
+
+
+def token_message(request, worker: Worker, token: str, verb: str) -> None:
+    messages.warning(
+        request,
+        format_html(
+            "{} token for worker <strong>{}</strong>: <code style='user-select:all;font-size:13px'>{}</code> "
+            "— copy it now: only its hash is kept, and it is not shown again.",
+            verb,
+            worker.name,
+            token,
+        ),
+    )
+
+
+class WorkerForm(forms.ModelForm):
+    class Meta:
+        model = Worker
+        fields = ["name"]
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    form = WorkerForm
+    list_display = [
+        "name",
+        "status_column",
+        "heartbeat_column",
+        "current_tasks",
+        "device_column",
+        "comfyui_version",
+        "checkpoint_count",
+        "done_today_column",
+        "median_run_column",
+        "failure_rate_column",
+        "skew_column",
+    ]
+    list_filter = ["status"]
+    search_fields = ["name"]
+    actions = ["drain", "enable", "disable", "rotate_token"]
+    readonly_fields = [
+        "status_column",
+        "heartbeat_column",
+        "token_hint",
+        "registered_at",
+        "created_at",
+        "prefetch",
+        "current_tasks",
+        "done_today_column",
+        "failed_today_column",
+        "median_run_column",
+        "failure_rate_column",
+        "lifetime_column",
+        "skew_column",
+        "capabilities_view",
+    ]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "status_column",
+                    "heartbeat_column",
+                    "token_hint",
+                    "registered_at",
+                    "created_at",
+                ]
+            },
+        ),
+        (
+            "Work",
+            {
+                "fields": [
+                    "current_tasks",
+                    "prefetch",
+                    "done_today_column",
+                    "failed_today_column",
+                    "median_run_column",
+                    "failure_rate_column",
+                    "lifetime_column",
+                ]
+            },
+        ),
+        ("Capabilities (as reported at register)", {"fields": ["skew_column", "capabilities_view"]}),
+    ]
+
+    # --- Queries: annotations for the counts, one grouped query per page for the rest ---------------------
+
+    def get_queryset(self, request):
+        return dashboard.workers_with_stats(super().get_queryset(request), since=dashboard.start_of_today())
+
+    def get_changelist_instance(self, request):
+        changelist = super().get_changelist_instance(request)
+        self._decorate(list(changelist.result_list))
+        return changelist
+
+    def get_object(self, request, object_id, from_field=None):
+        worker = super().get_object(request, object_id, from_field)
+        if worker is not None:
+            self._decorate([worker])
+        return worker
+
+    @staticmethod
+    def _decorate(workers: list[Worker]) -> None:
+        ids = [w.pk for w in workers]
+        medians = dashboard.median_run_seconds(ids, since=dashboard.start_of_today())
+        active = dashboard.active_tasks_by_worker(ids)
+        skew = dashboard.version_skew(workers)
+        for worker in workers:
+            worker.median_run = medians.get(worker.pk)
+            worker.active_tasks = active.get(worker.pk, [])
+            worker.skew_notes = skew.get(worker.pk, [])
+
+    # --- Columns ------------------------------------------------------------------------------------------
+
+    @admin.display(description="Status", ordering="status")
+    def status_column(self, worker: Worker):
+        return status_badge(worker.get_status_display(), STATUS_COLOURS.get(worker.status, "#757575"))
+
+    @admin.display(description="Last heartbeat", ordering="last_heartbeat")
+    def heartbeat_column(self, worker: Worker):
+        if worker.last_heartbeat is None:
+            return "never"
+        age = (timezone.now() - worker.last_heartbeat).total_seconds()
+        stale = age > settings.T2I["WORKER_OFFLINE_AFTER"]
+        return format_html(
+            '<span title="{}" style="color:{}">{} ago</span>',
+            worker.last_heartbeat.isoformat(timespec="seconds"),
+            "#c62828" if stale and worker.is_online else "inherit",
+            seconds_text(max(age, 0)),
+        )
+
+    @admin.display(description="Current task(s)")
+    def current_tasks(self, worker: Worker):
+        tasks = getattr(worker, "active_tasks", [])
+        if not tasks:
+            return "—"
+        return format_html_join(
+            mark_safe("<br>"),
+            '<a href="{}">{}</a> {} {}%',
+            (
+                (
+                    reverse("admin:generation_task_change", args=[t.pk]),
+                    str(t.public_id)[:8],
+                    t.get_status_display().lower(),
+                    t.progress_percent,
+                )
+                for t in tasks
+            ),
+        )
+
+    @admin.display(description="Device")
+    def device_column(self, worker: Worker):
+        caps = worker.capabilities or {}
+        vram = caps.get("vram_total") or 0
+        if not caps.get("device_name") and not vram:
+            return "—"
+        return f"{caps.get('device_name') or '?'} · {vram / 2**30:.0f} GiB"
+
+    @admin.display(description="ComfyUI")
+    def comfyui_version(self, worker: Worker):
+        return (worker.capabilities or {}).get("comfyui_version") or "—"
+
+    @admin.display(description="Checkpoints")
+    def checkpoint_count(self, worker: Worker):
+        return len(worker.checkpoints)
+
+    @admin.display(description="Done today", ordering="done_today")
+    def done_today_column(self, worker: Worker):
+        return getattr(worker, "done_today", 0)
+
+    @admin.display(description="Failed today", ordering="failed_today")
+    def failed_today_column(self, worker: Worker):
+        return getattr(worker, "failed_today", 0)
+
+    @admin.display(description="Median run (today)")
+    def median_run_column(self, worker: Worker):
+        return seconds_text(getattr(worker, "median_run", None))
+
+    @admin.display(description="Failure rate (today)", ordering="failure_rate")
+    def failure_rate_column(self, worker: Worker):
+        rate = getattr(worker, "failure_rate", None)
+        if rate is None:
+            return "—"
+        colour = "#c62828" if rate >= 0.2 else "#ef6c00" if rate >= 0.05 else "inherit"
+        return format_html('<span style="color:{}">{}</span>', colour, f"{rate:.0%}")
+
+    @admin.display(description="Lifetime")
+    def lifetime_column(self, worker: Worker):
+        return f"{worker.tasks_completed} completed, {worker.tasks_failed} failed"
+
+    @admin.display(description="Version skew")
+    def skew_column(self, worker: Worker):
+        notes = getattr(worker, "skew_notes", [])
+        if not notes:
+            return "—"
+        return format_html(
+            '<span style="color:#ef6c00;font-weight:600" title="{}">⚠ {}</span>',
+            "; ".join(notes),
+            "; ".join(notes),
+        )
+
+    @admin.display(description="Capabilities")
+    def capabilities_view(self, worker: Worker):
+        caps = worker.capabilities or {}
+        if not caps:
+            return "Not registered yet."
+
+        def chips(values):
+            if not values:
+                return "—"
+            return format_html_join(
+                " ",
+                '<code style="display:inline-block;margin:1px;padding:1px 5px;border-radius:4px;'
+                'background:var(--darkened-bg)">{}</code>',
+                ((v,) for v in values),
+            )
+
+        rows = [
+            ("ComfyUI version", caps.get("comfyui_version") or "—"),
+            ("Device", caps.get("device_name") or "—"),
+            ("VRAM", f"{(caps.get('vram_total') or 0) / 2**30:.1f} GiB"),
+            (f"Checkpoints ({len(caps.get('checkpoints') or [])})", chips(caps.get("checkpoints"))),
+            ("Samplers", chips(caps.get("samplers"))),
+            ("Schedulers", chips(caps.get("schedulers"))),
+            (f"Node classes ({len(caps.get('node_classes') or [])})", chips(caps.get("node_classes"))),
+        ]
+        table = format_html_join(
+            "",
+            '<tr><th style="white-space:nowrap;vertical-align:top">{}</th><td>{}</td></tr>',
+            rows,
+        )
+        return format_html(
+            '<table style="width:100%">{}</table><details><summary>Raw JSON</summary>'
+            '<pre style="max-height:30em;overflow:auto">{}</pre></details>',
+            table,
+            json.dumps(caps, indent=2, sort_keys=True),
+        )
+
+    # --- Add and change: through the services -------------------------------------------------------------
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return [
+                (None, {"fields": ["name"], "description": "The worker's token is shown once, after saving."})
+            ]
+        return super().get_fieldsets(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else super().get_readonly_fields(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            if "name" in form.changed_data:
+                Worker.objects.filter(pk=obj.pk).update(name=obj.name)
+            return
+        worker, token = services.worker_create(name=form.cleaned_data["name"])
+        obj.pk, obj.token_hint, obj._state.adding = worker.pk, worker.token_hint, False
+        token_message(request, worker, token, "New")
+
+    def has_delete_permission(self, request, obj=None):
+        # A worker that holds leases is disabled (which requeues them), not deleted.
+        if obj is not None and (obj.is_online or obj.tasks.filter(status__in=["leased", "running"]).exists()):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    # --- Actions ------------------------------------------------------------------------------------------
+
+    def _set_state(self, request, queryset, state: str, done: str) -> None:
+        changed = 0
+        for worker in queryset:
+            try:
+                services.worker_set_state(worker=worker, state=state)
+                changed += 1
+            except DomainError as exc:
+                messages.error(request, f"{worker.name}: {exc.detail}")
+        if changed:
+            messages.success(request, f"{changed} worker(s) {done}.")
+
+    @admin.action(description="Drain (finish current work, take nothing new)", permissions=["change"])
+    def drain(self, request, queryset):
+        self._set_state(request, queryset, "drain", "draining")
+
+    @admin.action(
+        description="Enable (drained: take work again; disabled: may register again)", permissions=["change"]
+    )
+    def enable(self, request, queryset):
+        self._set_state(request, queryset, "enable", "enabled")
+
+    @admin.action(description="Disable (refuse the worker, requeue its tasks)", permissions=["change"])
+    def disable(self, request, queryset):
+        self._set_state(request, queryset, "disable", "disabled")
+
+    @admin.action(description="Rotate token (the new one is shown once)", permissions=["change"])
+    def rotate_token(self, request, queryset):
+        for worker in queryset:
+            token_message(request, worker, services.worker_rotate_token(worker=worker), "New")
