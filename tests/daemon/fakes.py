@@ -1,0 +1,458 @@
+"""Fakes of the outside world for the daemon tests: recorded traces, a ComfyUI server, in-memory clients.
+
+Plain module (not a conftest) so the daemon tests need neither Django nor the shared fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from PIL import Image
+
+from workers_app.daemon.comfyui import ComfyUIError
+from workers_app.daemon.prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
+from workers_app.daemon.scheduler import HeartbeatReply, Lease, Registration
+
+TRACES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui_traces"
+
+
+def load_trace(name: str) -> list[dict[str, Any]]:
+    with open(TRACES / f"{name}.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_json(name: str) -> Any:
+    return json.loads((TRACES / name).read_text(encoding="utf-8"))
+
+
+def trace_names() -> list[str]:
+    return sorted(p.stem for p in TRACES.glob("*.jsonl"))
+
+
+def png_bytes(width: int = 8, height: int = 8) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 20, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+# -- a fake ComfyUI server (aiohttp, HTTP + /ws on one port, in its own thread) -------------------------
+class FakeComfyUIServer:
+    """Answers like ComfyUI; tests script the socket with ``play()`` and set history/queue directly."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.prompt_answers: list[tuple[int, Any]] = []  # canned POST /prompt answers, used first
+        self.history: dict[str, dict[str, Any]] = {}
+        self.empty_history_reads: dict[str, int] = {}  # answer {} this many times first (the race)
+        self.queue: dict[str, list] = {"queue_running": [], "queue_pending": []}
+        self.files: dict[tuple[str, str, str], bytes] = {}
+        self.view_status: dict[str, int] = {}  # filename -> forced status
+        self.system_stats: dict[str, Any] = load_json("system_stats.json")
+        self.object_info: dict[str, Any] = load_json("object_info_subset.json")
+        self.requests: list[tuple[str, str, Any]] = []
+        self.sockets: list[web.WebSocketResponse] = []
+        self.ws_connects = 0
+        self.max_open_sockets = 0
+        self.sockets_open_at_post: list[int] = []
+        self.refuse_ws = False
+        self.on_prompt: Callable[[str, dict[str, Any]], None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._tasks: list[asyncio.Task] = []
+        self.port = 0
+
+    # lifecycle
+    def start(self) -> FakeComfyUIServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/ws", self._ws),
+                web.post("/prompt", self._prompt),
+                web.get("/history/{pid}", self._history),
+                web.get("/queue", self._queue_get),
+                web.post("/queue", self._queue_post),
+                web.post("/interrupt", self._interrupt),
+                web.get("/view", self._view),
+                web.get("/system_stats", self._system_stats),
+                web.get("/object_info", self._object_info),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            for task in self._tasks:
+                task.cancel()
+            for ws in list(self.sockets):
+                await ws.close()
+            if self._runner:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def paths(self, method: str | None = None) -> list[str]:
+        with self.lock:
+            return [p for m, p, _ in self.requests if method is None or m == method]
+
+    def bodies(self, path: str, method: str = "POST") -> list[Any]:
+        with self.lock:
+            return [b for m, p, b in self.requests if p == path and m == method]
+
+    # scripting the socket
+    def play(self, steps: list[Any], delay: float = 0.005) -> None:
+        """Send ws messages (dicts) / run actions (callables, maybe async) / pause (floats), in order."""
+
+        async def _play() -> None:
+            for step in steps:
+                if isinstance(step, int | float):
+                    await asyncio.sleep(step)
+                elif callable(step):
+                    result = step()
+                    if asyncio.iscoroutine(result):
+                        await result
+                else:
+                    await self._broadcast(step)
+                    await asyncio.sleep(delay)
+
+        def _schedule() -> None:
+            self._tasks.append(self._loop.create_task(_play()))
+
+        self._loop.call_soon_threadsafe(_schedule)
+
+    async def until_connects(self, count: int) -> None:
+        while self.ws_connects < count:
+            await asyncio.sleep(0.01)
+
+    async def _broadcast(self, msg: dict[str, Any]) -> None:
+        for ws in list(self.sockets):
+            if not ws.closed:
+                await ws.send_str(json.dumps(msg))
+
+    async def drop_sockets(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close()
+
+    # handlers
+    async def _system_stats(self, request: web.Request) -> web.Response:
+        self._record(request)
+        return web.json_response(self.system_stats)
+
+    async def _object_info(self, request: web.Request) -> web.Response:
+        self._record(request)
+        return web.json_response(self.object_info)
+
+    def _record(self, request: web.Request, body: Any = None) -> None:
+        with self.lock:
+            self.requests.append((request.method, request.path, body))
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        self._record(request, dict(request.query))
+        if self.refuse_ws:
+            return web.Response(status=503)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        self.ws_connects += 1
+        self.max_open_sockets = max(self.max_open_sockets, len(self.sockets))
+        client_id = request.query.get("clientId", "")
+        await ws.send_json(
+            {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": client_id}}
+        )
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.sockets.remove(ws)
+        return ws
+
+    async def _prompt(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self._record(request, body)
+        self.sockets_open_at_post.append(len(self.sockets))
+        if self.prompt_answers:
+            status, answer = self.prompt_answers.pop(0)
+        else:
+            status, answer = 200, {"prompt_id": body.get("prompt_id"), "number": 1, "node_errors": {}}
+        if status == 200 and isinstance(answer, dict) and answer.get("prompt_id") and self.on_prompt:
+            self.on_prompt(answer["prompt_id"], body)
+        if isinstance(answer, str):
+            return web.Response(status=status, text=answer)
+        return web.json_response(answer, status=status)
+
+    async def _history(self, request: web.Request) -> web.Response:
+        pid = request.match_info["pid"]
+        self._record(request)
+        with self.lock:
+            if self.empty_history_reads.get(pid, 0) > 0:
+                self.empty_history_reads[pid] -= 1
+                return web.json_response({})
+            entry = self.history.get(pid)
+        return web.json_response({pid: entry} if entry else {})
+
+    async def _queue_get(self, request: web.Request) -> web.Response:
+        self._record(request)
+        return web.json_response(self.queue)
+
+    async def _queue_post(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self._record(request, body)
+        with self.lock:
+            for pid in body.get("delete", []):
+                self.queue["queue_pending"] = [i for i in self.queue["queue_pending"] if i[1] != pid]
+        return web.Response(status=200)
+
+    async def _interrupt(self, request: web.Request) -> web.Response:
+        self._record(request, await request.json())
+        return web.Response(status=200)
+
+    async def _view(self, request: web.Request) -> web.Response:
+        q = request.query
+        self._record(request, dict(q))
+        if q.get("filename") in self.view_status:
+            return web.Response(status=self.view_status[q["filename"]])
+        key = (q.get("filename", ""), q.get("subfolder", ""), q.get("type", "output"))
+        if key not in self.files:
+            return web.Response(status=404)
+        return web.Response(body=self.files[key], content_type="image/png")
+
+
+def trace_exchange(
+    lines: list[dict[str, Any]],
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """(the POST /prompt answer, the ws messages after the POST, the history bodies) of a one-prompt trace."""
+    answer: dict[str, Any] = {}
+    messages: list[dict[str, Any]] = []
+    history: dict[str, Any] = {}
+    posted = False
+    for line in lines:
+        if line["dir"] == "http_request" and line.get("path") == "/prompt":
+            posted = True
+        elif line["dir"] == "http_response" and line.get("path") == "/prompt" and not answer:
+            answer = line["body"]
+        elif line["dir"] == "ws_text" and posted:
+            messages.append(line["msg"])
+        elif line["dir"] == "http_response" and line.get("path", "").startswith("/history/") and line["body"]:
+            history.update(line["body"])
+    return answer, messages, history
+
+
+# -- in-memory ComfyUI client (a queue that runs one prompt at a time) -------------------------------------
+class FakeComfy:
+    """Stands in for ``ComfyUIClient`` in runner/worker tests. Prompts run in submission order."""
+
+    def __init__(self, *, auto_finish: bool = True, progress: tuple[tuple[float, float], ...] = ()) -> None:
+        self.cond = threading.Condition()
+        self.auto_finish = auto_finish
+        self.progress = progress
+        self.queue: list[str] = []
+        self.submitted: list[tuple[str, dict[str, Any]]] = []
+        self.cancelled: list[str] = []
+        self.released: set[str] = set()
+        self.started: list[str] = []
+        self.outcomes: dict[str, PromptOutcome] = {}
+        self.outcome_for: Callable[[str], PromptOutcome] = self.success
+        self.submit_errors: list[ComfyUIError] = []
+        self.view_errors: list[ComfyUIError] = []
+        self.health_errors: list[ComfyUIError] = []
+        self.viewed: list[str] = []
+        self.connected = False
+        self.closed = False
+        self.wait_error: ComfyUIError | None = None
+
+    @staticmethod
+    def success(prompt_id: str) -> PromptOutcome:
+        return PromptOutcome(OutcomeStatus.SUCCESS, prompt_id, (ImageRef(f"{prompt_id}.png", "t2i"),))
+
+    def connect(self) -> None:
+        self.connected = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def system_stats(self) -> dict[str, Any]:
+        if self.health_errors:
+            raise self.health_errors.pop(0)
+        return load_json("system_stats.json")
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"comfyui_version": "0.3.64", "checkpoints": ["a.safetensors"], "node_classes": ["SaveImage"]}
+
+    def submit(self, workflow: dict[str, Any]) -> str:
+        with self.cond:
+            if self.submit_errors:
+                raise self.submit_errors.pop(0)
+            pid = f"p{len(self.submitted) + 1}"
+            self.submitted.append((pid, workflow))
+            self.queue.append(pid)
+            self.cond.notify_all()
+            return pid
+
+    def finish(self, prompt_id: str) -> None:
+        with self.cond:
+            self.released.add(prompt_id)
+            self.cond.notify_all()
+
+    def cancel(self, prompt_id: str) -> None:
+        with self.cond:
+            self.cancelled.append(prompt_id)
+            if prompt_id in self.queue:
+                self.queue.remove(prompt_id)
+            self.cond.notify_all()
+
+    def wait(self, prompt_id: str, *, on_start=None, on_progress=None, should_cancel=None, timeout=None):
+        if self.wait_error is not None:
+            raise self.wait_error
+        started = False
+        while True:
+            with self.cond:
+                if should_cancel is not None and should_cancel():
+                    self.cancelled.append(prompt_id)
+                    was_running = self.queue[:1] == [prompt_id]
+                    if prompt_id in self.queue:
+                        self.queue.remove(prompt_id)
+                    self.cond.notify_all()
+                    return PromptOutcome(
+                        OutcomeStatus.INTERRUPTED, prompt_id, source="ws" if was_running else "poll"
+                    )
+                begin = not started and self.queue[:1] == [prompt_id]
+                if started and (self.auto_finish or prompt_id in self.released):
+                    self.queue.remove(prompt_id)
+                    self.cond.notify_all()
+                    return self.outcomes.get(prompt_id) or self.outcome_for(prompt_id)
+                if not begin:
+                    self.cond.wait(0.01)
+                    continue
+                started = True
+                self.started.append(prompt_id)
+            if on_start:
+                on_start()
+            for value, maximum in self.progress:
+                if on_progress:
+                    on_progress(value, maximum)
+
+    def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
+        self.viewed.append(filename)
+        if self.view_errors:
+            raise self.view_errors.pop(0)
+        return png_bytes()
+
+
+# -- in-memory scheduler client ---------------------------------------------------------------------------
+class FakeScheduler:
+    """Stands in for ``SchedulerClient``: records calls; ``errors[name]`` raises queued exceptions first."""
+
+    def __init__(self, leases: list[Lease] | None = None, *, heartbeat_interval: float = 0.05) -> None:
+        self.lock = threading.Lock()
+        self.leases = list(leases or [])
+        self.heartbeat_interval = heartbeat_interval
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.errors: dict[str, list[Exception]] = {}
+        self.cancel_ids: set[str] = set()
+        self.lost_ids: set[str] = set()
+        self.start_cancel = False
+
+    def _call(self, method: str, **kwargs: Any) -> None:
+        with self.lock:
+            self.calls.append((method, kwargs))
+            queued = self.errors.get(method)
+            if queued:
+                raise queued.pop(0)
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return [name for name, _ in self.calls]
+
+    def calls_of(self, name: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [kw for n, kw in self.calls if n == name]
+
+    def register(self, *, name: str, prefetch: int, capabilities: dict[str, Any]) -> Registration:
+        self._call("register", name=name, prefetch=prefetch, capabilities=capabilities)
+        return Registration(1, name, "idle", self.heartbeat_interval, 30.0)
+
+    def heartbeat(self, leases: list[tuple[str, str]]) -> HeartbeatReply:
+        self._call("heartbeat", leases=list(leases))
+        ids = {task_id for task_id, _ in leases}
+        return HeartbeatReply("busy", sorted(ids), sorted(ids & self.cancel_ids), sorted(ids & self.lost_ids))
+
+    def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> Lease | None:
+        self._call("lease", wait=wait, prefetch=prefetch)
+        with self.lock:
+            lease = self.leases.pop(0) if self.leases else None
+        if lease is None:
+            time.sleep(0.01)
+        return lease
+
+    def start(self, task_id: str, lease_token: str, prompt_id: str) -> bool:
+        self._call("start", task_id=task_id, lease_token=lease_token, prompt_id=prompt_id)
+        return self.start_cancel
+
+    def progress(self, task_id: str, lease_token: str, value: float, maximum: float) -> bool:
+        self._call("progress", task_id=task_id, value=value, max=maximum)
+        return False
+
+    def complete(self, task_id: str, lease_token: str, images: list, *, prompt_id: str | None = None) -> dict:
+        self._call("complete", task_id=task_id, images=list(images), prompt_id=prompt_id)
+        return {"task_id": task_id, "status": "completed"}
+
+    def fail(self, task_id: str, lease_token: str, *, code: str, message: str, retryable: bool, details=None):
+        self._call("fail", task_id=task_id, code=code, message=message, retryable=retryable, details=details)
+        return {}
+
+    def release(self, task_id: str, lease_token: str, *, reason: str = "shutdown") -> None:
+        self._call("release", task_id=task_id, reason=reason)
+
+    def offline(self) -> None:
+        self._call("offline")
+
+
+def make_lease(n: int = 1, **overrides: Any) -> Lease:
+    body = {
+        "task_id": f"00000000-0000-0000-0000-{n:012d}",
+        "lease_token": f"lease-token-{n}",
+        "attempt": 1,
+        "workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {}},
+            "2": {"class_type": "SaveImage", "inputs": {}},
+        },
+        "filename_prefix": f"t2i/task{n}_a1",
+        "width": 8,
+        "height": 8,
+        "batch_size": 1,
+        **overrides,
+    }
+    return Lease.from_json(body)

@@ -1,0 +1,285 @@
+"""run_task with in-memory fakes of ComfyUI and the scheduler: every failure class and its report."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from tests.daemon.fakes import FakeComfy, FakeScheduler, make_lease, wait_until
+from workers_app.daemon.comfyui import ComfyUIError
+from workers_app.daemon.prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
+from workers_app.daemon.runner import RunnerSettings, StopReason, TaskControl, TaskResult, run_task
+from workers_app.daemon.scheduler import LeaseLost, SchedulerError, SchedulerUnavailable
+
+
+@pytest.fixture
+def sleeps():
+    return []
+
+
+@pytest.fixture
+def rsettings(sleeps):
+    return RunnerSettings(sleep=sleeps.append, progress_interval=0.0)
+
+
+def run(comfy, scheduler, rsettings, lease=None, control=None):
+    lease = lease or make_lease()
+    return run_task(lease, comfy=comfy, scheduler=scheduler, control=control, settings=rsettings)
+
+
+def error_outcome(pid: str, exception_type: str, message: str) -> PromptOutcome:
+    return PromptOutcome(
+        OutcomeStatus.ERROR, pid, node_id="3", node_type="KSampler", exception_type=exception_type,
+        exception_message=message,
+    )  # fmt: skip
+
+
+def test_success_reports_start_progress_and_uploads_every_image(rsettings, caplog):
+    caplog.set_level(logging.INFO, logger="workers_app.daemon")
+    comfy = FakeComfy(progress=((1, 4), (2, 4), (3, 4), (4, 4)))
+    comfy.outcome_for = lambda pid: PromptOutcome(
+        OutcomeStatus.SUCCESS, pid, (ImageRef("a_00001_.png", "t2i"), ImageRef("a_00002_.png", "t2i"))
+    )
+    sched = FakeScheduler()
+    assert run(comfy, sched, rsettings) is TaskResult.COMPLETED
+    assert sched.names() == ["start", "progress", "progress", "progress", "progress", "complete"]
+    assert sched.calls_of("start")[0]["prompt_id"] == "p1"
+    (complete,) = sched.calls_of("complete")
+    assert [name for name, _ in complete["images"]] == ["a_00001_.png", "a_00002_.png"]
+    assert all(content.startswith(b"\x89PNG") for _, content in complete["images"])
+    assert comfy.viewed == ["a_00001_.png", "a_00002_.png"]
+    text = caplog.text
+    for line in (
+        "leased",
+        "started",
+        "progress 25%",
+        "progress 50%",
+        "progress 75%",
+        "progress 100%",
+        "completed in",
+    ):
+        assert line in text
+    assert make_lease().task_id in text
+
+
+def test_progress_is_throttled(sleeps):
+    comfy = FakeComfy(progress=tuple((v, 100) for v in range(1, 101)))
+    sched = FakeScheduler()
+    run(comfy, sched, RunnerSettings(sleep=sleeps.append, progress_interval=60))
+    assert [(c["value"], c["max"]) for c in sched.calls_of("progress")] == [(1, 100), (100, 100)]
+
+
+def test_upload_is_retried_on_transient_failure(rsettings, sleeps):
+    sched = FakeScheduler()
+    sched.errors["complete"] = [SchedulerUnavailable("down"), SchedulerUnavailable("502")]
+    assert run(FakeComfy(), sched, rsettings) is TaskResult.COMPLETED
+    assert len(sched.calls_of("complete")) == 3
+    assert sleeps == [0.5, 1.0]
+    assert "fail" not in sched.names()
+
+
+def test_upload_that_keeps_failing_is_reported_as_upload_failed(rsettings, sleeps):
+    sched = FakeScheduler()
+    sched.errors["complete"] = [SchedulerUnavailable("down")] * 5
+    assert run(FakeComfy(), sched, rsettings) is TaskResult.FAILED
+    assert len(sched.calls_of("complete")) == 5
+    (fail,) = sched.calls_of("fail")
+    assert (fail["code"], fail["retryable"]) == ("upload_failed", True)
+    assert sleeps[:4] == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_images_refused_by_the_scheduler_fail_without_retry(rsettings):
+    sched = FakeScheduler()
+    sched.errors["complete"] = [SchedulerError("bad size", code="invalid", status=400)]
+    assert run(FakeComfy(), sched, rsettings) is TaskResult.FAILED
+    assert len(sched.calls_of("complete")) == 1
+    assert sched.calls_of("fail")[0]["code"] == "upload_failed"
+
+
+def test_view_is_retried_and_completion_is_never_reported_without_the_images(rsettings):
+    comfy = FakeComfy()
+    comfy.view_errors = [
+        ComfyUIError("reset", retryable=True, code="unreachable"),
+        ComfyUIError("gone", retryable=False, code="not_found"),
+    ]
+    sched = FakeScheduler()
+    assert run(comfy, sched, rsettings) is TaskResult.FAILED
+    assert len(comfy.viewed) == 2
+    assert "complete" not in sched.names()
+    (fail,) = sched.calls_of("fail")
+    assert (fail["code"], fail["retryable"]) == ("comfyui_lost", True)
+
+
+def test_success_without_any_saved_image_is_a_workflow_error(rsettings):
+    comfy = FakeComfy()
+    comfy.outcome_for = lambda pid: PromptOutcome(OutcomeStatus.SUCCESS, pid, ())
+    sched = FakeScheduler()
+    assert run(comfy, sched, rsettings) is TaskResult.FAILED
+    assert "complete" not in sched.names()
+    assert sched.calls_of("fail")[0]["code"] == "workflow_invalid"
+
+
+def test_lease_lost_on_complete_stops_quietly(rsettings):
+    sched = FakeScheduler()
+    sched.errors["complete"] = [LeaseLost("stale", code="lease_lost", status=409)]
+    assert run(FakeComfy(), sched, rsettings) is TaskResult.LOST
+    assert sched.names() == ["start", "complete"]
+
+
+def test_lease_lost_on_progress_cancels_the_prompt_and_reports_nothing(rsettings):
+    comfy = FakeComfy(auto_finish=False, progress=((1, 10),))
+    sched = FakeScheduler()
+    sched.errors["progress"] = [LeaseLost("stale", code="lease_lost", status=409)]
+    assert run(comfy, sched, rsettings) is TaskResult.LOST
+    assert comfy.cancelled == ["p1"]
+    assert sched.names() == ["start", "progress"]
+
+
+def test_cancel_from_start_reply_interrupts_and_drops(rsettings):
+    comfy = FakeComfy(auto_finish=False)
+    sched = FakeScheduler()
+    sched.start_cancel = True
+    assert run(comfy, sched, rsettings) is TaskResult.CANCELLED
+    assert comfy.cancelled == ["p1"]
+    assert sched.names() == ["start"]
+
+
+def test_cancel_while_pending_in_comfyui_dequeues_it_and_reports_nothing(rsettings):
+    comfy = FakeComfy(auto_finish=False)
+    comfy.submit({})  # p1 runs ahead, so ours (p2) waits in ComfyUI's queue
+    lease = make_lease()
+    control = TaskControl(lease)
+    sched = FakeScheduler()
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, rsettings, lease, control)))
+    thread.start()
+    assert wait_until(lambda: control.prompt_id == "p2")
+    control.request_stop(StopReason.CANCEL)
+    thread.join(5)
+    assert results == [TaskResult.CANCELLED]
+    assert comfy.cancelled == ["p2"] and comfy.started == []
+    assert sched.names() == []
+
+
+def test_cancel_before_submission_never_reaches_comfyui(rsettings):
+    comfy = FakeComfy()
+    control = TaskControl(make_lease())
+    control.request_stop(StopReason.CANCEL)
+    assert run(comfy, FakeScheduler(), rsettings, control=control) is TaskResult.CANCELLED
+    assert comfy.submitted == []
+
+
+def test_workflow_invalid_is_not_retryable(rsettings):
+    comfy = FakeComfy()
+    comfy.submit_errors = [
+        ComfyUIError("KSampler (node 3) input 'steps': too big", retryable=False, code="workflow_invalid",
+                     details={"node_id": "3", "node_type": "KSampler", "input": "steps"})
+    ]  # fmt: skip
+    sched = FakeScheduler()
+    assert run(comfy, sched, rsettings) is TaskResult.FAILED
+    (fail,) = sched.calls_of("fail")
+    assert (fail["code"], fail["retryable"]) == ("workflow_invalid", False)
+    assert fail["details"]["input"] == "steps"
+
+
+@pytest.mark.parametrize(
+    "exception_type,message,retryable",
+    [
+        ("torch.OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB", True),
+        ("Exception", "Allocation on device 0 would exceed allowed memory. (out of memory)", True),
+        ("Exception", "**** ERROR: Saving image outside the output folder is not allowed.", False),
+        ("ValueError", "bad value", False),
+    ],
+)
+def test_execution_error_is_retryable_only_for_out_of_memory(rsettings, exception_type, message, retryable):
+    comfy = FakeComfy()
+    comfy.outcome_for = lambda pid: error_outcome(pid, exception_type, message)
+    sched = FakeScheduler()
+    assert run(comfy, sched, rsettings) is TaskResult.FAILED
+    (fail,) = sched.calls_of("fail")
+    assert (fail["code"], fail["retryable"]) == ("execution_error", retryable)
+    assert fail["details"]["node_type"] == "KSampler" and fail["details"]["exception_type"] == exception_type
+
+
+def test_lost_prompt_is_retryable(rsettings):
+    comfy = FakeComfy()
+    comfy.outcome_for = lambda pid: PromptOutcome(OutcomeStatus.LOST, pid, exception_message="gone")
+    sched = FakeScheduler()
+    control = TaskControl(make_lease())
+    assert run(comfy, sched, rsettings, control=control) is TaskResult.FAILED
+    assert (sched.calls_of("fail")[0]["code"], sched.calls_of("fail")[0]["retryable"]) == (
+        "comfyui_lost",
+        True,
+    )
+    assert control.failure_code == "comfyui_lost"
+
+
+def test_interrupt_that_we_did_not_ask_for_is_reported_not_retried(rsettings):
+    comfy = FakeComfy()
+    comfy.outcome_for = lambda pid: PromptOutcome(
+        OutcomeStatus.INTERRUPTED, pid, node_id="11", node_type="Blur"
+    )
+    sched = FakeScheduler()
+    assert run(comfy, sched, rsettings) is TaskResult.FAILED
+    assert (sched.calls_of("fail")[0]["code"], sched.calls_of("fail")[0]["retryable"]) == (
+        "execution_error",
+        False,
+    )
+
+
+def test_comfyui_down_at_submit_hands_the_task_back(rsettings):
+    comfy = FakeComfy()
+    comfy.submit_errors = [ComfyUIError("refused", retryable=True, code="unreachable")]
+    sched = FakeScheduler()
+    control = TaskControl(make_lease())
+    assert run(comfy, sched, rsettings, control=control) is TaskResult.RELEASED
+    assert sched.calls_of("release")[0]["reason"] == "comfyui_unavailable"
+    assert control.failure_code == "comfyui_unavailable"
+
+
+def test_wait_timeout_cancels_and_fails_retryable(rsettings):
+    comfy = FakeComfy()
+    comfy.wait_error = ComfyUIError("slow", retryable=True, code="wait_timeout")
+    sched = FakeScheduler()
+    assert run(comfy, sched, rsettings) is TaskResult.FAILED
+    assert comfy.cancelled == ["p1"]
+    assert (sched.calls_of("fail")[0]["code"], sched.calls_of("fail")[0]["retryable"]) == (
+        "execution_error",
+        True,
+    )
+
+
+def test_shutdown_release_after_success_still_delivers(rsettings):
+    comfy = FakeComfy(auto_finish=False)
+    lease = make_lease()
+    control = TaskControl(lease)
+    sched = FakeScheduler()
+    comfy.outcome_for = lambda pid: FakeComfy.success(pid)
+
+    def wait_then_release(pid, **kwargs):
+        control.request_stop(StopReason.RELEASE)  # arrives after ComfyUI already finished
+        return FakeComfy.success(pid)
+
+    comfy.wait = wait_then_release
+    assert run(comfy, sched, rsettings, lease, control) is TaskResult.COMPLETED
+    assert "release" not in sched.names()
+
+
+def test_unexpected_errors_are_caught_and_reported_as_internal(rsettings):
+    comfy = FakeComfy()
+    comfy.wait = lambda pid, **kw: 1 / 0
+    sched = FakeScheduler()
+    assert run(comfy, sched, rsettings) is TaskResult.FAILED
+    (fail,) = sched.calls_of("fail")
+    assert fail["code"] == "internal" and "ZeroDivisionError" in fail["message"]
+
+
+def test_a_failure_report_is_retried_while_the_scheduler_is_down(rsettings, sleeps):
+    comfy = FakeComfy()
+    comfy.outcome_for = lambda pid: error_outcome(pid, "ValueError", "bad")
+    sched = FakeScheduler()
+    sched.errors["fail"] = [SchedulerUnavailable("down")]
+    assert run(comfy, sched, rsettings) is TaskResult.FAILED
+    assert len(sched.calls_of("fail")) == 2 and sleeps == [0.5]

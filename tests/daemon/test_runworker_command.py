@@ -1,0 +1,125 @@
+"""`manage.py runworker`: options and environment, logging, exit codes (no database needed)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+
+import pytest
+from django.core.management.base import CommandError
+
+from workers_app.management.commands import runworker
+from workers_app.management.commands.runworker import Command, build_config, configure_logging
+
+ENV = {
+    "T2I_SCHEDULER_URL": "http://sched.env:8000",
+    "T2I_WORKER_TOKEN": "env-token",
+    "T2I_COMFYUI_URL": "http://comfy.env:8188",
+    "T2I_WORKER_NAME": "env-name",
+    "T2I_PREFETCH": "3",
+}
+
+
+def parse(*argv: str) -> dict:
+    return vars(Command().create_parser("manage.py", "runworker").parse_args(list(argv)))
+
+
+def test_everything_can_come_from_the_environment():
+    config = build_config(parse(), ENV)
+    assert (config.scheduler_url, config.token, config.comfyui_url, config.name, config.prefetch) == (
+        "http://sched.env:8000", "env-token", "http://comfy.env:8188", "env-name", 3,
+    )  # fmt: skip
+    assert (config.grace, config.once) == (30.0, False)
+
+
+def test_options_win_over_the_environment():
+    options = parse(
+        "--scheduler", "http://s:8000", "--token", "t", "--comfyui", "http://c:8188", "--name", "n",
+        "--prefetch", "1", "--grace", "5", "--once", "--verbose",
+    )  # fmt: skip
+    config = build_config(options, ENV)
+    assert (config.scheduler_url, config.token, config.comfyui_url, config.name) == (
+        "http://s:8000",
+        "t",
+        "http://c:8188",
+        "n",
+    )
+    assert (config.prefetch, config.grace, config.once) == (1, 5.0, True)
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"T2I_WORKER_TOKEN": "t"}, "--scheduler"),
+        ({"T2I_SCHEDULER_URL": "http://s"}, "--token"),
+        ({**ENV, "T2I_PREFETCH": "two"}, "must be an integer"),
+        ({**ENV, "T2I_PREFETCH": "0"}, "at least 1"),
+    ],
+)
+def test_missing_or_bad_values_fail_loudly(env, message):
+    with pytest.raises(CommandError, match=message):
+        build_config(parse(), env)
+
+
+def test_defaults():
+    config = build_config(parse(), {"T2I_SCHEDULER_URL": "http://s", "T2I_WORKER_TOKEN": "t"})
+    assert config.comfyui_url == "http://127.0.0.1:8188" and config.prefetch == 2 and config.name
+
+
+@pytest.fixture
+def daemon_logger():
+    log = logging.getLogger("workers_app.daemon")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield log
+    log.handlers[:], log.level, log.propagate = saved[0], saved[1], saved[2]
+
+
+def test_verbose_adds_protocol_detail(daemon_logger):
+    stream = io.StringIO()
+    configure_logging(verbose=False, stream=stream)
+    logging.getLogger("workers_app.daemon.comfyui").debug("ws detail")
+    logging.getLogger("workers_app.daemon.runner").info("task x leased")
+    configure_logging(verbose=True, stream=stream)
+    logging.getLogger("workers_app.daemon.comfyui").debug("ws detail 2")
+    assert "task x leased" in stream.getvalue()
+    assert "ws detail\n" not in stream.getvalue() and "ws detail 2" in stream.getvalue()
+
+
+class FakeWorker:
+    instances: list[FakeWorker] = []
+    code = 0
+
+    def __init__(self, config):
+        self.config = config
+        self.stop_requested = False
+        self.fatal_error = "the scheduler refused the worker token"
+        FakeWorker.instances.append(self)
+
+    def run(self) -> int:
+        self.handler_installed = signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # what a Ctrl-C would do
+        return FakeWorker.code
+
+
+@pytest.fixture
+def fake_worker(monkeypatch):
+    FakeWorker.instances = []
+    monkeypatch.setattr(runworker, "Worker", FakeWorker)
+    monkeypatch.setattr(runworker, "configure_logging", lambda verbose: None)
+    return FakeWorker
+
+
+def test_handle_runs_the_worker_with_signal_handlers_that_only_set_the_flag(fake_worker):
+    fake_worker.code = 0
+    Command().handle(**parse("--scheduler", "http://s", "--token", "t"))
+    (worker,) = fake_worker.instances
+    assert worker.handler_installed and worker.stop_requested is True
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_handle_turns_a_fatal_error_into_exit_code_1(fake_worker):
+    fake_worker.code = 1
+    with pytest.raises(CommandError, match="refused the worker token") as caught:
+        Command().handle(**parse("--scheduler", "http://s", "--token", "t"))
+    assert caught.value.returncode == 1

@@ -1,0 +1,223 @@
+"""SchedulerClient against a tiny local HTTP server that answers as docs/worker-api.md says."""
+
+from __future__ import annotations
+
+import email
+import json
+import logging
+import socket
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.daemon.fakes import png_bytes
+from workers_app.daemon.scheduler import (
+    AuthError,
+    LeaseLost,
+    RegisterRequired,
+    SchedulerClient,
+    SchedulerError,
+    SchedulerUnavailable,
+    WorkerDisabled,
+)
+
+TOKEN = "s3cret-worker-token"
+TASK = "6f1c2d3e-0000-0000-0000-000000000001"
+
+
+class FakeSchedulerServer:
+    """Routes ``POST path`` to canned ``(status, body)`` answers and records every request."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[tuple[int, Any]]] = {}
+        self.requests: list[dict[str, Any]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                path = self.path.removeprefix("/api/v1/worker/")
+                fake.requests.append({"path": path, "headers": dict(self.headers), "raw": raw})
+                queued = fake.answers.get(path) or [(200, {})]
+                status, body = queued.pop(0) if len(queued) > 1 else queued[0]
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def json(self, index: int = -1) -> Any:
+        return json.loads(self.requests[index]["raw"])
+
+
+@pytest.fixture
+def server():
+    fake = FakeSchedulerServer()
+    fake.thread.start()
+    yield fake
+    fake.httpd.shutdown()
+    fake.httpd.server_close()
+
+
+@pytest.fixture
+def client(server):
+    sched = SchedulerClient(server.url, TOKEN, timeout=2)
+    yield sched
+    sched.close()
+
+
+def test_register_sends_token_and_capabilities(server, client):
+    server.answers["register"] = [
+        (
+            200,
+            {
+                "worker_id": 3,
+                "name": "gpu-01",
+                "status": "idle",
+                "heartbeat_interval": 2.5,
+                "lease_seconds": 30,
+            },
+        )
+    ]
+    reg = client.register(name="gpu-01", prefetch=2, capabilities={"checkpoints": ["a"]})
+    assert (reg.worker_id, reg.heartbeat_interval, reg.lease_seconds) == (3, 2.5, 30.0)
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert server.json() == {"name": "gpu-01", "prefetch": 2, "capabilities": {"checkpoints": ["a"]}}
+
+
+def test_heartbeat_carries_leases_and_returns_cancel_and_lost(server, client):
+    server.answers["heartbeat"] = [
+        (200, {"worker_status": "busy", "renewed": [TASK], "cancel": [TASK], "lost": []})
+    ]
+    reply = client.heartbeat([(TASK, "lt")])
+    assert server.json() == {"tasks": [{"task_id": TASK, "lease_token": "lt"}]}
+    assert reply.cancel == [TASK] and reply.lost == [] and reply.worker_status == "busy"
+
+
+def test_lease_nothing_to_do(server, client):
+    server.answers["lease"] = [(HTTPStatus.NO_CONTENT, None)]
+    assert client.lease(wait=0, prefetch=True) is None
+    assert server.json() == {"wait": 0, "prefetch": True}
+
+
+def test_lease_returns_the_task(server, client):
+    body = {
+        "task_id": TASK,
+        "lease_token": "lt",
+        "attempt": 2,
+        "workflow": {"1": {}},
+        "width": 512,
+        "batch_size": 1,
+    }
+    server.answers["lease"] = [(200, body)]
+    lease = client.lease(wait=45)
+    assert (lease.task_id, lease.lease_token, lease.attempt, lease.workflow) == (TASK, "lt", 2, {"1": {}})
+    assert server.json()["wait"] == 30  # clamped to the API's 0..30
+    assert "lt" not in repr(lease)
+
+
+def test_start_and_progress_return_the_cancel_flag(server, client):
+    server.answers[f"tasks/{TASK}/start"] = [(200, {"cancel": False})]
+    server.answers[f"tasks/{TASK}/progress"] = [(200, {"cancel": True})]
+    assert client.start(TASK, "lt", "prompt-1") is False
+    assert server.json() == {"lease_token": "lt", "comfyui_prompt_id": "prompt-1"}
+    assert client.progress(TASK, "lt", 3, 20) is True
+    assert server.json() == {"lease_token": "lt", "value": 3, "max": 20}
+
+
+def test_complete_uploads_images_as_multipart(server, client):
+    server.answers[f"tasks/{TASK}/complete"] = [(200, {"task_id": TASK, "status": "completed", "images": []})]
+    image = png_bytes()
+    assert (
+        client.complete(TASK, "lt", [("a.png", image), ("b.png", image)], prompt_id="p1")["status"]
+        == "completed"
+    )
+    request = server.requests[-1]
+    message = email.message_from_bytes(
+        f"Content-Type: {request['headers']['Content-Type']}\r\n\r\n".encode() + request["raw"]
+    )
+    parts = {
+        (p.get_param("name", header="content-disposition"), p.get_filename()): p
+        for p in message.get_payload()
+    }
+    assert parts[("lease_token", None)].get_payload() == "lt"
+    assert parts[("comfyui_prompt_id", None)].get_payload() == "p1"
+    assert parts[("images", "a.png")].get_payload(decode=True) == image
+    assert ("images", "b.png") in parts
+
+
+def test_complete_refuses_to_send_no_images(client):
+    with pytest.raises(ValueError):
+        client.complete(TASK, "lt", [])
+
+
+def test_fail_release_offline(server, client):
+    client.fail(TASK, "lt", code="execution_error", message="boom", retryable=True, details={"node_id": "4"})
+    assert server.json() == {
+        "lease_token": "lt",
+        "code": "execution_error",
+        "message": "boom",
+        "retryable": True,
+        "details": {"node_id": "4"},
+    }
+    client.release(TASK, "lt", reason="shutdown")
+    assert server.requests[-1]["path"] == f"tasks/{TASK}/release"
+    assert server.json() == {"lease_token": "lt", "reason": "shutdown"}
+    client.offline()
+    assert server.requests[-1]["path"] == "offline"
+
+
+@pytest.mark.parametrize(
+    "status,error,exc_type",
+    [
+        (409, "lease_lost", LeaseLost),
+        (409, "register_required", RegisterRequired),
+        (401, "authentication_failed", AuthError),
+        (403, "worker_disabled", WorkerDisabled),
+        (503, "unavailable", SchedulerUnavailable),
+        (500, None, SchedulerUnavailable),
+        (400, "invalid", SchedulerError),
+    ],
+)
+def test_errors_map_to_exceptions(server, client, status, error, exc_type):
+    body = {"error": error, "detail": "words", "fields": {"value": ["bad"]}} if error else None
+    server.answers[f"tasks/{TASK}/progress"] = [(status, body)]
+    with pytest.raises(exc_type) as caught:
+        client.progress(TASK, "lt", 1, 2)
+    assert type(caught.value) is exc_type
+    if error:
+        assert caught.value.code == error
+
+
+def test_connection_refused_is_retryable_unavailable():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = SchedulerClient(f"http://127.0.0.1:{port}", TOKEN, timeout=1)
+    with pytest.raises(SchedulerUnavailable) as caught:
+        client.heartbeat([])
+    assert caught.value.retryable
+
+
+def test_token_is_never_logged_or_shown(server, client, caplog):
+    caplog.set_level(logging.DEBUG)
+    server.answers["lease"] = [(401, {"error": "authentication_failed", "detail": "bad token"})]
+    with pytest.raises(AuthError) as caught:
+        client.lease(wait=0)
+    assert TOKEN not in repr(client) and TOKEN not in str(caught.value)
+    assert TOKEN not in caplog.text

@@ -1,0 +1,204 @@
+"""The Worker loop with in-memory fakes: prefetch, heartbeats (cancel/lost), start-up, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import contextmanager
+
+from tests.daemon.fakes import FakeComfy, FakeScheduler, make_lease, wait_until
+from workers_app.daemon.comfyui import ComfyUIError
+from workers_app.daemon.runner import RunnerSettings
+from workers_app.daemon.scheduler import AuthError, RegisterRequired, SchedulerUnavailable
+from workers_app.daemon.worker import Worker, WorkerConfig
+from workers_app.management.commands.runworker import stop_on_signals
+
+
+def make_worker(comfy: FakeComfy, sched: FakeScheduler, **overrides) -> Worker:
+    overrides.setdefault("grace", 0.2)
+    config = WorkerConfig(
+        scheduler_url="http://scheduler.test",
+        token="tok",
+        comfyui_url="http://comfy.test",
+        name="w1",
+        backoff_initial=0.01,
+        backoff_max=0.05,
+        lease_wait=0,
+        prefetch_lease_wait=0,
+        interrupt_wait=2,
+        **overrides,
+    )
+    return Worker(config, comfy=comfy, scheduler=sched, runner_settings=RunnerSettings(sleep=lambda s: None))
+
+
+@contextmanager
+def running(worker: Worker):
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
+    thread.start()
+    try:
+        yield codes
+    finally:
+        worker.request_stop()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_prefetch_submits_the_next_task_while_one_runs():
+    comfy = FakeComfy(auto_finish=False)
+    sched = FakeScheduler([make_lease(1), make_lease(2)])
+    worker = make_worker(comfy, sched)
+    with running(worker) as codes:
+        assert wait_until(lambda: len(comfy.submitted) == 2)
+        assert comfy.started == ["p1"]  # the second waits in ComfyUI's own queue
+        leases = sched.calls_of("lease")
+        assert leases[0]["prefetch"] is False and leases[1]["prefetch"] is True
+        assert sched.calls_of("register")[0]["prefetch"] == 2
+        comfy.finish("p1")
+        assert wait_until(lambda: comfy.started == ["p1", "p2"])
+        comfy.finish("p2")
+        assert wait_until(lambda: len(sched.calls_of("complete")) == 2)
+    assert codes == [0]
+    assert [c["task_id"] for c in sched.calls_of("complete")] == [
+        make_lease(1).task_id,
+        make_lease(2).task_id,
+    ]
+    assert sched.names()[-1] == "offline" and comfy.closed
+
+
+def test_never_holds_more_than_prefetch_tasks():
+    comfy = FakeComfy(auto_finish=False)
+    sched = FakeScheduler([make_lease(n) for n in range(1, 5)])
+    with running(make_worker(comfy, sched, prefetch=2)):
+        assert wait_until(lambda: len(comfy.submitted) == 2)
+        assert not wait_until(lambda: len(comfy.submitted) > 2, timeout=0.3)
+        comfy.finish("p1")
+        assert wait_until(lambda: len(comfy.submitted) == 3)
+
+
+def test_heartbeat_carries_leases_and_cancel_interrupts_the_running_task():
+    comfy = FakeComfy(auto_finish=False)
+    lease = make_lease(1)
+    sched = FakeScheduler([lease])
+    with running(make_worker(comfy, sched)):
+        assert wait_until(lambda: comfy.started == ["p1"])
+        assert wait_until(
+            lambda: [(lease.task_id, lease.lease_token)] in [c["leases"] for c in sched.calls_of("heartbeat")]
+        )
+        sched.cancel_ids.add(lease.task_id)
+        assert wait_until(lambda: comfy.cancelled == ["p1"])
+        assert wait_until(lambda: not comfy.queue)
+    assert not {"complete", "fail", "release"} & set(sched.names())
+
+
+def test_heartbeat_lost_drops_the_task_without_reporting():
+    comfy = FakeComfy(auto_finish=False)
+    lease = make_lease(1)
+    sched = FakeScheduler([lease])
+    sched.lost_ids.add(lease.task_id)
+    with running(make_worker(comfy, sched)):
+        assert wait_until(lambda: comfy.cancelled == ["p1"])
+    assert not {"complete", "fail", "release"} & set(sched.names())
+
+
+def test_sigterm_releases_the_prefetched_task_and_after_the_grace_the_running_one():
+    comfy = FakeComfy(auto_finish=False)  # p1 never finishes by itself
+    sched = FakeScheduler([make_lease(1), make_lease(2)])
+    worker = make_worker(comfy, sched, grace=0.3)
+
+    def send_sigterm_when_busy():
+        if wait_until(lambda: comfy.started == ["p1"] and len(comfy.submitted) == 2):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=send_sigterm_when_busy, daemon=True).start()
+    with stop_on_signals(worker):
+        code = worker.run()
+    assert code == 0 and worker.stop_requested
+    releases = sched.calls_of("release")
+    assert [r["task_id"] for r in releases] == [make_lease(2).task_id, make_lease(1).task_id]
+    assert {r["reason"] for r in releases} == {"shutdown"}
+    assert comfy.cancelled == ["p2", "p1"]  # dequeued the prefetched one first, interrupted the other later
+    assert sched.names()[-1] == "offline"
+    assert not {"complete", "fail"} & set(sched.names())
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_shutdown_lets_the_running_task_finish_within_the_grace():
+    comfy = FakeComfy(auto_finish=False)
+    sched = FakeScheduler([make_lease(1)])
+    worker = make_worker(comfy, sched, grace=5)
+    with running(worker) as codes:
+        assert wait_until(lambda: comfy.started == ["p1"])
+        worker.request_stop()
+        threading.Timer(0.1, comfy.finish, args=("p1",)).start()
+    assert codes == [0]
+    assert sched.calls_of("complete") and not sched.calls_of("release")
+
+
+def test_comfyui_down_at_start_up_is_retried_with_backoff(caplog):
+    caplog.set_level(logging.INFO, logger="workers_app.daemon")
+    comfy = FakeComfy()
+    comfy.health_errors = [ComfyUIError("refused", retryable=True, code="unreachable")] * 3
+    sched = FakeScheduler()
+    with running(make_worker(comfy, sched)):
+        assert wait_until(lambda: sched.calls_of("register"))
+    assert not comfy.health_errors
+    assert (
+        caplog.text.count("ComfyUI not available") == 3
+        and "ComfyUI at http://comfy.test is up" in caplog.text
+    )
+
+
+def test_register_required_registers_again():
+    comfy = FakeComfy()
+    sched = FakeScheduler()
+    sched.errors["lease"] = [RegisterRequired("again", code="register_required", status=409)]
+    with running(make_worker(comfy, sched)):
+        assert wait_until(lambda: len(sched.calls_of("register")) == 2)
+
+
+def test_scheduler_outage_is_retried():
+    comfy = FakeComfy()
+    sched = FakeScheduler([make_lease(1)])
+    sched.errors["lease"] = [SchedulerUnavailable("down")] * 3
+    with running(make_worker(comfy, sched)):
+        assert wait_until(lambda: sched.calls_of("complete"))
+    assert len(sched.calls_of("lease")) >= 4
+
+
+def test_bad_token_stops_with_exit_code_1():
+    sched = FakeScheduler()
+    sched.errors["register"] = [AuthError("401", code="authentication_failed", status=401)]
+    worker = make_worker(FakeComfy(), sched)
+    assert worker.run() == 1
+    assert "token" in worker.fatal_error and "offline" not in sched.names()
+
+
+def test_once_runs_one_task_then_exits():
+    comfy = FakeComfy()
+    sched = FakeScheduler([make_lease(1), make_lease(2)])
+    assert make_worker(comfy, sched, once=True).run() == 0
+    assert len(sched.calls_of("complete")) == 1 and len(sched.calls_of("lease")) == 1
+    assert sched.calls_of("register")[0]["prefetch"] == 1
+
+
+def test_a_task_leased_while_stopping_is_released_at_once():
+    comfy = FakeComfy()
+    worker = None
+
+    class StopDuringLease(FakeScheduler):
+        def lease(self, **kwargs):
+            worker.request_stop()
+            return super().lease(**kwargs)
+
+    sched = StopDuringLease([make_lease(1)])
+    worker = make_worker(comfy, sched)
+    assert worker.run() == 0
+    assert [r["task_id"] for r in sched.calls_of("release")] == [make_lease(1).task_id]
+    assert comfy.submitted == []
+
+
+def test_worker_config_repr_hides_the_token():
+    assert "tok" not in repr(WorkerConfig(scheduler_url="http://s", token="tok"))

@@ -1,0 +1,420 @@
+"""``run_task``: one leased task from submission to its report. Failures end here, never in the loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from .comfyui import ComfyUIError
+from .prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
+from .scheduler import (
+    Lease,
+    LeaseLost,
+    RegisterRequired,
+    SchedulerClient,
+    SchedulerError,
+    SchedulerUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+# Words in exception types/messages of failures that another attempt (or another GPU) can fix.
+_RETRYABLE_MARKERS = ("outofmemory", "out of memory", "oom", "allocation on device", "cuda error")
+
+
+class TaskResult(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # the user cancelled it: dropped, nothing reported
+    LOST = "lost"  # the lease is no longer ours: dropped, nothing reported
+    RELEASED = "released"  # handed back (shutdown, or ComfyUI down before it was submitted)
+
+
+class StopReason(StrEnum):
+    RELEASE = "release"  # shutdown: hand the lease back unless the images are already there
+    CANCEL = "cancel"  # the user cancelled it
+    LOST = "lost"  # heartbeat said the lease is gone, or the scheduler answered lease_lost
+
+
+_STOP_PRIORITY = {StopReason.RELEASE: 1, StopReason.CANCEL: 2, StopReason.LOST: 3}
+
+
+class TaskControl:
+    """What the loop and the task's thread share about one lease. Thread-safe."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.prompt_id: str | None = None
+        self.started = False  # ComfyUI started executing it
+        self.submitted = False  # sent to ComfyUI (or given up before that)
+        self.failure_code: str | None = None
+        self.leased_at = time.monotonic()
+        self._stop: StopReason | None = None
+        self._final = False
+        self._lock = threading.Lock()
+
+    @property
+    def task_id(self) -> str:
+        return self.lease.task_id
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return self._stop
+
+    def request_stop(self, reason: StopReason) -> None:
+        """Ask the task to stop; a stronger reason (lost > cancel > release) overrides a weaker one."""
+        with self._lock:
+            if self._stop is None or _STOP_PRIORITY[reason] > _STOP_PRIORITY[self._stop]:
+                self._stop = reason
+
+    def should_stop(self) -> bool:
+        return self._stop is not None
+
+    def claim_final(self) -> bool:
+        """True exactly once: whoever gets it sends the task's final report (complete/fail/release)."""
+        with self._lock:
+            if self._final:
+                return False
+            self._final = True
+            return True
+
+
+class ComfyUI(Protocol):
+    def submit(self, workflow: dict[str, Any]) -> str: ...
+    def wait(self, prompt_id: str, **kwargs: Any) -> PromptOutcome: ...
+    def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes: ...
+    def cancel(self, prompt_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    progress_interval: float = 0.25  # at most ~4 progress reports a second
+    view_attempts: int = 4
+    upload_attempts: int = 5
+    report_attempts: int = 3
+    retry_delay: float = 0.5  # doubled after each failed attempt
+    retry_max_delay: float = 8.0
+    task_timeout: float | None = 3600.0
+    sleep: Callable[[float], None] = time.sleep
+
+
+def is_retryable_execution_error(outcome: PromptOutcome) -> bool:
+    """Out-of-memory style failures may pass on another try; anything else would fail the same way."""
+    text = f"{outcome.exception_type or ''} {outcome.exception_message or ''}".lower()
+    return any(marker in text for marker in _RETRYABLE_MARKERS)
+
+
+def run_task(
+    lease: Lease,
+    *,
+    comfy: ComfyUI,
+    scheduler: SchedulerClient,
+    control: TaskControl | None = None,
+    settings: RunnerSettings | None = None,
+) -> TaskResult:
+    """Run one leased task to its end and report it; catches everything so the loop never dies."""
+    run = _TaskRun(lease, comfy, scheduler, control or TaskControl(lease), settings or RunnerSettings())
+    try:
+        return run.execute()
+    except Exception as exc:
+        logger.exception("task %s: unexpected error", lease.task_id)
+        return run.fail("internal", f"worker error: {type(exc).__name__}: {exc}", retryable=True)
+    finally:
+        run.control.submitted = True
+
+
+class _TaskRun:
+    def __init__(
+        self,
+        lease: Lease,
+        comfy: ComfyUI,
+        scheduler: SchedulerClient,
+        control: TaskControl,
+        settings: RunnerSettings,
+    ) -> None:
+        self.lease = lease
+        self.comfy = comfy
+        self.scheduler = scheduler
+        self.control = control
+        self.settings = settings
+        self.task_id = lease.task_id
+        self.start_reported = False
+        self.last_progress_at = 0.0
+        self.last_quarter = 0
+        self.last_value = -1.0
+
+    # -- the steps ----------------------------------------------------------------------------------
+    def execute(self) -> TaskResult:
+        logger.info("task %s leased (attempt %d)", self.task_id, self.lease.attempt)
+        if self.control.should_stop():
+            return self._stopped(None)
+        try:
+            prompt_id = self.comfy.submit(self.lease.workflow)
+        except ComfyUIError as exc:
+            return self._submit_failed(exc)
+        self.control.prompt_id = prompt_id
+        self.control.submitted = True
+        logger.debug("task %s submitted as ComfyUI prompt %s", self.task_id, prompt_id)
+        outcome = self._wait(prompt_id)
+        if outcome is None:
+            return self.control_result()
+        if self.control.should_stop() and not (outcome.ok and self.control.stop_reason is StopReason.RELEASE):
+            return self._stopped(outcome)
+        return self._finish(outcome)
+
+    def _submit_failed(self, exc: ComfyUIError) -> TaskResult:
+        if exc.code == "workflow_invalid":
+            return self.fail("workflow_invalid", exc.message, retryable=False, details=exc.details)
+        if exc.retryable:
+            logger.warning(
+                "task %s: ComfyUI unavailable (%s); handing the task back", self.task_id, exc.message
+            )
+            self.control.failure_code = "comfyui_unavailable"
+            return self.release("comfyui_unavailable")
+        return self.fail("internal", f"ComfyUI refused the request: {exc.message}", retryable=True)
+
+    def _wait(self, prompt_id: str) -> PromptOutcome | None:
+        try:
+            return self.comfy.wait(
+                prompt_id,
+                on_start=self._on_start,
+                on_progress=self._on_progress,
+                should_cancel=self.control.should_stop,
+                timeout=self.settings.task_timeout,
+            )
+        except ComfyUIError as exc:
+            self._cancel_prompt(prompt_id)
+            if exc.code == "wait_timeout":
+                self.fail(
+                    "execution_error",
+                    f"ComfyUI did not finish within {self.settings.task_timeout}s",
+                    retryable=True,
+                    details={"prompt_id": prompt_id},
+                )
+            else:
+                self.fail("comfyui_lost", exc.message, retryable=True, details={"prompt_id": prompt_id})
+            return None
+
+    def control_result(self) -> TaskResult:
+        return TaskResult.LOST if self.control.stop_reason is StopReason.LOST else TaskResult.FAILED
+
+    def _finish(self, outcome: PromptOutcome) -> TaskResult:
+        if outcome.status is OutcomeStatus.SUCCESS:
+            return self._deliver(outcome)
+        details = {k: v for k, v in _outcome_details(outcome).items() if v is not None}
+        if outcome.status is OutcomeStatus.ERROR:
+            message = f"{outcome.node_type or 'node'} (node {outcome.node_id}): {outcome.exception_message}"
+            retryable = is_retryable_execution_error(outcome)
+            return self.fail("execution_error", message, retryable=retryable, details=details)
+        if outcome.status is OutcomeStatus.INTERRUPTED:
+            # Not our cancel: someone interrupted it on the ComfyUI box. Protocol 11: no automatic retry.
+            return self.fail(
+                "execution_error",
+                "interrupted in ComfyUI",
+                retryable=False,
+                details={**details, "exception_type": "interrupted"},
+            )
+        self.control.failure_code = "comfyui_lost"
+        return self.fail(
+            "comfyui_lost", outcome.exception_message or "prompt lost", retryable=True, details=details
+        )
+
+    def _stopped(self, outcome: PromptOutcome | None) -> TaskResult:
+        reason = self.control.stop_reason
+        if reason is StopReason.RELEASE:
+            return self.release("shutdown")
+        if reason is StopReason.CANCEL:
+            logger.info("task %s cancelled", self.task_id)
+            return TaskResult.CANCELLED
+        logger.info("task %s: lease lost, dropped", self.task_id)
+        return TaskResult.LOST
+
+    # -- success: fetch every image, then upload them -------------------------------------------------
+    def _deliver(self, outcome: PromptOutcome) -> TaskResult:
+        if not outcome.images:
+            return self.fail(
+                "workflow_invalid",
+                "ComfyUI finished but the workflow saved no image",
+                retryable=False,
+                details={"prompt_id": outcome.prompt_id},
+            )
+        try:
+            images = [(ref.filename, self._fetch(ref)) for ref in outcome.images]
+        except ComfyUIError as exc:
+            return self.fail(
+                "comfyui_lost",
+                f"could not fetch an image from ComfyUI: {exc.message}",
+                retryable=True,
+                details={"prompt_id": outcome.prompt_id},
+            )
+        self._ensure_started(outcome.prompt_id)
+        return self._upload(images, outcome.prompt_id)
+
+    def _fetch(self, ref: ImageRef) -> bytes:
+        delay = self.settings.retry_delay
+        for attempt in range(1, self.settings.view_attempts + 1):
+            try:
+                return self.comfy.view(ref.filename, ref.subfolder, ref.type)
+            except ComfyUIError as exc:
+                if not exc.retryable or attempt == self.settings.view_attempts:
+                    raise
+                logger.debug(
+                    "task %s: /view %s failed (%s), retrying", self.task_id, ref.filename, exc.message
+                )
+                delay = self._pause(delay)
+        raise AssertionError("unreachable")
+
+    def _upload(self, images: list[tuple[str, bytes]], prompt_id: str) -> TaskResult:
+        if not self.control.claim_final():
+            return self.control_result()
+        delay = self.settings.retry_delay
+        for attempt in range(1, self.settings.upload_attempts + 1):
+            if self.control.stop_reason in (StopReason.CANCEL, StopReason.LOST):
+                return self._stopped(None)
+            try:
+                self.scheduler.complete(self.task_id, self.lease.lease_token, images, prompt_id=prompt_id)
+            except (LeaseLost, RegisterRequired):
+                logger.info("task %s: lease lost while uploading, dropped", self.task_id)
+                return TaskResult.LOST
+            except SchedulerUnavailable as exc:
+                logger.warning("task %s: upload attempt %d failed (%s)", self.task_id, attempt, exc.message)
+                if attempt < self.settings.upload_attempts:
+                    delay = self._pause(delay)
+                continue
+            except SchedulerError as exc:
+                return self._report_fail(
+                    "upload_failed", f"scheduler refused the images: {exc.message}", False, {}
+                )
+            seconds = time.monotonic() - self.control.leased_at
+            logger.info("task %s completed in %.1fs (%d image(s))", self.task_id, seconds, len(images))
+            return TaskResult.COMPLETED
+        return self._report_fail(
+            "upload_failed", "could not upload the images", True, {"prompt_id": prompt_id}
+        )
+
+    # -- callbacks from ComfyUIClient.wait (task thread) ------------------------------------------------
+    def _on_start(self) -> None:
+        self.control.started = True
+        self._ensure_started(self.control.prompt_id or "")
+
+    def _ensure_started(self, prompt_id: str) -> None:
+        if self.start_reported:
+            return
+        try:
+            cancelled = self.scheduler.start(self.task_id, self.lease.lease_token, prompt_id)
+        except (LeaseLost, RegisterRequired):
+            self.control.request_stop(StopReason.LOST)
+            return
+        except SchedulerError as exc:
+            logger.warning("task %s: could not report start (%s)", self.task_id, exc.message)
+            return
+        self.start_reported = True
+        logger.info("task %s started (ComfyUI prompt %s)", self.task_id, prompt_id)
+        if cancelled:
+            self.control.request_stop(StopReason.CANCEL)
+
+    def _on_progress(self, value: float, maximum: float) -> None:
+        self._log_quarter(value, maximum)
+        now = time.monotonic()
+        if now - self.last_progress_at < self.settings.progress_interval and value < maximum:
+            return
+        self.last_progress_at = now
+        if not self.start_reported:
+            self._ensure_started(self.control.prompt_id or "")
+        try:
+            cancelled = self.scheduler.progress(self.task_id, self.lease.lease_token, value, maximum)
+        except (LeaseLost, RegisterRequired):
+            self.control.request_stop(StopReason.LOST)
+            return
+        except SchedulerError as exc:
+            logger.debug("task %s: progress report failed (%s)", self.task_id, exc.message)
+            return
+        if cancelled:
+            self.control.request_stop(StopReason.CANCEL)
+
+    def _log_quarter(self, value: float, maximum: float) -> None:
+        if value < self.last_value:  # a new node started counting
+            self.last_quarter = 0
+        self.last_value = value
+        quarter = int(4 * value / maximum) if maximum else 0
+        if quarter > self.last_quarter:
+            self.last_quarter = quarter
+            logger.info("task %s progress %d%%", self.task_id, min(quarter, 4) * 25)
+
+    # -- reports ----------------------------------------------------------------------------------------
+    def fail(
+        self, code: str, message: str, *, retryable: bool, details: dict[str, Any] | None = None
+    ) -> TaskResult:
+        if not self.control.claim_final():
+            return self.control_result()
+        return self._report_fail(code, message, retryable, details or {})
+
+    def _report_fail(self, code: str, message: str, retryable: bool, details: dict[str, Any]) -> TaskResult:
+        self.control.failure_code = self.control.failure_code or code
+        one_line = " ".join(message.split())[:300]
+        logger.warning("task %s failed: %s: %s (retryable=%s)", self.task_id, code, one_line, retryable)
+        sent = self._with_retries(
+            lambda: self.scheduler.fail(
+                self.task_id,
+                self.lease.lease_token,
+                code=code,
+                message=message,
+                retryable=retryable,
+                details=details,
+            )
+        )
+        return TaskResult.FAILED if sent is not False else TaskResult.LOST
+
+    def release(self, reason: str) -> TaskResult:
+        if not self.control.claim_final():
+            return self.control_result()
+        sent = self._with_retries(
+            lambda: self.scheduler.release(self.task_id, self.lease.lease_token, reason=reason)
+        )
+        logger.info("task %s released (%s)", self.task_id, reason)
+        return TaskResult.RELEASED if sent is not False else TaskResult.LOST
+
+    def _with_retries(self, call: Callable[[], Any]) -> bool | None:
+        """True when sent, False when the lease is gone, None when the scheduler stayed unreachable."""
+        delay = self.settings.retry_delay
+        for attempt in range(1, self.settings.report_attempts + 1):
+            try:
+                call()
+                return True
+            except (LeaseLost, RegisterRequired):
+                logger.info("task %s: lease already gone, nothing to report", self.task_id)
+                return False
+            except SchedulerUnavailable as exc:
+                logger.warning("task %s: report attempt %d failed (%s)", self.task_id, attempt, exc.message)
+                if attempt < self.settings.report_attempts:
+                    delay = self._pause(delay)
+            except SchedulerError as exc:
+                logger.error("task %s: scheduler rejected the report (%s)", self.task_id, exc.message)
+                return None
+        logger.error("task %s: scheduler unreachable; the lease will expire and be requeued", self.task_id)
+        return None
+
+    def _cancel_prompt(self, prompt_id: str) -> None:
+        try:
+            self.comfy.cancel(prompt_id)
+        except ComfyUIError as exc:
+            logger.debug("task %s: cancel in ComfyUI failed (%s)", self.task_id, exc.message)
+
+    def _pause(self, delay: float) -> float:
+        self.settings.sleep(delay)
+        return min(delay * 2, self.settings.retry_max_delay)
+
+
+def _outcome_details(outcome: PromptOutcome) -> dict[str, Any]:
+    return {
+        "prompt_id": outcome.prompt_id,
+        "node_id": outcome.node_id,
+        "node_type": outcome.node_type,
+        "exception_type": outcome.exception_type,
+        "exception_message": outcome.exception_message,
+    }

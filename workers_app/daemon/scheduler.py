@@ -1,0 +1,268 @@
+"""HTTP client of the scheduler's worker API (docs/worker-api.md). Never logs or shows the token."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1/worker/"
+
+
+class SchedulerError(Exception):
+    """A scheduler answer the daemon cannot use as is (e.g. 400 ``invalid``); not retryable."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, code: str = "error", status: int | None = None, fields: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.fields = fields or {}
+
+
+class SchedulerUnavailable(SchedulerError):
+    """Connection error, timeout or 5xx: try again later."""
+
+    retryable = True
+
+
+class AuthError(SchedulerError):
+    """401: no or wrong token. The daemon stops."""
+
+
+class WorkerDisabled(SchedulerError):
+    """403 ``worker_disabled``: an operator disabled this worker; idle and retry slowly."""
+
+    retryable = True
+
+
+class LeaseLost(SchedulerError):
+    """409 ``lease_lost``: the task is no longer ours; abandon it and report nothing."""
+
+
+class RegisterRequired(SchedulerError):
+    """409 ``register_required``: call ``register`` again."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class Registration:
+    worker_id: int | None
+    name: str
+    status: str
+    heartbeat_interval: float
+    lease_seconds: float
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    worker_status: str
+    renewed: list[str] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One leased task, as ``POST lease`` returns it."""
+
+    task_id: str
+    lease_token: str = field(repr=False)
+    workflow: dict[str, Any] = field(repr=False)
+    attempt: int = 1
+    width: int | None = None
+    height: int | None = None
+    batch_size: int = 1
+    filename_prefix: str = ""
+    lease_expires_at: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Lease:
+        try:
+            return cls(
+                task_id=str(body["task_id"]),
+                lease_token=str(body["lease_token"]),
+                workflow=dict(body["workflow"]),
+                attempt=int(body.get("attempt") or 1),
+                width=body.get("width"),
+                height=body.get("height"),
+                batch_size=int(body.get("batch_size") or 1),
+                filename_prefix=str(body.get("filename_prefix") or ""),
+                lease_expires_at=body.get("lease_expires_at"),
+                raw=body,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchedulerError(f"malformed lease answer ({exc!r})", code="bad_response") from exc
+
+
+class SchedulerClient:
+    """The worker API: register, heartbeat, lease, start, progress, complete, fail, release, offline."""
+
+    def __init__(
+        self, base_url: str, token: str, *, timeout: float = 15.0, session: requests.Session | None = None
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:
+        return f"SchedulerClient({self.base_url!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- transport ------------------------------------------------------------------------------------
+    def _call(
+        self, path: str, *, json: Any = None, timeout: float | None = None, **kwargs: Any
+    ) -> requests.Response:
+        url = f"{self.base_url}{API_PREFIX}{path}"
+        try:
+            response = self.session.post(url, json=json, timeout=timeout or self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise SchedulerUnavailable(
+                f"scheduler unreachable: POST {path} ({type(exc).__name__})", code="unreachable"
+            ) from exc
+        if response.status_code >= 400:
+            raise _error_for(path, response)
+        return response
+
+    def _post(self, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
+        response = self._call(path, json=body if body is not None else {}, **kwargs)
+        if response.status_code == 204 or not response.content:
+            return {}
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise SchedulerUnavailable(f"POST {path}: answer is not JSON", code="bad_response") from exc
+        return data if isinstance(data, dict) else {}
+
+    # -- the API --------------------------------------------------------------------------------------
+    def register(self, *, name: str, prefetch: int, capabilities: dict[str, Any]) -> Registration:
+        body = self._post("register", {"name": name, "prefetch": prefetch, "capabilities": capabilities})
+        return Registration(
+            worker_id=body.get("worker_id"),
+            name=str(body.get("name") or name),
+            status=str(body.get("status") or "idle"),
+            heartbeat_interval=float(body.get("heartbeat_interval") or 5.0),
+            lease_seconds=float(body.get("lease_seconds") or 30.0),
+        )
+
+    def heartbeat(self, leases: Iterable[tuple[str, str]]) -> HeartbeatReply:
+        tasks = [{"task_id": task_id, "lease_token": token} for task_id, token in leases]
+        body = self._post("heartbeat", {"tasks": tasks})
+        return HeartbeatReply(
+            worker_status=str(body.get("worker_status") or ""),
+            renewed=[str(t) for t in body.get("renewed") or []],
+            cancel=[str(t) for t in body.get("cancel") or []],
+            lost=[str(t) for t in body.get("lost") or []],
+        )
+
+    def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> Lease | None:
+        """Long-poll for a task for up to ``wait`` seconds; None when there is nothing to do (204)."""
+        wait = max(0.0, min(wait, 30.0))
+        response = self._call("lease", json={"wait": wait, "prefetch": prefetch}, timeout=wait + self.timeout)
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return Lease.from_json(response.json())
+        except ValueError as exc:
+            raise SchedulerError("lease answer is not JSON", code="bad_response") from exc
+
+    def start(self, task_id: str, lease_token: str, prompt_id: str) -> bool:
+        """Mark the task running; returns True when the user already cancelled it."""
+        body = self._post(
+            f"tasks/{task_id}/start", {"lease_token": lease_token, "comfyui_prompt_id": prompt_id}
+        )
+        return bool(body.get("cancel"))
+
+    def progress(self, task_id: str, lease_token: str, value: float, maximum: float) -> bool:
+        """Report progress; returns True when the user cancelled the task."""
+        body = self._post(
+            f"tasks/{task_id}/progress", {"lease_token": lease_token, "value": value, "max": maximum}
+        )
+        return bool(body.get("cancel"))
+
+    def complete(
+        self,
+        task_id: str,
+        lease_token: str,
+        images: Sequence[tuple[str, bytes]],
+        *,
+        prompt_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload the images (multipart ``images``) and mark the task completed. Safe to retry."""
+        if not images:
+            raise ValueError("complete() needs at least one image")
+        data = {"lease_token": lease_token}
+        if prompt_id:
+            data["comfyui_prompt_id"] = prompt_id
+        files = [("images", (name, content, "image/png")) for name, content in images]
+        response = self._call(
+            f"tasks/{task_id}/complete", data=data, files=files, timeout=max(self.timeout, 60.0)
+        )
+        try:
+            return response.json()
+        except ValueError:
+            return {}
+
+    def fail(
+        self,
+        task_id: str,
+        lease_token: str,
+        *,
+        code: str,
+        message: str,
+        retryable: bool,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "lease_token": lease_token,
+            "code": code,
+            "message": message[:2000],
+            "retryable": retryable,
+            "details": details or {},
+        }
+        return self._post(f"tasks/{task_id}/fail", body)
+
+    def release(self, task_id: str, lease_token: str, *, reason: str = "shutdown") -> None:
+        self._post(f"tasks/{task_id}/release", {"lease_token": lease_token, "reason": reason})
+
+    def offline(self) -> None:
+        self._post("offline", {})
+
+
+def _error_for(path: str, response: requests.Response) -> SchedulerError:
+    """Map an error answer (``{"error", "detail", "fields"}``) to one exception type."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    code = str(body.get("error") or f"http_{status}")
+    detail = str(body.get("detail") or response.reason or "")
+    message = f"POST {path}: {status} {code}" + (f" ({detail})" if detail else "")
+    kwargs = {"code": code, "status": status, "fields": body.get("fields")}
+    if status >= 500 or status == 429:
+        return SchedulerUnavailable(message, **kwargs)
+    if status == 401:
+        return AuthError(message, **kwargs)
+    if status == 403 and code == "worker_disabled":
+        return WorkerDisabled(message, **kwargs)
+    if status == 403:
+        return AuthError(message, **kwargs)
+    if status == 409 and code == "register_required":
+        return RegisterRequired(message, **kwargs)
+    if status == 409 or (status == 404 and path.startswith("tasks/")):
+        return LeaseLost(message, **kwargs)
+    return SchedulerError(message, **kwargs)

@@ -1,0 +1,379 @@
+"""The worker loop: start-up, ``step()``, heartbeats, prefetch and a clean shutdown.
+
+Drive it from a thread in tests: ``worker = Worker(config); t = Thread(target=worker.run); ...;
+worker.request_stop(); t.join()``. Signal handlers (installed by ``manage.py runworker``) only call
+``request_stop()``, which only sets a boolean.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .comfyui import ComfyUIClient, ComfyUIError
+from .runner import RunnerSettings, StopReason, TaskControl, TaskResult, run_task
+from .scheduler import (
+    AuthError,
+    Lease,
+    RegisterRequired,
+    SchedulerClient,
+    SchedulerError,
+    WorkerDisabled,
+)
+
+logger = logging.getLogger(__name__)
+
+SLICE = 0.1  # seconds: how often sleeps re-check the stop flag
+
+
+@dataclass
+class WorkerConfig:
+    scheduler_url: str
+    token: str = field(repr=False)
+    comfyui_url: str = "http://127.0.0.1:8188"
+    name: str = field(default_factory=socket.gethostname)
+    prefetch: int = 2  # tasks held at once: one running in ComfyUI, the others queued behind it
+    grace: float = 30.0  # on shutdown: how long the running task may take to finish
+    once: bool = False  # one lease attempt; run that task to the end, then exit
+    lease_wait: float = 5.0  # long-poll when idle; also bounds how long a stop request can go unnoticed
+    prefetch_lease_wait: float = 3.0  # shorter long-poll while a task runs, so an idle worker re-asks soon
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    interrupt_wait: float = 10.0  # after the grace: how long an interrupted task gets to notice
+    task_timeout: float | None = 3600.0
+
+
+class Backoff:
+    """Capped exponential delays: 1, 2, 4, ... ``maximum``."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+class Worker:
+    """One daemon: takes tasks from the scheduler and runs them on one ComfyUI."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        comfy: ComfyUIClient | None = None,
+        scheduler: SchedulerClient | None = None,
+        runner_settings: RunnerSettings | None = None,
+    ) -> None:
+        self.config = config
+        self.comfy = comfy or ComfyUIClient(config.comfyui_url)
+        self.scheduler = scheduler or SchedulerClient(config.scheduler_url, config.token)
+        self.runner_settings = runner_settings or RunnerSettings(task_timeout=config.task_timeout)
+        self.stop_requested = False  # only ever set to True (signal handlers, request_stop)
+        self.fatal_error: str | None = None
+        self.heartbeat_interval = 5.0
+        self.capacity = 1 if config.once else max(1, config.prefetch)
+        self._tasks: dict[str, tuple[TaskControl, threading.Thread]] = {}
+        self._lock = threading.Lock()
+        self._need_register = True
+        self._registered = False
+        self._comfy_ok = False
+        self._comfy_backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._scheduler_backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop. Safe from a signal handler: it only sets a boolean."""
+        self.stop_requested = True
+
+    # -- main loop ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start up, loop until stopped, shut down. Returns the process exit code."""
+        logger.info(
+            "worker %s: scheduler %s, ComfyUI %s, prefetch %d",
+            self.config.name,
+            self.config.scheduler_url,
+            self.config.comfyui_url,
+            self.capacity,
+        )
+        self.comfy.connect()
+        try:
+            if self._start_up():
+                self._start_heartbeat()
+                self._loop()
+        finally:
+            self.shutdown()
+        if self.fatal_error:
+            logger.error("worker stopped: %s", self.fatal_error)
+            return 1
+        return 0
+
+    def _loop(self) -> None:
+        while not self.stop_requested and not self.fatal_error:
+            self._guarded(self.step)
+            if self.config.once:
+                self._join_tasks(deadline=None)
+                break
+
+    def _guarded(self, turn: Callable[[], bool]) -> bool:
+        """Run one turn; an unexpected error is logged and waited out, never fatal."""
+        try:
+            return turn()
+        except Exception:
+            logger.exception("unexpected error in the worker loop")
+            self._sleep(self._scheduler_backoff.next())
+            return False
+
+    def step(self) -> bool:
+        """One turn of the loop: lease a task and start it if there is room. True when work was found."""
+        self._reap()
+        if self.stop_requested or self.fatal_error:
+            return False
+        if (self._need_register and not self._register()) or (
+            not self._comfy_ok and not self._check_comfyui()
+        ):
+            return False
+        active = self.active_tasks()
+        if len(active) >= self.capacity or any(not c.submitted for c in active):
+            self._sleep(SLICE)  # full, or the previous task is not in ComfyUI's queue yet (keeps order)
+            return False
+        lease = self._lease(prefetch=bool(active))
+        if lease is None:
+            return False
+        if self.stop_requested:
+            self._release_unstarted(lease)
+            return True
+        self._launch(lease)
+        return True
+
+    def _lease(self, *, prefetch: bool) -> Lease | None:
+        wait = self.config.prefetch_lease_wait if prefetch else self.config.lease_wait
+        asked_at = time.monotonic()
+        try:
+            lease = self.scheduler.lease(wait=wait, prefetch=prefetch)
+        except RegisterRequired:
+            self._need_register = True
+            return None
+        except SchedulerError as exc:
+            self._scheduler_trouble(exc)
+            return None
+        self._scheduler_backoff.reset()
+        if lease is None:  # a scheduler that does not long-poll must not make this loop spin
+            self._sleep(min(1.0, wait - (time.monotonic() - asked_at)))
+        return lease
+
+    def _launch(self, lease: Lease) -> None:
+        control = TaskControl(lease)
+        thread = threading.Thread(
+            target=self._run_one, args=(control,), name=f"task-{lease.task_id[:8]}", daemon=True
+        )
+        with self._lock:
+            self._tasks[lease.task_id] = (control, thread)
+        thread.start()
+
+    def _run_one(self, control: TaskControl) -> None:
+        try:
+            result = run_task(
+                control.lease,
+                comfy=self.comfy,
+                scheduler=self.scheduler,
+                control=control,
+                settings=self.runner_settings,
+            )
+        except Exception:
+            logger.exception("task %s: runner crashed", control.task_id)
+            result = TaskResult.FAILED
+        if control.failure_code in ("comfyui_unavailable", "comfyui_lost"):
+            self._comfy_ok = False  # check ComfyUI's health before the next lease
+        logger.debug("task %s: thread done (%s)", control.task_id, result)
+
+    def _reap(self) -> None:
+        with self._lock:
+            for task_id, (_control, thread) in list(self._tasks.items()):
+                if not thread.is_alive():
+                    del self._tasks[task_id]
+
+    def active_tasks(self) -> list[TaskControl]:
+        with self._lock:
+            return [control for control, thread in self._tasks.values() if thread.is_alive()]
+
+    # -- start-up, registration, health ---------------------------------------------------------------
+    def _start_up(self) -> bool:
+        """Wait for ComfyUI, read its capabilities, register. False when stopped first."""
+        while not self.stop_requested and not self.fatal_error:
+            if self._guarded(self._check_comfyui) and self._guarded(self._register):
+                return True
+        return False
+
+    def _check_comfyui(self) -> bool:
+        try:
+            self.comfy.system_stats()
+        except ComfyUIError as exc:
+            delay = self._comfy_backoff.next()
+            logger.warning("ComfyUI not available: %s; retrying in %.0fs", exc.message, delay)
+            self._sleep(delay)
+            return False
+        if not self._comfy_ok:
+            logger.info("ComfyUI at %s is up", self.config.comfyui_url)
+        self._comfy_ok = True
+        self._comfy_backoff.reset()
+        return True
+
+    def _register(self) -> bool:
+        try:
+            capabilities = self.comfy.capabilities()
+        except ComfyUIError as exc:
+            self._comfy_ok = False
+            logger.warning("could not read ComfyUI capabilities (%s)", exc.message)
+            self._sleep(self._comfy_backoff.next())
+            return False
+        try:
+            registration = self.scheduler.register(
+                name=self.config.name, prefetch=self.capacity, capabilities=capabilities
+            )
+        except SchedulerError as exc:
+            self._scheduler_trouble(exc)
+            return False
+        self._need_register = False
+        self._registered = True
+        self._scheduler_backoff.reset()
+        self.heartbeat_interval = registration.heartbeat_interval
+        logger.info(
+            "registered as %s (worker %s, %d checkpoint(s), heartbeat every %gs)",
+            registration.name,
+            registration.worker_id,
+            len(capabilities.get("checkpoints") or []),
+            self.heartbeat_interval,
+        )
+        return True
+
+    def _scheduler_trouble(self, exc: SchedulerError) -> None:
+        if isinstance(exc, AuthError):
+            self.fatal_error = f"the scheduler refused the worker token ({exc.message})"
+            return
+        if isinstance(exc, RegisterRequired):
+            self._need_register = True
+            return
+        delay = self._scheduler_backoff.next()
+        if isinstance(exc, WorkerDisabled):
+            delay = self.config.backoff_max
+            logger.warning("this worker is disabled by an operator; asking again in %.0fs", delay)
+        else:
+            logger.warning("scheduler problem (%s); retrying in %.0fs", exc.message, delay)
+        self._sleep(delay)
+
+    # -- heartbeats ---------------------------------------------------------------------------------------
+    def _start_heartbeat(self) -> None:
+        self._heartbeat_stop.clear()
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+
+    def _heartbeat_loop(self) -> None:
+        while not self._heartbeat_stop.wait(self.heartbeat_interval):
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Renew every lease held; act on ``cancel`` and ``lost``."""
+        controls = {c.task_id: c for c in self.active_tasks()}
+        try:
+            reply = self.scheduler.heartbeat([(c.task_id, c.lease.lease_token) for c in controls.values()])
+        except RegisterRequired:
+            logger.warning("scheduler asks this worker to register again")
+            self._need_register = True
+            return
+        except AuthError as exc:
+            self.fatal_error = f"the scheduler refused the worker token ({exc.message})"
+            return
+        except SchedulerError as exc:
+            logger.warning("heartbeat failed (%s)", exc.message)
+            return
+        for task_id in reply.cancel:
+            if task_id in controls:
+                logger.info("task %s: cancel requested by the scheduler", task_id)
+                controls[task_id].request_stop(StopReason.CANCEL)
+        for task_id in reply.lost:
+            if task_id in controls:
+                logger.info("task %s: lease lost (heartbeat)", task_id)
+                controls[task_id].request_stop(StopReason.LOST)
+
+    # -- shutdown -----------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Release tasks not started, let the running one finish within the grace, hand back the rest."""
+        active = self.active_tasks()
+        if active:
+            logger.info("stopping with %d task(s) in hand; grace %.0fs", len(active), self.config.grace)
+        for control in active:
+            if not control.started:
+                control.request_stop(StopReason.RELEASE)  # prefetched: dequeue it from ComfyUI, hand it back
+        self._join_tasks(deadline=time.monotonic() + self.config.grace, until_stop=False)
+        for control in self.active_tasks():
+            logger.warning("task %s: grace period over; interrupting and releasing it", control.task_id)
+            control.request_stop(StopReason.RELEASE)
+        self._join_tasks(deadline=time.monotonic() + self.config.interrupt_wait, until_stop=False)
+        for control in self.active_tasks():
+            self._force_release(control)
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5)
+        self._go_offline()
+        self.comfy.close()
+
+    def _force_release(self, control: TaskControl) -> None:
+        if not control.claim_final():
+            return
+        if control.prompt_id:
+            try:
+                self.comfy.cancel(control.prompt_id)
+            except ComfyUIError as exc:
+                logger.warning("task %s: could not cancel it in ComfyUI (%s)", control.task_id, exc.message)
+        self._release(control.lease, "shutdown")
+
+    def _release_unstarted(self, lease: Lease) -> None:
+        self._release(lease, "shutdown")
+
+    def _release(self, lease: Lease, reason: str) -> None:
+        try:
+            self.scheduler.release(lease.task_id, lease.lease_token, reason=reason)
+            logger.info("task %s released (%s)", lease.task_id, reason)
+        except SchedulerError as exc:
+            logger.warning("task %s: release failed (%s); the lease will expire", lease.task_id, exc.message)
+
+    def _go_offline(self) -> None:
+        if self.fatal_error or not self._registered:
+            return
+        try:
+            self.scheduler.offline()
+            logger.info("worker %s offline", self.config.name)
+        except SchedulerError as exc:
+            logger.warning("could not tell the scheduler we are going offline (%s)", exc.message)
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _join_tasks(self, *, deadline: float | None, until_stop: bool = True) -> None:
+        """Wait for task threads until they end, ``deadline`` passes, or (``until_stop``) a stop request."""
+        while self.active_tasks():
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if until_stop and self.stop_requested:
+                return
+            time.sleep(SLICE / 2)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep in short slices; False as soon as a stop is requested."""
+        end = time.monotonic() + seconds
+        while not self.stop_requested:
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(SLICE, left))
+        return False

@@ -1,0 +1,132 @@
+"""`python manage.py runworker`: the worker daemon (talks HTTP only; needs no database)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from workers_app.daemon.worker import Worker, WorkerConfig
+
+ENV = {
+    "scheduler": "T2I_SCHEDULER_URL",
+    "token": "T2I_WORKER_TOKEN",
+    "comfyui": "T2I_COMFYUI_URL",
+    "name": "T2I_WORKER_NAME",
+    "prefetch": "T2I_PREFETCH",
+}
+
+
+def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> WorkerConfig:
+    """Options win over the environment; a missing or bad value fails loudly."""
+
+    def pick(key: str) -> Any:
+        value = options.get(key)
+        return value if value not in (None, "") else environ.get(ENV[key]) or None
+
+    scheduler, token = pick("scheduler"), pick("token")
+    if not scheduler:
+        raise CommandError(f"--scheduler (or {ENV['scheduler']}) is required")
+    if not token:
+        raise CommandError(f"--token (or {ENV['token']}) is required")
+    prefetch_raw = pick("prefetch")
+    try:
+        prefetch = int(prefetch_raw) if prefetch_raw is not None else 2
+    except ValueError:
+        raise CommandError(f"{ENV['prefetch']} must be an integer, got {prefetch_raw!r}")
+    if prefetch < 1:
+        raise CommandError("--prefetch must be at least 1")
+    grace = float(options.get("grace") if options.get("grace") is not None else 30.0)
+    config = WorkerConfig(
+        scheduler_url=str(scheduler),
+        token=str(token),
+        comfyui_url=str(pick("comfyui") or "http://127.0.0.1:8188"),
+        prefetch=prefetch,
+        grace=grace,
+        once=bool(options.get("once")),
+    )
+    if name := pick("name"):
+        config.name = str(name)
+    return config
+
+
+def configure_logging(*, verbose: bool, stream: Any = None) -> None:
+    """One line per event on stderr; ``--verbose`` adds the ComfyUI protocol detail (DEBUG)."""
+    log = logging.getLogger("workers_app.daemon")
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_formatter())
+    log.addHandler(handler)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _formatter() -> logging.Formatter:
+    if os.environ.get("LOG_JSON") == "1":
+        try:
+            from t2i_project.logging import JsonFormatter
+
+            return JsonFormatter()
+        except ImportError:
+            pass
+    return logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+
+
+@contextmanager
+def stop_on_signals(worker: Worker) -> Iterator[None]:
+    """SIGTERM/SIGINT set the worker's stop flag; nothing else happens inside the handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        worker.stop_requested = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Command(BaseCommand):
+    help = "Run the worker daemon: lease tasks from the scheduler and render them on a ComfyUI server."
+    requires_system_checks: list[str] = []  # HTTP only: no database, no model checks
+    requires_migrations_checks = False
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--scheduler", help=f"scheduler base URL, e.g. http://HOST:8000 (env {ENV['scheduler']})"
+        )
+        parser.add_argument(
+            "--token", help=f"worker token (env {ENV['token']}; prefer the env: argv is visible)"
+        )
+        parser.add_argument(
+            "--comfyui", help=f"ComfyUI base URL (env {ENV['comfyui']}, default http://127.0.0.1:8188)"
+        )
+        parser.add_argument(
+            "--name", help=f"worker name shown in the scheduler (env {ENV['name']}, default hostname)"
+        )
+        parser.add_argument(
+            "--prefetch", type=int, help=f"tasks held at once (env {ENV['prefetch']}, default 2)"
+        )
+        parser.add_argument(
+            "--grace", type=float, default=30.0, help="seconds the running task gets on shutdown"
+        )
+        parser.add_argument("--once", action="store_true", help="take at most one task, run it, then exit")
+        parser.add_argument("--verbose", action="store_true", help="log ComfyUI protocol detail")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        config = build_config(options)
+        configure_logging(verbose=bool(options.get("verbose")))
+        worker = Worker(config)
+        with stop_on_signals(worker):
+            code = worker.run()
+        if code:
+            raise CommandError(worker.fatal_error or "worker stopped with an error", returncode=code)
