@@ -361,17 +361,21 @@ def task_complete(
     flips inside it, fenced by the lease token. If the fence fails, the written files are removed again.
     A retry of a completion that already landed for this same lease returns the task unchanged.
     """
-    try:
-        task = _active_task(worker=worker, task_id=task_id, lease_token=lease_token)
-    except LeaseLost:
+    attempt = (
+        TaskAttempt.objects.select_related("task")
+        .filter(lease_token=lease_token, worker=worker, task__public_id=task_id)
+        .filter(task__lease_token=lease_token, task__status__in=Task.ACTIVE_STATUSES)
+        .first()
+    )
+    if attempt is None:
         done = Task.objects.filter(
             public_id=task_id, status=Status.COMPLETED, attempt_set__lease_token=lease_token
         ).first()
         if done is not None:
             return done
-        raise
+        raise LeaseLost("This lease is no longer yours (expired, cancelled, finished or never issued).")
+    task = attempt.task
     verified = _verify_batch(task, files)
-    attempt = TaskAttempt.objects.get(lease_token=lease_token)
     stored = [_store(task, attempt, index, image) for index, image in enumerate(verified)]
     now = timezone.now()
     try:
@@ -404,13 +408,13 @@ def task_complete(
                 finished_at=now,
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
-            Worker.objects.filter(pk=worker.pk).update(tasks_completed=F("tasks_completed") + 1)
-            refresh_worker_status(worker.pk)
+            refresh_worker_status(worker.pk, completed=1)
     except BaseException:
         for name in stored:
             default_storage.delete(name)
         raise
-    task.refresh_from_db()
+    task.status, task.finished_at, task.lease_token, task.lease_expires_at = Status.COMPLETED, now, None, None
+    task.progress_value, task.error_code, task.error_message = task.progress_max, "", ""
     logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
     _after_finish(task)
     return task
@@ -500,9 +504,7 @@ def _close_lease(
             outcome=outcome, finished_at=now, error_code=code, error_message=message
         )
         if worker_id is not None:
-            if outcome == Outcome.FAILED:
-                Worker.objects.filter(pk=worker_id).update(tasks_failed=F("tasks_failed") + 1)
-            refresh_worker_status(worker_id)
+            refresh_worker_status(worker_id, failed=int(outcome == Outcome.FAILED))
         if requeue:
             dispatch.announce_work()
     task.refresh_from_db()
@@ -521,12 +523,20 @@ def _close_lease(
     return task
 
 
-def refresh_worker_status(worker_id: int) -> None:
-    """A live worker is busy while it holds a lease and idle otherwise (operator states are kept)."""
+def refresh_worker_status(worker_id: int, *, completed: int = 0, failed: int = 0) -> None:
+    """A live worker is busy while it holds a lease and idle otherwise (operator states are kept).
+
+    Adds `completed`/`failed` to its counters in the same UPDATE.
+    """
     has_lease = Exists(Task.objects.filter(worker_id=OuterRef("pk"), status__in=Task.ACTIVE_STATUSES))
-    Worker.objects.filter(pk=worker_id, status__in=[Worker.Status.IDLE, Worker.Status.BUSY]).update(
-        status=Case(When(has_lease, then=Value(Worker.Status.BUSY)), default=Value(Worker.Status.IDLE))
-    )
+    live = [Worker.Status.IDLE, Worker.Status.BUSY]
+    status = Case(When(has_lease, then=Value(Worker.Status.BUSY)), default=Value(Worker.Status.IDLE))
+    fields = {"status": Case(When(status__in=live, then=status), default=F("status"))}
+    if completed:
+        fields["tasks_completed"] = F("tasks_completed") + completed
+    if failed:
+        fields["tasks_failed"] = F("tasks_failed") + failed
+    Worker.objects.filter(pk=worker_id).update(**fields)
 
 
 def _after_finish(task: Task) -> None:
