@@ -23,7 +23,7 @@ from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from generation import dispatch, workflows
-from generation.exceptions import Conflict, InvalidInput, LeaseLost, NoCapableWorker, NotFound
+from generation.exceptions import Conflict, Forbidden, InvalidInput, LeaseLost, NoCapableWorker, NotFound
 from generation.images import VerifiedImage, verify_image
 from generation.models import SEED_MAX, Image, Task, TaskAttempt, WorkflowTemplate
 from workers_app.models import Worker
@@ -705,3 +705,24 @@ def template_create(*, name: str, workflow, bindings, description: str = "") -> 
     return WorkflowTemplate.objects.create(
         name=name, description=description, workflow=workflow, bindings=bindings
     )
+
+
+# --- Images ---------------------------------------------------------------------------------------------
+
+
+def image_deletable_by(image: Image, user) -> bool:
+    """The owner of the image's task or staff; nobody for an anonymous task but staff."""
+    if not user.is_authenticated:
+        return False
+    return user.is_staff or (image.task.owner_id is not None and image.task.owner_id == user.pk)
+
+
+def image_delete(*, image: Image, by) -> None:
+    """Delete an image: the row, then (after the commit) its file and its thumbnail."""
+    if not image_deletable_by(image, by):
+        raise Forbidden("Only the owner or staff can delete this image.")
+    names = [name for name in (image.file.name, image.thumbnail.name) if name]
+    with transaction.atomic():
+        Image.objects.filter(pk=image.pk).delete()
+        transaction.on_commit(lambda: [default_storage.delete(name) for name in names])
+    logger.info("image deleted", extra={"task": image.task.public_id, "image": image.pk, "by": by.pk})

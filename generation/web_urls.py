@@ -1,4 +1,22 @@
 """Server-rendered pages (generate, task, gallery, image, my queue, accounts, legacy)."""
 
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from generation import views
+
 app_name = "web"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.generate, name="generate"),
+    path("tasks/<uuid:task_id>/", views.task_detail, name="task"),
+    path("tasks/<uuid:task_id>/cancel/", views.task_cancel, name="task-cancel"),
+    path("queue/", views.my_queue, name="queue"),
+    path("gallery/", views.gallery, name="gallery"),
+    path("images/<int:image_id>/", views.image_detail, name="image"),
+    path("images/<int:image_id>/download/", views.image_download, name="image-download"),
+    path("images/<int:image_id>/delete/", views.image_delete, name="image-delete"),
+    path("accounts/login/", views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("legacy/", views.legacy, name="legacy"),
+]

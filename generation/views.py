@@ -1,0 +1,293 @@
+"""The web site: server-rendered pages over the same selectors and services as the API.
+
+Views stay thin: read through selectors, change state only through services, and decide who may see or
+change a task in the helpers at the top of this file.
+"""
+
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from generation import selectors, services, web_selectors
+from generation.exceptions import Conflict, Forbidden, InvalidInput, NotFound
+from generation.forms import GalleryFilterForm, GenerateForm, SignUpForm
+from generation.models import Image, Task, WorkflowTemplate
+
+# Task.error_code → what went wrong, in plain words. The worker's own message is shown below it.
+ERROR_SENTENCES = {
+    "workflow_invalid": "ComfyUI refused the workflow: a node, model or setting it needs is missing or not "
+    "allowed on that machine.",
+    "execution_error": "ComfyUI stopped with an error while making the image.",
+    "worker_lost": "The worker running this task stopped answering, and no attempts were left.",
+    "comfyui_lost": "The worker lost contact with ComfyUI while the task was running.",
+    "comfyui_unavailable": "The worker could not reach its ComfyUI server.",
+    "upload_failed": "The image was made but could not be uploaded to the scheduler.",
+    "internal": "The worker ran into an unexpected error.",
+    "cancelled": "This task was cancelled before it finished.",
+}
+ACTIVE_OR_QUEUED = (Task.Status.QUEUED, *Task.ACTIVE_STATUSES)
+
+
+# --- Who may do what -------------------------------------------------------------------------------------
+
+
+def _may_submit(user) -> bool:
+    return user.is_authenticated or settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
+
+
+def _visible_task(request: HttpRequest, task_id) -> Task:
+    """The task if this visitor may see it (selectors.task_visible_to), else 404."""
+    try:
+        return selectors.task_for(request.user, task_id)
+    except NotFound:
+        raise Http404("No such task.")
+
+
+def _may_cancel(user, task: Task) -> bool:
+    """Whoever may see a task may cancel it (as in the API), except that an anonymous visitor may cancel
+    an anonymous task only while anonymous submission is on."""
+    if task.owner_id is None and not user.is_authenticated:
+        return settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
+    return selectors.task_visible_to(task, user)
+
+
+def _visible_image(request: HttpRequest, image_id: int) -> Image:
+    image = (
+        Image.objects.select_related("task", "task__template", "task__owner", "attempt__worker")
+        .filter(pk=image_id)
+        .first()
+    )
+    if image is None or not selectors.task_visible_to(image.task, request.user):
+        raise Http404("No such image.")
+    return image
+
+
+def _safe_next(request: HttpRequest, fallback: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
+        return target
+    return fallback
+
+
+# --- Generate --------------------------------------------------------------------------------------------
+
+
+def generate(request: HttpRequest) -> HttpResponse:
+    if not _may_submit(request.user):
+        return redirect_to_login(request.get_full_path())
+    samplers, schedulers = web_selectors.worker_options()
+    choices = {
+        "checkpoints": selectors.checkpoints_available(),
+        "templates": list(WorkflowTemplate.objects.values_list("name", flat=True)),
+        "samplers": samplers,
+        "schedulers": schedulers,
+    }
+    if request.method == "POST":
+        form = GenerateForm(request.POST, **choices)
+        if form.is_valid():
+            try:
+                task = services.task_submit(owner=request.user, data=form.to_task_input())
+            except InvalidInput as exc:
+                form.add_service_errors(exc)
+            else:
+                if task.warning:
+                    messages.warning(request, task.warning)
+                return redirect("web:task", task_id=task.public_id)
+    else:
+        form = GenerateForm(initial=GenerateForm.initial_from_query(request.GET), **choices)
+    recent = []
+    if request.user.is_authenticated:
+        recent = list(selectors.tasks_for(request.user, mine=True)[:6])
+    return render(request, "generation/generate.html", {"form": form, "recent": recent})
+
+
+def settings_query(task: Task, *, with_seed: bool = True) -> str:
+    """The generate page's query string that reproduces `task` (without its seed: a new variation)."""
+    params = {
+        "prompt": task.prompt,
+        "negative_prompt": task.negative_prompt,
+        "width": task.width,
+        "height": task.height,
+        "steps": task.steps,
+        "cfg": f"{task.cfg:g}",
+        "sampler": task.sampler,
+        "scheduler": task.scheduler,
+        "checkpoint": task.checkpoint,
+        "template": task.template.name,
+        "batch_size": task.batch_size,
+    }
+    if with_seed:
+        params["seed"] = task.seed
+    return urlencode({k: v for k, v in params.items() if v != ""})
+
+
+# --- Task page, cancel, my queue -------------------------------------------------------------------------
+
+
+def task_detail(request: HttpRequest, task_id) -> HttpResponse:
+    task = _visible_task(request, task_id)
+    position = services.task_queue_position(task)
+    basis = web_selectors.eta_basis() if not task.is_finished else None
+    context = {
+        "task": task,
+        "position": position,
+        "eta_basis": basis,
+        "eta_seconds": basis.for_task(task, position) if basis else None,
+        "images": list(task.images.order_by("index")),
+        "error_sentence": ERROR_SENTENCES.get(task.error_code, "The task failed.") if task.error_code else "",
+        "may_cancel": not task.is_finished and _may_cancel(request.user, task),
+        "again_query": settings_query(task),
+        "new_seed_query": settings_query(task, with_seed=False),
+    }
+    return render(request, "generation/task.html", context)
+
+
+@require_POST
+def task_cancel(request: HttpRequest, task_id) -> HttpResponse:
+    task = _visible_task(request, task_id)
+    if not _may_cancel(request.user, task):
+        raise Http404("No such task.")
+    try:
+        services.task_cancel(task=task)
+    except Conflict as exc:
+        messages.info(request, exc.detail)
+    else:
+        messages.success(request, "The task was cancelled.")
+    return redirect(_safe_next(request, reverse("web:task", kwargs={"task_id": task.public_id})))
+
+
+@login_required
+def my_queue(request: HttpRequest) -> HttpResponse:
+    tasks = list(
+        selectors.tasks_for(request.user, mine=True)
+        .filter(status__in=ACTIVE_OR_QUEUED)
+        .order_by("-priority", "id")[:200]
+    )
+    basis = web_selectors.eta_basis()
+    rows = []
+    for task in sorted(tasks, key=lambda t: t.status == Task.Status.QUEUED):  # running ones first
+        position = services.task_queue_position(task)
+        rows.append({"task": task, "position": position, "eta_seconds": basis.for_task(task, position)})
+    return render(request, "generation/queue.html", {"rows": rows, "eta_basis": basis})
+
+
+# --- Gallery and images ----------------------------------------------------------------------------------
+
+
+def _int_param(request: HttpRequest, name: str) -> int | None:
+    value = request.GET.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+def gallery(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_authenticated and not settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]:
+        return redirect_to_login(request.get_full_path())
+    checkpoints = [c["name"] for c in selectors.checkpoints_available()]
+    form = GalleryFilterForm(request.GET, checkpoints=checkpoints)
+    filters = form.filters()
+    page = web_selectors.gallery_page(
+        request.user, filters, before=_int_param(request, "before"), after=_int_param(request, "after")
+    )
+    kept = request.GET.copy()
+    for name in ("before", "after"):
+        kept.pop(name, None)
+    base = kept.urlencode()
+
+    def link(**cursor) -> str:
+        return "?" + "&".join(part for part in (base, urlencode(cursor)) if part)
+
+    context = {
+        "form": form,
+        "page": page,
+        "filtered": any([filters.q, filters.mine, filters.checkpoint, filters.date_from, filters.date_to]),
+        "first_url": "?" + base,
+        "newer_url": link(after=page.newer) if page.newer else "",
+        "older_url": link(before=page.older) if page.older else "",
+        "is_first_page": not request.GET.get("before") and not request.GET.get("after"),
+    }
+    return render(request, "generation/gallery.html", context)
+
+
+def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = _visible_image(request, image_id)
+    task = image.task
+    attempt = image.attempt
+    run_seconds = None
+    if attempt.started_at and attempt.finished_at:
+        run_seconds = (attempt.finished_at - attempt.started_at).total_seconds()
+    context = {
+        "image": image,
+        "task": task,
+        "worker": attempt.worker,
+        "run_seconds": run_seconds,
+        "siblings": list(task.images.exclude(pk=image.pk).order_by("index")),
+        "may_delete": services.image_deletable_by(image, request.user),
+        "reuse_query": settings_query(task),
+    }
+    return render(request, "generation/image.html", context)
+
+
+def image_download(request: HttpRequest, image_id: int) -> FileResponse:
+    image = _visible_image(request, image_id)
+    extension = image.file.name.rsplit(".", 1)[-1]
+    try:
+        handle = image.file.open("rb")
+    except FileNotFoundError:
+        raise Http404("The image file is missing.")
+    return FileResponse(
+        handle, as_attachment=True, filename=f"{image.task.public_id}_{image.index}.{extension}"
+    )
+
+
+@require_POST
+def image_delete(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = _visible_image(request, image_id)
+    try:
+        services.image_delete(image=image, by=request.user)
+    except Forbidden as exc:
+        raise PermissionDenied(exc.detail)
+    messages.success(request, "The image was deleted.")
+    return redirect(_safe_next(request, reverse("web:gallery")))
+
+
+# --- Accounts --------------------------------------------------------------------------------------------
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "registration/login.html"
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(**kwargs) | {"signup_enabled": settings.T2I["SIGNUP_ENABLED"]}
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.T2I["SIGNUP_ENABLED"]:
+        raise Http404("Sign-up is switched off.")
+    if request.user.is_authenticated:
+        return redirect("web:generate")
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        messages.success(request, f"Welcome, {user.username}. Your account is ready.")
+        return redirect("web:generate")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+# --- The original front end ------------------------------------------------------------------------------
+
+
+def legacy(request: HttpRequest) -> HttpResponse:
+    return render(request, "generation/legacy.html", {"may_submit": _may_submit(request.user)})

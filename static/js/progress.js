@@ -1,0 +1,121 @@
+/* Live task status: polls the task's JSON (GET /api/v1/tasks/<id>/, session auth) about once a second while
+ * it is queued or running, updates the badge, the bar, the position and the ETA, and stops when it ends.
+ * On the task page ([data-reload-on-finish]) the finished page is then loaded, with its images or error. */
+(function () {
+  "use strict";
+
+  var FINISHED = ["completed", "failed", "cancelled"];
+  var LABELS = {
+    queued: "Queued", leased: "Leased", running: "Running",
+    completed: "Completed", failed: "Failed", cancelled: "Cancelled"
+  };
+  var INTERVAL_MS = 800;
+  var SLOW_INTERVAL_MS = 4000; // hidden tabs, and rows past the first 20 on the queue page
+  var ERROR_INTERVAL_MS = 3000;
+
+  function duration(seconds) {
+    seconds = Math.round(seconds);
+    if (seconds < 60) return seconds + " s";
+    var minutes = Math.floor(seconds / 60), secs = seconds % 60;
+    if (minutes < 60) return secs && minutes < 10 ? minutes + " min " + secs + " s" : minutes + " min";
+    var hours = Math.floor(minutes / 60);
+    minutes = minutes % 60;
+    return minutes ? hours + " h " + minutes + " min" : hours + " h";
+  }
+
+  function field(block, name) {
+    return block.querySelector('[data-field="' + name + '"]');
+  }
+
+  function etaSeconds(block, data) {
+    var median = parseFloat(block.dataset.median);
+    var workers = parseInt(block.dataset.workers, 10) || 0;
+    if (isNaN(median)) return null;
+    if (data.status === "queued") {
+      return data.queue_position && workers > 0 ? median * data.queue_position / workers : null;
+    }
+    if (data.status === "leased" || data.status === "running") {
+      return median * (1 - data.progress.percent / 100);
+    }
+    return null;
+  }
+
+  function detailText(block, data) {
+    var eta = etaSeconds(block, data);
+    var worker = data.worker || "a worker";
+    switch (data.status) {
+      case "queued":
+        if (eta !== null) return "Number " + data.queue_position + " in the queue · done in about " + duration(eta);
+        if (!(parseInt(block.dataset.workers, 10) > 0)) {
+          return "Number " + data.queue_position + " in the queue · waiting for a worker to come online";
+        }
+        return "Number " + data.queue_position + " in the queue";
+      case "leased":
+        return "Handed to " + worker + ", starting" + (eta !== null ? " · done in about " + duration(eta) : "");
+      case "running":
+        return "Rendering on " + worker + (eta !== null ? " · about " + duration(eta) + " left" : "");
+      case "completed":
+        return "Finished" + (data.worker ? " on " + data.worker : "");
+      default:
+        return LABELS[data.status] || data.status;
+    }
+  }
+
+  function render(block, data) {
+    var percent = data.status === "completed" ? 100 : data.progress.percent;
+    var badge = field(block, "badge");
+    if (badge && block.dataset.status !== data.status) {
+      badge.textContent = LABELS[data.status] || data.status;
+      badge.className = "badge badge-" + data.status;
+    }
+    block.dataset.status = data.status;
+    var bar = field(block, "bar");
+    if (bar) {
+      bar.setAttribute("aria-valuenow", String(percent));
+      var fill = bar.firstElementChild;
+      fill.style.width = percent + "%";
+      fill.className = "progress-fill progress-" + data.status;
+    }
+    var text = field(block, "percent");
+    if (text) text.textContent = percent + " %";
+    var detail = field(block, "detail");
+    if (detail) detail.textContent = detailText(block, data);
+    var worker = document.querySelector('[data-field="worker"]');
+    if (worker && block.hasAttribute("data-reload-on-finish") && data.worker) worker.textContent = data.worker;
+  }
+
+  function finish(block) {
+    var scope = block.closest(".queue-item") || document;
+    scope.querySelectorAll("[data-hide-when-finished]").forEach(function (el) { el.hidden = true; });
+    if (block.hasAttribute("data-reload-on-finish")) {
+      window.setTimeout(function () { window.location.reload(); }, 600);
+    }
+  }
+
+  function start(block, index) {
+    var url = block.dataset.pollUrl;
+    var interval = index < 20 ? INTERVAL_MS : SLOW_INTERVAL_MS;
+
+    function schedule(ms) {
+      window.setTimeout(poll, document.hidden ? Math.max(ms, SLOW_INTERVAL_MS) : ms);
+    }
+
+    function poll() {
+      fetch(url, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (!response.ok) throw new Error("HTTP " + response.status);
+          return response.json();
+        })
+        .then(function (data) {
+          render(block, data);
+          if (FINISHED.indexOf(data.status) >= 0) finish(block);
+          else schedule(interval);
+        })
+        .catch(function () { schedule(ERROR_INTERVAL_MS); });
+    }
+
+    if (FINISHED.indexOf(block.dataset.status) < 0) schedule(Math.min(interval, 300));
+  }
+
+  document.querySelectorAll("[data-task-progress]").forEach(start);
+})();
