@@ -23,6 +23,12 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             error_body("request_too_large", "The request body is larger than this server accepts."),
             status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         )
+    if isinstance(exc, RecursionError):
+        # json.loads raises RecursionError, not ValueError, on very deeply nested input, and DRF's JSONParser
+        # only turns ValueError into a parse error.
+        return Response(
+            error_body("parse_error", "The JSON is nested too deeply."), status=HTTPStatus.BAD_REQUEST
+        )
     if isinstance(exc, SuspiciousOperation):
         return Response(error_body("bad_request", "The request was refused."), status=HTTPStatus.BAD_REQUEST)
     if isinstance(exc, Http404):

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -137,30 +138,36 @@ def _template_for(name: str) -> WorkflowTemplate:
 def _choose_checkpoint(template: WorkflowTemplate, requested: str) -> tuple[str, str]:
     """The checkpoint to run (empty when the template binds none) and a warning for the submitter.
 
-    A task that no registered worker could ever run is refused; while no worker has registered yet, tasks
-    simply queue; one that only offline workers can run is accepted with a warning.
+    A task that no registered worker could ever run (a checkpoint or a node class of the template nobody
+    has) is refused; while no worker has registered yet, tasks simply queue; one that only offline workers
+    can run is accepted with a warning.
     """
-    if not template.binds("checkpoint"):
-        return "", ""
     workers = list(Worker.objects.exclude(registered_at=None).only("status", "capabilities"))
     online = [w for w in workers if w.is_online]
-    checkpoint = requested or farm_setting("DEFAULT_CHECKPOINT")
-    if not checkpoint:
-        counts = Counter(c for w in (online or workers) for c in w.checkpoints)
-        if not counts:
-            return "", ""  # nothing registered yet; the template's own checkpoint stays in the workflow
-        checkpoint = counts.most_common(1)[0][0]
+    checkpoint = ""
+    if template.binds("checkpoint"):
+        checkpoint = requested or farm_setting("DEFAULT_CHECKPOINT")
+        if not checkpoint:
+            counts = Counter(c for w in (online or workers) for c in w.checkpoints)
+            if not counts:
+                return "", ""  # nothing registered yet; the template's own checkpoint stays in the workflow
+            checkpoint = counts.most_common(1)[0][0]
     if not workers:
         return checkpoint, ""
     needed = template.node_classes
 
     def capable(w: Worker) -> bool:
-        return checkpoint in w.checkpoints and needed <= w.node_classes
+        return needed <= w.node_classes and (not checkpoint or checkpoint in w.checkpoints)
 
     if any(capable(w) for w in online):
         return checkpoint, ""
     if any(capable(w) for w in workers):
         return checkpoint, "Only offline workers can run this task; it waits until one of them is back."
+    if not checkpoint:
+        raise NoCapableWorker(
+            f"No registered worker has every node class that template {template.name!r} uses.",
+            fields={"template": [f"No registered worker has all of: {', '.join(sorted(needed))}."]},
+        )
     available = sorted({c for w in workers for c in w.checkpoints if needed <= w.node_classes})
     raise NoCapableWorker(
         f"No registered worker can run checkpoint {checkpoint!r} with template {template.name!r}.",
@@ -190,7 +197,8 @@ def task_lease_next(*, worker: Worker, prefetch: bool = False, now: datetime | N
     from workers_app.services import worker_assert_can_lease
 
     now = now or timezone.now()
-    maybe_reap(now)
+    if maybe_reap(now):
+        worker.refresh_from_db(fields=["status"])  # the sweep may just have found this worker silent
     if not worker_assert_can_lease(worker=worker):
         return None
     candidates = _runnable_by(worker)
@@ -336,7 +344,8 @@ def task_report_progress(
     """Record sampling progress; the first report also marks the task running."""
     if maximum <= 0 or not 0 <= value <= maximum:
         raise InvalidInput(
-            "Progress must satisfy 0 <= value <= max and max > 0.", fields={"value": ["Out of range."]}
+            "Progress must satisfy 0 <= value <= max and max > 0.",
+            fields={"max" if maximum <= 0 else "value": ["Out of range."]},
         )
     now = timezone.now()
     with transaction.atomic():
@@ -368,8 +377,13 @@ def task_complete(
         .first()
     )
     if attempt is None:
+        # Only this worker's own completed attempt makes it a retry: a stale lease stays refused.
         done = Task.objects.filter(
-            public_id=task_id, status=Status.COMPLETED, attempt_set__lease_token=lease_token
+            public_id=task_id,
+            status=Status.COMPLETED,
+            attempt_set__lease_token=lease_token,
+            attempt_set__worker=worker,
+            attempt_set__outcome=Outcome.COMPLETED,
         ).first()
         if done is not None:
             return done
@@ -481,7 +495,7 @@ def _close_lease(
 ) -> Task:
     """End the lease `lease_token` of `task` with `outcome` and move the task on (LeaseLost if stale)."""
     now = now or timezone.now()
-    message = message[:2000]
+    message = _storable(message[:2000])
     if outcome == Outcome.RELEASED:
         requeue, attempts_delta = True, -1
     else:
@@ -521,6 +535,11 @@ def _close_lease(
     if not requeue:
         _after_finish(task)
     return task
+
+
+def _storable(text: str) -> str:
+    """Text every database keeps as it is: no NUL (PostgreSQL refuses it), no unpaired surrogates."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 def refresh_worker_status(worker_id: int, *, completed: int = 0, failed: int = 0) -> None:
@@ -656,18 +675,19 @@ _reap_lock = threading.Lock()
 _last_reap = 0.0
 
 
-def maybe_reap(now: datetime) -> None:
+def maybe_reap(now: datetime) -> bool:
     """Reap lazily on the lease path (at most every REAP_EVERY seconds per process), so correctness never
-    depends on the background job runner being up."""
+    depends on the background job runner being up. True when the sweep ran."""
     global _last_reap
     if time.monotonic() - _last_reap < farm_setting("REAP_EVERY") or not _reap_lock.acquire(blocking=False):
-        return
+        return False
     try:
         _last_reap = time.monotonic()
         from workers_app.services import workers_mark_offline
 
         workers_mark_offline(now=now)
         tasks_reap_expired(now=now)
+        return True
     finally:
         _reap_lock.release()
 
@@ -688,7 +708,7 @@ def task_queue_position(task: Task) -> int | None:
 def task_get(*, public_id) -> Task:
     try:
         return Task.objects.select_related("template", "worker", "owner").get(public_id=public_id)
-    except (Task.DoesNotExist, ValueError, TypeError):
+    except (Task.DoesNotExist, ValueError, TypeError, ValidationError):
         raise NotFound("No such task.")
 
 

@@ -1,6 +1,7 @@
 """ComfyUI API-format workflows: template validation and building a task's workflow. Pure functions."""
 
 import copy
+import math
 from typing import Any
 
 BINDABLE_FIELDS = (
@@ -36,6 +37,12 @@ def node_classes(workflow: Any) -> set[str]:
 def validate_template(workflow: Any, bindings: Any) -> dict[str, list[str]]:
     """Return errors by field (`workflow`, `bindings`); empty when the template is usable."""
     errors: dict[str, list[str]] = {}
+    for field, value in (("workflow", workflow), ("bindings", bindings)):
+        problem = _unstorable(value)
+        if problem:
+            errors[field] = [problem]
+    if errors:
+        return errors
     workflow_errors = _workflow_errors(workflow)
     if workflow_errors:
         errors["workflow"] = workflow_errors
@@ -45,6 +52,37 @@ def validate_template(workflow: Any, bindings: Any) -> dict[str, list[str]]:
     if binding_errors:
         errors["bindings"] = binding_errors
     return errors
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _unstorable(value: Any) -> str | None:
+    """Why a JSON value cannot be stored and sent on as it is, or None. PostgreSQL's jsonb refuses NUL
+    characters, unpaired surrogates and non-finite numbers (JSON has none), and absurd nesting would make
+    every copy of the workflow fail later. Iterative, so deep input cannot overflow the stack here."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"Nested deeper than {MAX_JSON_DEPTH} levels."
+        if isinstance(item, dict):
+            stack.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            stack.extend((part, depth + 1) for part in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "Numbers must be finite."
+        elif isinstance(item, str) and ("\x00" in item or not _encodable(item)):
+            return "Text must not contain NUL characters or unpaired surrogates."
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _workflow_errors(workflow: Any) -> list[str]:

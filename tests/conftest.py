@@ -3,10 +3,14 @@
 import io
 import os
 import socket
+from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
@@ -52,6 +56,33 @@ def _no_lazy_reap_throttle(settings):
     settings.T2I = {**settings.T2I, "REAP_EVERY": 0}
 
 
+def media_files() -> list[str]:
+    """Every file under MEDIA_ROOT, relative to it (the autouse fixture makes MEDIA_ROOT a fresh folder)."""
+    root = Path(django_settings.MEDIA_ROOT)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+class Clock:
+    """A fake `timezone.now`: frozen until a test moves it with `advance(seconds)`."""
+
+    def __init__(self, start) -> None:
+        self.now = start
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float):
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock(timezone.now())
+    monkeypatch.setattr(timezone, "now", fake)
+    return fake
+
+
 @pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user("alice", password="pw-alice-123")
@@ -79,6 +110,13 @@ def api(user) -> APIClient:
 @pytest.fixture
 def anon() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture
+def staff_api(staff) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(staff)
+    return client
 
 
 def make_worker(name: str = "gpu-1", caps: dict | None = None, register: bool = True):

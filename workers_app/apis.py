@@ -14,6 +14,7 @@ from generation import dispatch, services
 from generation.serializers import ImageOutput
 from workers_app import services as worker_services
 from workers_app.authentication import IsWorker, WorkerTokenAuthentication
+from workers_app.exceptions import WorkerDisabled
 from workers_app.models import Worker
 
 
@@ -25,11 +26,17 @@ class WorkerApi(APIView):
     def worker(self) -> Worker:
         return self.request.auth
 
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        # A disabled worker is refused on every endpoint, whatever it still believes it holds.
+        if self.worker.status == Worker.Status.DISABLED:
+            raise WorkerDisabled("This worker is disabled by an operator.")
+
 
 class CapabilitiesInput(serializers.Serializer):
     comfyui_version = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
     device_name = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
-    vram_total = serializers.IntegerField(required=False, min_value=0, default=0)
+    vram_total = serializers.IntegerField(required=False, min_value=0, max_value=2**53, default=0)
     checkpoints = serializers.ListField(
         child=serializers.CharField(max_length=255), required=False, default=list
     )
@@ -133,7 +140,9 @@ class LeaseOutput(serializers.Serializer):
 
 def lease(request: Request, worker: Worker) -> services.Lease | None:
     """Lease a task, long-polling up to `wait` seconds (capped by T2I_LEASE_MAX_WAIT)."""
-    data = {**request.query_params.dict(), **(request.data if isinstance(request.data, dict) else {})}
+    body = request.data
+    # A body that is not an object goes to the serializer as it is, which refuses it.
+    data = {**request.query_params.dict(), **body} if isinstance(body, dict) else body
     serializer = LeaseInput(data=data)
     serializer.is_valid(raise_exception=True)
     wait = min(serializer.validated_data["wait"], settings.T2I["LEASE_MAX_WAIT"])

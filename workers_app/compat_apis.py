@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from generation.exceptions import InvalidInput, LeaseLost
-from generation.models import Task
+from generation.models import Task, TaskAttempt
 from workers_app.apis import (
     CompleteInput,
     CompleteOutput,
@@ -59,14 +59,24 @@ class SeedCompleteApi(WorkerApi):
 
     @extend_schema(request={"multipart/form-data": CompleteInput}, responses=CompleteOutput)
     def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):
+            raise InvalidInput(
+                "The body must be an object.", fields={"non_field_errors": ["Expected an object."]}
+            )
         prompt_id = request.data.get("prompt_id")
         if not prompt_id:
             raise InvalidInput("prompt_id is required.", fields={"prompt_id": ["This field is required."]})
         token = request.data.get("lease_token")
         if not token:
+            task_id = _uuid(prompt_id)
             token = (
-                Task.objects.filter(
-                    public_id=_uuid(prompt_id), worker=self.worker, status__in=Task.ACTIVE_STATUSES
+                Task.objects.filter(public_id=task_id, worker=self.worker, status__in=Task.ACTIVE_STATUSES)
+                .values_list("lease_token", flat=True)
+                .first()
+            ) or (
+                # A retry of a completion that already landed: the lease of this worker's completed attempt.
+                TaskAttempt.objects.filter(
+                    task__public_id=task_id, worker=self.worker, outcome=TaskAttempt.Outcome.COMPLETED
                 )
                 .values_list("lease_token", flat=True)
                 .first()
