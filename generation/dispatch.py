@@ -10,6 +10,7 @@ within `POLL_SLICE` seconds.
 import logging
 import threading
 
+from django.conf import settings
 from django.db import connection, transaction
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def wait_for_work(since: int, timeout: float) -> int:
 
 def _ensure_listener() -> None:
     global _listener_started
-    if _listener_started or connection.vendor != "postgresql":
+    if _listener_started or connection.vendor != "postgresql" or not settings.T2I["LISTEN_NOTIFY"]:
         return
     with _listener_lock:
         if _listener_started:

@@ -289,7 +289,11 @@ def _runnable_by(worker: Worker):
 
 
 def _prefetch_allowed(worker: Worker, candidates) -> bool:
-    """Prefetch only when more tasks wait than there are other idle workers to take them."""
+    """Prefetch only up to the worker's registered depth, and only when more tasks wait than there are
+    other idle workers to take them."""
+    held = Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count()
+    if held >= max(1, worker.prefetch):
+        return False
     idle_others = (
         Worker.objects.filter(status=Worker.Status.IDLE)
         .exclude(pk=worker.pk)

@@ -1,5 +1,7 @@
 """Settings for the render-farm scheduler. Everything a deployment changes comes from the environment."""
 
+import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -10,13 +12,22 @@ from t2i_project.env import env_bool, env_float, env_int, env_list, env_str
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-# Required outside DEBUG; the worker daemon and the simulator (manage.py sets T2I_STANDALONE_COMMAND) sign
-# nothing and may run without one.
+# Required outside DEBUG. The worker daemon and the simulator (manage.py sets T2I_STANDALONE_COMMAND) sign
+# nothing and may run without one: they get a random key per process, so that variable set by mistake on a
+# server can never leave it signing sessions with a key that is printed here.
 _DEV_KEY = "dev-only-insecure-key-do-not-deploy"
 _STANDALONE = env_bool("T2I_STANDALONE_COMMAND", False)
-SECRET_KEY = env_str("SECRET_KEY", _DEV_KEY if DEBUG or _STANDALONE else None)
-if not DEBUG and not _STANDALONE and SECRET_KEY == _DEV_KEY:
-    raise ImproperlyConfigured("Set a real SECRET_KEY when DEBUG is off.")
+if DEBUG:
+    SECRET_KEY = env_str("SECRET_KEY", _DEV_KEY)
+elif _STANDALONE:
+    SECRET_KEY = env_str("SECRET_KEY", "") or secrets.token_urlsafe(50)
+else:
+    SECRET_KEY = env_str("SECRET_KEY", "")
+    if not SECRET_KEY.strip() or SECRET_KEY == _DEV_KEY:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off: set it to a long random string, e.g. the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+        )
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -170,6 +181,8 @@ T2I = {
     "MAX_ATTEMPTS": env_int("T2I_MAX_ATTEMPTS", 3, minimum=1, maximum=100),
     "LEASE_MAX_WAIT": env_float("T2I_LEASE_MAX_WAIT", 30.0, minimum=0, maximum=120),
     "REAP_EVERY": env_float("T2I_REAP_EVERY", 1.0, minimum=0),
+    # PostgreSQL LISTEN/NOTIFY wakes long-polling lease requests across server processes at once.
+    "LISTEN_NOTIFY": env_bool("T2I_LISTEN_NOTIFY", True),
     "ALLOW_ANONYMOUS_SUBMIT": env_bool("T2I_ALLOW_ANONYMOUS_SUBMIT", False),
     "DEFAULT_TEMPLATE": env_str("T2I_DEFAULT_TEMPLATE", "sd15-txt2img"),
     "DEFAULT_CHECKPOINT": env_str("T2I_DEFAULT_CHECKPOINT", ""),
@@ -246,3 +259,29 @@ LOGGING["formatters"]["plain"] = {
     "()": "t2i_project.logging.PlainFormatter",
     "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
 }
+
+# --- Security (SECURITY.md) -----------------------------------------------------------------------------
+# Headers on every response: X-Content-Type-Options (SECURE_CONTENT_TYPE_NOSNIFF above), X-Frame-Options DENY
+# (above), Referrer-Policy, Cross-Origin-Opener-Policy.
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Pages take the CSRF token from the form (static/js/legacy.js too), never from the cookie, so scripts need
+# not read it.
+CSRF_COOKIE_HTTPONLY = True
+
+# Login rate limiting (django-axes): T2I_LOGIN_FAILURE_LIMIT failed sign-ins for one username from one address
+# lock that pair out until T2I_LOGIN_LOCKOUT_MINUTES have passed since the last failure (429). It covers
+# every password check: the site's sign-in page and the admin's. The address is REMOTE_ADDR: behind a reverse
+# proxy set AXES_IPWARE_* for it, or every client shares the proxy's address.
+INSTALLED_APPS.append("axes")
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses locked-out pairs before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+AXES_ENABLED = env_bool("T2I_LOGIN_LOCKOUT", True)
+AXES_FAILURE_LIMIT = env_int("T2I_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("T2I_LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]

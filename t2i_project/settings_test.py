@@ -8,6 +8,8 @@ import tempfile
 
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("T2I_SUBMIT_RATE", "10000/min")
+# The listener thread's own connection would keep the test database open at teardown; polling suffices.
+os.environ.setdefault("T2I_LISTEN_NOTIFY", "0")
 
 from t2i_project.settings import *  # noqa: F403
 from t2i_project.settings import DATABASES

@@ -536,7 +536,10 @@ def test_prefetch_only_when_more_tasks_wait_than_other_idle_workers():
     assert lease(busy, prefetch=True) is None  # one left, and "idle" is still idle
 
     worker_services.worker_go_offline(worker=idle)
-    assert lease(busy, prefetch=True).task.pk == last.pk  # no idle worker left to take it
+    assert lease(busy, prefetch=True) is None  # no idle worker left, but "busy" holds its depth of 2
+    Worker.objects.filter(pk=busy.pk).update(prefetch=3)
+    busy.refresh_from_db()
+    assert lease(busy, prefetch=True).task.pk == last.pk
 
 
 def test_queue_positions_follow_the_lease_order(worker, api):
