@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.storage import default_storage
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.urls import clear_url_caches, reverse
 
 from generation import services
@@ -54,11 +55,15 @@ def _browser_or_skip():
 
 
 @pytest.fixture
-def farm(live_server, settings, tmp_path):
+def farm(live_server, settings, monkeypatch):
     """The live scheduler with the simulator and one worker daemon running against it."""
+    # Each request thread of the live server closes its database connection when it ends (PostgreSQL
+    # cannot drop the test database while persistent connections linger).
+    monkeypatch.setitem(connections.settings[DEFAULT_DB_ALIAS], "CONN_MAX_AGE", 0)
     settings.SESSION_COOKIE_SECURE = False  # the live server speaks plain HTTP
     settings.CSRF_COOKIE_SECURE = False
-    settings.T2I = {**settings.T2I, "HEARTBEAT_INTERVAL": 1.0, "LEASE_MAX_WAIT": 2.0}
+    # One process: the in-process wake-up is enough, and no LISTEN connection outlives the test database.
+    settings.T2I = {**settings.T2I, "HEARTBEAT_INTERVAL": 1.0, "LEASE_MAX_WAIT": 2.0, "LISTEN_NOTIFY": False}
     # t2i_project.urls reads MEDIA_ROOT when it is imported; point its /media/ view at this test's folder.
     import t2i_project.urls
 
@@ -121,127 +126,140 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
         return live_server.url + reverse(name, kwargs=kwargs or None)
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        page.set_default_timeout(20_000)
+        try:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.set_default_timeout(20_000)
 
-        def shot(name: str) -> None:
-            page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+            def shot(name: str) -> None:
+                page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
-        # Sign in.
-        page.goto(url("web:generate"))
-        assert "/accounts/login/" in page.url
-        shot("login")
-        page.fill("#id_username", "alice")
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]:has-text('Log in')")
-        page.wait_for_url(url("web:generate"))
-        assert page.get_attribute("nav a[aria-current=page]", "href") == reverse("web:generate")
-        assert page.locator("#id_checkpoint option", has_text="v1-5-pruned-emaonly.safetensors").count() == 1
+            # Sign in.
+            page.goto(url("web:generate"))
+            assert "/accounts/login/" in page.url
+            shot("login")
+            page.fill("#id_username", "alice")
+            page.fill("#id_password", PASSWORD)
+            page.click("button[type=submit]:has-text('Log in')")
+            page.wait_for_url(url("web:generate"))
+            assert page.get_attribute("nav a[aria-current=page]", "href") == reverse("web:generate")
+            assert (
+                page.locator("#id_checkpoint option", has_text="v1-5-pruned-emaonly.safetensors").count() == 1
+            )
 
-        # Submit a prompt; the task page follows the progress reports to 100 %.
-        page.fill("#id_prompt", "a lighthouse on a cliff at dusk, oil painting")
-        page.fill("#id_negative_prompt", "blurry")
-        page.click("label[for=id_size_1]")  # 768 × 768
-        assert page.is_checked("#id_size_1")
-        page.fill("#id_steps", "12")
-        page.fill("#id_seed", "1234")
-        shot("generate")
-        page.click("button[type=submit]:has-text('Generate')")
-        page.wait_for_url("**/tasks/*/")
-        task = Task.objects.get(owner=alice)
-        bar = page.locator("[role=progressbar]")
-        seen = set()
+            # Submit a prompt; the task page follows the progress reports to 100 %.
+            page.fill("#id_prompt", "a lighthouse on a cliff at dusk, oil painting")
+            page.fill("#id_negative_prompt", "blurry")
+            page.click("label[for=id_size_1]")  # 768 × 768
+            assert page.is_checked("#id_size_1")
+            page.fill("#id_steps", "12")
+            page.fill("#id_seed", "1234")
+            shot("generate")
+            page.click("button[type=submit]:has-text('Generate')")
+            page.wait_for_url("**/tasks/*/")
+            task = Task.objects.get(owner=alice)
+            bar = page.locator("[role=progressbar]")
+            seen = set()
 
-        def progress_done() -> bool:
-            seen.add(int(bar.get_attribute("aria-valuenow") or 0))
-            if 0 < max(seen) < 100 and not (SCREENSHOTS / "task-running.png").exists():
-                shot("task-running")
-            return page.locator(".badge-completed").count() > 0
+            def progress_done() -> bool:
+                seen.add(int(bar.get_attribute("aria-valuenow") or 0))
+                if 0 < max(seen) < 100 and not (SCREENSHOTS / "task-running.png").exists():
+                    shot("task-running")
+                return page.locator(".badge-completed").count() > 0
 
-        wait_for(progress_done, timeout=30, what="the task to complete in the browser")
-        assert any(0 < value < 100 for value in seen), f"the bar never moved between 0 and 100: {seen}"
-        assert bar.get_attribute("aria-valuenow") == "100"
-        page.locator(".thumb img").first.wait_for()
-        assert page.locator(".thumb img").first.get_attribute("alt").startswith("a lighthouse on a cliff")
-        assert "sim-gpu-1" in page.inner_text(".facts")
-        image = Image.objects.get(task=task)
-        assert page.evaluate("() => document.querySelector('.thumb img').naturalWidth") > 0
-        shot("task-completed")
+            wait_for(progress_done, timeout=30, what="the task to complete in the browser")
+            assert any(0 < value < 100 for value in seen), f"the bar never moved between 0 and 100: {seen}"
+            assert bar.get_attribute("aria-valuenow") == "100"
+            page.locator(".thumb img").first.wait_for()
+            assert page.locator(".thumb img").first.get_attribute("alt").startswith("a lighthouse on a cliff")
+            assert "sim-gpu-1" in page.inner_text(".facts")
+            image = Image.objects.get(task=task)
+            assert page.evaluate("() => document.querySelector('.thumb img').naturalWidth") > 0
+            shot("task-completed")
 
-        # The gallery shows it (and not bob's); its page has every parameter and the original to download.
-        page.click("nav >> text=Gallery")
-        page.wait_for_url(url("web:gallery"))
-        thumbs = page.locator(".thumb-grid .thumb img")
-        assert thumbs.count() == 1
-        assert page.evaluate("() => document.querySelector('.thumb-grid img').naturalWidth") > 0
-        shot("gallery")
-        thumbs.first.click()
-        page.wait_for_url(url("web:image", image_id=image.pk))
-        text = page.inner_text("main")
-        for expected in ("1234", "768 × 768", "12", "euler", "v1-5-pruned-emaonly.safetensors", "sim-gpu-1"):
-            assert expected in text
-        with page.expect_download() as download:
-            page.click("text=Download original")
-        assert download.value.suggested_filename == f"{task.public_id}_0.png"
-        shot("image")
+            # The gallery shows it (and not bob's); its page has every parameter and the original to download.
+            page.click("nav >> text=Gallery")
+            page.wait_for_url(url("web:gallery"))
+            thumbs = page.locator(".thumb-grid .thumb img")
+            assert thumbs.count() == 1
+            assert page.evaluate("() => document.querySelector('.thumb-grid img').naturalWidth") > 0
+            shot("gallery")
+            thumbs.first.click()
+            page.wait_for_url(url("web:image", image_id=image.pk))
+            text = page.inner_text("main")
+            for expected in (
+                "1234",
+                "768 × 768",
+                "12",
+                "euler",
+                "v1-5-pruned-emaonly.safetensors",
+                "sim-gpu-1",
+            ):
+                assert expected in text
+            with page.expect_download() as download:
+                page.click("text=Download original")
+            assert download.value.suggested_filename == f"{task.public_id}_0.png"
+            shot("image")
 
-        # Reuse the settings: the generate form comes back filled in.
-        page.click("text=Use these settings")
-        page.wait_for_url("**/?*")
-        assert page.input_value("#id_prompt") == "a lighthouse on a cliff at dusk, oil painting"
-        assert page.input_value("#id_seed") == "1234"
-        assert page.is_checked("#id_size_1")
+            # Reuse the settings: the generate form comes back filled in.
+            page.click("text=Use these settings")
+            page.wait_for_url("**/?*")
+            assert page.input_value("#id_prompt") == "a lighthouse on a cliff at dusk, oil painting"
+            assert page.input_value("#id_seed") == "1234"
+            assert page.is_checked("#id_size_1")
 
-        # A second, slow task: cancel it from My queue.
-        farm.set_faults(step_time=3.0)
-        page.fill("#id_prompt", "a slow study of clouds")
-        page.fill("#id_seed", "")
-        page.click("button[type=submit]:has-text('Generate')")
-        page.wait_for_url("**/tasks/*/")
-        slow = Task.objects.get(owner=alice, prompt="a slow study of clouds")
-        page.click("nav >> text=My queue")
-        page.wait_for_url(url("web:queue"))
-        wait_for(
-            lambda: page.locator(".queue-item .badge-running").count() > 0, what="the slow task to start"
-        )
-        shot("queue")
-        page.click(".queue-item button:has-text('Cancel')")
-        page.wait_for_url(url("web:queue"))
-        assert "The task was cancelled." in page.inner_text(".messages")
-        slow.refresh_from_db()
-        assert slow.status == Task.Status.CANCELLED
-        shot("queue-after-cancel")
-        farm.set_faults(step_time=0.05)
+            # A second, slow task: cancel it from My queue.
+            farm.set_faults(step_time=3.0)
+            page.fill("#id_prompt", "a slow study of clouds")
+            page.fill("#id_seed", "")
+            page.click("button[type=submit]:has-text('Generate')")
+            page.wait_for_url("**/tasks/*/")
+            slow = Task.objects.get(owner=alice, prompt="a slow study of clouds")
+            page.click("nav >> text=My queue")
+            page.wait_for_url(url("web:queue"))
+            wait_for(
+                lambda: page.locator(".queue-item .badge-running").count() > 0, what="the slow task to start"
+            )
+            shot("queue")
+            page.click(".queue-item button:has-text('Cancel')")
+            page.wait_for_url(url("web:queue"))
+            assert "The task was cancelled." in page.inner_text(".messages")
+            slow.refresh_from_db()
+            assert slow.status == Task.Status.CANCELLED
+            shot("queue-after-cancel")
+            farm.set_faults(step_time=0.05)
 
-        # Bob's image: alice can neither see it nor delete it.
-        response = page.request.get(url("web:image", image_id=bobs_image.pk))
-        assert response.status == 404
-        csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
-        response = page.request.post(
-            url("web:image-delete", image_id=bobs_image.pk),
-            headers={"X-CSRFToken": csrf, "Referer": live_server.url + "/"},
-        )
-        assert response.status == 404
-        assert Image.objects.filter(pk=bobs_image.pk).exists()
-        assert default_storage.exists(bobs_image.file.name)
+            # Bob's image: alice can neither see it nor delete it.
+            response = page.request.get(url("web:image", image_id=bobs_image.pk))
+            assert response.status == 404
+            csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+            response = page.request.post(
+                url("web:image-delete", image_id=bobs_image.pk),
+                headers={"X-CSRFToken": csrf, "Referer": live_server.url + "/"},
+            )
+            assert response.status == 404
+            assert Image.objects.filter(pk=bobs_image.pk).exists()
+            assert default_storage.exists(bobs_image.file.name)
 
-        # The original one-box page still works end to end.
-        page.goto(url("web:legacy"))
-        page.fill("#legacy-prompt", "a red fox in the snow, watercolour")
-        page.click("#legacy-submit")
-        page.locator("#legacy-result:not([hidden]) img").wait_for(timeout=30_000)
-        assert page.evaluate("() => document.getElementById('legacy-image').naturalWidth") > 0
-        shot("legacy")
+            # The original one-box page still works end to end.
+            page.goto(url("web:legacy"))
+            page.fill("#legacy-prompt", "a red fox in the snow, watercolour")
+            page.click("#legacy-submit")
+            page.locator("#legacy-result:not([hidden]) img").wait_for(timeout=30_000)
+            assert page.evaluate("() => document.getElementById('legacy-image').naturalWidth") > 0
+            shot("legacy")
 
-        page.goto(url("web:task", task_id=task.public_id))
-        shot("task-page")
-        page.goto(live_server.url + "/tasks/00000000-0000-0000-0000-000000000000/")
-        shot("not-found")
-        page.click("header form button:has-text('Log out')")
-        page.goto(url("web:signup"))
-        shot("signup")
-        browser.close()
+            page.goto(url("web:task", task_id=task.public_id))
+            shot("task-page")
+            page.goto(live_server.url + "/tasks/00000000-0000-0000-0000-000000000000/")
+            shot("not-found")
+            page.click("header form button:has-text('Log out')")
+            page.goto(url("web:signup"))
+            shot("signup")
+            browser.close()
+        finally:
+            # The ORM calls in this block ran in Playwright's greenlet, on connections of their own.
+            connections.close_all()
 
 
 def _worker_online() -> bool:
