@@ -153,15 +153,17 @@ class GalleryFilterForm(forms.Form):
         widget=forms.TextInput(attrs={"type": "search", "placeholder": "Search prompts"}),
     )
     mine = forms.BooleanField(required=False, label="Only mine")
-    checkpoint = forms.ChoiceField(required=False)
+    # Any name filters (a checkpoint no worker has any more still has images); CharField refuses NUL bytes.
+    checkpoint = forms.CharField(required=False, max_length=255, widget=forms.Select)
     date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
 
     def __init__(self, *args, checkpoints: list[str], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         chosen = self.data.get("checkpoint", "")
-        names = sorted(set(checkpoints) | ({chosen} if chosen else set()))
-        self.fields["checkpoint"].choices = [("", "Any checkpoint")] + [(n, n) for n in names]
+        keep = chosen and len(chosen) <= 255 and "\x00" not in chosen
+        names = sorted(set(checkpoints) | ({chosen} if keep else set()))
+        self.fields["checkpoint"].widget.choices = [("", "Any checkpoint")] + [(n, n) for n in names]
 
     def filters(self) -> GalleryFilters:
         self.is_valid()  # fields that do not validate are left out of cleaned_data, so they filter nothing

@@ -63,11 +63,13 @@ def _may_cancel(user, task: Task) -> bool:
 
 
 def _visible_image(request: HttpRequest, image_id: int) -> Image:
-    image = (
-        Image.objects.select_related("task", "task__template", "task__owner", "attempt__worker")
-        .filter(pk=image_id)
-        .first()
-    )
+    image = None
+    if image_id <= web_selectors.MAX_ID:
+        image = (
+            Image.objects.select_related("task", "task__template", "task__owner", "attempt__worker")
+            .filter(pk=image_id)
+            .first()
+        )
     if image is None or not selectors.task_visible_to(image.task, request.user):
         raise Http404("No such image.")
     return image
@@ -187,7 +189,7 @@ def my_queue(request: HttpRequest) -> HttpResponse:
 
 def _int_param(request: HttpRequest, name: str) -> int | None:
     value = request.GET.get(name, "")
-    return int(value) if value.isdigit() else None
+    return min(int(value), web_selectors.MAX_ID) if value.isascii() and value.isdigit() else None
 
 
 def gallery(request: HttpRequest) -> HttpResponse:

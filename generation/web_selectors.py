@@ -11,6 +11,7 @@ from generation.models import Image, Task
 from workers_app.models import Worker
 
 GALLERY_PAGE_SIZE = 48
+MAX_ID = 2**63 - 1  # ids beyond a signed 64-bit integer match nothing (and would overflow the query)
 ETA_SAMPLE = 50  # completed tasks whose run time the ETA is based on
 DEFAULT_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "ddim", "uni_pc")
 DEFAULT_SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform")
@@ -93,7 +94,7 @@ def _filtered(images: QuerySet[Image], user, filters: GalleryFilters) -> QuerySe
         images = images.filter(task__checkpoint=filters.checkpoint)
     if filters.date_from:
         images = images.filter(created_at__gte=_start_of(filters.date_from))
-    if filters.date_to:
+    if filters.date_to and filters.date_to < date.max:
         images = images.filter(created_at__lt=_start_of(filters.date_to + timedelta(days=1)))
     return images
 

@@ -141,3 +141,21 @@ def test_anonymous_gallery_shows_anonymous_images_when_allowed(client, settings,
     completed(user, worker, prompt="private")
     public = completed(None, worker, prompt="shared").images.get()
     assert ids_on(client.get(reverse("web:gallery"))) == [public.pk]
+
+
+def test_odd_query_values_do_not_break_the_page(alice, user, worker):
+    image = completed(user, worker).images.get()
+    for query in (
+        "?before=99999999999999999999999",
+        "?after=-1",
+        "?before=abc",
+        "?date_to=9999-12-31",
+        "?date_from=0001-01-01",
+        "?checkpoint=%00",
+        "?q=" + "x" * 500,
+    ):
+        response = alice.get(reverse("web:gallery") + query)
+        assert response.status_code == HTTPStatus.OK, query
+    assert ids_on(alice.get(reverse("web:gallery") + "?before=99999999999999999999999")) == [image.pk]
+    huge = reverse("web:image", kwargs={"image_id": 2**64})
+    assert alice.get(huge).status_code == HTTPStatus.NOT_FOUND
