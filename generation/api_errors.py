@@ -3,7 +3,8 @@
 from http import HTTPStatus
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -56,3 +57,38 @@ def _flatten(fields: dict, prefix: str = "") -> dict:
         else:
             flat[key] = [str(v) for v in value] if isinstance(value, list) else [str(value)]
     return flat
+
+
+# --- Errors raised outside DRF views (no URL matched, CSRF, a crash): JSON on API paths, pages elsewhere ---
+
+SEED_API_PATHS = frozenset({"/generate", "/register", "/heartbeat", "/task", "/complete"})
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(("/api/", "/status/")) or path in SEED_API_PATHS
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api_path(request.path):
+        return JsonResponse(error_body("bad_request", "The request was refused."), status=400)
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api_path(request.path):
+        return JsonResponse(error_body("permission_denied", "You may not do this."), status=403)
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api_path(request.path):
+        return JsonResponse(error_body("not_found", "No such endpoint or object."), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if is_api_path(request.path):
+        return JsonResponse(
+            error_body("server_error", "The server failed; the error was logged."), status=500
+        )
+    return defaults.server_error(request)

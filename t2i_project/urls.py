@@ -26,3 +26,9 @@ urlpatterns = [
     # Images are files on this machine's disk; a LAN deployment serves them from here or from a proxy.
     path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", serve, {"document_root": settings.MEDIA_ROOT}),
 ]
+
+# JSON errors on API paths, the site's pages elsewhere (generation.api_errors.is_api_path).
+handler400 = "generation.api_errors.bad_request"
+handler403 = "generation.api_errors.permission_denied"
+handler404 = "generation.api_errors.page_not_found"
+handler500 = "generation.api_errors.server_error"
