@@ -11,8 +11,12 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter, RelatedFieldListFilter
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connection
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -98,6 +102,25 @@ class AttemptInline(admin.TabularInline):
         return False
 
 
+class TaskPaginator(Paginator):
+    """Exact counts, except for the unfiltered list on PostgreSQL: there COUNT(*) would read every task, so
+    the planner's estimate (pg_class.reltuples, kept by autovacuum) stands in once the table is large."""
+
+    ESTIMATE_ABOVE = 100_000
+
+    @cached_property
+    def count(self) -> int:
+        if connection.vendor == "postgresql" and not self.object_list.query.where:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Task._meta.db_table]
+                )
+                estimate = cursor.fetchone()[0]
+            if estimate > self.ESTIMATE_ABOVE:
+                return estimate
+        return super().count
+
+
 class CheckpointFilter(admin.SimpleListFilter):
     """Checkpoints the workers reported (a DISTINCT over a million tasks would be slow)."""
 
@@ -125,10 +148,10 @@ class TaskAdmin(ViewOnlyMixin, admin.ModelAdmin):
         "prompt_column",
         "owner",
         "worker",
-        "checkpoint",
+        "checkpoint_column",
         "priority",
         "attempts_column",
-        "created_at",
+        "created_column",
         "wait_column",
         "run_column",
         "progress_column",
@@ -146,6 +169,7 @@ class TaskAdmin(ViewOnlyMixin, admin.ModelAdmin):
     search_help_text = "Words in the prompt, or a task id."
     list_select_related = ["worker", "owner", "template"]
     list_per_page = 50
+    paginator = TaskPaginator
     show_full_result_count = False
     actions = ["retry", "cancel", "raise_priority"]
     inlines = [AttemptInline]
@@ -229,8 +253,26 @@ class TaskAdmin(ViewOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Prompt")
     def prompt_column(self, task: Task):
-        text = task.prompt if len(task.prompt) <= 60 else task.prompt[:57] + "…"
-        return format_html('<span title="{}">{}</span>', task.prompt[:500], text)
+        text = task.prompt if len(task.prompt) <= 90 else task.prompt[:87] + "…"
+        return format_html(
+            '<span title="{}" style="display:inline-block;min-width:16em;max-width:30em">{}</span>',
+            task.prompt[:500],
+            text,
+        )
+
+    @admin.display(description="Checkpoint", ordering="checkpoint")
+    def checkpoint_column(self, task: Task):
+        name = task.checkpoint.removesuffix(".safetensors") or "—"
+        return format_html('<span title="{}" style="white-space:nowrap">{}</span>', task.checkpoint, name)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created_column(self, task: Task):
+        local = timezone.localtime(task.created_at)
+        return format_html(
+            '<span title="{}" style="white-space:nowrap">{}</span>',
+            local.isoformat(),
+            local.strftime("%b %d %H:%M:%S"),
+        )
 
     @admin.display(description="Attempts")
     def attempts_column(self, task: Task):

@@ -2,9 +2,9 @@
 
 Every query is bounded by an index, so the figures stay fast with a million tasks: the queue by
 task_claim_idx (status, -priority, id), the last hour by task_finished_idx (status, finished_at) and
-attempt_finished_idx (finished_at), a worker's live attempts by attempt_worker_outcome_idx. Percentiles use
-PostgreSQL's percentile_cont; on SQLite the same interpolated value comes from ORDER BY … LIMIT/OFFSET over
-the indexed range.
+attempt_worker_finished_idx (worker, finished_at), a worker's live attempts by attempt_worker_outcome_idx.
+Percentiles use PostgreSQL's percentile_cont; on SQLite the same interpolated value comes from
+ORDER BY … LIMIT/OFFSET over the indexed range.
 """
 
 import math
@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import (
     Aggregate,
@@ -22,6 +23,7 @@ from django.db.models import (
     FloatField,
     Func,
     IntegerField,
+    Min,
     OuterRef,
     Q,
     QuerySet,
@@ -30,7 +32,7 @@ from django.db.models import (
     Value,
     Window,
 )
-from django.db.models.functions import Cast, Coalesce, Greatest, Least, NullIf, RowNumber, TruncMinute
+from django.db.models.functions import Coalesce, Greatest, Least, RowNumber, TruncMinute
 from django.utils import timezone
 
 from generation.models import Task, TaskAttempt, WorkflowTemplate
@@ -191,9 +193,13 @@ def finished_per_minute(since: datetime, now: datetime) -> list[tuple[datetime, 
 
 
 def oldest_queued_age(now: datetime) -> float | None:
-    """Seconds the oldest queued task has waited (the lowest id among queued tasks, task_claim_idx)."""
-    oldest = Task.objects.filter(status=Status.QUEUED).order_by("id").values_list("created_at", flat=True)[:1]
-    return (now - oldest[0]).total_seconds() if oldest else None
+    """Seconds the oldest queued task has waited.
+
+    MIN(created_at) over the queued range of task_claim_idx; not ORDER BY id LIMIT 1, which PostgreSQL runs
+    as a walk along the primary key through every finished task older than the queue.
+    """
+    oldest = Task.objects.filter(status=Status.QUEUED).aggregate(oldest=Min("created_at"))["oldest"]
+    return max((now - oldest).total_seconds(), 0.0) if oldest else None
 
 
 def worker_utilisation(since: datetime, now: datetime) -> list[WorkerUtilisation]:
@@ -209,11 +215,12 @@ def worker_utilisation(since: datetime, now: datetime) -> list[WorkerUtilisation
         output_field=DurationField(),
     )
     busy: Counter = Counter()
+    ids = [w.pk for w in workers]
     windows = [
-        # attempts that ended in the window (attempt_finished_idx) ...
-        TaskAttempt.objects.filter(finished_at__gte=since),
+        # attempts that ended in the window (attempt_worker_finished_idx) ...
+        TaskAttempt.objects.filter(worker_id__in=ids, finished_at__gte=since),
         # ... and the ones still running (attempt_worker_outcome_idx)
-        TaskAttempt.objects.filter(worker_id__in=[w.pk for w in workers], outcome=Outcome.ACTIVE),
+        TaskAttempt.objects.filter(worker_id__in=ids, outcome=Outcome.ACTIVE),
     ]
     for attempts in windows:
         rows = (
@@ -290,15 +297,21 @@ FAILED_OUTCOMES = [Outcome.FAILED, Outcome.EXPIRED]
 
 
 def workers_with_stats(qs: QuerySet[Worker], *, since: datetime) -> QuerySet[Worker]:
-    """Annotate done_today, failed_today and failure_rate (failed or lease expired over all that ended)."""
-    qs = qs.annotate(
+    """Annotate done_today and failed_today (attempts that failed or whose lease expired) since `since`.
+
+    Two correlated counts over attempt_worker_finished_idx. The failure rate is derived from them in Python
+    (failure_rate()): as an annotation PostgreSQL would evaluate both subqueries a second time.
+    """
+    return qs.annotate(
         done_today=_attempts_today(since, [Outcome.COMPLETED]),
         failed_today=_attempts_today(since, FAILED_OUTCOMES),
     )
-    return qs.annotate(
-        failure_rate=Cast(F("failed_today"), FloatField())
-        / NullIf(F("done_today") + F("failed_today"), 0, output_field=FloatField())
-    )
+
+
+def failure_rate(worker: Worker) -> float | None:
+    """Failed over ended attempts, from the workers_with_stats annotations; None when nothing ended."""
+    done, failed = getattr(worker, "done_today", 0), getattr(worker, "failed_today", 0)
+    return failed / (done + failed) if done + failed else None
 
 
 def median_run_seconds(worker_ids: list[int], *, since: datetime) -> dict[int, float]:
@@ -377,14 +390,23 @@ def _majority(values):
 # --- Workflow templates against the workers -------------------------------------------------------------
 
 
+ANY_CHECKPOINT = "any (chosen per task)"
+
+
 def template_checkpoint(template: WorkflowTemplate) -> str | None:
-    """The checkpoint written in the template's bound checkpoint input, if it binds one."""
-    target = (template.bindings or {}).get("checkpoint")
-    if not target:
-        return None
-    node_id, input_name = target
-    value = (template.workflow or {}).get(node_id, {}).get("inputs", {}).get(input_name)
-    return value if isinstance(value, str) and value else None
+    """The checkpoint the template needs on a worker.
+
+    A template that binds `checkpoint` runs whatever checkpoint its task names (the farm's DEFAULT_CHECKPOINT
+    when that is set, else any checkpoint a worker reported: ANY_CHECKPOINT). One that does not bind it runs
+    the ckpt_name written in its loader node. None when the workflow loads no checkpoint at all.
+    """
+    if template.binds("checkpoint"):
+        return settings.T2I["DEFAULT_CHECKPOINT"] or ANY_CHECKPOINT
+    for node in (template.workflow or {}).values():
+        name = node.get("inputs", {}).get("ckpt_name") if isinstance(node, dict) else None
+        if isinstance(name, str) and name:
+            return name
+    return None
 
 
 @dataclass
@@ -400,15 +422,23 @@ class WorkerFit:
 
 
 def template_fit(template: WorkflowTemplate, workers: list[Worker]) -> list[WorkerFit]:
-    """Per worker: the template's node classes it lacks, and whether it has the template's checkpoint."""
+    """Per worker: the template's node classes it lacks, and whether it has the checkpoint it needs."""
     needed = template.node_classes
     checkpoint = template_checkpoint(template)
+
+    def has(worker: Worker) -> bool:
+        if checkpoint is None:
+            return True
+        if checkpoint == ANY_CHECKPOINT:
+            return bool(worker.checkpoints)
+        return checkpoint in worker.checkpoints
+
     return [
         WorkerFit(
             worker=w,
             missing_nodes=sorted(needed - w.node_classes),
             checkpoint=checkpoint,
-            has_checkpoint=checkpoint is None or checkpoint in w.checkpoints,
+            has_checkpoint=has(w),
         )
         for w in workers
     ]

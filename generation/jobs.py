@@ -6,7 +6,9 @@ expired leases and stale workers lazily (generation.services.maybe_reap); the jo
 nobody is leasing, and do the work that has no request to hang on (thumbnails, webhooks, retention).
 
 django-q2's scheduler looks at its schedules about every 30 seconds and counts intervals in whole minutes,
-so the every-few-seconds sweep is one job a minute that repeats its step every MAINTENANCE_EVERY seconds.
+so the every-few-seconds sweep is one job a minute that repeats its step every MAINTENANCE_EVERY seconds for
+30 seconds. It stops there because a stopping cluster waits for its running jobs: Ctrl-C (or `make run`'s
+shutdown) never waits longer than that. Between runs the lease path's lazy reaping covers the gap.
 """
 
 import logging
@@ -42,9 +44,9 @@ def maintenance_step(*, now: datetime | None = None) -> tuple[int, int]:
     return workers_mark_offline(now=now), tasks_reap_expired(now=now)
 
 
-def farm_maintenance(duration: float = 55.0) -> str:
-    """Run maintenance_step every MAINTENANCE_EVERY seconds for about `duration` seconds (one schedule
-    tick). Runs that overlap are harmless: both services are conditional UPDATEs."""
+def farm_maintenance(duration: float = 30.0) -> str:
+    """Run maintenance_step every MAINTENANCE_EVERY seconds for about `duration` seconds. Runs that overlap
+    are harmless: both services are conditional UPDATEs."""
     every = settings.T2I["MAINTENANCE_EVERY"]
     deadline = time.monotonic() + duration
     offline = requeued = steps = 0

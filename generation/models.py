@@ -216,8 +216,9 @@ class TaskAttempt(models.Model):
         indexes = [
             # worker_heartbeat / dashboard: a worker's active attempts
             models.Index(fields=["worker", "outcome"], name="attempt_worker_outcome_idx"),
-            # Dashboard utilisation and the workers' admin columns: WHERE finished_at >= start of window
-            models.Index(fields=["finished_at"], name="attempt_finished_idx"),
+            # The workers' admin columns, dashboard utilisation and the metrics roll-up:
+            # WHERE worker_id = ? (or IN (…)) AND finished_at >= start of window
+            models.Index(fields=["worker", "finished_at"], name="attempt_worker_finished_idx"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["task", "number"], name="attempt_unique_number"),
@@ -290,3 +291,18 @@ class WebhookDelivery(models.Model):
         if self.delivered_at is not None:
             return "delivered"
         return "pending" if self.next_try_at is not None else "gave up"
+
+
+class MetricCounter(models.Model):
+    """A running total behind /metrics (t2i_project.observability): each scrape adds what finished since the
+    last one, so the counters stay exact, agree across server processes, and survive the retention purge."""
+
+    name = models.CharField(max_length=64)
+    labels = models.CharField(max_length=255, blank=True, help_text="Sorted JSON object of label values.")
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "labels"], name="metric_counter_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.labels} = {self.value}"

@@ -68,6 +68,10 @@ def webhook_enqueue(*, task: Task) -> WebhookDelivery | None:
     """Record a delivery for a finished task that asked for one, and try it at once in the background."""
     if not task.callback_url or task.status not in EVENTS:
         return None
+    if WebhookDelivery.objects.filter(
+        task=task, event=EVENTS[task.status], created_at__gte=task.finished_at
+    ).exists():
+        return None  # this finish already has its delivery (the hook ran twice)
     delivery = WebhookDelivery.objects.create(
         task=task,
         url=task.callback_url,

@@ -1,18 +1,26 @@
 """GET /metrics (Prometheus text format) and GET /healthz (JSON).
 
-Every figure is computed from the database at scrape time by one collector, so any number of server
-processes (gunicorn workers, qcluster) report the same values: an in-process counter would be split between
-processes and reset on each restart. Counters are counts of rows (a retention purge lowers them, which
-Prometheus reads as a counter reset). All queries are aggregates over indexed ranges or grouped scans.
+Every figure comes from the database, so any number of server processes (gunicorn workers, qcluster) report
+the same values; in-process counters would be split between processes and reset on every restart.
+
+Gauges (tasks and workers by status, the oldest queued task's age, webhook deliveries) are counted at scrape
+time over indexed ranges. Counters and histograms (finished tasks by worker and checkpoint, wait and run
+times, attempts and lease expiries) are running totals in generation.MetricCounter: each scrape first adds
+the rows that finished since the previous one (a range of task_finished_idx and attempt_worker_finished_idx,
+under a lock on the watermark row, so concurrent scrapes never count a row twice), then reads the totals.
+A scrape therefore costs the same with a million tasks as with a hundred, and the retention purge does not
+lower a counter.
 """
 
 import hmac
+import json
 import time
-from datetime import timedelta
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Count, Q, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -24,13 +32,114 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 
 from generation import dashboard
-from generation.models import Task, TaskAttempt, WebhookDelivery
+from generation.models import MetricCounter, Task, TaskAttempt, WebhookDelivery
 from workers_app.models import Worker
 
 Status = Task.Status
 
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 RUN_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
+HISTOGRAMS = {
+    "t2i_task_wait_seconds": (
+        dashboard.WAIT,
+        WAIT_BUCKETS,
+        "Queued until the lease that ran it, completed tasks.",
+    ),
+    "t2i_task_run_seconds": (
+        dashboard.RUN,
+        RUN_BUCKETS,
+        "Started until the images were stored, completed tasks.",
+    ),
+}
+COUNTERS = {
+    "t2i_tasks_completed": ("Tasks completed, by worker and checkpoint.", ["worker", "checkpoint"]),
+    "t2i_tasks_failed": (
+        "Tasks failed for good, by the last worker and checkpoint.",
+        ["worker", "checkpoint"],
+    ),
+    "t2i_tasks_cancelled": ("Tasks cancelled, by checkpoint.", ["checkpoint"]),
+    "t2i_task_attempts": ("Leases that ended, by worker and how.", ["worker", "outcome"]),
+    "t2i_lease_expiries": ("Leases that expired (the worker went silent), by worker.", ["worker"]),
+}
+WATERMARK = "_counted_until"
+# Rows are counted once they finished this long ago: a finish is stamped inside a transaction that commits
+# moments later, and a row that is not yet visible must not be skipped for good.
+ROLLUP_LAG = timedelta(seconds=5)
+
+
+def _labels(**values) -> str:
+    return json.dumps(values, sort_keys=True)
+
+
+def metrics_rollup(*, now: datetime | None = None) -> bool:
+    """Add what finished since the last roll-up to the counters. False when there was nothing to add."""
+    upto = (now or timezone.now()) - ROLLUP_LAG
+    with transaction.atomic():
+        mark = MetricCounter.objects.select_for_update().filter(name=WATERMARK, labels="").first()
+        if mark is None:
+            mark = MetricCounter.objects.create(name=WATERMARK, labels="", value=0.0)
+        since = datetime.fromtimestamp(mark.value, tz=UTC)
+        if upto <= since:
+            return False
+        deltas = {key: value for key, value in _finished_between(since, upto).items() if value}
+        # Every writer holds the watermark lock, so read-add-write cannot lose an update.
+        existing = {(c.name, c.labels): c for c in MetricCounter.objects.exclude(pk=mark.pk)}
+        changed, new = [], []
+        for (name, labels), value in deltas.items():
+            counter = existing.get((name, labels))
+            if counter is None:
+                new.append(MetricCounter(name=name, labels=labels, value=value))
+            else:
+                counter.value += value
+                changed.append(counter)
+        MetricCounter.objects.bulk_create(new)
+        MetricCounter.objects.bulk_update(changed, ["value"], batch_size=500)
+        MetricCounter.objects.filter(pk=mark.pk).update(value=upto.timestamp())
+    return True
+
+
+def _finished_between(since: datetime, upto: datetime) -> Counter:
+    names = dict(Worker.objects.values_list("pk", "name"))
+    deltas: Counter = Counter()
+    window = {"finished_at__gt": since, "finished_at__lte": upto}
+    finished = (
+        Task.objects.filter(status__in=Task.FINISHED_STATUSES, **window)  # task_finished_idx
+        .order_by()
+        .values_list("status", "worker_id", "checkpoint")
+        .annotate(n=Count("pk"))
+    )
+    for status, worker_id, checkpoint, n in finished:
+        if status == Status.CANCELLED:
+            deltas["t2i_tasks_cancelled", _labels(checkpoint=checkpoint)] += n
+        else:
+            deltas[
+                f"t2i_tasks_{status}", _labels(worker=names.get(worker_id, ""), checkpoint=checkpoint)
+            ] += n
+    for name, (span, buckets, _) in HISTOGRAMS.items():
+        end, start = span
+        completed = Task.objects.filter(
+            status=Status.COMPLETED, **window, **{f"{end}__isnull": False, f"{start}__isnull": False}
+        ).annotate(d=dashboard.duration(end, start))
+        figures = completed.order_by().aggregate(
+            count=Count("pk"),
+            sum=Sum("d"),
+            **{f"le{i}": Count("pk", filter=Q(d__lte=timedelta(seconds=b))) for i, b in enumerate(buckets)},
+        )
+        deltas[f"{name}_count", ""] += figures["count"]
+        deltas[f"{name}_sum", ""] += figures["sum"].total_seconds() if figures["sum"] else 0.0
+        for i, bucket in enumerate(buckets):
+            deltas[f"{name}_bucket", _labels(le=float(bucket))] += figures[f"le{i}"]
+    attempts = (
+        TaskAttempt.objects.filter(worker_id__in=list(names), **window)  # attempt_worker_finished_idx
+        .order_by()
+        .values_list("worker_id", "outcome")
+        .annotate(n=Count("pk"))
+    )
+    for worker_id, outcome, n in attempts:
+        deltas["t2i_task_attempts", _labels(worker=names[worker_id], outcome=outcome)] += n
+        if outcome == TaskAttempt.Outcome.EXPIRED:
+            deltas["t2i_lease_expiries", _labels(worker=names[worker_id])] += n
+    return deltas
 
 
 class FarmCollector:
@@ -39,14 +148,10 @@ class FarmCollector:
     def collect(self):
         started = time.perf_counter()
         now = timezone.now()
+        metrics_rollup(now=now)
         yield from self._tasks(now)
         yield from self._workers()
-        yield from self._finished()
-        yield self._histogram(
-            "t2i_task_wait_seconds", "Queued until leased, completed tasks.", dashboard.WAIT
-        )
-        yield self._histogram("t2i_task_run_seconds", "Started until stored, completed tasks.", dashboard.RUN)
-        yield from self._attempts()
+        yield from self._counters()
         yield from self._webhooks()
         scrape = GaugeMetricFamily("t2i_metrics_scrape_seconds", "Time spent computing these metrics.")
         scrape.add_metric([], time.perf_counter() - started)
@@ -71,68 +176,30 @@ class FarmCollector:
             gauge.add_metric([status], counts.get(status, 0))
         yield gauge
 
-    def _finished(self):
-        names = dict(Worker.objects.values_list("pk", "name"))
-        rows = (
-            Task.objects.filter(status__in=Task.FINISHED_STATUSES)
-            .order_by()
-            .values_list("status", "worker_id", "checkpoint")
-            .annotate(n=Count("pk"))
-        )
-        families = {
-            status: CounterMetricFamily(
-                f"t2i_tasks_{status}", f"Tasks {status}, by the last worker and checkpoint.", labels=labels
-            )
-            for status, labels in (
-                (Status.COMPLETED, ["worker", "checkpoint"]),
-                (Status.FAILED, ["worker", "checkpoint"]),
-                (Status.CANCELLED, ["checkpoint"]),
+    def _counters(self):
+        totals = {
+            (name, labels): value
+            for name, labels, value in MetricCounter.objects.exclude(name=WATERMARK).values_list(
+                "name", "labels", "value"
             )
         }
-        for status, worker_id, checkpoint, n in rows:
-            if status == Status.CANCELLED:
-                families[status].add_metric([checkpoint], n)
-            else:
-                families[status].add_metric([names.get(worker_id, ""), checkpoint], n)
-        yield from families.values()
-
-    def _histogram(self, name: str, documentation: str, span: tuple[str, str]):
-        end, start = span
-        completed = Task.objects.filter(
-            status=Status.COMPLETED, **{f"{end}__isnull": False, f"{start}__isnull": False}
-        ).annotate(d=dashboard.duration(end, start))
-        buckets = WAIT_BUCKETS if span == dashboard.WAIT else RUN_BUCKETS
-        figures = completed.order_by().aggregate(
-            total=Count("pk"),
-            seconds=Sum("d"),
-            **{f"le{i}": Count("pk", filter=Q(d__lte=timedelta(seconds=b))) for i, b in enumerate(buckets)},
-        )
-        family = HistogramMetricFamily(name, documentation)
-        family.add_metric(
-            [],
-            [(str(float(b)), figures[f"le{i}"]) for i, b in enumerate(buckets)]
-            + [("+Inf", figures["total"])],
-            sum_value=figures["seconds"].total_seconds() if figures["seconds"] else 0.0,
-        )
-        return family
-
-    def _attempts(self):
-        names = dict(Worker.objects.values_list("pk", "name"))
-        rows = TaskAttempt.objects.order_by().values_list("worker_id", "outcome").annotate(n=Count("pk"))
-        attempts = CounterMetricFamily(
-            "t2i_task_attempts",
-            "Leases handed out, by worker and how they ended.",
-            labels=["worker", "outcome"],
-        )
-        expiries = CounterMetricFamily(
-            "t2i_lease_expiries", "Leases that expired (worker lost), by worker.", labels=["worker"]
-        )
-        for worker_id, outcome, n in rows:
-            attempts.add_metric([names.get(worker_id, ""), outcome], n)
-            if outcome == TaskAttempt.Outcome.EXPIRED:
-                expiries.add_metric([names.get(worker_id, "")], n)
-        yield attempts
-        yield expiries
+        for name, (documentation, label_names) in COUNTERS.items():
+            family = CounterMetricFamily(name, documentation, labels=label_names)
+            for (metric, labels), value in sorted(totals.items()):
+                if metric == name:
+                    values = json.loads(labels)
+                    family.add_metric([values[label] for label in label_names], value)
+            yield family
+        for name, (_, buckets, documentation) in HISTOGRAMS.items():
+            cumulative = [
+                (str(float(b)), totals.get((f"{name}_bucket", _labels(le=float(b))), 0)) for b in buckets
+            ]
+            count = totals.get((f"{name}_count", ""), 0)
+            family = HistogramMetricFamily(name, documentation)
+            family.add_metric(
+                [], [*cumulative, ("+Inf", count)], sum_value=totals.get((f"{name}_sum", ""), 0)
+            )
+            yield family
 
     def _webhooks(self):
         figures = WebhookDelivery.objects.aggregate(

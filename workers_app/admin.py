@@ -121,6 +121,7 @@ class WorkerAdmin(admin.ModelAdmin):
         (
             "Work",
             {
+                "description": "Today means since midnight (TIME_ZONE); lifetime counts never reset.",
                 "fields": [
                     "current_tasks",
                     "prefetch",
@@ -129,7 +130,7 @@ class WorkerAdmin(admin.ModelAdmin):
                     "median_run_column",
                     "failure_rate_column",
                     "lifetime_column",
-                ]
+                ],
             },
         ),
         ("Capabilities (as reported at register)", {"fields": ["skew_column", "capabilities_view"]}),
@@ -168,7 +169,7 @@ class WorkerAdmin(admin.ModelAdmin):
     def status_column(self, worker: Worker):
         return status_badge(worker.get_status_display(), STATUS_COLOURS.get(worker.status, "#757575"))
 
-    @admin.display(description="Last heartbeat", ordering="last_heartbeat")
+    @admin.display(description="Heartbeat", ordering="last_heartbeat")
     def heartbeat_column(self, worker: Worker):
         if worker.last_heartbeat is None:
             return "never"
@@ -181,7 +182,7 @@ class WorkerAdmin(admin.ModelAdmin):
             seconds_text(max(age, 0)),
         )
 
-    @admin.display(description="Current task(s)")
+    @admin.display(description="Working on")
     def current_tasks(self, worker: Worker):
         tasks = getattr(worker, "active_tasks", [])
         if not tasks:
@@ -212,7 +213,7 @@ class WorkerAdmin(admin.ModelAdmin):
     def comfyui_version(self, worker: Worker):
         return (worker.capabilities or {}).get("comfyui_version") or "—"
 
-    @admin.display(description="Checkpoints")
+    @admin.display(description="Ckpts")
     def checkpoint_count(self, worker: Worker):
         return len(worker.checkpoints)
 
@@ -224,13 +225,13 @@ class WorkerAdmin(admin.ModelAdmin):
     def failed_today_column(self, worker: Worker):
         return getattr(worker, "failed_today", 0)
 
-    @admin.display(description="Median run (today)")
+    @admin.display(description="Median run")
     def median_run_column(self, worker: Worker):
         return seconds_text(getattr(worker, "median_run", None))
 
-    @admin.display(description="Failure rate (today)", ordering="failure_rate")
+    @admin.display(description="Fail rate")
     def failure_rate_column(self, worker: Worker):
-        rate = getattr(worker, "failure_rate", None)
+        rate = dashboard.failure_rate(worker)
         if rate is None:
             return "—"
         colour = "#c62828" if rate >= 0.2 else "#ef6c00" if rate >= 0.05 else "inherit"
@@ -240,7 +241,7 @@ class WorkerAdmin(admin.ModelAdmin):
     def lifetime_column(self, worker: Worker):
         return f"{worker.tasks_completed} completed, {worker.tasks_failed} failed"
 
-    @admin.display(description="Version skew")
+    @admin.display(description="Skew")
     def skew_column(self, worker: Worker):
         notes = getattr(worker, "skew_notes", [])
         if not notes:

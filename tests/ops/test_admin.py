@@ -6,6 +6,7 @@ import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
+from generation import dashboard
 from generation.models import Image, Task, WebhookDelivery, WorkflowTemplate
 from tests.conftest import CHECKPOINT, capabilities, make_worker
 from tests.ops.conftest import run, submit
@@ -49,7 +50,7 @@ def test_worker_changelist_shows_live_figures(admin_client, worker, django_captu
     assert "Simulated GPU · 8 GiB" in html and "0.3.64" in html
     assert str(running.public_id)[:8] in html  # the current task
     row = response.context["cl"].result_list[0]
-    assert row.done_today == 1 and row.failed_today == 0 and row.failure_rate == 0.0
+    assert row.done_today == 1 and row.failed_today == 0 and dashboard.failure_rate(row) == 0.0
     assert row.median_run is not None
 
 
@@ -329,8 +330,8 @@ def test_template_check_against_workers_action(admin_client):
     )
     rows = dict(response.context["rows"])
     assert [f.ok for f in rows[noise]] == [True, True]
-    assert [(f.worker.name, f.ok) for f in rows[sd15]] == [("gpu-full", False), ("gpu-noise-only", False)]
-    assert rows[sd15][0].missing_nodes == [] and not rows[sd15][0].has_checkpoint  # template's own checkpoint
+    assert [(f.worker.name, f.ok) for f in rows[sd15]] == [("gpu-full", True), ("gpu-noise-only", False)]
+    assert rows[sd15][1].checkpoint == "any (chosen per task)" and not rows[sd15][1].has_checkpoint
 
 
 def test_webhook_delivery_pages_and_send_now(admin_client, worker, settings, monkeypatch):

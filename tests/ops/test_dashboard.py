@@ -124,8 +124,15 @@ def test_worker_stats_and_median(worker):
     since = now - timedelta(hours=1)
     rows = {w.name: w for w in dashboard.workers_with_stats(Worker.objects.all(), since=since)}
     assert (rows["gpu-1"].done_today, rows["gpu-1"].failed_today) == (4, 1)
-    assert rows["gpu-1"].failure_rate == pytest.approx(0.2)
-    assert rows["gpu-2"].failure_rate == 0.0
+    assert dashboard.failure_rate(rows["gpu-1"]) == pytest.approx(0.2)
+    assert dashboard.failure_rate(rows["gpu-2"]) == 0.0
+    idle, _ = make_worker("gpu-idle")
+    assert (
+        dashboard.failure_rate(
+            dashboard.workers_with_stats(Worker.objects.filter(pk=idle.pk), since=since)[0]
+        )
+        is None
+    )
     medians = dashboard.median_run_seconds([worker.pk, other.pk], since=since)
     assert medians == {worker.pk: pytest.approx(25.0), other.pk: pytest.approx(7.0)}
 
@@ -139,3 +146,19 @@ def test_version_skew_needs_a_majority():
     assert skew[b.pk] == ["ComfyUI 0.4.0 (most run 0.3.64)"]
     assert skew[c.pk] == ["node set differs: 6 missing, 1 extra"]
     assert a.pk not in skew
+
+
+def test_template_checkpoint_needs(settings):
+    from generation.models import WorkflowTemplate
+
+    sd15 = WorkflowTemplate.objects.get(name="sd15-txt2img")
+    assert dashboard.template_checkpoint(sd15) == dashboard.ANY_CHECKPOINT
+    settings.T2I = {**settings.T2I, "DEFAULT_CHECKPOINT": "sdxl.safetensors"}
+    assert dashboard.template_checkpoint(sd15) == "sdxl.safetensors"
+    fixed = WorkflowTemplate(name="fixed", workflow=sd15.workflow, bindings={"prompt": ["6", "text"]})
+    assert dashboard.template_checkpoint(fixed) == "v1-5-pruned-emaonly.safetensors"
+    noise = WorkflowTemplate.objects.get(name="noise-test")
+    assert dashboard.template_checkpoint(noise) is None
+    worker, _ = make_worker("gpu-x")
+    [fit] = dashboard.template_fit(fixed, [worker])
+    assert fit.missing_nodes == [] and not fit.has_checkpoint and not fit.ok

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
@@ -9,13 +10,18 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from generation import services
-from generation.models import TaskAttempt, WebhookDelivery
+from generation.models import MetricCounter, Task, TaskAttempt, WebhookDelivery
 from t2i_project import observability
 from t2i_project.logging import JsonFormatter, PlainFormatter
 from tests.conftest import CHECKPOINT, make_worker
 from tests.ops.conftest import run, submit
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def no_rollup_lag(monkeypatch):
+    monkeypatch.setattr(observability, "ROLLUP_LAG", timedelta(0))
 
 
 def scrape(client, **headers) -> dict:
@@ -29,7 +35,7 @@ def scrape(client, **headers) -> dict:
     return samples
 
 
-def test_metrics_report_the_farm(client, worker):
+def test_metrics_report_the_farm(client, worker, no_rollup_lag):
     submit(priority=3)
     submit()
     run(worker)
@@ -40,7 +46,8 @@ def test_metrics_report_the_farm(client, worker):
     submit()
     expired = TaskAttempt.objects.create(
         task=submit(), worker=worker, number=9, lease_token="00000000-0000-0000-0000-000000000001",
-        lease_expires_at=timezone.now(), leased_at=timezone.now(), outcome=TaskAttempt.Outcome.EXPIRED,
+        lease_expires_at=timezone.now(), leased_at=timezone.now(), finished_at=timezone.now(),
+        outcome=TaskAttempt.Outcome.EXPIRED,
     )  # fmt: skip
     WebhookDelivery.objects.create(
         task=expired.task, url="http://x", event="task.failed", payload={}, attempts=3
@@ -68,12 +75,50 @@ def test_metrics_report_the_farm(client, worker):
     assert ("t2i_metrics_scrape_seconds", ()) in m
 
 
-def test_metrics_scrape_is_a_fixed_number_of_queries(client, worker, django_assert_max_num_queries):
-    for _ in range(5):
+def test_counters_count_each_finished_task_once_and_survive_retention(
+    client, worker, no_rollup_lag, settings
+):
+    labels = (("checkpoint", CHECKPOINT), ("worker", "gpu-1"))
+    submit()
+    run(worker)
+    assert scrape(client)[("t2i_tasks_completed_total", labels)] == 1
+    assert scrape(client)[("t2i_tasks_completed_total", labels)] == 1  # not counted twice
+    submit()
+    run(worker)
+    assert scrape(client)[("t2i_tasks_completed_total", labels)] == 2
+    settings.T2I = {**settings.T2I, "RETENTION_DAYS": 1}
+    Task.objects.update(finished_at=timezone.now() - timedelta(days=2))
+    from generation.jobs import tasks_purge_expired
+
+    assert tasks_purge_expired() == 2
+    m = scrape(client)
+    assert m[("t2i_tasks_completed_total", labels)] == 2 and m[("t2i_task_run_seconds_count", ())] == 2
+
+
+def test_counters_wait_for_rows_to_settle(client, worker):
+    submit()
+    run(worker)  # finished just now: inside ROLLUP_LAG
+    assert ("t2i_tasks_completed_total", (("checkpoint", CHECKPOINT), ("worker", "gpu-1"))) not in scrape(
+        client
+    )
+    later = timezone.now() + observability.ROLLUP_LAG + timedelta(seconds=1)
+    assert observability.metrics_rollup(now=later) is True
+    assert observability.metrics_rollup(now=later) is False
+    assert MetricCounter.objects.get(name="t2i_tasks_completed").value == 1
+
+
+def test_metrics_scrape_is_a_fixed_number_of_queries(
+    client, worker, no_rollup_lag, django_assert_max_num_queries
+):
+    for rows in (2, 10):
+        for _ in range(rows):
+            submit()
+            run(worker)
+        other, _ = make_worker(f"gpu-{rows}")
         submit()
-        run(worker)
-    with django_assert_max_num_queries(12):
-        scrape(client)
+        run(other, complete=False)
+        with django_assert_max_num_queries(17):
+            scrape(client)
 
 
 def test_metrics_speak_openmetrics_when_asked(client):

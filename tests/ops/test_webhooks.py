@@ -118,6 +118,14 @@ def test_delivery_is_signed_and_recorded(worker, receiver, django_capture_on_com
     assert len(receiver.requests) == 1
 
 
+def test_a_second_hook_run_records_no_second_delivery(worker, receiver, django_capture_on_commit_callbacks):
+    from generation.hooks import task_finished
+
+    task = finished_task_with_callback(worker, receiver.url, django_capture_on_commit_callbacks)
+    task_finished(task.pk)
+    assert WebhookDelivery.objects.filter(task=task).count() == 1
+
+
 def test_failed_task_sends_task_failed(worker, receiver, django_capture_on_commit_callbacks):
     task = finished_task_with_callback(
         worker, receiver.url, django_capture_on_commit_callbacks, complete=False
