@@ -23,7 +23,7 @@ from django.utils.safestring import mark_safe
 from generation import dashboard, services, webhooks
 from generation.exceptions import DomainError
 from generation.models import Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
-from workers_app.admin import seconds_text, status_badge
+from workers_app.admin import ObjectActionsMixin, seconds_text, status_badge
 from workers_app.models import Worker
 
 TASK_COLOURS = {
@@ -141,7 +141,8 @@ class CheckpointFilter(admin.SimpleListFilter):
 
 
 @admin.register(Task)
-class TaskAdmin(ViewOnlyMixin, admin.ModelAdmin):
+class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
+    object_actions = {"cancel": "Cancel", "retry": "Retry", "raise_priority": "Priority +10"}
     list_display = [
         "id_column",
         "status_column",

@@ -9,7 +9,9 @@ import json
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -63,6 +65,40 @@ def token_message(request, worker: Worker, token: str, verb: str) -> None:
     )
 
 
+class ObjectActionsMixin:
+    """The list's actions as buttons on an object's page: POST <pk>/do/<action>/ runs the same admin action
+    on that one row (so the same service and the same messages), then returns to the page."""
+
+    object_actions: dict[str, str] = {}  # action name: button label
+
+    def get_urls(self):
+        opts = self.model._meta
+        view = self.admin_site.admin_view(self.object_action_view)
+        name = f"{opts.app_label}_{opts.model_name}_object_action"
+        return [path("<int:pk>/do/<str:action>/", view, name=name), *super().get_urls()]
+
+    def object_action_view(self, request, pk: int, action: str):
+        if request.method != "POST" or action not in self.object_actions:
+            raise PermissionDenied
+        func, _, _ = self.get_actions(request).get(action) or (None, None, None)
+        if func is None:
+            raise PermissionDenied
+        func(self, request, self.get_queryset(request).filter(pk=pk))
+        opts = self.model._meta
+        return redirect(f"admin:{opts.app_label}_{opts.model_name}_change", pk)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        actions = self.get_actions(request)
+        buttons = [(name, label) for name, label in self.object_actions.items() if name in actions]
+        opts = self.model._meta
+        extra_context = {
+            **(extra_context or {}),
+            "object_actions": buttons,
+            "object_action_url": f"admin:{opts.app_label}_{opts.model_name}_object_action",
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
 class WorkerForm(forms.ModelForm):
     class Meta:
         model = Worker
@@ -70,8 +106,14 @@ class WorkerForm(forms.ModelForm):
 
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
     form = WorkerForm
+    object_actions = {
+        "drain": "Drain",
+        "enable": "Enable",
+        "disable": "Disable",
+        "rotate_token": "Rotate token",
+    }
     list_display = [
         "name",
         "status_column",

@@ -347,3 +347,36 @@ def test_webhook_delivery_pages_and_send_now(admin_client, worker, settings, mon
     act(admin_client, "generation_webhookdelivery", "send_now", [delivery.pk])
     delivery.refresh_from_db()
     assert delivery.next_try_at is not None and delivery.state == "pending"
+
+
+def test_object_action_buttons_on_the_task_page(admin_client, worker):
+    task = submit()
+    page = admin_client.get(reverse("admin:generation_task_change", args=[task.pk]))
+    cancel_url = reverse("admin:generation_task_object_action", args=[task.pk, "cancel"])
+    assert cancel_url in page.content.decode()
+    response = admin_client.post(cancel_url, follow=True)
+    assert response.redirect_chain[-1][0] == reverse("admin:generation_task_change", args=[task.pk])
+    task.refresh_from_db()
+    assert task.status == Task.Status.CANCELLED
+    assert "1 task(s) cancelled." in texts(response)
+    again = admin_client.post(cancel_url, follow=True)
+    assert any("already cancelled" in m for m in texts(again))
+
+
+def test_object_action_buttons_on_the_worker_page(admin_client, worker):
+    page = admin_client.get(reverse("admin:workers_app_worker_change", args=[worker.pk]))
+    drain_url = reverse("admin:workers_app_worker_object_action", args=[worker.pk, "drain"])
+    assert drain_url in page.content.decode()
+    admin_client.post(drain_url)
+    worker.refresh_from_db()
+    assert worker.status == Worker.Status.DRAINING
+
+
+def test_object_actions_refuse_get_and_unknown_actions(admin_client, worker):
+    task = submit()
+    url = reverse("admin:generation_task_object_action", args=[task.pk, "cancel"])
+    assert admin_client.get(url).status_code == HTTPStatus.FORBIDDEN
+    bad = reverse("admin:generation_task_object_action", args=[task.pk, "delete_selected"])
+    assert admin_client.post(bad).status_code == HTTPStatus.FORBIDDEN
+    task.refresh_from_db()
+    assert task.status == Task.Status.QUEUED
