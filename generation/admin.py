@@ -384,12 +384,10 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                 ("Failed (1 h)", figures.failed_last_hour, "bad" if figures.failed_last_hour else ""),
                 ("Throughput", f"{figures.throughput_per_minute:.1f}/min", ""),
                 ("Oldest queued", seconds_text(figures.oldest_queued_age), ""),
-                (
-                    "Wait p50 / p95",
-                    f"{seconds_text(figures.wait_p50)} / {seconds_text(figures.wait_p95)}",
-                    "",
-                ),
-                ("Run p50 / p95", f"{seconds_text(figures.run_p50)} / {seconds_text(figures.run_p95)}", ""),
+                ("Wait p50 (1 h)", seconds_text(figures.wait_p50), ""),
+                ("Wait p95 (1 h)", seconds_text(figures.wait_p95), ""),
+                ("Run p50 (1 h)", seconds_text(figures.run_p50), ""),
+                ("Run p95 (1 h)", seconds_text(figures.run_p95), ""),
             ],
             "bars": [
                 {
