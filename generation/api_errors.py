@@ -65,7 +65,8 @@ SEED_API_PATHS = frozenset({"/generate", "/register", "/heartbeat", "/task", "/c
 
 
 def is_api_path(path: str) -> bool:
-    return path.startswith(("/api/", "/status/")) or path in SEED_API_PATHS
+    first = "/" + path.lstrip("/").split("/", 1)[0]
+    return first in ("/api", "/status") or first in SEED_API_PATHS
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:

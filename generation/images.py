@@ -34,7 +34,7 @@ def verify_image(upload, *, width: int, height: int, max_bytes: int, field: str 
     """Read an upload and check it is a whole PNG/JPEG/WebP of exactly `width`×`height`.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb is refused
-    without being expanded.
+    without being expanded; then every pixel is decoded, so a truncated or corrupt file is refused too.
     """
     name = getattr(upload, "name", "upload")
     if getattr(upload, "size", 0) > max_bytes:
@@ -55,6 +55,11 @@ def verify_image(upload, *, width: int, height: int, max_bytes: int, field: str 
                     fields={field: [f"{name}: is {size[0]}x{size[1]}, expected {width}x{height}."]},
                 )
             img.verify()
+        # verify() checks the container (PNG chunk CRCs) but not JPEG or WebP data: decode every pixel too,
+        # so a truncated file is refused here rather than failing the thumbnail job later. Bounded: the size
+        # was checked above.
+        with PILImage.open(io.BytesIO(data)) as img:
+            img.load()
     except InvalidInput:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:

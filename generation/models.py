@@ -170,7 +170,8 @@ class Task(models.Model):
             return 100
         if not self.progress_max:
             return 0
-        return max(0, min(100, round(100 * self.progress_value / self.progress_max)))
+        # Divide first: 100 × a value near the float maximum would overflow to infinity.
+        return max(0, min(100, round(self.progress_value / self.progress_max * 100)))
 
     @property
     def wait_seconds(self) -> float | None:

@@ -7,6 +7,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from generation import compat_apis
 from workers_app import compat_apis as worker_compat
 
+
+def media(request, path: str):
+    """An image file under MEDIA_ROOT (read per request). `serve` refuses `..` and lists no folders."""
+    return serve(request, path, document_root=settings.MEDIA_ROOT)
+
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("generation.web_urls")),
@@ -24,7 +30,7 @@ urlpatterns = [
     path("task", worker_compat.SeedTaskApi.as_view(), name="seed-task"),
     path("complete", worker_compat.SeedCompleteApi.as_view(), name="seed-complete"),
     # Images are files on this machine's disk; a LAN deployment serves them from here or from a proxy.
-    path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", serve, {"document_root": settings.MEDIA_ROOT}),
+    path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", media),
 ]
 
 # JSON errors on API paths, the site's pages elsewhere (generation.api_errors.is_api_path).

@@ -5,7 +5,7 @@ import time
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -16,6 +16,7 @@ from workers_app import services as worker_services
 from workers_app.authentication import IsWorker, WorkerTokenAuthentication
 from workers_app.exceptions import WorkerDisabled
 from workers_app.models import Worker
+from workers_app.parsers import ImageUploadParser
 
 
 class WorkerApi(APIView):
@@ -242,7 +243,7 @@ def complete(request: Request, worker: Worker, task_id, lease_token: str | None 
 
 
 class TaskCompleteApi(WorkerApi):
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [ImageUploadParser, FormParser]
 
     @extend_schema(request={"multipart/form-data": CompleteInput}, responses=CompleteOutput)
     def post(self, request: Request, task_id) -> Response:

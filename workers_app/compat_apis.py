@@ -8,7 +8,7 @@ holds on that task, so the call is still fenced by the worker's identity.
 import uuid
 
 from drf_spectacular.utils import extend_schema
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -29,6 +29,7 @@ from workers_app.apis import (
     lease,
     register,
 )
+from workers_app.parsers import ImageUploadParser
 
 
 class SeedRegisterApi(WorkerApi):
@@ -55,7 +56,7 @@ class SeedTaskApi(WorkerApi):
 
 
 class SeedCompleteApi(WorkerApi):
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [ImageUploadParser, FormParser, JSONParser]
 
     @extend_schema(request={"multipart/form-data": CompleteInput}, responses=CompleteOutput)
     def post(self, request: Request) -> Response:
