@@ -184,6 +184,8 @@ T2I = {
     # PostgreSQL LISTEN/NOTIFY wakes long-polling lease requests across server processes at once.
     "LISTEN_NOTIFY": env_bool("T2I_LISTEN_NOTIFY", True),
     "ALLOW_ANONYMOUS_SUBMIT": env_bool("T2I_ALLOW_ANONYMOUS_SUBMIT", False),
+    # The seed's POST /complete may omit the lease token (the worker's own lease on the task is used).
+    "SEED_COMPLETE_WITHOUT_LEASE": env_bool("T2I_SEED_COMPLETE_WITHOUT_LEASE", True),
     "DEFAULT_TEMPLATE": env_str("T2I_DEFAULT_TEMPLATE", "sd15-txt2img"),
     "DEFAULT_CHECKPOINT": env_str("T2I_DEFAULT_CHECKPOINT", ""),
     "SIZE_MIN": env_int("T2I_SIZE_MIN", 64, minimum=8),

@@ -2,11 +2,13 @@
 `/task` and `/complete`. Workers still authenticate with their token (Authorization: Bearer …).
 
 `/complete` also accepts the seed's request without a lease token: the lease is then the one this worker
-holds on that task, so the call is still fenced by the worker's identity.
+holds on that task, so the call is still fenced by the worker's identity. That exception to "every call names
+its lease" is on by default for the seed's daemons; T2I_SEED_COMPLETE_WITHOUT_LEASE=0 turns it off.
 """
 
 import uuid
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.request import Request
@@ -68,6 +70,10 @@ class SeedCompleteApi(WorkerApi):
         if not prompt_id:
             raise InvalidInput("prompt_id is required.", fields={"prompt_id": ["This field is required."]})
         token = request.data.get("lease_token")
+        if not token and not settings.T2I["SEED_COMPLETE_WITHOUT_LEASE"]:
+            raise InvalidInput(
+                "lease_token is required.", fields={"lease_token": ["This field is required."]}
+            )
         if not token:
             task_id = _uuid(prompt_id)
             token = (

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from axes.models import AccessAttempt
 from django.contrib import admin
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
@@ -26,7 +27,9 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from generation import services
 from generation.models import Image, Task
+from generation.services import TaskInput
 from tests.conftest import capabilities, make_worker, png_bytes, worker_client
 from tests.web.conftest import completed, submit
 from workers_app import services as worker_services
@@ -216,6 +219,30 @@ def test_seed_generate_shares_the_submit_rate_limit_with_the_rest_api(user, sett
         ScopedRateThrottle.THROTTLE_RATES = rates
         cache.clear()
     assert Task.objects.count() == 2
+
+
+def test_seed_complete_without_a_lease_token_is_an_exception_the_operator_can_turn_off(worker_pair, settings):
+    worker, token = worker_pair
+    task = services.task_submit(owner=None, data=TaskInput(prompt="a fox", width=64, height=64))
+    assert services.task_lease_next(worker=worker).task.pk == task.pk
+    body = {"prompt_id": str(task.public_id), "images": [upload_png()]}
+
+    settings.T2I = {**settings.T2I, "SEED_COMPLETE_WITHOUT_LEASE": False}
+    refused = worker_client(token).post("/complete", body, format="multipart")
+    assert refused.status_code == HTTPStatus.BAD_REQUEST
+    assert "lease_token" in refused.json()["fields"]
+    task.refresh_from_db()
+    assert task.status == Task.Status.LEASED
+
+    settings.T2I = {**settings.T2I, "SEED_COMPLETE_WITHOUT_LEASE": True}  # the default
+    body["images"] = [upload_png()]
+    assert worker_client(token).post("/complete", body, format="multipart").status_code == HTTPStatus.OK
+    task.refresh_from_db()
+    assert task.status == Task.Status.COMPLETED
+
+
+def upload_png() -> SimpleUploadedFile:
+    return SimpleUploadedFile("out.png", png_bytes(64, 64), "image/png")
 
 
 # --- Admin is staff-only --------------------------------------------------------------------------------
