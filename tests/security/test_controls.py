@@ -509,6 +509,7 @@ def test_security_headers_on_pages_api_errors_and_media(done, client_for):
         assert response["X-Content-Type-Options"] == "nosniff", name
         assert response["X-Frame-Options"] == "DENY", name
         assert response["Referrer-Policy"] == "same-origin", name
+        assert response["Cross-Origin-Opener-Policy"] == "same-origin", name
 
 
 # --- Secrets and tokens never reach the logs ------------------------------------------------------------

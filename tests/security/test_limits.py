@@ -74,7 +74,7 @@ def assert_still_leased(task: Task) -> None:
 # --- Upload size ----------------------------------------------------------------------------------------
 
 
-def test_an_image_of_exactly_the_byte_limit_is_accepted_and_one_byte_less_of_limit_is_not(
+def test_an_image_at_the_byte_limit_is_accepted_and_one_byte_over_is_refused(
     wapi, worker, settings
 ):
     data = png_bytes(64, 64)
