@@ -74,9 +74,7 @@ def assert_still_leased(task: Task) -> None:
 # --- Upload size ----------------------------------------------------------------------------------------
 
 
-def test_an_image_at_the_byte_limit_is_accepted_and_one_byte_over_is_refused(
-    wapi, worker, settings
-):
+def test_an_image_at_the_byte_limit_is_accepted_and_one_byte_over_is_refused(wapi, worker, settings):
     data = png_bytes(64, 64)
     task, token = leased(worker)
     settings.T2I = {**settings.T2I, "MAX_IMAGE_BYTES": len(data) - 1}
