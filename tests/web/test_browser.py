@@ -5,7 +5,6 @@ A screenshot of every page goes to test-artifacts/screenshots/. Chromium missing
 failure under CI=true (install it with `apt-get install chromium`; never `playwright install`).
 """
 
-import importlib
 import os
 import shutil
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.core.files.storage import default_storage
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.urls import clear_url_caches, reverse
+from django.urls import reverse
 
 from generation import services
 from generation.models import Image, Task
@@ -64,12 +63,6 @@ def farm(live_server, settings, monkeypatch):
     settings.CSRF_COOKIE_SECURE = False
     # One process: the in-process wake-up is enough, and no LISTEN connection outlives the test database.
     settings.T2I = {**settings.T2I, "HEARTBEAT_INTERVAL": 1.0, "LEASE_MAX_WAIT": 2.0, "LISTEN_NOTIFY": False}
-    # t2i_project.urls reads MEDIA_ROOT when it is imported; point its /media/ view at this test's folder.
-    import t2i_project.urls
-
-    importlib.reload(t2i_project.urls)
-    clear_url_caches()
-
     simulator = start_in_thread(SimulatorConfig(job_time=0.2, step_time=0.25, random_seed=7))
     _record, token = worker_services.worker_create(name="sim-gpu-1")
     worker = Worker(
@@ -95,8 +88,6 @@ def farm(live_server, settings, monkeypatch):
         worker.request_stop()
         thread.join(timeout=15)
         simulator.stop()
-        importlib.reload(t2i_project.urls)
-        clear_url_caches()
 
 
 def wait_for(condition, *, timeout: float = 20.0, what: str = "condition"):
