@@ -18,15 +18,18 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
-from generation.models import Image, Task
+from generation.models import Image, MetricCounter, Task, WebhookDelivery
 from generation.services import tasks_reap_expired
 from generation.thumbnails import images_make_missing_thumbnails
 from generation.webhooks import webhooks_deliver_due
 from workers_app.services import workers_mark_offline
 
 logger = logging.getLogger(__name__)
+
+PURGED_WEBHOOK_FAILURES = "_webhook_failures_purged"
 
 # (schedule name, function, every N minutes). ensure_schedules() makes the django_q Schedule rows match.
 SCHEDULE_PREFIX = "t2i: "
@@ -95,6 +98,7 @@ def tasks_purge_expired(*, now: datetime | None = None, batch: int = 500) -> int
             if name
         ]
         with transaction.atomic():
+            _keep_webhook_failures(pks)
             Image.objects.filter(task_id__in=pks).delete()
             total += expired.filter(pk__in=pks).delete()[1].get(Task._meta.label, 0)
         for name in files:
@@ -107,6 +111,18 @@ def tasks_purge_expired(*, now: datetime | None = None, batch: int = 500) -> int
     if total:
         logger.info("retention: deleted %d task(s) finished before %s", total, cutoff.isoformat())
     return total
+
+
+def _keep_webhook_failures(task_pks: list[int]) -> None:
+    """The failed webhook tries of deliveries about to be deleted, kept in a counter so that
+    t2i_webhook_failures_total (computed from the remaining rows plus this) never goes down."""
+    figures = WebhookDelivery.objects.filter(task_id__in=task_pks).aggregate(
+        tries=Sum("attempts"), delivered=Count("pk", filter=Q(delivered_at__isnull=False))
+    )
+    failures = (figures["tries"] or 0) - figures["delivered"]
+    if failures:
+        counter, _ = MetricCounter.objects.get_or_create(name=PURGED_WEBHOOK_FAILURES, labels="")
+        MetricCounter.objects.filter(pk=counter.pk).update(value=F("value") + failures)
 
 
 def ensure_schedules(schedule_model=None) -> int:

@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 
 from generation import dashboard
+from generation.jobs import PURGED_WEBHOOK_FAILURES
 from generation.models import MetricCounter, Task, TaskAttempt, WebhookDelivery
 from workers_app.models import Worker
 
@@ -61,6 +62,8 @@ COUNTERS = {
     "t2i_task_attempts": ("Leases that ended, by worker and how.", ["worker", "outcome"]),
     "t2i_lease_expiries": ("Leases that expired (the worker went silent), by worker.", ["worker"]),
 }
+# Rows named "_…" are bookkeeping, not metrics: the roll-up's watermark (a Unix time) and the failed
+# webhook tries of deliveries the retention purge deleted (generation.jobs).
 WATERMARK = "_counted_until"
 # Rows are counted once they finished this long ago: a finish is stamped inside a transaction that commits
 # moments later, and a row that is not yet visible must not be skipped for good.
@@ -83,7 +86,7 @@ def metrics_rollup(*, now: datetime | None = None) -> bool:
             return False
         deltas = {key: value for key, value in _finished_between(since, upto).items() if value}
         # Every writer holds the watermark lock, so read-add-write cannot lose an update.
-        existing = {(c.name, c.labels): c for c in MetricCounter.objects.exclude(pk=mark.pk)}
+        existing = {(c.name, c.labels): c for c in MetricCounter.objects.exclude(name__startswith="_")}
         changed, new = [], []
         for (name, labels), value in deltas.items():
             counter = existing.get((name, labels))
@@ -149,10 +152,14 @@ class FarmCollector:
         started = time.perf_counter()
         now = timezone.now()
         metrics_rollup(now=now)
+        totals = {
+            (name, labels): value
+            for name, labels, value in MetricCounter.objects.values_list("name", "labels", "value")
+        }
         yield from self._tasks(now)
         yield from self._workers()
-        yield from self._counters()
-        yield from self._webhooks()
+        yield from self._counters(totals)
+        yield from self._webhooks(totals.get((PURGED_WEBHOOK_FAILURES, ""), 0))
         scrape = GaugeMetricFamily("t2i_metrics_scrape_seconds", "Time spent computing these metrics.")
         scrape.add_metric([], time.perf_counter() - started)
         yield scrape
@@ -176,13 +183,7 @@ class FarmCollector:
             gauge.add_metric([status], counts.get(status, 0))
         yield gauge
 
-    def _counters(self):
-        totals = {
-            (name, labels): value
-            for name, labels, value in MetricCounter.objects.exclude(name=WATERMARK).values_list(
-                "name", "labels", "value"
-            )
-        }
+    def _counters(self, totals: dict):
         for name, (documentation, label_names) in COUNTERS.items():
             family = CounterMetricFamily(name, documentation, labels=label_names)
             for (metric, labels), value in sorted(totals.items()):
@@ -201,7 +202,7 @@ class FarmCollector:
             )
             yield family
 
-    def _webhooks(self):
+    def _webhooks(self, purged_failures: float):
         figures = WebhookDelivery.objects.aggregate(
             tries=Sum("attempts"),
             delivered=Count("pk", filter=Q(delivered_at__isnull=False)),
@@ -209,7 +210,7 @@ class FarmCollector:
             gave_up=Count("pk", filter=Q(delivered_at__isnull=True, next_try_at__isnull=True)),
         )
         failures = CounterMetricFamily("t2i_webhook_failures", "Webhook tries that did not get a 2xx answer.")
-        failures.add_metric([], (figures["tries"] or 0) - figures["delivered"])
+        failures.add_metric([], (figures["tries"] or 0) - figures["delivered"] + purged_failures)
         deliveries = GaugeMetricFamily(
             "t2i_webhook_deliveries", "Webhook deliveries by state.", labels=["state"]
         )

@@ -95,6 +95,21 @@ def test_counters_count_each_finished_task_once_and_survive_retention(
     assert m[("t2i_tasks_completed_total", labels)] == 2 and m[("t2i_task_run_seconds_count", ())] == 2
 
 
+def test_webhook_failures_survive_retention(client, worker, settings):
+    submit(callback_url="http://127.0.0.1:9/hook")
+    task = run(worker)
+    WebhookDelivery.objects.create(
+        task=task, url=task.callback_url, event="task.completed", payload={}, attempts=4
+    )
+    assert scrape(client)[("t2i_webhook_failures_total", ())] == 4
+    settings.T2I = {**settings.T2I, "RETENTION_DAYS": 1}
+    Task.objects.update(finished_at=timezone.now() - timedelta(days=2))
+    from generation.jobs import tasks_purge_expired
+
+    assert tasks_purge_expired() == 1 and not WebhookDelivery.objects.exists()
+    assert scrape(client)[("t2i_webhook_failures_total", ())] == 4
+
+
 def test_counters_wait_for_rows_to_settle(client, worker):
     submit()
     run(worker)  # finished just now: inside ROLLUP_LAG
