@@ -14,6 +14,7 @@ import mimetypes
 import os
 import platform
 import sys
+import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
@@ -131,6 +132,7 @@ class Routes:
             ("GET", "/simulator/faults", self.get_faults),
             ("POST", "/simulator/faults", self.post_faults),
             ("POST", "/simulator/restart", self.post_restart),
+            ("GET", "/simulator/stats", self.get_stats),
         ]
         for method, path, handler in table:
             app.router.add_route(method, path, handler)
@@ -178,6 +180,7 @@ class Routes:
     # --- prompts and queue ----------------------------------------------------------------------------
 
     async def post_prompt(self, request: web.Request) -> web.Response:
+        received = time.time()
         sim = self.sim
         json_data = await request.json()  # malformed JSON: aiohttp's 500 text page, no number used
         if "number" in json_data:
@@ -209,6 +212,7 @@ class Routes:
             log("prompt %s rejected: %s (%s)", prompt_id, result.error["type"], result.error["message"])
             return web.json_response({"error": result.error, "node_errors": result.node_errors}, status=400)
         sensitive = {key: extra_data.pop(key) for key in SENSITIVE_EXTRA_DATA_KEYS if key in extra_data}
+        sim.note_received(prompt_id, received, prompt)
         await sim.put((number, prompt_id, prompt, extra_data, result.outputs, sensitive))
         return web.json_response(
             {"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors}
@@ -350,7 +354,8 @@ class Routes:
             text=(
                 f"ComfyUI SIMULATOR {SIMULATOR_VERSION}: a fake ComfyUI server for development and tests.\n"
                 "No models, no GPU. Routes: /prompt /queue /history /view /ws /object_info /system_stats,\n"
-                "simulator controls: GET|POST /simulator/faults, POST /simulator/restart.\n"
+                "simulator controls: GET|POST /simulator/faults, POST /simulator/restart,\n"
+                "GET /simulator/stats.\n"
             )
         )
 
@@ -427,6 +432,13 @@ class Routes:
         except ValueError as error:  # JSONDecodeError is a ValueError
             return web.json_response({"error": "invalid_faults", "detail": str(error)}, status=400)
         return web.json_response({"simulator": SIMULATOR_VERSION, "faults": faults})
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        """Wall-clock times (time.time(), seconds) of each prompt, oldest first: `received` (POST /prompt
+        arrived), then `execution_start` and the terminal event. For benchmarks; a restart clears them."""
+        return web.json_response(
+            {"simulator": SIMULATOR_VERSION, "prompts": [dict(entry) for entry in self.sim.timings.values()]}
+        )
 
     async def post_restart(self, request: web.Request) -> web.Response:
         """Simulated crash and restart. Body (optional): {"downtime": seconds}."""

@@ -36,6 +36,8 @@ from .validation import full_type_name, input_info
 logger = logging.getLogger("workers_app.simulator")
 
 MAXIMUM_HISTORY_SIZE = 10000
+# Events whose wall-clock time GET /simulator/stats reports per prompt (for the benchmarks).
+TIMED_EVENTS = ("execution_start", "execution_success", "execution_error", "execution_interrupted")
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
 PREVIEW_IMAGE = 1
@@ -136,6 +138,7 @@ class Simulator:
         self.task_counter = 0
         self.history: dict[str, dict[str, Any]] = {}
         self.cache = nodes.OutputCache()
+        self.timings: dict[str, dict[str, Any]] = {}  # prompt_id -> wall-clock times, oldest first
         self.client_id: str | None = None
         self.last_node_id: str | None = None
         self.interrupt_flag = False
@@ -239,6 +242,30 @@ class Simulator:
 
     async def queue_updated(self) -> None:
         await self.send("status", {"status": self.queue_info()}, None)
+
+    # --- timings (GET /simulator/stats) ----------------------------------------------------------------
+
+    def note_received(self, prompt_id: str, received: float, prompt: dict[str, Any]) -> None:
+        """Remember when a valid prompt arrived (`received`: time.time() at the start of POST /prompt)."""
+        if len(self.timings) >= MAXIMUM_HISTORY_SIZE:
+            self.timings.pop(next(iter(self.timings)))
+        prefixes = [
+            node["inputs"]["filename_prefix"]
+            for node in prompt.values()
+            if isinstance(node, dict)
+            and isinstance(node.get("inputs"), dict)
+            and "filename_prefix" in node["inputs"]
+        ]
+        self.timings[prompt_id] = {
+            "prompt_id": prompt_id,
+            "filename_prefix": prefixes[0] if prefixes else None,
+            "received": received,
+        }
+
+    def note_event(self, prompt_id: str, event: str) -> None:
+        entry = self.timings.get(prompt_id)
+        if entry is not None and event in TIMED_EVENTS:
+            entry[event] = time.time()
 
     # --- queue ----------------------------------------------------------------------------------------
 
@@ -364,6 +391,7 @@ class PromptRun:
         return self.prompt[node_id]["class_type"]
 
     async def add_message(self, event: str, data: dict[str, Any], broadcast: bool) -> None:
+        self.sim.note_event(self.prompt_id, event)
         data = {**data, "timestamp": now_ms()}
         self.messages.append([event, data])
         if self.client_id is not None or broadcast:
