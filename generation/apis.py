@@ -1,6 +1,7 @@
 """REST API for people and programs: submit, follow, list and cancel tasks; templates; workers summary."""
 
 from django.conf import settings
+from django.db.models import Prefetch, prefetch_related_objects
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.pagination import CursorPagination
@@ -10,7 +11,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from generation import selectors, services
-from generation.models import Task, WorkflowTemplate
+from generation.models import Task, TaskAttempt, WorkflowTemplate
 from generation.serializers import (
     TaskListOutput,
     TaskOutput,
@@ -92,6 +93,9 @@ class TaskDetailApi(APIView):
     @extend_schema(responses=TaskOutput)
     def get(self, request: Request, task_id) -> Response:
         task = selectors.task_for(request.user, task_id)
+        prefetch_related_objects(
+            [task], "images", Prefetch("attempt_set", TaskAttempt.objects.select_related("worker"))
+        )
         return Response(TaskOutput(task, context={"request": request}).data)
 
 
@@ -101,11 +105,7 @@ class TaskCancelApi(APIView):
     @extend_schema(request=None, responses=TaskOutput)
     def post(self, request: Request, task_id) -> Response:
         task = selectors.task_for(request.user, task_id)
-        if (
-            task.owner_id is None
-            and not request.user.is_authenticated
-            and not settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
-        ):
+        if not selectors.task_cancellable_by(task, request.user):
             raise selectors.NotFound("No such task.")
         task = services.task_cancel(task=task)
         return Response(TaskOutput(task, context={"request": request}).data)

@@ -21,6 +21,14 @@ def task_visible_to(task: Task, user) -> bool:
     return user.is_authenticated and task.owner_id == user.pk
 
 
+def task_cancellable_by(task: Task, user) -> bool:
+    """Whoever may see a task may cancel it, except that an anonymous visitor may cancel an anonymous
+    task only while anonymous submission is on."""
+    if task.owner_id is None and not user.is_authenticated:
+        return settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
+    return task_visible_to(task, user)
+
+
 def task_for(user, public_id) -> Task:
     """The task with this id if `user` may see it; NotFound otherwise (no hint that it exists)."""
     from generation.services import task_get

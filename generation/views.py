@@ -54,14 +54,6 @@ def _visible_task(request: HttpRequest, task_id) -> Task:
         raise Http404("No such task.")
 
 
-def _may_cancel(user, task: Task) -> bool:
-    """Whoever may see a task may cancel it (as in the API), except that an anonymous visitor may cancel
-    an anonymous task only while anonymous submission is on."""
-    if task.owner_id is None and not user.is_authenticated:
-        return settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
-    return selectors.task_visible_to(task, user)
-
-
 def _visible_image(request: HttpRequest, image_id: int) -> Image:
     image = None
     if image_id <= web_selectors.MAX_ID:
@@ -148,7 +140,7 @@ def task_detail(request: HttpRequest, task_id) -> HttpResponse:
         "eta_seconds": basis.for_task(task, position) if basis else None,
         "images": list(task.images.order_by("index")),
         "error_sentence": ERROR_SENTENCES.get(task.error_code, "The task failed.") if task.error_code else "",
-        "may_cancel": not task.is_finished and _may_cancel(request.user, task),
+        "may_cancel": not task.is_finished and selectors.task_cancellable_by(task, request.user),
         "again_query": settings_query(task),
         "new_seed_query": settings_query(task, with_seed=False),
     }
@@ -158,7 +150,7 @@ def task_detail(request: HttpRequest, task_id) -> HttpResponse:
 @require_POST
 def task_cancel(request: HttpRequest, task_id) -> HttpResponse:
     task = _visible_task(request, task_id)
-    if not _may_cancel(request.user, task):
+    if not selectors.task_cancellable_by(task, request.user):
         raise Http404("No such task.")
     try:
         services.task_cancel(task=task)
