@@ -113,8 +113,9 @@ def worker_heartbeat(*, worker: Worker, leases: list[tuple[uuid.UUID, uuid.UUID]
     now = timezone.now()
     expires = now + timedelta(seconds=settings.T2I["LEASE_SECONDS"])
     tokens = [token for _, token in leases]
+    # Lock order: task rows, then the worker row, as in lease, complete, fail and cancel. The other
+    # order deadlocks on PostgreSQL against a completion of one of these tasks.
     with transaction.atomic():
-        Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now)
         renewed_pks = list(
             Task.objects.filter(
                 worker=worker, lease_token__in=tokens, status__in=Task.ACTIVE_STATUSES
@@ -127,6 +128,7 @@ def worker_heartbeat(*, worker: Worker, leases: list[tuple[uuid.UUID, uuid.UUID]
             TaskAttempt.objects.filter(lease_token__in=tokens, outcome=TaskAttempt.Outcome.ACTIVE).update(
                 lease_expires_at=expires
             )
+        Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now)
     cancelled = set(
         TaskAttempt.objects.filter(
             lease_token__in=tokens, worker=worker, outcome=TaskAttempt.Outcome.CANCELLED
