@@ -259,22 +259,31 @@ class ChaosRun:
             self.pairing[name] = n
         return Token.objects.get_or_create(user=user)[0].key
 
-    def submit(self, api_token: str) -> None:
+    def submit(self, api_token: str, threads: int = 4) -> None:
+        """Every task through the REST API, from a few threads (as several users' scripts would)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from generation.models import Task
 
-        session = requests.Session()
-        session.headers["Authorization"] = f"Token {api_token}"
-        ids = []
-        for n in range(self.p.tasks):
+        local = threading.local()
+
+        def one(n: int) -> str:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+                local.session.headers["Authorization"] = f"Token {api_token}"
             body = {
                 "prompt": f"chaos task {n}", "width": 64, "height": 64, "steps": 4, "seed": n,
                 "template": "sd15-txt2img", "checkpoint": CHECKPOINT,
             }  # fmt: skip
-            response = session.post(f"{self.url}/api/v1/tasks/", json=body, timeout=30)
+            response = local.session.post(f"{self.url}/api/v1/tasks/", json=body, timeout=60)
             if response.status_code != 201:
                 raise RuntimeError(f"submit {n}: {response.status_code} {response.text[:300]}")
-            ids.append(response.json()["id"])
+            return response.json()["id"]
+
+        with ThreadPoolExecutor(threads) as pool:
+            ids = list(pool.map(one, range(self.p.tasks)))
         self.task_pks = list(Task.objects.filter(public_id__in=ids).values_list("pk", flat=True))
+        assert len(self.task_pks) == self.p.tasks
 
     # -- observing -----------------------------------------------------------------------------------
     def _db(self, read, default=None):
@@ -406,9 +415,7 @@ class ChaosRun:
             self.start_worker(name)
         started = time.time()
         log(f"farm up at {self.url}: {self.p.workers} simulators, {self.p.workers} workers; submitting")
-        submitter = threading.Thread(target=self.submit, args=(api_token,), daemon=True)
-        submitter.start()
-        submitter.join()
+        self.submit(api_token)
         log(f"{self.p.tasks} tasks submitted in {time.time() - started:.1f}s; chaos begins")
         once = {"scheduler": False, "database": False, "simulator": False}
         last = {"kill": time.monotonic(), "term": time.monotonic(), "sim": time.monotonic()}

@@ -1,8 +1,10 @@
 """One exception handler for the whole API: every error is JSON `{"error", "detail", "fields"}`."""
 
+import logging
 from http import HTTPStatus
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions as drf
@@ -10,6 +12,8 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from generation.exceptions import DomainError
+
+logger = logging.getLogger(__name__)
 
 
 def error_body(code: str, detail: str, fields: dict | None = None) -> dict:
@@ -29,6 +33,15 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         # only turns ValueError into a parse error.
         return Response(
             error_body("parse_error", "The JSON is nested too deeply."), status=HTTPStatus.BAD_REQUEST
+        )
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database went away (restart, failover, network): a 503 the daemon and clients retry; the lease
+        # fencing makes a retried call safe.
+        logger.warning("database unavailable: %s", str(exc).strip()[:200])
+        return Response(
+            error_body("unavailable", "The database is unavailable; retry shortly."),
+            status=HTTPStatus.SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "2"},
         )
     if isinstance(exc, SuspiciousOperation):
         return Response(error_body("bad_request", "The request was refused."), status=HTTPStatus.BAD_REQUEST)

@@ -12,7 +12,11 @@ def image_make_thumbnail(*, image: Image) -> str:
         data = f.read()
     stem = image.file.name.rsplit(".", 1)[0]
     name = default_storage.save(f"{stem}.thumb.webp", ContentFile(make_thumbnail(data)))
-    Image.objects.filter(pk=image.pk).update(thumbnail=name)
+    try:
+        Image.objects.filter(pk=image.pk).update(thumbnail=name)
+    except BaseException:
+        default_storage.delete(name)  # no row names it: the periodic job makes it again
+        raise
     image.thumbnail = name
     return name
 

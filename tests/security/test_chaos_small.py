@@ -4,17 +4,48 @@ Every task must end completed once (images on disk matching their rows) or faile
 worker may be left busy. The full run is `make chaos` (python -m bench.chaos)."""
 
 from collections import Counter
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from django.db import connection
 
 from bench.chaos import ChaosRun, Params, report
-from tests.e2e.conftest import _default_templates, test_database_url  # noqa: F401 - a fixture
+from generation import workflows
+from generation.models import WorkflowTemplate
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.e2e
+
+
+def child_database_url() -> str:
+    """DATABASE_URL of this session's test database, for the scheduler process."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return "sqlite:///" + str(Path(s["NAME"]).resolve())
+    auth = quote(s.get("USER") or "", safe="")
+    if s.get("PASSWORD"):
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    host, port = s.get("HOST") or "127.0.0.1", f":{s['PORT']}" if s.get("PORT") else ""
+    return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(s['NAME'], safe='')}"
+
+
+@pytest.fixture
+def _templates_back(django_db_blocker):
+    """Set up before `transactional_db` (so torn down after its flush): the tests after this one still find
+    the templates migration 0002 made."""
+    yield
+    with django_db_blocker.unblock():
+        for name, workflow, bindings in (
+            ("sd15-txt2img", workflows.DEFAULT_SD15_WORKFLOW, workflows.DEFAULT_SD15_BINDINGS),
+            ("noise-test", workflows.NOISE_TEST_WORKFLOW, workflows.NOISE_TEST_BINDINGS),
+        ):
+            WorkflowTemplate.objects.get_or_create(
+                name=name, defaults={"workflow": workflow, "bindings": bindings}
+            )
 
 
 @pytest.mark.timeout(400)
-def test_a_small_chaos_run_loses_and_doubles_nothing(_default_templates, tmp_path):  # noqa: F811
+def test_a_small_chaos_run_loses_and_doubles_nothing(_templates_back, transactional_db, tmp_path):
     params = Params(
         tasks=40,
         workers=3,
@@ -27,7 +58,7 @@ def test_a_small_chaos_run_loses_and_doubles_nothing(_default_templates, tmp_pat
         db_outage_at=0.35,
         simulator_kill_at=0.55,
     )
-    run = ChaosRun(test_database_url(), tmp_path / "chaos", params)
+    run = ChaosRun(child_database_url(), tmp_path / "chaos", params)
     try:
         result = run.run()
     finally:

@@ -437,3 +437,43 @@ def test_unknown_pages_answer_the_sites_404_page(client):
 
     assert response.status_code == HTTPStatus.NOT_FOUND
     assert response["Content-Type"].startswith("text/html")
+
+
+# --- The database going away, and files it never recorded --------------------------------------------
+
+
+def test_a_database_error_is_a_json_503_the_caller_can_retry(wapi, monkeypatch):
+    from django.db import OperationalError
+
+    from workers_app import services as worker_services
+
+    def unreachable(**kwargs):
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(worker_services, "worker_heartbeat", unreachable)
+
+    response = wapi.post(f"{W}heartbeat", {}, format="json")
+
+    assert_refused(response, HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", field=None)
+    assert response["Retry-After"] == "2"
+
+
+def test_a_thumbnail_whose_row_cannot_be_updated_leaves_no_file(wapi, worker, monkeypatch):
+    from django.db import OperationalError
+
+    from generation import thumbnails
+
+    task, token = leased(worker)
+    assert complete(wapi, task, token, upload(png_bytes(64, 64))).status_code == HTTPStatus.OK
+    image = Image.objects.get()
+    assert not image.thumbnail  # made after the commit, which a test transaction never reaches
+
+    class Unreachable:
+        def update(self, **kwargs):
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(thumbnails.Image.objects, "filter", lambda **kwargs: Unreachable())
+    with pytest.raises(OperationalError):
+        thumbnails.image_make_thumbnail(image=image)
+
+    assert media_files() == [image.file.name]  # the original only: no thumbnail without its row
