@@ -275,10 +275,19 @@ class ChaosRun:
                 "prompt": f"chaos task {n}", "width": 64, "height": 64, "steps": 4, "seed": n,
                 "template": "sd15-txt2img", "checkpoint": CHECKPOINT,
             }  # fmt: skip
-            response = local.session.post(f"{self.url}/api/v1/tasks/", json=body, timeout=60)
-            if response.status_code != 201:
-                raise RuntimeError(f"submit {n}: {response.status_code} {response.text[:300]}")
-            return response.json()["id"]
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    response = local.session.post(f"{self.url}/api/v1/tasks/", json=body, timeout=60)
+                except requests.ConnectionError:  # refused: the scheduler is restarting; nothing was sent
+                    response = None
+                if response is not None and response.status_code == 201:
+                    return response.json()["id"]
+                # 503: the database is away, nothing was stored. Anything else is a finding.
+                if (response is not None and response.status_code != 503) or time.monotonic() > deadline:
+                    detail = f"{response.status_code} {response.text[:300]}" if response is not None else ""
+                    raise RuntimeError(f"submit {n}: {detail or 'the scheduler stayed unreachable'}")
+                time.sleep(0.5)
 
         with ThreadPoolExecutor(threads) as pool:
             ids = list(pool.map(one, range(self.p.tasks)))
@@ -299,9 +308,8 @@ class ChaosRun:
     def finished(self) -> int:
         from generation.models import Task
 
-        return self._db(
-            lambda: Task.objects.filter(pk__in=self.task_pks, status__in=Task.FINISHED_STATUSES).count(), -1
-        )
+        # The run's database holds only its own tasks, so this works while they are still being submitted.
+        return self._db(lambda: Task.objects.filter(status__in=Task.FINISHED_STATUSES).count(), -1)
 
     def held_by(self, name: str) -> tuple[int | None, list[int]]:
         from generation.models import Task
@@ -414,16 +422,28 @@ class ChaosRun:
         for name in self.tokens:
             self.start_worker(name)
         started = time.time()
-        log(f"farm up at {self.url}: {self.p.workers} simulators, {self.p.workers} workers; submitting")
-        self.submit(api_token)
-        log(f"{self.p.tasks} tasks submitted in {time.time() - started:.1f}s; chaos begins")
+        log(f"farm up at {self.url}: {self.p.workers} simulators, {self.p.workers} workers")
+        errors: list[BaseException] = []
+
+        def submit() -> None:
+            try:
+                self.submit(api_token)
+                log(f"{self.p.tasks} tasks submitted in {time.time() - started:.1f}s")
+            except BaseException as exc:
+                errors.append(exc)
+
+        submitter = threading.Thread(target=submit, name="submit", daemon=True)
+        submitter.start()
+        log("submitting, and the chaos begins")
         once = {"scheduler": False, "database": False, "simulator": False}
         last = {"kill": time.monotonic(), "term": time.monotonic(), "sim": time.monotonic()}
         deadline = time.monotonic() + self.p.timeout
         done = 0
         while time.monotonic() < deadline:
+            if errors:
+                raise errors[0]
             done = self.finished()
-            if done == self.p.tasks:
+            if done >= self.p.tasks and not submitter.is_alive():
                 break
             fraction = max(done, 0) / self.p.tasks
             now = time.monotonic()
