@@ -170,6 +170,16 @@ def worker_go_offline(*, worker: Worker) -> int:
     return count
 
 
+def _lock_leases_of(worker_id: int) -> None:
+    """Lock the worker's active tasks before its own row: every path that touches both (lease, complete,
+    fail, cancel, heartbeat) takes tasks first, so this order cannot deadlock against them on PostgreSQL."""
+    list(
+        Task.objects.select_for_update()
+        .filter(worker_id=worker_id, status__in=Task.ACTIVE_STATUSES)
+        .values_list("pk", flat=True)
+    )
+
+
 def workers_mark_offline(*, now: datetime | None = None) -> int:
     """Workers silent for longer than WORKER_OFFLINE_AFTER go offline and their leases are requeued."""
     now = now or timezone.now()
@@ -178,6 +188,7 @@ def workers_mark_offline(*, now: datetime | None = None) -> int:
     stale = list(Worker.objects.filter(status__in=live, last_heartbeat__lt=cutoff).values_list("pk", "name"))
     for pk, name in stale:
         with transaction.atomic():
+            _lock_leases_of(pk)
             if Worker.objects.filter(pk=pk, status__in=live, last_heartbeat__lt=cutoff).update(
                 status=Worker.Status.OFFLINE
             ):
@@ -198,6 +209,7 @@ def worker_set_state(*, worker: Worker, state: str) -> Worker:
         )
     elif state == "disable":
         with transaction.atomic():
+            _lock_leases_of(worker.pk)
             Worker.objects.filter(pk=worker.pk).update(status=Worker.Status.DISABLED)
             tasks_requeue_for_worker(worker_id=worker.pk, reason="The worker was disabled by an operator.")
     elif state == "enable":
