@@ -242,3 +242,20 @@ NOISE_TEST_BINDINGS: dict = {
     "seed": ["2", "seed"],
     "filename_prefix": ["3", "filename_prefix"],
 }
+
+
+# The templates migration 0002 ships: (name, description, workflow, bindings).
+SHIPPED_TEMPLATES = [
+    (
+        "sd15-txt2img",
+        "Stable Diffusion 1.5 text-to-image (checkpoint, two prompts, KSampler, VAE decode).",
+        DEFAULT_SD15_WORKFLOW,
+        DEFAULT_SD15_BINDINGS,
+    ),
+    (
+        "noise-test",
+        "Checkpoint-free test graph: a solid image with seeded noise. Runs on any ComfyUI.",
+        NOISE_TEST_WORKFLOW,
+        NOISE_TEST_BINDINGS,
+    ),
+]

@@ -14,6 +14,8 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
+from generation.models import WorkflowTemplate
+from generation.workflows import SHIPPED_TEMPLATES
 from workers_app import services as worker_services
 
 SD15_NODES = [
@@ -49,6 +51,25 @@ def png_bytes(width: int = 64, height: int = 64, color=(200, 30, 30)) -> bytes:
 @pytest.fixture(autouse=True)
 def _media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _shipped_templates(request):
+    """The templates migration 0002 ships. A transactional test's flush deletes them, so every test that
+    uses the database gets them back first."""
+    uses_db = request.node.get_closest_marker("django_db") is not None or {
+        "db",
+        "transactional_db",
+        "live_server",
+    } & set(request.fixturenames)
+    if not uses_db:
+        return
+    request.getfixturevalue("django_db_setup")  # the test database, never the real one
+    with request.getfixturevalue("django_db_blocker").unblock():
+        for name, description, workflow, bindings in SHIPPED_TEMPLATES:
+            WorkflowTemplate.objects.get_or_create(
+                name=name, defaults={"description": description, "workflow": workflow, "bindings": bindings}
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -3,14 +3,7 @@ noise graph (EmptyImage -> ImageAddNoise -> SaveImage) that runs on any ComfyUI,
 
 from django.db import migrations
 
-from generation.workflows import DEFAULT_SD15_BINDINGS, DEFAULT_SD15_WORKFLOW, NOISE_TEST_BINDINGS, NOISE_TEST_WORKFLOW
-
-TEMPLATES = [
-    ("sd15-txt2img", "Stable Diffusion 1.5 text-to-image (checkpoint, two prompts, KSampler, VAE decode).",
-     DEFAULT_SD15_WORKFLOW, DEFAULT_SD15_BINDINGS),
-    ("noise-test", "Checkpoint-free test graph: a solid image with seeded noise. Runs on any ComfyUI.",
-     NOISE_TEST_WORKFLOW, NOISE_TEST_BINDINGS),
-]
+from generation.workflows import SHIPPED_TEMPLATES as TEMPLATES
 
 
 def create(apps, schema_editor):

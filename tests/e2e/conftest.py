@@ -33,8 +33,7 @@ from django.conf import settings
 from django.db import connection
 from rest_framework.authtoken.models import Token
 
-from generation import workflows
-from generation.models import Task, WorkflowTemplate
+from generation.models import Task
 from tests.e2e.helpers import wait_until
 from workers_app import services as worker_services
 from workers_app.daemon.worker import Worker as Daemon
@@ -394,30 +393,8 @@ class Farm:
             print(f"--- runworker {process.name} (exit {exit_code})\n{_log_tail(process.log_path)}")
 
 
-def _ensure_default_templates() -> None:
-    """The templates migration 0002 creates (transactional tests flush them away)."""
-    for name, workflow, bindings in (
-        ("sd15-txt2img", workflows.DEFAULT_SD15_WORKFLOW, workflows.DEFAULT_SD15_BINDINGS),
-        ("noise-test", workflows.NOISE_TEST_WORKFLOW, workflows.NOISE_TEST_BINDINGS),
-    ):
-        WorkflowTemplate.objects.get_or_create(
-            name=name, defaults={"workflow": workflow, "bindings": bindings}
-        )
-
-
 @pytest.fixture
-def _default_templates(django_db_blocker) -> Iterator[None]:
-    """Set up before (so torn down after) `transactional_db`, whose flush empties every table: the
-    default templates are put back so that the tests running after these still find them."""
-    with django_db_blocker.unblock():
-        _ensure_default_templates()
-    yield
-    with django_db_blocker.unblock():
-        _ensure_default_templates()
-
-
-@pytest.fixture
-def farm(_default_templates, transactional_db, tmp_path, django_user_model) -> Iterator[Farm]:
+def farm(transactional_db, tmp_path, django_user_model) -> Iterator[Farm]:
     """A running scheduler; the test adds simulators and workers with `farm.simulator()`/`farm.worker()`."""
     user = django_user_model.objects.create_user("e2e", password="e2e-password-123")
     token = Token.objects.create(user=user).key
