@@ -549,7 +549,10 @@ def _storable(text: str) -> str:
 def refresh_worker_status(worker_id: int, *, completed: int = 0, failed: int = 0) -> None:
     """A live worker is busy while it holds a lease and idle otherwise (operator states are kept).
 
-    Adds `completed`/`failed` to its counters in the same UPDATE.
+    Adds `completed`/`failed` to its counters in the same UPDATE. The worker row is locked first, so that the
+    UPDATE (a new statement, a new snapshot on PostgreSQL) sees a concurrent transition of another of its
+    leases once that commits; otherwise each of two leases ending at once sees the other one still active
+    and the worker stays busy with nothing leased.
     """
     has_lease = Exists(Task.objects.filter(worker_id=OuterRef("pk"), status__in=Task.ACTIVE_STATUSES))
     live = [Worker.Status.IDLE, Worker.Status.BUSY]
@@ -559,7 +562,9 @@ def refresh_worker_status(worker_id: int, *, completed: int = 0, failed: int = 0
         fields["tasks_completed"] = F("tasks_completed") + completed
     if failed:
         fields["tasks_failed"] = F("tasks_failed") + failed
-    Worker.objects.filter(pk=worker_id).update(**fields)
+    with transaction.atomic(savepoint=False):
+        list(Worker.objects.select_for_update().filter(pk=worker_id).values_list("pk"))
+        Worker.objects.filter(pk=worker_id).update(**fields)
 
 
 def _after_finish(task: Task) -> None:
