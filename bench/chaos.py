@@ -283,16 +283,34 @@ class ChaosRun:
                     response = None
                 if response is not None and response.status_code == 201:
                     return response.json()["id"]
-                # 503: the database is away, nothing was stored. Anything else is a finding.
+                # 503: the database went away. Anything else is a finding.
                 if (response is not None and response.status_code != 503) or time.monotonic() > deadline:
                     detail = f"{response.status_code} {response.text[:300]}" if response is not None else ""
                     raise RuntimeError(f"submit {n}: {detail or 'the scheduler stayed unreachable'}")
+                # The task may have been stored before the error (a 503 raised after the commit): a client
+                # of a POST that is not idempotent looks before it sends again.
+                existing = self._existing(body["prompt"])
+                if existing:
+                    return existing
                 time.sleep(0.5)
 
         with ThreadPoolExecutor(threads) as pool:
             ids = list(pool.map(one, range(self.p.tasks)))
         self.task_pks = list(Task.objects.filter(public_id__in=ids).values_list("pk", flat=True))
         assert len(self.task_pks) == self.p.tasks
+
+    def _existing(self, prompt: str) -> str | None:
+        from django.db import connection
+
+        from generation.models import Task
+
+        try:
+            found = self._db(
+                lambda: Task.objects.filter(prompt=prompt).values_list("public_id", flat=True).first()
+            )
+            return str(found) if found else None
+        finally:
+            connection.close()  # this submit thread's own connection
 
     # -- observing -----------------------------------------------------------------------------------
     def _db(self, read, default=None):
@@ -310,6 +328,11 @@ class ChaosRun:
 
         # The run's database holds only its own tasks, so this works while they are still being submitted.
         return self._db(lambda: Task.objects.filter(status__in=Task.FINISHED_STATUSES).count(), -1)
+
+    def unfinished(self) -> int:
+        from generation.models import Task
+
+        return self._db(lambda: Task.objects.exclude(status__in=Task.FINISHED_STATUSES).count(), -1)
 
     def held_by(self, name: str) -> tuple[int | None, list[int]]:
         from generation.models import Task
@@ -443,7 +466,7 @@ class ChaosRun:
             if errors:
                 raise errors[0]
             done = self.finished()
-            if done >= self.p.tasks and not submitter.is_alive():
+            if not submitter.is_alive() and self.unfinished() == 0:
                 break
             fraction = max(done, 0) / self.p.tasks
             now = time.monotonic()
@@ -551,6 +574,9 @@ class ChaosRun:
                     violations.append(f"{task.public_id}: failed but has {len(images)} image(s)")
             else:
                 violations.append(f"{task.public_id}: still {task.status}")
+        stored_tasks = Task.objects.count()
+        if stored_tasks != self.p.tasks:
+            violations.append(f"{stored_tasks} tasks in the database for {self.p.tasks} submitted")
         orphans = Image.objects.exclude(task__status=Task.Status.COMPLETED).count()
         if orphans:
             violations.append(f"{orphans} image row(s) of tasks that are not completed")
@@ -565,15 +591,16 @@ class ChaosRun:
         counts["files"] = len(stored)
         return {"counts": counts, "violations": violations}
 
-    def recovery(self) -> list[tuple[Fault, str]]:
-        """For each fault, how long until the farm (or the hit worker) was productive again."""
+    def recovery(self) -> list[tuple[Fault, str, dict[str, float]]]:
+        """For each fault, how long until the farm (or the hit worker) was productive again: a line of text
+        and the figures ("re-leased", "productive", "completion") for the summary."""
         from generation.models import Task, TaskAttempt
 
         rows = []
         for fault in self.faults:
             after = fault.ended or fault.started
             if fault.kind.startswith("worker"):
-                parts = []
+                parts, figures = [], {}
                 if fault.held:
                     # Each task it held: leased again by someone (or finished) after the fault.
                     times = []
@@ -587,12 +614,15 @@ class ChaosRun:
                         if next_lease is not None:
                             times.append(next_lease.timestamp() - fault.started)
                     if times:
+                        figures["re-leased"] = max(times)
                         parts.append(f"its {len(fault.held)} lease(s) re-leased after {max(times):.1f}s")
                     else:
                         parts.append(f"its {len(fault.held)} lease(s) finished without a new lease")
                 first = _first_completion(Task, after, worker_pk=fault.worker_pk)
+                if first:
+                    figures["productive"] = first - fault.started
                 parts.append(f"worker completing again after {first - fault.started:.1f}s" if first else "—")
-                rows.append((fault, "; ".join(parts)))
+                rows.append((fault, "; ".join(parts), figures))
             else:
                 first = _first_completion(Task, after)
                 what = (
@@ -600,7 +630,8 @@ class ChaosRun:
                     if first
                     else "no completion after"
                 )
-                rows.append((fault, f"lasted {after - fault.started:.1f}s; {what}"))
+                figures = {"completion": first - after} if first else {}
+                rows.append((fault, f"lasted {after - fault.started:.1f}s; {what}", figures))
         return rows
 
 
@@ -637,8 +668,23 @@ def report(run: ChaosRun, result: dict, verdict: dict) -> None:
     print(f"  workers busy after the queue emptied: {result['busy_workers'] or 'none'}")
     kinds = Counter(f.kind for f in run.faults)
     print("  faults: " + ", ".join(f"{kind} ×{n}" for kind, n in sorted(kinds.items())))
-    print("  recovery:")
-    for fault, text in run.recovery():
+    rows = run.recovery()
+    print("  recovery, by fault (seconds: median / max):")
+    by_kind: dict[tuple[str, str], list[float]] = {}
+    for fault, _, figures in rows:
+        for name, value in figures.items():
+            by_kind.setdefault((fault.kind, name), []).append(value)
+    labels = {
+        "re-leased": "its leases re-leased after",
+        "productive": "the worker completing again after",
+        "completion": "first completion after the fault ended",
+    }
+    for (kind, name), values in sorted(by_kind.items()):
+        values.sort()
+        median = values[len(values) // 2]
+        print(f"    {kind:<18} {labels[name]:<40} {median:5.1f} / {values[-1]:5.1f}  (n={len(values)})")
+    print("  recovery, each fault:")
+    for fault, text, _ in rows:
         print(f"    {fault.kind:<18} {fault.target:<14} {text}")
     print(f"  violations: {len(verdict['violations'])}")
     for line in verdict["violations"][:30]:

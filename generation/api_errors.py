@@ -35,8 +35,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             error_body("parse_error", "The JSON is nested too deeply."), status=HTTPStatus.BAD_REQUEST
         )
     if isinstance(exc, OperationalError | InterfaceError):
-        # The database went away (restart, failover, network): a 503 the daemon and clients retry; the lease
-        # fencing makes a retried call safe.
+        # The database went away (restart, failover, network): a 503 the daemon retries (its calls are fenced,
+        # so a retry is safe). A submit may have been stored before the error: clients look before resending.
         logger.warning("database unavailable: %s", str(exc).strip()[:200])
         return Response(
             error_body("unavailable", "The database is unavailable; retry shortly."),
