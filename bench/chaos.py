@@ -300,15 +300,22 @@ class ChaosRun:
         assert len(self.task_pks) == self.p.tasks
 
     def _existing(self, prompt: str) -> str | None:
+        """The id of the task with this prompt, once the database answers (it may be the one that is away)."""
         from django.db import connection
 
         from generation.models import Task
 
+        missing = object()
         try:
-            found = self._db(
-                lambda: Task.objects.filter(prompt=prompt).values_list("public_id", flat=True).first()
-            )
-            return str(found) if found else None
+            for _ in range(600):
+                found = self._db(
+                    lambda: Task.objects.filter(prompt=prompt).values_list("public_id", flat=True).first(),
+                    missing,
+                )
+                if found is not missing:
+                    return str(found) if found else None
+                time.sleep(0.1)
+            raise RuntimeError("the database stayed unreachable")
         finally:
             connection.close()  # this submit thread's own connection
 
