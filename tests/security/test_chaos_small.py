@@ -72,5 +72,6 @@ def test_a_small_chaos_run_loses_and_doubles_nothing(_templates_back, transactio
     assert counts["completed"] + counts["failed"] == params.tasks
     assert counts["completed"] >= params.tasks * 0.8  # failures come only from the injected errors
     kinds = Counter(fault.kind for fault in run.faults)
-    for kind in ("scheduler restart", "database outage", "worker SIGKILL", "simulator SIGKILL"):
+    for kind in ("scheduler restart", "database outage", "worker SIGKILL"):
         assert kinds[kind] >= 1, kinds
+    assert kinds["simulator SIGKILL"] + kinds["simulator restart"] >= 1, kinds
