@@ -72,10 +72,14 @@ def verify_image(upload, *, width: int, height: int, max_bytes: int, field: str 
 
 
 def make_thumbnail(data: bytes, *, size: int = THUMBNAIL_SIZE) -> bytes:
-    """A WebP thumbnail whose longer side is at most `size` pixels."""
+    """A WebP thumbnail whose longer side is at most `size` pixels.
+
+    Made in the completion request (generation.hooks), so it is on every task's critical path: the fastest
+    WebP method encodes a 384 px thumbnail 3-4x faster than method 4 for files 2-9 % larger.
+    """
     with PILImage.open(io.BytesIO(data)) as img:
         img = img.convert("RGB")
         img.thumbnail((size, size))
         out = io.BytesIO()
-        img.save(out, format="WEBP", quality=80, method=4)
+        img.save(out, format="WEBP", quality=80, method=0)
     return out.getvalue()

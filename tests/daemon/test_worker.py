@@ -9,6 +9,7 @@ import threading
 from contextlib import contextmanager
 
 from tests.daemon.fakes import FakeComfy, FakeScheduler, make_lease, wait_until
+from workers_app.daemon import worker as worker_module
 from workers_app.daemon.comfyui import ComfyUIError
 from workers_app.daemon.runner import RunnerSettings
 from workers_app.daemon.scheduler import AuthError, RegisterRequired, SchedulerUnavailable
@@ -58,6 +59,7 @@ def test_prefetch_submits_the_next_task_while_one_runs():
         assert sched.calls_of("register")[0]["prefetch"] == 2
         comfy.finish("p1")
         assert wait_until(lambda: comfy.started == ["p1", "p2"])
+        assert wait_until(lambda: len(sched.calls_of("complete")) == 1)  # else p2's report may overtake it
         comfy.finish("p2")
         assert wait_until(lambda: len(sched.calls_of("complete")) == 2)
     assert codes == [0]
@@ -76,6 +78,21 @@ def test_never_holds_more_than_prefetch_tasks():
         assert not wait_until(lambda: len(comfy.submitted) > 2, timeout=0.3)
         comfy.finish("p1")
         assert wait_until(lambda: len(comfy.submitted) == 3)
+
+
+def test_a_full_worker_leases_again_as_soon_as_a_slot_frees(monkeypatch):
+    """The loop wakes when a prompt reaches ComfyUI or a task ends, not on its next poll: with a poll
+    this slow, the deadlines below would pass (and ComfyUI's queue would run dry between jobs)."""
+    monkeypatch.setattr(worker_module, "SLICE", 5.0)
+    comfy = FakeComfy(auto_finish=False)
+    sched = FakeScheduler([make_lease(n) for n in range(1, 4)])
+    with running(make_worker(comfy, sched, prefetch=2)):
+        assert wait_until(lambda: len(comfy.submitted) == 2, timeout=2)
+        comfy.finish("p1")
+        assert wait_until(lambda: len(comfy.submitted) == 3, timeout=2)
+        comfy.finish("p2")
+        comfy.finish("p3")
+        assert wait_until(lambda: len(sched.calls_of("complete")) == 3)
 
 
 def test_heartbeat_carries_leases_and_cancel_interrupts_the_running_task():

@@ -542,6 +542,16 @@ def test_prefetch_only_when_more_tasks_wait_than_other_idle_workers():
     assert lease(busy, prefetch=True).task.pk == last.pk
 
 
+def test_a_prefetch_request_from_a_worker_that_holds_nothing_is_an_ordinary_lease():
+    """Its running task finished while it long-polled with prefetch: true. Deferring to the idle others
+    (which may be in the same situation) would leave the task waiting until a long-poll timed out."""
+    finished, _ = make_worker("finished")
+    make_worker("idle")
+    waiting = submit()
+
+    assert lease(finished, prefetch=True).task.pk == waiting.pk
+
+
 def test_queue_positions_follow_the_lease_order(worker, api):
     first, second = submit(), submit()
     urgent = submit(priority=5)

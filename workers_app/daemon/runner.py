@@ -54,6 +54,7 @@ class TaskControl:
         self.submitted = False  # sent to ComfyUI (or given up before that)
         self.failure_code: str | None = None
         self.leased_at = time.monotonic()
+        self.on_change: Callable[[], None] | None = None  # the loop's wake-up (set by Worker._launch)
         self._stop: StopReason | None = None
         self._final = False
         self._lock = threading.Lock()
@@ -75,6 +76,12 @@ class TaskControl:
     def should_stop(self) -> bool:
         return self._stop is not None
 
+    def mark_submitted(self) -> None:
+        """The prompt is in ComfyUI's queue (or was given up): the loop may lease the next task now."""
+        self.submitted = True
+        if self.on_change is not None:
+            self.on_change()
+
     def claim_final(self) -> bool:
         """True exactly once: whoever gets it sends the task's final report (complete/fail/release)."""
         with self._lock:
@@ -93,7 +100,9 @@ class ComfyUI(Protocol):
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    progress_interval: float = 0.25  # at most ~4 progress reports a second
+    # At most one progress report a second (and always the last one): the task page and API clients read
+    # it about once a second, and every report is a request and a row update on the scheduler.
+    progress_interval: float = 1.0
     view_attempts: int = 4
     upload_attempts: int = 5
     report_attempts: int = 3
@@ -125,7 +134,7 @@ def run_task(
         logger.exception("task %s: unexpected error", lease.task_id)
         return run.fail("internal", f"worker error: {type(exc).__name__}: {exc}", retryable=True)
     finally:
-        run.control.submitted = True
+        run.control.mark_submitted()
 
 
 class _TaskRun:
@@ -158,7 +167,7 @@ class _TaskRun:
         except ComfyUIError as exc:
             return self._submit_failed(exc)
         self.control.prompt_id = prompt_id
-        self.control.submitted = True
+        self.control.mark_submitted()
         logger.debug("task %s submitted as ComfyUI prompt %s", self.task_id, prompt_id)
         outcome = self._wait(prompt_id)
         if outcome is None:

@@ -85,6 +85,9 @@ class Worker:
         self.capacity = 1 if config.once else max(1, config.prefetch)
         self._tasks: dict[str, tuple[TaskControl, threading.Thread]] = {}
         self._lock = threading.Lock()
+        # Set by task threads when a prompt reaches ComfyUI or a task ends: a full loop wakes at once
+        # instead of on its next SLICE, so the next prompt is queued in ComfyUI before the GPU runs dry.
+        self._changed = threading.Event()
         self._need_register = True
         self._registered = False
         self._comfy_ok = False
@@ -137,6 +140,7 @@ class Worker:
 
     def step(self) -> bool:
         """One turn of the loop: lease a task and start it if there is room. True when work was found."""
+        self._changed.clear()  # before looking: a change from now on ends the wait below at once
         self._reap()
         if self.stop_requested or self.fatal_error:
             return False
@@ -146,7 +150,8 @@ class Worker:
             return False
         active = self.active_tasks()
         if len(active) >= self.capacity or any(not c.submitted for c in active):
-            self._sleep(SLICE)  # full, or the previous task is not in ComfyUI's queue yet (keeps order)
+            # Full, or the previous task is not in ComfyUI's queue yet (keeps order): wait for a change.
+            self._changed.wait(SLICE)
             return False
         lease = self._lease(prefetch=bool(active))
         if lease is None:
@@ -175,6 +180,7 @@ class Worker:
 
     def _launch(self, lease: Lease) -> None:
         control = TaskControl(lease)
+        control.on_change = self._changed.set
         thread = threading.Thread(
             target=self._run_one, args=(control,), name=f"task-{lease.task_id[:8]}", daemon=True
         )
@@ -197,6 +203,10 @@ class Worker:
         if control.failure_code in ("comfyui_unavailable", "comfyui_lost"):
             self._comfy_ok = False  # check ComfyUI's health before the next lease
         logger.debug("task %s: thread done (%s)", control.task_id, result)
+        with self._lock:  # the slot is free now, not when this thread has ended (see step())
+            if self._tasks.get(control.task_id, (None,))[0] is control:
+                del self._tasks[control.task_id]
+        self._changed.set()
 
     def _reap(self) -> None:
         with self._lock:
