@@ -5,6 +5,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +13,14 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("T2I_BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+STATIC_ROOT = "/tmp/t2i_bench_static"
+
+
+def bench_media() -> str:
+    """Where benchmark runs store uploaded images: a temporary folder, never the project's media/."""
+    if not os.environ.get("T2I_BENCH_MEDIA"):
+        os.environ["T2I_BENCH_MEDIA"] = tempfile.mkdtemp(prefix="t2i-bench-media-")
+    return os.environ["T2I_BENCH_MEDIA"]
 
 
 def database_url(kind: str, name: str) -> str:
@@ -41,6 +50,8 @@ def bench_env(db_url: str, **extra: str) -> dict:
         "T2I_SUBMIT_RATE": "1000000/min",
         "SESSION_COOKIE_SECURE": "0",
         "CSRF_COOKIE_SECURE": "0",
+        "MEDIA_ROOT": bench_media(),
+        "STATIC_ROOT": STATIC_ROOT,  # collected by collect_static(), as a deployment does
     }
     env.update(extra)
     return env
@@ -57,6 +68,13 @@ def setup_django(db_url: str, **extra: str) -> None:
     call_command("migrate", verbosity=0)
 
 
+def collect_static() -> None:
+    """The pages need the static files' manifest (DEBUG off): collect them once into STATIC_ROOT."""
+    from django.core.management import call_command
+
+    call_command("collectstatic", interactive=False, verbosity=0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,24 +84,43 @@ def free_port() -> int:
 class Server:
     """The scheduler under gunicorn with threaded workers (the production setup)."""
 
-    def __init__(self, db_url: str, *, processes: int = 2, threads: int = 32, **extra: str) -> None:
+    def __init__(
+        self, db_url: str, *, processes: int = 2, threads: int = 32, log: Path | None = None, **extra: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "ab") if log else None  # noqa: SIM115 (closed in stop())
         cmd = [
             sys.executable, "-m", "gunicorn", "t2i_project.wsgi",
             "--bind", f"127.0.0.1:{self.port}", "--workers", str(processes), "--threads", str(threads),
             "--worker-class", "gthread", "--log-level", "warning", "--timeout", "120",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(db_url, **extra))
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=bench_env(db_url, **extra), stdout=self.log, stderr=self.log
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                requests.get(f"{self.url}/api/schema/", timeout=1)
-                return
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
             except requests.RequestException:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         self.stop()
         raise RuntimeError("the scheduler did not start")
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn worker processes (the master only supervises them)."""
+        import psutil
+
+        try:
+            return [child.pid for child in psutil.Process(self.proc.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def peak_rss_mb(self) -> float:
+        """The highest peak RSS of any one scheduler (gunicorn worker) process so far, in MB."""
+        return max((peak_rss_mb(pid) for pid in self.worker_pids()), default=float("nan"))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -91,12 +128,35 @@ class Server:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        if self.log:
+            self.log.close()
 
     def __enter__(self) -> "Server":
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size of a live process (Linux VmHWM), in MB; NaN when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    """Current resident set size of a process, in MB."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.NoSuchProcess:
+        return float("nan")
 
 
 def pct(values: list[float], q: float) -> float:

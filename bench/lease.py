@@ -1,28 +1,36 @@
 """Lease throughput and latency through the worker API, against the raw-SQL ceiling on the same database.
 
-    python -m bench.lease --db postgres            # N = 1, 8, 32, 50, no think time, then the realistic farm
+    python -m bench.lease --db postgres   # N = 1, 8, 32, 50, 64, no think time, then the realistic farm
     python -m bench.lease --db sqlite --duration 5
 
-N simulated workers (threads, each with its own token and HTTP session) lease and complete tiny tasks
-(64x64 PNG) against the scheduler under gunicorn (threaded workers). Prints cycles/s and p50/p99 latency
-per N, the same for a raw SQL lease+complete loop, and for 50 workers pausing about 1 s between cycles
-(with status readers polling once a second) the lease and status-read latencies beside the targets.
+N simulated workers (threads, each with its own token and HTTP session, spread over several client
+processes) lease and complete tiny tasks (64x64 PNG) against the scheduler under gunicorn (threaded
+workers). Prints cycles/s and p50/p99 latency per N, the same for a raw SQL lease+complete loop, and for 50
+workers pausing about 1 s between cycles (with status readers polling once a second) the lease and
+status-read latencies beside the targets. The load generator's own CPU is printed with each row: a client
+process near 1.0 core would be the bottleneck, not the server.
 """
+
+from __future__ import annotations
 
 import argparse
 import io
+import json
 import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import requests
 from PIL import Image as PILImage
 
+from bench.clients import ClientResult, run_clients
 from bench.common import Server, database_url, ms, pct, setup_django, verdict
 
 NODES = ["EmptyImage", "ImageAddNoise", "SaveImage"]
+TARGET_RATE = {"postgres": 300, "sqlite": 150}
+TARGET_AT = 50  # workers, no think time
 
 
 def tiny_png() -> bytes:
@@ -31,30 +39,19 @@ def tiny_png() -> bytes:
     return out.getvalue()
 
 
-@dataclass
-class Stats:
-    cycles: int = 0
-    empty: int = 0
-    errors: int = 0
-    lease: list[float] = field(default_factory=list)
-    complete: list[float] = field(default_factory=list)
-    status: list[float] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 def seed_tasks(count: int) -> None:
+    from django.db import connection
+
     from generation.models import Task, WorkflowTemplate
 
     template = WorkflowTemplate.objects.get(name="noise-test")
     batch = [
         Task(
-            prompt=f"bench {i}", width=64, height=64, steps=1, seed=random.getrandbits(64), template=template
+            prompt=f"bench {i}", width=64, height=64, steps=1, seed=random.getrandbits(63), template=template
         )
         for i in range(count)
     ]
     Task.objects.bulk_create(batch, batch_size=2000)
-    from django.db import connection
-
     with connection.cursor() as cursor:  # fresh statistics, as autovacuum would keep them in production
         cursor.execute("ANALYZE generation_task" if connection.vendor == "postgresql" else "ANALYZE")
 
@@ -71,180 +68,179 @@ def make_workers(count: int, prefix: str) -> list[str]:
     return tokens
 
 
-def worker_loop(url: str, token: str, stop: threading.Event, stats: Stats, think: float, png: bytes) -> None:
+# --- client threads (run in the client processes; see bench.clients) -------------------------------------
+
+_PNG = None
+
+
+def client(job: dict, stop: threading.Event, rec) -> None:
+    {"worker": _worker, "heartbeat": _heartbeat, "status": _status, "raw": _raw}[job["kind"]](job, stop, rec)
+
+
+def _worker(job: dict, stop: threading.Event, rec) -> None:
+    global _PNG
+    _PNG = _PNG or tiny_png()
+    url, think = job["url"], job.get("think", 0.0)
     session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
+    session.headers["Authorization"] = f"Bearer {job['token']}"
+    if think:
+        stop.wait(random.uniform(0, think))  # spread the first requests
     while not stop.is_set():
         t0 = time.perf_counter()
         try:
             r = session.post(f"{url}/api/v1/worker/lease", json={}, timeout=30)
         except requests.RequestException:
-            with stats.lock:
-                stats.errors += 1
+            rec.count("errors")
             continue
         t1 = time.perf_counter()
         if r.status_code == 204:
-            with stats.lock:
-                stats.empty += 1
+            rec.count("empty")
             stop.wait(0.05)
             continue
         if r.status_code != 200:
-            with stats.lock:
-                stats.errors += 1
+            rec.count("errors")
             continue
-        job = r.json()
-        files = [("images", ("out.png", png, "image/png"))]
+        lease = r.json()
         try:
             c = session.post(
-                f"{url}/api/v1/worker/tasks/{job['task_id']}/complete",
-                data={"lease_token": job["lease_token"]},
-                files=files,
+                f"{url}/api/v1/worker/tasks/{lease['task_id']}/complete",
+                data={"lease_token": lease["lease_token"]},
+                files=[("images", ("out.png", _PNG, "image/png"))],
                 timeout=30,
             )
             ok = c.status_code == 200
         except requests.RequestException:
             ok = False
         t2 = time.perf_counter()
-        with stats.lock:
-            if ok:
-                stats.cycles += 1
-                stats.lease.append(t1 - t0)
-                stats.complete.append(t2 - t1)
-            else:
-                stats.errors += 1
+        if not ok:
+            rec.count("errors")
+            continue
+        if not stop.is_set():  # a cycle cut by the end of the run is not counted
+            rec.count("cycles")
+            rec.sample("lease", t1 - t0)
+            rec.sample("complete", t2 - t1)
         if think:
             stop.wait(random.uniform(0.8 * think, 1.2 * think))
 
 
-def status_loop(url: str, api_token: str, task_ids: list[str], stop: threading.Event, stats: Stats) -> None:
+def _heartbeat(job: dict, stop: threading.Event, rec) -> None:
+    """Keep the simulated workers alive (the scheduler marks a worker offline after 15 s of silence)."""
     session = requests.Session()
-    session.headers["Authorization"] = f"Token {api_token}"
+    while not stop.wait(4.0):
+        for token in job["tokens"]:
+            try:
+                session.post(
+                    f"{job['url']}/api/v1/worker/heartbeat",
+                    json={},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=30,
+                )
+            except requests.RequestException:
+                rec.count("heartbeat errors")
+
+
+def _status(job: dict, stop: threading.Event, rec) -> None:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {job['api_token']}"
     stop.wait(random.uniform(0, 1))
     while not stop.is_set():
         t0 = time.perf_counter()
         try:
-            r = session.get(f"{url}/api/v1/tasks/{random.choice(task_ids)}/", timeout=30)
+            r = session.get(f"{job['url']}/api/v1/tasks/{random.choice(job['task_ids'])}/", timeout=30)
             ok = r.status_code == 200
         except requests.RequestException:
             ok = False
-        with stats.lock:
-            if ok:
-                stats.status.append(time.perf_counter() - t0)
-            else:
-                stats.errors += 1
+        if ok:
+            rec.sample("status", time.perf_counter() - t0)
+        else:
+            rec.count("errors")
         stop.wait(1.0)
 
 
-def heartbeat_loop(url: str, tokens: list[str], stop: threading.Event) -> None:
-    """Keep the simulated workers alive (the scheduler marks a worker offline after 15 s of silence)."""
-    session = requests.Session()
-    while not stop.wait(4.0):
-        for token in tokens:
-            session.post(
-                f"{url}/api/v1/worker/heartbeat", json={}, headers={"Authorization": f"Bearer {token}"}
-            )
+def _raw(job: dict, stop: threading.Event, rec) -> None:
+    """The ceiling: one-statement lease and one-statement complete, no HTTP, no ORM."""
+    db_url = job["db_url"]
+    if db_url.startswith("postgres"):
+        import psycopg
+
+        conn = psycopg.connect(db_url, autocommit=True)
+        lease_sql = (
+            "UPDATE generation_task SET status='leased', lease_token=gen_random_uuid(), leased_at=now(), "
+            "lease_expires_at=now() + interval '30 seconds' WHERE id = (SELECT id FROM generation_task "
+            "WHERE status='queued' ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            "RETURNING id"
+        )
+        complete_sql = "UPDATE generation_task SET status='completed', lease_token=NULL WHERE id=%s"
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
+        lease_sql = (
+            "UPDATE generation_task SET status='leased', lease_token=hex(randomblob(16)) WHERE id = "
+            "(SELECT id FROM generation_task WHERE status='queued' ORDER BY priority DESC, id LIMIT 1) "
+            "RETURNING id"
+        )
+        complete_sql = "UPDATE generation_task SET status='completed', lease_token=NULL WHERE id=?"
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        row = conn.execute(lease_sql).fetchone()
+        t1 = time.perf_counter()
+        if row is None:
+            rec.count("empty")
+            continue
+        conn.execute(complete_sql, (row[0],))
+        t2 = time.perf_counter()
+        rec.count("cycles")
+        rec.sample("lease", t1 - t0)
+        rec.sample("complete", t2 - t1)
+    conn.close()
 
 
-def run_http(
-    url: str, tokens: list[str], duration: float, think: float = 0.0, readers: int = 0, api=None
-) -> Stats:
-    stats, stop, png = Stats(), threading.Event(), tiny_png()
-    threads = [threading.Thread(target=worker_loop, args=(url, t, stop, stats, think, png)) for t in tokens]
-    threads.append(threading.Thread(target=heartbeat_loop, args=(url, tokens, stop)))
+# --- runs ------------------------------------------------------------------------------------------------
+
+
+def client_processes(n: int, requested: int) -> int:
+    """Client processes for n simulated workers: 1 up to 16 workers, then one per 16, at most 4."""
+    return requested if requested > 0 else max(1, min(4, n // 16))
+
+
+def run_http(url, tokens, duration, *, processes, think=0.0, readers=0, api=None) -> ClientResult:
+    jobs = [{"kind": "worker", "url": url, "token": t, "think": think} for t in tokens]
+    per_proc = client_processes(len(tokens), processes)
+    jobs += [{"kind": "heartbeat", "url": url, "tokens": tokens[i::per_proc]} for i in range(per_proc)]
     if readers:
         api_token, task_ids = api
-        threads += [
-            threading.Thread(target=status_loop, args=(url, api_token, task_ids, stop, stats))
-            for _ in range(readers)
-        ]
-    for t in threads:
-        t.start()
-    time.sleep(duration)
-    stop.set()
-    for t in threads:
-        t.join()
-    return stats
+        jobs += [{"kind": "status", "url": url, "api_token": api_token, "task_ids": task_ids}] * readers
+    # run_clients deals the jobs round-robin: every process gets its share of workers, readers and one
+    # heartbeat thread (the heartbeat jobs are consecutive).
+    return run_clients("bench.lease:client", jobs, processes=per_proc, duration=duration)
 
 
-def run_raw_sql(db_url: str, workers: int, duration: float) -> Stats:
-    """The ceiling: one-statement lease and one-statement complete, no HTTP, no ORM."""
-    stats, stop = Stats(), threading.Event()
-    postgres = db_url.startswith("postgres")
-
-    def loop() -> None:
-        if postgres:
-            import psycopg
-
-            conn = psycopg.connect(db_url, autocommit=True)
-            lease_sql = (
-                "UPDATE generation_task SET status='leased', lease_token=gen_random_uuid(), leased_at=now(), "
-                "lease_expires_at=now() + interval '30 seconds' WHERE id = (SELECT id FROM generation_task "
-                "WHERE status='queued' ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                "RETURNING id"
-            )
-            complete_sql = "UPDATE generation_task SET status='completed', lease_token=NULL WHERE id=%s"
-        else:
-            import sqlite3
-
-            conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
-            lease_sql = (
-                "UPDATE generation_task SET status='leased', lease_token=hex(randomblob(16)) WHERE id = "
-                "(SELECT id FROM generation_task WHERE status='queued' ORDER BY priority DESC, id LIMIT 1) "
-                "RETURNING id"
-            )
-            complete_sql = "UPDATE generation_task SET status='completed', lease_token=NULL WHERE id=?"
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            row = conn.execute(lease_sql).fetchone()
-            t1 = time.perf_counter()
-            if row is None:
-                with stats.lock:
-                    stats.empty += 1
-                continue
-            conn.execute(complete_sql, (row[0],))
-            t2 = time.perf_counter()
-            with stats.lock:
-                stats.cycles += 1
-                stats.lease.append(t1 - t0)
-                stats.complete.append(t2 - t1)
-        conn.close()
-
-    threads = [threading.Thread(target=loop) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    time.sleep(duration)
-    stop.set()
-    for t in threads:
-        t.join()
-    return stats
+def run_raw_sql(db_url: str, n: int, duration: float, processes: int) -> ClientResult:
+    jobs = [{"kind": "raw", "db_url": db_url} for _ in range(n)]
+    return run_clients(
+        "bench.lease:client", jobs, processes=client_processes(n, processes), duration=duration
+    )
 
 
-def row(label: str, stats: Stats, duration: float) -> str:
-    rate = stats.cycles / duration
+def row(label: str, r: ClientResult) -> str:
+    rate = r.counts["cycles"] / r.duration
+    lease, done = r.samples["lease"], r.samples["complete"]
     return (
-        f"{label:<28} {rate:>9.0f} {ms(pct(stats.lease, 50)):>9} {ms(pct(stats.lease, 99)):>9} "
-        f"{ms(pct(stats.complete, 50)):>9} {ms(pct(stats.complete, 99)):>9} {stats.errors:>7}"
+        f"{label:<34} {rate:>9.0f} {ms(pct(lease, 50)):>9} {ms(pct(lease, 99)):>9} "
+        f"{ms(pct(done, 50)):>9} {ms(pct(done, 99)):>9} {r.counts['errors']:>7} "
+        f"{r.cores:>6.2f}/{len(r.cpu)}"
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
-    parser.add_argument("--workers", default="1,8,32,50", help="comma-separated N values")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
-    parser.add_argument("--processes", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=32, help="threads per gunicorn process")
-    parser.add_argument("--think-workers", type=int, default=50)
-    parser.add_argument("--think-duration", type=float, default=20.0)
-    args = parser.parse_args()
+def measure(args) -> tuple[list, list]:
+    """Run the whole lease benchmark; returns (figures, series) for bench.report."""
+    from bench.report import Figure, Series
 
     db_url = database_url(args.db, "t2i_bench_lease")
     setup_django(db_url)
     ns = [int(n) for n in args.workers.split(",")]
-    per_run = int(args.duration * 1500) + 1000
-    seed_tasks(per_run * len(ns) + 4000)
+    seed_tasks(int(len(ns) * args.duration * 2000) + 5000)
     from django.contrib.auth.models import User
     from rest_framework.authtoken.models import Token
 
@@ -252,16 +248,19 @@ def main() -> None:
     api_token = Token.objects.create(user=reader).key
 
     print(
-        f"database: {args.db}; server: gunicorn {args.processes} processes x {args.threads} threads (gthread)"
+        f"lease: database {args.db}; server: gunicorn {args.processes} processes x {args.threads} threads "
+        "(gthread); client CPU in cores / client processes",
+        flush=True,
     )
     heads = ("cycles/s", "lease p50", "lease p99", "done p50", "done p99")
-    print(f"{'run':<28} " + " ".join(f"{h:>9}" for h in heads) + f" {'errors':>7}")
-    results = {}
-    with Server(db_url, processes=args.processes, threads=args.threads) as server:
+    print(f"{'run':<34} " + " ".join(f"{h:>9}" for h in heads) + f" {'errors':>7} {'client':>8}")
+    http: dict[int, ClientResult] = {}
+    with Server(db_url, processes=args.processes, threads=args.threads, log=args.server_log) as server:
         for n in ns:
-            stats = run_http(server.url, make_workers(n, f"n{n}"), args.duration)
-            results[n] = stats
-            print(row(f"HTTP API, {n} workers", stats, args.duration), flush=True)
+            http[n] = run_http(
+                server.url, make_workers(n, f"n{n}"), args.duration, processes=args.client_procs
+            )
+            print(row(f"HTTP API, {n} workers", http[n]), flush=True)
         from generation.models import Task
 
         task_ids = [str(t) for t in Task.objects.values_list("public_id", flat=True)[:500]]
@@ -269,30 +268,96 @@ def main() -> None:
             server.url,
             make_workers(args.think_workers, "think"),
             args.think_duration,
+            processes=args.client_procs,
             think=1.0,
             readers=args.think_workers,
             api=(api_token, task_ids),
         )
-        print(row(f"HTTP, {args.think_workers} workers, 1 s think", think, args.think_duration), flush=True)
-    raw = {}
+        print(row(f"HTTP, {args.think_workers} workers, 1 s think", think), flush=True)
+        scheduler_rss = server.peak_rss_mb()
+    raw: dict[int, ClientResult] = {}
     for n in ns:
-        raw[n] = run_raw_sql(db_url, n, args.duration)
-        print(row(f"raw SQL, {n} connections", raw[n], args.duration), flush=True)
+        raw[n] = run_raw_sql(db_url, n, args.duration, args.client_procs)
+        print(row(f"raw SQL, {n} connections", raw[n]), flush=True)
+
+    db = args.db
+    figures, series = [], []
+    at = TARGET_AT if TARGET_AT in http else max(ns)
+    for n in ns:
+        rate = http[n].counts["cycles"] / args.duration
+        if n == at:
+            figures.append(
+                Figure("lease", f"{n} workers, no think: lease+complete", rate, "cycles/s", db, ">=",
+                       TARGET_RATE[db], note=http[n].describe())
+            )  # fmt: skip
+            figures.append(Figure("lease", f"{n} workers, no think: errors", http[n].counts["errors"], "", db,
+                                  "<=", 0))  # fmt: skip
+            ceiling = raw[n].counts["cycles"] / args.duration
+            figures.append(Figure("lease", f"raw-SQL ceiling, {n} connections", ceiling, "cycles/s", db))
+            figures.append(Figure("lease", f"API / raw SQL at {n}", 100 * rate / ceiling, "%", db))
+        else:
+            figures.append(Figure("lease", f"{n} workers, no think", rate, "cycles/s", db,
+                                  note=http[n].describe()))  # fmt: skip
+    t_lease, t_status = think.samples["lease"], think.samples["status"]
+    label = f"{args.think_workers} workers, 1 s think"
+    figures += [
+        Figure("lease", f"{label}: lease p50", pct(t_lease, 50) * 1000, "ms", db, "<=", 10),
+        Figure("lease", f"{label}: lease p99", pct(t_lease, 99) * 1000, "ms", db, "<=", 40),
+        Figure("lease", f"{label}: status read p99", pct(t_status, 99) * 1000, "ms", db, "<=", 40,
+               note=f"{len(t_status)} reads by {args.think_workers} readers polling once a second"),
+        Figure("lease", f"{label}: errors", think.counts["errors"], "", db, "<=", 0),
+        Figure("memory", "scheduler process peak RSS (lease run)", scheduler_rss, "MB", db, "<=", 150),
+    ]  # fmt: skip
+    series += [
+        Series("lease", f"lease, {at} workers no think", "latency", http[at].samples["lease"], db=db),
+        Series("lease", f"complete, {at} workers no think", "latency", http[at].samples["complete"], db=db),
+        Series("lease", f"lease, {label}", "latency", t_lease, db=db),
+        Series("lease", f"status read, {label}", "latency", t_status, db=db),
+        Series("lease", "HTTP API", "curve", x=ns, y=[http[n].counts["cycles"] / args.duration for n in ns],
+               db=db, xlabel="simulated workers (no think)", ylabel="lease+complete cycles/s"),
+        Series("lease", "raw SQL", "curve", x=ns, y=[raw[n].counts["cycles"] / args.duration for n in ns],
+               db=db, xlabel="simulated workers (no think)", ylabel="lease+complete cycles/s"),
+    ]  # fmt: skip
 
     print()
-    target = 300 if args.db == "postgres" else 150
-    top = max(ns)
-    rate = results[top].cycles / args.duration
-    ceiling = raw[top].cycles / args.duration
-    print(f"{top} workers, no think: {rate:.0f} cycles/s (target >= {target}) {verdict(rate >= target)}; "
-          f"errors {results[top].errors} (target 0) {verdict(results[top].errors == 0)}; "
-          f"raw SQL ceiling {ceiling:.0f} cycles/s, API/raw = {rate / ceiling:.0%}")  # fmt: skip
-    lease50, lease99 = pct(think.lease, 50), pct(think.lease, 99)
-    status99 = pct(think.status, 99)
-    print(f"{args.think_workers} workers with 1 s think: lease p50 {ms(lease50)} ms (target <= 10) "
-          f"{verdict(lease50 <= 0.010)}, p99 {ms(lease99)} ms (target <= 40) {verdict(lease99 <= 0.040)}; "
-          f"status p99 {ms(status99)} ms over {len(think.status)} reads (target <= 40) "
-          f"{verdict(status99 <= 0.040)}; errors {think.errors}")  # fmt: skip
+    rate = http[at].counts["cycles"] / args.duration
+    ceiling = raw[at].counts["cycles"] / args.duration
+    print(f"{at} workers, no think: {rate:.0f} cycles/s (target >= {TARGET_RATE[db]}) "
+          f"{verdict(rate >= TARGET_RATE[db])}; errors {http[at].counts['errors']} (target 0) "
+          f"{verdict(http[at].counts['errors'] == 0)}; raw SQL ceiling {ceiling:.0f} cycles/s, "
+          f"API/raw = {rate / ceiling:.0%}")  # fmt: skip
+    lease50, lease99, status99 = pct(t_lease, 50), pct(t_lease, 99), pct(t_status, 99)
+    print(f"{label}: lease p50 {ms(lease50)} ms (target <= 10) {verdict(lease50 <= 0.010)}, p99 "
+          f"{ms(lease99)} ms (target <= 40) {verdict(lease99 <= 0.040)}; status p99 {ms(status99)} ms over "
+          f"{len(t_status)} reads (target <= 40) {verdict(status99 <= 0.040)}; "
+          f"errors {think.counts['errors']}")  # fmt: skip
+    return figures, series
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", default="1,8,32,50,64", help="comma-separated N values")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--processes", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=32, help="threads per gunicorn process")
+    parser.add_argument("--think-workers", type=int, default=50)
+    parser.add_argument("--think-duration", type=float, default=15.0)
+    parser.add_argument("--client-procs", type=int, default=0, help="client processes (0: by N, up to 4)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
+    add_arguments(parser)
+    parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
+    parser.add_argument("--server-log", type=Path, help="the scheduler's log (default: the terminal)")
+    args = parser.parse_args()
+    figures, series = measure(args)
+    if args.json:
+        args.json.write_text(
+            json.dumps({"figures": [f.as_dict() for f in figures], "series": [s.as_dict() for s in series]})
+        )
 
 
 if __name__ == "__main__":
