@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
@@ -126,6 +127,19 @@ def api(user) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)
     return client
+
+
+@pytest.fixture
+def client_for():
+    """A page client signed in as the given user (or anonymous for None)."""
+
+    def make(user) -> Client:
+        client = Client()
+        if user is not None:
+            client.force_login(user)
+        return client
+
+    return make
 
 
 @pytest.fixture

@@ -79,17 +79,6 @@ def settings_in_subprocess(env: dict[str, str], code: str) -> subprocess.Complet
 
 
 @pytest.fixture
-def client_for():
-    def make(user) -> Client:
-        client = Client()
-        if user is not None:
-            client.force_login(user)
-        return client
-
-    return make
-
-
-@pytest.fixture
 def worker_pair(db):
     return make_worker("gpu-1")
 

@@ -40,17 +40,6 @@ def completed(owner, worker, prompt: str = "a lighthouse at dusk", **fields) -> 
 
 
 @pytest.fixture
-def client_for():
-    def make(user) -> Client:
-        client = Client()
-        if user is not None:
-            client.force_login(user)
-        return client
-
-    return make
-
-
-@pytest.fixture
 def alice(client_for, user) -> Client:
     return client_for(user)
 
