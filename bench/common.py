@@ -82,7 +82,8 @@ def free_port() -> int:
 
 
 class Server:
-    """The scheduler under gunicorn with threaded workers (the production setup)."""
+    """The scheduler under gunicorn with threaded workers, started as the README tells a deployment to: with
+    t2i_project/gunicorn.conf.py (gthread, two malloc arenas), its address and sizes given as flags."""
 
     def __init__(
         self, db_url: str, *, processes: int = 2, threads: int = 32, log: Path | None = None, **extra: str
@@ -91,9 +92,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "ab") if log else None  # noqa: SIM115 (closed in stop())
         cmd = [
-            sys.executable, "-m", "gunicorn", "t2i_project.wsgi",
+            sys.executable, "-m", "gunicorn", "-c", "t2i_project/gunicorn.conf.py", "t2i_project.wsgi",
             "--bind", f"127.0.0.1:{self.port}", "--workers", str(processes), "--threads", str(threads),
-            "--worker-class", "gthread", "--log-level", "warning", "--timeout", "120",
+            "--log-level", "warning",
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=bench_env(db_url, **extra), stdout=self.log, stderr=self.log
@@ -117,6 +118,19 @@ class Server:
             return [child.pid for child in psutil.Process(self.proc.pid).children()]
         except psutil.NoSuchProcess:
             return []
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the scheduler's processes (master and workers) have used so far."""
+        import psutil
+
+        total = 0.0
+        for pid in [self.proc.pid, *self.worker_pids()]:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
 
     def peak_rss_mb(self) -> float:
         """The highest peak RSS of any one scheduler (gunicorn worker) process so far, in MB."""

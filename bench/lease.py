@@ -223,13 +223,14 @@ def run_raw_sql(db_url: str, n: int, duration: float, processes: int) -> ClientR
     )
 
 
-def row(label: str, r: ClientResult) -> str:
+def row(label: str, r: ClientResult, server_cpu: float | None = None) -> str:
     rate = r.counts["cycles"] / r.duration
     lease, done = r.samples["lease"], r.samples["complete"]
+    per_cycle = f"{server_cpu * 1000 / max(1, r.counts['cycles']):>9.1f}" if server_cpu is not None else ""
     return (
         f"{label:<34} {rate:>9.0f} {ms(pct(lease, 50)):>9} {ms(pct(lease, 99)):>9} "
         f"{ms(pct(done, 50)):>9} {ms(pct(done, 99)):>9} {r.counts['errors']:>7} "
-        f"{r.cores:>6.2f}/{len(r.cpu)}"
+        f"{r.cores:>6.2f}/{len(r.cpu)} {per_cycle}"
     )
 
 
@@ -253,14 +254,17 @@ def measure(args) -> tuple[list, list]:
         flush=True,
     )
     heads = ("cycles/s", "lease p50", "lease p99", "done p50", "done p99")
-    print(f"{'run':<34} " + " ".join(f"{h:>9}" for h in heads) + f" {'errors':>7} {'client':>8}")
+    print(f"{'run':<34} " + " ".join(f"{h:>9}" for h in heads) + f" {'errors':>7} {'client':>8} "
+          f"{'server CPU ms/cycle':>9}")  # fmt: skip
+    server_cpu: dict[int, float] = {}
     http: dict[int, ClientResult] = {}
     with Server(db_url, processes=args.processes, threads=args.threads, log=args.server_log) as server:
         for n in ns:
-            http[n] = run_http(
-                server.url, make_workers(n, f"n{n}"), args.duration, processes=args.client_procs
-            )
-            print(row(f"HTTP API, {n} workers", http[n]), flush=True)
+            tokens = make_workers(n, f"n{n}")
+            cpu0 = server.cpu_seconds()
+            http[n] = run_http(server.url, tokens, args.duration, processes=args.client_procs)
+            server_cpu[n] = server.cpu_seconds() - cpu0
+            print(row(f"HTTP API, {n} workers", http[n], server_cpu[n]), flush=True)
         from generation.models import Task
 
         task_ids = [str(t) for t in Task.objects.values_list("public_id", flat=True)[:500]]
@@ -292,6 +296,9 @@ def measure(args) -> tuple[list, list]:
             )  # fmt: skip
             figures.append(Figure("lease", f"{n} workers, no think: errors", http[n].counts["errors"], "", db,
                                   "<=", 0))  # fmt: skip
+            figures.append(Figure("lease", f"{n} workers, no think: scheduler CPU per cycle",
+                                  server_cpu[n] * 1000 / max(1, http[n].counts["cycles"]), "ms", db,
+                                  note="all gunicorn processes, user + system"))  # fmt: skip
             ceiling = raw[n].counts["cycles"] / args.duration
             figures.append(Figure("lease", f"raw-SQL ceiling, {n} connections", ceiling, "cycles/s", db))
             figures.append(Figure("lease", f"API / raw SQL at {n}", 100 * rate / ceiling, "%", db))

@@ -1,7 +1,6 @@
 """REST API for people and programs: submit, follow, list and cancel tasks; templates; workers summary."""
 
 from django.conf import settings
-from django.db.models import Prefetch, prefetch_related_objects
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.pagination import CursorPagination
@@ -11,13 +10,14 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from generation import selectors, services
-from generation.models import Task, TaskAttempt, WorkflowTemplate
+from generation.models import Task, WorkflowTemplate
 from generation.serializers import (
     TaskListOutput,
     TaskOutput,
     TaskSubmitInput,
     TemplateInput,
     TemplateOutput,
+    task_status_output,
 )
 from workers_app.models import Worker
 
@@ -92,11 +92,8 @@ class TaskDetailApi(APIView):
 
     @extend_schema(responses=TaskOutput)
     def get(self, request: Request, task_id) -> Response:
-        task = selectors.task_for(request.user, task_id)
-        prefetch_related_objects(
-            [task], "images", Prefetch("attempt_set", TaskAttempt.objects.select_related("worker"))
-        )
-        return Response(TaskOutput(task, context={"request": request}).data)
+        status = selectors.task_status_for(request.user, task_id)
+        return Response(task_status_output(status, request))
 
 
 class TaskCancelApi(APIView):

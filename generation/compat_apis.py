@@ -1,6 +1,8 @@
 """The original design's user endpoints, kept as a compatibility surface over the same services:
 `POST /generate` and `GET /status/{prompt_id}` (prompt_id is the task's public id)."""
 
+from operator import attrgetter
+
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -61,10 +63,10 @@ class StatusApi(APIView):
 
     @extend_schema(responses=StatusOutput)
     def get(self, request: Request, prompt_id) -> Response:
-        from generation.services import task_queue_position
-
-        task = selectors.task_for(request.user, prompt_id)
-        urls = [request.build_absolute_uri(image.file.url) for image in task.images.order_by("index")]
+        status = selectors.task_status_for(request.user, prompt_id, with_attempts=False)
+        task = status.task
+        images = sorted(status.images, key=attrgetter("index"))
+        urls = [request.build_absolute_uri(image.file.url) for image in images]
         error = f"{task.error_code}: {task.error_message}" if task.error_code else None
         return Response(
             {
@@ -74,6 +76,6 @@ class StatusApi(APIView):
                 "image_url": urls[0] if urls else None,
                 "images": urls,
                 "error": error if task.status in (Task.Status.FAILED, Task.Status.CANCELLED) else None,
-                "queue_position": task_queue_position(task),
+                "queue_position": task.queue_position,
             }
         )

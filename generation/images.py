@@ -2,12 +2,15 @@
 
 import hashlib
 import io
+import logging
 from dataclasses import dataclass
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from generation.exceptions import InvalidInput
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 THUMBNAIL_SIZE = 384
@@ -20,6 +23,7 @@ class VerifiedImage:
     height: int
     format: str
     sha256: str
+    thumbnail: bytes = b""  # WebP; empty when not asked for
 
     @property
     def size(self) -> int:
@@ -30,8 +34,11 @@ class VerifiedImage:
         return ALLOWED_FORMATS[self.format]
 
 
-def verify_image(upload, *, width: int, height: int, max_bytes: int, field: str = "images") -> VerifiedImage:
-    """Read an upload and check it is a whole PNG/JPEG/WebP of exactly `width`×`height`.
+def verify_image(
+    upload, *, width: int, height: int, max_bytes: int, field: str = "images", thumbnail: bool = False
+) -> VerifiedImage:
+    """Read an upload and check it is a whole PNG/JPEG/WebP of exactly `width`×`height`; with `thumbnail`,
+    also make its thumbnail from the pixels already decoded.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb is refused
     without being expanded; then every pixel is decoded, so a truncated or corrupt file is refused too.
@@ -60,6 +67,7 @@ def verify_image(upload, *, width: int, height: int, max_bytes: int, field: str 
         # was checked above.
         with PILImage.open(io.BytesIO(data)) as img:
             img.load()
+            thumb = _thumbnail_or_none(img, name) if thumbnail else b""
     except InvalidInput:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:
@@ -67,19 +75,38 @@ def verify_image(upload, *, width: int, height: int, max_bytes: int, field: str 
             f"{name}: not a valid image ({exc}).", fields={field: [f"{name}: not a valid image."]}
         )
     return VerifiedImage(
-        data=data, width=width, height=height, format=fmt, sha256=hashlib.sha256(data).hexdigest()
+        data=data,
+        width=width,
+        height=height,
+        format=fmt,
+        sha256=hashlib.sha256(data).hexdigest(),
+        thumbnail=thumb,
     )
 
 
 def make_thumbnail(data: bytes, *, size: int = THUMBNAIL_SIZE) -> bytes:
     """A WebP thumbnail whose longer side is at most `size` pixels.
 
-    Made in the completion request (generation.hooks), so it is on every task's critical path: the fastest
-    WebP method encodes a 384 px thumbnail 3-4x faster than method 4 for files 2-9 % larger.
+    The periodic job makes the ones a completion could not (see generation.thumbnails).
     """
     with PILImage.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        img.thumbnail((size, size))
-        out = io.BytesIO()
-        img.save(out, format="WEBP", quality=80, method=0)
+        return _thumbnail_of(img, size=size)
+
+
+def _thumbnail_or_none(img: PILImage.Image, name: str) -> bytes:
+    """A valid image whose thumbnail cannot be made is still stored; the periodic job tries again."""
+    try:
+        return _thumbnail_of(img)
+    except Exception:
+        logger.exception("%s: no thumbnail", name)
+        return b""
+
+
+def _thumbnail_of(img: PILImage.Image, *, size: int = THUMBNAIL_SIZE) -> bytes:
+    """Made in the completion request, so it is on every task's critical path: the fastest WebP method
+    encodes a 384 px thumbnail 3-4x faster than method 4 for files 2-9 % larger."""
+    img = img.convert("RGB")
+    img.thumbnail((size, size))
+    out = io.BytesIO()
+    img.save(out, format="WEBP", quality=80, method=0)
     return out.getvalue()

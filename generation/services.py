@@ -20,10 +20,10 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import F
 from django.utils import timezone
 
-from generation import dispatch, workflows
+from generation import dispatch, lease_sql, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, LeaseLost, NoCapableWorker, NotFound
 from generation.images import VerifiedImage, verify_image
 from generation.models import SEED_MAX, Image, Task, TaskAttempt, WorkflowTemplate
@@ -189,10 +189,10 @@ class Lease:
 def task_lease_next(*, worker: Worker, prefetch: bool = False, now: datetime | None = None) -> Lease | None:
     """Hand the best queued task this worker can run to it, or return None.
 
-    Highest priority first, then oldest. PostgreSQL: the candidate row is locked with SKIP LOCKED so
-    concurrent workers pass over each other's picks. SQLite ignores row locks, but our transactions are
-    BEGIN IMMEDIATE, so only one writer at a time runs this block; the conditional UPDATE re-checks the
-    status either way.
+    Highest priority first, then oldest, in one written statement (generation.lease_sql). PostgreSQL: the
+    candidate row is locked with SKIP LOCKED so concurrent workers pass over each other's picks. SQLite
+    ignores row locks, but our transactions are BEGIN IMMEDIATE, so only one writer at a time runs this
+    block; the conditional UPDATE re-checks the status either way.
     """
     from workers_app.services import worker_assert_can_lease
 
@@ -201,64 +201,57 @@ def task_lease_next(*, worker: Worker, prefetch: bool = False, now: datetime | N
         worker.refresh_from_db(fields=["status"])  # the sweep may just have found this worker silent
     if not worker_assert_can_lease(worker=worker):
         return None
-    candidates = _runnable_by(worker)
-    if candidates is None:
+    template_ids = _templates_runnable_by(worker)
+    if not template_ids:
         return None
-    if prefetch and not _prefetch_allowed(worker, candidates):
+    if prefetch and not _prefetch_allowed(worker, template_ids):
         return None
     expires = now + timedelta(seconds=farm_setting("LEASE_SECONDS"))
-    for _ in range(3):
-        with transaction.atomic():
-            task = (
-                candidates.select_related("template")
-                .select_for_update(skip_locked=True, of=("self",))
-                .order_by("-priority", "id")
-                .first()
-            )
-            if task is None:
-                return None
-            token = uuid.uuid4()
-            claimed = Task.objects.filter(pk=task.pk, status=Status.QUEUED).update(
-                status=Status.LEASED,
-                worker=worker,
-                lease_token=token,
-                lease_expires_at=expires,
-                leased_at=now,
-                started_at=None,
-                progress_value=0,
-                progress_max=0,
-                attempts=F("attempts") + 1,
-                lease_count=F("lease_count") + 1,
-            )
-            if not claimed:
-                continue
-            attempt = TaskAttempt.objects.create(
-                task=task,
-                worker=worker,
-                number=task.lease_count + 1,
-                lease_token=token,
-                lease_expires_at=expires,
-                leased_at=now,
-            )
-            if worker.status == Worker.Status.IDLE:
-                Worker.objects.filter(pk=worker.pk, status=Worker.Status.IDLE).update(
-                    status=Worker.Status.BUSY
-                )
-        task.status, task.worker, task.lease_token, task.lease_expires_at = (
-            Status.LEASED,
-            worker,
-            token,
-            expires,
+    token = uuid.uuid4()
+    with transaction.atomic():
+        claimed = lease_sql.lease_claim(
+            worker_id=worker.pk,
+            template_ids=template_ids,
+            checkpoints=worker.checkpoints,
+            token=token,
+            now=now,
+            expires=expires,
         )
-        task.leased_at, task.attempts, task.lease_count = now, task.attempts + 1, task.lease_count + 1
-        prefix = f"t2i/{task.public_id}_a{attempt.number}"
-        logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
-        return Lease(task=task, attempt=attempt, workflow=task_workflow(task, prefix), filename_prefix=prefix)
-    return None
+    if claimed is None:
+        return None
+    columns, attempt_id, workflow, bindings = claimed
+    task = _task_from_columns(columns)
+    task.worker, task.lease_token, task.lease_expires_at, task.leased_at = worker, token, expires, now
+    attempt = TaskAttempt(
+        pk=attempt_id,
+        task=task,
+        worker=worker,
+        number=task.lease_count,
+        lease_token=token,
+        lease_expires_at=expires,
+        leased_at=now,
+    )
+    attempt._state.adding, attempt._state.db = False, connection.alias
+    if worker.status == Worker.Status.IDLE:
+        worker.status = Worker.Status.BUSY
+    prefix = f"t2i/{task.public_id}_a{attempt.number}"
+    logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
+    values = _workflow_values(task, prefix)
+    return Lease(
+        task=task,
+        attempt=attempt,
+        workflow=workflows.build_workflow(workflow, bindings, values),
+        filename_prefix=prefix,
+    )
 
 
 def task_workflow(task: Task, filename_prefix: str) -> dict:
     """The task's ComfyUI workflow: its template with every bound field filled in."""
+    values = _workflow_values(task, filename_prefix)
+    return workflows.build_workflow(task.template.workflow, task.template.bindings, values)
+
+
+def _workflow_values(task: Task, filename_prefix: str) -> dict:
     values = {
         "prompt": task.prompt,
         "negative_prompt": task.negative_prompt,
@@ -274,39 +267,41 @@ def task_workflow(task: Task, filename_prefix: str) -> dict:
     }
     if task.checkpoint:
         values["checkpoint"] = task.checkpoint
-    return workflows.build_workflow(task.template.workflow, task.template.bindings, values)
+    return values
 
 
-def _runnable_by(worker: Worker):
-    """Queued tasks whose template nodes and checkpoint this worker reported; None when it can run none."""
+def _task_from_columns(columns: dict) -> Task:
+    """A Task holding the columns a written statement returned; the others load on first access."""
+    names = [f.attname for f in Task._meta.concrete_fields if f.attname in columns]
+    task = Task.from_db(connection.alias, names, [columns[name] for name in names])
+    if "seed" in columns:
+        task.seed = int(task.seed)  # Uint64Field keeps it as decimal text
+    return task
+
+
+def _templates_runnable_by(worker: Worker) -> list[int]:
+    """Ids of the templates whose every node class this worker reported."""
     nodes = worker.node_classes
-    template_ids = [t.pk for t in WorkflowTemplate.objects.only("workflow") if t.node_classes <= nodes]
-    if not template_ids:
-        return None
-    return Task.objects.filter(status=Status.QUEUED, template_id__in=template_ids).filter(
-        Q(checkpoint="") | Q(checkpoint__in=worker.checkpoints)
-    )
+    return [
+        pk for pk, workflow in lease_sql.template_workflows() if workflows.node_classes(workflow) <= nodes
+    ]
 
 
-def _prefetch_allowed(worker: Worker, candidates) -> bool:
+def _prefetch_allowed(worker: Worker, template_ids: list[int]) -> bool:
     """Prefetch only up to the worker's registered depth, and only when more tasks wait than there are
     other idle workers to take them.
 
     A worker that holds nothing is not prefetching, whatever its request said: its task finished while
     it was long-polling with `prefetch: true`. Holding it back for idle others would let every such
     worker defer to the others, and a new task would wait until one of those long-polls timed out."""
-    held = Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count()
+    held = lease_sql.count_active_of(worker.pk)
     if held == 0:
         return True
     if held >= max(1, worker.prefetch):
         return False
-    idle_others = (
-        Worker.objects.filter(status=Worker.Status.IDLE)
-        .exclude(pk=worker.pk)
-        .filter(last_heartbeat__gte=timezone.now() - timedelta(seconds=farm_setting("WORKER_OFFLINE_AFTER")))
-        .count()
-    )
-    return candidates[: idle_others + 1].count() > idle_others
+    alive_since = timezone.now() - timedelta(seconds=farm_setting("WORKER_OFFLINE_AFTER"))
+    idle_others = lease_sql.count_idle_others(worker.pk, alive_since)
+    return lease_sql.count_runnable(template_ids, worker.checkpoints, idle_others + 1) > idle_others
 
 
 # --- Transitions of a leased task -----------------------------------------------------------------------
@@ -330,19 +325,16 @@ def task_start(
     *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, comfyui_prompt_id: str = ""
 ) -> None:
     """ComfyUI began executing the task."""
-    now = timezone.now()
     with transaction.atomic():
         # One fenced UPDATE both checks the lease and moves the task (as task_report_progress does).
-        if not Task.objects.filter(
-            public_id=task_id, lease_token=lease_token, worker=worker, status__in=Task.ACTIVE_STATUSES
-        ).update(
-            status=Status.RUNNING,
-            started_at=Case(When(started_at=None, then=Value(now)), default=F("started_at")),
+        if not lease_sql.task_mark_started(
+            task_id=task_id,
+            lease_token=lease_token,
+            worker_id=worker.pk,
+            now=timezone.now(),
+            comfyui_prompt_id=comfyui_prompt_id[:64],
         ):
             raise LeaseLost("This lease is no longer yours (expired, cancelled, finished or never issued).")
-        TaskAttempt.objects.filter(lease_token=lease_token, started_at=None).update(
-            started_at=now, comfyui_prompt_id=comfyui_prompt_id[:64]
-        )
     logger.info("task started", extra={"task": task_id, "worker": worker.name})
 
 
@@ -355,36 +347,28 @@ def task_report_progress(
             "Progress must satisfy 0 <= value <= max and max > 0.",
             fields={"max" if maximum <= 0 else "value": ["Out of range."]},
         )
-    now = timezone.now()
-    with transaction.atomic():
-        updated = Task.objects.filter(
-            public_id=task_id, lease_token=lease_token, worker=worker, status__in=Task.ACTIVE_STATUSES
-        ).update(
-            status=Status.RUNNING,
-            progress_value=value,
-            progress_max=maximum,
-            started_at=Case(When(started_at=None, then=Value(now)), default=F("started_at")),
-        )
-        if not updated:
-            raise LeaseLost("This lease is no longer yours.")
+    if not lease_sql.task_mark_progress(
+        task_id=task_id,
+        lease_token=lease_token,
+        worker_id=worker.pk,
+        now=timezone.now(),
+        value=value,
+        maximum=maximum,
+    ):
+        raise LeaseLost("This lease is no longer yours.")
 
 
 def task_complete(
     *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, files: list, comfyui_prompt_id: str = ""
 ) -> Task:
-    """Verify and store the images, then mark the task completed, in that order.
+    """Verify and store the images and their thumbnails, then mark the task completed, in that order.
 
     Files are verified with Pillow and written before the transaction; rows are inserted and the status
     flips inside it, fenced by the lease token. If the fence fails, the written files are removed again.
     A retry of a completion that already landed for this same lease returns the task unchanged.
     """
-    attempt = (
-        TaskAttempt.objects.select_related("task")
-        .filter(lease_token=lease_token, worker=worker, task__public_id=task_id)
-        .filter(task__lease_token=lease_token, task__status__in=Task.ACTIVE_STATUSES)
-        .first()
-    )
-    if attempt is None:
+    found = lease_sql.completing_attempt(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
+    if found is None:
         # Only this worker's own completed attempt makes it a retry: a stale lease stays refused.
         done = Task.objects.filter(
             public_id=task_id,
@@ -396,50 +380,58 @@ def task_complete(
         if done is not None:
             return done
         raise LeaseLost("This lease is no longer yours (expired, cancelled, finished or never issued).")
-    task = attempt.task
+    attempt_pk, attempt_number, prompt_id, columns = found
+    task = _task_from_columns(columns)
     verified = _verify_batch(task, files)
-    stored = [_store(task, attempt, index, image) for index, image in enumerate(verified)]
     now = timezone.now()
+    images: list[Image] = []
     try:
-        with transaction.atomic():
-            if not _fenced(task, lease_token).update(
-                status=Status.COMPLETED,
-                finished_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-                progress_value=F("progress_max"),
-                error_code="",
-                error_message="",
-            ):
-                raise LeaseLost("This lease is no longer yours.")
-            Image.objects.bulk_create(
+        for index, image in enumerate(verified):
+            name, thumbnail = _store(task, attempt_number, index, image)
+            images.append(
                 Image(
                     task=task,
-                    attempt=attempt,
+                    attempt_id=attempt_pk,
                     index=index,
                     file=name,
+                    thumbnail=thumbnail,
                     width=image.width,
                     height=image.height,
                     size_bytes=image.size,
                     sha256=image.sha256,
+                    created_at=now,
                 )
-                for index, (name, image) in enumerate(zip(stored, verified, strict=True))
             )
-            TaskAttempt.objects.filter(pk=attempt.pk).update(
-                outcome=Outcome.COMPLETED,
-                finished_at=now,
-                comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
+        with transaction.atomic():
+            if not lease_sql.task_mark_completed(task_pk=task.pk, lease_token=lease_token, now=now):
+                raise LeaseLost("This lease is no longer yours.")
+            for image in images:
+                image.pk = lease_sql.image_insert(image=image)
+                image._state.adding, image._state.db = False, connection.alias
+            lease_sql.attempt_mark_completed(
+                attempt_pk=attempt_pk, now=now, comfyui_prompt_id=comfyui_prompt_id[:64] or prompt_id
             )
             refresh_worker_status(worker.pk, completed=1)
     except BaseException:
-        for name in stored:
-            default_storage.delete(name)
+        for image in images:
+            default_storage.delete(image.file.name)
+            if image.thumbnail:
+                default_storage.delete(image.thumbnail.name)
         raise
     task.status, task.finished_at, task.lease_token, task.lease_expires_at = Status.COMPLETED, now, None, None
     task.progress_value, task.error_code, task.error_message = task.progress_max, "", ""
+    _prefetched(task, "images", sorted(images, key=lambda image: -image.pk))  # the model's order
     logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
-    _after_finish(task)
+    if task.callback_url or any(not image.thumbnail for image in images):
+        _after_finish(task)
     return task
+
+
+def _prefetched(instance, related_name: str, rows: list) -> None:
+    """Give `instance.<related_name>.all()` these rows without a query, as prefetch_related would."""
+    queryset = getattr(instance, related_name).all()
+    queryset._result_cache, queryset._prefetch_done = rows, True
+    instance._prefetched_objects_cache = {related_name: queryset}
 
 
 def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
@@ -450,16 +442,29 @@ def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
         )
     return [
         verify_image(
-            f, width=task.width, height=task.height, max_bytes=farm_setting("MAX_IMAGE_BYTES"), field="images"
+            f,
+            width=task.width,
+            height=task.height,
+            max_bytes=farm_setting("MAX_IMAGE_BYTES"),
+            field="images",
+            thumbnail=True,
         )
         for f in files
     ]
 
 
-def _store(task: Task, attempt: TaskAttempt, index: int, image: VerifiedImage) -> str:
+def _store(task: Task, attempt_number: int, index: int, image: VerifiedImage) -> tuple[str, str]:
+    """Write an image and its thumbnail (when one was made); returns their storage names."""
     day = timezone.now()
-    name = f"images/{day:%Y/%m/%d}/{task.public_id}_a{attempt.number}_{index}.{image.extension}"
-    return default_storage.save(name, ContentFile(image.data))
+    stem = f"images/{day:%Y/%m/%d}/{task.public_id}_a{attempt_number}_{index}"
+    name = default_storage.save(f"{stem}.{image.extension}", ContentFile(image.data))
+    if not image.thumbnail:
+        return name, ""
+    try:
+        return name, default_storage.save(f"{stem}.thumb.webp", ContentFile(image.thumbnail))
+    except BaseException:
+        default_storage.delete(name)
+        raise
 
 
 def task_fail(
@@ -720,10 +725,11 @@ def task_queue_position(task: Task) -> int | None:
     """1-based position among queued tasks (the order leasing uses), or None when not queued."""
     if task.status != Status.QUEUED:
         return None
-    ahead = Task.objects.filter(status=Status.QUEUED).filter(
-        Q(priority__gt=task.priority) | Q(priority=task.priority, id__lt=task.pk)
-    )
-    return ahead.count() + 1
+    # Two range counts on task_claim_idx read only the entries ahead of the task; one OR count filtered
+    # every queued row.
+    queued = Task.objects.filter(status=Status.QUEUED)
+    higher = queued.filter(priority__gt=task.priority).count()
+    return higher + queued.filter(priority=task.priority, id__lt=task.pk).count() + 1
 
 
 def task_get(*, public_id) -> Task:

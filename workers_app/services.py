@@ -9,8 +9,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from generation import lease_sql
 from generation.exceptions import InvalidInput
-from generation.models import Task, TaskAttempt
+from generation.models import Task
 from generation.services import refresh_worker_status, tasks_requeue_for_worker
 from workers_app.exceptions import RegisterRequired, WorkerDisabled
 from workers_app.models import Worker, hash_token, new_token
@@ -44,8 +45,10 @@ def worker_rotate_token(*, worker: Worker) -> str:
 
 
 def worker_by_token(token: str) -> Worker | None:
-    """The worker this token belongs to. Looked up by its SHA-256, so nothing secret is compared in SQL."""
-    return Worker.objects.filter(token_hash=hash_token(token)).first()
+    """The worker this token belongs to. Looked up by its SHA-256, so nothing secret is compared in SQL.
+
+    Every worker request runs this, so it is written SQL (generation.lease_sql) rather than ORM."""
+    return lease_sql.worker_by_token_hash(hash_token(token))
 
 
 def worker_register(*, worker: Worker, capabilities: dict, prefetch: int = 2) -> Worker:
@@ -114,27 +117,14 @@ def worker_heartbeat(*, worker: Worker, leases: list[tuple[uuid.UUID, uuid.UUID]
     expires = now + timedelta(seconds=settings.T2I["LEASE_SECONDS"])
     tokens = [token for _, token in leases]
     # Lock order: task rows, then the worker row, as in lease, complete, fail and cancel. The other
-    # order deadlocks on PostgreSQL against a completion of one of these tasks.
+    # order deadlocks on PostgreSQL against a completion of one of these tasks. Written SQL: every worker
+    # sends one every few seconds.
     with transaction.atomic():
-        renewed_pks = list(
-            Task.objects.filter(
-                worker=worker, lease_token__in=tokens, status__in=Task.ACTIVE_STATUSES
-            ).values_list("public_id", flat=True)
-        )
-        if renewed_pks:
-            Task.objects.filter(public_id__in=renewed_pks, lease_token__in=tokens).update(
-                lease_expires_at=expires
-            )
-            TaskAttempt.objects.filter(lease_token__in=tokens, outcome=TaskAttempt.Outcome.ACTIVE).update(
-                lease_expires_at=expires
-            )
-        Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now)
-    cancelled = set(
-        TaskAttempt.objects.filter(
-            lease_token__in=tokens, worker=worker, outcome=TaskAttempt.Outcome.CANCELLED
-        ).values_list("task__public_id", flat=True)
-    )
+        renewed_pks = lease_sql.leases_renew(worker_id=worker.pk, tokens=tokens, expires=expires)
+        lease_sql.worker_touch(worker_id=worker.pk, now=now)
     renewed = set(renewed_pks)
+    lost = [token for task_id, token in leases if task_id not in renewed]
+    cancelled = lease_sql.cancelled_among(worker_id=worker.pk, tokens=lost)
     result = HeartbeatResult(
         worker_status=worker.status, lease_expires_at=expires, renewed=sorted(renewed, key=str)
     )

@@ -129,8 +129,8 @@ def test_claim_uses_for_update_skip_locked_on_postgresql(worker):
     with CaptureQueriesContext(connection) as queries:
         assert services.task_lease_next(worker=worker) is not None
 
-    claims = [q["sql"] for q in queries.captured_queries if 'FROM "generation_task"' in q["sql"]]
-    assert any("FOR UPDATE" in sql and "SKIP LOCKED" in sql for sql in claims), claims
+    claims = [q["sql"] for q in queries.captured_queries if "FROM generation_task" in q["sql"]]
+    assert any("FOR UPDATE SKIP LOCKED" in sql for sql in claims), claims
 
 
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's planner; PostgreSQL locks rows instead")
@@ -158,9 +158,7 @@ def test_claim_query_uses_the_claim_index_on_sqlite(worker):
     claim = next(
         q["sql"]
         for q in queries.captured_queries
-        if q["sql"].startswith("SELECT")
-        and 'FROM "generation_task"' in q["sql"]
-        and q["sql"].endswith("LIMIT 1")
+        if q["sql"].startswith("UPDATE generation_task") and "ORDER BY priority DESC, id LIMIT 1" in q["sql"]
     )
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN QUERY PLAN {claim}")

@@ -457,7 +457,7 @@ def test_stale_worker_cannot_complete_after_the_task_moved_on(clock):
     assert TaskAttempt.objects.get(lease_token=job_a["lease_token"]).outcome == Outcome.EXPIRED
     image = Image.objects.get(task=task)
     assert image.attempt == attempt_b
-    assert media_files() == [image.file.name] and "_a2_" in image.file.name
+    assert set(media_files()) == {image.file.name, image.thumbnail.name} and "_a2_" in image.file.name
 
 
 def test_losing_the_lease_while_storing_removes_the_written_files(clock, monkeypatch):
@@ -493,7 +493,7 @@ def test_losing_the_lease_while_storing_removes_the_written_files(clock, monkeyp
         worker=gpu_b, task_id=task.public_id, lease_token=held_b.attempt.lease_token, files=[upload()]
     )
     assert [i.attempt_id for i in Image.objects.filter(task=task)] == [held_b.attempt.pk]
-    assert len(media_files()) == 1
+    assert len(media_files()) == 2  # the image and its thumbnail
 
 
 def test_completion_retried_for_the_same_lease_returns_200_without_duplicates(wapi, worker):
@@ -509,7 +509,7 @@ def test_completion_retried_for_the_same_lease_returns_200_without_duplicates(wa
     assert retry.json()["status"] == "completed"
     assert [i["id"] for i in retry.json()["images"]] == [i["id"] for i in first.json()["images"]]
     assert Image.objects.filter(task=task).count() == 2
-    assert len(media_files()) == 2
+    assert len(media_files()) == 4  # two images, two thumbnails
     assert set(Image.objects.values_list("attempt__lease_token", flat=True)) == {
         uuid.UUID(job["lease_token"])
     }

@@ -99,7 +99,7 @@ def test_generate_then_a_worker_runs_it_to_completed(api, seed_worker):
     assert final["images"] == [final["image_url"]]
     assert final["queue_position"] is None
     assert stored.sha256 == hashlib.sha256(image).hexdigest() and stored.file.read() == image
-    assert media_files() == [stored.file.name]
+    assert media_files() == sorted([stored.file.name, stored.thumbnail.name])
     task.refresh_from_db()
     assert task.status == Task.Status.COMPLETED
     assert TaskAttempt.objects.get(task=task).outcome == TaskAttempt.Outcome.COMPLETED
@@ -112,7 +112,7 @@ def test_generate_then_a_worker_runs_it_to_completed(api, seed_worker):
     )
     assert again.status_code == HTTPStatus.OK, again.json()
     assert [i["id"] for i in again.json()["images"]] == [stored.pk]
-    assert Image.objects.count() == 1 and len(media_files()) == 1
+    assert Image.objects.count() == 1 and len(media_files()) == 2
 
     assert wclient.post("/task", {}, format="json").status_code == HTTPStatus.NO_CONTENT
 

@@ -4,6 +4,7 @@ from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
+from django.template import Context, Template
 from django.urls import reverse
 from django.utils import timezone
 
@@ -159,3 +160,42 @@ def test_odd_query_values_do_not_break_the_page(alice, user, worker):
     assert ids_on(alice.get(reverse("web:gallery") + "?before=99999999999999999999999")) == [image.pk]
     huge = reverse("web:image", kwargs={"image_id": 2**64})
     assert alice.get(huge).status_code == HTTPStatus.NOT_FOUND
+
+
+# The grid as the template wrote it before gallery_thumbs worked its values out in Python.
+TEMPLATE_GRID = """{% for image in page.images %}
+      <li class="thumb">
+        <a href="{% url 'web:image' image.pk %}">
+          <img src="{% if image.thumbnail %}{{ image.thumbnail.url }}{% else %}{{ image.file.url }}{% endif %}" alt="{{ image.task.prompt|truncatechars:200 }}" width="{{ image.width }}" height="{{ image.height }}" loading="lazy" decoding="async">
+          <span class="thumb-caption">
+            <span class="thumb-prompt">{{ image.task.prompt|truncatechars:90 }}</span>
+            <time class="thumb-date" datetime="{{ image.created_at|date:'c' }}">{{ image.created_at|date:"j M, H:i" }}</time>
+          </span>
+        </a>
+      </li>
+    {% endfor %}"""  # noqa: E501
+
+
+@pytest.mark.parametrize("time_zone", ["UTC", "America/St_Johns"])
+def test_grid_markup_is_what_the_template_filters_made(alice, user, worker, settings, time_zone):
+    settings.TIME_ZONE = time_zone
+    prompts = [
+        "short <b>ascii</b> & 'quotes'",
+        "x" * 90,
+        "y" * 91,
+        "long " * 60,
+        "Café crème brûlée, naïve façade — 夜の港町 " * 3,
+        "e\u0301" * 95,  # combining accents: truncatechars counts them as nothing
+    ]
+    for prompt in prompts:
+        completed(user, worker, prompt=prompt)
+    Image.objects.filter(task__prompt=prompts[1]).update(thumbnail="")
+    Image.objects.filter(task__prompt=prompts[2]).update(
+        created_at=timezone.make_aware(timezone.datetime(2026, 1, 5, 3, 7, 9))
+    )
+    response = alice.get(reverse("web:gallery"))
+    html = response.content.decode()
+    old = Template(TEMPLATE_GRID).render(Context({"page": response.context["page"]}))
+    grid = '<ul class="thumb-grid" aria-label="Images">'
+    start = html.index(grid) + len(grid)
+    assert html[start : html.index("</ul>", start)].strip() == old.strip()

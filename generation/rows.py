@@ -1,0 +1,33 @@
+"""Model instances from the rows of written SQL, with each column converted as the ORM converts it (JSON
+decoded, 64-bit seeds as int, SQLite's UUIDs and naive datetimes as UUIDs and aware datetimes)."""
+
+from collections.abc import Sequence
+
+from django.db.models import Model
+from django.db.models.sql import Query
+
+
+def columns(model: type[Model], alias: str) -> str:
+    """Every concrete column of `model`, in field order, qualified by `alias`: what instances() reads."""
+    return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
+
+
+def instances(connection, model: type[Model], rows: list[tuple], extra: Sequence[str] = ()) -> list:
+    """Rows of every concrete column of `model` (in field order), then `extra` values, as model instances
+    with those extra attributes."""
+    if not rows:
+        return []
+    fields = model._meta.concrete_fields
+    compiler = connection.ops.compiler("SQLCompiler")(Query(model), connection, connection.alias)
+    converters = compiler.get_converters([f.get_col(model._meta.db_table) for f in fields])
+    if converters:
+        rows = compiler.apply_converters(rows, converters)
+    names = [f.attname for f in fields]
+    n = len(fields)
+    objects = []
+    for row in rows:
+        obj = model.from_db(connection.alias, names, row[:n])
+        for name, value in zip(extra, row[n:], strict=True):
+            setattr(obj, name, value)
+        objects.append(obj)
+    return objects

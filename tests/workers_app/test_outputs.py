@@ -1,0 +1,55 @@
+"""The worker API's hand-built answers (lease, complete) equal what their documented serializers produce."""
+
+from http import HTTPStatus
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIRequestFactory
+
+from generation import services
+from tests.conftest import png_bytes
+from workers_app import apis
+
+pytestmark = pytest.mark.django_db
+
+
+def submit() -> None:
+    services.task_submit(
+        owner=None, data=services.TaskInput(prompt="a red fox", width=64, height=64, template="noise-test")
+    )
+
+
+def test_lease_output_equals_the_lease_serializer(worker):
+    submit()
+    lease = services.task_lease_next(worker=worker)
+
+    assert apis.lease_output(lease) == dict(apis.LeaseOutput(lease).data)
+
+
+def test_complete_output_equals_the_complete_serializer(wapi, worker):
+    submit()
+    lease = services.task_lease_next(worker=worker)
+    task = services.task_complete(
+        worker=worker,
+        task_id=lease.task.public_id,
+        lease_token=lease.attempt.lease_token,
+        files=[SimpleUploadedFile("a.png", png_bytes(64, 64), "image/png")],
+    )
+    request = APIRequestFactory().get("/")
+
+    built = apis.complete_output(task, request)
+    assert built == apis.CompleteOutput(task, context={"request": request}).data
+    assert built["images"][0]["thumbnail_url"]  # made in the completion
+
+    retried = wapi.post(
+        f"/api/v1/worker/tasks/{lease.task.public_id}/complete",
+        {
+            "lease_token": str(lease.attempt.lease_token),
+            "images": [SimpleUploadedFile("a.png", png_bytes(64, 64))],
+        },
+        format="multipart",
+    )
+    assert retried.status_code == HTTPStatus.OK
+    assert (
+        retried.json()["images"] == built["images"]
+    )  # a retry answers the same, read back from the database
