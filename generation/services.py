@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from generation import dispatch, lease_sql, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, LeaseLost, NoCapableWorker, NotFound
-from generation.images import VerifiedImage, verify_image
+from generation.images import THUMBNAIL_EXTENSION, VerifiedImage, verify_image
 from generation.models import SEED_MAX, Image, Task, TaskAttempt, WorkflowTemplate
 from workers_app.models import Worker
 
@@ -461,7 +461,7 @@ def _store(task: Task, attempt_number: int, index: int, image: VerifiedImage) ->
     if not image.thumbnail:
         return name, ""
     try:
-        return name, default_storage.save(f"{stem}.thumb.webp", ContentFile(image.thumbnail))
+        return name, default_storage.save(f"{stem}.{THUMBNAIL_EXTENSION}", ContentFile(image.thumbnail))
     except BaseException:
         default_storage.delete(name)
         raise

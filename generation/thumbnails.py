@@ -3,7 +3,7 @@
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from generation.images import make_thumbnail
+from generation.images import THUMBNAIL_EXTENSION, make_thumbnail
 from generation.models import Image
 
 
@@ -11,7 +11,7 @@ def image_make_thumbnail(*, image: Image) -> str:
     with default_storage.open(image.file.name, "rb") as f:
         data = f.read()
     stem = image.file.name.rsplit(".", 1)[0]
-    name = default_storage.save(f"{stem}.thumb.webp", ContentFile(make_thumbnail(data)))
+    name = default_storage.save(f"{stem}.{THUMBNAIL_EXTENSION}", ContentFile(make_thumbnail(data)))
     try:
         Image.objects.filter(pk=image.pk).update(thumbnail=name)
     except BaseException:

@@ -364,6 +364,10 @@ class FakeComfy:
                 if on_progress:
                     on_progress(value, maximum)
 
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         self.viewed.append(filename)
         if self.view_errors:

@@ -99,7 +99,7 @@ def test_completed_task_records_a_delivery_and_queues_a_try(
     body = delivery.payload["task"]
     assert body["id"] == str(task.public_id) and body["status"] == "completed"
     assert body["images"][0]["url"].startswith("http://farm.example/media/images/")
-    assert body["images"][0]["thumbnail_url"].endswith(".thumb.webp")
+    assert body["images"][0]["thumbnail_url"].endswith(".thumb.jpg")
 
 
 def test_delivery_is_signed_and_recorded(worker, receiver, django_capture_on_commit_callbacks):

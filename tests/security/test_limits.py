@@ -199,7 +199,7 @@ def test_upload_names_never_choose_where_a_file_lands(wapi, worker, settings, tm
     image = Image.objects.get()
     assert image.file.name.startswith("images/")
     assert image.file.name.endswith(f"/{task.public_id}_a1_0.png")  # generated on the server
-    assert image.thumbnail.name == image.file.name.removesuffix(".png") + ".thumb.webp"
+    assert image.thumbnail.name == image.file.name.removesuffix(".png") + ".thumb.jpg"
     stored = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert stored == [media / image.file.name, media / image.thumbnail.name]
     assert all(p.resolve().is_relative_to(media.resolve()) for p in stored)

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import requests
 import websocket
 
+from .http import environment_session
 from .prompt_tracker import (
     OutcomeStatus,
     PromptOutcome,
@@ -36,6 +37,12 @@ logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 10
 STABLE_CONNECTION = 5.0  # seconds a socket must stay up before a drop reconnects without delay
+# Longest sleep of ``wait()`` between checks when nothing is due: the prompt's events, socket changes and
+# ``wake()`` end it early, so this only bounds how late a missed wake-up could be noticed.
+WAIT_TICK = 1.0
+# The socket reader's receive timeout: it only re-checks the closing flag (``close()`` aborts the socket).
+RECV_TIMEOUT = 5.0
+RECV_CHUNK = 65536
 
 
 class ComfyUIError(Exception):
@@ -226,9 +233,12 @@ class ComfyUIClient:
         self.lost_after_unreachable = lost_after_unreachable
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
-        self.session = session or requests.Session()
+        self.session = session or environment_session(self.base_url)
         self.tracker = PromptTracker()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # socket state changes (wait_connected)
+        self._waiters: dict[str, threading.Condition] = {}  # prompt id -> its wait(), same lock
+        self._wakes = 0  # bumped by wake(): waiters re-check should_cancel
         self._closing = threading.Event()
         self._ws: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
@@ -393,18 +403,41 @@ class ComfyUIClient:
         watch = _Watch(self, prompt_id, on_start, on_progress, should_cancel, timeout)
         with self._cond:
             self.tracker.track(prompt_id)
+            self._waiters[prompt_id] = threading.Condition(self._lock)
         try:
             return watch.run()
         finally:
+            with self._cond:
+                self._waiters.pop(prompt_id, None)
             self._forget(prompt_id)
 
-    def _snapshot(self, prompt_id: str, wait_for: float) -> tuple[PromptState, bool, int]:
-        """Wait up to ``wait_for`` for news, then copy the prompt's state (under the lock)."""
+    def wake(self) -> None:
+        """Make every ``wait()`` re-check its ``should_cancel`` now (e.g. after a cancel request)."""
         with self._cond:
-            if wait_for > 0:
-                self._cond.wait(wait_for)
+            self._wakes += 1
+            self._notify_all()
+
+    def _notify_all(self) -> None:
+        self._cond.notify_all()
+        for waiter in self._waiters.values():
+            waiter.notify_all()
+
+    def _snapshot(
+        self, prompt_id: str, wait_for: float, seen: tuple[int, ...]
+    ) -> tuple[PromptState, bool, int, tuple[int, ...]]:
+        """Wait up to ``wait_for`` for news unless some arrived since ``seen``, then copy the prompt's state
+        (under the lock). Returns the copy, whether the socket is up, its generation and the new ``seen``."""
+        with self._cond:
             state = self.tracker.track(prompt_id)
-            return replace(state, images=list(state.images)), self.tracker.connected, self.tracker.generation
+            if wait_for > 0 and self._seen(state) == seen:
+                waiter = self._waiters.get(prompt_id) or self._cond
+                waiter.wait(wait_for)
+                state = self.tracker.track(prompt_id)
+            copy = replace(state, images=list(state.images))
+            return copy, self.tracker.connected, self.tracker.generation, self._seen(state)
+
+    def _seen(self, state: PromptState) -> tuple[int, ...]:
+        return state.seq, int(self.tracker.connected), self.tracker.generation, self._wakes
 
     def _mark_started(self, prompt_id: str) -> None:
         with self._cond:
@@ -460,7 +493,10 @@ class ComfyUIClient:
         failures = 0
         while not self._closing.is_set():
             try:
-                ws = websocket.create_connection(self.ws_url, timeout=self.timeout)
+                # UTF-8 is checked by json.loads; websocket-client's own check is a per-byte Python loop.
+                ws = websocket.create_connection(
+                    self.ws_url, timeout=self.timeout, skip_utf8_validation=True, class_=_BufferedWebSocket
+                )
             except (websocket.WebSocketException, OSError) as exc:
                 failures += 1
                 log = logger.warning if failures == 1 else logger.debug
@@ -480,18 +516,19 @@ class ComfyUIClient:
                 delay = self.reconnect_initial
 
     def _serve(self, ws: websocket.WebSocket) -> None:
-        ws.settimeout(1.0)
+        ws.settimeout(RECV_TIMEOUT)
         with self._cond:
             self._ws = ws
             self.tracker.on_connect()
-            self._cond.notify_all()
+            self._notify_all()
         try:
-            self._read_until_closed(ws)
+            if not self._closing.is_set():  # close() may have run before self._ws was set
+                self._read_until_closed(ws)
         finally:
             with self._cond:
                 self._ws = None
                 self.tracker.on_disconnect()
-                self._cond.notify_all()
+                self._notify_all()
             ws.shutdown()  # always close the old socket before a reconnect with the same id (protocol 4.7)
 
     def _read_until_closed(self, ws: websocket.WebSocket) -> None:
@@ -525,7 +562,29 @@ class ComfyUIClient:
             )
         with self._cond:
             self.tracker.feed(msg)
-            self._cond.notify_all()
+            changed = self.tracker.changed
+            for prompt_id in changed:
+                waiter = self._waiters.get(prompt_id)
+                if waiter is not None:
+                    waiter.notify_all()
+            changed.clear()
+
+
+class _BufferedWebSocket(websocket.WebSocket):
+    """Reads the socket in large chunks: websocket-client asks for each frame's header, length and payload
+    separately (three system calls per message); a burst of small messages now costs one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._chunk = b""
+        self._offset = 0
+
+    def _recv(self, bufsize: int) -> bytes:
+        if self._offset >= len(self._chunk):
+            self._chunk, self._offset = super()._recv(RECV_CHUNK), 0
+        start = self._offset
+        self._offset = min(start + bufsize, len(self._chunk))
+        return self._chunk[start : self._offset]
 
 
 class _Watch:
@@ -555,9 +614,9 @@ class _Watch:
         self.unreachable_since: float | None = None
 
     def run(self) -> PromptOutcome:
-        wait_for = 0.0
+        wait_for, seen = 0.0, ()
         while True:
-            state, connected, generation = self.client._snapshot(self.prompt_id, wait_for)
+            state, connected, generation, seen = self.client._snapshot(self.prompt_id, wait_for, seen)
             self._report(state)
             self._maybe_cancel()
             now = time.monotonic()
@@ -581,7 +640,19 @@ class _Watch:
                 outcome = self._poll()
                 if outcome is not None:
                     return outcome
-            wait_for = 0.1 if connected and not self.cancel_sent else 0.05
+            wait_for = self._next_wait(state, connected, time.monotonic())
+
+    def _next_wait(self, state: PromptState, connected: bool, now: float) -> float:
+        """Seconds until the next timed check (poll, final marker, deadline), at most ``WAIT_TICK``."""
+        if not connected or self.cancel_sent:
+            due = self.last_poll + self.client.poll_interval
+        else:
+            due = max(state.last_event_at, self.last_poll) + self.client.silence_poll_after
+        if self.terminal_at is not None:
+            due = min(due, self.terminal_at + self.client.final_marker_wait)
+        if self.deadline is not None:
+            due = min(due, self.deadline)
+        return min(max(due - now, 0.01), WAIT_TICK)
 
     def _report(self, state: PromptState) -> None:
         if state.started and not self.started_reported:

@@ -71,6 +71,7 @@ class PromptState:
     terminal_data: dict[str, Any] = field(default_factory=dict)
     finished: bool = False  # `executing` null after the terminal event: history is written
     last_event_at: float = 0.0
+    seq: int = 0  # bumped when something a waiter acts on changes (start, progress, image, end)
 
     def ws_outcome(self) -> PromptOutcome | None:
         """The outcome from socket events alone (fallback when history stays empty)."""
@@ -91,6 +92,8 @@ class PromptTracker:
     Events for prompt ids nobody tracks yet are buffered (bounded), so a prompt whose events arrive before
     the ``POST /prompt`` answer is still followed (protocol 13.5). ``running`` is the prompt the server is
     believed to run; it resolves the bare ``executing {"node"}`` sent after a reconnect (protocol 4.7).
+    ``changed`` collects the ids whose ``seq`` moved, so a reader wakes only the waiters that care (most
+    messages, e.g. ``progress_state``, change nothing a waiter acts on).
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_untracked: int = 64) -> None:
@@ -102,6 +105,7 @@ class PromptTracker:
         self.orphan_node: str | None = None  # a bare `executing` we could not attribute
         self.connected = False
         self.generation = 0  # bumped on every (re)connect: events may have been missed before it
+        self.changed: set[str] = set()
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def track(self, prompt_id: str) -> PromptState:
@@ -174,39 +178,52 @@ class PromptTracker:
         state = self._touch(prompt_id)
         if node is None:
             state.finished = True
+            self._bump(state)
             if self.running == prompt_id:
                 self.running = None
         else:
-            state.started = True
+            self._set_started(state)
             state.node = str(node)
             self.running = prompt_id
         return prompt_id
 
     def _on_start(self, state: PromptState, data: dict[str, Any]) -> None:
-        state.started = True
+        self._set_started(state)
         self.running = state.prompt_id
         self.orphan_node = None
 
     def _on_running_event(self, state: PromptState, data: dict[str, Any]) -> None:
-        state.started = True
+        self._set_started(state)
 
     def _on_progress(self, state: PromptState, data: dict[str, Any]) -> None:
         value, maximum = data.get("value"), data.get("max")
         if isinstance(value, int | float) and isinstance(maximum, int | float) and maximum > 0:
             state.progress = (float(value), float(maximum))
             state.progress_seq += 1
-        state.started = True
+            self._bump(state)
+        self._set_started(state)
 
     def _on_executed(self, state: PromptState, data: dict[str, Any]) -> None:
         for ref in images_from_output(data.get("output")):
             if ref not in state.images:
                 state.images.append(ref)
+                self._bump(state)
 
     def _on_terminal(self, state: PromptState, data: dict[str, Any]) -> None:
         state.started = True
         state.terminal_data = sanitize_error(data)
+        self._bump(state)
         if self.running == state.prompt_id:
             self.running = None
+
+    def _set_started(self, state: PromptState) -> None:
+        if not state.started:
+            state.started = True
+            self._bump(state)
+
+    def _bump(self, state: PromptState) -> None:
+        state.seq += 1
+        self.changed.add(state.prompt_id)
 
     def _state(self, prompt_id: str) -> PromptState:
         state = self._states.get(prompt_id)

@@ -55,6 +55,7 @@ class TaskControl:
         self.failure_code: str | None = None
         self.leased_at = time.monotonic()
         self.on_change: Callable[[], None] | None = None  # the loop's wake-up (set by Worker._launch)
+        self.on_stop: Callable[[], None] | None = None  # wakes the wait for ComfyUI (set by Worker._launch)
         self._stop: StopReason | None = None
         self._final = False
         self._lock = threading.Lock()
@@ -72,6 +73,8 @@ class TaskControl:
         with self._lock:
             if self._stop is None or _STOP_PRIORITY[reason] > _STOP_PRIORITY[self._stop]:
                 self._stop = reason
+        if self.on_stop is not None:
+            self.on_stop()
 
     def should_stop(self) -> bool:
         return self._stop is not None
@@ -96,6 +99,7 @@ class ComfyUI(Protocol):
     def wait(self, prompt_id: str, **kwargs: Any) -> PromptOutcome: ...
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes: ...
     def cancel(self, prompt_id: str) -> None: ...
+    def wake(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,7 @@ class _TaskRun:
             logger.warning("task %s: could not report start (%s)", self.task_id, exc.message)
             return
         self.start_reported = True
+        self.last_progress_at = time.monotonic()  # counts as a report: step 1, moments later, waits its turn
         logger.info("task %s started (ComfyUI prompt %s)", self.task_id, prompt_id)
         if cancelled:
             self.control.request_stop(StopReason.CANCEL)

@@ -9,6 +9,8 @@ from typing import Any
 
 import requests
 
+from .http import environment_session
+
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/worker/"
@@ -112,7 +114,8 @@ class SchedulerClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.session = session or requests.Session()
+        # No ~/.netrc: its Basic auth would replace the Bearer token.
+        self.session = session or environment_session(self.base_url, netrc=False)
         self.session.headers["Authorization"] = f"Bearer {token}"
 
     def __repr__(self) -> str:

@@ -181,6 +181,7 @@ class Worker:
     def _launch(self, lease: Lease) -> None:
         control = TaskControl(lease)
         control.on_change = self._changed.set
+        control.on_stop = self.comfy.wake  # a stop request is acted on at once, not on the next tick
         thread = threading.Thread(
             target=self._run_one, args=(control,), name=f"task-{lease.task_id[:8]}", daemon=True
         )

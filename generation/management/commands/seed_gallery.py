@@ -1,6 +1,6 @@
 """`python manage.py seed_gallery --count 100000`: many completed tasks with one image each, for the web
 benchmark (bench/web_pages.py). Rows are bulk-inserted; every image row points at the same two small files
-(a PNG and its WebP thumbnail), so 100,000 images take seconds and a few kilobytes of disk.
+(a PNG and its JPEG thumbnail), so 100,000 images take seconds and a few kilobytes of disk.
 
 Owners: five users `bench-user-1..5` and one staff account `bench-staff` (passwords unusable; the benchmark
 logs in with force_login). A few queued tasks and two online workers are added too, so the task page has a
@@ -120,7 +120,7 @@ class Command(BaseCommand):
         out = io.BytesIO()
         PILImage.new("RGB", (64, 64), (90, 110, 200)).save(out, format="PNG")
         name = default_storage.save("bench/seed.png", ContentFile(out.getvalue()))
-        thumb = default_storage.save("bench/seed.thumb.webp", ContentFile(make_thumbnail(out.getvalue())))
+        thumb = default_storage.save("bench/seed.thumb.jpg", ContentFile(make_thumbnail(out.getvalue())))
         return name, thumb
 
     def _batch(self, rng, users, worker, template, times, file_name, thumb_name) -> None:
