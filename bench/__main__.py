@@ -83,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--memory-tasks", type=int)
     sizes.add_argument("--size", type=int, default=512, help="image size of the farm's tasks")
     server = parser.add_argument_group("scheduler")
-    server.add_argument("--processes", type=int, default=2, help="gunicorn worker processes")
-    server.add_argument("--threads", type=int, default=32, help="threads per gunicorn process")
+    server.add_argument("--processes", type=int, default=4, help="gunicorn worker processes")
+    server.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else args.db
     for key, value in SIZES[mode].items():

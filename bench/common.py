@@ -86,7 +86,7 @@ class Server:
     t2i_project/gunicorn.conf.py (gthread, two malloc arenas), its address and sizes given as flags."""
 
     def __init__(
-        self, db_url: str, *, processes: int = 2, threads: int = 32, log: Path | None = None, **extra: str
+        self, db_url: str, *, processes: int = 4, threads: int = 16, log: Path | None = None, **extra: str
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

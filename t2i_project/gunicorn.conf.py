@@ -1,8 +1,11 @@
 """gunicorn settings for the scheduler: `gunicorn -c t2i_project/gunicorn.conf.py t2i_project.wsgi`.
 
-Threaded workers (gthread): long-polling lease requests hold a thread each while they wait, so each process
-runs many threads. Command-line flags override these values (e.g. `--bind`, `--workers`); so do
-GUNICORN_BIND, GUNICORN_WORKERS and GUNICORN_THREADS.
+Threaded workers (gthread): an idle worker daemon's long-polling lease request holds a thread while it
+waits, so the processes x threads must exceed the number of GPUs plus the requests in flight (4 x 16 serves
+about 50 GPUs). Four processes of 16 threads rather than two of 32: fewer threads share each GIL, which on
+2 cores cut a lease's median latency at 50 workers from about 80 to 20 ms (README, Benchmarks). Command-line
+flags override these values (e.g. `--bind`, `--workers`); so do GUNICORN_BIND, GUNICORN_WORKERS and
+GUNICORN_THREADS.
 """
 
 import ctypes
@@ -10,8 +13,8 @@ import ctypes.util
 import os
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 worker_class = "gthread"
 timeout = 120  # above the longest lease long-poll (T2I_LEASE_MAX_WAIT, at most 120 s)
 

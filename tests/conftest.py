@@ -5,7 +5,7 @@ import os
 import socket
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import pytest
 from django.conf import settings as django_settings
@@ -76,6 +76,19 @@ def _shipped_templates(request):
 @pytest.fixture(autouse=True)
 def _no_lazy_reap_throttle(settings):
     settings.T2I = {**settings.T2I, "REAP_EVERY": 0}
+
+
+def child_database_url() -> str:
+    """DATABASE_URL of the test database this session created (what a child process must open)."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return "sqlite:///" + str(Path(s["NAME"]).resolve())
+    auth = quote(s.get("USER") or "", safe="")
+    if s.get("PASSWORD"):
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    host = s.get("HOST") or "127.0.0.1"
+    port = f":{s['PORT']}" if s.get("PORT") else ""
+    return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(s['NAME'], safe='')}"
 
 
 def media_files() -> list[str]:

@@ -68,8 +68,17 @@ def test_progress_is_throttled(sleeps):
     comfy = FakeComfy(progress=tuple((v, 100) for v in range(1, 101)))
     sched = FakeScheduler()
     run(comfy, sched, RunnerSettings(sleep=sleeps.append, progress_interval=60))
-    # The start report counts as the first one: within the interval only the last step is reported.
-    assert [(c["value"], c["max"]) for c in sched.calls_of("progress")] == [(100, 100)]
+    # The start report counts as the first one, so within the interval no step is reported (not even the
+    # last: the completion shows 100 %).
+    assert sched.calls_of("progress") == []
+    assert "start" in sched.names() and "complete" in sched.names()
+
+
+def test_progress_is_reported_once_the_interval_has_passed(sleeps):
+    comfy = FakeComfy(progress=tuple((v, 100) for v in range(1, 101)))
+    sched = FakeScheduler()
+    run(comfy, sched, RunnerSettings(sleep=sleeps.append, progress_interval=0))
+    assert [(c["value"], c["max"]) for c in sched.calls_of("progress")] == [(v, 100) for v in range(1, 101)]
 
 
 def test_upload_is_retried_on_transient_failure(rsettings, sleeps):

@@ -25,15 +25,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import requests
 from django.conf import settings
-from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from generation.models import Task
+from tests.conftest import child_database_url
 from tests.e2e.helpers import wait_until
 from workers_app import services as worker_services
 from workers_app.daemon.worker import Worker as Daemon
@@ -88,19 +87,6 @@ def _stop_process(popen: subprocess.Popen, *, timeout: float = 10.0) -> None:
         os.killpg(popen.pid, signal.SIGKILL)  # leftovers of the group (gunicorn workers), if any
     with contextlib.suppress(subprocess.TimeoutExpired):
         popen.wait(5)
-
-
-def child_database_url() -> str:
-    """DATABASE_URL of the test database this session created (what a child process must open)."""
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return "sqlite:///" + str(Path(s["NAME"]).resolve())
-    auth = quote(s.get("USER") or "", safe="")
-    if s.get("PASSWORD"):
-        auth += ":" + quote(s["PASSWORD"], safe="")
-    host = s.get("HOST") or "127.0.0.1"
-    port = f":{s['PORT']}" if s.get("PORT") else ""
-    return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(s['NAME'], safe='')}"
 
 
 @dataclass

@@ -4,29 +4,15 @@ Every task must end completed once (images on disk matching their rows) or faile
 worker may be left busy. The full run is `make chaos` (python -m bench.chaos)."""
 
 from collections import Counter
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from django.db import connection
 
 from bench.chaos import ChaosRun, Params, report
 from generation import workflows
 from generation.models import WorkflowTemplate
+from tests.conftest import child_database_url
 
 pytestmark = pytest.mark.e2e
-
-
-def child_database_url() -> str:
-    """DATABASE_URL of this session's test database, for the scheduler process."""
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return "sqlite:///" + str(Path(s["NAME"]).resolve())
-    auth = quote(s.get("USER") or "", safe="")
-    if s.get("PASSWORD"):
-        auth += ":" + quote(s["PASSWORD"], safe="")
-    host, port = s.get("HOST") or "127.0.0.1", f":{s['PORT']}" if s.get("PORT") else ""
-    return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(s['NAME'], safe='')}"
 
 
 @pytest.fixture

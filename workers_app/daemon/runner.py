@@ -104,8 +104,9 @@ class ComfyUI(Protocol):
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    # At most one progress report a second (and always the last one): the task page and API clients read
-    # it about once a second, and every report is a request and a row update on the scheduler.
+    # At most one progress report a second: the task page and API clients read it about once a second, and
+    # every report is a request and a row update on the scheduler. The last step is not special: the
+    # completion, moments later, shows 100 % anyway (a forced last report cost 5 % of a farm's CPU).
     progress_interval: float = 1.0
     view_attempts: int = 4
     upload_attempts: int = 5
@@ -335,7 +336,7 @@ class _TaskRun:
     def _on_progress(self, value: float, maximum: float) -> None:
         self._log_quarter(value, maximum)
         now = time.monotonic()
-        if now - self.last_progress_at < self.settings.progress_interval and value < maximum:
+        if now - self.last_progress_at < self.settings.progress_interval:
             return
         self.last_progress_at = now
         if not self.start_reported:

@@ -407,6 +407,7 @@ class PromptRun:
         self.ui_outputs: dict[str, Any] = {}
         self.progress_nodes: dict[str, dict[str, Any]] = {}
         self.outcome = "success"
+        self.clock = 0.0  # the loop time this prompt's simulated work has reached (_Context.sleep)
         self._current = ""
 
     @property
@@ -776,6 +777,11 @@ class PromptRun:
         raise Exception("Simulated node failure [injected by the comfyui-simulator]")
 
 
+# How far a prompt's clock may fall behind the loop and still catch up: a host stall shorter than this is not
+# added to the job; a longer one is (as a GPU that was itself held up).
+CLOCK_SLACK = 0.1
+
+
 class _Context:
     """The NodeContext given to a node implementation (see nodes.NodeContext)."""
 
@@ -789,8 +795,14 @@ class _Context:
         self.temp_dir = run.sim.dirs["temp"]
 
     async def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            await asyncio.sleep(seconds)
+        """Advance the prompt's own clock by `seconds`: a GPU computes at its own pace, so the time this
+        process spends between steps (sending progress, a busy host) is not added to the job's length."""
+        loop = asyncio.get_running_loop()
+        run = self._run
+        run.clock = max(run.clock or loop.time(), loop.time() - CLOCK_SLACK) + seconds
+        delay = run.clock - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def progress(self, value: int, total: int, preview: Image.Image | None = None) -> None:
         await self._run.report_progress(self.node_id, value, total, preview)
