@@ -125,6 +125,21 @@ class TaskOutput(serializers.ModelSerializer):
 _DATETIME = serializers.DateTimeField()
 
 
+def image_output(image: Image, request) -> dict:
+    """ImageOutput(image, context={"request": request}).data"""
+    return {
+        "id": image.pk,
+        "index": image.index,
+        "url": request.build_absolute_uri(image.file.url),
+        "thumbnail_url": request.build_absolute_uri(image.thumbnail.url) if image.thumbnail else None,
+        "width": image.width,
+        "height": image.height,
+        "size_bytes": image.size_bytes,
+        "sha256": image.sha256,
+        "created_at": _DATETIME.to_representation(image.created_at),
+    }
+
+
 def task_status_output(status: selectors.TaskStatus, request) -> dict:
     """TaskOutput(task).data for a task read by selectors.task_status_for."""
     task = status.task
@@ -158,20 +173,7 @@ def task_status_output(status: selectors.TaskStatus, request) -> dict:
         "leased_at": when(task.leased_at),
         "started_at": when(task.started_at),
         "finished_at": when(task.finished_at),
-        "images": [
-            {
-                "id": image.id,
-                "index": image.index,
-                "url": request.build_absolute_uri(image.file.url),
-                "thumbnail_url": request.build_absolute_uri(image.thumbnail.url) if image.thumbnail else None,
-                "width": image.width,
-                "height": image.height,
-                "size_bytes": image.size_bytes,
-                "sha256": image.sha256,
-                "created_at": when(image.created_at),
-            }
-            for image in status.images
-        ],
+        "images": [image_output(image, request) for image in status.images],
         "attempt_history": [
             {
                 "number": attempt.number,

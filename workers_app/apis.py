@@ -16,7 +16,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from generation import dispatch, services
-from generation.serializers import ImageOutput
+from generation.serializers import ImageOutput, image_output
 from workers_app import services as worker_services
 from workers_app.authentication import IsWorker, WorkerTokenAuthentication
 from workers_app.exceptions import WorkerDisabled
@@ -276,20 +276,7 @@ def complete_output(task, request: Request) -> dict:
     return {
         "task_id": str(task.public_id),
         "status": task.status,
-        "images": [
-            {
-                "id": image.pk,
-                "index": image.index,
-                "url": request.build_absolute_uri(image.file.url),
-                "thumbnail_url": request.build_absolute_uri(image.thumbnail.url) if image.thumbnail else None,
-                "width": image.width,
-                "height": image.height,
-                "size_bytes": image.size_bytes,
-                "sha256": image.sha256,
-                "created_at": _DATETIME.to_representation(image.created_at),
-            }
-            for image in task.images.all()
-        ],
+        "images": [image_output(image, request) for image in task.images.all()],
     }
 
 
