@@ -145,7 +145,6 @@ def lease_claim(
         if row is None:
             return None
         task = dict(zip(LEASED_COLUMNS, row, strict=True))
-        task["public_id"] = _as_uuid(task["public_id"])
         cursor.execute(
             f"INSERT INTO {ATTEMPT} ({_ATTEMPT_COLUMNS}) "  # noqa: S608
             "VALUES (%s, %s, %s, %s, %s, %s, 'active', '', '', '') RETURNING id",
@@ -255,7 +254,6 @@ def completing_attempt(
     if row is None:
         return None
     task = dict(zip(COMPLETING_COLUMNS, row[3:], strict=True))
-    task["public_id"] = _as_uuid(task["public_id"])
     return row[0], row[1], row[2], task
 
 

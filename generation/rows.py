@@ -18,10 +18,7 @@ def instances(connection, model: type[Model], rows: list[tuple], extra: Sequence
     if not rows:
         return []
     fields = model._meta.concrete_fields
-    compiler = connection.ops.compiler("SQLCompiler")(Query(model), connection, connection.alias)
-    converters = compiler.get_converters([f.get_col(model._meta.db_table) for f in fields])
-    if converters:
-        rows = compiler.apply_converters(rows, converters)
+    rows = _converted(connection, model, fields, rows)
     names = [f.attname for f in fields]
     n = len(fields)
     objects = []
@@ -31,3 +28,17 @@ def instances(connection, model: type[Model], rows: list[tuple], extra: Sequence
             setattr(obj, name, value)
         objects.append(obj)
     return objects
+
+
+def instance(connection, model: type[Model], values: dict) -> Model:
+    """A model instance holding some of its columns (`values`, by attname, as the database returned them);
+    the other fields load on first access."""
+    fields = [f for f in model._meta.concrete_fields if f.attname in values]
+    (row,) = _converted(connection, model, fields, [tuple(values[f.attname] for f in fields)])
+    return model.from_db(connection.alias, [f.attname for f in fields], row)
+
+
+def _converted(connection, model: type[Model], fields: Sequence, rows: list[tuple]) -> list:
+    compiler = connection.ops.compiler("SQLCompiler")(Query(model), connection, connection.alias)
+    converters = compiler.get_converters([f.get_col(model._meta.db_table) for f in fields])
+    return list(compiler.apply_converters(rows, converters)) if converters else rows

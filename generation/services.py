@@ -23,7 +23,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from generation import dispatch, lease_sql, workflows
+from generation import dispatch, lease_sql, rows, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, LeaseLost, NoCapableWorker, NotFound
 from generation.images import THUMBNAIL_EXTENSION, VerifiedImage, verify_image
 from generation.models import SEED_MAX, Image, Task, TaskAttempt, WorkflowTemplate
@@ -220,7 +220,7 @@ def task_lease_next(*, worker: Worker, prefetch: bool = False, now: datetime | N
     if claimed is None:
         return None
     columns, attempt_id, workflow, bindings = claimed
-    task = _task_from_columns(columns)
+    task = rows.instance(connection, Task, columns)
     task.worker, task.lease_token, task.lease_expires_at, task.leased_at = worker, token, expires, now
     attempt = TaskAttempt(
         pk=attempt_id,
@@ -268,15 +268,6 @@ def _workflow_values(task: Task, filename_prefix: str) -> dict:
     if task.checkpoint:
         values["checkpoint"] = task.checkpoint
     return values
-
-
-def _task_from_columns(columns: dict) -> Task:
-    """A Task holding the columns a written statement returned; the others load on first access."""
-    names = [f.attname for f in Task._meta.concrete_fields if f.attname in columns]
-    task = Task.from_db(connection.alias, names, [columns[name] for name in names])
-    if "seed" in columns:
-        task.seed = int(task.seed)  # Uint64Field keeps it as decimal text
-    return task
 
 
 def _templates_runnable_by(worker: Worker) -> list[int]:
@@ -381,7 +372,7 @@ def task_complete(
             return done
         raise LeaseLost("This lease is no longer yours (expired, cancelled, finished or never issued).")
     attempt_pk, attempt_number, prompt_id, columns = found
-    task = _task_from_columns(columns)
+    task = rows.instance(connection, Task, columns)
     verified = _verify_batch(task, files)
     now = timezone.now()
     images: list[Image] = []
@@ -427,10 +418,10 @@ def task_complete(
     return task
 
 
-def _prefetched(instance, related_name: str, rows: list) -> None:
-    """Give `instance.<related_name>.all()` these rows without a query, as prefetch_related would."""
+def _prefetched(instance, related_name: str, objects: list) -> None:
+    """Give `instance.<related_name>.all()` these objects without a query, as prefetch_related would."""
     queryset = getattr(instance, related_name).all()
-    queryset._result_cache, queryset._prefetch_done = rows, True
+    queryset._result_cache, queryset._prefetch_done = objects, True
     instance._prefetched_objects_cache = {related_name: queryset}
 
 
