@@ -13,12 +13,13 @@ def media(request, path: str):
     return serve(request, path, document_root=settings.MEDIA_ROOT)
 
 
+# Django tries these in order on every request: the worker API (the farm's busiest) and the REST API first.
 urlpatterns = [
+    path("api/v1/worker/", include("workers_app.urls")),
+    path("api/v1/", include("generation.urls")),
     path("admin/", admin.site.urls),
     path("", include("generation.web_urls")),
     path("", include("t2i_project.ops_urls")),
-    path("api/v1/", include("generation.urls")),
-    path("api/v1/worker/", include("workers_app.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
