@@ -9,7 +9,9 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.fields import SkipField, get_error_detail
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -24,9 +26,20 @@ from workers_app.models import Worker
 from workers_app.parsers import ImageUploadParser
 
 
+class JsonAnswers(DefaultContentNegotiation):
+    """Daemons read JSON only: answer it whatever `Accept` says (DRF's documented "ignore the client"
+    negotiation), without parsing that header on every lease and progress report. Request bodies are still
+    matched against the parsers, so a wrong Content-Type stays a 415."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class WorkerApi(APIView):
     authentication_classes = [WorkerTokenAuthentication]
     permission_classes = [IsWorker]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JsonAnswers
 
     @property
     def worker(self) -> Worker:
