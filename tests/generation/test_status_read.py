@@ -127,3 +127,12 @@ def test_rest_detail_and_seed_status_answer_from_the_same_read(api, user, django
     urls = [f"http://testserver{image.file.url}" for image in task.images.order_by("index")]
     assert seed.json()["images"] == urls and seed.json()["image_url"] == urls[0]
     assert seed.json()["prompt_id"] == str(task.public_id) and seed.json()["progress"] == 100
+
+
+def test_the_submit_answer_is_the_task_output_of_the_new_task(api, user):
+    response = api.post("/api/v1/tasks/", {"prompt": "a fox", "width": 64, "height": 64}, format="json")
+
+    assert response.status_code == HTTPStatus.CREATED, response.json()
+    task = Task.objects.get(public_id=response.json()["id"])
+    assert task.owner == user
+    assert response.json() == expected(task)
