@@ -172,6 +172,19 @@ class Recorder:
                     raise AssertionError(f"timed out waiting; last lines: {self.lines[-5:]}")
                 self._cond.wait(remaining)
 
+    def wait_count(
+        self, predicate: Callable[[dict[str, Any]], bool], count: int, timeout: float = TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """The recorded lines matching `predicate` once there are at least `count`; fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(found := [line for line in self.lines if predicate(line)]) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out waiting for {count} lines, have {len(found)}")
+                self._cond.wait(remaining)
+            return found
+
     def wait_event(self, event: str, ws: str | None = None, timeout: float = TIMEOUT, **data: Any) -> dict:
         """Waits for a text event of type `event` whose data contains the given items."""
 

@@ -75,6 +75,7 @@ def test_queue_pending_is_the_heap_array_and_runs_in_number_order(
     assert queue["queue_running"][0][:2] == [0, blocker]
     for prompt_id in ids:
         wait_history(slow_sim.url, prompt_id)
+    recorder.wait_event("executing", node=None, prompt_id=ids[0])  # number 5.0 runs last
     starts = [m["data"]["prompt_id"] for m in recorder.events() if m["type"] == "execution_start"]
     by_number = dict(zip(ids, numbers, strict=True))
     assert starts[1:] == sorted(ids, key=by_number.__getitem__)
@@ -254,6 +255,16 @@ def test_without_client_id_previews_are_type_1_broadcasts(
     workflow["3"] = {"class_type": "SaveImageWebsocket", "inputs": {"images": ["2", 0]}}
     run(simulator.url, workflow)
     for label in ("plain", "meta"):
+        # the history is written before the last frames reach the sockets: wait for the closing status
+        recorder.wait_count(
+            lambda line, ws=label: (
+                line.get("ws") == ws
+                and line["dir"] == "ws_text"
+                and line["msg"]
+                == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}}
+            ),
+            1,
+        )
         assert [frame["event_type"] for frame in recorder.binaries(label)] == [1, 1]
         types = {m["type"] for m in recorder.events(label)}
         assert {"progress", "progress_state", "status"} <= types
