@@ -5,7 +5,9 @@
 
 N simulated workers (threads, each with its own token and HTTP session, spread over several client
 processes) lease and complete tiny tasks (64x64 PNG) against the scheduler under gunicorn (threaded
-workers). Prints cycles/s and p50/p99 latency per N, the same for a raw SQL lease+complete loop, and for 50
+workers). As runworker does, each completion asks for the next lease (`lease_next`), so a busy worker
+makes one request per task; the 50-worker row is repeated with a lease request and a completion per task.
+Prints cycles/s and p50/p99 latency per N, the same for a raw SQL lease+complete loop, and for 50
 workers pausing about 1 s between cycles (with status readers polling once a second) the lease and
 status-read latencies beside the targets. The load generator's own CPU is printed with each row: a client
 process near 1.0 core would be the bottleneck, not the server.
@@ -83,28 +85,35 @@ def _worker(job: dict, stop: threading.Event, rec) -> None:
     url, think = job["url"], job.get("think", 0.0)
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {job['token']}"
+    # carry: each completion asks for the next lease (`lease_next`), as runworker does; a worker calls
+    # `lease` only when a completion brought none.
+    carry = job.get("carry", False)
+    form = {"lease_next": "true"} if carry else {}
     if think:
         stop.wait(random.uniform(0, think))  # spread the first requests
+    lease = None
     while not stop.is_set():
         t0 = time.perf_counter()
-        try:
-            r = session.post(f"{url}/api/v1/worker/lease", json={}, timeout=30)
-        except requests.RequestException:
-            rec.count("errors")
-            continue
+        if lease is None:
+            try:
+                r = session.post(f"{url}/api/v1/worker/lease", json={}, timeout=30)
+            except requests.RequestException:
+                rec.count("errors")
+                continue
+            if r.status_code == 204:
+                rec.count("empty")
+                stop.wait(0.05)
+                continue
+            if r.status_code != 200:
+                rec.count("errors")
+                continue
+            lease = r.json()
+            rec.sample("lease", time.perf_counter() - t0)
         t1 = time.perf_counter()
-        if r.status_code == 204:
-            rec.count("empty")
-            stop.wait(0.05)
-            continue
-        if r.status_code != 200:
-            rec.count("errors")
-            continue
-        lease = r.json()
         try:
             c = session.post(
                 f"{url}/api/v1/worker/tasks/{lease['task_id']}/complete",
-                data={"lease_token": lease["lease_token"]},
+                data={"lease_token": lease["lease_token"], **form},
                 files=[("images", ("out.png", _PNG, "image/png"))],
                 timeout=30,
             )
@@ -112,15 +121,21 @@ def _worker(job: dict, stop: threading.Event, rec) -> None:
         except requests.RequestException:
             ok = False
         t2 = time.perf_counter()
+        lease = c.json().get("next") if ok and carry else None
         if not ok:
             rec.count("errors")
             continue
         if not stop.is_set():  # a cycle cut by the end of the run is not counted
             rec.count("cycles")
-            rec.sample("lease", t1 - t0)
             rec.sample("complete", t2 - t1)
         if think:
             stop.wait(random.uniform(0.8 * think, 1.2 * think))
+    if lease is not None:  # hand back what the last completion carried
+        session.post(
+            f"{url}/api/v1/worker/tasks/{lease['task_id']}/release",
+            json={"lease_token": lease["lease_token"]},
+            timeout=30,
+        )
 
 
 def _heartbeat(job: dict, stop: threading.Event, rec) -> None:
@@ -204,8 +219,8 @@ def client_processes(n: int, requested: int) -> int:
     return requested if requested > 0 else max(1, min(4, n // 16))
 
 
-def run_http(url, tokens, duration, *, processes, think=0.0, readers=0, api=None) -> ClientResult:
-    jobs = [{"kind": "worker", "url": url, "token": t, "think": think} for t in tokens]
+def run_http(url, tokens, duration, *, processes, think=0.0, readers=0, api=None, carry=True) -> ClientResult:
+    jobs = [{"kind": "worker", "url": url, "token": t, "think": think, "carry": carry} for t in tokens]
     per_proc = client_processes(len(tokens), processes)
     jobs += [{"kind": "heartbeat", "url": url, "tokens": tokens[i::per_proc]} for i in range(per_proc)]
     if readers:
@@ -258,6 +273,7 @@ def measure(args) -> tuple[list, list]:
           f"{'server CPU ms/cycle':>9}")  # fmt: skip
     server_cpu: dict[int, float] = {}
     http: dict[int, ClientResult] = {}
+    at = TARGET_AT if TARGET_AT in ns else max(ns)
     with Server(db_url, processes=args.processes, threads=args.threads, log=args.server_log) as server:
         for n in ns:
             tokens = make_workers(n, f"n{n}")
@@ -265,6 +281,14 @@ def measure(args) -> tuple[list, list]:
             http[n] = run_http(server.url, tokens, args.duration, processes=args.client_procs)
             server_cpu[n] = server.cpu_seconds() - cpu0
             print(row(f"HTTP API, {n} workers", http[n], server_cpu[n]), flush=True)
+        # The same without `lease_next`: a lease request and a completion per task, as a daemon that does
+        # not use it (or the seed protocol) works.
+        cpu0 = server.cpu_seconds()
+        two = run_http(
+            server.url, make_workers(at, "two"), args.duration, processes=args.client_procs, carry=False
+        )
+        two_cpu = server.cpu_seconds() - cpu0
+        print(row(f"HTTP API, {at} workers, two requests", two, two_cpu), flush=True)
         from generation.models import Task
 
         task_ids = [str(t) for t in Task.objects.values_list("public_id", flat=True)[:500]]
@@ -276,6 +300,7 @@ def measure(args) -> tuple[list, list]:
             think=1.0,
             readers=args.think_workers,
             api=(api_token, task_ids),
+            carry=False,  # every cycle leases: the lease request's own latency is the figure
         )
         print(row(f"HTTP, {args.think_workers} workers, 1 s think", think), flush=True)
         scheduler_rss = server.peak_rss_mb()
@@ -286,7 +311,6 @@ def measure(args) -> tuple[list, list]:
 
     db = args.db
     figures, series = [], []
-    at = TARGET_AT if TARGET_AT in http else max(ns)
     for n in ns:
         rate = http[n].counts["cycles"] / args.duration
         if n == at:
@@ -299,6 +323,10 @@ def measure(args) -> tuple[list, list]:
             figures.append(Figure("lease", f"{n} workers, no think: scheduler CPU per cycle",
                                   server_cpu[n] * 1000 / max(1, http[n].counts["cycles"]), "ms", db,
                                   note="all gunicorn processes, user + system"))  # fmt: skip
+            two_ms = two_cpu * 1000 / max(1, two.counts["cycles"])
+            figures.append(Figure("lease", f"{n} workers, no think, two requests per cycle",
+                                  two.counts["cycles"] / args.duration, "cycles/s", db,
+                                  note=f"no lease_next; scheduler CPU {two_ms:.1f} ms/cycle"))  # fmt: skip
             ceiling = raw[n].counts["cycles"] / args.duration
             figures.append(Figure("lease", f"raw-SQL ceiling, {n} connections", ceiling, "cycles/s", db))
             figures.append(Figure("lease", f"API / raw SQL at {n}", 100 * rate / ceiling, "%", db))

@@ -19,7 +19,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -358,6 +358,51 @@ def task_complete(
     flips inside it, fenced by the lease token. If the fence fails, the written files are removed again.
     A retry of a completion that already landed for this same lease returns the task unchanged.
     """
+    return _complete(
+        worker=worker,
+        task_id=task_id,
+        lease_token=lease_token,
+        files=files,
+        comfyui_prompt_id=comfyui_prompt_id,
+    )[0]
+
+
+def task_complete_and_lease(
+    *,
+    worker: Worker,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    files: list,
+    comfyui_prompt_id: str = "",
+    prefetch: bool = False,
+) -> tuple[Task, Lease | None]:
+    """`task_complete`, then the worker's next lease as `task_lease_next(prefetch=...)` gives it: one
+    round trip per task for a busy worker instead of two.
+
+    The lease runs after the completion has committed, in its own transaction, so a failed lease never
+    undoes a completion. A retried completion leases nothing: the answer that went missing may have carried
+    a lease already (that one expires and is requeued like any unanswered lease).
+    """
+    task, landed = _complete(
+        worker=worker,
+        task_id=task_id,
+        lease_token=lease_token,
+        files=files,
+        comfyui_prompt_id=comfyui_prompt_id,
+    )
+    if not landed:
+        return task, None
+    try:
+        return task, task_lease_next(worker=worker, prefetch=prefetch)
+    except DatabaseError:
+        logger.warning("lease after a completion failed", exc_info=True, extra={"worker": worker.name})
+        return task, None
+
+
+def _complete(
+    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, files: list, comfyui_prompt_id: str
+) -> tuple[Task, bool]:
+    """task_complete's work; the flag is False for a retry of a completion that had already landed."""
     found = lease_sql.completing_attempt(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
     if found is None:
         # Only this worker's own completed attempt makes it a retry: a stale lease stays refused.
@@ -369,7 +414,7 @@ def task_complete(
             attempt_set__outcome=Outcome.COMPLETED,
         ).first()
         if done is not None:
-            return done
+            return done, False
         raise LeaseLost("This lease is no longer yours (expired, cancelled, finished or never issued).")
     attempt_pk, attempt_number, prompt_id, columns = found
     task = rows.instance(connection, Task, columns)
@@ -415,7 +460,7 @@ def task_complete(
     logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
     if task.callback_url or any(not image.thumbnail for image in images):
         _after_finish(task)
-    return task
+    return task, True
 
 
 def _prefetched(instance, related_name: str, objects: list) -> None:

@@ -259,37 +259,54 @@ class TaskProgressApi(WorkerApi):
 class CompleteInput(LeaseTokenInput):
     images = serializers.ListField(child=serializers.FileField(), allow_empty=False)
     comfyui_prompt_id = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
+    lease_next = serializers.BooleanField(
+        required=False, default=False, help_text="Also lease the next task; the answer carries it in `next`."
+    )
+    prefetch = serializers.BooleanField(
+        required=False, default=False, help_text="With `lease_next`: as `prefetch` on `POST lease`."
+    )
 
 
 class CompleteOutput(serializers.Serializer):
     task_id = serializers.UUIDField(source="public_id")
     status = serializers.CharField()
     images = ImageOutput(many=True)
+    next = LeaseOutput(
+        required=False,
+        allow_null=True,
+        help_text="The next lease when `lease_next` asked for one and a task was there; else null.",
+    )
 
 
 def complete(request: Request, worker: Worker, task_id, lease_token: str | None = None) -> dict:
+    body = request.data
     data = {
-        "lease_token": lease_token or request.data.get("lease_token"),
-        "comfyui_prompt_id": request.data.get("comfyui_prompt_id", ""),
+        "lease_token": lease_token or body.get("lease_token"),
+        "comfyui_prompt_id": body.get("comfyui_prompt_id", ""),
         "images": request.FILES.getlist("images"),
+        **{key: body[key] for key in ("lease_next", "prefetch") if key in body},
     }
     valid = _validated(CompleteInput, data)
-    task = services.task_complete(
-        worker=worker,
-        task_id=task_id,
-        lease_token=valid["lease_token"],
-        files=valid["images"],
-        comfyui_prompt_id=valid["comfyui_prompt_id"],
-    )
-    return complete_output(task, request)
+    arguments = {
+        "worker": worker,
+        "task_id": task_id,
+        "lease_token": valid["lease_token"],
+        "files": valid["images"],
+        "comfyui_prompt_id": valid["comfyui_prompt_id"],
+    }
+    if not valid["lease_next"]:
+        return complete_output(services.task_complete(**arguments), request)
+    task, following = services.task_complete_and_lease(**arguments, prefetch=valid["prefetch"])
+    return complete_output(task, request, following)
 
 
-def complete_output(task, request: Request) -> dict:
-    """CompleteOutput(task, context={"request": request}).data"""
+def complete_output(task, request: Request, following: services.Lease | None = None) -> dict:
+    """CompleteOutput(task, context={"request": request}).data, with `next` from the carried lease."""
     return {
         "task_id": str(task.public_id),
         "status": task.status,
         "images": [image_output(image, request) for image in task.images.all()],
+        "next": lease_output(following) if following is not None else None,
     }
 
 

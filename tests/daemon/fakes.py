@@ -429,9 +429,24 @@ class FakeScheduler:
         self._call("progress", task_id=task_id, value=value, max=maximum)
         return False
 
-    def complete(self, task_id: str, lease_token: str, images: list, *, prompt_id: str | None = None) -> dict:
-        self._call("complete", task_id=task_id, images=list(images), prompt_id=prompt_id)
-        return {"task_id": task_id, "status": "completed"}
+    def complete(
+        self,
+        task_id: str,
+        lease_token: str,
+        images: list,
+        *,
+        prompt_id: str | None = None,
+        lease_next: bool | None = None,
+    ) -> dict:
+        """Like the scheduler: with ``lease_next``, the next queued lease rides on the answer."""
+        self._call(
+            "complete", task_id=task_id, images=list(images), prompt_id=prompt_id, lease_next=lease_next
+        )
+        following = None
+        if lease_next is not None:
+            with self.lock:
+                following = self.leases.pop(0).raw if self.leases else None
+        return {"task_id": task_id, "status": "completed", "next": following}
 
     def fail(self, task_id: str, lease_token: str, *, code: str, message: str, retryable: bool, details=None):
         self._call("fail", task_id=task_id, code=code, message=message, retryable=retryable, details=details)

@@ -16,6 +16,7 @@ import pytest
 from tests.daemon.fakes import png_bytes
 from workers_app.daemon.scheduler import (
     AuthError,
+    Lease,
     LeaseLost,
     RegisterRequired,
     SchedulerClient,
@@ -159,6 +160,23 @@ def test_complete_uploads_images_as_multipart(server, client):
     assert parts[("comfyui_prompt_id", None)].get_payload() == "p1"
     assert parts[("images", "a.png")].get_payload(decode=True) == image
     assert ("images", "b.png") in parts
+
+
+def test_complete_can_ask_for_the_next_lease(server, client):
+    following = {"task_id": TASK, "lease_token": "next-lt", "workflow": {"1": {}}, "batch_size": 1}
+    server.answers[f"tasks/{TASK}/complete"] = [(200, {"status": "completed", "next": following})] * 2
+    answer = client.complete(TASK, "lt", [("a.png", png_bytes())], lease_next=True)
+    fields = {
+        p.get_param("name", header="content-disposition"): p.get_payload()
+        for p in email.message_from_bytes(
+            f"Content-Type: {server.requests[-1]['headers']['Content-Type']}\r\n\r\n".encode()
+            + server.requests[-1]["raw"]
+        ).get_payload()
+    }
+    assert (fields["lease_next"], fields["prefetch"]) == ("true", "true")
+    carried = Lease.carried(answer)
+    assert (carried.task_id, carried.lease_token) == (TASK, "next-lt")
+    assert Lease.carried({"status": "completed", "next": None}) is None
 
 
 def test_complete_refuses_to_send_no_images(client):

@@ -78,6 +78,35 @@ def test_never_holds_more_than_prefetch_tasks():
         assert not wait_until(lambda: len(comfy.submitted) > 2, timeout=0.3)
         comfy.finish("p1")
         assert wait_until(lambda: len(comfy.submitted) == 3)
+        assert not wait_until(lambda: len(comfy.submitted) > 3, timeout=0.3)
+
+
+def test_a_completion_brings_the_next_task_without_a_lease_call():
+    comfy = FakeComfy()
+    sched = FakeScheduler([make_lease(n) for n in range(1, 4)])
+    with running(make_worker(comfy, sched, prefetch=1)):
+        assert wait_until(lambda: len(sched.calls_of("complete")) == 3)
+    assert [p for p, _ in comfy.submitted] == ["p1", "p2", "p3"]
+    assert [c["lease_next"] for c in sched.calls_of("complete")] == [False, False, False]  # nothing else held
+    assert sched.names().count("lease") == 2  # the first task, and after the third (nothing was left)
+
+
+def test_a_lease_carried_while_stopping_is_handed_back():
+    comfy = FakeComfy()
+    sched = FakeScheduler([make_lease(1), make_lease(2)])
+    worker = make_worker(comfy, sched, prefetch=1)
+    complete = sched.complete
+
+    def complete_then_stop(*args, **kwargs):
+        answer = complete(*args, **kwargs)
+        worker.request_stop()  # arrives while the answer, carrying task 2, is on its way
+        return answer
+
+    sched.complete = complete_then_stop
+    with running(worker):
+        assert wait_until(lambda: sched.calls_of("release"))
+    assert sched.calls_of("release") == [{"task_id": make_lease(2).task_id, "reason": "shutdown"}]
+    assert [p for p, _ in comfy.submitted] == ["p1"]
 
 
 def test_a_full_worker_leases_again_as_soon_as_a_slot_frees(monkeypatch):

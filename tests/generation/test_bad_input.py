@@ -417,6 +417,14 @@ def cases() -> list:
         field="comfyui_prompt_id",
     )
     add(
+        "complete-lease-next-bad",
+        "wapi",
+        complete,
+        Multipart(images | {"lease_next": "maybe"}),
+        field="lease_next",
+    )
+    add("complete-prefetch-bad", "wapi", complete, Multipart(images | {"prefetch": "2"}), field="prefetch")
+    add(
         "complete-oversized",
         "wapi",
         complete,

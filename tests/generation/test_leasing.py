@@ -517,6 +517,71 @@ def test_completion_retried_for_the_same_lease_returns_200_without_duplicates(wa
     assert Worker.objects.get(pk=worker.pk).tasks_completed == 1
 
 
+def test_a_completion_can_carry_the_next_lease(wapi, worker):
+    first, second = submit(), submit(priority=5)
+    job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
+    assert job["task_id"] == str(second.public_id)
+    url = f"/api/v1/worker/tasks/{second.public_id}/complete"
+    body = {"lease_token": job["lease_token"], "lease_next": "true"}
+
+    answer = wapi.post(url, body | {"images": [upload()]}, format="multipart").json()
+
+    assert answer["status"] == "completed"
+    carried = answer["next"]
+    assert carried["task_id"] == str(first.public_id)
+    attempt = TaskAttempt.objects.get(task=first)
+    assert carried["lease_token"] == str(attempt.lease_token)
+    assert (attempt.worker_id, Task.objects.get(pk=first.pk).status) == (worker.pk, Status.LEASED)
+    assert Task.objects.get(pk=second.pk).status == Status.COMPLETED
+    assert Worker.objects.get(pk=worker.pk).status == Worker.Status.BUSY
+
+    retry = wapi.post(url, body | {"images": [upload()]}, format="multipart").json()
+    assert retry["next"] is None  # a retry leases nothing more
+    assert TaskAttempt.objects.count() == 2
+
+
+def test_a_completion_without_lease_next_leases_nothing(wapi, worker):
+    task, waiting = submit(), submit()
+    job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
+    url = f"/api/v1/worker/tasks/{task.public_id}/complete"
+
+    answer = wapi.post(url, {"lease_token": job["lease_token"], "images": [upload()]}, format="multipart")
+
+    assert answer.json()["next"] is None
+    assert Task.objects.get(pk=waiting.pk).status == Status.QUEUED
+    assert Worker.objects.get(pk=worker.pk).status == Worker.Status.IDLE
+
+
+def test_the_carried_lease_follows_the_lease_rules(worker):
+    """Nothing queued, a prefetch left to an idle worker, a draining worker: the completion lands and
+    `next` is None."""
+    idle, _ = make_worker("idle")
+
+    def complete(held, **kwargs):
+        return services.task_complete_and_lease(
+            worker=worker,
+            task_id=held.task.public_id,
+            lease_token=held.attempt.lease_token,
+            files=[upload()],
+            **kwargs,
+        )
+
+    submit()
+    task, following = complete(lease(worker))
+    assert (task.status, following) == (Status.COMPLETED, None)  # nothing queued
+
+    submit(), submit(), submit()
+    running, held = lease(worker), lease(worker, prefetch=True)  # two waited, one idle worker: one each
+    assert complete(held, prefetch=True)[1] is None  # one waits, for "idle", while `running` still runs
+
+    worker_services.worker_set_state(worker=worker, state="drain")
+    worker.refresh_from_db()
+    task, following = complete(running)
+    assert (task.status, following) == (Status.COMPLETED, None)
+    assert Task.objects.filter(status=Status.QUEUED).count() == 1
+    assert Worker.objects.get(pk=idle.pk).status == Worker.Status.IDLE
+
+
 # --- Prefetch and queue positions -----------------------------------------------------------------------
 
 

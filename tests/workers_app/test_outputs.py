@@ -53,3 +53,20 @@ def test_complete_output_equals_the_complete_serializer(wapi, worker):
     assert (
         retried.json()["images"] == built["images"]
     )  # a retry answers the same, read back from the database
+
+
+def test_complete_output_with_a_carried_lease_equals_the_complete_serializer(worker):
+    submit(), submit()
+    lease = services.task_lease_next(worker=worker)
+    task, following = services.task_complete_and_lease(
+        worker=worker,
+        task_id=lease.task.public_id,
+        lease_token=lease.attempt.lease_token,
+        files=[SimpleUploadedFile("a.png", png_bytes(64, 64), "image/png")],
+    )
+    request = APIRequestFactory().get("/")
+    task.next = following
+
+    built = apis.complete_output(task, request, following)
+    assert built == apis.CompleteOutput(task, context={"request": request}).data
+    assert built["next"]["lease_token"] == str(following.attempt.lease_token)

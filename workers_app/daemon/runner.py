@@ -56,6 +56,10 @@ class TaskControl:
         self.leased_at = time.monotonic()
         self.on_change: Callable[[], None] | None = None  # the loop's wake-up (set by Worker._launch)
         self.on_stop: Callable[[], None] | None = None  # wakes the wait for ComfyUI (set by Worker._launch)
+        # Set by Worker._launch: at completion, None (lease nothing) or the prefetch flag for the next lease,
+        # which the completion's answer carries (one round trip per task); the worker takes it from here.
+        self.lease_next: Callable[[], bool | None] | None = None
+        self.next_lease: Lease | None = None
         self._stop: StopReason | None = None
         self._final = False
         self._lock = threading.Lock()
@@ -290,8 +294,11 @@ class _TaskRun:
         for attempt in range(1, self.settings.upload_attempts + 1):
             if self.control.stop_reason in (StopReason.CANCEL, StopReason.LOST):
                 return self._stopped(None)
+            lease_next = self.control.lease_next() if self.control.lease_next is not None else None
             try:
-                self.scheduler.complete(self.task_id, self.lease.lease_token, images, prompt_id=prompt_id)
+                answer = self.scheduler.complete(
+                    self.task_id, self.lease.lease_token, images, prompt_id=prompt_id, lease_next=lease_next
+                )
             except (LeaseLost, RegisterRequired):
                 logger.info("task %s: lease lost while uploading, dropped", self.task_id)
                 return TaskResult.LOST
@@ -306,10 +313,17 @@ class _TaskRun:
                 )
             seconds = time.monotonic() - self.control.leased_at
             logger.info("task %s completed in %.1fs (%d image(s))", self.task_id, seconds, len(images))
+            self._take_carried(answer)
             return TaskResult.COMPLETED
         return self._report_fail(
             "upload_failed", "could not upload the images", True, {"prompt_id": prompt_id}
         )
+
+    def _take_carried(self, answer: Any) -> None:
+        try:
+            self.control.next_lease = Lease.carried(answer) if isinstance(answer, dict) else None
+        except SchedulerError as exc:  # its lease expires on the scheduler and the task is requeued
+            logger.warning("task %s: unusable carried lease (%s)", self.task_id, exc.message)
 
     # -- callbacks from ComfyUIClient.wait (task thread) ------------------------------------------------
     def _on_start(self) -> None:

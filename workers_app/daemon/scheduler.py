@@ -105,6 +105,12 @@ class Lease:
         except (KeyError, TypeError, ValueError) as exc:
             raise SchedulerError(f"malformed lease answer ({exc!r})", code="bad_response") from exc
 
+    @classmethod
+    def carried(cls, answer: dict[str, Any]) -> Lease | None:
+        """The lease a completion's answer carries in ``next``, if any."""
+        following = answer.get("next")
+        return cls.from_json(following) if isinstance(following, dict) else None
+
 
 class SchedulerClient:
     """The worker API: register, heartbeat, lease, start, progress, complete, fail, release, offline."""
@@ -202,13 +208,20 @@ class SchedulerClient:
         images: Sequence[tuple[str, bytes]],
         *,
         prompt_id: str | None = None,
+        lease_next: bool | None = None,
     ) -> dict[str, Any]:
-        """Upload the images (multipart ``images``) and mark the task completed. Safe to retry."""
+        """Upload the images (multipart ``images``) and mark the task completed. Safe to retry.
+
+        ``lease_next`` (the ``prefetch`` flag to lease with, or None) asks the scheduler to lease the next
+        task in the same round trip; it comes back in the answer's ``next`` (see ``Lease.carried``)."""
         if not images:
             raise ValueError("complete() needs at least one image")
         data = {"lease_token": lease_token}
         if prompt_id:
             data["comfyui_prompt_id"] = prompt_id
+        if lease_next is not None:
+            data["lease_next"] = "true"
+            data["prefetch"] = "true" if lease_next else "false"
         files = [("images", (name, content, "image/png")) for name, content in images]
         response = self._call(
             f"tasks/{task_id}/complete", data=data, files=files, timeout=max(self.timeout, 60.0)

@@ -7,6 +7,7 @@ worker.request_stop(); t.join()``. Signal handlers (installed by ``manage.py run
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -178,16 +179,33 @@ class Worker:
             self._sleep(min(1.0, wait - (time.monotonic() - asked_at)))
         return lease
 
-    def _launch(self, lease: Lease) -> None:
+    def _launch(self, lease: Lease, *, replacing: TaskControl | None = None) -> None:
+        """Run the lease on a thread of its own; `replacing` hands it that finished task's slot."""
         control = TaskControl(lease)
         control.on_change = self._changed.set
         control.on_stop = self.comfy.wake  # a stop request is acted on at once, not on the next tick
+        control.lease_next = functools.partial(self._lease_next_flag, control)
         thread = threading.Thread(
             target=self._run_one, args=(control,), name=f"task-{lease.task_id[:8]}", daemon=True
         )
-        with self._lock:
+        with self._lock:  # one step: step() and _reap() see the thread alive, never a free slot between
+            if replacing is not None:
+                self._forget(replacing)
             self._tasks[lease.task_id] = (control, thread)
-        thread.start()
+            thread.start()
+
+    def _lease_next_flag(self, control: TaskControl) -> bool | None:
+        """At `control`'s completion: the prefetch flag for the lease its answer may carry, or None when
+        this worker should lease nothing then (stopping, one-shot, re-registering, ComfyUI in doubt, or a
+        task ahead not yet in ComfyUI's queue, whose place the carried one must not take)."""
+        if self.stop_requested or self.fatal_error or self.config.once:
+            return None
+        if self._need_register or not self._comfy_ok:
+            return None
+        others = [c for c in self.active_tasks() if c is not control]
+        if any(not c.submitted for c in others):
+            return None
+        return bool(others)
 
     def _run_one(self, control: TaskControl) -> None:
         try:
@@ -204,10 +222,20 @@ class Worker:
         if control.failure_code in ("comfyui_unavailable", "comfyui_lost"):
             self._comfy_ok = False  # check ComfyUI's health before the next lease
         logger.debug("task %s: thread done (%s)", control.task_id, result)
-        with self._lock:  # the slot is free now, not when this thread has ended (see step())
-            if self._tasks.get(control.task_id, (None,))[0] is control:
-                del self._tasks[control.task_id]
+        carried = control.next_lease
+        if carried is not None and not (self.stop_requested or self.fatal_error):
+            self._launch(carried, replacing=control)  # the completion brought the next task
+        else:
+            if carried is not None:
+                self._release_unstarted(carried)
+            with self._lock:  # the slot is free now, not when this thread has ended (see step())
+                self._forget(control)
         self._changed.set()
+
+    def _forget(self, control: TaskControl) -> None:
+        """Drop a finished task from the table (the caller holds the lock)."""
+        if self._tasks.get(control.task_id, (None,))[0] is control:
+            del self._tasks[control.task_id]
 
     def _reap(self) -> None:
         with self._lock:
