@@ -1,0 +1,1 @@
+"""A minimal Django + DRF app over the scheduler's tables: the issue's reference lease view."""
