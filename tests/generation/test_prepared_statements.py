@@ -1,0 +1,24 @@
+"""On PostgreSQL the hot path's statements are prepared per connection, not parsed and planned per call."""
+
+import pytest
+from django.db import connection
+
+from generation import services
+from tests.conftest import make_worker
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+
+def test_the_lease_statement_is_prepared_after_its_second_run():
+    worker, _token = make_worker()
+    for _ in range(3):
+        services.task_submit(
+            owner=None, data=services.TaskInput(prompt="a fox", width=64, height=64, template="noise-test")
+        )
+    for _ in range(3):
+        assert services.task_lease_next(worker=worker) is not None
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("FOR UPDATE SKIP LOCKED" in statement for statement in prepared), prepared
