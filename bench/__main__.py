@@ -2,13 +2,16 @@
 
     python -m bench                        # PostgreSQL, default sizes (about 10 minutes on 2 cores)
     python -m bench --db sqlite --quick    # SQLite, small sizes (about 2 minutes)
-    python -m bench --only lease,dispatch  # some of: lease, dispatch, gap, scaling, read, memory
+    python -m bench --only lease,dispatch  # some of: machine, lease, dispatch, gap, scaling, read, memory
 
-Runs bench.lease (simulated HTTP workers against the scheduler under gunicorn, and the raw-SQL ceiling)
-and then bench.farm (the scheduler under gunicorn, `manage.py runworker` daemons and ComfyUI simulators as
-processes: dispatch latency, GPU idle gap, scaling, read path under load, memory), each in its own process
-on its own fresh database. Prints every figure beside its target with PASS/MISS and the database it came
-from, and writes bench/results/<date>.json with the plots <date>-latency.png and <date>-scaling.png.
+On PostgreSQL it first runs bench.reference (the issue's reference design, a minimal DRF view with an ORM
+lease, and the raw-SQL ceiling), whose figures say how fast this machine is against the one the targets
+were set on. Then bench.lease (simulated HTTP workers against the scheduler under gunicorn, and the raw-SQL
+ceiling) and bench.farm (the scheduler under gunicorn, `manage.py runworker` daemons and ComfyUI
+simulators as processes: dispatch latency, GPU idle gap, scaling, read path under load, memory), each in
+its own process on its own fresh database. Prints every figure beside its target with PASS/MISS and the
+database it came from, and writes bench/results/<date>.json with the plots <date>-latency.png and
+<date>-scaling.png.
 Each number is measured in this run; nothing is carried over from earlier runs.
 """
 
@@ -31,7 +34,7 @@ from pathlib import Path
 from bench.common import ROOT
 from bench.report import Figure, Series, plot, table, write_json
 
-SECTIONS = ("lease", "dispatch", "gap", "scaling", "read", "memory")
+SECTIONS = ("machine", "lease", "dispatch", "gap", "scaling", "read", "memory")
 
 # Sizes per mode; every one is also a flag. "postgres" fits in ~10 minutes, "sqlite" and "quick" in less.
 SIZES = {
@@ -174,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     loads = " ".join(f"{x:.2f}" for x in load_before)
     print(f"bench: {args.db}{' (quick)' if args.quick else ''}; {os.cpu_count()} cores; load average {loads}")
 
+    if "machine" in args.sections and args.db == "postgres":
+        # The issue's reference design and the raw-SQL ceiling on this machine, against the figures quoted
+        # for the machine its targets were set on: how fast this machine is, for reading everything else.
+        f, s, d = _run_suite("bench.reference", ["--workers", "50", "--duration", str(args.lease_duration),
+                             "--server-log", str(work / "reference.log")], work)  # fmt: skip
+        figures += f
     if "lease" in args.sections:
         lease_argv = [
             "--db", args.db, "--workers", args.lease_workers, "--duration", str(args.lease_duration),

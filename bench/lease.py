@@ -58,6 +58,20 @@ def seed_tasks(count: int) -> None:
         cursor.execute("ANALYZE generation_task" if connection.vendor == "postgresql" else "ANALYZE")
 
 
+def vacuum() -> None:
+    """What autovacuum would have done in a farm's quiet moments after the runs above churned through
+    thousands of rows: without it, the realistic run below would share the machine with autovacuum (as
+    pgbench also vacuums before each run)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("VACUUM ANALYZE generation_task, generation_taskattempt, generation_image, "
+                           "workers_app_worker")  # fmt: skip
+        else:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def make_workers(count: int, prefix: str) -> list[str]:
     from tests.conftest import capabilities
     from workers_app.services import worker_create, worker_register
@@ -76,7 +90,15 @@ _PNG = None
 
 
 def client(job: dict, stop: threading.Event, rec) -> None:
-    {"worker": _worker, "heartbeat": _heartbeat, "status": _status, "raw": _raw}[job["kind"]](job, stop, rec)
+    {"worker": _worker, "status": _status, "raw": _raw}[job["kind"]](job, stop, rec)
+
+
+HEARTBEAT_EVERY = 4.0  # seconds; the scheduler marks a worker offline after 15 s of silence
+
+
+def _error(rec, why: str) -> None:
+    rec.count("errors")
+    rec.count(f"error: {why}")
 
 
 def _worker(job: dict, stop: threading.Event, rec) -> None:
@@ -91,21 +113,28 @@ def _worker(job: dict, stop: threading.Event, rec) -> None:
     form = {"lease_next": "true"} if carry else {}
     if think:
         stop.wait(random.uniform(0, think))  # spread the first requests
-    lease = None
+    lease, beat = None, time.monotonic()
     while not stop.is_set():
+        if time.monotonic() - beat >= HEARTBEAT_EVERY:  # its own heartbeat, as a daemon's
+            beat = time.monotonic()
+            held = [{"task_id": lease["task_id"], "lease_token": lease["lease_token"]}] if lease else []
+            try:
+                session.post(f"{url}/api/v1/worker/heartbeat", json={"tasks": held}, timeout=30)
+            except requests.RequestException as exc:
+                rec.count(f"heartbeat error: {type(exc).__name__}")
         t0 = time.perf_counter()
         if lease is None:
             try:
                 r = session.post(f"{url}/api/v1/worker/lease", json={}, timeout=30)
-            except requests.RequestException:
-                rec.count("errors")
+            except requests.RequestException as exc:
+                _error(rec, f"lease {type(exc).__name__}")
                 continue
             if r.status_code == 204:
                 rec.count("empty")
                 stop.wait(0.05)
                 continue
             if r.status_code != 200:
-                rec.count("errors")
+                _error(rec, f"lease HTTP {r.status_code}")
                 continue
             lease = r.json()
             rec.sample("lease", time.perf_counter() - t0)
@@ -117,13 +146,13 @@ def _worker(job: dict, stop: threading.Event, rec) -> None:
                 files=[("images", ("out.png", _PNG, "image/png"))],
                 timeout=30,
             )
-            ok = c.status_code == 200
-        except requests.RequestException:
-            ok = False
+            why = "" if c.status_code == 200 else f"complete HTTP {c.status_code}"
+        except requests.RequestException as exc:
+            why = f"complete {type(exc).__name__}"
         t2 = time.perf_counter()
-        lease = c.json().get("next") if ok and carry else None
-        if not ok:
-            rec.count("errors")
+        lease = c.json().get("next") if not why and carry else None
+        if why:
+            _error(rec, why)
             continue
         if not stop.is_set():  # a cycle cut by the end of the run is not counted
             rec.count("cycles")
@@ -138,22 +167,6 @@ def _worker(job: dict, stop: threading.Event, rec) -> None:
         )
 
 
-def _heartbeat(job: dict, stop: threading.Event, rec) -> None:
-    """Keep the simulated workers alive (the scheduler marks a worker offline after 15 s of silence)."""
-    session = requests.Session()
-    while not stop.wait(4.0):
-        for token in job["tokens"]:
-            try:
-                session.post(
-                    f"{job['url']}/api/v1/worker/heartbeat",
-                    json={},
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=30,
-                )
-            except requests.RequestException:
-                rec.count("heartbeat errors")
-
-
 def _status(job: dict, stop: threading.Event, rec) -> None:
     session = requests.Session()
     session.headers["Authorization"] = f"Token {job['api_token']}"
@@ -162,13 +175,13 @@ def _status(job: dict, stop: threading.Event, rec) -> None:
         t0 = time.perf_counter()
         try:
             r = session.get(f"{job['url']}/api/v1/tasks/{random.choice(job['task_ids'])}/", timeout=30)
-            ok = r.status_code == 200
-        except requests.RequestException:
-            ok = False
-        if ok:
-            rec.sample("status", time.perf_counter() - t0)
+            why = "" if r.status_code == 200 else f"status HTTP {r.status_code}"
+        except requests.RequestException as exc:
+            why = f"status {type(exc).__name__}"
+        if why:
+            _error(rec, why)
         else:
-            rec.count("errors")
+            rec.sample("status", time.perf_counter() - t0)
         stop.wait(1.0)
 
 
@@ -222,12 +235,10 @@ def client_processes(n: int, requested: int) -> int:
 def run_http(url, tokens, duration, *, processes, think=0.0, readers=0, api=None, carry=True) -> ClientResult:
     jobs = [{"kind": "worker", "url": url, "token": t, "think": think, "carry": carry} for t in tokens]
     per_proc = client_processes(len(tokens), processes)
-    jobs += [{"kind": "heartbeat", "url": url, "tokens": tokens[i::per_proc]} for i in range(per_proc)]
     if readers:
         api_token, task_ids = api
         jobs += [{"kind": "status", "url": url, "api_token": api_token, "task_ids": task_ids}] * readers
-    # run_clients deals the jobs round-robin: every process gets its share of workers, readers and one
-    # heartbeat thread (the heartbeat jobs are consecutive).
+    # run_clients deals the jobs round-robin: every process gets its share of workers and readers.
     return run_clients("bench.lease:client", jobs, processes=per_proc, duration=duration)
 
 
@@ -238,14 +249,39 @@ def run_raw_sql(db_url: str, n: int, duration: float, processes: int) -> ClientR
     )
 
 
-def row(label: str, r: ClientResult, server_cpu: float | None = None) -> str:
+def why_errors(r: ClientResult) -> str:
+    """The errors of a run by cause, e.g. "complete HTTP 409 x2, status ReadTimeout x1"."""
+    return ", ".join(
+        f"{key.split(': ', 1)[1]} x{count}" for key, count in sorted(r.counts.items()) if ": " in key
+    )
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each PostgreSQL process on this machine."""
+    import psutil
+
+    return {
+        p.pid: p.info["cpu_times"].user + p.info["cpu_times"].system
+        for p in psutil.process_iter(["name", "cpu_times"])
+        if p.info["name"] == "postgres" and p.info["cpu_times"]
+    }
+
+
+def since(before: dict[int, float]) -> float:
+    """PostgreSQL CPU seconds since `before` (a backend that ended meanwhile is missed)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in postgres_cpu().items())
+
+
+def row(label: str, r: ClientResult, server_cpu: float | None = None, pg_cpu: float | None = None) -> str:
     rate = r.counts["cycles"] / r.duration
     lease, done = r.samples["lease"], r.samples["complete"]
-    per_cycle = f"{server_cpu * 1000 / max(1, r.counts['cycles']):>9.1f}" if server_cpu is not None else ""
+    cycles = max(1, r.counts["cycles"])
+    per_cycle = "".join(f"{cpu * 1000 / cycles:>9.1f}" for cpu in (server_cpu, pg_cpu) if cpu is not None)
+    why = why_errors(r)
     return (
         f"{label:<34} {rate:>9.0f} {ms(pct(lease, 50)):>9} {ms(pct(lease, 99)):>9} "
         f"{ms(pct(done, 50)):>9} {ms(pct(done, 99)):>9} {r.counts['errors']:>7} "
-        f"{r.cores:>6.2f}/{len(r.cpu)} {per_cycle}"
+        f"{r.cores:>6.2f}/{len(r.cpu)} {per_cycle}" + (f"\n{'':<34} errors: {why}" if why else "")
     )
 
 
@@ -270,28 +306,34 @@ def measure(args) -> tuple[list, list]:
     )
     heads = ("cycles/s", "lease p50", "lease p99", "done p50", "done p99")
     print(f"{'run':<34} " + " ".join(f"{h:>9}" for h in heads) + f" {'errors':>7} {'client':>8} "
-          f"{'server CPU ms/cycle':>9}")  # fmt: skip
+          "CPU ms/cycle: server, PostgreSQL")  # fmt: skip
     server_cpu: dict[int, float] = {}
+    pg_cpu: dict[int, float | None] = {}
+    on_pg = args.db == "postgres"
     http: dict[int, ClientResult] = {}
     at = TARGET_AT if TARGET_AT in ns else max(ns)
     with Server(db_url, processes=args.processes, threads=args.threads, log=args.server_log) as server:
         for n in ns:
             tokens = make_workers(n, f"n{n}")
-            cpu0 = server.cpu_seconds()
+            cpu0, pg0 = server.cpu_seconds(), postgres_cpu()
             http[n] = run_http(server.url, tokens, args.duration, processes=args.client_procs)
-            server_cpu[n] = server.cpu_seconds() - cpu0
-            print(row(f"HTTP API, {n} workers", http[n], server_cpu[n]), flush=True)
+            server_cpu[n], pg_cpu[n] = server.cpu_seconds() - cpu0, since(pg0) if on_pg else None
+            print(row(f"HTTP API, {n} workers", http[n], server_cpu[n], pg_cpu[n]), flush=True)
         # The same without `lease_next`: a lease request and a completion per task, as a daemon that does
         # not use it (or the seed protocol) works.
-        cpu0 = server.cpu_seconds()
+        cpu0, pg0 = server.cpu_seconds(), postgres_cpu()
         two = run_http(
             server.url, make_workers(at, "two"), args.duration, processes=args.client_procs, carry=False
         )
         two_cpu = server.cpu_seconds() - cpu0
-        print(row(f"HTTP API, {at} workers, two requests", two, two_cpu), flush=True)
+        print(
+            row(f"HTTP API, {at} workers, two requests", two, two_cpu, since(pg0) if on_pg else None),
+            flush=True,
+        )
         from generation.models import Task
 
         task_ids = [str(t) for t in Task.objects.values_list("public_id", flat=True)[:500]]
+        vacuum()
         think = run_http(
             server.url,
             make_workers(args.think_workers, "think"),
@@ -323,6 +365,13 @@ def measure(args) -> tuple[list, list]:
             figures.append(Figure("lease", f"{n} workers, no think: scheduler CPU per cycle",
                                   server_cpu[n] * 1000 / max(1, http[n].counts["cycles"]), "ms", db,
                                   note="all gunicorn processes, user + system"))  # fmt: skip
+            figures.append(Figure("lease", f"{n} workers, no think: client CPU per cycle",
+                                  http[n].cores * args.duration * 1000 / max(1, http[n].counts["cycles"]),
+                                  "ms", db, note="the simulated workers (Python requests)"))  # fmt: skip
+            if db == "postgres":
+                figures.append(Figure("lease", f"{n} workers, no think: PostgreSQL CPU per cycle",
+                                      pg_cpu[n] * 1000 / max(1, http[n].counts["cycles"]), "ms", db,
+                                      note="all postgres processes"))  # fmt: skip
             two_ms = two_cpu * 1000 / max(1, two.counts["cycles"])
             figures.append(Figure("lease", f"{n} workers, no think, two requests per cycle",
                                   two.counts["cycles"] / args.duration, "cycles/s", db,
@@ -340,7 +389,7 @@ def measure(args) -> tuple[list, list]:
         Figure("lease", f"{label}: lease p99", pct(t_lease, 99) * 1000, "ms", db, "<=", 40),
         Figure("lease", f"{label}: status read p99", pct(t_status, 99) * 1000, "ms", db, "<=", 40,
                note=f"{len(t_status)} reads by {args.think_workers} readers polling once a second"),
-        Figure("lease", f"{label}: errors", think.counts["errors"], "", db, "<=", 0),
+        Figure("lease", f"{label}: errors", think.counts["errors"], "", db, "<=", 0, note=why_errors(think)),
         Figure("memory", "scheduler process peak RSS (lease run)", scheduler_rss, "MB", db, "<=", 150),
     ]  # fmt: skip
     series += [

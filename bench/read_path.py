@@ -33,13 +33,15 @@ def client(job: dict, stop: threading.Event, rec) -> None:
             url = f"{job['url']}/gallery/"
         t0 = time.perf_counter()
         try:
-            ok = session.get(url, timeout=30, allow_redirects=False).status_code == 200
-        except requests.RequestException:
-            ok = False
-        if ok:
+            status = session.get(url, timeout=30, allow_redirects=False).status_code
+            why = f"HTTP {status}"
+        except requests.RequestException as exc:
+            status, why = 0, type(exc).__name__
+        if status == 200:
             rec.sample(job["kind"], time.perf_counter() - t0)
         else:
             rec.count(f"{job['kind']} errors")
+            rec.count(f"{job['kind']} error: {why}")
         stop.wait(random.uniform(0.9, 1.1))
 
 
@@ -85,8 +87,10 @@ def run(farm, args, fleet) -> tuple[list, list]:
         values = result.samples.get(kind, [])
         errors = result.counts.get(f"{kind} errors", 0)
         p50, p99 = pct(values, 50) * 1000, pct(values, 99) * 1000
-        print(f"  {label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(values)} requests, {errors} errors",
-              flush=True)  # fmt: skip
+        why = ", ".join(f"{k.split(': ', 1)[1]} x{v}" for k, v in sorted(result.counts.items())
+                        if k.startswith(f"{kind} error: "))  # fmt: skip
+        print(f"  {label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(values)} requests, {errors} errors"
+              + (f" ({why})" if why else ""), flush=True)  # fmt: skip
         figures += [
             Figure("read path", f"{label} p50", p50, "ms", db, note=f"{len(values)} requests"),
             Figure("read path", f"{label} p99", p99, "ms", db, "<=", target),

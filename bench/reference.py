@@ -19,6 +19,7 @@ reference machine, before comparing the scheduler's own figures (python -m bench
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import threading
@@ -118,7 +119,10 @@ def empty_note(r: ClientResult) -> str:
     return f"  (queue ran dry: {r.counts['empty']} empty leases)" if r.counts.get("empty") else ""
 
 
-def measure(args) -> None:
+def measure(args) -> list:
+    """Run the reference and the raw-SQL ceiling; returns bench.report figures (the machine's calibration)."""
+    from bench.report import Figure
+
     db_url = database_url("postgres", "t2i_bench_reference")
     setup_django(db_url)
     ns = [int(n) for n in args.workers.split(",")]
@@ -148,11 +152,22 @@ def measure(args) -> None:
     raw_rate = raw.counts["cycles"] / raw.duration
     print(f"raw SQL at {RAW_AT}: {raw_rate:.0f} cycles/s = {raw_rate / REFERENCE['raw']:.2f} x the reference "
           f"machine's {REFERENCE['raw']:,}")  # fmt: skip
+    versus = f"{raw_rate / REFERENCE['raw']:.2f} x the issue's reference machine ({REFERENCE['raw']:,})"
+    figures = [
+        Figure("machine", f"raw SQL lease+complete, {RAW_AT} connections", raw_rate, "cycles/s", "postgres",
+               note=versus),
+    ]  # fmt: skip
     if RAW_AT in http:
         rate = http[RAW_AT].counts["cycles"] / http[RAW_AT].duration
         print(f"minimal DRF+ORM at {RAW_AT}: {rate:.0f} cycles/s = {rate / REFERENCE['orm']:.2f} x the "
               f"reference machine's {REFERENCE['orm']}; DRF+ORM / raw SQL = {rate / raw_rate:.0%} "
               f"(reference {REFERENCE['orm'] / REFERENCE['raw']:.0%})")  # fmt: skip
+        figures.append(
+            Figure("machine", f"reference design (minimal DRF view, ORM lease), {RAW_AT} workers", rate,
+                   "cycles/s", "postgres",
+                   note=f"{rate / REFERENCE['orm']:.2f} x the issue's reference machine ({REFERENCE['orm']})")
+        )  # fmt: skip
+    return figures
 
 
 def main() -> None:
@@ -165,7 +180,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
     parser.add_argument("--client-procs", type=int, default=0, help="client processes (0: by N, up to 4)")
     parser.add_argument("--server-log", type=Path, help="the reference app's log (default: the terminal)")
-    measure(parser.parse_args())
+    parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
+    args = parser.parse_args()
+    figures = measure(args)
+    if args.json:
+        args.json.write_text(json.dumps({"figures": [f.as_dict() for f in figures], "series": []}))
 
 
 if __name__ == "__main__":
