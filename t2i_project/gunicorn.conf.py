@@ -17,6 +17,10 @@ workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 worker_class = "gthread"
 timeout = 120  # above the longest lease long-poll (T2I_LEASE_MAX_WAIT, at most 120 s)
+# Idle keep-alive connections wait in each process's poller, not in a thread. gunicorn's default of 2 s
+# closed a daemon's connection between two heartbeats (every 5 s), so it reconnected for each one, and a
+# request sent just as the server closed its connection failed with a connection reset.
+keepalive = 10
 
 MALLOC_ARENAS = 2
 
