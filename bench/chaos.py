@@ -67,6 +67,9 @@ class Params:
     scheduler_restart_at: float = 0.25  # fraction of tasks finished
     db_outage_at: float = 0.5
     simulator_kill_at: float = 0.65  # SIGKILL one simulator process and start it again
+    # The first worker SIGKILL at this fraction, besides every `kill_every` seconds: a short run may end
+    # before the periodic kill comes round (with completions carrying the next lease, 40 tasks can).
+    worker_kill_at: float | None = None
     job_time: float = 0.05
     seed: int = 7
 
@@ -465,7 +468,12 @@ class ChaosRun:
         submitter = threading.Thread(target=submit, name="submit", daemon=True)
         submitter.start()
         log("submitting, and the chaos begins")
-        once = {"scheduler": False, "database": False, "simulator": False}
+        once = {
+            "scheduler": False,
+            "database": False,
+            "simulator": False,
+            "worker": self.p.worker_kill_at is None,
+        }
         last = {"kill": time.monotonic(), "term": time.monotonic(), "sim": time.monotonic()}
         deadline = time.monotonic() + self.p.timeout
         done = 0
@@ -478,7 +486,11 @@ class ChaosRun:
             fraction = max(done, 0) / self.p.tasks
             now = time.monotonic()
             self.restart_exited_workers()
-            if not once["scheduler"] and fraction >= self.p.scheduler_restart_at:
+            if not once["worker"] and fraction >= self.p.worker_kill_at:
+                once["worker"] = True
+                last["kill"] = now
+                self.kill_worker()
+            elif not once["scheduler"] and fraction >= self.p.scheduler_restart_at:
                 once["scheduler"] = True
                 self.restart_scheduler()
             elif not once["database"] and fraction >= self.p.db_outage_at:

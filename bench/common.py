@@ -85,6 +85,8 @@ class Server:
     """The scheduler under gunicorn with threaded workers, started as the README tells a deployment to: with
     t2i_project/gunicorn.conf.py (gthread, two malloc arenas), its address and sizes given as flags."""
 
+    health = ("/healthz", 200)  # the page and status that say the server is up
+
     def __init__(
         self, db_url: str, *, processes: int = 4, threads: int = 16, log: Path | None = None, **extra: str
     ) -> None:
@@ -102,13 +104,13 @@ class Server:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}{self.health[0]}", timeout=2).status_code == self.health[1]:
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError("the scheduler did not start")
+        raise RuntimeError(f"the server did not start (settings {extra.get('DJANGO_SETTINGS_MODULE')})")
 
     def worker_pids(self) -> list[int]:
         """The gunicorn worker processes (the master only supervises them)."""

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import requests
 
 from bench.clients import ClientResult, run_clients
-from bench.common import ROOT, Server, bench_env, database_url, free_port, setup_django
+from bench.common import Server, database_url, setup_django
 from bench.lease import client_processes, row, run_raw_sql, seed_tasks
 
 SETTINGS = "bench.reference_app.settings"
@@ -41,29 +39,10 @@ class ReferenceServer(Server):
     """The minimal app under gunicorn, started as Server starts the scheduler (same configuration file, same
     environment, same flags) but with the reference app's settings; CPU is measured by Server.cpu_seconds."""
 
-    def __init__(
-        self, db_url: str, *, processes: int = 4, threads: int = 16, log: Path | None = None
-    ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log, "ab") if log else None  # noqa: SIM115 (closed in stop())
-        cmd = [
-            sys.executable, "-m", "gunicorn", "-c", "t2i_project/gunicorn.conf.py", "t2i_project.wsgi",
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(processes), "--threads", str(threads),
-            "--log-level", "warning",
-        ]  # fmt: skip
-        env = bench_env(db_url, DJANGO_SETTINGS_MODULE=SETTINGS)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:  # the app has no health page: GET on the POST-only lease view answers 405 once it is up
-                if requests.get(f"{self.url}/lease", timeout=2).status_code == 405:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the reference app did not start")
+    health = ("/lease", 405)  # no health page: GET on the POST-only lease view answers 405 once it is up
+
+    def __init__(self, db_url: str, **kwargs) -> None:
+        super().__init__(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, **kwargs)
 
 
 # --- client threads (run in the client processes; see bench.clients) -------------------------------------

@@ -43,6 +43,7 @@ def test_a_small_chaos_run_loses_and_doubles_nothing(_templates_back, transactio
         scheduler_restart_at=0.15,
         db_outage_at=0.35,
         simulator_kill_at=0.55,
+        worker_kill_at=0.05,
     )
     run = ChaosRun(child_database_url(), tmp_path / "chaos", params)
     try:
