@@ -10,6 +10,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from generation import selectors, services
+from generation.exceptions import NotFound
 from generation.models import Task, WorkflowTemplate
 from generation.serializers import (
     TaskListOutput,
@@ -17,7 +18,6 @@ from generation.serializers import (
     TaskSubmitInput,
     TemplateInput,
     TemplateOutput,
-    task_status_output,
 )
 from workers_app.models import Worker
 
@@ -46,7 +46,7 @@ def submit_task(request: Request) -> Task:
     """Shared by the REST submit and the seed's POST /generate."""
     serializer = TaskSubmitInput(data=request.data)
     serializer.is_valid(raise_exception=True)
-    return services.task_submit(owner=request.user, data=serializer.to_task_input())
+    return services.task_submit(owner=request.user, data=serializer.validated_data)
 
 
 class TaskPagination(CursorPagination):
@@ -84,9 +84,8 @@ class TaskListCreateApi(APIView):
     @extend_schema(request=TaskSubmitInput, responses={201: TaskOutput})
     def post(self, request: Request) -> Response:
         task = submit_task(request)
-        # The same answer as GET tasks/<id>/, read back the same fast way (TaskOutput took half the submit).
-        status = selectors.task_status_for(request.user, task.public_id)
-        return Response(task_status_output(status, request), status=201)
+        task = selectors.task_status_for(request.user, task.public_id)  # the answer of GET tasks/<id>/
+        return Response(TaskOutput(task, context={"request": request}).data, status=201)
 
 
 class TaskDetailApi(APIView):
@@ -94,8 +93,8 @@ class TaskDetailApi(APIView):
 
     @extend_schema(responses=TaskOutput)
     def get(self, request: Request, task_id) -> Response:
-        status = selectors.task_status_for(request.user, task_id)
-        return Response(task_status_output(status, request))
+        task = selectors.task_status_for(request.user, task_id)
+        return Response(TaskOutput(task, context={"request": request}).data)
 
 
 class TaskCancelApi(APIView):
@@ -105,7 +104,7 @@ class TaskCancelApi(APIView):
     def post(self, request: Request, task_id) -> Response:
         task = selectors.task_for(request.user, task_id)
         if not selectors.task_cancellable_by(task, request.user):
-            raise selectors.NotFound("No such task.")
+            raise NotFound("No such task.")
         task = services.task_cancel(task=task)
         return Response(TaskOutput(task, context={"request": request}).data)
 
@@ -133,7 +132,7 @@ class TemplateDetailApi(APIView):
     def get(self, request: Request, name: str) -> Response:
         template = WorkflowTemplate.objects.filter(name=name).first()
         if template is None:
-            raise services.NotFound("No such template.")
+            raise NotFound("No such template.")
         return Response(TemplateOutput(template).data)
 
 

@@ -63,9 +63,8 @@ class StatusApi(APIView):
 
     @extend_schema(responses=StatusOutput)
     def get(self, request: Request, prompt_id) -> Response:
-        status = selectors.task_status_for(request.user, prompt_id, with_attempts=False)
-        task = status.task
-        images = sorted(status.images, key=attrgetter("index"))
+        task = selectors.task_status_for(request.user, prompt_id, with_attempts=False)
+        images = sorted(task.images.all(), key=attrgetter("index"))
         urls = [request.build_absolute_uri(image.file.url) for image in images]
         error = f"{task.error_code}: {task.error_message}" if task.error_code else None
         return Response(
@@ -76,6 +75,6 @@ class StatusApi(APIView):
                 "image_url": urls[0] if urls else None,
                 "images": urls,
                 "error": error if task.status in (Task.Status.FAILED, Task.Status.CANCELLED) else None,
-                "queue_position": task.queue_position,
+                "queue_position": selectors.task_queue_position(task),
             }
         )

@@ -44,3 +44,13 @@ class LeaseLost(Conflict):
 
 class NoCapableWorker(InvalidInput):
     code = "no_capable_worker"
+
+
+class WorkerDisabled(Forbidden):
+    code = "worker_disabled"
+
+
+class RegisterRequired(Conflict):
+    """The scheduler considers the worker offline (or never saw it register): register again."""
+
+    code = "register_required"

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from generation.exceptions import InvalidInput
-from generation.services import TaskInput
+from generation.models import TASK_INPUT_FIELDS, Task
 from generation.web_selectors import GalleryFilters
 
 CUSTOM = "custom"
@@ -14,47 +14,37 @@ CUSTOM = "custom"
 
 SIZE_PRESETS = ("512x512", "768x768", "512x768", "768x512", "1024x1024")
 SIZE_CHOICES = [(key, key.replace("x", " × ")) for key in SIZE_PRESETS] + [(CUSTOM, "Custom")]
-# Everything the form carries, in the order a query string prefills it (?prompt=…&seed=…).
-PREFILL_FIELDS = (
-    "prompt", "negative_prompt", "width", "height", "steps", "cfg", "seed", "sampler", "scheduler",
-    "checkpoint", "template", "batch_size",
-)  # fmt: skip
 
 
 class GenerateForm(forms.Form):
-    prompt = forms.CharField(
-        strip=False,
-        widget=forms.Textarea(
+    """The task's input fields (models.TASK_INPUT_FIELDS, their form fields made from the model's) as people
+    set them: sizes from presets, choices from what the workers report. Priority and callbacks are for
+    programs (the REST API). Not a ModelForm: the farm's rules are the service's, whose messages name the
+    fields, and a model's constraint would refuse first with a message for the whole form."""
+
+    size = forms.ChoiceField(choices=SIZE_CHOICES, initial="512x512", widget=forms.RadioSelect)
+    sampler = forms.ChoiceField(initial="euler")
+    scheduler = forms.ChoiceField(initial="normal")
+    checkpoint = forms.ChoiceField(required=False)
+    template = forms.ChoiceField(label="Workflow template")
+
+    TASK_FIELDS = [f for f in TASK_INPUT_FIELDS if f not in ("priority", "callback_url")]
+    LABELS = {"negative_prompt": "Negative prompt", "cfg": "CFG scale", "batch_size": "Batch size"}
+    HELP_TEXTS = {"seed": "Leave blank for a random seed."}
+    WIDGETS = {
+        "prompt": forms.Textarea(
             attrs={
                 "rows": 4,
                 "placeholder": "A lighthouse on a cliff at dusk, oil painting",
                 "autofocus": True,
             }
         ),
-    )
-    negative_prompt = forms.CharField(
-        required=False,
-        strip=False,
-        label="Negative prompt",
-        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "blurry, low quality"}),
-    )
-    size = forms.ChoiceField(choices=SIZE_CHOICES, initial="512x512", widget=forms.RadioSelect)
-    width = forms.IntegerField(required=False, initial=512)
-    height = forms.IntegerField(required=False, initial=512)
-    steps = forms.IntegerField(initial=20)
-    cfg = forms.FloatField(initial=7.0, label="CFG scale", widget=forms.NumberInput(attrs={"step": "0.5"}))
-    seed = forms.IntegerField(
-        required=False,
-        help_text="Leave blank for a random seed.",
-        widget=forms.TextInput(
+        "negative_prompt": forms.Textarea(attrs={"rows": 2, "placeholder": "blurry, low quality"}),
+        "cfg": forms.NumberInput(attrs={"step": "0.5"}),
+        "seed": forms.TextInput(
             attrs={"inputmode": "numeric", "placeholder": "Random", "autocomplete": "off"}
         ),
-    )
-    sampler = forms.ChoiceField(initial="euler")
-    scheduler = forms.ChoiceField(initial="normal")
-    checkpoint = forms.ChoiceField(required=False)
-    template = forms.ChoiceField(label="Workflow template")
-    batch_size = forms.IntegerField(initial=1, label="Batch size")
+    }
 
     def __init__(
         self,
@@ -66,7 +56,19 @@ class GenerateForm(forms.Form):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        made = forms.fields_for_model(
+            Task,
+            fields=self.TASK_FIELDS,
+            widgets=self.WIDGETS,
+            labels=self.LABELS,
+            help_texts=self.HELP_TEXTS,
+        )
+        self.fields = {**made, **self.fields}  # the declared fields (choices, the size picker) win
         farm = settings.T2I
+        for name in ("prompt", "negative_prompt"):
+            self.fields[name].strip = False
+        for name in ("width", "height", "seed"):
+            self.fields[name].required = False  # a size preset sets width and height; no seed: a random one
         self.fields["checkpoint"].choices = [("", "Farm default")] + [
             (c["name"], f"{c['name']} ({_workers(c['online_workers'])})") for c in checkpoints
         ]
@@ -84,10 +86,11 @@ class GenerateForm(forms.Form):
         self.fields["steps"].widget.attrs |= {"min": 1, "max": farm["STEPS_MAX"]}
         self.fields["batch_size"].widget.attrs |= {"min": 1, "max": farm["BATCH_MAX"]}
 
-    @staticmethod
-    def initial_from_query(query) -> dict:
+    @classmethod
+    def initial_from_query(cls, query) -> dict:
         """Prefill from a query string (“Generate again”, “Use these settings”): known keys only."""
-        initial = {name: query[name] for name in PREFILL_FIELDS if query.get(name, "") != ""}
+        names = [*cls.TASK_FIELDS, "template"]
+        initial = {name: query[name] for name in names if query.get(name, "") != ""}
         if "width" in initial or "height" in initial:
             key = f"{initial.get('width', 512)}x{initial.get('height', 512)}"
             initial["size"] = key if key in SIZE_PRESETS else CUSTOM
@@ -104,22 +107,10 @@ class GenerateForm(forms.Form):
                     self.add_error(name, "Enter a size for a custom image.")
         return data
 
-    def to_task_input(self) -> TaskInput:
-        data = self.cleaned_data
-        return TaskInput(
-            prompt=data["prompt"],
-            negative_prompt=data["negative_prompt"],
-            width=data["width"],
-            height=data["height"],
-            steps=data["steps"],
-            cfg=data["cfg"],
-            sampler=data["sampler"],
-            scheduler=data["scheduler"],
-            seed=data["seed"],
-            batch_size=data["batch_size"],
-            checkpoint=data["checkpoint"],
-            template=data["template"],
-        )
+    def task_fields(self) -> dict:
+        """The cleaned task fields, as generation.services.task_submit takes them."""
+        names = [*self.TASK_FIELDS, "template"]
+        return {name: self.cleaned_data[name] for name in names if self.cleaned_data.get(name) is not None}
 
     def add_service_errors(self, exc: InvalidInput) -> None:
         """Show the service's field errors next to the fields (width/height on the size picker when a

@@ -2,7 +2,7 @@
 
 Each job is a small function that calls the services and returns what it did, so a test (or an operator in
 `manage.py shell`) can run one step directly. Nothing here is needed for correctness: the lease path reaps
-expired leases and stale workers lazily (generation.services.maybe_reap); the jobs keep the farm tidy when
+expired leases and stale workers lazily (workers_app.services.maybe_reap); the jobs keep the farm tidy when
 nobody is leasing, and do the work that has no request to hang on (thumbnails, webhooks, retention).
 
 django-q2's scheduler looks at its schedules about every 30 seconds and counts intervals in whole minutes,

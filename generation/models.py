@@ -78,6 +78,14 @@ class WorkflowTemplate(models.Model):
         return field in (self.bindings or {})
 
 
+# The fields a submit may set (REST, the seed's POST /generate and the web form), besides `template`, which
+# is given by name. Their types, limits of length and defaults come from the fields below.
+TASK_INPUT_FIELDS = (
+    "prompt", "negative_prompt", "width", "height", "steps", "cfg", "sampler", "scheduler", "seed",
+    "batch_size", "checkpoint", "priority", "callback_url",
+)  # fmt: skip
+
+
 class Task(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -94,7 +94,7 @@ def generate(request: HttpRequest) -> HttpResponse:
         form = GenerateForm(request.POST, **choices)
         if form.is_valid():
             try:
-                task = services.task_submit(owner=request.user, data=form.to_task_input())
+                task = services.task_submit(owner=request.user, data=form.task_fields())
             except InvalidInput as exc:
                 form.add_service_errors(exc)
             else:
@@ -111,19 +111,8 @@ def generate(request: HttpRequest) -> HttpResponse:
 
 def settings_query(task: Task, *, with_seed: bool = True) -> str:
     """The generate page's query string that reproduces `task` (without its seed: a new variation)."""
-    params = {
-        "prompt": task.prompt,
-        "negative_prompt": task.negative_prompt,
-        "width": task.width,
-        "height": task.height,
-        "steps": task.steps,
-        "cfg": f"{task.cfg:g}",
-        "sampler": task.sampler,
-        "scheduler": task.scheduler,
-        "checkpoint": task.checkpoint,
-        "template": task.template.name,
-        "batch_size": task.batch_size,
-    }
+    params = {name: getattr(task, name) for name in GenerateForm.TASK_FIELDS if name != "seed"}
+    params |= {"cfg": f"{task.cfg:g}", "template": task.template.name}
     if with_seed:
         params["seed"] = task.seed
     return urlencode({k: v for k, v in params.items() if v != ""})
@@ -134,7 +123,7 @@ def settings_query(task: Task, *, with_seed: bool = True) -> str:
 
 def task_detail(request: HttpRequest, task_id) -> HttpResponse:
     task = _visible_task(request, task_id)
-    position = services.task_queue_position(task)
+    position = selectors.task_queue_position(task)
     basis = web_selectors.eta_basis() if not task.is_finished else None
     context = {
         "task": task,
@@ -174,7 +163,7 @@ def my_queue(request: HttpRequest) -> HttpResponse:
     basis = web_selectors.eta_basis()
     rows = []
     for task in sorted(tasks, key=lambda t: t.status == Task.Status.QUEUED):  # running ones first
-        position = services.task_queue_position(task)
+        position = selectors.task_queue_position(task)
         rows.append({"task": task, "position": position, "eta_seconds": basis.for_task(task, position)})
     return render(request, "generation/queue.html", {"rows": rows, "eta_basis": basis})
 

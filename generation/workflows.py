@@ -4,20 +4,12 @@ import copy
 import math
 from typing import Any
 
-BINDABLE_FIELDS = (
-    "prompt",
-    "negative_prompt",
-    "width",
-    "height",
-    "seed",
-    "steps",
-    "cfg",
-    "sampler",
-    "scheduler",
-    "checkpoint",
-    "batch_size",
-    "filename_prefix",
-)
+# Task fields a template can bind to a node input; a lease fills each in from the task.
+TASK_FIELDS_BOUND = (
+    "prompt", "negative_prompt", "width", "height", "seed", "steps", "cfg", "sampler", "scheduler",
+    "checkpoint", "batch_size",
+)  # fmt: skip
+BINDABLE_FIELDS = (*TASK_FIELDS_BOUND, "filename_prefix")
 
 # Node classes that write results (ComfyUI's output_node=True). Only these and what they depend on run.
 OUTPUT_NODE_CLASSES = frozenset(

@@ -1,27 +1,22 @@
 """The worker API (docs/worker-api.md): thin views over workers_app.services and generation.services."""
 
-import functools
 import time
-from collections.abc import Mapping
 
 from django.conf import settings
-from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.fields import SkipField, get_error_detail
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from generation import dispatch, services
-from generation.serializers import ImageOutput, image_output
+from generation.exceptions import WorkerDisabled
+from generation.serializers import ImageOutput
 from workers_app import services as worker_services
 from workers_app.authentication import IsWorker, WorkerTokenAuthentication
-from workers_app.exceptions import WorkerDisabled
 from workers_app.models import Worker
 from workers_app.parsers import ImageUploadParser
 
@@ -157,44 +152,17 @@ class LeaseOutput(serializers.Serializer):
     negative_prompt = serializers.CharField(source="task.negative_prompt")
 
 
-# Leases and completions are the farm's hottest requests. Instantiating an output serializer deep-copies its
-# declared fields on every response, which cost more than the rest of the request, so these two answers are
-# built with plain code. The serializers stay the schema's description, and tests/workers_app/test_outputs.py
-# holds the two equal.
-_DATETIME = serializers.DateTimeField()
-
-
-def lease_output(result: services.Lease) -> dict:
-    """LeaseOutput(result).data"""
-    task, attempt = result.task, result.attempt
-    return {
-        "task_id": str(task.public_id),
-        "lease_token": str(attempt.lease_token),
-        "attempt": attempt.number,
-        "lease_expires_at": _DATETIME.to_representation(attempt.lease_expires_at),
-        "workflow": result.workflow,
-        "filename_prefix": result.filename_prefix,
-        "width": task.width,
-        "height": task.height,
-        "batch_size": task.batch_size,
-        "seed": str(task.seed),
-        "checkpoint": task.checkpoint,
-        "prompt": task.prompt,
-        "negative_prompt": task.negative_prompt,
-    }
-
-
-def lease(request: Request, worker: Worker) -> services.Lease | None:
+def lease_waiting(request: Request, worker: Worker) -> services.TaskLease | None:
     """Lease a task, long-polling up to `wait` seconds (capped by T2I_LEASE_MAX_WAIT)."""
     body = request.data
     # A body that is not an object goes to the serializer as it is, which refuses it.
     data = {**request.query_params.dict(), **body} if isinstance(body, dict) else body
-    valid = _validated(LeaseInput, data)
+    valid = _valid(LeaseInput, data)
     wait, prefetch = min(valid["wait"], settings.T2I["LEASE_MAX_WAIT"]), valid["prefetch"]
     deadline = time.monotonic() + wait
     while True:
         generation = dispatch.current_generation()
-        result = services.task_lease_next(worker=worker, prefetch=prefetch)
+        result = worker_services.worker_lease_next(worker=worker, prefetch=prefetch)
         remaining = deadline - time.monotonic()
         if result is not None or remaining <= 0:
             return result
@@ -211,10 +179,10 @@ class LeaseApi(WorkerApi):
         responses={200: LeaseOutput, 204: None},
     )
     def post(self, request: Request) -> Response:
-        result = lease(request, self.worker)
+        result = lease_waiting(request, self.worker)
         if result is None:
             return Response(status=204)
-        return Response(lease_output(result))
+        return Response(LeaseOutput(result).data)
 
 
 class LeaseTokenInput(serializers.Serializer):
@@ -237,7 +205,7 @@ class CancelFlagOutput(serializers.Serializer):
 class TaskStartApi(WorkerApi):
     @extend_schema(request=StartInput, responses=CancelFlagOutput)
     def post(self, request: Request, task_id) -> Response:
-        data = _valid(StartInput, request)
+        data = _valid(StartInput, request.data)
         services.task_start(worker=self.worker, task_id=task_id, **data)
         return Response({"cancel": False})
 
@@ -245,7 +213,7 @@ class TaskStartApi(WorkerApi):
 class TaskProgressApi(WorkerApi):
     @extend_schema(request=ProgressInput, responses=CancelFlagOutput)
     def post(self, request: Request, task_id) -> Response:
-        data = _valid(ProgressInput, request)
+        data = _valid(ProgressInput, request.data)
         services.task_report_progress(
             worker=self.worker,
             task_id=task_id,
@@ -268,17 +236,17 @@ class CompleteInput(LeaseTokenInput):
 
 
 class CompleteOutput(serializers.Serializer):
-    task_id = serializers.UUIDField(source="public_id")
-    status = serializers.CharField()
+    task_id = serializers.UUIDField(source="task.public_id")
+    status = serializers.CharField(source="task.status")
     images = ImageOutput(many=True)
     next = LeaseOutput(
-        required=False,
         allow_null=True,
         help_text="The next lease when `lease_next` asked for one and a task was there; else null.",
     )
 
 
 def complete(request: Request, worker: Worker, task_id, lease_token: str | None = None) -> dict:
+    """Shared by the worker API and the seed's POST /complete (which may name the lease another way)."""
     body = request.data
     data = {
         "lease_token": lease_token or body.get("lease_token"),
@@ -286,7 +254,7 @@ def complete(request: Request, worker: Worker, task_id, lease_token: str | None 
         "images": request.FILES.getlist("images"),
         **{key: body[key] for key in ("lease_next", "prefetch") if key in body},
     }
-    valid = _validated(CompleteInput, data)
+    valid = _valid(CompleteInput, data)
     arguments = {
         "worker": worker,
         "task_id": task_id,
@@ -294,20 +262,11 @@ def complete(request: Request, worker: Worker, task_id, lease_token: str | None 
         "files": valid["images"],
         "comfyui_prompt_id": valid["comfyui_prompt_id"],
     }
-    if not valid["lease_next"]:
-        return complete_output(services.task_complete(**arguments), request)
-    task, following = services.task_complete_and_lease(**arguments, prefetch=valid["prefetch"])
-    return complete_output(task, request, following)
-
-
-def complete_output(task, request: Request, following: services.Lease | None = None) -> dict:
-    """CompleteOutput(task, context={"request": request}).data, with `next` from the carried lease."""
-    return {
-        "task_id": str(task.public_id),
-        "status": task.status,
-        "images": [image_output(image, request) for image in task.images.all()],
-        "next": lease_output(following) if following is not None else None,
-    }
+    if valid["lease_next"]:
+        done = services.task_complete_and_lease(**arguments, prefetch=valid["prefetch"])
+    else:
+        done = services.task_complete(**arguments)
+    return CompleteOutput(done, context={"request": request}).data
 
 
 class TaskCompleteApi(WorkerApi):
@@ -335,7 +294,7 @@ class TaskSummaryOutput(serializers.Serializer):
 class TaskFailApi(WorkerApi):
     @extend_schema(request=FailInput, responses=TaskSummaryOutput)
     def post(self, request: Request, task_id) -> Response:
-        data = _valid(FailInput, request)
+        data = _valid(FailInput, request.data)
         details = data["details"]
         message = data["message"]
         where = ", ".join(f"{k}={details[k]}" for k in ("node_id", "node_type", "input") if details.get(k))
@@ -355,7 +314,7 @@ class TaskFailApi(WorkerApi):
 class TaskReleaseApi(WorkerApi):
     @extend_schema(request=LeaseTokenInput, responses=TaskSummaryOutput)
     def post(self, request: Request, task_id) -> Response:
-        data = _valid(LeaseTokenInput, request)
+        data = _valid(LeaseTokenInput, request.data)
         task = services.task_release(worker=self.worker, task_id=task_id, lease_token=data["lease_token"])
         return Response(TaskSummaryOutput(task).data)
 
@@ -367,38 +326,7 @@ class OfflineApi(WorkerApi):
         return Response({"status": "offline", "requeued": requeued})
 
 
-def _valid(serializer_class: type[serializers.Serializer], request: Request) -> dict:
-    return _validated(serializer_class, request.data)
-
-
-@functools.cache
-def _bound_fields(serializer_class: type[serializers.Serializer]) -> tuple[serializers.Field, ...]:
-    return tuple(serializer_class().fields.values())
-
-
-def _validated(serializer_class: type[serializers.Serializer], data) -> dict:
-    """`serializer_class(data=data)`'s validated data, or its ValidationError, for a flat input serializer
-    (scalar and list fields, no validate methods) of the hot endpoints.
-
-    This is DRF's Serializer.to_internal_value over fields bound once per class: instantiating a serializer
-    deep-copies all its declared fields, which cost more than the rest of a progress report. The fields only
-    read their own settings while validating, so threads can share them.
-    """
-    if not isinstance(data, Mapping):
-        message = serializers.Serializer.default_error_messages["invalid"].format(
-            datatype=type(data).__name__
-        )
-        raise serializers.ValidationError({api_settings.NON_FIELD_ERRORS_KEY: [message]}, code="invalid")
-    validated, errors = {}, {}
-    for field in _bound_fields(serializer_class):
-        try:
-            validated[field.field_name] = field.run_validation(field.get_value(data))
-        except serializers.ValidationError as exc:
-            errors[field.field_name] = exc.detail
-        except DjangoValidationError as exc:
-            errors[field.field_name] = get_error_detail(exc)
-        except SkipField:
-            pass
-    if errors:
-        raise serializers.ValidationError(errors)
-    return validated
+def _valid(serializer_class: type[serializers.Serializer], data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data

@@ -28,7 +28,7 @@ from workers_app.apis import (
     WorkerApi,
     complete,
     heartbeat,
-    lease,
+    lease_waiting,
     register,
 )
 from workers_app.parsers import ImageUploadParser
@@ -50,7 +50,7 @@ class SeedHeartbeatApi(WorkerApi):
 class SeedTaskApi(WorkerApi):
     @extend_schema(request=LeaseInput, responses={200: LeaseOutput, 204: None})
     def post(self, request: Request) -> Response:
-        result = lease(request, self.worker)
+        result = lease_waiting(request, self.worker)
         if result is None:
             return Response(status=204)
         data = LeaseOutput(result).data

@@ -1,13 +1,5 @@
-"""Worker-side domain errors (see generation.exceptions for the base classes)."""
+"""Worker-side domain errors. They live in generation.exceptions, beside the leasing rules that raise them."""
 
-from generation.exceptions import Conflict, Forbidden
+from generation.exceptions import RegisterRequired, WorkerDisabled
 
-
-class WorkerDisabled(Forbidden):
-    code = "worker_disabled"
-
-
-class RegisterRequired(Conflict):
-    """The scheduler considers the worker offline (or never saw it register): register again."""
-
-    code = "register_required"
+__all__ = ["RegisterRequired", "WorkerDisabled"]

@@ -1,6 +1,8 @@
 """Worker lifecycle: creation, register, heartbeat, liveness and operator states."""
 
 import logging
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -9,11 +11,16 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from generation import lease_sql
-from generation.exceptions import InvalidInput
-from generation.models import Task
-from generation.services import refresh_worker_status, tasks_requeue_for_worker
-from workers_app.exceptions import RegisterRequired, WorkerDisabled
+from generation.exceptions import InvalidInput, WorkerDisabled
+from generation.models import Task, TaskAttempt
+from generation.services import (
+    TaskLease,
+    refresh_worker_status,
+    task_lease_next,
+    tasks_reap_expired,
+    tasks_requeue_for_worker,
+    worker_assert_live,
+)
 from workers_app.models import Worker, hash_token, new_token
 
 logger = logging.getLogger(__name__)
@@ -45,10 +52,8 @@ def worker_rotate_token(*, worker: Worker) -> str:
 
 
 def worker_by_token(token: str) -> Worker | None:
-    """The worker this token belongs to. Looked up by its SHA-256, so nothing secret is compared in SQL.
-
-    Every worker request runs this, so it is written SQL (generation.lease_sql) rather than ORM."""
-    return lease_sql.worker_by_token_hash(hash_token(token))
+    """The worker this token belongs to. Looked up by its SHA-256, so nothing secret is compared in SQL."""
+    return Worker.objects.filter(token_hash=hash_token(token)).first()
 
 
 def worker_register(*, worker: Worker, capabilities: dict, prefetch: int = 2) -> Worker:
@@ -117,14 +122,28 @@ def worker_heartbeat(*, worker: Worker, leases: list[tuple[uuid.UUID, uuid.UUID]
     expires = now + timedelta(seconds=settings.T2I["LEASE_SECONDS"])
     tokens = [token for _, token in leases]
     # Lock order: task rows, then the worker row, as in lease, complete, fail and cancel. The other
-    # order deadlocks on PostgreSQL against a completion of one of these tasks. Written SQL: every worker
-    # sends one every few seconds.
+    # order deadlocks on PostgreSQL against a completion of one of these tasks.
+    renewed: set[uuid.UUID] = set()
     with transaction.atomic():
-        renewed_pks = lease_sql.leases_renew(worker_id=worker.pk, tokens=tokens, expires=expires)
-        lease_sql.worker_touch(worker_id=worker.pk, now=now)
-    renewed = set(renewed_pks)
+        if tokens:
+            held = Task.objects.filter(
+                worker=worker, status__in=Task.ACTIVE_STATUSES, lease_token__in=tokens
+            ).select_for_update()
+            renewed = set(held.values_list("public_id", flat=True))
+            if renewed:
+                held.update(lease_expires_at=expires)
+                TaskAttempt.objects.filter(
+                    worker=worker, outcome=TaskAttempt.Outcome.ACTIVE, lease_token__in=tokens
+                ).update(lease_expires_at=expires)
+        Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now)
     lost = [token for task_id, token in leases if task_id not in renewed]
-    cancelled = lease_sql.cancelled_among(worker_id=worker.pk, tokens=lost)
+    cancelled = set()
+    if lost:
+        cancelled = set(
+            TaskAttempt.objects.filter(
+                worker=worker, outcome=TaskAttempt.Outcome.CANCELLED, lease_token__in=lost
+            ).values_list("task__public_id", flat=True)
+        )
     result = HeartbeatResult(
         worker_status=worker.status, lease_expires_at=expires, renewed=sorted(renewed, key=str)
     )
@@ -135,18 +154,31 @@ def worker_heartbeat(*, worker: Worker, leases: list[tuple[uuid.UUID, uuid.UUID]
     return result
 
 
-def worker_assert_live(*, worker: Worker) -> None:
-    """Disabled workers are refused; offline (or never registered) ones must register first."""
-    if worker.status == Worker.Status.DISABLED:
-        raise WorkerDisabled("This worker is disabled by an operator.")
-    if worker.status == Worker.Status.OFFLINE or worker.registered_at is None:
-        raise RegisterRequired("Register before heartbeats and leases (the scheduler has you offline).")
+def worker_lease_next(*, worker: Worker, prefetch: bool = False) -> TaskLease | None:
+    """The worker's next task (generation.services.task_lease_next), after the lazy liveness sweep."""
+    if maybe_reap(timezone.now()):
+        worker.refresh_from_db(fields=["status"])  # the sweep may just have found this worker silent
+    return task_lease_next(worker=worker, prefetch=prefetch)
 
 
-def worker_assert_can_lease(*, worker: Worker) -> bool:
-    """True when the worker may take new work now; draining workers may not. Raises for disabled/offline."""
-    worker_assert_live(worker=worker)
-    return worker.status != Worker.Status.DRAINING
+_reap_lock = threading.Lock()
+_last_reap = 0.0
+
+
+def maybe_reap(now: datetime) -> bool:
+    """Sweep lazily on the lease path (at most every REAP_EVERY seconds per process), so correctness never
+    depends on the background job runner being up: silent workers go offline and expired leases are
+    requeued. True when the sweep ran."""
+    global _last_reap
+    if time.monotonic() - _last_reap < settings.T2I["REAP_EVERY"] or not _reap_lock.acquire(blocking=False):
+        return False
+    try:
+        _last_reap = time.monotonic()
+        workers_mark_offline(now=now)
+        tasks_reap_expired(now=now)
+        return True
+    finally:
+        _reap_lock.release()
 
 
 def worker_go_offline(*, worker: Worker) -> int:

@@ -124,12 +124,12 @@ def test_processes_lease_every_task_exactly_once():
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_claim_uses_for_update_skip_locked_on_postgresql(worker):
-    services.task_submit(owner=None, data=services.TaskInput(prompt="x", width=64, height=64))
+    services.task_submit(owner=None, data=dict(prompt="x", width=64, height=64))
 
     with CaptureQueriesContext(connection) as queries:
         assert services.task_lease_next(worker=worker) is not None
 
-    claims = [q["sql"] for q in queries.captured_queries if "FROM generation_task" in q["sql"]]
+    claims = [q["sql"] for q in queries.captured_queries if 'FROM "generation_task"' in q["sql"]]
     assert any("FOR UPDATE SKIP LOCKED" in sql for sql in claims), claims
 
 
@@ -158,7 +158,7 @@ def test_claim_query_uses_the_claim_index_on_sqlite(worker):
     claim = next(
         q["sql"]
         for q in queries.captured_queries
-        if q["sql"].startswith("UPDATE generation_task") and "ORDER BY priority DESC, id LIMIT 1" in q["sql"]
+        if q["sql"].startswith("SELECT") and 'ORDER BY "generation_task"."priority" DESC' in q["sql"]
     )
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN QUERY PLAN {claim}")

@@ -9,10 +9,10 @@ import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from generation import services
+from generation import selectors, services
 from generation.exceptions import LeaseLost, NoCapableWorker
 from generation.models import Image, Task, TaskAttempt
-from generation.services import TaskInput
+from generation.services import completion
 from tests.conftest import (
     CHECKPOINT,
     NOISE_NODES,
@@ -36,11 +36,12 @@ OFFLINE_AFTER = settings.T2I["WORKER_OFFLINE_AFTER"]
 
 def submit(**fields) -> Task:
     data = {"prompt": "a red fox in snow", "width": 64, "height": 64} | fields
-    return services.task_submit(owner=None, data=TaskInput(**data))
+    return services.task_submit(owner=None, data=dict(**data))
 
 
-def lease(worker: Worker, **kwargs) -> services.Lease | None:
-    return services.task_lease_next(worker=worker, **kwargs)
+def lease(worker: Worker, **kwargs) -> services.TaskLease | None:
+    """As the worker API leases: after the lazy liveness sweep."""
+    return worker_services.worker_lease_next(worker=worker, **kwargs)
 
 
 def alive(*workers: Worker) -> None:
@@ -465,7 +466,7 @@ def test_losing_the_lease_while_storing_removes_the_written_files(clock, monkeyp
     gpu_b, _ = make_worker("gpu-b")
     task = submit()
     held_a = lease(gpu_a)
-    real_store = services._store
+    real_store = completion._store
     taken_over = {}
 
     def store_then_lose_the_lease(task_, attempt, index, image):
@@ -476,12 +477,12 @@ def test_losing_the_lease_while_storing_removes_the_written_files(clock, monkeyp
         taken_over["lease"] = lease(gpu_b)
         return name
 
-    monkeypatch.setattr(services, "_store", store_then_lose_the_lease)
+    monkeypatch.setattr(completion, "_store", store_then_lose_the_lease)
     with pytest.raises(LeaseLost):
         services.task_complete(
             worker=gpu_a, task_id=task.public_id, lease_token=held_a.attempt.lease_token, files=[upload()]
         )
-    monkeypatch.setattr(services, "_store", real_store)
+    monkeypatch.setattr(completion, "_store", real_store)
 
     assert media_files() == []  # the file was written and then removed
     assert not Image.objects.exists()
@@ -558,13 +559,14 @@ def test_the_carried_lease_follows_the_lease_rules(worker):
     idle, _ = make_worker("idle")
 
     def complete(held, **kwargs):
-        return services.task_complete_and_lease(
+        done = services.task_complete_and_lease(
             worker=worker,
             task_id=held.task.public_id,
             lease_token=held.attempt.lease_token,
             files=[upload()],
             **kwargs,
         )
+        return done.task, done.next
 
     submit()
     task, following = complete(lease(worker))
@@ -620,15 +622,15 @@ def test_a_prefetch_request_from_a_worker_that_holds_nothing_is_an_ordinary_leas
 def test_queue_positions_follow_the_lease_order(worker, api):
     first, second = submit(), submit()
     urgent = submit(priority=5)
-    positions = {t.pk: services.task_queue_position(t) for t in (first, second, urgent)}
+    positions = {t.pk: selectors.task_queue_position(t) for t in (first, second, urgent)}
     assert positions == {urgent.pk: 1, first.pk: 2, second.pk: 3}
     assert api.get(f"/api/v1/tasks/{second.public_id}/").json()["queue_position"] == 3
 
     lease(worker)
 
-    assert services.task_queue_position(Task.objects.get(pk=urgent.pk)) is None
-    assert services.task_queue_position(first) == 1
-    assert services.task_queue_position(second) == 2
+    assert selectors.task_queue_position(Task.objects.get(pk=urgent.pk)) is None
+    assert selectors.task_queue_position(first) == 1
+    assert selectors.task_queue_position(second) == 2
     body = api.get(f"/api/v1/tasks/{urgent.public_id}/").json()
     assert body["queue_position"] is None and body["status"] == "leased"
 

@@ -13,7 +13,7 @@ def test_the_lease_statement_is_prepared_after_its_second_run():
     worker, _token = make_worker()
     for _ in range(3):
         services.task_submit(
-            owner=None, data=services.TaskInput(prompt="a fox", width=64, height=64, template="noise-test")
+            owner=None, data=dict(prompt="a fox", width=64, height=64, template="noise-test")
         )
     for _ in range(3):
         assert services.task_lease_next(worker=worker) is not None

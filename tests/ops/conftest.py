@@ -19,10 +19,16 @@ def admin_client(staff) -> Client:
 
 
 def submit(*, owner=None, prompt="a lighthouse at dusk", priority=0, callback_url="", template="") -> Task:
-    data = services.TaskInput(
-        prompt=prompt, width=64, height=64, steps=4, priority=priority, template=template
+    data = dict(
+        prompt=prompt,
+        width=64,
+        height=64,
+        steps=4,
+        priority=priority,
+        template=template,
+        callback_url=callback_url,
     )
-    return services.task_submit(owner=owner, data=data, callback_url=callback_url)
+    return services.task_submit(owner=owner, data=data)
 
 
 def run(worker, *, complete: bool = True, code: str = "comfyui_error") -> Task:
@@ -35,7 +41,7 @@ def run(worker, *, complete: bool = True, code: str = "comfyui_error") -> Task:
         files = [SimpleUploadedFile("out.png", png_bytes(task.width, task.height), "image/png")]
         return services.task_complete(
             worker=worker, task_id=task.public_id, lease_token=task.lease_token, files=files
-        )
+        ).task
     return services.task_fail(
         worker=worker,
         task_id=task.public_id,

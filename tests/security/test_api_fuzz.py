@@ -100,7 +100,7 @@ class Farm:
         return {"Authorization": f"Token {token}"}
 
     def owned_task(self) -> Task:
-        return services.task_submit(owner=self.user, data=services.TaskInput(prompt="a lighthouse"))
+        return services.task_submit(owner=self.user, data=dict(prompt="a lighthouse"))
 
     def leased_task(self) -> tuple[Task, str]:
         """A fresh lease for the fuzzed worker (re-registered first: earlier examples may have sent it

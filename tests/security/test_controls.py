@@ -29,7 +29,6 @@ from rest_framework.test import APIClient
 
 from generation import services
 from generation.models import Image, Task
-from generation.services import TaskInput
 from tests.conftest import capabilities, make_worker, png_bytes, worker_client
 from tests.web.conftest import completed, submit
 from workers_app import services as worker_services
@@ -212,7 +211,7 @@ def test_seed_generate_shares_the_submit_rate_limit_with_the_rest_api(user, sett
 
 def test_seed_complete_without_a_lease_token_is_an_exception_the_operator_can_turn_off(worker_pair, settings):
     worker, token = worker_pair
-    task = services.task_submit(owner=None, data=TaskInput(prompt="a fox", width=64, height=64))
+    task = services.task_submit(owner=None, data=dict(prompt="a fox", width=64, height=64))
     assert services.task_lease_next(worker=worker).task.pk == task.pk
     body = {"prompt_id": str(task.public_id), "images": [upload_png()]}
 

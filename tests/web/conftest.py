@@ -7,13 +7,12 @@ from django.test import Client, TestCase
 
 from generation import services
 from generation.models import Task
-from generation.services import TaskInput
 from tests.conftest import png_bytes
 
 
 def submit(owner, prompt: str = "a lighthouse at dusk", **fields) -> Task:
     data = {"width": 64, "height": 64, "steps": 4} | fields
-    return services.task_submit(owner=owner, data=TaskInput(prompt=prompt, **data))
+    return services.task_submit(owner=owner, data=dict(prompt=prompt, **data))
 
 
 def complete_next(worker, *, color=(200, 30, 30)) -> Task:
@@ -28,7 +27,7 @@ def complete_next(worker, *, color=(200, 30, 30)) -> Task:
     with TestCase.captureOnCommitCallbacks(execute=True):
         return services.task_complete(
             worker=worker, task_id=task.public_id, lease_token=lease.attempt.lease_token, files=files
-        )
+        ).task
 
 
 def completed(owner, worker, prompt: str = "a lighthouse at dusk", **fields) -> Task:

@@ -109,7 +109,7 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
     bob = django_user_model.objects.create_user("bob", password=PASSWORD)
     wait_for(_worker_online, what="the worker to register")
     bobs_task = services.task_submit(
-        owner=bob, data=services.TaskInput(prompt="bob's private harbour", width=256, height=256, steps=2)
+        owner=bob, data=dict(prompt="bob's private harbour", width=256, height=256, steps=2)
     )
     bobs_image = wait_for(lambda: Image.objects.filter(task=bobs_task).first(), what="bob's image")
 

@@ -14,7 +14,6 @@ from rest_framework.test import APIClient
 from generation import services
 from generation.exceptions import InvalidInput
 from generation.models import Image, Task, TaskAttempt, WorkflowTemplate
-from generation.services import TaskInput
 from generation.workflows import NOISE_TEST_BINDINGS, NOISE_TEST_WORKFLOW
 from tests.conftest import capabilities, make_worker, media_files, png_bytes, worker_client
 from workers_app import services as worker_services
@@ -56,7 +55,7 @@ def image() -> SimpleUploadedFile:
 
 
 def submit(owner=None) -> Task:
-    return services.task_submit(owner=owner, data=TaskInput(prompt="a red fox", width=64, height=64))
+    return services.task_submit(owner=owner, data=dict(prompt="a red fox", width=64, height=64))
 
 
 def held_lease(worker: Worker) -> dict:

@@ -1,0 +1,61 @@
+"""Every state change of a task. The REST API, the seed endpoints, the admin, the web pages and the
+background jobs all call these functions: one rule, one place. By lifecycle:
+
+- submit: what people do (submit, cancel, retry, priority, templates, deleting images);
+- leasing: handing tasks to workers, and what a worker reports while it runs one;
+- completion: how a lease ends from the worker's side (completed, failed, handed back);
+- maintenance: leases that outlived their worker;
+- transitions: the fenced lease ending and worker state that the others share.
+"""
+
+from generation.services.completion import (
+    Completion,
+    task_complete,
+    task_complete_and_lease,
+    task_fail,
+    task_release,
+)
+from generation.services.leasing import (
+    TaskLease,
+    task_lease_next,
+    task_report_progress,
+    task_start,
+    task_workflow,
+    worker_assert_live,
+)
+from generation.services.maintenance import tasks_reap_expired, tasks_requeue_for_worker
+from generation.services.submit import (
+    image_deletable_by,
+    image_delete,
+    task_cancel,
+    task_retry,
+    task_set_priority,
+    task_submit,
+    template_create,
+)
+from generation.services.transitions import farm_setting, refresh_worker_status
+
+__all__ = [
+    "Completion",
+    "TaskLease",
+    "farm_setting",
+    "image_deletable_by",
+    "image_delete",
+    "refresh_worker_status",
+    "task_cancel",
+    "task_complete",
+    "task_complete_and_lease",
+    "task_fail",
+    "task_lease_next",
+    "task_release",
+    "task_report_progress",
+    "task_retry",
+    "task_set_priority",
+    "task_start",
+    "task_submit",
+    "task_workflow",
+    "tasks_reap_expired",
+    "tasks_requeue_for_worker",
+    "template_create",
+    "worker_assert_live",
+]

@@ -1,0 +1,231 @@
+"""How a lease ends from the worker's side: completed with its images, failed, or handed back."""
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from generation.exceptions import InvalidInput, LeaseLost
+from generation.images import THUMBNAIL_EXTENSION, VerifiedImage, verify_image
+from generation.models import Image, Task, TaskAttempt
+from generation.services.leasing import TaskLease, task_lease_next
+from generation.services.transitions import (
+    LEASE_LOST,
+    after_finish,
+    close_lease,
+    farm_setting,
+    fenced,
+    refresh_worker_status,
+)
+from workers_app.models import Worker
+
+logger = logging.getLogger(__name__)
+
+Status = Task.Status
+Outcome = TaskAttempt.Outcome
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A completed task with its images (newest first, the model's order) and, when asked for, the worker's
+    next lease."""
+
+    task: Task
+    images: list[Image]
+    next: TaskLease | None = None
+    landed: bool = True  # False for a retry of a completion that had already landed
+
+
+def task_complete(
+    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, files: list, comfyui_prompt_id: str = ""
+) -> Completion:
+    """Verify and store the images and their thumbnails, then mark the task completed, in that order.
+
+    Files are verified with Pillow and written before the transaction; rows are inserted and the status
+    flips inside it, fenced by the lease token. If the fence fails, the written files are removed again.
+    A retry of a completion that already landed for this same lease returns the task unchanged.
+    """
+    attempt = (
+        TaskAttempt.objects.select_related("task")
+        .filter(
+            lease_token=lease_token,
+            worker=worker,
+            task__public_id=task_id,
+            task__lease_token=lease_token,
+            task__status__in=Task.ACTIVE_STATUSES,
+        )
+        .first()
+    )
+    if attempt is None:
+        return _landed_before(worker=worker, task_id=task_id, lease_token=lease_token)
+    task = attempt.task
+    verified = _verify_batch(task, files)
+    now = timezone.now()
+    images: list[Image] = []
+    try:
+        for index, image in enumerate(verified):
+            name, thumbnail = _store(task, attempt.number, index, image)
+            images.append(
+                Image(
+                    task=task,
+                    attempt=attempt,
+                    index=index,
+                    file=name,
+                    thumbnail=thumbnail,
+                    width=image.width,
+                    height=image.height,
+                    size_bytes=image.size,
+                    sha256=image.sha256,
+                )
+            )
+        with transaction.atomic():
+            lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
+            if not lease.update(
+                status=Status.COMPLETED,
+                finished_at=now,
+                lease_token=None,
+                lease_expires_at=None,
+                progress_value=task.progress_max,
+                error_code="",
+                error_message="",
+            ):
+                raise LeaseLost("This lease is no longer yours.")
+            Image.objects.bulk_create(images)
+            TaskAttempt.objects.filter(pk=attempt.pk).update(
+                outcome=Outcome.COMPLETED,
+                finished_at=now,
+                comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
+            )
+            refresh_worker_status(worker.pk, completed=1)
+    except BaseException:
+        for image in images:
+            default_storage.delete(image.file.name)
+            if image.thumbnail:
+                default_storage.delete(image.thumbnail.name)
+        raise
+    task.status, task.finished_at, task.lease_token, task.lease_expires_at = Status.COMPLETED, now, None, None
+    task.progress_value, task.error_code, task.error_message = task.progress_max, "", ""
+    logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
+    if task.callback_url or any(not image.thumbnail for image in images):
+        after_finish(task)
+    return Completion(task=task, images=images[::-1])
+
+
+def _landed_before(*, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID) -> Completion:
+    """A retry of this worker's own completion of this lease (its answer went missing); else LeaseLost."""
+    done = Task.objects.filter(
+        public_id=task_id,
+        status=Status.COMPLETED,
+        attempt_set__lease_token=lease_token,
+        attempt_set__worker=worker,
+        attempt_set__outcome=Outcome.COMPLETED,
+    ).first()
+    if done is None:
+        raise LeaseLost(LEASE_LOST)
+    return Completion(task=done, images=list(done.images.all()), landed=False)
+
+
+def task_complete_and_lease(
+    *,
+    worker: Worker,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    files: list,
+    comfyui_prompt_id: str = "",
+    prefetch: bool = False,
+) -> Completion:
+    """`task_complete`, then the worker's next lease as `task_lease_next(prefetch=...)` gives it: one
+    round trip per task for a busy worker instead of two.
+
+    The lease runs after the completion has committed, in its own transaction, so a failed lease never
+    undoes a completion. A retried completion leases nothing: the answer that went missing may have carried
+    a lease already (that one expires and is requeued like any unanswered lease).
+    """
+    done = task_complete(
+        worker=worker,
+        task_id=task_id,
+        lease_token=lease_token,
+        files=files,
+        comfyui_prompt_id=comfyui_prompt_id,
+    )
+    if not done.landed:
+        return done
+    try:
+        following = task_lease_next(worker=worker, prefetch=prefetch)
+    except DatabaseError:
+        logger.warning("lease after a completion failed", exc_info=True, extra={"worker": worker.name})
+        return done
+    return Completion(task=done.task, images=done.images, next=following)
+
+
+def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
+    if len(files) != task.batch_size:
+        raise InvalidInput(
+            f"Expected {task.batch_size} image(s), got {len(files)}.",
+            fields={"images": [f"Expected {task.batch_size} image(s), got {len(files)}."]},
+        )
+    return [
+        verify_image(
+            f,
+            width=task.width,
+            height=task.height,
+            max_bytes=farm_setting("MAX_IMAGE_BYTES"),
+            field="images",
+            thumbnail=True,
+        )
+        for f in files
+    ]
+
+
+def _store(task: Task, attempt_number: int, index: int, image: VerifiedImage) -> tuple[str, str]:
+    """Write an image and its thumbnail (when one was made); returns their storage names."""
+    day = timezone.now()
+    stem = f"images/{day:%Y/%m/%d}/{task.public_id}_a{attempt_number}_{index}"
+    name = default_storage.save(f"{stem}.{image.extension}", ContentFile(image.data))
+    if not image.thumbnail:
+        return name, ""
+    try:
+        return name, default_storage.save(f"{stem}.{THUMBNAIL_EXTENSION}", ContentFile(image.thumbnail))
+    except BaseException:
+        default_storage.delete(name)
+        raise
+
+
+def task_fail(
+    *,
+    worker: Worker,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    code: str,
+    message: str,
+    retryable: bool,
+) -> Task:
+    """The worker could not finish: requeue when retrying can help and attempts remain, else fail."""
+    task = _active_task(worker=worker, task_id=task_id, lease_token=lease_token)
+    return close_lease(
+        task,
+        lease_token,
+        outcome=Outcome.FAILED,
+        code=code,
+        message=message,
+        retry=retryable,
+        worker_id=worker.pk,
+    )
+
+
+def task_release(*, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID) -> Task:
+    """The worker hands the lease back unused (shutdown, prefetched but not started): requeue at once."""
+    task = _active_task(worker=worker, task_id=task_id, lease_token=lease_token)
+    return close_lease(task, lease_token, outcome=Outcome.RELEASED, worker_id=worker.pk)
+
+
+def _active_task(*, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID) -> Task:
+    """The task this lease names, or LeaseLost when the token is stale or another worker's."""
+    task = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk).first()
+    if task is None:
+        raise LeaseLost(LEASE_LOST)
+    return task

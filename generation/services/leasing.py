@@ -1,0 +1,184 @@
+"""Handing tasks to workers, and what a worker reports while it runs one (started, progress)."""
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from generation import workflows
+from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, WorkerDisabled
+from generation.models import Task, TaskAttempt, WorkflowTemplate
+from generation.services.transitions import LEASE_LOST, farm_setting, fenced
+from workers_app.models import Worker
+
+logger = logging.getLogger(__name__)
+
+Status = Task.Status
+
+
+@dataclass(frozen=True)
+class TaskLease:
+    """A task handed to a worker: the task, its attempt (token, expiry) and the workflow to run."""
+
+    task: Task
+    attempt: TaskAttempt
+    workflow: dict
+    filename_prefix: str
+
+
+def worker_assert_live(*, worker: Worker) -> None:
+    """Disabled workers are refused; offline (or never registered) ones must register first."""
+    if worker.status == Worker.Status.DISABLED:
+        raise WorkerDisabled("This worker is disabled by an operator.")
+    if worker.status == Worker.Status.OFFLINE or worker.registered_at is None:
+        raise RegisterRequired("Register before heartbeats and leases (the scheduler has you offline).")
+
+
+def task_lease_next(
+    *, worker: Worker, prefetch: bool = False, now: datetime | None = None
+) -> TaskLease | None:
+    """Hand the best queued task this worker can run to it, or return None.
+
+    Highest priority first, then oldest. On PostgreSQL the pick is locked with SKIP LOCKED, so concurrent
+    workers pass over each other's picks. SQLite ignores row locks, but our transactions are BEGIN
+    IMMEDIATE, so one writer at a time runs this block; the claim is a conditional UPDATE either way.
+    """
+    worker_assert_live(worker=worker)
+    if worker.status == Worker.Status.DRAINING:
+        return None
+    template_ids = _templates_runnable_by(worker)
+    if not template_ids:
+        return None
+    runnable = _runnable(worker, template_ids)
+    if prefetch and not _prefetch_allowed(worker, runnable):
+        return None
+    now = now or timezone.now()
+    expires = now + timedelta(seconds=farm_setting("LEASE_SECONDS"))
+    token = uuid.uuid4()
+    with transaction.atomic():
+        task = (
+            runnable.select_for_update(skip_locked=True, of=("self",))
+            .select_related("template")
+            .order_by("-priority", "id")
+            .first()
+        )
+        if task is None:
+            return None
+        claimed = Task.objects.filter(pk=task.pk, status=Status.QUEUED).update(
+            status=Status.LEASED,
+            worker=worker,
+            lease_token=token,
+            lease_expires_at=expires,
+            leased_at=now,
+            started_at=None,
+            progress_value=0,
+            progress_max=0,
+            attempts=F("attempts") + 1,
+            lease_count=F("lease_count") + 1,
+        )
+        if not claimed:  # cannot happen while the pick is locked or we are the only writer; never hand it out
+            return None
+        task.status, task.worker, task.lease_token = Status.LEASED, worker, token
+        task.lease_expires_at, task.leased_at, task.started_at = expires, now, None
+        task.progress_value = task.progress_max = 0
+        task.attempts, task.lease_count = task.attempts + 1, task.lease_count + 1
+        attempt = TaskAttempt.objects.create(
+            task=task,
+            worker=worker,
+            number=task.lease_count,
+            lease_token=token,
+            lease_expires_at=expires,
+            leased_at=now,
+        )
+        if Worker.objects.filter(pk=worker.pk, status=Worker.Status.IDLE).update(status=Worker.Status.BUSY):
+            worker.status = Worker.Status.BUSY
+    prefix = f"t2i/{task.public_id}_a{attempt.number}"
+    logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
+    return TaskLease(task=task, attempt=attempt, workflow=task_workflow(task, prefix), filename_prefix=prefix)
+
+
+def task_workflow(task: Task, filename_prefix: str) -> dict:
+    """The task's ComfyUI workflow: its template with every bound field filled in."""
+    values = {name: getattr(task, name) for name in workflows.TASK_FIELDS_BOUND}
+    if not task.checkpoint:
+        del values["checkpoint"]  # the template's own checkpoint stays
+    values["filename_prefix"] = filename_prefix
+    return workflows.build_workflow(task.template.workflow, task.template.bindings, values)
+
+
+def _templates_runnable_by(worker: Worker) -> list[int]:
+    """Ids of the templates whose every node class this worker reported."""
+    nodes = worker.node_classes
+    return [
+        pk
+        for pk, workflow in WorkflowTemplate.objects.order_by().values_list("pk", "workflow")
+        if workflows.node_classes(workflow) <= nodes
+    ]
+
+
+def _runnable(worker: Worker, template_ids: list[int]) -> QuerySet[Task]:
+    """Queued tasks of these templates whose checkpoint (if any) the worker has."""
+    return Task.objects.filter(status=Status.QUEUED, template_id__in=template_ids).filter(
+        Q(checkpoint="") | Q(checkpoint__in=worker.checkpoints)
+    )
+
+
+def _prefetch_allowed(worker: Worker, runnable: QuerySet[Task]) -> bool:
+    """Prefetch only up to the worker's registered depth, and only when more tasks wait than there are
+    other idle workers to take them.
+
+    A worker that holds nothing is not prefetching, whatever its request said: its task finished while
+    it was long-polling with `prefetch: true`. Holding it back for idle others would let every such
+    worker defer to the others, and a new task would wait until one of those long-polls timed out."""
+    held = Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count()
+    if held == 0:
+        return True
+    if held >= max(1, worker.prefetch):
+        return False
+    alive_since = timezone.now() - timedelta(seconds=farm_setting("WORKER_OFFLINE_AFTER"))
+    idle_others = (
+        Worker.objects.filter(status=Worker.Status.IDLE, last_heartbeat__gte=alive_since)
+        .exclude(pk=worker.pk)
+        .count()
+    )
+    return runnable[: idle_others + 1].count() > idle_others
+
+
+def task_start(
+    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, comfyui_prompt_id: str = ""
+) -> None:
+    """ComfyUI began executing the task."""
+    now = timezone.now()
+    with transaction.atomic():
+        # One fenced UPDATE both checks the lease and moves the task.
+        lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
+        if not lease.update(status=Status.RUNNING, started_at=Coalesce("started_at", now)):
+            raise LeaseLost(LEASE_LOST)
+        TaskAttempt.objects.filter(lease_token=lease_token, started_at=None).update(
+            started_at=now, comfyui_prompt_id=comfyui_prompt_id[:64]
+        )
+    logger.info("task started", extra={"task": task_id, "worker": worker.name})
+
+
+def task_report_progress(
+    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, value: float, maximum: float
+) -> None:
+    """Record sampling progress; the first report also marks the task running."""
+    if maximum <= 0 or not 0 <= value <= maximum:
+        raise InvalidInput(
+            "Progress must satisfy 0 <= value <= max and max > 0.",
+            fields={"max" if maximum <= 0 else "value": ["Out of range."]},
+        )
+    lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
+    if not lease.update(
+        status=Status.RUNNING,
+        progress_value=value,
+        progress_max=maximum,
+        started_at=Coalesce("started_at", timezone.now()),
+    ):
+        raise LeaseLost("This lease is no longer yours.")

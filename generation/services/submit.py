@@ -1,0 +1,212 @@
+"""What people do to tasks: submit, cancel, retry, reprioritise; templates; deleting images."""
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from generation import dispatch, workflows
+from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
+from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
+from generation.services.transitions import farm_setting, refresh_worker_status
+from workers_app.models import Worker
+
+logger = logging.getLogger(__name__)
+
+Status = Task.Status
+
+
+def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> Task:
+    """Check `data` (task fields by name, TASK_INPUT_FIELDS; `template` by name) against the farm's limits and
+    the workers' capabilities, then queue a task. Fields left out take the model's defaults."""
+    fields = {name: data[name] for name in TASK_INPUT_FIELDS if name in data}
+    seed = fields.pop("seed", None)
+    task = Task(owner=owner if owner is not None and owner.is_authenticated else None, **fields)
+    task.seed = seed  # None: chosen below, once the rest is valid
+    _validate(task)
+    task.template = _template_for(data.get("template") or "")
+    task.checkpoint, task.warning = _choose_checkpoint(task.template, task.checkpoint)
+    if task.seed is None:
+        task.seed = secrets.randbelow(SEED_MAX + 1)
+    task.max_attempts = farm_setting("MAX_ATTEMPTS")
+    with transaction.atomic():
+        task.save()
+        dispatch.announce_work()
+    logger.info("task queued", extra={"task": task.public_id})
+    return task
+
+
+def _validate(task: Task) -> None:
+    """The farm's limits (settings), every field checked, all errors reported at once."""
+    errors: dict[str, list[str]] = {}
+    lo, hi, step = farm_setting("SIZE_MIN"), farm_setting("SIZE_MAX"), farm_setting("SIZE_MULTIPLE")
+    for field in ("width", "height"):
+        value = getattr(task, field)
+        if not lo <= value <= hi or value % step:
+            errors[field] = [f"Must be a multiple of {step} from {lo} to {hi}."]
+    if not task.prompt.strip():
+        errors["prompt"] = ["Must not be empty."]
+    longest = farm_setting("PROMPT_MAX_LENGTH")
+    for field in ("prompt", "negative_prompt"):
+        text = getattr(task, field)
+        if len(text) > longest:
+            errors[field] = [f"At most {longest} characters."]
+        elif any(ord(c) < 32 and c not in "\t\n\r" for c in text) or "\x7f" in text:
+            errors[field] = ["Control characters are not allowed."]
+    if not 1 <= task.steps <= farm_setting("STEPS_MAX"):
+        errors["steps"] = [f"Must be from 1 to {farm_setting('STEPS_MAX')}."]
+    if not 0 <= task.cfg <= 100:
+        errors["cfg"] = ["Must be from 0 to 100."]
+    if not 1 <= task.batch_size <= farm_setting("BATCH_MAX"):
+        errors["batch_size"] = [f"Must be from 1 to {farm_setting('BATCH_MAX')}."]
+    if task.seed is not None and not 0 <= task.seed <= SEED_MAX:
+        errors["seed"] = [f"Must be from 0 to {SEED_MAX}."]
+    if not -1000 <= task.priority <= 1000:
+        errors["priority"] = ["Must be from -1000 to 1000."]
+    if errors:
+        raise InvalidInput("Some fields are not valid.", fields=errors)
+
+
+def _template_for(name: str) -> WorkflowTemplate:
+    name = name or farm_setting("DEFAULT_TEMPLATE")
+    try:
+        return WorkflowTemplate.objects.get(name=name)
+    except WorkflowTemplate.DoesNotExist:
+        known = list(WorkflowTemplate.objects.values_list("name", flat=True))
+        raise InvalidInput(
+            f"Unknown template {name!r}.",
+            fields={"template": [f"Unknown template {name!r}. Available: {', '.join(known) or 'none'}."]},
+            code="unknown_template",
+        )
+
+
+def _choose_checkpoint(template: WorkflowTemplate, requested: str) -> tuple[str, str]:
+    """The checkpoint to run (empty when the template binds none) and a warning for the submitter.
+
+    A task that no registered worker could ever run (a checkpoint or a node class of the template nobody
+    has) is refused; while no worker has registered yet, tasks simply queue; one that only offline workers
+    can run is accepted with a warning.
+    """
+    workers = list(Worker.objects.exclude(registered_at=None).only("status", "capabilities"))
+    online = [w for w in workers if w.is_online]
+    checkpoint = ""
+    if template.binds("checkpoint"):
+        checkpoint = requested or farm_setting("DEFAULT_CHECKPOINT")
+        if not checkpoint:
+            counts = Counter(c for w in (online or workers) for c in w.checkpoints)
+            if not counts:
+                return "", ""  # nothing registered yet; the template's own checkpoint stays in the workflow
+            checkpoint = counts.most_common(1)[0][0]
+    if not workers:
+        return checkpoint, ""
+    needed = template.node_classes
+
+    def capable(w: Worker) -> bool:
+        return needed <= w.node_classes and (not checkpoint or checkpoint in w.checkpoints)
+
+    if any(capable(w) for w in online):
+        return checkpoint, ""
+    if any(capable(w) for w in workers):
+        return checkpoint, "Only offline workers can run this task; it waits until one of them is back."
+    if not checkpoint:
+        raise NoCapableWorker(
+            f"No registered worker has every node class that template {template.name!r} uses.",
+            fields={"template": [f"No registered worker has all of: {', '.join(sorted(needed))}."]},
+        )
+    available = sorted({c for w in workers for c in w.checkpoints if needed <= w.node_classes})
+    raise NoCapableWorker(
+        f"No registered worker can run checkpoint {checkpoint!r} with template {template.name!r}.",
+        fields={"checkpoint": [f"Not available. Available checkpoints: {', '.join(available) or 'none'}."]},
+    )
+
+
+def task_cancel(*, task: Task) -> Task:
+    """Cancel a queued or leased/running task. The worker learns of it from its next heartbeat or report."""
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        if locked.is_finished:
+            raise Conflict(f"The task is already {locked.status}.", code="task_finished")
+        token, worker_id = locked.lease_token, locked.worker_id
+        updated = Task.objects.filter(pk=task.pk, status=locked.status, lease_token=token).update(
+            status=Status.CANCELLED,
+            finished_at=now,
+            lease_token=None,
+            lease_expires_at=None,
+            error_code="cancelled",
+            error_message="Cancelled by request.",
+        )
+        if not updated:
+            raise Conflict("The task changed while cancelling; try again.", code="task_changed")
+        if token is not None:
+            TaskAttempt.objects.filter(lease_token=token, outcome=TaskAttempt.Outcome.ACTIVE).update(
+                outcome=TaskAttempt.Outcome.CANCELLED, finished_at=now
+            )
+            refresh_worker_status(worker_id)
+    task.refresh_from_db()
+    logger.info("task cancelled", extra={"task": task.public_id})
+    return task
+
+
+def task_retry(*, task: Task) -> Task:
+    """Put a failed or cancelled task back in the queue with a fresh set of attempts."""
+    with transaction.atomic():
+        updated = Task.objects.filter(pk=task.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
+            status=Status.QUEUED,
+            attempts=0,
+            worker=None,
+            finished_at=None,
+            progress_value=0,
+            progress_max=0,
+            error_code="",
+            error_message="",
+        )
+        if not updated:
+            raise Conflict("Only failed or cancelled tasks can be retried.", code="not_retryable")
+        dispatch.announce_work()
+    task.refresh_from_db()
+    return task
+
+
+def task_set_priority(*, task: Task, priority: int) -> Task:
+    if not -1000 <= priority <= 1000:
+        raise InvalidInput("Priority must be from -1000 to 1000.", fields={"priority": ["Out of range."]})
+    Task.objects.filter(pk=task.pk).update(priority=priority)
+    task.refresh_from_db()
+    return task
+
+
+def template_create(*, name: str, workflow, bindings, description: str = "") -> WorkflowTemplate:
+    """Validate and save a workflow template (shape, bindings pointing at real inputs, an output node)."""
+    errors = workflows.validate_template(workflow, bindings)
+    if WorkflowTemplate.objects.filter(name=name).exists():
+        errors["name"] = [f"A template named {name!r} exists."]
+    if errors:
+        raise InvalidInput("The template is not valid.", fields=errors)
+    return WorkflowTemplate.objects.create(
+        name=name, description=description, workflow=workflow, bindings=bindings
+    )
+
+
+def image_deletable_by(image: Image, user) -> bool:
+    """The owner of the image's task or staff; nobody for an anonymous task but staff."""
+    if not user.is_authenticated:
+        return False
+    return user.is_staff or (image.task.owner_id is not None and image.task.owner_id == user.pk)
+
+
+def image_delete(*, image: Image, by) -> None:
+    """Delete an image: the row, then (after the commit) its file and its thumbnail."""
+    if not image_deletable_by(image, by):
+        raise Forbidden("Only the owner or staff can delete this image.")
+    names = [name for name in (image.file.name, image.thumbnail.name) if name]
+    with transaction.atomic():
+        Image.objects.filter(pk=image.pk).delete()
+        transaction.on_commit(lambda: [default_storage.delete(name) for name in names])
+    logger.info("image deleted", extra={"task": image.task.public_id, "image": image.pk, "by": by.pk})

@@ -1,0 +1,128 @@
+"""The fenced transitions shared by completion, cancel and the reaper: ending a lease, and keeping the
+worker's busy/idle state and counters in step with the leases it holds.
+
+Leases are fenced by their token: each transition is a conditional UPDATE that names the token and the states
+it may leave, and checks the row count, so a stale worker can never change a task.
+"""
+
+import logging
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Case, F, Value, When
+from django.utils import timezone
+
+from generation import dispatch, hooks
+from generation.exceptions import LeaseLost
+from generation.models import Task, TaskAttempt
+from workers_app.models import Worker
+
+logger = logging.getLogger(__name__)
+
+Status = Task.Status
+Outcome = TaskAttempt.Outcome
+LEASE_LOST = "This lease is no longer yours (expired, cancelled, finished or never issued)."
+
+
+def farm_setting(name: str):
+    return settings.T2I[name]
+
+
+def fenced(*, task_id: uuid.UUID, lease_token: uuid.UUID, worker_id: int):
+    """The task this live lease names, as a queryset: update it and check that one row changed."""
+    return Task.objects.filter(
+        public_id=task_id, lease_token=lease_token, worker_id=worker_id, status__in=Task.ACTIVE_STATUSES
+    )
+
+
+def close_lease(
+    task: Task,
+    lease_token: uuid.UUID,
+    *,
+    outcome: str,
+    worker_id: int | None,
+    code: str = "",
+    message: str = "",
+    retry: bool = True,
+    now: datetime | None = None,
+) -> Task:
+    """End the lease `lease_token` of `task` with `outcome` and move the task on (LeaseLost if stale).
+
+    The task goes back to the queue when the worker handed it back, or when retrying can help and attempts
+    remain; otherwise it fails."""
+    now = now or timezone.now()
+    message = storable(message[:2000])
+    if outcome == Outcome.RELEASED:
+        requeue, attempts_delta = True, -1
+    else:
+        requeue, attempts_delta = retry and task.attempts < task.max_attempts, 0
+    fields = {
+        "lease_token": None,
+        "lease_expires_at": None,
+        "attempts": F("attempts") + attempts_delta,
+        "error_code": code,
+        "error_message": message,
+    }
+    if requeue:
+        fields |= {"status": Status.QUEUED, "worker": None, "progress_value": 0, "progress_max": 0}
+    else:
+        fields |= {"status": Status.FAILED, "finished_at": now}
+    with transaction.atomic():
+        live = Task.objects.filter(pk=task.pk, lease_token=lease_token, status__in=Task.ACTIVE_STATUSES)
+        if not live.update(**fields):
+            raise LeaseLost(LEASE_LOST)
+        TaskAttempt.objects.filter(lease_token=lease_token, outcome=Outcome.ACTIVE).update(
+            outcome=outcome, finished_at=now, error_code=code, error_message=message
+        )
+        if worker_id is not None:
+            refresh_worker_status(worker_id, failed=int(outcome == Outcome.FAILED))
+        if requeue:
+            dispatch.announce_work()
+    task.refresh_from_db()
+    logger.log(
+        logging.INFO if requeue else logging.WARNING,
+        "task %s after %s: %s %s",
+        "requeued" if requeue else "failed",
+        outcome,
+        code,
+        message[:200],
+        extra={"task": task.public_id},
+    )
+    if not requeue:
+        after_finish(task)
+    return task
+
+
+def storable(text: str) -> str:
+    """Text every database keeps as it is: no NUL (PostgreSQL refuses it), no unpaired surrogates."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def refresh_worker_status(worker_id: int, *, completed: int = 0, failed: int = 0) -> None:
+    """A live worker is busy while it holds a lease and idle otherwise (operator states are kept).
+
+    Adds `completed`/`failed` to its counters in the same UPDATE. The worker row is locked first, so that
+    the check of its leases (a new statement, a new snapshot on PostgreSQL) sees a concurrent transition of
+    another of its leases once that commits; otherwise each of two leases ending at once sees the other one
+    still active and the worker stays busy with nothing leased. SQLite has one writer at a time anyway.
+    """
+    worker = Worker.objects.filter(pk=worker_id).order_by()
+    with transaction.atomic(savepoint=False):
+        list(worker.select_for_update().values_list("pk", flat=True))
+        holds = Task.objects.filter(worker_id=worker_id, status__in=Task.ACTIVE_STATUSES).exists()
+        live = [Worker.Status.IDLE, Worker.Status.BUSY]
+        worker.update(
+            status=Case(
+                When(status__in=live, then=Value(Worker.Status.BUSY if holds else Worker.Status.IDLE)),
+                default=F("status"),
+            ),
+            tasks_completed=F("tasks_completed") + completed,
+            tasks_failed=F("tasks_failed") + failed,
+        )
+
+
+def after_finish(task: Task) -> None:
+    """Work that follows a finished task (thumbnails, webhooks) runs after the commit."""
+    transaction.on_commit(lambda: hooks.task_finished(task.pk))

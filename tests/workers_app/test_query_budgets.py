@@ -1,0 +1,88 @@
+"""Query budgets of the worker API's hot requests: a change that adds a query per lease, completion or
+heartbeat fails here, on both databases. Each budget counts the token lookup, the SAVEPOINT and RELEASE of
+each transaction (a test runs inside one) and, because the tests sweep on every lease (REAP_EVERY=0), the
+lazy liveness sweep's three reads."""
+
+from http import HTTPStatus
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from generation import services
+from generation.models import Task
+from tests.conftest import png_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def queue(count: int = 1) -> None:
+    for _ in range(count):
+        services.task_submit(owner=None, data={"prompt": "a red fox", "width": 64, "height": 64})
+
+
+def lease(wapi) -> dict:
+    response = wapi.post("/api/v1/worker/lease", {}, format="json")
+    assert response.status_code == HTTPStatus.OK, response.content
+    return response.json()
+
+
+def test_a_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
+    queue()
+    # token, sweep (3), templates, savepoint, pick (locked), claim, attempt, worker busy, release
+    with django_assert_max_num_queries(11):
+        body = lease(wapi)
+    assert Task.objects.get(public_id=body["task_id"]).status == Task.Status.LEASED
+
+
+def test_a_prefetching_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
+    queue(3)
+    lease(wapi)
+    # The lease's 11, and the prefetch rule's three counts (held, idle others, runnable).
+    with django_assert_max_num_queries(14):
+        response = wapi.post("/api/v1/worker/lease", {"prefetch": True}, format="json")
+    assert response.status_code == HTTPStatus.OK
+
+
+def complete(wapi, job: dict, **fields):
+    files = {"images": SimpleUploadedFile("out.png", png_bytes(64, 64), "image/png")}
+    data = {"lease_token": job["lease_token"], **fields, **files}
+    return wapi.post(f"/api/v1/worker/tasks/{job['task_id']}/complete", data, format="multipart")
+
+
+def test_a_completion_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
+    queue()
+    job = lease(wapi)
+    # token, attempt with its task, savepoint, fence, images, attempt, worker lock, holds?, worker, release
+    with django_assert_max_num_queries(10):
+        response = complete(wapi, job)
+    assert response.status_code == HTTPStatus.OK, response.content
+    assert Task.objects.get(public_id=job["task_id"]).status == Task.Status.COMPLETED
+
+
+def test_a_completion_carrying_the_next_lease_stays_within_its_query_budget(
+    wapi, django_assert_max_num_queries
+):
+    queue(2)
+    job = lease(wapi)
+    # The completion's 10 and a lease without the token lookup and the sweep (7).
+    with django_assert_max_num_queries(17):
+        response = complete(wapi, job, lease_next=True)
+    assert response.status_code == HTTPStatus.OK, response.content
+    assert response.json()["next"] is not None
+
+
+def test_a_heartbeat_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
+    queue(2)
+    held = [lease(wapi), lease(wapi)]
+    body = {"tasks": [{"task_id": j["task_id"], "lease_token": j["lease_token"]} for j in held]}
+    # token, savepoint, the held tasks (locked), renew them, their attempts, the worker's beat, release
+    with django_assert_max_num_queries(7):
+        response = wapi.post("/api/v1/worker/heartbeat", body, format="json")
+    assert response.status_code == HTTPStatus.OK
+    assert sorted(response.json()["renewed"]) == sorted(j["task_id"] for j in held)
+
+
+def test_an_idle_heartbeat_is_two_queries_in_a_transaction(wapi, django_assert_num_queries):
+    with django_assert_num_queries(4):  # token, savepoint, the worker's beat, release
+        response = wapi.post("/api/v1/worker/heartbeat", {"tasks": []}, format="json")
+    assert response.status_code == HTTPStatus.OK
