@@ -53,7 +53,10 @@ def worker_rotate_token(*, worker: Worker) -> str:
 
 def worker_by_token(token: str) -> Worker | None:
     """The worker this token belongs to. Looked up by its SHA-256, so nothing secret is compared in SQL."""
-    return Worker.objects.filter(token_hash=hash_token(token)).first()
+    try:
+        return Worker.objects.get(token_hash=hash_token(token))
+    except Worker.DoesNotExist:
+        return None
 
 
 def worker_register(*, worker: Worker, capabilities: dict, prefetch: int = 2) -> Worker:

@@ -51,22 +51,17 @@ def task_lease_next(
     worker_assert_live(worker=worker)
     if worker.status == Worker.Status.DRAINING:
         return None
-    template_ids = _templates_runnable_by(worker)
-    if not template_ids:
+    templates = _templates_runnable_by(worker)
+    if not templates:
         return None
-    runnable = _runnable(worker, template_ids)
+    runnable = _runnable(worker, list(templates))
     if prefetch and not _prefetch_allowed(worker, runnable):
         return None
     now = now or timezone.now()
     expires = now + timedelta(seconds=farm_setting("LEASE_SECONDS"))
     token = uuid.uuid4()
     with transaction.atomic():
-        task = (
-            runnable.select_for_update(skip_locked=True, of=("self",))
-            .select_related("template")
-            .order_by("-priority", "id")
-            .first()
-        )
+        task = runnable.select_for_update(skip_locked=True).order_by("-priority", "id").first()
         if task is None:
             return None
         claimed = Task.objects.filter(pk=task.pk, status=Status.QUEUED).update(
@@ -83,6 +78,7 @@ def task_lease_next(
         )
         if not claimed:  # cannot happen while the pick is locked or we are the only writer; never hand it out
             return None
+        task.template = templates[task.template_id]
         task.status, task.worker, task.lease_token = Status.LEASED, worker, token
         task.lease_expires_at, task.leased_at, task.started_at = expires, now, None
         task.progress_value = task.progress_max = 0
@@ -111,14 +107,11 @@ def task_workflow(task: Task, filename_prefix: str) -> dict:
     return workflows.build_workflow(task.template.workflow, task.template.bindings, values)
 
 
-def _templates_runnable_by(worker: Worker) -> list[int]:
-    """Ids of the templates whose every node class this worker reported."""
+def _templates_runnable_by(worker: Worker) -> dict[int, WorkflowTemplate]:
+    """The templates whose every node class this worker reported, by id."""
     nodes = worker.node_classes
-    return [
-        pk
-        for pk, workflow in WorkflowTemplate.objects.order_by().values_list("pk", "workflow")
-        if workflows.node_classes(workflow) <= nodes
-    ]
+    templates = WorkflowTemplate.objects.order_by()
+    return {t.pk: t for t in templates if workflows.node_classes(t.workflow) <= nodes}
 
 
 def _runnable(worker: Worker, template_ids: list[int]) -> QuerySet[Task]:

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import F
 from django.utils import timezone
 
 from generation import dispatch, hooks
@@ -101,26 +101,24 @@ def storable(text: str) -> str:
 
 
 def refresh_worker_status(worker_id: int, *, completed: int = 0, failed: int = 0) -> None:
-    """A live worker is busy while it holds a lease and idle otherwise (operator states are kept).
+    """A live worker is busy while it holds a lease and idle otherwise (operator states are kept); adds
+    `completed`/`failed` to its counters.
 
-    Adds `completed`/`failed` to its counters in the same UPDATE. The worker row is locked first, so that
-    the check of its leases (a new statement, a new snapshot on PostgreSQL) sees a concurrent transition of
-    another of its leases once that commits; otherwise each of two leases ending at once sees the other one
-    still active and the worker stays busy with nothing leased. SQLite has one writer at a time anyway.
+    The counters' UPDATE comes first and locks the worker row, so that the check of its leases (a new
+    statement, a new snapshot on PostgreSQL) sees a concurrent transition of another of its leases once that
+    commits; otherwise each of two leases ending at once sees the other one still active and the worker
+    stays busy with nothing leased. SQLite has one writer at a time anyway.
     """
-    worker = Worker.objects.filter(pk=worker_id).order_by()
+    worker = Worker.objects.filter(pk=worker_id)
     with transaction.atomic(savepoint=False):
-        list(worker.select_for_update().values_list("pk", flat=True))
-        holds = Task.objects.filter(worker_id=worker_id, status__in=Task.ACTIVE_STATUSES).exists()
-        live = [Worker.Status.IDLE, Worker.Status.BUSY]
         worker.update(
-            status=Case(
-                When(status__in=live, then=Value(Worker.Status.BUSY if holds else Worker.Status.IDLE)),
-                default=F("status"),
-            ),
-            tasks_completed=F("tasks_completed") + completed,
-            tasks_failed=F("tasks_failed") + failed,
+            tasks_completed=F("tasks_completed") + completed, tasks_failed=F("tasks_failed") + failed
         )
+        holds = Task.objects.filter(worker_id=worker_id, status__in=Task.ACTIVE_STATUSES).exists()
+        was, now = (
+            (Worker.Status.IDLE, Worker.Status.BUSY) if holds else (Worker.Status.BUSY, Worker.Status.IDLE)
+        )
+        worker.filter(status=was).update(status=now)
 
 
 def after_finish(task: Task) -> None:
