@@ -242,7 +242,8 @@ LOGGING = {
 
 # --- Operations: background jobs, webhooks, retention, metrics, log context (issue 5) -------------------
 # Run the jobs with `python manage.py qcluster` (ORM broker by default, Redis when Q_REDIS_URL is set; the
-# schedules are created by migration generation/0005 and generation.jobs.ensure_schedules()).
+# schedules are created by migrations generation/0005 and workers_app/0002 through
+# generation.jobs.ensure_schedules()).
 T2I.update(
     {
         # Seconds between the offline/expired-lease sweeps inside the once-a-minute maintenance job.
