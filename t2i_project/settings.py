@@ -97,8 +97,8 @@ elif DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("DATABASE_URL must point at SQLite or PostgreSQL.")
 elif env_bool("DB_PREPARED_STATEMENTS", True):
     # PostgreSQL: parameters bound by the server, and a statement a connection has run twice is prepared,
-    # so the hot path's statements are no longer parsed and planned on every call: 7 -> 4.5 ms of PostgreSQL
-    # CPU per lease+complete cycle (README, Benchmarks). Django leaves this off because it breaks
+    # so the hot path's statements are no longer parsed and planned on every call, which was most of
+    # PostgreSQL's CPU per lease+complete cycle (bench/README.md). Django leaves this off because it breaks
     # transaction-mode poolers (PgBouncer): set DB_PREPARED_STATEMENTS=0 behind one.
     DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
 

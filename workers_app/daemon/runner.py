@@ -111,7 +111,8 @@ class ComfyUI(Protocol):
 class RunnerSettings:
     # At most one progress report a second: the task page and API clients read it about once a second, and
     # every report is a request and a row update on the scheduler. The last step is not special: the
-    # completion, moments later, shows 100 % anyway (a forced last report cost 5 % of a farm's CPU).
+    # completion, moments later, shows 100 % anyway (a forced last report cost a visible share of a farm's
+    # CPU: bench/README.md).
     progress_interval: float = 1.0
     view_attempts: int = 4
     upload_attempts: int = 5
