@@ -2,7 +2,7 @@
 silent too long go offline, and expired leases are requeued.
 
 Nothing here is needed for correctness: the lease path reaps expired leases and stale workers lazily
-(generation.services.maybe_reap); the sweep keeps the farm tidy when nobody is leasing.
+(maybe_reap in the services); the sweep keeps the farm tidy when nobody is leasing.
 
 django-q2's scheduler looks at its schedules about every 30 seconds and counts intervals in whole minutes,
 so the every-few-seconds sweep is one job a minute that repeats its step every MAINTENANCE_EVERY seconds for
