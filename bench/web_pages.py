@@ -4,7 +4,7 @@
     export DATABASE_URL=postgres://postgres@127.0.0.1:5432/t2i_bench
     .venv/bin/python manage.py migrate && .venv/bin/python bench/web_pages.py --seed 100000
 
-Seeds (once) 100,000 completed tasks with one image each through `manage.py seed_gallery`, then renders
+Seeds (once) 100,000 completed tasks with one image each (bench/seed_gallery.py), then renders
 each page in process with Django's test Client many times and prints p50/p95 in milliseconds beside the
 target. `--explain` prints the query plans of the gallery queries as well.
 """
@@ -34,6 +34,7 @@ from django.db import connection, reset_queries  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
+from bench.seed_gallery import seed_gallery  # noqa: E402
 from generation import web_selectors  # noqa: E402
 from generation.models import Image, Task  # noqa: E402
 
@@ -106,7 +107,7 @@ def main() -> None:
     if have < args.seed:
         print(f"seeding {args.seed - have} images …", flush=True)
         started = time.perf_counter()
-        call_command("seed_gallery", count=args.seed - have, verbosity=1)
+        seed_gallery(count=args.seed - have)
         print(f"seeded in {time.perf_counter() - started:.1f} s")
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:

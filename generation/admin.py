@@ -21,9 +21,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from generation import dashboard, services, webhooks
+from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
 from generation.models import Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
-from workers_app.admin import ObjectActionsMixin, seconds_text, status_badge
 from workers_app.models import Worker
 
 TASK_COLOURS = {

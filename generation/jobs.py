@@ -1,18 +1,12 @@
 """Background jobs, run by django-q2 (`python manage.py qcluster`) on the schedules in SCHEDULES.
 
 Each job is a small function that calls the services and returns what it did, so a test (or an operator in
-`manage.py shell`) can run one step directly. Nothing here is needed for correctness: the lease path reaps
-expired leases and stale workers lazily (workers_app.services.maybe_reap); the jobs keep the farm tidy when
-nobody is leasing, and do the work that has no request to hang on (thumbnails, webhooks, retention).
-
-django-q2's scheduler looks at its schedules about every 30 seconds and counts intervals in whole minutes,
-so the every-few-seconds sweep is one job a minute that repeats its step every MAINTENANCE_EVERY seconds for
-30 seconds. It stops there because a stopping cluster waits for its running jobs: Ctrl-C (or `make run`'s
-shutdown) never waits longer than that. Between runs the lease path's lazy reaping covers the gap.
+`manage.py shell`) can run one step directly. They do the work that has no request to hang on: thumbnails,
+webhooks and retention. The liveness sweep (workers offline, expired leases) is workers_app.jobs; its
+schedule goes through ensure_schedules too.
 """
 
 import logging
-import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -22,10 +16,8 @@ from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from generation.models import Image, MetricCounter, Task, WebhookDelivery
-from generation.services import tasks_reap_expired
 from generation.thumbnails import images_make_missing_thumbnails
 from generation.webhooks import webhooks_deliver_due
-from workers_app.services import workers_mark_offline
 
 logger = logging.getLogger(__name__)
 
@@ -34,33 +26,10 @@ PURGED_WEBHOOK_FAILURES = "_webhook_failures_purged"
 # (schedule name, function, every N minutes). ensure_schedules() makes the django_q Schedule rows match.
 SCHEDULE_PREFIX = "t2i: "
 SCHEDULES = [
-    ("t2i: workers offline and expired leases", "generation.jobs.farm_maintenance", 1),
     ("t2i: webhook retries", "generation.jobs.webhooks_job", 1),
     ("t2i: missing thumbnails", "generation.jobs.thumbnails_job", 5),
     ("t2i: retention", "generation.jobs.retention_job", 60),
 ]
-
-
-def maintenance_step(*, now: datetime | None = None) -> tuple[int, int]:
-    """Workers silent too long go offline; expired leases are requeued. Returns (offline, requeued)."""
-    now = now or timezone.now()
-    return workers_mark_offline(now=now), tasks_reap_expired(now=now)
-
-
-def farm_maintenance(duration: float = 30.0) -> str:
-    """Run maintenance_step every MAINTENANCE_EVERY seconds for about `duration` seconds. Runs that overlap
-    are harmless: both services are conditional UPDATEs."""
-    every = settings.T2I["MAINTENANCE_EVERY"]
-    deadline = time.monotonic() + duration
-    offline = requeued = steps = 0
-    while True:
-        started = time.monotonic()
-        found = maintenance_step()
-        offline, requeued, steps = offline + found[0], requeued + found[1], steps + 1
-        if started + every >= deadline:
-            break
-        time.sleep(max(0.0, started + every - time.monotonic()))
-    return f"{steps} sweeps: {offline} worker(s) marked offline, {requeued} lease(s) requeued"
 
 
 def thumbnails_job() -> str:
@@ -125,19 +94,27 @@ def _keep_webhook_failures(task_pks: list[int]) -> None:
         MetricCounter.objects.filter(pk=counter.pk).update(value=F("value") + failures)
 
 
-def ensure_schedules(schedule_model=None) -> int:
-    """Create or update the django_q Schedule rows in SCHEDULES and drop stale ones with our prefix.
+def ensure_schedules(*, schedules=SCHEDULES, schedule_model=None) -> int:
+    """Create or update the django_q Schedule rows in `schedules` and drop the stale ones: rows named with
+    SCHEDULE_PREFIX that run a function of a module `schedules` names, but that it no longer lists. Each
+    app's jobs module owns its list (this one, workers_app.jobs.SCHEDULES), and one app's call never drops
+    another's rows.
 
-    Idempotent: run by migration generation/0005 and safe to run again (e.g. after changing SCHEDULES).
-    `schedule_model` lets a migration pass its historical model. Returns the number of schedules.
+    Idempotent: run by migrations generation/0005 and workers_app/0002, and safe to run again (e.g. after
+    changing a list). `schedule_model` lets a migration pass its historical model. Returns the number of
+    schedules.
     """
     if schedule_model is None:
         from django_q.models import Schedule as schedule_model
-    for name, func, minutes in SCHEDULES:
+    for name, func, minutes in schedules:
         schedule_model.objects.update_or_create(
             name=name,
             defaults={"func": func, "schedule_type": "I", "minutes": minutes, "repeats": -1},
         )
-    names = [name for name, _, _ in SCHEDULES]
-    schedule_model.objects.filter(name__startswith=SCHEDULE_PREFIX).exclude(name__in=names).delete()
-    return len(SCHEDULES)
+    names = [name for name, _, _ in schedules]
+    modules = {func.rpartition(".")[0] for _, func, _ in schedules}
+    ours = schedule_model.objects.filter(name__startswith=SCHEDULE_PREFIX).exclude(name__in=names)
+    for stale in ours:
+        if stale.func.rpartition(".")[0] in modules:
+            stale.delete()
+    return len(schedules)

@@ -303,7 +303,7 @@ class WebhookDelivery(models.Model):
 
 
 class MetricCounter(models.Model):
-    """A running total behind /metrics (t2i_project.observability): each scrape adds what finished since the
+    """A running total behind /metrics (generation.metrics): each scrape adds what finished since the
     last one, so the counters stay exact, agree across server processes, and survive the retention purge."""
 
     name = models.CharField(max_length=64)

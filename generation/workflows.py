@@ -15,7 +15,6 @@ BINDABLE_FIELDS = (*TASK_FIELDS_BOUND, "filename_prefix")
 OUTPUT_NODE_CLASSES = frozenset(
     {"SaveImage", "PreviewImage", "SaveImageWebsocket", "SaveAnimatedWEBP", "SaveAnimatedPNG", "PreviewAny"}
 )
-IMAGE_OUTPUT_CLASSES = frozenset({"SaveImage", "PreviewImage", "SaveImageWebsocket"})
 
 
 def node_classes(workflow: Any) -> set[str]:
@@ -173,10 +172,6 @@ def build_workflow(workflow: dict, bindings: dict, values: dict[str, Any]) -> di
         if field in values:
             built[node_id]["inputs"][input_name] = values[field]
     return built
-
-
-def output_image_nodes(workflow: dict) -> list[str]:
-    return [node_id for node_id, node in workflow.items() if node.get("class_type") in IMAGE_OUTPUT_CLASSES]
 
 
 # The canonical SD1.5 text-to-image graph (protocol sheet, section 2).

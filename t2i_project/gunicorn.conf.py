@@ -1,11 +1,10 @@
 """gunicorn settings for the scheduler: `gunicorn -c t2i_project/gunicorn.conf.py t2i_project.wsgi`.
 
 Threaded workers (gthread): an idle worker daemon's long-polling lease request holds a thread while it
-waits, so the processes x threads must exceed the number of GPUs plus the requests in flight (4 x 16 serves
-about 50 GPUs). Four processes of 16 threads rather than two of 32: fewer threads share each GIL, which on
-2 cores cut a lease's median latency at 50 workers from about 80 to 20 ms (README, Benchmarks). Command-line
-flags override these values (e.g. `--bind`, `--workers`); so do GUNICORN_BIND, GUNICORN_WORKERS and
-GUNICORN_THREADS.
+waits, so the processes x threads must exceed the number of GPUs plus the requests in flight. Four
+processes of 16 threads rather than two of 32: fewer threads share each GIL, which cut a lease's median
+latency under load (bench/README.md). Command-line flags override these values (e.g. `--bind`,
+`--workers`); so do GUNICORN_BIND, GUNICORN_WORKERS and GUNICORN_THREADS.
 """
 
 import ctypes
@@ -29,9 +28,9 @@ def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
     """Cap glibc's malloc arenas, as MALLOC_ARENA_MAX=count would (an explicit MALLOC_ARENA_MAX wins).
 
     glibc gives threads that allocate at the same time arenas of their own, up to 8 per core, and each arena
-    keeps memory it has freed; 32 threads per process made one process's peak RSS about 20 MB larger
-    (README, Benchmarks). Runs in the master at start-up, so the forked workers inherit the cap before any
-    of their threads exist. False where there is no glibc (the setting then does nothing).
+    keeps memory it has freed, so more threads per process made its peak RSS larger (bench/README.md).
+    Runs in the master at start-up, so the forked workers inherit the cap before any of their threads exist.
+    False where there is no glibc (the setting then does nothing).
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return False

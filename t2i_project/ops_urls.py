@@ -2,9 +2,9 @@
 
 from django.urls import path
 
-from t2i_project import observability
+from generation import ops_views
 
 urlpatterns = [
-    path("metrics", observability.metrics, name="metrics"),
-    path("healthz", observability.healthz, name="healthz"),
+    path("metrics", ops_views.metrics, name="metrics"),
+    path("healthz", ops_views.healthz, name="healthz"),
 ]

@@ -97,8 +97,8 @@ elif DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("DATABASE_URL must point at SQLite or PostgreSQL.")
 elif env_bool("DB_PREPARED_STATEMENTS", True):
     # PostgreSQL: parameters bound by the server, and a statement a connection has run twice is prepared,
-    # so the hot path's statements are no longer parsed and planned on every call: 7 -> 4.5 ms of PostgreSQL
-    # CPU per lease+complete cycle (README, Benchmarks). Django leaves this off because it breaks
+    # so the hot path's statements are no longer parsed and planned on every call, which was most of
+    # PostgreSQL's CPU per lease+complete cycle (bench/README.md). Django leaves this off because it breaks
     # transaction-mode poolers (PgBouncer): set DB_PREPARED_STATEMENTS=0 behind one.
     DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
 
@@ -242,7 +242,8 @@ LOGGING = {
 
 # --- Operations: background jobs, webhooks, retention, metrics, log context (issue 5) -------------------
 # Run the jobs with `python manage.py qcluster` (ORM broker by default, Redis when Q_REDIS_URL is set; the
-# schedules are created by migration generation/0005 and generation.jobs.ensure_schedules()).
+# schedules are created by migrations generation/0005 and workers_app/0002 through
+# generation.jobs.ensure_schedules()).
 T2I.update(
     {
         # Seconds between the offline/expired-lease sweeps inside the once-a-minute maintenance job.

@@ -2,7 +2,6 @@
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
 
 from django.db import models
 
@@ -54,9 +53,6 @@ class Worker(models.Model):
     def set_token(self, token: str) -> None:
         self.token_hash = hash_token(token)
         self.token_hint = token[:6]
-
-    def is_stale(self, now: datetime, offline_after: float) -> bool:
-        return self.last_heartbeat is None or now - self.last_heartbeat > timedelta(seconds=offline_after)
 
     @property
     def is_online(self) -> bool:

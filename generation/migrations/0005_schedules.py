@@ -1,5 +1,6 @@
 """Create the background-job schedules (django-q2). generation.jobs.ensure_schedules() is idempotent and can be
-run again by hand after SCHEDULES changes."""
+run again by hand after SCHEDULES changes. (The liveness sweep's schedule, created here at first, is
+workers_app.jobs's since workers_app/0002.)"""
 
 from django.db import migrations
 
@@ -7,13 +8,14 @@ from django.db import migrations
 def create(apps, schema_editor):
     from generation.jobs import ensure_schedules
 
-    ensure_schedules(apps.get_model("django_q", "Schedule"))
+    ensure_schedules(schedule_model=apps.get_model("django_q", "Schedule"))
 
 
 def remove(apps, schema_editor):
-    from generation.jobs import SCHEDULE_PREFIX
+    from generation.jobs import SCHEDULES
 
-    apps.get_model("django_q", "Schedule").objects.filter(name__startswith=SCHEDULE_PREFIX).delete()
+    names = [name for name, _, _ in SCHEDULES]
+    apps.get_model("django_q", "Schedule").objects.filter(name__in=names).delete()
 
 
 class Migration(migrations.Migration):

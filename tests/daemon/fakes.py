@@ -19,7 +19,7 @@ from PIL import Image
 
 from workers_app.daemon.comfyui import ComfyUIError
 from workers_app.daemon.prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
-from workers_app.daemon.scheduler import HeartbeatReply, Lease, Registration
+from workers_app.daemon.scheduler import HeartbeatReply, LeasedTask, Registration
 
 TRACES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui_traces"
 
@@ -379,7 +379,7 @@ class FakeComfy:
 class FakeScheduler:
     """Stands in for ``SchedulerClient``: records calls; ``errors[name]`` raises queued exceptions first."""
 
-    def __init__(self, leases: list[Lease] | None = None, *, heartbeat_interval: float = 0.05) -> None:
+    def __init__(self, leases: list[LeasedTask] | None = None, *, heartbeat_interval: float = 0.05) -> None:
         self.lock = threading.Lock()
         self.leases = list(leases or [])
         self.heartbeat_interval = heartbeat_interval
@@ -413,7 +413,7 @@ class FakeScheduler:
         ids = {task_id for task_id, _ in leases}
         return HeartbeatReply("busy", sorted(ids), sorted(ids & self.cancel_ids), sorted(ids & self.lost_ids))
 
-    def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> Lease | None:
+    def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> LeasedTask | None:
         self._call("lease", wait=wait, prefetch=prefetch)
         with self.lock:
             lease = self.leases.pop(0) if self.leases else None
@@ -459,7 +459,7 @@ class FakeScheduler:
         self._call("offline")
 
 
-def make_lease(n: int = 1, **overrides: Any) -> Lease:
+def make_lease(n: int = 1, **overrides: Any) -> LeasedTask:
     body = {
         "task_id": f"00000000-0000-0000-0000-{n:012d}",
         "lease_token": f"lease-token-{n}",
@@ -474,4 +474,4 @@ def make_lease(n: int = 1, **overrides: Any) -> Lease:
         "batch_size": 1,
         **overrides,
     }
-    return Lease.from_json(body)
+    return LeasedTask.from_json(body)

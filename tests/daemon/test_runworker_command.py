@@ -105,7 +105,7 @@ class FakeWorker:
 @pytest.fixture
 def fake_worker(monkeypatch):
     FakeWorker.instances = []
-    monkeypatch.setattr(runworker, "Worker", FakeWorker)
+    monkeypatch.setattr(runworker, "WorkerLoop", FakeWorker)
     monkeypatch.setattr(runworker, "configure_logging", lambda verbose: None)
     return FakeWorker
 

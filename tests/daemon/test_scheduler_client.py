@@ -16,7 +16,7 @@ import pytest
 from tests.daemon.fakes import png_bytes
 from workers_app.daemon.scheduler import (
     AuthError,
-    Lease,
+    LeasedTask,
     LeaseLost,
     RegisterRequired,
     SchedulerClient,
@@ -174,9 +174,9 @@ def test_complete_can_ask_for_the_next_lease(server, client):
         ).get_payload()
     }
     assert (fields["lease_next"], fields["prefetch"]) == ("true", "true")
-    carried = Lease.carried(answer)
+    carried = LeasedTask.carried(answer)
     assert (carried.task_id, carried.lease_token) == (TASK, "next-lt")
-    assert Lease.carried({"status": "completed", "next": None}) is None
+    assert LeasedTask.carried({"status": "completed", "next": None}) is None
 
 
 def test_complete_refuses_to_send_no_images(client):

@@ -1,4 +1,4 @@
-"""The Worker loop with in-memory fakes: prefetch, heartbeats (cancel/lost), start-up, shutdown."""
+"""WorkerLoop with in-memory fakes: prefetch, heartbeats (cancel/lost), start-up, shutdown."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from workers_app.daemon import worker as worker_module
 from workers_app.daemon.comfyui import ComfyUIError
 from workers_app.daemon.runner import RunnerSettings
 from workers_app.daemon.scheduler import AuthError, RegisterRequired, SchedulerUnavailable
-from workers_app.daemon.worker import Worker, WorkerConfig
+from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 from workers_app.management.commands.runworker import stop_on_signals
 
 
-def make_worker(comfy: FakeComfy, sched: FakeScheduler, **overrides) -> Worker:
+def make_worker(comfy: FakeComfy, sched: FakeScheduler, **overrides) -> WorkerLoop:
     overrides.setdefault("grace", 0.2)
-    config = WorkerConfig(
+    config = WorkerLoopConfig(
         scheduler_url="http://scheduler.test",
         token="tok",
         comfyui_url="http://comfy.test",
@@ -31,11 +31,13 @@ def make_worker(comfy: FakeComfy, sched: FakeScheduler, **overrides) -> Worker:
         interrupt_wait=2,
         **overrides,
     )
-    return Worker(config, comfy=comfy, scheduler=sched, runner_settings=RunnerSettings(sleep=lambda s: None))
+    return WorkerLoop(
+        config, comfy=comfy, scheduler=sched, runner_settings=RunnerSettings(sleep=lambda s: None)
+    )
 
 
 @contextmanager
-def running(worker: Worker):
+def running(worker: WorkerLoop):
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
     thread.start()
@@ -247,4 +249,4 @@ def test_a_task_leased_while_stopping_is_released_at_once():
 
 
 def test_worker_config_repr_hides_the_token():
-    assert "tok" not in repr(WorkerConfig(scheduler_url="http://s", token="tok"))
+    assert "tok" not in repr(WorkerLoopConfig(scheduler_url="http://s", token="tok"))

@@ -3,7 +3,7 @@
 - The scheduler is `gunicorn t2i_project.wsgi` (gthread, two processes, as in production) in a
   subprocess, on the test database (the SQLite file, or test_<name> on PostgreSQL) with short timings.
 - ComfyUI is the simulator, in a thread of this process (`start_in_thread`), one per worker.
-- Worker daemons are `Worker(WorkerConfig(...))` in threads, or `manage.py runworker` OS processes for
+- Worker daemons are `WorkerLoop(WorkerLoopConfig(...))` in threads, or `manage.py runworker` OS processes for
   the signal tests. They talk to the scheduler and ComfyUI over HTTP and WebSocket only.
 
 Tasks are submitted and cancelled through the REST API. The test process uses the database to create the
@@ -35,8 +35,7 @@ from generation.models import Task
 from tests.conftest import child_database_url
 from tests.e2e.helpers import wait_until
 from workers_app import services as worker_services
-from workers_app.daemon.worker import Worker as Daemon
-from workers_app.daemon.worker import WorkerConfig
+from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 from workers_app.models import Worker
 from workers_app.simulator import SimulatorConfig, SimulatorHandle, start_in_thread
 
@@ -180,7 +179,7 @@ class DaemonThread:
 
     name: str
     row: Worker
-    daemon: Daemon
+    daemon: WorkerLoop
     thread: threading.Thread
     exit_codes: list[int] = field(default_factory=list)
 
@@ -265,14 +264,14 @@ class Farm:
         """A worker daemon in a thread, driving `simulator`."""
         name = name or f"gpu-{next(self._names)}"
         row, token = worker_services.worker_create(name=name)
-        config = WorkerConfig(
+        config = WorkerLoopConfig(
             scheduler_url=self.scheduler.url,
             token=token,
             comfyui_url=simulator.url,
             name=name,
             **{**DAEMON_DEFAULTS, **overrides},
         )
-        daemon = Daemon(config)
+        daemon = WorkerLoop(config)
         handle = DaemonThread(name, row, daemon, threading.Thread())
         handle.thread = threading.Thread(target=handle.run, name=f"daemon-{name}", daemon=True)
         self._threads.append(handle)

@@ -10,14 +10,15 @@ from django_q.models import Schedule
 from generation import jobs
 from generation.models import Image, Task, TaskAttempt, WebhookDelivery
 from tests.ops.conftest import run, submit
+from workers_app import jobs as worker_jobs
 from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db
 
 
-def test_migration_created_the_schedules():
-    names = set(Schedule.objects.filter(name__startswith=jobs.SCHEDULE_PREFIX).values_list("name", flat=True))
-    assert names == {name for name, _, _ in jobs.SCHEDULES}
+def test_migrations_created_the_schedules():
+    rows = Schedule.objects.filter(name__startswith=jobs.SCHEDULE_PREFIX)
+    assert set(rows.values_list("name", "func", "minutes")) == {*jobs.SCHEDULES, *worker_jobs.SCHEDULES}
 
 
 def test_ensure_schedules_is_idempotent_and_repairs_rows():
@@ -26,17 +27,27 @@ def test_ensure_schedules_is_idempotent_and_repairs_rows():
     Schedule.objects.create(name="someone else's job", func="x.y", schedule_type="I", minutes=1)
     assert jobs.ensure_schedules() == len(jobs.SCHEDULES)
     assert jobs.ensure_schedules() == len(jobs.SCHEDULES)
-    ours = Schedule.objects.filter(name__startswith=jobs.SCHEDULE_PREFIX)
+    ours = Schedule.objects.filter(name__startswith=jobs.SCHEDULE_PREFIX, func__startswith="generation.jobs.")
     assert ours.count() == len(jobs.SCHEDULES)
     thumbnails = ours.get(func="generation.jobs.thumbnails_job")
     assert (thumbnails.schedule_type, thumbnails.minutes, thumbnails.repeats) == ("I", 5, -1)
     assert Schedule.objects.filter(name="someone else's job").exists()
+    sweep = worker_jobs.SCHEDULES[0]
+    assert Schedule.objects.filter(name=sweep[0], func=sweep[1]).exists()  # another app's schedule stays
+
+
+def test_the_liveness_sweep_schedule_moves_from_generation_jobs():
+    """A farm migrated before the sweep moved to workers_app.jobs has its row pointing at the old path."""
+    name, func, minutes = worker_jobs.SCHEDULES[0]
+    Schedule.objects.filter(name=name).update(func="generation.jobs.farm_maintenance", minutes=7)
+    assert jobs.ensure_schedules(schedules=worker_jobs.SCHEDULES) == 1
+    assert Schedule.objects.filter(name=name).values_list("func", "minutes").get() == (func, minutes)
 
 
 def test_every_scheduled_function_exists():
     from django.utils.module_loading import import_string
 
-    for _, func, _ in jobs.SCHEDULES:
+    for _, func, _ in [*jobs.SCHEDULES, *worker_jobs.SCHEDULES]:
         assert callable(import_string(func))
 
 
@@ -47,7 +58,7 @@ def test_maintenance_marks_silent_workers_offline_and_requeues(worker, settings)
     services.task_lease_next(worker=worker)
     long_ago = timezone.now() - timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"] + 5)
     Worker.objects.filter(pk=worker.pk).update(last_heartbeat=long_ago)
-    summary = jobs.farm_maintenance(duration=0)
+    summary = worker_jobs.farm_maintenance(duration=0)
     assert summary.startswith("1 sweeps: 1 worker(s) marked offline")
     worker.refresh_from_db()
     task.refresh_from_db()
@@ -62,7 +73,7 @@ def test_maintenance_requeues_expired_leases(worker):
 
     services.task_lease_next(worker=worker)
     Task.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert jobs.maintenance_step() == (0, 1)
+    assert worker_jobs.maintenance_step() == (0, 1)
     task.refresh_from_db()
     assert task.status == Task.Status.QUEUED
 
@@ -70,8 +81,8 @@ def test_maintenance_requeues_expired_leases(worker):
 def test_maintenance_repeats_its_step(monkeypatch, settings):
     settings.T2I = {**settings.T2I, "MAINTENANCE_EVERY": 0.5}
     calls = []
-    monkeypatch.setattr(jobs, "maintenance_step", lambda: calls.append(1) or (0, 0))
-    jobs.farm_maintenance(duration=1.2)
+    monkeypatch.setattr(worker_jobs, "maintenance_step", lambda: calls.append(1) or (0, 0))
+    worker_jobs.farm_maintenance(duration=1.2)
     assert len(calls) == 3  # at 0, 0.5 and 1.0 seconds
 
 

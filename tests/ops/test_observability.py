@@ -9,9 +9,8 @@ import pytest
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from generation import services
+from generation import metrics, ops_views, services
 from generation.models import MetricCounter, Task, TaskAttempt, WebhookDelivery
-from t2i_project import observability
 from t2i_project.logging import JsonFormatter, PlainFormatter
 from tests.conftest import CHECKPOINT, make_worker
 from tests.ops.conftest import run, submit
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def no_rollup_lag(monkeypatch):
-    monkeypatch.setattr(observability, "ROLLUP_LAG", timedelta(0))
+    monkeypatch.setattr(metrics, "ROLLUP_LAG", timedelta(0))
 
 
 def scrape(client, **headers) -> dict:
@@ -116,9 +115,9 @@ def test_counters_wait_for_rows_to_settle(client, worker):
     assert ("t2i_tasks_completed_total", (("checkpoint", CHECKPOINT), ("worker", "gpu-1"))) not in scrape(
         client
     )
-    later = timezone.now() + observability.ROLLUP_LAG + timedelta(seconds=1)
-    assert observability.metrics_rollup(now=later) is True
-    assert observability.metrics_rollup(now=later) is False
+    later = timezone.now() + metrics.ROLLUP_LAG + timedelta(seconds=1)
+    assert metrics.metrics_rollup(now=later) is True
+    assert metrics.metrics_rollup(now=later) is False
     assert MetricCounter.objects.get(name="t2i_tasks_completed").value == 1
 
 
@@ -161,7 +160,7 @@ def test_healthz_ok(client, worker):
 
 
 def test_healthz_503_when_migrations_are_pending(client, monkeypatch):
-    monkeypatch.setattr(observability, "_pending_migrations", lambda connection: 2)
+    monkeypatch.setattr(ops_views, "_pending_migrations", lambda connection: 2)
     response = client.get("/healthz")
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
     assert response.json()["status"] == "error" and response.json()["migrations"] == "2 pending"
@@ -183,8 +182,8 @@ def test_healthz_503_when_the_database_is_down(client, monkeypatch):
 def test_pending_migrations_check_finds_none():
     from django.db import connection
 
-    observability._migrations_applied = False
-    assert observability._pending_migrations(connection) == 0
+    ops_views._migrations_applied = False
+    assert ops_views._pending_migrations(connection) == 0
 
 
 # --- Logging --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from django.urls import reverse
 from generation import services
 from generation.models import Image, Task
 from workers_app import services as worker_services
-from workers_app.daemon.worker import Worker, WorkerConfig
+from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 from workers_app.simulator import SimulatorConfig, start_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -65,8 +65,8 @@ def farm(live_server, settings, monkeypatch):
     settings.T2I = {**settings.T2I, "HEARTBEAT_INTERVAL": 1.0, "LEASE_MAX_WAIT": 2.0, "LISTEN_NOTIFY": False}
     simulator = start_in_thread(SimulatorConfig(job_time=0.2, step_time=0.25, random_seed=7))
     _record, token = worker_services.worker_create(name="sim-gpu-1")
-    worker = Worker(
-        WorkerConfig(
+    worker = WorkerLoop(
+        WorkerLoopConfig(
             scheduler_url=live_server.url,
             token=token,
             comfyui_url=simulator.url,
@@ -255,6 +255,6 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
 
 
 def _worker_online() -> bool:
-    from workers_app.models import Worker as WorkerRow
+    from workers_app.models import Worker
 
-    return WorkerRow.objects.filter(status__in=["idle", "busy"]).exists()
+    return Worker.objects.filter(status__in=["idle", "busy"]).exists()

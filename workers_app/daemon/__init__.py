@@ -5,7 +5,7 @@ from .prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome, PromptTracke
 from .runner import RunnerSettings, StopReason, TaskControl, TaskResult, run_task
 from .scheduler import (
     AuthError,
-    Lease,
+    LeasedTask,
     LeaseLost,
     RegisterRequired,
     SchedulerClient,
@@ -13,15 +13,15 @@ from .scheduler import (
     SchedulerUnavailable,
     WorkerDisabled,
 )
-from .worker import Worker, WorkerConfig
+from .worker import WorkerLoop, WorkerLoopConfig
 
 __all__ = [
     "AuthError",
     "ComfyUIClient",
     "ComfyUIError",
     "ImageRef",
-    "Lease",
     "LeaseLost",
+    "LeasedTask",
     "OutcomeStatus",
     "PromptOutcome",
     "PromptTracker",
@@ -33,8 +33,8 @@ __all__ = [
     "StopReason",
     "TaskControl",
     "TaskResult",
-    "Worker",
-    "WorkerConfig",
     "WorkerDisabled",
+    "WorkerLoop",
+    "WorkerLoopConfig",
     "run_task",
 ]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from .comfyui import ComfyUIError
 from .prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
 from .scheduler import (
-    Lease,
+    LeasedTask,
     LeaseLost,
     RegisterRequired,
     SchedulerClient,
@@ -47,19 +47,20 @@ _STOP_PRIORITY = {StopReason.RELEASE: 1, StopReason.CANCEL: 2, StopReason.LOST: 
 class TaskControl:
     """What the loop and the task's thread share about one lease. Thread-safe."""
 
-    def __init__(self, lease: Lease) -> None:
+    def __init__(self, lease: LeasedTask) -> None:
         self.lease = lease
         self.prompt_id: str | None = None
         self.started = False  # ComfyUI started executing it
         self.submitted = False  # sent to ComfyUI (or given up before that)
         self.failure_code: str | None = None
         self.leased_at = time.monotonic()
-        self.on_change: Callable[[], None] | None = None  # the loop's wake-up (set by Worker._launch)
-        self.on_stop: Callable[[], None] | None = None  # wakes the wait for ComfyUI (set by Worker._launch)
-        # Set by Worker._launch: at completion, None (lease nothing) or the prefetch flag for the next lease,
-        # which the completion's answer carries (one round trip per task); the worker takes it from here.
+        # Set by WorkerLoop._launch: the loop's wake-up, and what wakes the wait for ComfyUI.
+        self.on_change: Callable[[], None] | None = None
+        self.on_stop: Callable[[], None] | None = None
+        # Set by WorkerLoop._launch: at completion, None (lease nothing) or the prefetch flag for the next
+        # lease, which the completion's answer carries (one round trip per task); the loop takes it here.
         self.lease_next: Callable[[], bool | None] | None = None
-        self.next_lease: Lease | None = None
+        self.next_lease: LeasedTask | None = None
         self._stop: StopReason | None = None
         self._final = False
         self._lock = threading.Lock()
@@ -110,7 +111,8 @@ class ComfyUI(Protocol):
 class RunnerSettings:
     # At most one progress report a second: the task page and API clients read it about once a second, and
     # every report is a request and a row update on the scheduler. The last step is not special: the
-    # completion, moments later, shows 100 % anyway (a forced last report cost 5 % of a farm's CPU).
+    # completion, moments later, shows 100 % anyway (a forced last report cost a visible share of a farm's
+    # CPU: bench/README.md).
     progress_interval: float = 1.0
     view_attempts: int = 4
     upload_attempts: int = 5
@@ -128,7 +130,7 @@ def is_retryable_execution_error(outcome: PromptOutcome) -> bool:
 
 
 def run_task(
-    lease: Lease,
+    lease: LeasedTask,
     *,
     comfy: ComfyUI,
     scheduler: SchedulerClient,
@@ -149,7 +151,7 @@ def run_task(
 class _TaskRun:
     def __init__(
         self,
-        lease: Lease,
+        lease: LeasedTask,
         comfy: ComfyUI,
         scheduler: SchedulerClient,
         control: TaskControl,
@@ -321,7 +323,7 @@ class _TaskRun:
 
     def _take_carried(self, answer: Any) -> None:
         try:
-            self.control.next_lease = Lease.carried(answer) if isinstance(answer, dict) else None
+            self.control.next_lease = LeasedTask.carried(answer) if isinstance(answer, dict) else None
         except SchedulerError as exc:  # its lease expires on the scheduler and the task is requeued
             logger.warning("task %s: unusable carried lease (%s)", self.task_id, exc.message)
 

@@ -73,7 +73,7 @@ class HeartbeatReply:
 
 
 @dataclass(frozen=True)
-class Lease:
+class LeasedTask:
     """One leased task, as ``POST lease`` returns it."""
 
     task_id: str
@@ -88,7 +88,7 @@ class Lease:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Lease:
+    def from_json(cls, body: dict[str, Any]) -> LeasedTask:
         try:
             return cls(
                 task_id=str(body["task_id"]),
@@ -106,7 +106,7 @@ class Lease:
             raise SchedulerError(f"malformed lease answer ({exc!r})", code="bad_response") from exc
 
     @classmethod
-    def carried(cls, answer: dict[str, Any]) -> Lease | None:
+    def carried(cls, answer: dict[str, Any]) -> LeasedTask | None:
         """The lease a completion's answer carries in ``next``, if any."""
         following = answer.get("next")
         return cls.from_json(following) if isinstance(following, dict) else None
@@ -176,14 +176,14 @@ class SchedulerClient:
             lost=[str(t) for t in body.get("lost") or []],
         )
 
-    def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> Lease | None:
+    def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> LeasedTask | None:
         """Long-poll for a task for up to ``wait`` seconds; None when there is nothing to do (204)."""
         wait = max(0.0, min(wait, 30.0))
         response = self._call("lease", json={"wait": wait, "prefetch": prefetch}, timeout=wait + self.timeout)
         if response.status_code == 204 or not response.content:
             return None
         try:
-            return Lease.from_json(response.json())
+            return LeasedTask.from_json(response.json())
         except ValueError as exc:
             raise SchedulerError("lease answer is not JSON", code="bad_response") from exc
 
@@ -213,7 +213,7 @@ class SchedulerClient:
         """Upload the images (multipart ``images``) and mark the task completed. Safe to retry.
 
         ``lease_next`` (the ``prefetch`` flag to lease with, or None) asks the scheduler to lease the next
-        task in the same round trip; it comes back in the answer's ``next`` (see ``Lease.carried``)."""
+        task in the same round trip; it comes back in the answer's ``next`` (see ``LeasedTask.carried``)."""
         if not images:
             raise ValueError("complete() needs at least one image")
         data = {"lease_token": lease_token}

@@ -1,6 +1,6 @@
 """The worker loop: start-up, ``step()``, heartbeats, prefetch and a clean shutdown.
 
-Drive it from a thread in tests: ``worker = Worker(config); t = Thread(target=worker.run); ...;
+Drive it from a thread in tests: ``worker = WorkerLoop(config); t = Thread(target=worker.run); ...;
 worker.request_stop(); t.join()``. Signal handlers (installed by ``manage.py runworker``) only call
 ``request_stop()``, which only sets a boolean.
 """
@@ -19,7 +19,7 @@ from .comfyui import ComfyUIClient, ComfyUIError
 from .runner import RunnerSettings, StopReason, TaskControl, TaskResult, run_task
 from .scheduler import (
     AuthError,
-    Lease,
+    LeasedTask,
     RegisterRequired,
     SchedulerClient,
     SchedulerError,
@@ -32,7 +32,7 @@ SLICE = 0.1  # seconds: how often sleeps re-check the stop flag
 
 
 @dataclass
-class WorkerConfig:
+class WorkerLoopConfig:
     scheduler_url: str
     token: str = field(repr=False)
     comfyui_url: str = "http://127.0.0.1:8188"
@@ -65,12 +65,12 @@ class Backoff:
         self._next = self.initial
 
 
-class Worker:
+class WorkerLoop:
     """One daemon: takes tasks from the scheduler and runs them on one ComfyUI."""
 
     def __init__(
         self,
-        config: WorkerConfig,
+        config: WorkerLoopConfig,
         *,
         comfy: ComfyUIClient | None = None,
         scheduler: SchedulerClient | None = None,
@@ -163,7 +163,7 @@ class Worker:
         self._launch(lease)
         return True
 
-    def _lease(self, *, prefetch: bool) -> Lease | None:
+    def _lease(self, *, prefetch: bool) -> LeasedTask | None:
         wait = self.config.prefetch_lease_wait if prefetch else self.config.lease_wait
         asked_at = time.monotonic()
         try:
@@ -179,7 +179,7 @@ class Worker:
             self._sleep(min(1.0, wait - (time.monotonic() - asked_at)))
         return lease
 
-    def _launch(self, lease: Lease, *, replacing: TaskControl | None = None) -> None:
+    def _launch(self, lease: LeasedTask, *, replacing: TaskControl | None = None) -> None:
         """Run the lease on a thread of its own; `replacing` hands it that finished task's slot."""
         control = TaskControl(lease)
         control.on_change = self._changed.set
@@ -378,10 +378,10 @@ class Worker:
                 logger.warning("task %s: could not cancel it in ComfyUI (%s)", control.task_id, exc.message)
         self._release(control.lease, "shutdown")
 
-    def _release_unstarted(self, lease: Lease) -> None:
+    def _release_unstarted(self, lease: LeasedTask) -> None:
         self._release(lease, "shutdown")
 
-    def _release(self, lease: Lease, reason: str) -> None:
+    def _release(self, lease: LeasedTask, reason: str) -> None:
         try:
             self.scheduler.release(lease.task_id, lease.lease_token, reason=reason)
             logger.info("task %s released (%s)", lease.task_id, reason)

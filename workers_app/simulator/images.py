@@ -1,4 +1,4 @@
-"""Cheap, deterministic pictures for the simulator: no per-pixel Python loops, a 512x512 PNG in ~2 ms.
+"""Cheap, deterministic pictures for the simulator: no per-pixel Python loops (figures: bench/README.md).
 
 A text prompt becomes a two-colour gradient with a few shapes whose colours hash from the text and whose
 layout and grain come from the seed, so different prompts (or seeds) give visibly different images. The
@@ -105,7 +105,8 @@ def encode_png(
     """PNG bytes, with tEXt chunks (SaveImage stores the workflow as `prompt`).
 
     8-bit L/RGB/RGBA images are written here: filter None, or Up (all zeros) for a row equal to the one
-    above, then one zlib stream; 3-4x cheaper than Pillow's encoder, which tries every filter on every row.
+    above, then one zlib stream; several times cheaper than Pillow's encoder, which tries every filter on
+    every row.
     """
     if image.mode in _PNG_COLOR_TYPES:
         return _encode_rows(image, text_chunks or {}, compress_level)

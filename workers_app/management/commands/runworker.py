@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workers_app.daemon.worker import Worker, WorkerConfig
+from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 
 ENV = {
     "scheduler": "T2I_SCHEDULER_URL",
@@ -23,7 +23,7 @@ ENV = {
 }
 
 
-def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> WorkerConfig:
+def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> WorkerLoopConfig:
     """Options win over the environment; a missing or bad value fails loudly."""
 
     def pick(key: str) -> Any:
@@ -43,7 +43,7 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
     if prefetch < 1:
         raise CommandError("--prefetch must be at least 1")
     grace = float(options.get("grace") if options.get("grace") is not None else 30.0)
-    config = WorkerConfig(
+    config = WorkerLoopConfig(
         scheduler_url=str(scheduler),
         token=str(token),
         comfyui_url=str(pick("comfyui") or "http://127.0.0.1:8188"),
@@ -81,7 +81,7 @@ def _formatter() -> logging.Formatter:
 
 
 @contextmanager
-def stop_on_signals(worker: Worker) -> Iterator[None]:
+def stop_on_signals(worker: WorkerLoop) -> Iterator[None]:
     """SIGTERM/SIGINT set the worker's stop flag; nothing else happens inside the handler."""
 
     def handler(signum: int, frame: Any) -> None:
@@ -125,7 +125,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         config = build_config(options)
         configure_logging(verbose=bool(options.get("verbose")))
-        worker = Worker(config)
+        worker = WorkerLoop(config)
         with stop_on_signals(worker):
             code = worker.run()
         if code:
