@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from generation import services
 from generation.models import Task, TaskAttempt, WorkflowTemplate
-from tests.conftest import CHECKPOINT, make_worker
+from tests.conftest import CHECKPOINT, make_worker, submit_task
 
 PROCESSES = 8
 TASKS = 2000
@@ -124,7 +124,7 @@ def test_processes_lease_every_task_exactly_once():
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_claim_uses_for_update_skip_locked_on_postgresql(worker):
-    services.task_submit(owner=None, data=services.TaskInput(prompt="x", width=64, height=64))
+    submit_task(prompt="x")
 
     with CaptureQueriesContext(connection) as queries:
         assert services.task_lease_next(worker=worker) is not None

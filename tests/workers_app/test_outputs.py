@@ -8,26 +8,21 @@ from rest_framework.test import APIRequestFactory
 
 from generation import services
 from tests.conftest import png_bytes
+from tests.factories import TaskFactory
 from workers_app import apis
 
 pytestmark = pytest.mark.django_db
 
 
-def submit() -> None:
-    services.task_submit(
-        owner=None, data=services.TaskInput(prompt="a red fox", width=64, height=64, template="noise-test")
-    )
-
-
 def test_lease_output_equals_the_lease_serializer(worker):
-    submit()
+    TaskFactory(template__name="noise-test")
     lease = services.task_lease_next(worker=worker)
 
     assert apis.lease_output(lease) == dict(apis.LeaseOutput(lease).data)
 
 
 def test_complete_output_equals_the_complete_serializer(wapi, worker):
-    submit()
+    TaskFactory(template__name="noise-test")
     lease = services.task_lease_next(worker=worker)
     task = services.task_complete(
         worker=worker,
@@ -56,7 +51,7 @@ def test_complete_output_equals_the_complete_serializer(wapi, worker):
 
 
 def test_complete_output_with_a_carried_lease_equals_the_complete_serializer(worker):
-    submit(), submit()
+    TaskFactory.create_batch(2, template__name="noise-test")
     lease = services.task_lease_next(worker=worker)
     task, following = services.task_complete_and_lease(
         worker=worker,
