@@ -72,6 +72,7 @@ def start_children(worker_ids: list[int]) -> list[subprocess.Popen]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_processes_lease_every_task_exactly_once():
     workers = [make_worker(f"proc-{i}")[0] for i in range(PROCESSES)]

@@ -12,7 +12,7 @@ from generation import workflows
 from generation.models import WorkflowTemplate
 from tests.conftest import child_database_url
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from workers_app import services as worker_services
 from workers_app.daemon.worker import Worker, WorkerConfig
 from workers_app.simulator import SimulatorConfig, start_in_thread
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = os.environ.get("T2I_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
