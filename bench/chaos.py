@@ -5,9 +5,15 @@
 Starts the scheduler (gunicorn, as in production), `--workers` ComfyUI simulators (`manage.py
 comfyui_simulator` processes with WebSocket drops, late history, a low rate of execution errors and a slow
 /view) and as many `manage.py runworker` processes, submits `--tasks` tasks through the REST API, and while
-they run: SIGKILLs a random worker every few seconds and starts it again, SIGTERMs another now and then,
-crashes and restarts simulators, restarts the scheduler once and makes the database unreachable for a few
-seconds once (PostgreSQL: its backends are terminated in a loop; SQLite: the file is locked).
+they run: SIGKILLs a random worker every few seconds and starts it again, SIGTERMs another now and then and
+restarts simulators (these by the clock), and, by phase, restarts the scheduler, makes the database
+unreachable for a few seconds (PostgreSQL: its backends are terminated in a loop; SQLite: the file is
+locked) and SIGKILLs a simulator process.
+
+A phase is a number of finished tasks. The tasks after a phase's fault are not submitted before the fault
+has fired, so every scheduled fault fires while the run still has work, however fast the machine is, and
+the run ends only once every scheduled fault has fired, the workers it stopped are back and no task is
+unfinished.
 
 At the end it checks and prints: every task completed (exactly one completed attempt, its images in the
 database and on disk with matching SHA-256) or failed with a reason after its attempts ran out or for a
@@ -64,14 +70,27 @@ class Params:
     term_every: float = 9.0  # SIGTERM a random worker (and start it again once it has exited)
     simulator_restart_every: float = 12.0  # POST /simulator/restart to a random simulator
     db_outage: float = 3.0
-    scheduler_restart_at: float = 0.25  # fraction of tasks finished
-    db_outage_at: float = 0.5
-    simulator_kill_at: float = 0.65  # SIGKILL one simulator process and start it again
-    # The first worker SIGKILL at this fraction, besides every `kill_every` seconds: a short run may end
-    # before the periodic kill comes round (with completions carrying the next lease, 40 tasks can).
+    # The scheduled faults, each at a phase: the fraction of the tasks finished. None: not scheduled.
+    scheduler_restart_at: float | None = 0.25
+    db_outage_at: float | None = 0.5
+    simulator_kill_at: float | None = 0.65  # SIGKILL one simulator process and start it again
+    # A worker SIGKILL at a phase, besides the ones every `kill_every` seconds.
     worker_kill_at: float | None = None
+    # Tasks submitted beyond a phase before its fault fires (the rest wait for it). Default: twice what the
+    # workers can hold (each runs one task and prefetches one more).
+    ahead: int | None = None
     job_time: float = 0.05
     seed: int = 7
+
+
+@dataclass
+class Phase:
+    """A scheduled fault: it fires once `trigger` tasks have finished; until then only `gate` tasks are
+    submitted."""
+
+    kind: str
+    trigger: int
+    gate: int
 
 
 @dataclass
@@ -82,6 +101,32 @@ class Fault:
     ended: float = 0.0
     worker_pk: int | None = None
     held: list[int] = field(default_factory=list)  # task pks the target worker held when it was hit
+    phase: int | None = None  # the index of its Phase, for a scheduled fault
+    finished: int | None = None  # tasks finished when a scheduled fault fired
+
+
+def plan(p: Params) -> list[Phase]:
+    """The scheduled faults in the order they fire. Each one's trigger leaves at least one task (and up to
+    `ahead` more) to submit after it, so work always follows a fault."""
+    ahead = p.ahead if p.ahead is not None else 4 * p.workers
+    scheduled = [
+        (at, kind)
+        for at, kind in (
+            (p.worker_kill_at, "worker SIGKILL"),
+            (p.scheduler_restart_at, "scheduler restart"),
+            (p.db_outage_at, "database outage"),
+            (p.simulator_kill_at, "simulator SIGKILL"),
+        )
+        if at is not None
+    ]
+    last = p.tasks - ahead - 1  # the latest trigger that still leaves a task to submit after its fault
+    if scheduled and last < 1:
+        raise ValueError(f"{p.tasks} tasks are too few for scheduled faults with {ahead} tasks ahead")
+    phases = []
+    for at, kind in sorted(scheduled, key=lambda s: s[0]):
+        trigger = min(max(1, round(at * p.tasks)), last)
+        phases.append(Phase(kind, trigger, trigger + ahead))
+    return phases
 
 
 def log(message: str) -> None:
@@ -149,6 +194,11 @@ class ChaosRun:
         self.pairing: dict[str, int] = {}  # worker name -> simulator index
         self.task_pks: list[int] = []
         self.pending_restarts: list[str] = []
+        self.phases = plan(params)
+        # The submit gate: tasks numbered below `allowed` may be submitted; `closed` ends a run's waiting.
+        self.gate = threading.Condition()
+        self.allowed = 0
+        self.closed = False
         folder.mkdir(parents=True, exist_ok=True)
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -262,8 +312,19 @@ class ChaosRun:
             self.pairing[name] = n
         return Token.objects.get_or_create(user=user)[0].key
 
+    def open_gate(self, allowed: int) -> None:
+        with self.gate:
+            self.allowed = allowed
+            self.gate.notify_all()
+
+    def close_gate(self) -> None:
+        with self.gate:
+            self.closed = True
+            self.gate.notify_all()
+
     def submit(self, api_token: str, threads: int = 4) -> None:
-        """Every task through the REST API, from a few threads (as several users' scripts would)."""
+        """Every task through the REST API, from a few threads (as several users' scripts would), each one
+        once the gate lets it through."""
         from concurrent.futures import ThreadPoolExecutor
 
         from generation.models import Task
@@ -271,6 +332,10 @@ class ChaosRun:
         local = threading.local()
 
         def one(n: int) -> str:
+            with self.gate:
+                self.gate.wait_for(lambda: n < self.allowed or self.closed)
+                if self.closed:
+                    raise RuntimeError(f"the run ended before task {n} was submitted")
             if not hasattr(local, "session"):
                 local.session = requests.Session()
                 local.session.headers["Authorization"] = f"Token {api_token}"
@@ -465,50 +530,55 @@ class ChaosRun:
             except BaseException as exc:
                 errors.append(exc)
 
+        phases = self.phases
+        self.open_gate(phases[0].gate if phases else self.p.tasks)
         submitter = threading.Thread(target=submit, name="submit", daemon=True)
         submitter.start()
         log("submitting, and the chaos begins")
-        once = {
-            "scheduler": False,
-            "database": False,
-            "simulator": False,
-            "worker": self.p.worker_kill_at is None,
+        log("scheduled: " + (", ".join(f"{ph.kind} at {ph.trigger} finished" for ph in phases) or "nothing"))
+        inject = {
+            "worker SIGKILL": self.kill_worker,
+            "scheduler restart": self.restart_scheduler,
+            "database outage": self.database_outage,
+            "simulator SIGKILL": self.kill_simulator,
         }
         last = {"kill": time.monotonic(), "term": time.monotonic(), "sim": time.monotonic()}
         deadline = time.monotonic() + self.p.timeout
         done = 0
-        while time.monotonic() < deadline:
-            if errors:
-                raise errors[0]
-            done = self.finished()
-            if not submitter.is_alive() and self.unfinished() == 0:
-                break
-            fraction = max(done, 0) / self.p.tasks
-            now = time.monotonic()
-            self.restart_exited_workers()
-            if not once["worker"] and fraction >= self.p.worker_kill_at:
-                once["worker"] = True
-                last["kill"] = now
-                self.kill_worker()
-            elif not once["scheduler"] and fraction >= self.p.scheduler_restart_at:
-                once["scheduler"] = True
-                self.restart_scheduler()
-            elif not once["database"] and fraction >= self.p.db_outage_at:
-                once["database"] = True
-                self.database_outage()
-            elif not once["simulator"] and fraction >= self.p.simulator_kill_at:
-                once["simulator"] = True
-                self.kill_simulator()
-            elif now - last["kill"] >= self.p.kill_every:
-                last["kill"] = now
-                self.kill_worker()
-            elif now - last["term"] >= self.p.term_every:
-                last["term"] = now
-                self.term_worker()
-            elif now - last["sim"] >= self.p.simulator_restart_every:
-                last["sim"] = now
-                self.restart_simulator()
-            time.sleep(0.2)
+        fired = 0  # scheduled faults injected so far
+        try:
+            while time.monotonic() < deadline:
+                if errors:
+                    raise errors[0]
+                done = self.finished()
+                settled = fired == len(phases) and not submitter.is_alive() and not self.pending_restarts
+                if settled and self.unfinished() == 0:
+                    break
+                now = time.monotonic()
+                self.restart_exited_workers()
+                if fired < len(phases) and done >= phases[fired].trigger:
+                    phase = phases[fired]
+                    log(f"phase {fired + 1}/{len(phases)}: {phase.kind} with {done} tasks finished")
+                    count = len(self.faults)
+                    inject[phase.kind]()
+                    for fault in self.faults[count:]:
+                        fault.phase, fault.finished = fired, done
+                    fired += 1
+                    if phase.kind == "worker SIGKILL":
+                        last["kill"] = now
+                    self.open_gate(phases[fired].gate if fired < len(phases) else self.p.tasks)
+                elif now - last["kill"] >= self.p.kill_every:
+                    last["kill"] = now
+                    self.kill_worker()
+                elif now - last["term"] >= self.p.term_every:
+                    last["term"] = now
+                    self.term_worker()
+                elif now - last["sim"] >= self.p.simulator_restart_every:
+                    last["sim"] = now
+                    self.restart_simulator()
+                time.sleep(0.2)
+        finally:
+            self.close_gate()
         elapsed = time.time() - started
         log(f"{done}/{self.p.tasks} finished after {elapsed:.1f}s; {len(self.faults)} faults injected")
         for _ in range(50):  # workers started by the last faults come up, then all must settle idle
@@ -608,6 +678,12 @@ class ChaosRun:
         if stray:
             violations.append(f"{len(stray)} stored file(s) without a row, e.g. {stray[:3]}")
         counts["files"] = len(stored)
+        for index, phase in enumerate(self.phases):
+            fired = [f for f in self.faults if f.phase == index]
+            if not fired:
+                violations.append(f"the scheduled {phase.kind} (at {phase.trigger} finished) never fired")
+            elif _first_completion(Task, fired[-1].ended or fired[-1].started) is None:
+                violations.append(f"no task completed after the scheduled {phase.kind}")
         return {"counts": counts, "violations": violations}
 
     def recovery(self) -> list[tuple[Fault, str, dict[str, float]]]:
@@ -687,6 +763,11 @@ def report(run: ChaosRun, result: dict, verdict: dict) -> None:
     print(f"  workers busy after the queue emptied: {result['busy_workers'] or 'none'}")
     kinds = Counter(f.kind for f in run.faults)
     print("  faults: " + ", ".join(f"{kind} ×{n}" for kind, n in sorted(kinds.items())))
+    scheduled = [f for f in run.faults if f.phase is not None]
+    print(
+        "  scheduled (tasks finished: due / when it fired): "
+        + (", ".join(f"{f.kind} {run.phases[f.phase].trigger}/{f.finished}" for f in scheduled) or "none")
+    )
     rows = run.recovery()
     print("  recovery, by fault (seconds: median / max):")
     by_kind: dict[tuple[str, str], list[float]] = {}

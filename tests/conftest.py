@@ -1,4 +1,5 @@
-"""Shared fixtures: users, API clients, a registered worker with its token, and tiny real images."""
+"""Shared fixtures: users, API clients, a registered worker with its token, tiny real images, and
+`submit_task`, the one way tests queue a task through the service."""
 
 import io
 import os
@@ -15,9 +16,10 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
-from generation.models import WorkflowTemplate
+from generation import services
+from generation.models import Task, WorkflowTemplate
 from generation.workflows import SHIPPED_TEMPLATES
-from workers_app import services as worker_services
+from tests.factories import UserFactory, registered_capabilities, worker_with_token
 
 SD15_NODES = [
     "CheckpointLoaderSimple",
@@ -118,21 +120,28 @@ def clock(monkeypatch) -> Clock:
     return fake
 
 
-@pytest.fixture
-def user(django_user_model):
-    return django_user_model.objects.create_user("alice", password="pw-alice-123")
+def submit_task(owner=None, **fields) -> Task:
+    """Queue a task through `generation.services.task_submit`, as the API and the pages do: for tests of
+    submitting, leasing and dispatch, which rely on what the service decides (template, checkpoint, seed,
+    the wake-up of waiting leases). `fields` are the submitter's input; the size defaults to 64x64.
+    The only place the tests call `task_submit`; tests that just need a task row use `TaskFactory`."""
+    data = {"prompt": "a red fox in snow", "width": 64, "height": 64} | fields
+    return services.task_submit(owner=owner, data=data)
 
 
 @pytest.fixture
-def other_user(django_user_model):
-    return django_user_model.objects.create_user("bob", password="pw-bob-123")
+def user():
+    return UserFactory(username="alice", password="pw-alice-123")
 
 
 @pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user(
-        "ops", password="pw-ops-123", is_staff=True, is_superuser=True
-    )
+def other_user():
+    return UserFactory(username="bob", password="pw-bob-123")
+
+
+@pytest.fixture
+def staff():
+    return UserFactory(username="ops", password="pw-ops-123", is_staff=True, is_superuser=True)
 
 
 @pytest.fixture
@@ -168,10 +177,10 @@ def staff_api(staff) -> APIClient:
 
 
 def make_worker(name: str = "gpu-1", caps: dict | None = None, register: bool = True):
-    worker, token = worker_services.worker_create(name=name)
-    if register:
-        worker = worker_services.worker_register(worker=worker, capabilities=caps or capabilities())
-    return worker, token
+    """A worker and its token, registered with `caps` (default: `capabilities()`) unless `register=False`."""
+    if not register:
+        return worker_with_token(name=name, unregistered=True)
+    return worker_with_token(name=name, capabilities=registered_capabilities(caps or capabilities()))
 
 
 def worker_client(token: str) -> APIClient:

@@ -68,6 +68,14 @@ DAEMON_DEFAULTS: dict[str, Any] = {
 SIMULATOR_DEFAULTS: dict[str, Any] = {"job_time": 0.1}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder runs the farm's processes: `slow`, left out by `make test-fast`."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
 def _log_tail(path: Path, lines: int = 60) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from generation import services
 from generation.models import Image, Task, TaskAttempt, WorkflowTemplate
 from generation.workflows import NOISE_TEST_BINDINGS, NOISE_TEST_WORKFLOW
-from tests.conftest import media_files, png_bytes
+from tests.conftest import media_files, png_bytes, submit_task
 from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db
@@ -553,10 +553,10 @@ def database_state() -> tuple:
 @pytest.fixture
 def ctx(worker) -> dict:
     """A task leased to `worker` (the per-task endpoints' target) and another one waiting in the queue."""
-    leased = services.task_submit(owner=None, data=dict(**VALID_TASK))
+    leased = submit_task(**VALID_TASK)
     lease = services.task_lease_next(worker=worker)
     assert lease.task.pk == leased.pk
-    services.task_submit(owner=None, data=dict(**VALID_TASK))
+    submit_task(**VALID_TASK)
     return {"task_id": str(leased.public_id), "token": str(lease.attempt.lease_token)}
 
 

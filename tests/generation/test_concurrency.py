@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from generation import services
 from generation.models import Task, TaskAttempt, WorkflowTemplate
-from tests.conftest import CHECKPOINT, make_worker
+from tests.conftest import CHECKPOINT, make_worker, submit_task
 
 PROCESSES = 8
 TASKS = 2000
@@ -72,6 +72,7 @@ def start_children(worker_ids: list[int]) -> list[subprocess.Popen]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_processes_lease_every_task_exactly_once():
     workers = [make_worker(f"proc-{i}")[0] for i in range(PROCESSES)]
@@ -124,7 +125,7 @@ def test_processes_lease_every_task_exactly_once():
 @pytest.mark.postgres
 @pytest.mark.django_db
 def test_claim_uses_for_update_skip_locked_on_postgresql(worker):
-    services.task_submit(owner=None, data=dict(prompt="x", width=64, height=64))
+    submit_task(prompt="x")
 
     with CaptureQueriesContext(connection) as queries:
         assert services.task_lease_next(worker=worker) is not None

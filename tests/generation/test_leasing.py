@@ -20,6 +20,7 @@ from tests.conftest import (
     make_worker,
     media_files,
     png_bytes,
+    submit_task,
     worker_client,
 )
 from workers_app import services as worker_services
@@ -32,11 +33,6 @@ Status = Task.Status
 Outcome = TaskAttempt.Outcome
 LEASE = settings.T2I["LEASE_SECONDS"]
 OFFLINE_AFTER = settings.T2I["WORKER_OFFLINE_AFTER"]
-
-
-def submit(**fields) -> Task:
-    data = {"prompt": "a red fox in snow", "width": 64, "height": 64} | fields
-    return services.task_submit(owner=None, data=dict(**data))
 
 
 def lease(worker: Worker, **kwargs) -> services.TaskLease | None:
@@ -58,11 +54,11 @@ def upload(width: int = 64, height: int = 64) -> SimpleUploadedFile:
 
 
 def test_leases_highest_priority_first_then_oldest(worker):
-    low_old = submit(priority=0)
-    high_old = submit(priority=5)
-    low_new = submit(priority=0)
-    high_new = submit(priority=5)
-    urgent = submit(priority=9)
+    low_old = submit_task(priority=0)
+    high_old = submit_task(priority=5)
+    low_new = submit_task(priority=0)
+    high_new = submit_task(priority=5)
+    urgent = submit_task(priority=9)
 
     order = [lease(worker).task.pk for _ in range(5)]
 
@@ -74,14 +70,14 @@ def test_leases_highest_priority_first_then_oldest(worker):
 def test_worker_never_gets_a_checkpoint_it_lacks():
     has_a, _ = make_worker("gpu-a", capabilities(checkpoints=["a.safetensors"]))
     has_b, _ = make_worker("gpu-b", capabilities(checkpoints=["b.safetensors"]))
-    needs_b = submit(checkpoint="b.safetensors")
+    needs_b = submit_task(checkpoint="b.safetensors")
 
     assert lease(has_a) is None
     needs_b.refresh_from_db()
     assert needs_b.status == Status.QUEUED and needs_b.attempts == 0
     assert not TaskAttempt.objects.exists()
 
-    needs_a = submit(checkpoint="a.safetensors")
+    needs_a = submit_task(checkpoint="a.safetensors")
     assert lease(has_a).task.pk == needs_a.pk
     assert lease(has_b).task.pk == needs_b.pk
 
@@ -89,8 +85,8 @@ def test_worker_never_gets_a_checkpoint_it_lacks():
 def test_worker_never_gets_a_template_needing_a_node_class_it_lacks():
     make_worker("full", capabilities())
     noise_only, _ = make_worker("noise-only", capabilities(checkpoints=[], nodes=NOISE_NODES))
-    sd15 = submit(priority=10)  # older and more urgent, but needs CheckpointLoaderSimple, KSampler, …
-    noise = submit(template="noise-test")
+    sd15 = submit_task(priority=10)  # older and more urgent, but needs CheckpointLoaderSimple, KSampler, …
+    noise = submit_task(template="noise-test")
 
     got = lease(noise_only)
 
@@ -100,7 +96,7 @@ def test_worker_never_gets_a_template_needing_a_node_class_it_lacks():
 
 
 def test_draining_worker_gets_nothing(worker):
-    task = submit()
+    task = submit_task()
     worker_services.worker_set_state(worker=worker, state="drain")
 
     assert lease(worker) is None
@@ -109,7 +105,7 @@ def test_draining_worker_gets_nothing(worker):
 
 
 def test_disabled_worker_is_refused(worker):
-    submit()
+    submit_task()
     worker_services.worker_set_state(worker=worker, state="disable")
 
     with pytest.raises(WorkerDisabled):
@@ -124,7 +120,7 @@ def test_offline_worker_must_register_first(how):
         worker_services.worker_go_offline(worker=worker)
         worker.refresh_from_db()
     make_worker("gpu-2")  # someone can run the task, so it is accepted
-    submit()
+    submit_task()
 
     with pytest.raises(RegisterRequired):
         lease(worker)
@@ -135,7 +131,7 @@ def test_offline_worker_must_register_first(how):
 
 
 def test_expired_lease_is_requeued_and_the_attempt_counts(worker, clock):
-    task = submit()
+    task = submit_task()
     first = lease(worker)
     assert first.attempt.lease_expires_at == clock.now + timedelta(seconds=LEASE)
 
@@ -168,7 +164,7 @@ def test_expired_lease_is_requeued_and_the_attempt_counts(worker, clock):
 
 def test_after_max_attempts_the_task_fails_with_worker_lost(worker, clock, settings):
     settings.T2I = {**settings.T2I, "MAX_ATTEMPTS": 2}
-    task = submit()
+    task = submit_task()
     assert task.max_attempts == 2
 
     for _ in range(2):
@@ -192,7 +188,7 @@ def test_after_max_attempts_the_task_fails_with_worker_lost(worker, clock, setti
 def test_the_lease_path_reaps_expired_leases_itself(clock):
     gpu_a, _ = make_worker("gpu-a")
     gpu_b, _ = make_worker("gpu-b")
-    task = submit()
+    task = submit_task()
     first = lease(gpu_a)
 
     clock.advance(20)
@@ -211,7 +207,7 @@ def test_the_lease_path_reaps_expired_leases_itself(clock):
 def test_the_lease_path_marks_silent_workers_offline(clock):
     silent, _ = make_worker("silent")
     other, _ = make_worker("other")
-    task = submit()
+    task = submit_task()
     lease(silent)
 
     clock.advance(OFFLINE_AFTER + 1)  # long before the lease itself would expire
@@ -225,7 +221,7 @@ def test_the_lease_path_marks_silent_workers_offline(clock):
 
 
 def test_a_silent_worker_asking_for_work_must_register_again(worker, clock):
-    task = submit()
+    task = submit_task()
     lease(worker)
     clock.advance(OFFLINE_AFTER + 1)
 
@@ -240,7 +236,7 @@ def test_a_silent_worker_asking_for_work_must_register_again(worker, clock):
 
 def test_tasks_reap_expired_requeues_only_expired_leases(worker, clock):
     start = clock.now
-    renewed_task, dropped_task = submit(), submit()
+    renewed_task, dropped_task = submit_task(), submit_task()
     renewed, dropped = lease(worker), lease(worker)
     assert {renewed.task.pk, dropped.task.pk} == {renewed_task.pk, dropped_task.pk}
 
@@ -260,7 +256,7 @@ def test_tasks_reap_expired_requeues_only_expired_leases(worker, clock):
 
 
 def test_heartbeat_renews_the_lease(worker, clock):
-    task = submit()
+    task = submit_task()
     held = lease(worker)
     clock.advance(10)
 
@@ -283,7 +279,11 @@ def test_heartbeat_renews_the_lease(worker, clock):
 
 def test_heartbeat_reports_cancelled_and_lost_leases(worker, clock):
     other, _ = make_worker("gpu-2")
-    cancelled_task, lost_task, kept_task = submit(priority=3), submit(priority=2), submit(priority=1)
+    cancelled_task, lost_task, kept_task = (
+        submit_task(priority=3),
+        submit_task(priority=2),
+        submit_task(priority=1),
+    )
     held = [lease(worker) for _ in range(3)]
     assert [h.task.pk for h in held] == [cancelled_task.pk, lost_task.pk, kept_task.pk]
     services.task_cancel(task=cancelled_task)
@@ -307,7 +307,7 @@ def test_heartbeat_reports_cancelled_and_lost_leases(worker, clock):
 
 def test_worker_silent_too_long_goes_offline_and_its_leases_are_requeued(worker, clock):
     other, _ = make_worker("gpu-2")
-    task = submit()
+    task = submit_task()
     lease(worker)
     clock.advance(OFFLINE_AFTER + 1)
     alive(other)
@@ -326,7 +326,7 @@ def test_worker_silent_too_long_goes_offline_and_its_leases_are_requeued(worker,
 
 
 def test_register_requeues_the_leases_the_worker_held(worker):
-    task = submit()
+    task = submit_task()
     held = lease(worker)
     assert Worker.objects.get(pk=worker.pk).status == Worker.Status.BUSY
 
@@ -344,7 +344,7 @@ def test_register_requeues_the_leases_the_worker_held(worker):
 
 
 def test_release_requeues_without_counting_an_attempt(worker):
-    task = submit()
+    task = submit_task()
     held = lease(worker)
 
     services.task_release(worker=worker, task_id=task.public_id, lease_token=held.attempt.lease_token)
@@ -360,7 +360,7 @@ def test_release_requeues_without_counting_an_attempt(worker):
 
 
 def test_retryable_failure_requeues(worker):
-    task = submit()
+    task = submit_task()
     held = lease(worker)
 
     services.task_fail(
@@ -381,7 +381,7 @@ def test_retryable_failure_requeues(worker):
 
 
 def test_non_retryable_failure_fails_the_task(worker):
-    task = submit()
+    task = submit_task()
     held = lease(worker)
 
     services.task_fail(
@@ -401,7 +401,7 @@ def test_non_retryable_failure_fails_the_task(worker):
 
 def test_retryable_failure_on_the_last_attempt_fails_the_task(worker, settings):
     settings.T2I = {**settings.T2I, "MAX_ATTEMPTS": 1}
-    task = submit()
+    task = submit_task()
     held = lease(worker)
 
     services.task_fail(
@@ -423,7 +423,7 @@ def test_stale_worker_cannot_complete_after_the_task_moved_on(clock):
     _, token_a = make_worker("gpu-a")
     gpu_b, token_b = make_worker("gpu-b")
     client_a, client_b = worker_client(token_a), worker_client(token_b)
-    task = submit()
+    task = submit_task()
     job_a = client_a.post("/api/v1/worker/lease", {}, format="json").json()
     clock.advance(20)
     alive(gpu_b)
@@ -464,7 +464,7 @@ def test_stale_worker_cannot_complete_after_the_task_moved_on(clock):
 def test_losing_the_lease_while_storing_removes_the_written_files(clock, monkeypatch):
     gpu_a, _ = make_worker("gpu-a")
     gpu_b, _ = make_worker("gpu-b")
-    task = submit()
+    task = submit_task()
     held_a = lease(gpu_a)
     real_store = completion._store
     taken_over = {}
@@ -498,7 +498,7 @@ def test_losing_the_lease_while_storing_removes_the_written_files(clock, monkeyp
 
 
 def test_completion_retried_for_the_same_lease_returns_200_without_duplicates(wapi, worker):
-    task = submit(batch_size=2)
+    task = submit_task(batch_size=2)
     job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
     body = {"lease_token": job["lease_token"], "comfyui_prompt_id": "p-1"}
     url = f"/api/v1/worker/tasks/{task.public_id}/complete"
@@ -519,7 +519,7 @@ def test_completion_retried_for_the_same_lease_returns_200_without_duplicates(wa
 
 
 def test_a_completion_can_carry_the_next_lease(wapi, worker):
-    first, second = submit(), submit(priority=5)
+    first, second = submit_task(), submit_task(priority=5)
     job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
     assert job["task_id"] == str(second.public_id)
     url = f"/api/v1/worker/tasks/{second.public_id}/complete"
@@ -542,7 +542,7 @@ def test_a_completion_can_carry_the_next_lease(wapi, worker):
 
 
 def test_a_completion_without_lease_next_leases_nothing(wapi, worker):
-    task, waiting = submit(), submit()
+    task, waiting = submit_task(), submit_task()
     job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
     url = f"/api/v1/worker/tasks/{task.public_id}/complete"
 
@@ -568,11 +568,11 @@ def test_the_carried_lease_follows_the_lease_rules(worker):
         )
         return done.task, done.next
 
-    submit()
+    submit_task()
     task, following = complete(lease(worker))
     assert (task.status, following) == (Status.COMPLETED, None)  # nothing queued
 
-    submit(), submit(), submit()
+    submit_task(), submit_task(), submit_task()
     running, held = lease(worker), lease(worker, prefetch=True)  # two waited, one idle worker: one each
     assert complete(held, prefetch=True)[1] is None  # one waits, for "idle", while `running` still runs
 
@@ -590,14 +590,14 @@ def test_the_carried_lease_follows_the_lease_rules(worker):
 def test_prefetch_only_when_more_tasks_wait_than_other_idle_workers():
     busy, _ = make_worker("busy")
     idle, _ = make_worker("idle")
-    submit()
+    submit_task()
     assert lease(busy) is not None  # now busy runs one task
-    waiting = submit()
+    waiting = submit_task()
 
     assert lease(busy, prefetch=True) is None  # one waiting task, one idle worker: leave it to gpu "idle"
     assert Task.objects.get(pk=waiting.pk).status == Status.QUEUED
 
-    last = submit()
+    last = submit_task()
     prefetched = lease(busy, prefetch=True)  # two waiting, one idle worker: one for each
     assert prefetched.task.pk == waiting.pk
     assert lease(busy, prefetch=True) is None  # one left, and "idle" is still idle
@@ -614,14 +614,14 @@ def test_a_prefetch_request_from_a_worker_that_holds_nothing_is_an_ordinary_leas
     (which may be in the same situation) would leave the task waiting until a long-poll timed out."""
     finished, _ = make_worker("finished")
     make_worker("idle")
-    waiting = submit()
+    waiting = submit_task()
 
     assert lease(finished, prefetch=True).task.pk == waiting.pk
 
 
 def test_queue_positions_follow_the_lease_order(worker, api):
-    first, second = submit(), submit()
-    urgent = submit(priority=5)
+    first, second = submit_task(), submit_task()
+    urgent = submit_task(priority=5)
     positions = {t.pk: selectors.task_queue_position(t) for t in (first, second, urgent)}
     assert positions == {urgent.pk: 1, first.pk: 2, second.pk: 3}
     assert api.get(f"/api/v1/tasks/{second.public_id}/").json()["queue_position"] == 3
@@ -691,7 +691,7 @@ def test_submit_a_template_whose_nodes_nobody_has_is_refused(api):
     make_worker("sd-only", capabilities(nodes=["CheckpointLoaderSimple", "KSampler", "SaveImage"]))
 
     with pytest.raises(NoCapableWorker) as refused:
-        submit(template="noise-test")
+        submit_task(template="noise-test")
     assert "ImageAddNoise" in refused.value.fields["template"][0]
 
     response = post_task(api, template="noise-test")
@@ -705,9 +705,9 @@ def test_submit_without_checkpoint_takes_the_configured_default(settings):
     make_worker("gpu-b", capabilities(checkpoints=["a.safetensors"]))
     settings.T2I = {**settings.T2I, "DEFAULT_CHECKPOINT": "b.safetensors"}
 
-    assert submit().checkpoint == "b.safetensors"
-    assert submit(checkpoint="a.safetensors").checkpoint == "a.safetensors"
-    assert submit(template="noise-test").checkpoint == ""  # that template binds no checkpoint
+    assert submit_task().checkpoint == "b.safetensors"
+    assert submit_task(checkpoint="a.safetensors").checkpoint == "a.safetensors"
+    assert submit_task(template="noise-test").checkpoint == ""  # that template binds no checkpoint
 
 
 def test_submit_without_checkpoint_or_default_takes_the_one_most_online_workers_have(settings):
@@ -718,6 +718,6 @@ def test_submit_without_checkpoint_or_default_takes_the_one_most_online_workers_
         gone, _ = make_worker(name, capabilities(checkpoints=["rare.safetensors"]))
         worker_services.worker_go_offline(worker=gone)
 
-    task = submit()
+    task = submit_task()
 
     assert task.checkpoint == "common.safetensors" and task.warning == ""

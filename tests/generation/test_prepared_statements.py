@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 
 from generation import services
-from tests.conftest import make_worker
+from tests.conftest import make_worker, submit_task
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -12,9 +12,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 def test_the_lease_statement_is_prepared_after_its_second_run():
     worker, _token = make_worker()
     for _ in range(3):
-        services.task_submit(
-            owner=None, data=dict(prompt="a fox", width=64, height=64, template="noise-test")
-        )
+        submit_task(prompt="a fox", template="noise-test")
     for _ in range(3):
         assert services.task_lease_next(worker=worker) is not None
 

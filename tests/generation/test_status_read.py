@@ -14,7 +14,8 @@ from generation.exceptions import NotFound
 from generation.models import Task, TaskAttempt
 from generation.serializers import TaskOutput
 from tests.conftest import make_worker
-from tests.web.conftest import complete_next, completed, submit
+from tests.factories import TaskFactory
+from tests.web.conftest import complete_next, completed
 
 pytestmark = pytest.mark.django_db
 
@@ -36,22 +37,24 @@ def fast(task: Task, user) -> dict:
 
 
 def test_queued_task_matches_task_output_with_its_queue_position(user):
-    submit(user, "first")
-    urgent = submit(user, "urgent", priority=5)
-    task = submit(user, "second")
+    TaskFactory(owner=user, prompt="first")
+    urgent = TaskFactory(owner=user, prompt="urgent", priority=5)
+    task = TaskFactory(owner=user, prompt="second")
     assert fast(task, user) == expected(task)
     assert fast(task, user)["queue_position"] == 3
     assert fast(urgent, user)["queue_position"] == 1
 
 
 def test_queue_position_is_the_leasing_order(user):
-    tasks = [submit(user, f"t{i}", priority=p) for i, p in enumerate([0, 2, -1, 2, 0, 1, -1])]
+    tasks = [
+        TaskFactory(owner=user, prompt=f"t{i}", priority=p) for i, p in enumerate([0, 2, -1, 2, 0, 1, -1])
+    ]
     positions = [selectors.task_queue_position(task) for task in tasks]
     assert positions == [4, 1, 6, 2, 5, 3, 7]
 
 
 def test_running_task_with_attempt_history_matches_task_output(user, worker):
-    task = submit(user, "runs", steps=4)
+    task = TaskFactory(owner=user, prompt="runs", steps=4)
     lease = services.task_lease_next(worker=worker)
     services.task_fail(
         worker=worker,
@@ -81,7 +84,7 @@ def test_completed_batch_and_failed_and_anonymous_tasks_match_task_output(user, 
     TaskAttempt.objects.filter(task=batch).update(worker=None)
     assert fast(batch, staff) == expected(batch)
 
-    failed = submit(None, "anonymous, fails")
+    failed = TaskFactory(prompt="anonymous, fails")
     lease = services.task_lease_next(worker=worker)
     services.task_fail(
         worker=worker,
@@ -97,12 +100,12 @@ def test_completed_batch_and_failed_and_anonymous_tasks_match_task_output(user, 
 
 
 def test_seeds_beyond_signed_64_bits_survive(user):
-    task = submit(user, "big seed", seed=2**64 - 1)
+    task = TaskFactory(owner=user, prompt="big seed", seed=2**64 - 1)
     assert fast(task, user)["seed"] == str(2**64 - 1) == expected(task)["seed"]
 
 
 def test_unknown_malformed_and_invisible_ids_are_not_found(user, other_user):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     for public_id in (uuid.uuid4(), "not-a-uuid", ""):
         with pytest.raises(NotFound):
             selectors.task_status_for(user, public_id)
@@ -112,7 +115,7 @@ def test_unknown_malformed_and_invisible_ids_are_not_found(user, other_user):
 
 def test_rest_detail_and_seed_status_answer_from_the_same_read(api, user, django_assert_max_num_queries):
     worker, _ = make_worker("gpu-status")
-    task = submit(user, "watched", batch_size=2)
+    task = TaskFactory(owner=user, prompt="watched", batch_size=2)
     complete_next(worker)
     with django_assert_max_num_queries(3):  # task, images, attempts (the test client skips auth)
         detail = api.get(f"/api/v1/tasks/{task.public_id}/")

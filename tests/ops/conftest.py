@@ -1,4 +1,5 @@
-"""Fixtures for the operations console: a logged-in staff client and tasks driven through the services."""
+"""Fixtures for the operations console: a logged-in staff client, and tasks (made by `TaskFactory`) driven
+through the services."""
 
 from datetime import timedelta
 
@@ -16,19 +17,6 @@ def admin_client(staff) -> Client:
     client = Client()
     client.force_login(staff)
     return client
-
-
-def submit(*, owner=None, prompt="a lighthouse at dusk", priority=0, callback_url="", template="") -> Task:
-    data = dict(
-        prompt=prompt,
-        width=64,
-        height=64,
-        steps=4,
-        priority=priority,
-        template=template,
-        callback_url=callback_url,
-    )
-    return services.task_submit(owner=owner, data=data)
 
 
 def run(worker, *, complete: bool = True, code: str = "comfyui_error") -> Task:

@@ -9,7 +9,8 @@ from django.urls import reverse
 from generation import dashboard
 from generation.models import Image, Task, WebhookDelivery, WorkflowTemplate
 from tests.conftest import CHECKPOINT, capabilities, make_worker
-from tests.ops.conftest import run, submit
+from tests.factories import TaskFactory
+from tests.ops.conftest import run
 from workers_app.models import Worker, hash_token
 
 pytestmark = pytest.mark.django_db
@@ -37,11 +38,11 @@ def test_admin_index_links_the_dashboard(admin_client):
 
 
 def test_worker_changelist_shows_live_figures(admin_client, worker, django_capture_on_commit_callbacks):
-    submit()
-    submit()
+    TaskFactory()
+    TaskFactory()
     with django_capture_on_commit_callbacks(execute=True):
         run(worker)
-    submit()
+    TaskFactory()
     running = services_lease(worker)
     response = admin_client.get(reverse("admin:workers_app_worker_changelist"))
     assert response.status_code == HTTPStatus.OK
@@ -136,7 +137,7 @@ def test_worker_enable_action_undrains(admin_client, worker):
 
 
 def test_worker_disable_requeues_its_task(admin_client, worker):
-    task = submit()
+    task = TaskFactory()
     services_lease(worker)
     act(admin_client, "workers_app_worker", "disable", [worker.pk])
     task.refresh_from_db()
@@ -153,8 +154,8 @@ def test_worker_rotate_token_action(admin_client, worker_and_token):
 
 
 def test_task_changelist_filters_and_search(admin_client, worker, user):
-    submit(owner=user, prompt="a red fox in snow")
-    submit(prompt="a blue whale")
+    TaskFactory(owner=user, prompt="a red fox in snow")
+    TaskFactory(prompt="a blue whale")
     url = reverse("admin:generation_task_changelist")
     response = admin_client.get(url)
     assert response.status_code == HTTPStatus.OK
@@ -180,11 +181,11 @@ def test_task_changelist_filters_and_search(admin_client, worker, user):
 
 def test_task_changelist_has_no_n_plus_one(admin_client, worker, user, django_assert_max_num_queries):
     for _ in range(3):
-        submit(owner=user)
+        TaskFactory(owner=user)
     with django_assert_max_num_queries(12):
         admin_client.get(reverse("admin:generation_task_changelist"))
     for _ in range(20):
-        submit(owner=user)
+        TaskFactory(owner=user)
     with django_assert_max_num_queries(12):
         response = admin_client.get(reverse("admin:generation_task_changelist"))
     assert len(response.context["cl"].result_list) == 23
@@ -193,7 +194,7 @@ def test_task_changelist_has_no_n_plus_one(admin_client, worker, user, django_as
 def test_task_change_page_shows_attempts_and_thumbnails(
     admin_client, worker, django_capture_on_commit_callbacks
 ):
-    submit()
+    TaskFactory()
     with django_capture_on_commit_callbacks(execute=True):
         task = run(worker)
     image = Image.objects.get(task=task)
@@ -207,7 +208,7 @@ def test_task_change_page_shows_attempts_and_thumbnails(
 
 
 def test_task_cancel_action(admin_client, worker):
-    task = submit()
+    task = TaskFactory()
     response = act(admin_client, "generation_task", "cancel", [task.pk])
     task.refresh_from_db()
     assert task.status == Task.Status.CANCELLED
@@ -215,8 +216,8 @@ def test_task_cancel_action(admin_client, worker):
 
 
 def test_task_retry_action_and_error_message(admin_client, worker):
-    queued = submit()
-    failed = submit()
+    queued = TaskFactory()
+    failed = TaskFactory()
     Task.objects.filter(pk=failed.pk).update(status=Task.Status.FAILED, error_code="x")
     response = act(admin_client, "generation_task", "retry", [queued.pk, failed.pk])
     failed.refresh_from_db()
@@ -227,8 +228,8 @@ def test_task_retry_action_and_error_message(admin_client, worker):
 
 
 def test_task_raise_priority_action(admin_client, worker):
-    low = submit(priority=3)
-    high = submit(priority=995)
+    low = TaskFactory(priority=3)
+    high = TaskFactory(priority=995)
     response = act(admin_client, "generation_task", "raise_priority", [low.pk, high.pk])
     low.refresh_from_db()
     high.refresh_from_db()
@@ -239,11 +240,11 @@ def test_task_raise_priority_action(admin_client, worker):
 
 
 def test_dashboard_page(admin_client, worker, django_capture_on_commit_callbacks):
-    submit(priority=5)
-    submit()
+    TaskFactory(priority=5)
+    TaskFactory()
     with django_capture_on_commit_callbacks(execute=True):
         run(worker)
-    submit()
+    TaskFactory()
     services_lease(worker)
     response = admin_client.get(reverse("admin:generation_dashboard"))
     assert response.status_code == HTTPStatus.OK
@@ -260,7 +261,7 @@ def test_dashboard_needs_staff(client, user):
 
 
 def test_image_pages(admin_client, worker, django_capture_on_commit_callbacks):
-    submit()
+    TaskFactory()
     with django_capture_on_commit_callbacks(execute=True):
         task = run(worker)
     image = Image.objects.get(task=task)
@@ -336,7 +337,7 @@ def test_template_check_against_workers_action(admin_client):
 
 def test_webhook_delivery_pages_and_send_now(admin_client, worker, settings, monkeypatch):
     monkeypatch.setattr("django_q.tasks.async_task", lambda *a, **k: None)
-    task = submit(callback_url="http://127.0.0.1:9/hook")
+    task = TaskFactory(callback_url="http://127.0.0.1:9/hook")
     delivery = WebhookDelivery.objects.create(
         task=task, url=task.callback_url, event="task.failed", payload={"event": "task.failed"}, attempts=5
     )
@@ -350,7 +351,7 @@ def test_webhook_delivery_pages_and_send_now(admin_client, worker, settings, mon
 
 
 def test_object_action_buttons_on_the_task_page(admin_client, worker):
-    task = submit()
+    task = TaskFactory()
     page = admin_client.get(reverse("admin:generation_task_change", args=[task.pk]))
     cancel_url = reverse("admin:generation_task_object_action", args=[task.pk, "cancel"])
     assert cancel_url in page.content.decode()
@@ -373,7 +374,7 @@ def test_object_action_buttons_on_the_worker_page(admin_client, worker):
 
 
 def test_object_actions_refuse_get_and_unknown_actions(admin_client, worker):
-    task = submit()
+    task = TaskFactory()
     url = reverse("admin:generation_task_object_action", args=[task.pk, "cancel"])
     assert admin_client.get(url).status_code == HTTPStatus.FORBIDDEN
     bad = reverse("admin:generation_task_object_action", args=[task.pk, "delete_selected"])

@@ -8,7 +8,8 @@ from django.utils import timezone
 from generation import dashboard, services
 from generation.models import Task
 from tests.conftest import capabilities, make_worker
-from tests.ops.conftest import backdate, run, submit
+from tests.factories import TaskFactory
+from tests.ops.conftest import backdate, run
 from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +27,7 @@ def finished_tasks(worker, runs: list[float], *, now, finished_ago: float = 60) 
     """Completed tasks whose run times are `runs` seconds and whose waits are twice that."""
     tasks = []
     for seconds in runs:
-        submit()
+        TaskFactory()
         task = run(worker)
         backdate(
             task,
@@ -57,12 +58,12 @@ def test_farm_figures_for_the_last_hour(worker):
     now = timezone.now()
     finished_tasks(worker, [5.0, 15.0], now=now, finished_ago=120)
     finished_tasks(worker, [100.0], now=now, finished_ago=2 * 3600)  # outside the window
-    submit()
+    TaskFactory()
     failed = run(worker, complete=False)
     Task.objects.filter(pk=failed.pk).update(finished_at=now - timedelta(seconds=30))
-    submit(priority=5)
-    submit(priority=5)
-    submit()
+    TaskFactory(priority=5)
+    TaskFactory(priority=5)
+    TaskFactory()
     services.task_lease_next(worker=worker)  # one priority-5 task
 
     figures = dashboard.farm_figures(now=timezone.now())
@@ -82,13 +83,13 @@ def test_utilisation_is_busy_time_over_online_time(worker):
     now = timezone.now()
     Worker.objects.filter(pk=worker.pk).update(registered_at=now - timedelta(hours=3))
     # 30 minutes of work inside the window, 10 of them from a task that started before it.
-    submit()
+    TaskFactory()
     task = run(worker)
     backdate(task, created=4000, leased=3900, started=3900, finished=3000, now=now)  # 10 min in window
-    submit()
+    TaskFactory()
     task = run(worker)
     backdate(task, created=1300, leased=1200, started=1200, finished=600, now=now)  # 10 min
-    submit()
+    TaskFactory()
     services.task_lease_next(worker=worker)
     active = Task.objects.get(status=Task.Status.LEASED)
     services.task_start(worker=worker, task_id=active.public_id, lease_token=active.lease_token)
@@ -117,7 +118,7 @@ def test_offline_worker_counts_online_until_its_last_heartbeat(worker):
 def test_worker_stats_and_median(worker):
     now = timezone.now()
     finished_tasks(worker, [10.0, 20.0, 30.0, 40.0], now=now, finished_ago=1)
-    submit()
+    TaskFactory()
     run(worker, complete=False)
     other, _ = make_worker("gpu-2")
     finished_tasks(other, [7.0], now=now, finished_ago=1)

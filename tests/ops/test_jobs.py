@@ -9,7 +9,8 @@ from django_q.models import Schedule
 
 from generation import jobs
 from generation.models import Image, Task, TaskAttempt, WebhookDelivery
-from tests.ops.conftest import run, submit
+from tests.factories import TaskFactory
+from tests.ops.conftest import run
 from workers_app import jobs as worker_jobs
 from workers_app.models import Worker
 
@@ -52,7 +53,7 @@ def test_every_scheduled_function_exists():
 
 
 def test_maintenance_marks_silent_workers_offline_and_requeues(worker, settings):
-    task = submit()
+    task = TaskFactory()
     from generation import services
 
     services.task_lease_next(worker=worker)
@@ -68,7 +69,7 @@ def test_maintenance_marks_silent_workers_offline_and_requeues(worker, settings)
 
 
 def test_maintenance_requeues_expired_leases(worker):
-    task = submit()
+    task = TaskFactory()
     from generation import services
 
     services.task_lease_next(worker=worker)
@@ -87,7 +88,7 @@ def test_maintenance_repeats_its_step(monkeypatch, settings):
 
 
 def test_thumbnails_job_makes_missing_ones(worker):
-    submit()
+    TaskFactory()
     task = run(worker)
     image = Image.objects.get(task=task)
     default_storage.delete(image.thumbnail.name)  # as if making it had failed in the completion
@@ -97,7 +98,7 @@ def test_thumbnails_job_makes_missing_ones(worker):
 
 
 def test_retention_is_off_by_default(worker):
-    submit()
+    TaskFactory()
     task = run(worker)
     Task.objects.filter(pk=task.pk).update(finished_at=timezone.now() - timedelta(days=3650))
     assert jobs.tasks_purge_expired() == 0
@@ -108,12 +109,12 @@ def test_retention_deletes_old_finished_tasks_with_files(
     worker, settings, django_capture_on_commit_callbacks
 ):
     settings.T2I = {**settings.T2I, "RETENTION_DAYS": 7}
-    submit(callback_url="http://127.0.0.1:9/hook")
+    TaskFactory(callback_url="http://127.0.0.1:9/hook")
     with django_capture_on_commit_callbacks(execute=True):
         old = run(worker)
-    submit()
+    TaskFactory()
     recent = run(worker)
-    queued = submit()
+    queued = TaskFactory()
     Task.objects.filter(pk=queued.pk).update(created_at=timezone.now() - timedelta(days=30))
     image = Image.objects.get(task=old)
     files = [image.file.name, image.thumbnail.name]
@@ -134,7 +135,7 @@ def test_retention_deletes_old_finished_tasks_with_files(
 def test_retention_works_in_batches(worker, settings):
     settings.T2I = {**settings.T2I, "RETENTION_DAYS": 1}
     for _ in range(5):
-        submit()
+        TaskFactory()
     Task.objects.update(status=Task.Status.CANCELLED, finished_at=timezone.now() - timedelta(days=2))
     assert jobs.tasks_purge_expired(batch=2) == 5
     assert not Task.objects.exists()

@@ -13,7 +13,8 @@ from generation import metrics, ops_views, services
 from generation.models import MetricCounter, Task, TaskAttempt, WebhookDelivery
 from t2i_project.logging import JsonFormatter, PlainFormatter
 from tests.conftest import CHECKPOINT, make_worker
-from tests.ops.conftest import run, submit
+from tests.factories import TaskFactory
+from tests.ops.conftest import run
 
 pytestmark = pytest.mark.django_db
 
@@ -35,16 +36,16 @@ def scrape(client, **headers) -> dict:
 
 
 def test_metrics_report_the_farm(client, worker, no_rollup_lag):
-    submit(priority=3)
-    submit()
+    TaskFactory(priority=3)
+    TaskFactory()
     run(worker)
-    submit()
+    TaskFactory()
     run(worker, complete=False)
     other, _ = make_worker("gpu-2")
     services.task_lease_next(worker=other)  # the third task
-    submit()
+    TaskFactory()
     expired = TaskAttempt.objects.create(
-        task=submit(), worker=worker, number=9, lease_token="00000000-0000-0000-0000-000000000001",
+        task=TaskFactory(), worker=worker, number=9, lease_token="00000000-0000-0000-0000-000000000001",
         lease_expires_at=timezone.now(), leased_at=timezone.now(), finished_at=timezone.now(),
         outcome=TaskAttempt.Outcome.EXPIRED,
     )  # fmt: skip
@@ -78,11 +79,11 @@ def test_counters_count_each_finished_task_once_and_survive_retention(
     client, worker, no_rollup_lag, settings
 ):
     labels = (("checkpoint", CHECKPOINT), ("worker", "gpu-1"))
-    submit()
+    TaskFactory()
     run(worker)
     assert scrape(client)[("t2i_tasks_completed_total", labels)] == 1
     assert scrape(client)[("t2i_tasks_completed_total", labels)] == 1  # not counted twice
-    submit()
+    TaskFactory()
     run(worker)
     assert scrape(client)[("t2i_tasks_completed_total", labels)] == 2
     settings.T2I = {**settings.T2I, "RETENTION_DAYS": 1}
@@ -95,7 +96,7 @@ def test_counters_count_each_finished_task_once_and_survive_retention(
 
 
 def test_webhook_failures_survive_retention(client, worker, settings):
-    submit(callback_url="http://127.0.0.1:9/hook")
+    TaskFactory(callback_url="http://127.0.0.1:9/hook")
     task = run(worker)
     WebhookDelivery.objects.create(
         task=task, url=task.callback_url, event="task.completed", payload={}, attempts=4
@@ -110,7 +111,7 @@ def test_webhook_failures_survive_retention(client, worker, settings):
 
 
 def test_counters_wait_for_rows_to_settle(client, worker):
-    submit()
+    TaskFactory()
     run(worker)  # finished just now: inside ROLLUP_LAG
     assert ("t2i_tasks_completed_total", (("checkpoint", CHECKPOINT), ("worker", "gpu-1"))) not in scrape(
         client
@@ -126,10 +127,10 @@ def test_metrics_scrape_is_a_fixed_number_of_queries(
 ):
     for rows in (2, 10):
         for _ in range(rows):
-            submit()
+            TaskFactory()
             run(worker)
         other, _ = make_worker(f"gpu-{rows}")
-        submit()
+        TaskFactory()
         run(other, complete=False)
         with django_assert_max_num_queries(17):
             scrape(client)
@@ -149,7 +150,7 @@ def test_metrics_token(client, settings):
 
 
 def test_healthz_ok(client, worker):
-    submit()
+    TaskFactory()
     response = client.get("/healthz")
     assert response.status_code == HTTPStatus.OK
     body = response.json()
@@ -226,7 +227,7 @@ def test_settings_use_the_plain_formatter_and_services_pass_context(worker, capl
     assert settings.LOGGING["formatters"]["plain"]["()"] == "t2i_project.logging.PlainFormatter"
     formatter = PlainFormatter("%(message)s")
     caplog.set_level(logging.INFO, logger="generation.services")
-    task = submit()
+    task = TaskFactory()
     services.task_lease_next(worker=worker)
     leased = [r for r in caplog.records if r.getMessage() == "task leased"]
     assert formatter.format(leased[0]) == f"task leased task={task.public_id} worker={worker.name}"

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from generation import webhooks
 from generation.models import Task, WebhookDelivery
-from tests.ops.conftest import run, submit
+from tests.factories import TaskFactory
+from tests.ops.conftest import run
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +44,7 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -74,7 +75,7 @@ def _webhook_settings(settings, monkeypatch):
 
 
 def finished_task_with_callback(worker, url, capture, *, complete=True) -> Task:
-    submit(callback_url=url)
+    TaskFactory(callback_url=url)
     with capture(execute=True):
         return run(worker, complete=complete)
 
@@ -199,7 +200,7 @@ def test_without_a_secret_nothing_is_sent(worker, receiver, settings, django_cap
 
 
 def test_no_callback_no_delivery(worker, django_capture_on_commit_callbacks):
-    submit()
+    TaskFactory()
     with django_capture_on_commit_callbacks(execute=True):
         run(worker)
     assert not WebhookDelivery.objects.exists()

@@ -29,7 +29,7 @@ from rest_framework.authtoken.models import Token
 from generation import services
 from generation.models import Task, WorkflowTemplate
 from t2i_project.wsgi import application
-from tests.conftest import capabilities, make_worker
+from tests.conftest import capabilities, make_worker, submit_task
 from workers_app import services as worker_services
 
 pytestmark = pytest.mark.django_db
@@ -100,7 +100,7 @@ class Farm:
         return {"Authorization": f"Token {token}"}
 
     def owned_task(self) -> Task:
-        return services.task_submit(owner=self.user, data=dict(prompt="a lighthouse"))
+        return submit_task(self.user, prompt="a lighthouse")
 
     def leased_task(self) -> tuple[Task, str]:
         """A fresh lease for the fuzzed worker (re-registered first: earlier examples may have sent it

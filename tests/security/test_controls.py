@@ -29,8 +29,9 @@ from rest_framework.test import APIClient
 
 from generation import services
 from generation.models import Image, Task
-from tests.conftest import capabilities, make_worker, png_bytes, worker_client
-from tests.web.conftest import completed, submit
+from tests.conftest import capabilities, make_worker, png_bytes, submit_task, worker_client
+from tests.factories import TaskFactory
+from tests.web.conftest import completed
 from workers_app import services as worker_services
 from workers_app.daemon.scheduler import SchedulerClient
 
@@ -137,7 +138,7 @@ def test_web_pages_hide_another_users_task_and_images(done, other_user, client_f
 
 
 def test_web_cancel_refuses_another_users_task_but_staff_may(user, other_user, staff, client_for):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     url = reverse("web:task-cancel", kwargs={"task_id": task.public_id})
 
     assert client_for(other_user).post(url).status_code == HTTPStatus.NOT_FOUND
@@ -151,7 +152,7 @@ def test_web_cancel_refuses_another_users_task_but_staff_may(user, other_user, s
 
 
 def test_seed_status_follows_the_same_visibility_rule(user, other_user, staff):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     path = f"/status/{task.public_id}"
 
     def client(who):
@@ -167,7 +168,7 @@ def test_seed_status_follows_the_same_visibility_rule(user, other_user, staff):
 
 
 def test_anonymous_tasks_are_cancelled_anonymously_only_while_anonymous_submit_is_on(settings, client_for):
-    task = submit(None)
+    task = TaskFactory()
     api = APIClient()
 
     settings.T2I = {**settings.T2I, "ALLOW_ANONYMOUS_SUBMIT": False}
@@ -211,7 +212,7 @@ def test_seed_generate_shares_the_submit_rate_limit_with_the_rest_api(user, sett
 
 def test_seed_complete_without_a_lease_token_is_an_exception_the_operator_can_turn_off(worker_pair, settings):
     worker, token = worker_pair
-    task = services.task_submit(owner=None, data=dict(prompt="a fox", width=64, height=64))
+    task = submit_task(prompt="a fox")
     assert services.task_lease_next(worker=worker).task.pk == task.pk
     body = {"prompt_id": str(task.public_id), "images": [upload_png()]}
 
@@ -265,7 +266,7 @@ def test_admin_is_for_staff_only(user, staff, client_for):
 def test_every_post_form_on_every_page_carries_a_csrf_token(done, staff, client_for, settings):
     settings.T2I = {**settings.T2I, "SIGNUP_ENABLED": True}
     image = done.images.get()
-    queued = submit(done.owner)
+    queued = TaskFactory(owner=done.owner)
     pages = {
         None: [reverse("web:login"), reverse("web:signup"), reverse("admin:login")],
         done.owner: [
@@ -305,7 +306,7 @@ def csrf_token_for(client: Client, url: str) -> str:
 
 def test_web_forms_refuse_a_post_without_the_csrf_token(done, user, other_user):
     image = done.images.get()
-    queued = submit(user)
+    queued = TaskFactory(owner=user)
     targets = [
         (reverse("web:generate"), {"prompt": "a fox", "width": 64, "height": 64, "steps": 4}),
         (reverse("web:task-cancel", kwargs={"task_id": queued.public_id}), {}),

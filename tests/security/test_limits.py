@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from generation import services
 from generation.models import Image, Task, WorkflowTemplate
-from tests.conftest import media_files, png_bytes
+from tests.conftest import media_files, png_bytes, submit_task
 from tests.security.test_controls import settings_in_subprocess
 
 pytestmark = pytest.mark.django_db
@@ -30,8 +30,7 @@ W = "/api/v1/worker/"
 
 
 def leased(worker, **fields) -> tuple[Task, str]:
-    data = {"prompt": "a red fox", "width": 64, "height": 64} | fields
-    task = services.task_submit(owner=None, data=dict(**data))
+    task = submit_task(prompt="a red fox", **fields)
     lease = services.task_lease_next(worker=worker)
     assert lease.task.pk == task.pk
     return task, str(lease.attempt.lease_token)
@@ -254,7 +253,7 @@ def test_media_serving_lists_no_directories(client, wapi, worker):
     ],
 )
 def test_task_list_query_parameters_out_of_range_are_ignored(api, user, query):
-    services.task_submit(owner=user, data=dict(prompt="a fox", width=64, height=64))
+    submit_task(user, prompt="a fox")
 
     response = api.get(f"/api/v1/tasks/?{query}")
 

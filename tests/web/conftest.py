@@ -1,5 +1,5 @@
-"""Test data for the web pages, made through the services: queued tasks, and completed ones with real
-tiny PNGs and their thumbnails."""
+"""Test data for the web pages: completed tasks (queued by `TaskFactory`, completed through the services)
+with real tiny PNGs and their thumbnails."""
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -8,11 +8,7 @@ from django.test import Client, TestCase
 from generation import services
 from generation.models import Task
 from tests.conftest import png_bytes
-
-
-def submit(owner, prompt: str = "a lighthouse at dusk", **fields) -> Task:
-    data = {"width": 64, "height": 64, "steps": 4} | fields
-    return services.task_submit(owner=owner, data=dict(prompt=prompt, **data))
+from tests.factories import TaskFactory
 
 
 def complete_next(worker, *, color=(200, 30, 30)) -> Task:
@@ -32,7 +28,7 @@ def complete_next(worker, *, color=(200, 30, 30)) -> Task:
 
 def completed(owner, worker, prompt: str = "a lighthouse at dusk", **fields) -> Task:
     """A completed task. Call it while nothing else is queued (the lease takes the oldest task)."""
-    task = submit(owner, prompt, **fields)
+    task = TaskFactory(owner=owner, prompt=prompt, **fields)
     done = complete_next(worker)
     assert done.pk == task.pk
     return done

@@ -8,7 +8,8 @@ from django.urls import reverse
 
 from generation import services
 from generation.models import Image, Task
-from tests.web.conftest import completed, submit
+from tests.factories import TaskFactory
+from tests.web.conftest import completed
 
 pytestmark = pytest.mark.django_db
 
@@ -18,7 +19,7 @@ def cancel_url(task) -> str:
 
 
 def test_owner_cancels_a_queued_task(alice, user):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     response = alice.post(cancel_url(task))
     assert response.status_code == HTTPStatus.FOUND
     assert response["Location"] == reverse("web:task", kwargs={"task_id": task.public_id})
@@ -30,7 +31,7 @@ def test_owner_cancels_a_queued_task(alice, user):
 
 
 def test_cancel_a_running_task_from_the_queue_page(alice, user, worker):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     services.task_lease_next(worker=worker)
     response = alice.post(cancel_url(task), {"next": reverse("web:queue")})
     assert response["Location"] == reverse("web:queue")
@@ -39,7 +40,7 @@ def test_cancel_a_running_task_from_the_queue_page(alice, user, worker):
 
 
 def test_cancel_ignores_an_offsite_next(alice, user):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     response = alice.post(cancel_url(task), {"next": "https://evil.example/"})
     assert response["Location"] == reverse("web:task", kwargs={"task_id": task.public_id})
 
@@ -53,7 +54,7 @@ def test_cancel_a_finished_task_says_so(alice, user, worker):
 
 
 def test_others_cannot_cancel(bob, client, user):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     assert bob.post(cancel_url(task)).status_code == HTTPStatus.NOT_FOUND
     assert client.post(cancel_url(task)).status_code == HTTPStatus.NOT_FOUND
     task.refresh_from_db()
@@ -61,7 +62,7 @@ def test_others_cannot_cancel(bob, client, user):
 
 
 def test_cancel_needs_post_and_csrf(client_for, user):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     from django.test import Client
 
     strict = Client(enforce_csrf_checks=True)

@@ -16,13 +16,13 @@ from django.core.files.storage import default_storage
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.urls import reverse
 
-from generation import services
 from generation.models import Image, Task
+from tests.conftest import submit_task
 from workers_app import services as worker_services
 from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 from workers_app.simulator import SimulatorConfig, start_in_thread
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = os.environ.get("T2I_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -108,9 +108,7 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
     alice = django_user_model.objects.create_user("alice", password=PASSWORD)
     bob = django_user_model.objects.create_user("bob", password=PASSWORD)
     wait_for(_worker_online, what="the worker to register")
-    bobs_task = services.task_submit(
-        owner=bob, data=dict(prompt="bob's private harbour", width=256, height=256, steps=2)
-    )
+    bobs_task = submit_task(bob, prompt="bob's private harbour", width=256, height=256, steps=2)
     bobs_image = wait_for(lambda: Image.objects.filter(task=bobs_task).first(), what="bob's image")
 
     def url(name: str, **kwargs) -> str:

@@ -7,7 +7,8 @@ from django.utils import timezone
 
 from generation.models import Task
 from generation.web_selectors import eta_basis, eta_seconds
-from tests.web.conftest import completed, submit
+from tests.factories import TaskFactory
+from tests.web.conftest import completed
 from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db
@@ -45,7 +46,7 @@ def test_eta_for_a_running_task_is_what_is_left(user, worker):
     done = completed(user, worker)
     now = timezone.now()
     Task.objects.filter(pk=done.pk).update(started_at=now - timedelta(seconds=20), finished_at=now)
-    task = submit(user)
+    task = TaskFactory(owner=user)
     lease = services.task_lease_next(worker=worker)
     services.task_report_progress(
         worker=worker, task_id=task.public_id, lease_token=lease.attempt.lease_token, value=3, maximum=4
@@ -58,7 +59,7 @@ def test_task_page_shows_the_eta(alice, user, worker):
     done = completed(user, worker)
     now = timezone.now()
     Task.objects.filter(pk=done.pk).update(started_at=now - timedelta(seconds=90), finished_at=now)
-    submit(user, prompt="first")
-    second = submit(user, prompt="second")
+    TaskFactory(owner=user, prompt="first")
+    second = TaskFactory(owner=user, prompt="second")
     page = alice.get(f"/tasks/{second.public_id}/").content.decode()
     assert "Number 2 in the queue · done in about 3 min" in page

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from generation.models import Task
 from tests.conftest import CHECKPOINT
-from tests.web.conftest import submit
+from tests.factories import TaskFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -99,7 +99,7 @@ def test_checkpoints_offered_are_those_workers_have(alice, worker):
 
 
 def test_prefill_from_query_string(alice, user):
-    task = submit(user, prompt="a castle", width=768, height=512, steps=9, seed=42)
+    task = TaskFactory(owner=user, prompt="a castle", width=768, height=512, steps=9, seed=42)
     task_page = alice.get(reverse("web:task", kwargs={"task_id": task.public_id}))
     again, new_seed = task_page.context["again_query"], task_page.context["new_seed_query"]
     assert "seed=42" in again and "seed" not in new_seed

@@ -6,7 +6,8 @@ from http import HTTPStatus
 import pytest
 from django.urls import reverse
 
-from tests.web.conftest import completed, submit
+from tests.factories import TaskFactory
+from tests.web.conftest import completed
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +33,7 @@ def test_nav_marks_the_current_page(alice):
 
 
 def test_task_page_owner_staff_and_others(alice, bob, client_for, staff, user):
-    task = submit(user)
+    task = TaskFactory(owner=user)
     url = reverse("web:task", kwargs={"task_id": task.public_id})
     page = alice.get(url)
     assert page.status_code == HTTPStatus.OK
@@ -47,7 +48,7 @@ def test_task_page_owner_staff_and_others(alice, bob, client_for, staff, user):
 
 def test_anonymous_task_is_visible_to_whoever_has_the_link(client, bob, settings):
     settings.T2I = {**settings.T2I, "ALLOW_ANONYMOUS_SUBMIT": True}
-    task = submit(None)
+    task = TaskFactory()
     url = reverse("web:task", kwargs={"task_id": task.public_id})
     assert client.get(url).status_code == HTTPStatus.OK
     assert bob.get(url).status_code == HTTPStatus.OK
@@ -79,7 +80,7 @@ def test_completed_task_page_shows_images_and_worker(alice, user, worker):
 def test_failed_task_explains_the_error_in_plain_words(alice, user, worker, code, sentence):
     from generation import services
 
-    task = submit(user)
+    task = TaskFactory(owner=user)
     lease = services.task_lease_next(worker=worker)
     services.task_fail(
         worker=worker,
@@ -132,11 +133,11 @@ def test_image_download_is_the_original_as_attachment(alice, bob, user, worker):
 
 def test_queue_page_lists_queued_and_running_tasks_only(client, alice, user, worker):
     done = completed(user, worker, prompt="finished already")
-    running = submit(user, prompt="running now")
+    running = TaskFactory(owner=user, prompt="running now")
     from generation import services
 
     services.task_lease_next(worker=worker)
-    queued = submit(user, prompt="waiting in line")
+    queued = TaskFactory(owner=user, prompt="waiting in line")
     page = alice.get(reverse("web:queue"))
     html = page.content.decode()
     assert page.status_code == HTTPStatus.OK

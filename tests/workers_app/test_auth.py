@@ -16,6 +16,7 @@ from generation.exceptions import InvalidInput
 from generation.models import Image, Task, TaskAttempt, WorkflowTemplate
 from generation.workflows import NOISE_TEST_BINDINGS, NOISE_TEST_WORKFLOW
 from tests.conftest import capabilities, make_worker, media_files, png_bytes, worker_client
+from tests.factories import TaskFactory
 from workers_app import services as worker_services
 from workers_app.models import Worker
 
@@ -54,13 +55,9 @@ def image() -> SimpleUploadedFile:
     return SimpleUploadedFile("out.png", png_bytes(64, 64), "image/png")
 
 
-def submit(owner=None) -> Task:
-    return services.task_submit(owner=owner, data=dict(prompt="a red fox", width=64, height=64))
-
-
 def held_lease(worker: Worker) -> dict:
     """Queue a task and lease it to `worker`; the job as the heartbeat and task endpoints name it."""
-    task = submit()
+    task = TaskFactory()
     lease = services.task_lease_next(worker=worker)
     assert lease.task.pk == task.pk
     return {"task_id": str(task.public_id), "lease_token": str(lease.attempt.lease_token)}
@@ -160,7 +157,7 @@ def test_disabled_worker_is_refused_everywhere(worker_and_token, path, fmt, body
     worker, token = worker_and_token
     job = held_lease(worker)
     worker_services.worker_set_state(worker=worker, state="disable")
-    submit()  # work is waiting, yet it must not get it
+    TaskFactory()  # work is waiting, yet it must not get it
     before = snapshot(job["task_id"]), TaskAttempt.objects.count()
 
     response = call(worker_client(token), path, fmt, body(job), job)
@@ -174,7 +171,7 @@ def test_disabled_worker_is_refused_everywhere(worker_and_token, path, fmt, body
 def test_offline_worker_must_register_again(worker_and_token):
     worker, token = worker_and_token
     worker_services.worker_go_offline(worker=worker)
-    submit()
+    TaskFactory()
     client = worker_client(token)
 
     beat = client.post("/api/v1/worker/heartbeat", {"tasks": []}, format="json")
@@ -230,7 +227,7 @@ def test_users_submit_with_an_api_token(user):
 
 
 def test_a_user_cannot_see_or_cancel_another_users_task(api, user, other_user):
-    theirs = submit(owner=other_user)
+    theirs = TaskFactory(owner=other_user)
 
     for response in (
         api.get(f"/api/v1/tasks/{theirs.public_id}/"),
@@ -244,7 +241,7 @@ def test_a_user_cannot_see_or_cancel_another_users_task(api, user, other_user):
 
 
 def test_staff_can_see_and_cancel_any_task(staff_api, other_user):
-    theirs = submit(owner=other_user)
+    theirs = TaskFactory(owner=other_user)
 
     seen = staff_api.get(f"/api/v1/tasks/{theirs.public_id}/")
     cancelled = staff_api.post(f"/api/v1/tasks/{theirs.public_id}/cancel/")
