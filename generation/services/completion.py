@@ -49,18 +49,15 @@ def task_complete(
     flips inside it, fenced by the lease token. If the fence fails, the written files are removed again.
     A retry of a completion that already landed for this same lease returns the task unchanged.
     """
-    attempt = (
-        TaskAttempt.objects.select_related("task")
-        .filter(
+    try:
+        attempt = TaskAttempt.objects.select_related("task").get(
             lease_token=lease_token,
             worker=worker,
             task__public_id=task_id,
             task__lease_token=lease_token,
             task__status__in=Task.ACTIVE_STATUSES,
         )
-        .first()
-    )
-    if attempt is None:
+    except TaskAttempt.DoesNotExist:
         return _landed_before(worker=worker, task_id=task_id, lease_token=lease_token)
     task = attempt.task
     verified = _verify_batch(task, files)
