@@ -67,8 +67,11 @@ class GenerateForm(forms.Form):
         farm = settings.T2I
         for name in ("prompt", "negative_prompt"):
             self.fields[name].strip = False
-        for name in ("width", "height", "seed"):
-            self.fields[name].required = False  # a size preset sets width and height; no seed: a random one
+        for name in self.TASK_FIELDS:
+            # As in the REST API, a field left out takes the model's default (a size preset sets width and
+            # height; no seed means a random one).
+            if Task._meta.get_field(name).has_default() or name in ("width", "height", "seed"):
+                self.fields[name].required = False
         self.fields["checkpoint"].choices = [("", "Farm default")] + [
             (c["name"], f"{c['name']} ({_workers(c['online_workers'])})") for c in checkpoints
         ]
