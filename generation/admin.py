@@ -207,7 +207,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             {
                 "fields": [
                     ("width", "height", "batch_size"),
-                    ("steps", "cfg"),
+                    ("steps", "cfg", "denoise"),
                     ("sampler", "scheduler"),
                     "seed",
                 ]
