@@ -207,7 +207,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             {
                 "fields": [
                     ("width", "height", "batch_size"),
-                    ("steps", "cfg", "denoise"),
+                    ("steps", "cfg"),
                     ("sampler", "scheduler"),
                     "seed",
                 ]

@@ -82,7 +82,7 @@ class WorkflowTemplate(models.Model):
 # is given by name. Their types, limits of length and defaults come from the fields below.
 TASK_INPUT_FIELDS = (
     "prompt", "negative_prompt", "width", "height", "steps", "cfg", "sampler", "scheduler", "seed",
-    "batch_size", "checkpoint", "priority", "callback_url", "denoise",
+    "batch_size", "checkpoint", "priority", "callback_url",
 )  # fmt: skip
 
 
@@ -108,7 +108,6 @@ class Task(models.Model):
     height = models.PositiveIntegerField(default=512)
     steps = models.PositiveSmallIntegerField(default=20)
     cfg = models.FloatField(default=7.0)
-    denoise = models.FloatField(default=1.0, help_text="How much of the latent the sampler replaces, 0 to 1.")
     sampler = models.CharField(max_length=64, default="euler")
     scheduler = models.CharField(max_length=64, default="normal")
     seed = Uint64Field()

@@ -7,7 +7,7 @@ from typing import Any
 # Task fields a template can bind to a node input; a lease fills each in from the task.
 TASK_FIELDS_BOUND = (
     "prompt", "negative_prompt", "width", "height", "seed", "steps", "cfg", "sampler", "scheduler",
-    "checkpoint", "batch_size", "denoise",
+    "checkpoint", "batch_size",
 )  # fmt: skip
 BINDABLE_FIELDS = (*TASK_FIELDS_BOUND, "filename_prefix")
 

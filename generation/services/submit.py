@@ -63,8 +63,6 @@ def _validate(task: Task) -> None:
         errors["steps"] = [f"Must be from 1 to {farm_setting('STEPS_MAX')}."]
     if not 0 <= task.cfg <= 100:
         errors["cfg"] = ["Must be from 0 to 100."]
-    if not 0 <= task.denoise <= 1:
-        errors["denoise"] = ["Must be from 0 to 1."]
     if not 1 <= task.batch_size <= farm_setting("BATCH_MAX"):
         errors["batch_size"] = [f"Must be from 1 to {farm_setting('BATCH_MAX')}."]
     if task.seed is not None and not 0 <= task.seed <= SEED_MAX:
