@@ -2,16 +2,18 @@
 
     python -m bench                        # PostgreSQL, default sizes (about 10 minutes on 2 cores)
     python -m bench --db sqlite --quick    # SQLite, small sizes (about 2 minutes)
-    python -m bench --only lease,dispatch  # some of: machine, lease, dispatch, gap, scaling, read, memory
+    python -m bench --only lease,dispatch  # some of: machine, ratio, lease, dispatch, gap, scaling, read,
+                                           # memory
 
 On PostgreSQL it first runs bench.reference (the issue's reference design, a minimal DRF view with an ORM
-lease, and the raw-SQL ceiling), whose figures say how fast this machine is against the one the targets
-were set on. Then bench.lease (simulated HTTP workers against the scheduler under gunicorn, and the raw-SQL
-ceiling) and bench.farm (the scheduler under gunicorn, `manage.py runworker` daemons and ComfyUI
-simulators as processes: dispatch latency, GPU idle gap, scaling, read path under load, memory), each in
-its own process on its own fresh database. Prints every figure beside its target with PASS/MISS and the
-database it came from, and writes bench/results/<date>.json with the plots <date>-latency.png and
-<date>-scaling.png.
+lease, and the raw-SQL ceiling), whose figures say how fast this machine is against the one the targets were
+set on, and bench.ratio (server CPU per lease+complete cycle, the scheduler against that reference in turns
+under the same server configuration: the ratio the CPU budgets are stated in). Then bench.lease (simulated
+HTTP workers against the scheduler under gunicorn, and the raw-SQL ceiling) and bench.farm (the scheduler
+under gunicorn, `manage.py runworker` daemons and ComfyUI simulators as processes: dispatch latency, GPU
+idle gap, scaling, read path under load, memory), each in its own process on its own fresh database. Prints
+every figure beside its target with PASS/MISS and the database it came from, and writes
+bench/results/<date>.json with the plots <date>-latency.png and <date>-scaling.png.
 Each number is measured in this run; nothing is carried over from earlier runs.
 """
 
@@ -34,7 +36,7 @@ from pathlib import Path
 from bench.common import ROOT
 from bench.report import Figure, Series, plot, table, write_json
 
-SECTIONS = ("machine", "lease", "dispatch", "gap", "scaling", "read", "memory")
+SECTIONS = ("machine", "ratio", "lease", "dispatch", "gap", "scaling", "read", "memory")
 
 # Sizes per mode; every one is also a flag. "postgres" fits in ~10 minutes, "sqlite" and "quick" in less.
 SIZES = {
@@ -182,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         # for the machine its targets were set on: how fast this machine is, for reading everything else.
         f, s, d = _run_suite("bench.reference", ["--workers", "50", "--duration", str(args.lease_duration),
                              "--server-log", str(work / "reference.log")], work)  # fmt: skip
+        figures += f
+    if "ratio" in args.sections and args.db == "postgres":
+        # Server CPU per lease+complete cycle against the reference design, in turns under the same server
+        # configuration: the ratio the CPU budgets are stated in (the machine's speed drifts between days).
+        f, s, d = _run_suite("bench.ratio", ["--workers", "50", "--duration", str(args.lease_duration),
+                             "--processes", str(args.processes), "--threads", str(args.threads),
+                             "--server-log", str(work / "ratio.log")], work)  # fmt: skip
         figures += f
     if "lease" in args.sections:
         lease_argv = [
