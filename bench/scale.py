@@ -1,0 +1,235 @@
+"""An idle farm of many workers: what waiting costs the scheduler (the scale issue's measurement).
+
+    python -m bench.scale                          # 40 and 120 idle workers, 40 s each, PostgreSQL
+    python -m bench.scale --workers 100,250,500 --duration 600
+
+One asyncio process simulates N worker daemons with exactly the requests an idle `manage.py runworker` sends
+(docs/worker-api.md): register, a heartbeat every 5 s (register again on 409 register_required), and `POST
+lease` with `wait=20` in a loop. A probe submits a small task every second through the REST API and reads its
+status; the simulated worker that gets it completes it at once with a tiny PNG of the right size, so the farm
+stays idle. The scheduler runs under its production configuration (gunicorn, t2i_project/gunicorn.conf.py).
+
+Prints per N: scheduler CPU (every gunicorn process) and PostgreSQL CPU in % of one core, PostgreSQL
+connections at the end, status read p50/p99, submit -> lease answer p50/p99, heartbeats refused (409) and
+failed, and workers the scheduler marked offline. Nothing here is tuned for the benchmark: the intervals and
+waits are runworker's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import time
+from pathlib import Path
+
+from bench.common import Server, database_url, pct, setup_django
+from bench.lease import NODES, make_workers, postgres_cpu, since
+
+HEARTBEAT_EVERY = 5.0  # runworker's default
+LEASE_WAIT = 20.0  # runworker's default long poll when it holds nothing
+
+
+def png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (20, 90, 160)).save(out, format="PNG")
+    return out.getvalue()
+
+
+class Farm:
+    """The simulated workers and the probe, with what they saw."""
+
+    def __init__(self, url: str, tokens: list[str], api_token: str, duration: float) -> None:
+        self.url, self.tokens, self.api_token, self.duration = url, tokens, api_token, duration
+        self.submitted: dict[str, float] = {}  # task id -> when the submit returned
+        self.dispatch: list[float] = []  # submit returned -> a worker's lease answer carried the task
+        self.status: list[float] = []  # status read latencies
+        self.counts: dict[str, int] = {}
+        self.image = png(64, 64)
+
+    def count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    async def run(self) -> None:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=LEASE_WAIT + 30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            self.stop_at = time.monotonic() + self.duration
+            tasks = [asyncio.create_task(self.worker(session, token)) for token in self.tokens]
+            tasks.append(asyncio.create_task(self.probe(session)))
+            await asyncio.sleep(self.duration)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def worker(self, session, token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        await self.register(session, headers)
+        beat = asyncio.create_task(self.heartbeats(session, headers))
+        try:
+            while True:
+                try:
+                    async with session.post(
+                        f"{self.url}/api/v1/worker/lease", json={"wait": LEASE_WAIT}, headers=headers
+                    ) as r:
+                        if r.status == 200:
+                            lease = await r.json()
+                            self.seen(lease["task_id"])
+                            await self.complete(session, headers, lease)
+                        elif r.status == 409:
+                            self.count("lease refused (409)")
+                            await self.register(session, headers)
+                        elif r.status != 204:
+                            self.count(f"lease HTTP {r.status}")
+                            await asyncio.sleep(1)
+                except (TimeoutError, OSError) as exc:
+                    self.count(f"lease {type(exc).__name__}")
+                    await asyncio.sleep(1)
+        finally:
+            beat.cancel()
+
+    async def register(self, session, headers: dict) -> None:
+        body = {"prefetch": 2, "capabilities": {"node_classes": NODES}}
+        async with session.post(f"{self.url}/api/v1/worker/register", json=body, headers=headers) as r:
+            if r.status != 200:
+                self.count(f"register HTTP {r.status}")
+
+    async def heartbeats(self, session, headers: dict) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            try:
+                async with session.post(
+                    f"{self.url}/api/v1/worker/heartbeat", json={"tasks": []}, headers=headers
+                ) as r:
+                    if r.status == 409:
+                        self.count("heartbeat refused (409)")
+                        await self.register(session, headers)
+                    elif r.status != 200:
+                        self.count(f"heartbeat HTTP {r.status}")
+            except (TimeoutError, OSError) as exc:
+                self.count(f"heartbeat {type(exc).__name__}")
+
+    def seen(self, task_id: str) -> None:
+        submitted = self.submitted.pop(task_id, None)
+        if submitted is not None:
+            self.dispatch.append(time.monotonic() - submitted)
+
+    async def complete(self, session, headers: dict, lease: dict) -> None:
+        import aiohttp
+
+        form = aiohttp.FormData()
+        form.add_field("lease_token", lease["lease_token"])
+        form.add_field("images", self.image, filename="out.png", content_type="image/png")
+        async with session.post(
+            f"{self.url}/api/v1/worker/tasks/{lease['task_id']}/complete", data=form, headers=headers
+        ) as r:
+            if r.status != 200:
+                self.count(f"complete HTTP {r.status}")
+
+    async def probe(self, session) -> None:
+        headers = {"Authorization": f"Token {self.api_token}"}
+        body = {"prompt": "probe", "width": 64, "height": 64, "template": "noise-test"}
+        while True:
+            t0 = time.monotonic()
+            async with session.post(f"{self.url}/api/v1/tasks/", json=body, headers=headers) as r:
+                if r.status != 201:
+                    self.count(f"submit HTTP {r.status}")
+                    await asyncio.sleep(1)
+                    continue
+                task_id = (await r.json())["id"]
+            self.submitted[task_id] = time.monotonic()
+            t1 = time.monotonic()
+            async with session.get(f"{self.url}/api/v1/tasks/{task_id}/", headers=headers) as r:
+                await r.read()
+                if r.status == 200:
+                    self.status.append(time.monotonic() - t1)
+                else:
+                    self.count(f"status HTTP {r.status}")
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+
+
+def pg_connections() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+def measure(args) -> list:
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    from bench.report import Figure
+    from workers_app.models import Worker
+
+    db_url = database_url("postgres", "t2i_bench_scale")
+    setup_django(db_url)
+    prober = User.objects.create_user("bench-probe", is_staff=True)
+    api_token = Token.objects.create(user=prober).key
+    print(
+        f"scale: idle workers as runworker idles (heartbeat {HEARTBEAT_EVERY:g} s, lease wait "
+        f"{LEASE_WAIT:g} s), a probe submitting and reading a task every second; gunicorn "
+        f"{args.processes} x {args.threads}",
+        flush=True,
+    )
+    heads = ("sched CPU", "PG CPU", "PG conns", "status p50", "status p99", "lease p50", "lease p99")
+    print(f"{'idle workers':<13}" + "".join(f"{h:>11}" for h in heads) + "  refused / errors, offline")
+    figures = []
+    for n in [int(x) for x in args.workers.split(",")]:
+        Worker.objects.all().delete()
+        tokens = make_workers(n, f"idle{n}")
+        with Server(db_url, processes=args.processes, threads=args.threads, log=args.server_log) as server:
+            farm = Farm(server.url, tokens, api_token, args.duration)
+            cpu0, pg0, t0 = server.cpu_seconds(), postgres_cpu(), time.monotonic()
+            asyncio.run(farm.run())
+            wall = time.monotonic() - t0
+            sched = (server.cpu_seconds() - cpu0) / wall * 100
+            pg = since(pg0) / wall * 100
+            conns = pg_connections()
+        offline = Worker.objects.filter(status=Worker.Status.OFFLINE).count()
+        refused = sum(v for k, v in farm.counts.items() if "409" in k)
+        errors = sum(v for k, v in farm.counts.items() if "409" not in k)
+        sp50, sp99 = pct(farm.status, 50) * 1000, pct(farm.status, 99) * 1000
+        dp50, dp99 = pct(farm.dispatch, 50) * 1000, pct(farm.dispatch, 99) * 1000
+        cells = [f"{sched:.0f} %", f"{pg:.0f} %", str(conns), f"{sp50:.0f} ms", f"{sp99:.0f} ms",
+                 f"{dp50:.0f} ms", f"{dp99:.0f} ms"]  # fmt: skip
+        detail = ", ".join(f"{k} x{v}" for k, v in sorted(farm.counts.items()))
+        print(
+            f"{n:<13}" + "".join(f"{c:>11}" for c in cells) + f"  {refused} / {errors}, {offline}  {detail}"
+        )
+        label = f"{n} idle workers"
+        figures += [
+            Figure("scale", f"{label}: scheduler + PostgreSQL CPU", sched + pg, "% of a core", "postgres"),
+            Figure("scale", f"{label}: PostgreSQL connections", conns, "", "postgres"),
+            Figure("scale", f"{label}: status read p99", sp99, "ms", "postgres", "<=", 50),
+            Figure("scale", f"{label}: submit -> lease answer p50", dp50, "ms", "postgres", "<=", 20),
+            Figure("scale", f"{label}: heartbeats and leases refused, workers offline", refused + offline, "",
+                   "postgres", "<=", 0),
+        ]  # fmt: skip
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", default="40,120", help="idle worker counts, comma-separated")
+    parser.add_argument("--duration", type=float, default=40.0, help="seconds per worker count")
+    parser.add_argument("--processes", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
+    parser.add_argument("--server-log", type=Path, help="the server's log (default: the terminal)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    figures = measure(args)
+    if args.json:
+        args.json.write_text(json.dumps({"figures": [f.as_dict() for f in figures], "series": []}))
+
+
+if __name__ == "__main__":
+    main()
