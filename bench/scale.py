@@ -162,14 +162,14 @@ def pg_connections() -> int:
 
 
 def measure(args) -> list:
+    db_url = database_url("postgres", "t2i_bench_scale")
+    setup_django(db_url)
     from django.contrib.auth.models import User
     from rest_framework.authtoken.models import Token
 
     from bench.report import Figure
     from workers_app.models import Worker
 
-    db_url = database_url("postgres", "t2i_bench_scale")
-    setup_django(db_url)
     prober = User.objects.create_user("bench-probe", is_staff=True)
     api_token = Token.objects.create(user=prober).key
     print(
