@@ -594,7 +594,8 @@ class ChaosRun:
     def _busy_workers() -> list[str]:
         from workers_app.models import Worker
 
-        return list(Worker.objects.filter(status=Worker.Status.BUSY).values_list("name", flat=True))
+        busy = Worker.objects.with_state().filter(holds_leases=True)
+        return list(busy.values_list("name", flat=True))
 
     def stop(self) -> None:
         for process in self.workers.values():

@@ -137,6 +137,7 @@ class TemplateDetailApi(APIView):
 
 
 class WorkerSummaryOutput(serializers.ModelSerializer):
+    status = serializers.ChoiceField(source="state", choices=Worker.Status.choices)
     comfyui_version = serializers.SerializerMethodField()
     device_name = serializers.SerializerMethodField()
     checkpoints = serializers.SerializerMethodField()
@@ -161,7 +162,7 @@ class WorkerSummaryOutput(serializers.ModelSerializer):
 class WorkerListApi(APIView):
     @extend_schema(responses=WorkerSummaryOutput(many=True))
     def get(self, request: Request) -> Response:
-        return Response(WorkerSummaryOutput(Worker.objects.all(), many=True).data)
+        return Response(WorkerSummaryOutput(Worker.objects.with_state(), many=True).data)
 
 
 class CheckpointListApi(APIView):

@@ -170,7 +170,11 @@ class FarmCollector:
 
     def _workers(self):
         gauge = GaugeMetricFamily("t2i_workers", "Workers by status.", labels=["status"])
-        counts = dict(Worker.objects.order_by().values_list("status").annotate(n=Count("pk")))
+        counts: Counter = Counter()
+        rows = Worker.objects.with_state().order_by().values("status", "holds_leases").annotate(n=Count("pk"))
+        for row in rows:
+            busy = row["status"] == Worker.Status.IDLE and row["holds_leases"]
+            counts[Worker.Status.BUSY if busy else row["status"]] += row["n"]
         for status in Worker.Status.values:
             gauge.add_metric([status], counts.get(status, 0))
         yield gauge

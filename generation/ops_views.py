@@ -64,7 +64,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     body["migrations"] = "ok" if not pending else f"{pending} pending"
     now = timezone.now()
     body["online_workers"] = Worker.objects.filter(
-        status__in=[Worker.Status.IDLE, Worker.Status.BUSY, Worker.Status.DRAINING]
+        status__in=[Worker.Status.IDLE, Worker.Status.DRAINING]
     ).count()
     body["queued_tasks"] = Task.objects.filter(status=Task.Status.QUEUED).count()
     body["oldest_queued_task_age_seconds"] = dashboard.oldest_queued_age(now)

@@ -133,7 +133,7 @@ def eta_basis(*, sample: int = ETA_SAMPLE) -> EtaBasis:
         .values_list("started_at", "finished_at")[:sample]
     )
     durations = [(end - start).total_seconds() for start, end in recent if end and end >= start]
-    online = Worker.objects.filter(status__in=[Worker.Status.IDLE, Worker.Status.BUSY]).count()
+    online = Worker.objects.filter(status=Worker.Status.IDLE).count()
     return EtaBasis(statistics.median(durations) if durations else None, online)
 
 

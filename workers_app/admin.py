@@ -48,6 +48,24 @@ class WorkerForm(forms.ModelForm):
         fields = ["name"]
 
 
+class StateFilter(admin.SimpleListFilter):
+    """By the state the list shows: busy is an idle worker holding a lease (Worker.state)."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return Worker.Status.choices
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == Worker.Status.BUSY:
+            return queryset.filter(status=Worker.Status.IDLE, holds_leases=True)
+        if value == Worker.Status.IDLE:
+            return queryset.filter(status=Worker.Status.IDLE, holds_leases=False)
+        return queryset.filter(status=value) if value in Worker.Status.values else queryset
+
+
 @admin.register(Worker)
 class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
     form = WorkerForm
@@ -70,7 +88,7 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
         "failure_rate_column",
         "skew_column",
     ]
-    list_filter = ["status"]
+    list_filter = [StateFilter]
     search_fields = ["name"]
     actions = ["drain", "enable", "disable", "rotate_token"]
     readonly_fields = [
@@ -124,7 +142,8 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
     # --- Queries: annotations for the counts, one grouped query per page for the rest ---------------------
 
     def get_queryset(self, request):
-        return dashboard.workers_with_stats(super().get_queryset(request), since=dashboard.start_of_today())
+        workers = super().get_queryset(request).with_state()
+        return dashboard.workers_with_stats(workers, since=dashboard.start_of_today())
 
     def get_changelist_instance(self, request):
         changelist = super().get_changelist_instance(request)
@@ -152,7 +171,8 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_column(self, worker: Worker):
-        return status_badge(worker.get_status_display(), STATUS_COLOURS.get(worker.status, "#757575"))
+        state = worker.state
+        return status_badge(Worker.Status(state).label, STATUS_COLOURS.get(state, "#757575"))
 
     @admin.display(description="Heartbeat", ordering="last_heartbeat")
     def heartbeat_column(self, worker: Worker):

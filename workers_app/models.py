@@ -4,6 +4,9 @@ import hashlib
 import secrets
 
 from django.db import models
+from django.db.models import Exists, OuterRef
+
+from generation.models import Task
 
 
 def hash_token(token: str) -> str:
@@ -15,9 +18,18 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+class WorkerQuerySet(models.QuerySet):
+    def with_state(self) -> "WorkerQuerySet":
+        """Each worker with `holds_leases` (an active task of its own), which `Worker.state` shows."""
+        active = Task.objects.filter(worker=OuterRef("pk"), status__in=Task.ACTIVE_STATUSES)
+        return self.annotate(holds_leases=Exists(active))
+
+
 class Worker(models.Model):
     class Status(models.TextChoices):
         IDLE = "idle", "Idle"
+        # Shown, never stored: an idle worker that holds a lease (Worker.state). Keeping it out of the row
+        # spares every lease and completion a write to it, and it cannot drift from the leases.
         BUSY = "busy", "Busy"
         OFFLINE = "offline", "Offline"
         DRAINING = "draining", "Draining"
@@ -40,6 +52,8 @@ class Worker(models.Model):
     tasks_failed = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = WorkerQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
         indexes = [
@@ -55,8 +69,19 @@ class Worker(models.Model):
         self.token_hint = token[:6]
 
     @property
+    def state(self) -> str:
+        """The status to show: busy for an idle worker holding a lease. Read from `holds_leases` when the
+        queryset has it (WorkerQuerySet.with_state), else from its tasks."""
+        if self.status != self.Status.IDLE:
+            return self.status
+        holds = getattr(self, "holds_leases", None)
+        if holds is None:
+            holds = self.tasks.filter(status__in=Task.ACTIVE_STATUSES).exists()
+        return self.Status.BUSY if holds else self.status
+
+    @property
     def is_online(self) -> bool:
-        return self.status in (self.Status.IDLE, self.Status.BUSY, self.Status.DRAINING)
+        return self.status in (self.Status.IDLE, self.Status.DRAINING)
 
     @property
     def checkpoints(self) -> list[str]:

@@ -15,7 +15,6 @@ from generation.exceptions import InvalidInput, WorkerDisabled
 from generation.models import Task, TaskAttempt
 from generation.services import (
     TaskLease,
-    refresh_worker_status,
     task_lease_next,
     tasks_reap_expired,
     tasks_requeue_for_worker,
@@ -147,9 +146,8 @@ def worker_heartbeat(*, worker: Worker, leases: list[tuple[uuid.UUID, uuid.UUID]
                 worker=worker, outcome=TaskAttempt.Outcome.CANCELLED, lease_token__in=lost
             ).values_list("task__public_id", flat=True)
         )
-    result = HeartbeatResult(
-        worker_status=worker.status, lease_expires_at=expires, renewed=sorted(renewed, key=str)
-    )
+    shown = Worker.Status.BUSY if worker.status == Worker.Status.IDLE and renewed else worker.status
+    result = HeartbeatResult(worker_status=shown, lease_expires_at=expires, renewed=sorted(renewed, key=str))
     for task_id, _ in leases:
         if task_id in renewed:
             continue
@@ -209,7 +207,7 @@ def workers_mark_offline(*, now: datetime | None = None) -> int:
     """Workers silent for longer than WORKER_OFFLINE_AFTER go offline and their leases are requeued."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"])
-    live = [Worker.Status.IDLE, Worker.Status.BUSY, Worker.Status.DRAINING]
+    live = [Worker.Status.IDLE, Worker.Status.DRAINING]
     stale = list(Worker.objects.filter(status__in=live, last_heartbeat__lt=cutoff).values_list("pk", "name"))
     for pk, name in stale:
         with transaction.atomic():
@@ -240,10 +238,7 @@ def worker_set_state(*, worker: Worker, state: str) -> Worker:
     elif state == "enable":
         # A drained worker is still running: it goes back to taking work. A disabled one lost its leases and
         # must register again.
-        if Worker.objects.filter(pk=worker.pk, status=Worker.Status.DRAINING).update(
-            status=Worker.Status.IDLE
-        ):
-            refresh_worker_status(worker.pk)
+        Worker.objects.filter(pk=worker.pk, status=Worker.Status.DRAINING).update(status=Worker.Status.IDLE)
         Worker.objects.filter(pk=worker.pk, status=Worker.Status.DISABLED).update(
             status=Worker.Status.OFFLINE
         )

@@ -5,7 +5,7 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
 - maintenance: leases that outlived their worker;
-- transitions: the fenced lease ending and worker state that the others share.
+- transitions: the fenced end of a lease and the worker's counters, which the others share.
 """
 
 from generation.services.completion import (
@@ -33,7 +33,7 @@ from generation.services.submit import (
     task_submit,
     template_create,
 )
-from generation.services.transitions import farm_setting, refresh_worker_status
+from generation.services.transitions import farm_setting, worker_count_outcome
 
 __all__ = [
     "Completion",
@@ -41,7 +41,6 @@ __all__ = [
     "farm_setting",
     "image_deletable_by",
     "image_delete",
-    "refresh_worker_status",
     "task_cancel",
     "task_complete",
     "task_complete_and_lease",
@@ -58,4 +57,5 @@ __all__ = [
     "tasks_requeue_for_worker",
     "template_create",
     "worker_assert_live",
+    "worker_count_outcome",
 ]

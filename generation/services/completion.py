@@ -19,7 +19,7 @@ from generation.services.transitions import (
     close_lease,
     farm_setting,
     fenced,
-    refresh_worker_status,
+    worker_count_outcome,
 )
 from workers_app.models import Worker
 
@@ -97,7 +97,7 @@ def task_complete(
                 finished_at=now,
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
-            refresh_worker_status(worker.pk, completed=1)
+            worker_count_outcome(worker.pk, completed=1)
     except BaseException:
         for image in images:
             default_storage.delete(image.file.name)

@@ -91,8 +91,6 @@ def task_lease_next(
             lease_expires_at=expires,
             leased_at=now,
         )
-        if Worker.objects.filter(pk=worker.pk, status=Worker.Status.IDLE).update(status=Worker.Status.BUSY):
-            worker.status = Worker.Status.BUSY
     prefix = f"t2i/{task.public_id}_a{attempt.number}"
     logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
     return TaskLease(task=task, attempt=attempt, workflow=task_workflow(task, prefix), filename_prefix=prefix)
@@ -135,7 +133,8 @@ def _prefetch_allowed(worker: Worker, runnable: QuerySet[Task]) -> bool:
         return False
     alive_since = timezone.now() - timedelta(seconds=farm_setting("WORKER_OFFLINE_AFTER"))
     idle_others = (
-        Worker.objects.filter(status=Worker.Status.IDLE, last_heartbeat__gte=alive_since)
+        Worker.objects.with_state()
+        .filter(status=Worker.Status.IDLE, last_heartbeat__gte=alive_since, holds_leases=False)
         .exclude(pk=worker.pk)
         .count()
     )

@@ -14,7 +14,7 @@ from django.utils import timezone
 from generation import dispatch, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
-from generation.services.transitions import farm_setting, refresh_worker_status
+from generation.services.transitions import farm_setting
 from workers_app.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def task_cancel(*, task: Task) -> Task:
         locked = Task.objects.select_for_update().get(pk=task.pk)
         if locked.is_finished:
             raise Conflict(f"The task is already {locked.status}.", code="task_finished")
-        token, worker_id = locked.lease_token, locked.worker_id
+        token = locked.lease_token
         updated = Task.objects.filter(pk=task.pk, status=locked.status, lease_token=token).update(
             status=Status.CANCELLED,
             finished_at=now,
@@ -148,7 +148,6 @@ def task_cancel(*, task: Task) -> Task:
             TaskAttempt.objects.filter(lease_token=token, outcome=TaskAttempt.Outcome.ACTIVE).update(
                 outcome=TaskAttempt.Outcome.CANCELLED, finished_at=now
             )
-            refresh_worker_status(worker_id)
     task.refresh_from_db()
     logger.info("task cancelled", extra={"task": task.public_id})
     return task

@@ -1,5 +1,5 @@
-"""The fenced transitions shared by completion, cancel and the reaper: ending a lease, and keeping the
-worker's busy/idle state and counters in step with the leases it holds.
+"""The fenced transitions shared by completion, cancel and the reaper: ending a lease, and the worker's
+counters.
 
 Leases are fenced by their token: each transition is a conditional UPDATE that names the token and the states
 it may leave, and checks the row count, so a stale worker can never change a task.
@@ -76,8 +76,8 @@ def close_lease(
         TaskAttempt.objects.filter(lease_token=lease_token, outcome=Outcome.ACTIVE).update(
             outcome=outcome, finished_at=now, error_code=code, error_message=message
         )
-        if worker_id is not None:
-            refresh_worker_status(worker_id, failed=int(outcome == Outcome.FAILED))
+        if worker_id is not None and outcome == Outcome.FAILED:
+            worker_count_outcome(worker_id, failed=1)
         if requeue:
             dispatch.announce_work()
     task.refresh_from_db()
@@ -100,25 +100,11 @@ def storable(text: str) -> str:
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
-def refresh_worker_status(worker_id: int, *, completed: int = 0, failed: int = 0) -> None:
-    """A live worker is busy while it holds a lease and idle otherwise (operator states are kept); adds
-    `completed`/`failed` to its counters.
-
-    The counters' UPDATE comes first and locks the worker row, so that the check of its leases (a new
-    statement, a new snapshot on PostgreSQL) sees a concurrent transition of another of its leases once that
-    commits; otherwise each of two leases ending at once sees the other one still active and the worker
-    stays busy with nothing leased. SQLite has one writer at a time anyway.
-    """
-    worker = Worker.objects.filter(pk=worker_id)
-    with transaction.atomic(savepoint=False):
-        worker.update(
-            tasks_completed=F("tasks_completed") + completed, tasks_failed=F("tasks_failed") + failed
-        )
-        holds = Task.objects.filter(worker_id=worker_id, status__in=Task.ACTIVE_STATUSES).exists()
-        was, now = (
-            (Worker.Status.IDLE, Worker.Status.BUSY) if holds else (Worker.Status.BUSY, Worker.Status.IDLE)
-        )
-        worker.filter(status=was).update(status=now)
+def worker_count_outcome(worker_id: int, *, completed: int = 0, failed: int = 0) -> None:
+    """Add to the worker's counters of completed and failed attempts."""
+    Worker.objects.filter(pk=worker_id).update(
+        tasks_completed=F("tasks_completed") + completed, tasks_failed=F("tasks_failed") + failed
+    )
 
 
 def after_finish(task: Task) -> None:

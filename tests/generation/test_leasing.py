@@ -328,7 +328,7 @@ def test_worker_silent_too_long_goes_offline_and_its_leases_are_requeued(worker,
 def test_register_requeues_the_leases_the_worker_held(worker):
     task = submit_task()
     held = lease(worker)
-    assert Worker.objects.get(pk=worker.pk).status == Worker.Status.BUSY
+    assert Worker.objects.get(pk=worker.pk).state == Worker.Status.BUSY
 
     worker_services.worker_register(worker=worker, capabilities=capabilities())
 
@@ -534,7 +534,7 @@ def test_a_completion_can_carry_the_next_lease(wapi, worker):
     assert carried["lease_token"] == str(attempt.lease_token)
     assert (attempt.worker_id, Task.objects.get(pk=first.pk).status) == (worker.pk, Status.LEASED)
     assert Task.objects.get(pk=second.pk).status == Status.COMPLETED
-    assert Worker.objects.get(pk=worker.pk).status == Worker.Status.BUSY
+    assert Worker.objects.get(pk=worker.pk).state == Worker.Status.BUSY
 
     retry = wapi.post(url, body | {"images": [upload()]}, format="multipart").json()
     assert retry["next"] is None  # a retry leases nothing more

@@ -50,7 +50,7 @@ def test_task_goes_queued_leased_running_completed(api, wapi, worker, django_cap
     assert workflow["9"]["inputs"]["filename_prefix"] == job["filename_prefix"]
     task.refresh_from_db()
     assert task.status == Task.Status.LEASED and task.worker == worker
-    assert Worker.objects.get(pk=worker.pk).status == Worker.Status.BUSY
+    assert Worker.objects.get(pk=worker.pk).state == Worker.Status.BUSY
     assert api.get(f"/api/v1/tasks/{body['id']}/").json()["status"] == "leased"
 
     token = job["lease_token"]

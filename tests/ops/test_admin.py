@@ -6,7 +6,7 @@ import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
-from generation import dashboard
+from generation import dashboard, services
 from generation.models import Image, Task, WebhookDelivery, WorkflowTemplate
 from tests.conftest import CHECKPOINT, capabilities, make_worker
 from tests.factories import TaskFactory
@@ -61,6 +61,19 @@ def services_lease(worker) -> Task:
     return services.task_lease_next(worker=worker).task
 
 
+def test_worker_changelist_filters_by_the_state_it_shows(admin_client, worker):
+    """Busy is an idle worker holding a lease: the filter finds it under busy, not under idle."""
+    make_worker("gpu-free")
+    TaskFactory()
+    services.task_lease_next(worker=worker)
+    url = reverse("admin:workers_app_worker_changelist")
+    busy = admin_client.get(url, {"status": "busy"})
+    idle = admin_client.get(url, {"status": "idle"})
+    assert [w.name for w in busy.context["cl"].result_list] == [worker.name]
+    assert [w.name for w in idle.context["cl"].result_list] == ["gpu-free"]
+    assert ">Busy<" in busy.content.decode()
+
+
 def test_worker_changelist_queries_do_not_grow_with_rows(admin_client, django_assert_max_num_queries):
     for i in range(3):
         make_worker(f"gpu-{i}")
@@ -93,13 +106,13 @@ def test_worker_change_page_shows_capabilities(admin_client, worker):
 
 
 def test_worker_change_saves_only_the_name(admin_client, worker):
-    Worker.objects.filter(pk=worker.pk).update(status=Worker.Status.BUSY)
+    Worker.objects.filter(pk=worker.pk).update(status=Worker.Status.DRAINING)
     response = admin_client.post(
         reverse("admin:workers_app_worker_change", args=[worker.pk]), {"name": "gpu-renamed"}
     )
     assert response.status_code == HTTPStatus.FOUND
     worker.refresh_from_db()
-    assert worker.name == "gpu-renamed" and worker.status == Worker.Status.BUSY
+    assert worker.name == "gpu-renamed" and worker.status == Worker.Status.DRAINING
 
 
 def test_worker_add_shows_the_token_once_and_stores_its_hash(admin_client):

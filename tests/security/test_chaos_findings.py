@@ -37,7 +37,7 @@ def test_a_worker_whose_two_leases_end_at_once_is_idle_afterwards():
     tasks = [Task.objects.create(prompt=f"p{n}", seed=n, template=template) for n in range(2)]
     worker, _ = make_worker()
     assert services.task_lease_next(worker=worker) and services.task_lease_next(worker=worker)
-    assert Worker.objects.get(pk=worker.pk).status == Worker.Status.BUSY
+    assert Worker.objects.get(pk=worker.pk).state == Worker.Status.BUSY
     first_holds_worker, errors = threading.Event(), []
 
     def end_lease(task: Task, *, hold: bool) -> None:

@@ -33,7 +33,7 @@ def test_eta_basis_uses_the_median_of_recent_run_times(user, worker):
     assert basis.seconds(4) == pytest.approx(24)
 
     second, _ = Worker.objects.get_or_create(
-        name="gpu-2", defaults={"token_hash": "x" * 64, "status": Worker.Status.BUSY}
+        name="gpu-2", defaults={"token_hash": "x" * 64, "status": Worker.Status.IDLE}
     )
     Worker.objects.create(name="gpu-3", token_hash="y" * 64, status=Worker.Status.OFFLINE)
     assert eta_basis().seconds(4) == pytest.approx(12)

@@ -11,6 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from generation import services
 from generation.models import Task
 from tests.conftest import png_bytes
+from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db
 
@@ -28,8 +29,8 @@ def lease(wapi) -> dict:
 
 def test_a_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
     queue()
-    # token, sweep (3), templates, savepoint, pick (locked), claim, attempt, worker busy, release
-    with django_assert_max_num_queries(11):
+    # token, sweep (3), templates, savepoint, pick (locked), claim, attempt, release
+    with django_assert_max_num_queries(10):
         body = lease(wapi)
     assert Task.objects.get(public_id=body["task_id"]).status == Task.Status.LEASED
 
@@ -37,8 +38,8 @@ def test_a_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queri
 def test_a_prefetching_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
     queue(3)
     lease(wapi)
-    # The lease's 11, and the prefetch rule's three counts (held, idle others, runnable).
-    with django_assert_max_num_queries(14):
+    # The lease's 10, and the prefetch rule's three counts (held, idle others, runnable).
+    with django_assert_max_num_queries(13):
         response = wapi.post("/api/v1/worker/lease", {"prefetch": True}, format="json")
     assert response.status_code == HTTPStatus.OK
 
@@ -52,8 +53,8 @@ def complete(wapi, job: dict, **fields):
 def test_a_completion_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
     queue()
     job = lease(wapi)
-    # token, attempt with its task, savepoint, fence, images, attempt, worker lock, holds?, worker, release
-    with django_assert_max_num_queries(10):
+    # token, attempt with its task, savepoint, fence, images, attempt, the worker's counters, release
+    with django_assert_max_num_queries(8):
         response = complete(wapi, job)
     assert response.status_code == HTTPStatus.OK, response.content
     assert Task.objects.get(public_id=job["task_id"]).status == Task.Status.COMPLETED
@@ -64,8 +65,8 @@ def test_a_completion_carrying_the_next_lease_stays_within_its_query_budget(
 ):
     queue(2)
     job = lease(wapi)
-    # The completion's 10 and a lease without the token lookup and the sweep (7).
-    with django_assert_max_num_queries(17):
+    # The completion's 8 and a lease without the token lookup and the sweep (6).
+    with django_assert_max_num_queries(14):
         response = complete(wapi, job, lease_next=True)
     assert response.status_code == HTTPStatus.OK, response.content
     assert response.json()["next"] is not None
@@ -86,3 +87,15 @@ def test_an_idle_heartbeat_is_two_queries_in_a_transaction(wapi, django_assert_n
     with django_assert_num_queries(4):  # token, savepoint, the worker's beat, release
         response = wapi.post("/api/v1/worker/heartbeat", {"tasks": []}, format="json")
     assert response.status_code == HTTPStatus.OK
+
+
+def test_busy_is_shown_from_the_leases_not_stored(wapi, worker, staff_api, staff):
+    """A lease writes nothing to the worker's row; the worker shows as busy while it holds one."""
+    queue()
+    job = lease(wapi)
+    worker.refresh_from_db()
+    assert worker.status == Worker.Status.IDLE and worker.state == Worker.Status.BUSY
+    listed = {w["name"]: w["status"] for w in staff_api.get("/api/v1/workers/").json()}
+    assert listed[worker.name] == "busy"
+    assert complete(wapi, job).status_code == HTTPStatus.OK
+    assert Worker.objects.with_state().get(pk=worker.pk).state == Worker.Status.IDLE
