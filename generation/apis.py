@@ -3,6 +3,7 @@
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers
+from rest_framework.exceptions import NotFound as CursorNotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -54,6 +55,15 @@ class TaskPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def decode_cursor(self, request: Request):
+        """DRF's cursor, whose position (a task id here) DRF passes to the query unchecked: a crafted one is
+        the same 404 as any other invalid cursor, not a 500."""
+        cursor = super().decode_cursor(request)
+        position = cursor.position if cursor is not None else None
+        if position is not None and not (position.isascii() and position.isdigit() and len(position) <= 18):
+            raise CursorNotFound(self.invalid_cursor_message)
+        return cursor
 
 
 class TaskListCreateApi(APIView):

@@ -656,3 +656,27 @@ def test_task_list_with_an_unknown_status_filter_is_refused(api):
 
     assert response.status_code == HTTPStatus.BAD_REQUEST
     assert response.json()["fields"] == {"status": [f"One of {', '.join(Task.Status.values)}."]}
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "cD14",  # p=x
+        "cD0xZTQwMA==",  # p=1e400
+        "cD05OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5",  # p=99999999999999999999999999
+        "cj0xJnA9eA==",  # r=1&p=x
+        "bz0tMQ==",  # o=-1
+    ],
+)
+def test_a_crafted_list_cursor_is_a_404_with_the_usual_error(api, cursor):
+    response = api.get("/api/v1/tasks/", {"cursor": cursor})
+    assert response.status_code == HTTPStatus.NOT_FOUND
+    assert response.json() == {"error": "not_found", "detail": "Invalid cursor", "fields": {}}
+
+
+def test_a_real_cursor_still_pages(api, user):
+    for n in range(3):
+        submit_task(owner=user, prompt=f"task {n}")
+    first = api.get("/api/v1/tasks/", {"page_size": 2}).json()
+    second = api.get(first["next"]).json()
+    assert len(first["results"]) == 2 and len(second["results"]) == 1

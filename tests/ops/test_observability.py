@@ -216,6 +216,20 @@ def test_plain_context_stays_on_the_first_line_of_a_traceback():
     assert first == "thumbnail failed task=3f2a" and rest[-1] == "ValueError: boom"
 
 
+def test_plain_lines_escape_control_characters_from_users_and_workers():
+    """A failure message with a newline and an ANSI escape cannot forge a second line or recolour it."""
+    formatter = PlainFormatter("%(levelname)s %(message)s")
+    forged = record("task failed: %s", worker="gpu\n1")
+    forged.args = ("oops\nERROR generation.services task completed\x1b[31m",)
+    line = formatter.format(forged)
+    assert "\n" not in line and "\x1b" not in line
+    assert line == (
+        "INFO task failed: oops\\nERROR generation.services task completed\\x1b[31m worker=gpu\\n1"
+    )
+    payload = JsonFormatter().format(forged)
+    assert "\n" not in payload and "\x1b" not in payload  # JSON escapes them itself
+
+
 def test_json_lines_carry_task_and_worker():
     payload = json.loads(JsonFormatter().format(record(task="3f2a", worker="gpu-1")))
     assert (
