@@ -1,5 +1,6 @@
 """Shared pieces of the benchmark scripts: a fresh database, a production server, percentiles."""
 
+import json
 import os
 import socket
 import statistics
@@ -189,3 +190,17 @@ def ms(seconds: float) -> str:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+def add_suite_arguments(parser) -> None:
+    """The server configuration and the figures file, as a suite run by `python -m bench` takes them."""
+    parser.add_argument("--processes", type=int, default=4, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
+    parser.add_argument("--server-log", type=Path, help="the server's log (default: the terminal)")
+    parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
+
+
+def save_figures(path: Path | None, figures: list) -> None:
+    """Write a suite's figures where `python -m bench` reads them (nothing when `path` is None)."""
+    if path is not None:
+        path.write_text(json.dumps({"figures": [f.as_dict() for f in figures], "series": []}))

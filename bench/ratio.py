@@ -15,12 +15,10 @@ what compares across days (this machine's speed drifts by 2x).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 from bench import lease, reference
-from bench.common import Server, database_url, setup_django
+from bench.common import Server, add_suite_arguments, database_url, save_figures, setup_django
 
 RATIO_TARGET = 2.0  # issue 11: ours at most twice the reference
 
@@ -92,15 +90,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=50)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--processes", type=int, default=4, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
     parser.add_argument("--client-procs", type=int, default=0, help="client processes (0: by N, up to 4)")
-    parser.add_argument("--server-log", type=Path, help="the servers' log (default: the terminal)")
-    parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
+    add_suite_arguments(parser)
     args = parser.parse_args()
-    figures = measure(args)
-    if args.json:
-        args.json.write_text(json.dumps({"figures": [f.as_dict() for f in figures], "series": []}))
+    save_figures(args.json, measure(args))
 
 
 if __name__ == "__main__":

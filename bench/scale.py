@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import time
-from pathlib import Path
 
-from bench.common import Server, database_url, pct, setup_django
+from bench.common import Server, add_suite_arguments, database_url, pct, save_figures, setup_django
 from bench.lease import NODES, make_workers, postgres_cpu, since
 
 HEARTBEAT_EVERY = 5.0  # runworker's default
@@ -221,14 +219,9 @@ def main() -> None:
     )
     parser.add_argument("--workers", default="40,120", help="idle worker counts, comma-separated")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds per worker count")
-    parser.add_argument("--processes", type=int, default=4, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
-    parser.add_argument("--server-log", type=Path, help="the server's log (default: the terminal)")
-    parser.add_argument("--json", type=Path, help="write the figures here")
+    add_suite_arguments(parser)
     args = parser.parse_args()
-    figures = measure(args)
-    if args.json:
-        args.json.write_text(json.dumps({"figures": [f.as_dict() for f in figures], "series": []}))
+    save_figures(args.json, measure(args))
 
 
 if __name__ == "__main__":
