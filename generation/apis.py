@@ -170,6 +170,10 @@ class WorkerSummaryOutput(serializers.ModelSerializer):
 
 
 class WorkerListApi(APIView):
+    """Staff only, as SECURITY.md lists the workers (names, devices, capabilities)."""
+
+    permission_classes = [permissions.IsAdminUser]
+
     @extend_schema(responses=WorkerSummaryOutput(many=True))
     def get(self, request: Request) -> Response:
         return Response(WorkerSummaryOutput(Worker.objects.with_state(), many=True).data)

@@ -149,9 +149,11 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- REST API -------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first: a call without credentials gets 401 with `WWW-Authenticate: Token` (what token clients
+    # expect), not the 403 that session authentication answers.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

@@ -110,10 +110,26 @@ def test_a_worker_token_is_not_a_user_credential(worker_pair):
 
     for path in ("/api/v1/tasks/", "/generate"):
         response = client.post(path, {"prompt": "a fox", "width": 64, "height": 64}, format="json")
-        assert response.status_code == HTTPStatus.FORBIDDEN, path
+        assert response.status_code == HTTPStatus.UNAUTHORIZED, path
         assert response.json()["error"] == "not_authenticated"
-    assert client.get("/api/v1/tasks/").status_code == HTTPStatus.FORBIDDEN
+    assert client.get("/api/v1/tasks/").status_code == HTTPStatus.UNAUTHORIZED
     assert Task.objects.count() == 0
+
+
+def test_a_call_without_credentials_is_a_401_that_names_the_scheme(anon):
+    """Token clients expect 401 with WWW-Authenticate (RFC 9110), not 403."""
+    response = anon.get("/api/v1/tasks/")
+    assert response.status_code == HTTPStatus.UNAUTHORIZED
+    assert response["WWW-Authenticate"] == "Token"
+    assert response.json()["error"] == "not_authenticated"
+
+
+def test_the_workers_list_is_for_staff_only(api, staff_api, worker):
+    """SECURITY.md lists workers (names, devices, capabilities) as staff-only."""
+    assert api.get("/api/v1/workers/").status_code == HTTPStatus.FORBIDDEN
+    response = staff_api.get("/api/v1/workers/")
+    assert response.status_code == HTTPStatus.OK
+    assert [w["name"] for w in response.json()] == [worker.name]
 
 
 # --- Users see and cancel only their own tasks (web pages, seed endpoints, images) -----------------------
