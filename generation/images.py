@@ -72,8 +72,11 @@ def verify_image(
     except InvalidInput:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:
+        # Pillow names the buffer it read (`<_io.BytesIO object at 0x…>`) when it knows no format: say so in
+        # words instead.
+        why = "an unknown format" if isinstance(exc, UnidentifiedImageError) else str(exc)
         raise InvalidInput(
-            f"{name}: not a valid image ({exc}).", fields={field: [f"{name}: not a valid image."]}
+            f"{name}: not a valid image ({why}).", fields={field: [f"{name}: not a valid image."]}
         )
     return VerifiedImage(
         data=data,

@@ -155,7 +155,9 @@ NOT_IMAGES = {
 def test_files_that_are_not_whole_images_are_refused_and_nothing_is_stored(wapi, worker, data):
     task, token = leased(worker)
 
-    assert_refused(complete(wapi, task, token, upload(data)))
+    response = complete(wapi, task, token, upload(data))
+    assert_refused(response)
+    assert " at 0x" not in response.json()["detail"]  # no Python object's repr reaches the client
     assert_still_leased(task)
 
 
