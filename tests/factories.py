@@ -49,7 +49,7 @@ class WorkerFactory(DjangoModelFactory):
 
     name = factory.Sequence(lambda n: f"worker-{n}")
     token_hash = factory.LazyAttribute(lambda o: hash_token(o.token))
-    token_hint = factory.LazyAttribute(lambda o: o.token[:6])
+    token_hint = factory.LazyAttribute(lambda o: o.token[:4])
     status = Worker.Status.IDLE
     capabilities = factory.LazyFunction(lambda: registered_capabilities(_default_capabilities()))
     registered_at = factory.LazyFunction(timezone.now)

@@ -312,7 +312,7 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
                 Worker.objects.filter(pk=obj.pk).update(name=obj.name)
             return
         worker, token = services.worker_create(name=form.cleaned_data["name"])
-        obj.pk, obj.token_hint, obj._state.adding = worker.pk, worker.token_hint, False
+        obj.pk, obj.token_hint = worker.pk, worker.token_hint
         token_message(request, worker, token, "New")
 
     def has_delete_permission(self, request, obj=None):

@@ -66,7 +66,7 @@ class Worker(models.Model):
 
     def set_token(self, token: str) -> None:
         self.token_hash = hash_token(token)
-        self.token_hint = token[:6]
+        self.token_hint = token[:4]
 
     @property
     def state(self) -> str:

@@ -124,6 +124,7 @@ def test_worker_add_shows_the_token_once_and_stores_its_hash(admin_client):
     [message] = [m for m in texts(response) if "token" in m]
     token = message.split("<code")[1].split(">")[1].split("<")[0]
     assert worker.token_hash == hash_token(token) and token not in (worker.token_hash, worker.token_hint)
+    assert worker.token_hint == token[:4]  # enough to tell tokens apart, too little to help a guess
     assert (
         token
         not in admin_client.get(reverse("admin:workers_app_worker_change", args=[worker.pk])).content.decode()
