@@ -50,7 +50,9 @@ class ObjectActionsMixin:
         func, _, _ = self.get_actions(request).get(action) or (None, None, None)
         if func is None:
             raise PermissionDenied
-        func(self, request, self.get_queryset(request).filter(pk=pk))
+        response = func(self, request, self.get_queryset(request).filter(pk=pk))
+        if response is not None:  # an action that answers with a page of its own (as in the list)
+            return response
         opts = self.model._meta
         return redirect(f"admin:{opts.app_label}_{opts.model_name}_change", pk)
 

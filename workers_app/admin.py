@@ -9,6 +9,7 @@ import json
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -29,17 +30,21 @@ STATUS_COLOURS = {
 }
 
 
-def token_message(request, worker: Worker, token: str, verb: str) -> None:
-    messages.warning(
+def token_page(request, model_admin, tokens: list[tuple[Worker, str]], title: str) -> TemplateResponse:
+    """New tokens, shown once on a page of their own: never in a message (the cookie or session that carries
+    messages would keep them), never cached; only their hashes are stored."""
+    response = TemplateResponse(
         request,
-        format_html(
-            "{} token for worker <strong>{}</strong>: <code style='user-select:all;font-size:13px'>{}</code> "
-            "— copy it now: only its hash is kept, and it is not shown again.",
-            verb,
-            worker.name,
-            token,
-        ),
+        "admin/workers_app/worker/tokens.html",
+        {
+            **model_admin.admin_site.each_context(request),
+            "title": title,
+            "tokens": tokens,
+            "opts": Worker._meta,
+        },
     )
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 class WorkerForm(forms.ModelForm):
@@ -313,7 +318,13 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
             return
         worker, token = services.worker_create(name=form.cleaned_data["name"])
         obj.pk, obj.token_hint = worker.pk, worker.token_hint
-        token_message(request, worker, token, "New")
+        request.new_worker_token = token  # shown by response_add, once
+
+    def response_add(self, request, obj, post_url_continue=None):
+        token = getattr(request, "new_worker_token", None)
+        if token is None:
+            return super().response_add(request, obj, post_url_continue)
+        return token_page(request, self, [(obj, token)], "Worker added")
 
     def has_delete_permission(self, request, obj=None):
         # A worker that holds leases is disabled (which requeues them), not deleted.
@@ -355,5 +366,5 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Rotate token (the new one is shown once)", permissions=["change"])
     def rotate_token(self, request, queryset):
-        for worker in queryset:
-            token_message(request, worker, services.worker_rotate_token(worker=worker), "New")
+        tokens = [(worker, services.worker_rotate_token(worker=worker)) for worker in queryset]
+        return token_page(request, self, tokens, "New worker tokens")

@@ -115,16 +115,31 @@ def test_worker_change_saves_only_the_name(admin_client, worker):
     assert worker.name == "gpu-renamed" and worker.status == Worker.Status.DRAINING
 
 
+def shown_tokens(response) -> list[str]:
+    """The tokens of the one-time token page."""
+    html = response.content.decode()
+    return [part.split(">", 1)[1].split("<", 1)[0] for part in html.split('<code class="worker-token"')[1:]]
+
+
+def assert_token_kept_nowhere(client, response, token: str) -> None:
+    """Shown once, uncached, and in no cookie or session (only its hash is stored)."""
+    assert "no-store" in response["Cache-Control"]
+    assert all(token not in morsel.value for morsel in response.cookies.values())
+    assert all(token not in morsel.value for morsel in client.cookies.values())
+    assert token not in str(dict(client.session))
+    assert not texts(response)
+
+
 def test_worker_add_shows_the_token_once_and_stores_its_hash(admin_client):
     page = admin_client.get(reverse("admin:workers_app_worker_add"))
     assert page.status_code == HTTPStatus.OK and "token_hash" not in page.content.decode()
-    response = admin_client.post(reverse("admin:workers_app_worker_add"), {"name": "gpu-new"}, follow=True)
+    response = admin_client.post(reverse("admin:workers_app_worker_add"), {"name": "gpu-new"})
     assert response.status_code == HTTPStatus.OK
     worker = Worker.objects.get(name="gpu-new")
-    [message] = [m for m in texts(response) if "token" in m]
-    token = message.split("<code")[1].split(">")[1].split("<")[0]
+    [token] = shown_tokens(response)
     assert worker.token_hash == hash_token(token) and token not in (worker.token_hash, worker.token_hint)
     assert worker.token_hint == token[:4]  # enough to tell tokens apart, too little to help a guess
+    assert_token_kept_nowhere(admin_client, response, token)
     assert (
         token
         not in admin_client.get(reverse("admin:workers_app_worker_change", args=[worker.pk])).content.decode()
@@ -160,11 +175,21 @@ def test_worker_disable_requeues_its_task(admin_client, worker):
 
 def test_worker_rotate_token_action(admin_client, worker_and_token):
     worker, old = worker_and_token
-    response = act(admin_client, "workers_app_worker", "rotate_token", [worker.pk])
+    response = act(admin_client, "workers_app_worker", "rotate_token", [worker.pk], follow=False)
     worker.refresh_from_db()
-    [message] = texts(response)
-    new = message.split("<code")[1].split(">")[1].split("<")[0]
+    [new] = shown_tokens(response)
     assert worker.token_hash == hash_token(new) != hash_token(old)
+    assert_token_kept_nowhere(admin_client, response, new)
+
+
+def test_worker_rotate_token_button_on_its_page(admin_client, worker_and_token):
+    worker, old = worker_and_token
+    url = reverse("admin:workers_app_worker_object_action", args=[worker.pk, "rotate_token"])
+    response = admin_client.post(url)
+    worker.refresh_from_db()
+    [new] = shown_tokens(response)
+    assert worker.token_hash == hash_token(new) != hash_token(old)
+    assert_token_kept_nowhere(admin_client, response, new)
 
 
 def test_task_changelist_filters_and_search(admin_client, worker, user):
