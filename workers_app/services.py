@@ -24,7 +24,9 @@ from workers_app.models import Worker, hash_token, new_token
 
 logger = logging.getLogger(__name__)
 
-CAPABILITY_LISTS = ("checkpoints", "node_classes", "samplers", "schedulers")
+# What a worker may report, at most, per list: above what real ComfyUI installs report (node classes with many
+# custom nodes run to a few thousand), far below what would bloat every generate page and lease check.
+CAPABILITY_LISTS = {"checkpoints": 1000, "node_classes": 5000, "samplers": 200, "schedulers": 200}
 
 
 def worker_create(*, name: str) -> tuple[Worker, str]:
@@ -83,13 +85,18 @@ def _clean_capabilities(capabilities: dict) -> dict:
     if not isinstance(capabilities, dict):
         raise InvalidInput("capabilities must be an object.", fields={"capabilities": ["Must be an object."]})
     clean = {}
-    for key in CAPABILITY_LISTS:
+    for key, most in CAPABILITY_LISTS.items():
         values = capabilities.get(key, [])
         if not isinstance(values, list) or not all(isinstance(v, str) and len(v) <= 255 for v in values):
             raise InvalidInput(
                 f"{key} must be a list of strings.", fields={f"capabilities.{key}": ["Invalid."]}
             )
-        clean[key] = sorted(set(values))
+        values = sorted(set(values))
+        if len(values) > most:
+            raise InvalidInput(
+                f"{key}: at most {most} names.", fields={f"capabilities.{key}": [f"At most {most} names."]}
+            )
+        clean[key] = values
     for key in ("comfyui_version", "device_name"):
         value = capabilities.get(key, "")
         if not isinstance(value, str) or len(value) > 255:

@@ -23,6 +23,7 @@ from generation import services
 from generation.models import Image, Task, WorkflowTemplate
 from tests.conftest import media_files, png_bytes, submit_task
 from tests.security.test_controls import settings_in_subprocess
+from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db
 
@@ -482,3 +483,16 @@ def test_a_thumbnail_whose_row_cannot_be_updated_leaves_no_file(wapi, worker, mo
         thumbnails.image_make_thumbnail(image=image)
 
     assert media_files() == [image.file.name]  # the original only: no thumbnail without its row
+
+
+@pytest.mark.parametrize(("key", "most"), [("checkpoints", 1000), ("node_classes", 5000), ("samplers", 200)])
+def test_a_worker_cannot_report_more_capabilities_than_any_real_comfyui(wapi, worker, key, most):
+    """26,000 checkpoint names once made every generate page 2.9 MB: the lists are bounded at register."""
+    before = Worker.objects.get(pk=worker.pk).capabilities
+    names = [f"model-{i:05d}.safetensors" for i in range(most + 1)]
+    response = wapi.post("/api/v1/worker/register", {"capabilities": {key: names}}, format="json")
+    assert_refused(response, field=f"capabilities.{key}")
+    assert Worker.objects.get(pk=worker.pk).capabilities == before
+    ok = wapi.post("/api/v1/worker/register", {"capabilities": {key: names[:most]}}, format="json")
+    assert ok.status_code == HTTPStatus.OK
+    assert len(Worker.objects.get(pk=worker.pk).capabilities[key]) == most
