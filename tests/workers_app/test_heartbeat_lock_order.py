@@ -41,7 +41,7 @@ def test_heartbeat_does_not_deadlock_with_a_completion_of_its_task():
                 Task.objects.filter(pk=task.pk).update(progress_value=1)
                 task_locked.set()
                 wait_until(_waiting_lock_requests, timeout=10, what="the heartbeat to wait for a lock")
-                services.refresh_worker_status(worker.pk, completed=1)
+                services.worker_count_outcome(worker.pk, completed=1)
         except Exception as exc:
             errors.append(exc)
         finally:
