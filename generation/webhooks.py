@@ -16,10 +16,11 @@ import json
 import logging
 from datetime import datetime, timedelta
 
-import requests
+import urllib3
 from django.conf import settings
 from django.utils import timezone
 
+from generation import callback_targets
 from generation.models import Task, WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -140,17 +141,18 @@ def webhook_deliver(delivery_id: int, *, now: datetime | None = None) -> bool:
     }
     status, error = None, ""
     try:
-        response = requests.post(
-            delivery.url,
-            data=body,
-            headers=headers,
-            timeout=_setting("WEBHOOK_TIMEOUT"),
-            allow_redirects=False,
-        )
-        status = response.status_code
+        status = _post(delivery.url, callback_targets.resolve(delivery.url), body, headers)
         if not 200 <= status < 300:
-            error = f"HTTP {status}: {response.text[:200]}"
-    except requests.RequestException as exc:
+            error = (
+                f"HTTP {status}"  # never the reply's body: it could carry what the receiver should not leak
+            )
+    except callback_targets.Refused as exc:
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+            attempts=attempts, last_tried_at=now, last_error=f"Not sent: {exc}", next_try_at=None
+        )
+        logger.warning("webhook %s not sent: %s", delivery.pk, exc, extra=extra)
+        return False
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
     finished = timezone.now()
     if not error:
@@ -181,6 +183,29 @@ def webhook_deliver(delivery_id: int, *, now: datetime | None = None) -> bool:
         extra=extra,
     )
     return False
+
+
+def _post(url: str, address: str, body: bytes, headers: dict) -> int:
+    """POST `body` to `url` at `address` (the one callback_targets.resolve checked), without following
+    redirects and without reading the reply; its status."""
+    split = callback_targets.parts(url)
+    path = (split.path or "/") + (f"?{split.query}" if split.query else "")
+    timeout = urllib3.Timeout(connect=min(5.0, _setting("WEBHOOK_TIMEOUT")), read=_setting("WEBHOOK_TIMEOUT"))
+    options = {"port": split.port, "timeout": timeout, "retries": False, "maxsize": 1}
+    if split.scheme == "https":
+        # TLS to the address, verified against the URL's host name (SNI and the certificate).
+        pool = urllib3.HTTPSConnectionPool(
+            address, server_hostname=split.hostname, assert_hostname=split.hostname, **options
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(address, **options)
+    with pool:
+        response = pool.urlopen(
+            "POST", path, body=body, headers={**headers, "Host": split.netloc}, redirect=False,
+            preload_content=False,
+        )  # fmt: skip
+        response.close()
+        return response.status
 
 
 def webhooks_deliver_due(*, now: datetime | None = None, limit: int = 100) -> int:

@@ -1,5 +1,6 @@
 """Typed readers for settings from the environment. A bad value stops start-up with a clear message."""
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -62,6 +63,17 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_networks(name: str) -> list[str]:
+    """A comma-separated list of IP networks (CIDRs); a malformed one stops the start."""
+    networks = env_list(name, [])
+    for cidr in networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {cidr!r} is not an IP network (e.g. 192.168.1.0/24).")
+    return networks
 
 
 def _check_range(name: str, number: float, minimum: float | None, maximum: float | None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from t2i_project.env import env_bool, env_float, env_int, env_list, env_str
+from t2i_project.env import env_bool, env_float, env_int, env_list, env_networks, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -258,6 +258,9 @@ T2I.update(
         "WEBHOOK_MAX_TRIES": env_int("T2I_WEBHOOK_MAX_TRIES", 5, minimum=1, maximum=20),
         "WEBHOOK_BACKOFF": env_float("T2I_WEBHOOK_BACKOFF", 60.0, minimum=1),  # doubles after each failure
         "WEBHOOK_TIMEOUT": env_float("T2I_WEBHOOK_TIMEOUT", 10.0, minimum=0.5, maximum=60),
+        # Callbacks to loopback, private, link-local and multicast addresses are refused, but in these
+        # networks (CIDRs, comma-separated), e.g. 192.168.1.0/24 for receivers on the LAN.
+        "WEBHOOK_ALLOW_NETWORKS": env_networks("T2I_WEBHOOK_ALLOW_NETWORKS"),
         # Absolute base for the image URLs in callback bodies, e.g. http://farm.lan:8000 (else relative).
         "PUBLIC_URL": env_str("T2I_PUBLIC_URL", "").rstrip("/"),
         # When set, /metrics asks for "Authorization: Bearer <token>".

@@ -11,7 +11,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from generation import dispatch, workflows
+from generation import callback_targets, dispatch, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
 from generation.services.transitions import farm_setting
@@ -69,6 +69,11 @@ def _validate(task: Task) -> None:
         errors["seed"] = [f"Must be from 0 to {SEED_MAX}."]
     if not -1000 <= task.priority <= 1000:
         errors["priority"] = ["Must be from -1000 to 1000."]
+    if task.callback_url:
+        try:
+            callback_targets.check_url(task.callback_url)
+        except callback_targets.Refused as exc:
+            errors["callback_url"] = [str(exc)]
     if errors:
         raise InvalidInput("Some fields are not valid.", fields=errors)
 

@@ -4,6 +4,7 @@ A real HTTP server on 127.0.0.1 receives them; nothing leaves the machine.
 """
 
 import json
+import socket
 import threading
 from datetime import timedelta
 from http import HTTPStatus
@@ -68,6 +69,7 @@ def _webhook_settings(settings, monkeypatch):
         "WEBHOOK_BACKOFF": 60.0,
         "WEBHOOK_TIMEOUT": 5.0,
         "PUBLIC_URL": "http://farm.example",
+        "WEBHOOK_ALLOW_NETWORKS": ["127.0.0.0/8"],  # the test receiver
     }
     queued: list = []
     monkeypatch.setattr("django_q.tasks.async_task", lambda *args, **kwargs: queued.append(args))
@@ -233,3 +235,91 @@ def test_submit_api_refuses_other_callback_urls(api, worker, url):
     assert response.status_code == HTTPStatus.BAD_REQUEST
     assert "callback_url" in json.dumps(response.json())
     assert not Task.objects.exists()
+
+
+# --- Where a callback may go (nothing is sent to check a refusal) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.1.20/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/hook",
+        "http://[::ffff:10.0.0.1]/hook",
+        "http://224.0.0.1/hook",
+        "http://0.0.0.0/hook",
+        "http://user:secret@hooks.example/hook",
+    ],
+)
+def test_submit_refuses_callbacks_into_the_farms_own_network(api, worker, settings, url):
+    settings.T2I = {**settings.T2I, "WEBHOOK_ALLOW_NETWORKS": []}
+    body = {"prompt": "a fox", "width": 64, "height": 64, "callback_url": url}
+    response = api.post("/api/v1/tasks/", body, format="json")
+    assert response.status_code == HTTPStatus.BAD_REQUEST, response.json()
+    assert list(response.json()["fields"]) == ["callback_url"]
+    assert not Task.objects.exists()
+
+
+def test_an_allowed_lan_network_may_receive_callbacks(api, worker, settings):
+    settings.T2I = {**settings.T2I, "WEBHOOK_ALLOW_NETWORKS": ["192.168.1.0/24"]}
+    body = {"prompt": "a fox", "width": 64, "height": 64, "callback_url": "http://192.168.1.20/hook"}
+    assert api.post("/api/v1/tasks/", body, format="json").status_code == HTTPStatus.CREATED
+    body["callback_url"] = "http://192.168.2.20/hook"
+    assert api.post("/api/v1/tasks/", body, format="json").status_code == HTTPStatus.BAD_REQUEST
+
+
+def test_a_name_that_resolves_into_the_farm_is_refused_at_send_time(
+    worker, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The host passed the submit check (a name), then resolves to the metadata address: nothing is sent."""
+    settings.T2I = {**settings.T2I, "WEBHOOK_ALLOW_NETWORKS": []}
+    resolved = []
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        resolved.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", port))]
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("a request was made")
+
+    monkeypatch.setattr("generation.callback_targets.socket.getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(webhooks, "_post", no_request)
+    finished_task_with_callback(worker, "http://hooks.example/t2i", django_capture_on_commit_callbacks)
+    delivery = WebhookDelivery.objects.get()
+    assert webhooks.webhook_deliver(delivery.pk) is False
+    delivery.refresh_from_db()
+    assert resolved == ["hooks.example"]
+    assert delivery.next_try_at is None and delivery.delivered_at is None  # given up, not retried
+    assert delivery.last_error.startswith("Not sent: hooks.example resolves to 169.254.169.254")
+
+
+def test_the_request_goes_to_the_address_that_was_checked(
+    worker, receiver, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A name resolved once: the connection is made to that address, with the URL's host in Host."""
+    port = receiver.server.server_address[1]
+    calls = []
+
+    def fake_getaddrinfo(host, port_, *args, **kwargs):
+        calls.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port_))]
+
+    monkeypatch.setattr("generation.callback_targets.socket.getaddrinfo", fake_getaddrinfo)
+    url = f"http://hooks.example:{port}/hook"
+    finished_task_with_callback(worker, url, django_capture_on_commit_callbacks)
+    assert webhooks.webhook_deliver(WebhookDelivery.objects.get().pk) is True
+    # The name once, then the connection made to the address that was checked.
+    assert calls == ["hooks.example", "127.0.0.1"]
+    assert receiver.requests[0][0]["Host"] == f"hooks.example:{port}"
+
+
+def test_a_receivers_reply_body_is_never_stored(worker, receiver, django_capture_on_commit_callbacks):
+    receiver.statuses = [500]  # its reply body says "nope"
+    finished_task_with_callback(worker, receiver.url, django_capture_on_commit_callbacks)
+    assert webhooks.webhook_deliver(WebhookDelivery.objects.get().pk) is False
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.last_error == "HTTP 500"
