@@ -7,7 +7,9 @@ schedule goes through ensure_schedules too.
 """
 
 import logging
-from datetime import datetime, timedelta
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -29,6 +31,7 @@ SCHEDULES = [
     ("t2i: webhook retries", "generation.jobs.webhooks_job", 1),
     ("t2i: missing thumbnails", "generation.jobs.thumbnails_job", 5),
     ("t2i: retention", "generation.jobs.retention_job", 60),
+    ("t2i: orphaned files", "generation.jobs.orphans_job", 60),
 ]
 
 
@@ -42,6 +45,71 @@ def webhooks_job() -> str:
 
 def retention_job() -> str:
     return f"{tasks_purge_expired()} task(s) purged"
+
+
+def orphans_job() -> str:
+    return f"{media_sweep_orphans()} orphaned file(s) removed"
+
+
+def media_sweep_orphans(*, now: datetime | None = None, batch: int = 500) -> int:
+    """Remove stored images and thumbnails that no Image row names, once older than ORPHAN_GRACE_SECONDS, and
+    Django's temporary upload files as old.
+
+    A completion writes its files before the transaction that inserts their rows, and removes them again if
+    that fails; a process killed in between leaves them behind, and so does a request killed while Django
+    spooled its upload to a temporary file. Nothing in flight is that old.
+    """
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.T2I["ORPHAN_GRACE_SECONDS"])
+    removed = 0
+    for names in _stored_files("images", cutoff, batch):
+        named = Image.objects.filter(Q(file__in=names) | Q(thumbnail__in=names)).values_list(
+            "file", "thumbnail"
+        )
+        kept = {name for pair in named for name in pair}
+        for name in names:
+            if name not in kept:
+                default_storage.delete(name)
+                removed += 1
+    removed += _temporary_uploads_remove(cutoff)
+    if removed:
+        logger.warning("removed %d orphaned file(s) older than %s", removed, cutoff)
+    return removed
+
+
+def _stored_files(folder: str, cutoff: datetime, batch: int):
+    """Names of the files under `folder` in storage last modified before `cutoff`, in lists of `batch`."""
+    found: list[str] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            dirs, files = default_storage.listdir(current)
+        except FileNotFoundError:
+            continue
+        pending += [f"{current}/{name}" for name in dirs]
+        for name in files:
+            path = f"{current}/{name}"
+            if default_storage.get_modified_time(path) < cutoff:
+                found.append(path)
+            if len(found) >= batch:
+                yield found
+                found = []
+    if found:
+        yield found
+
+
+def _temporary_uploads_remove(cutoff: datetime) -> int:
+    """Django's spooled uploads (`*.upload*` in FILE_UPLOAD_TEMP_DIR or the system's) older than `cutoff`."""
+    folder = Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir())
+    removed = 0
+    for path in folder.glob("*.upload*"):
+        try:
+            if path.is_file() and datetime.fromtimestamp(path.stat().st_mtime, tz=UTC) < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+    return removed
 
 
 def tasks_purge_expired(*, now: datetime | None = None, batch: int = 500) -> int:

@@ -139,6 +139,9 @@ WHITENOISE_USE_FINDERS = True
 # Request size limits: JSON bodies stay small; image uploads are capped per file by T2I_MAX_IMAGE_BYTES.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Where larger uploads are spooled (the system's temporary folder when empty); the orphaned-files job removes
+# what a killed request left there.
+FILE_UPLOAD_TEMP_DIR = env_str("T2I_UPLOAD_TEMP_DIR", "") or None
 
 # Cookies are secure whenever DEBUG is off (LAN deployments behind TLS set SECURE_* via the proxy).
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
@@ -252,6 +255,9 @@ T2I.update(
         "MAINTENANCE_EVERY": env_float("T2I_MAINTENANCE_EVERY", 5.0, minimum=0.5, maximum=60),
         # Delete finished tasks with their images and thumbnails after this many days; 0 keeps them forever.
         "RETENTION_DAYS": env_int("T2I_RETENTION_DAYS", 0, minimum=0),
+        # Stored files that no image row names (a completion killed between writing them and its commit) are
+        # removed by the hourly orphaned-files job once this old.
+        "ORPHAN_GRACE_SECONDS": env_int("T2I_ORPHAN_GRACE_SECONDS", 3600, minimum=60),
         # Callback POSTs carry X-T2I-Signature: sha256=HMAC-SHA256(secret, raw body). Without a secret no
         # callback is sent: the delivery is recorded as given up.
         "WEBHOOK_SECRET": env_str("T2I_WEBHOOK_SECRET", ""),

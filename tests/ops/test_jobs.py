@@ -1,14 +1,17 @@
 """The background jobs, one step at a time, and their django-q2 schedules."""
 
+import os
 from datetime import timedelta
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 from django_q.models import Schedule
 
 from generation import jobs
 from generation.models import Image, Task, TaskAttempt, WebhookDelivery
+from tests.conftest import media_files
 from tests.factories import TaskFactory
 from tests.ops.conftest import run
 from workers_app import jobs as worker_jobs
@@ -139,3 +142,43 @@ def test_retention_works_in_batches(worker, settings):
     Task.objects.update(status=Task.Status.CANCELLED, finished_at=timezone.now() - timedelta(days=2))
     assert jobs.tasks_purge_expired(batch=2) == 5
     assert not Task.objects.exists()
+
+
+# --- Orphaned files --------------------------------------------------------------------------------------
+
+
+def _age(name: str, hours: float) -> None:
+    when = (timezone.now() - timedelta(hours=hours)).timestamp()
+    os.utime(default_storage.path(name), (when, when))
+
+
+def test_orphaned_files_are_removed_once_old_and_named_files_stay(worker, django_capture_on_commit_callbacks):
+    """A completion killed between writing its files and committing their rows leaves them behind."""
+    TaskFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        task = run(worker)
+    image = Image.objects.get(task=task)
+    named = {image.file.name, image.thumbnail.name}
+    old_orphan = default_storage.save("images/2026/12/01/lost_a1_0.png", ContentFile(b"x" * 100))
+    young_orphan = default_storage.save("images/2026/12/05/in-flight_a1_0.png", ContentFile(b"y"))
+    for name in (*named, old_orphan):
+        _age(name, hours=2)
+
+    assert jobs.media_sweep_orphans() == 1
+    assert set(media_files()) == {*named, young_orphan}
+    assert jobs.orphans_job() == "0 orphaned file(s) removed"
+
+
+def test_temporary_uploads_left_by_a_killed_request_are_removed(settings, tmp_path):
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "uploads")
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    old, young, other = folder / "tmpab12.upload.png", folder / "tmpcd34.upload.png", folder / "notes.txt"
+    for path in (old, young, other):
+        path.write_bytes(b"x")
+    hours_ago = (timezone.now() - timedelta(hours=2)).timestamp()
+    for path in (old, other):
+        os.utime(path, (hours_ago, hours_ago))
+
+    assert jobs.media_sweep_orphans() == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "tmpcd34.upload.png"]
