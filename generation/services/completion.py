@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from generation.exceptions import InvalidInput, LeaseLost
@@ -86,7 +87,7 @@ def task_complete(
                 finished_at=now,
                 lease_token=None,
                 lease_expires_at=None,
-                progress_value=task.progress_max,
+                progress_value=F("progress_max"),
                 error_code="",
                 error_message="",
             ):
