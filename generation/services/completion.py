@@ -63,6 +63,14 @@ def task_complete(
     task = attempt.task
     verified = _verify_batch(task, files)
     now = timezone.now()
+    done = {
+        "status": Status.COMPLETED,
+        "finished_at": now,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "error_code": "",
+        "error_message": "",
+    }
     images: list[Image] = []
     try:
         for index, image in enumerate(verified):
@@ -82,15 +90,7 @@ def task_complete(
             )
         with transaction.atomic():
             lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
-            if not lease.update(
-                status=Status.COMPLETED,
-                finished_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-                progress_value=F("progress_max"),
-                error_code="",
-                error_message="",
-            ):
+            if not lease.update(**done, progress_value=F("progress_max")):
                 raise LeaseLost("This lease is no longer yours.")
             Image.objects.bulk_create(images)
             TaskAttempt.objects.filter(pk=attempt.pk).update(
@@ -105,8 +105,9 @@ def task_complete(
             if image.thumbnail:
                 default_storage.delete(image.thumbnail.name)
         raise
-    task.status, task.finished_at, task.lease_token, task.lease_expires_at = Status.COMPLETED, now, None, None
-    task.progress_value, task.error_code, task.error_message = task.progress_max, "", ""
+    for name, value in done.items():  # the row as the UPDATE left it, without reading it again
+        setattr(task, name, value)
+    task.progress_value = task.progress_max
     logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
     if task.callback_url or any(not image.thumbnail for image in images):
         after_finish(task)

@@ -64,25 +64,23 @@ def task_lease_next(
         task = runnable.select_for_update(skip_locked=True).order_by("-priority", "id").first()
         if task is None:
             return None
-        claimed = Task.objects.filter(pk=task.pk, status=Status.QUEUED).update(
-            status=Status.LEASED,
-            worker=worker,
-            lease_token=token,
-            lease_expires_at=expires,
-            leased_at=now,
-            started_at=None,
-            progress_value=0,
-            progress_max=0,
-            attempts=F("attempts") + 1,
-            lease_count=F("lease_count") + 1,
-        )
-        if not claimed:  # cannot happen while the pick is locked or we are the only writer; never hand it out
-            return None
-        task.template = templates[task.template_id]
-        task.status, task.worker, task.lease_token = Status.LEASED, worker, token
-        task.lease_expires_at, task.leased_at, task.started_at = expires, now, None
-        task.progress_value = task.progress_max = 0
+        claim = {
+            "status": Status.LEASED,
+            "worker": worker,
+            "lease_token": token,
+            "lease_expires_at": expires,
+            "leased_at": now,
+            "started_at": None,
+            "progress_value": 0,
+            "progress_max": 0,
+        }
+        counted = {"attempts": F("attempts") + 1, "lease_count": F("lease_count") + 1}
+        if not Task.objects.filter(pk=task.pk, status=Status.QUEUED).update(**claim, **counted):
+            return None  # cannot happen while the pick is locked or we are the only writer; never hand it out
+        for name, value in claim.items():  # the row as the UPDATE left it, without reading it again
+            setattr(task, name, value)
         task.attempts, task.lease_count = task.attempts + 1, task.lease_count + 1
+        task.template = templates[task.template_id]
         attempt = TaskAttempt.objects.create(
             task=task,
             worker=worker,
