@@ -83,22 +83,31 @@ def free_port() -> int:
 
 
 class Server:
-    """The scheduler under gunicorn with threaded workers, started as the README tells a deployment to: with
-    t2i_project/gunicorn.conf.py (gthread, two malloc arenas), its address and sizes given as flags."""
+    """The scheduler under gunicorn, started as the README tells a deployment to: with
+    t2i_project/gunicorn.conf.py (uvicorn workers, ASGI), its address and size given as flags. With `threads`,
+    the WSGI application under threaded workers instead (gthread, the configuration before the scale work), as
+    the reference design (bench.reference) needs."""
 
     health = ("/healthz", 200)  # the page and status that say the server is up
 
     def __init__(
-        self, db_url: str, *, processes: int = 4, threads: int = 16, log: Path | None = None, **extra: str
+        self,
+        db_url: str,
+        *,
+        processes: int = 2,
+        threads: int | None = None,
+        log: Path | None = None,
+        **extra: str,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "ab") if log else None  # noqa: SIM115 (closed in stop())
         cmd = [
-            sys.executable, "-m", "gunicorn", "-c", "t2i_project/gunicorn.conf.py", "t2i_project.wsgi",
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(processes), "--threads", str(threads),
-            "--log-level", "warning",
+            sys.executable, "-m", "gunicorn", "-c", "t2i_project/gunicorn.conf.py",
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(processes), "--log-level", "warning",
         ]  # fmt: skip
+        if threads:
+            cmd += ["--worker-class", "gthread", "--threads", str(threads), "t2i_project.wsgi"]
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=bench_env(db_url, **extra), stdout=self.log, stderr=self.log
         )
@@ -194,8 +203,10 @@ def verdict(ok: bool) -> str:
 
 def add_suite_arguments(parser) -> None:
     """The server configuration and the figures file, as a suite run by `python -m bench` takes them."""
-    parser.add_argument("--processes", type=int, default=4, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
+    parser.add_argument("--processes", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="0: ASGI (production); N: the WSGI app, gthread with N threads"
+    )
     parser.add_argument("--server-log", type=Path, help="the server's log (default: the terminal)")
     parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
 

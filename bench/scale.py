@@ -4,8 +4,10 @@
     python -m bench.scale --workers 100,250,500 --duration 600
 
 One asyncio process simulates N worker daemons with exactly the requests an idle `manage.py runworker` sends
-(docs/worker-api.md): register, a heartbeat every 5 s (register again on 409 register_required), and `POST
-lease` with `wait=20` in a loop. A probe submits a small task every second through the REST API and reads its
+(docs/worker-api.md, protocol 2): register, `POST lease` with `wait=20` in a loop, and a heartbeat every 5 s
+unless an idle lease wait is open (the open wait is the heartbeat; register again on 409 register_required).
+`--daemon-protocol 1` sends what the previous release's daemon sent: a heartbeat every 5 s whatever it does.
+A probe submits a small task every second through the REST API and reads its
 status; the simulated worker that gets it completes it at once with a tiny PNG of the right size, so the farm
 stays idle. The scheduler runs under its production configuration (gunicorn, t2i_project/gunicorn.conf.py).
 
@@ -40,8 +42,18 @@ def png(width: int, height: int) -> bytes:
 class Farm:
     """The simulated workers and the probe, with what they saw."""
 
-    def __init__(self, url: str, tokens: list[str], api_token: str, duration: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        tokens: list[str],
+        api_token: str,
+        duration: float,
+        protocol: int = 2,
+        warmup: float = 0,
+    ) -> None:
         self.url, self.tokens, self.api_token, self.duration = url, tokens, api_token, duration
+        self.protocol, self.warmup = protocol, warmup
+        self.on_measure: list = []  # called once the warm-up (every worker registering) is over
         self.submitted: dict[str, float] = {}  # task id -> when the submit returned
         self.dispatch: list[float] = []  # submit returned -> a worker's lease answer carried the task
         self.status: list[float] = []  # status read latencies
@@ -59,6 +71,11 @@ class Farm:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             self.stop_at = time.monotonic() + self.duration
             tasks = [asyncio.create_task(self.worker(session, token)) for token in self.tokens]
+            await asyncio.sleep(self.warmup)
+            for callback in self.on_measure:
+                callback()
+            self.dispatch.clear()
+            self.counts.clear()
             tasks.append(asyncio.create_task(self.probe(session)))
             await asyncio.sleep(self.duration)
             for task in tasks:
@@ -66,15 +83,18 @@ class Farm:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def worker(self, session, token: str) -> None:
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {token}", "T2I-Protocol": str(self.protocol)}
         await self.register(session, headers)
-        beat = asyncio.create_task(self.heartbeats(session, headers))
+        waiting = asyncio.Event()  # set while an idle lease wait is open
+        beat = asyncio.create_task(self.heartbeats(session, headers, waiting))
         try:
             while True:
                 try:
+                    waiting.set()
                     async with session.post(
                         f"{self.url}/api/v1/worker/lease", json={"wait": LEASE_WAIT}, headers=headers
                     ) as r:
+                        waiting.clear()
                         if r.status == 200:
                             lease = await r.json()
                             self.seen(lease["task_id"])
@@ -86,6 +106,7 @@ class Farm:
                             self.count(f"lease HTTP {r.status}")
                             await asyncio.sleep(1)
                 except (TimeoutError, OSError) as exc:
+                    waiting.clear()
                     self.count(f"lease {type(exc).__name__}")
                     await asyncio.sleep(1)
         finally:
@@ -97,9 +118,11 @@ class Farm:
             if r.status != 200:
                 self.count(f"register HTTP {r.status}")
 
-    async def heartbeats(self, session, headers: dict) -> None:
+    async def heartbeats(self, session, headers: dict, waiting: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
+            if self.protocol >= 2 and waiting.is_set():
+                continue  # protocol 2: the open lease wait is this worker's heartbeat
             try:
                 async with session.post(
                     f"{self.url}/api/v1/worker/heartbeat", json={"tasks": []}, headers=headers
@@ -172,8 +195,9 @@ def measure(args) -> list:
     api_token = Token.objects.create(user=prober).key
     print(
         f"scale: idle workers as runworker idles (heartbeat {HEARTBEAT_EVERY:g} s, lease wait "
-        f"{LEASE_WAIT:g} s), a probe submitting and reading a task every second; gunicorn "
-        f"{args.processes} x {args.threads}",
+        f"{LEASE_WAIT:g} s, daemon protocol {args.daemon_protocol}), a probe submitting and reading a task "
+        f"every second; gunicorn {args.processes} processes, "
+        + (f"gthread x {args.threads} (WSGI)" if args.threads else "uvicorn (ASGI)"),
         flush=True,
     )
     heads = ("sched CPU", "PG CPU", "PG conns", "status p50", "status p99", "lease p50", "lease p99")
@@ -183,10 +207,16 @@ def measure(args) -> list:
         Worker.objects.all().delete()
         tokens = make_workers(n, f"idle{n}")
         with Server(db_url, processes=args.processes, threads=args.threads, log=args.server_log) as server:
-            farm = Farm(server.url, tokens, api_token, args.duration)
-            cpu0, pg0, t0 = server.cpu_seconds(), postgres_cpu(), time.monotonic()
+            farm = Farm(server.url, tokens, api_token, args.duration, args.daemon_protocol, args.warmup)
+            start: dict[str, float] = {}
+
+            def mark(start=start, server=server) -> None:
+                start.update(cpu=server.cpu_seconds(), pg=postgres_cpu(), t=time.monotonic())
+
+            farm.on_measure.append(mark)
             asyncio.run(farm.run())
-            wall = time.monotonic() - t0
+            wall = time.monotonic() - start["t"]
+            cpu0, pg0 = start["cpu"], start["pg"]
             sched = (server.cpu_seconds() - cpu0) / wall * 100
             pg = since(pg0) / wall * 100
             conns = pg_connections()
@@ -219,6 +249,12 @@ def main() -> None:
     )
     parser.add_argument("--workers", default="40,120", help="idle worker counts, comma-separated")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds per worker count")
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="seconds for the workers to register, not measured"
+    )
+    parser.add_argument(
+        "--daemon-protocol", type=int, default=2, choices=(1, 2), help="the daemons' protocol"
+    )
     add_suite_arguments(parser)
     args = parser.parse_args()
     save_figures(args.json, measure(args))

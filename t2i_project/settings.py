@@ -32,12 +32,13 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "t
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    "daphne",  # its `runserver` serves the ASGI application: long polls wait as they do in production
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "whitenoise.runserver_nostatic",
+    "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
@@ -50,7 +51,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -61,6 +62,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "t2i_project.urls"
 WSGI_APPLICATION = "t2i_project.wsgi.application"
+ASGI_APPLICATION = "t2i_project.asgi.application"
 
 TEMPLATES = [
     {
@@ -79,12 +81,17 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------------------
 # SQLite by default (WAL, IMMEDIATE transactions so concurrent writers queue on the busy timeout instead of
-# failing with "database is locked"); PostgreSQL via DATABASE_URL for real deployments.
+# failing with "database is locked"); PostgreSQL via DATABASE_URL for real deployments, through a connection
+# pool per server process (DB_POOL_SIZE connections at most): the number of connections depends on the
+# server's configuration, never on the number of workers (README, "Sizing").
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DB_POOL_SIZE = env_int("DB_POOL_SIZE", 8, minimum=0)  # 0: no pool, a connection per thread (DB_CONN_MAX_AGE)
+_pooled = DATABASE_URL.startswith(("postgres:", "postgresql:", "pgsql:")) and DB_POOL_SIZE > 0
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
-        conn_health_checks=True,
+        DATABASE_URL,
+        conn_max_age=0 if _pooled else env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,  # with the pool: it checks a connection before handing it out
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -101,6 +108,12 @@ elif env_bool("DB_PREPARED_STATEMENTS", True):
     # PostgreSQL's CPU per lease+complete cycle (bench/README.md). Django leaves this off because it breaks
     # transaction-mode poolers (PgBouncer): set DB_PREPARED_STATEMENTS=0 behind one.
     DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
+if _pooled:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, DB_POOL_SIZE),
+        "max_size": DB_POOL_SIZE,
+        "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),  # then a 503 the caller retries
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -131,10 +144,10 @@ STORAGES = {
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
         if DEBUG
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        else "servestatic.storage.CompressedManifestStaticFilesStorage"
     },
 }
-WHITENOISE_USE_FINDERS = True
+SERVESTATIC_USE_FINDERS = True
 
 # Request size limits: JSON bodies stay small; image uploads are capped per file by T2I_MAX_IMAGE_BYTES.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_BODY_BYTES", 1024 * 1024, minimum=1024)

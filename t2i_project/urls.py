@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from generation import compat_apis
 from workers_app import compat_apis as worker_compat
+from workers_app.long_poll import long_poll
 
 
 def media(request, path: str):
@@ -28,7 +29,7 @@ urlpatterns = [
     path("status/<str:prompt_id>", compat_apis.StatusApi.as_view(), name="seed-status"),
     path("register", worker_compat.SeedRegisterApi.as_view(), name="seed-register"),
     path("heartbeat", worker_compat.SeedHeartbeatApi.as_view(), name="seed-heartbeat"),
-    path("task", worker_compat.SeedTaskApi.as_view(), name="seed-task"),
+    path("task", long_poll(worker_compat.SeedTaskApi), name="seed-task"),
     path("complete", worker_compat.SeedCompleteApi.as_view(), name="seed-complete"),
     # Images are files on this machine's disk; a LAN deployment serves them from here or from a proxy.
     path(f"{settings.MEDIA_URL.strip('/')}/<path:path>", media),

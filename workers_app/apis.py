@@ -1,6 +1,6 @@
 """The worker API (docs/worker-api.md): thin views over workers_app.services and generation.services."""
 
-import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -12,8 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import dispatch, services
-from generation.exceptions import WorkerDisabled
+from generation import services
+from generation.exceptions import InvalidInput, WorkerDisabled
 from generation.serializers import ImageOutput
 from workers_app import services as worker_services
 from workers_app.authentication import IsWorker, WorkerTokenAuthentication
@@ -30,6 +30,29 @@ class JsonAnswers(DefaultContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+PROTOCOL_HEADER = "T2I-Protocol"
+PROTOCOL_VERSION = 2
+# The previous daemon release keeps working for one release (README: rolling upgrades). 1 = no header.
+PROTOCOLS_SERVED = (1, 2)
+
+
+class ProtocolUnsupported(InvalidInput):
+    code = "protocol_unsupported"
+
+
+def check_protocol(request: Request) -> int:
+    """The protocol version the daemon speaks (its `T2I-Protocol` header; none is version 1)."""
+    raw = request.headers.get(PROTOCOL_HEADER, "1")
+    version = int(raw) if raw.isdigit() else 0
+    if version not in PROTOCOLS_SERVED:
+        raise ProtocolUnsupported(
+            f"This scheduler speaks worker protocol {', '.join(map(str, PROTOCOLS_SERVED))}, "
+            f"not {raw[:20]!r}: upgrade the scheduler before its daemons.",
+            fields={PROTOCOL_HEADER: [f"One of {list(PROTOCOLS_SERVED)}."]},
+        )
+    return version
+
+
 class WorkerApi(APIView):
     authentication_classes = [WorkerTokenAuthentication]
     permission_classes = [IsWorker]
@@ -41,10 +64,16 @@ class WorkerApi(APIView):
         return self.request.auth
 
     def initial(self, request: Request, *args, **kwargs) -> None:
+        check_protocol(request)
         super().initial(request, *args, **kwargs)
         # A disabled worker is refused on every endpoint, whatever it still believes it holds.
         if self.worker.status == Worker.Status.DISABLED:
             raise WorkerDisabled("This worker is disabled by an operator.")
+
+    def finalize_response(self, request: Request, response: Response, *args, **kwargs) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        return response
 
 
 class CapabilitiesInput(serializers.Serializer):
@@ -152,25 +181,38 @@ class LeaseOutput(serializers.Serializer):
     negative_prompt = serializers.CharField(source="task.negative_prompt")
 
 
-def lease_waiting(request: Request, worker: Worker) -> services.TaskLease | None:
-    """Lease a task, long-polling up to `wait` seconds (capped by T2I_LEASE_MAX_WAIT)."""
+@dataclass(frozen=True)
+class PendingWait:
+    """What a lease attempt that found nothing hands to the long poll around it (workers_app.long_poll)."""
+
+    worker_id: int
+    limit: int  # open waits allowed: the worker's prefetch depth
+    checkpoints: frozenset[str]
+    prefetch: bool
+    seconds: float
+
+
+def lease_once(request: Request, worker: Worker) -> tuple[services.TaskLease | None, PendingWait]:
+    """One lease attempt, and how long the caller may wait for work (`wait`, capped by T2I_LEASE_MAX_WAIT)."""
     body = request.data
     # A body that is not an object goes to the serializer as it is, which refuses it.
     data = {**request.query_params.dict(), **body} if isinstance(body, dict) else body
     valid = _valid(LeaseInput, data)
-    wait, prefetch = min(valid["wait"], settings.T2I["LEASE_MAX_WAIT"]), valid["prefetch"]
-    deadline = time.monotonic() + wait
-    while True:
-        generation = dispatch.current_generation()
-        result = worker_services.worker_lease_next(worker=worker, prefetch=prefetch)
-        remaining = deadline - time.monotonic()
-        if result is not None or remaining <= 0:
-            return result
-        dispatch.wait_for_work(generation, remaining)
-        worker.refresh_from_db(fields=["status"])
+    result = worker_services.worker_lease_next(worker=worker, prefetch=valid["prefetch"])
+    pending = PendingWait(
+        worker_id=worker.pk,
+        limit=worker.prefetch,
+        checkpoints=frozenset((worker.capabilities or {}).get("checkpoints") or ()),
+        prefetch=valid["prefetch"],
+        seconds=min(valid["wait"], settings.T2I["LEASE_MAX_WAIT"]),
+    )
+    return result, pending
 
 
 class LeaseApi(WorkerApi):
+    """One lease attempt. The URL serves it through `workers_app.long_poll`, which waits when it finds
+    nothing."""
+
     @extend_schema(
         request=LeaseInput,
         parameters=[
@@ -179,10 +221,16 @@ class LeaseApi(WorkerApi):
         responses={200: LeaseOutput, 204: None},
     )
     def post(self, request: Request) -> Response:
-        result = lease_waiting(request, self.worker)
+        result, pending = lease_once(request, self.worker)
         if result is None:
-            return Response(status=204)
-        return Response(LeaseOutput(result).data)
+            response = Response(status=204)
+            response.pending_wait = pending
+            return response
+        return Response(self.lease_answer(result))
+
+    @staticmethod
+    def lease_answer(result: services.TaskLease) -> dict:
+        return LeaseOutput(result).data
 
 
 class LeaseTokenInput(serializers.Serializer):

@@ -21,14 +21,13 @@ from workers_app.apis import (
     CompleteOutput,
     HeartbeatInput,
     HeartbeatOutput,
-    LeaseInput,
+    LeaseApi,
     LeaseOutput,
     RegisterInput,
     RegisterOutput,
     WorkerApi,
     complete,
     heartbeat,
-    lease_waiting,
     register,
 )
 from workers_app.parsers import ImageUploadParser
@@ -47,14 +46,13 @@ class SeedHeartbeatApi(WorkerApi):
         return Response({"status": "ok", **heartbeat(request, self.worker)})
 
 
-class SeedTaskApi(WorkerApi):
-    @extend_schema(request=LeaseInput, responses={200: LeaseOutput, 204: None})
-    def post(self, request: Request) -> Response:
-        result = lease_waiting(request, self.worker)
-        if result is None:
-            return Response(status=204)
+class SeedTaskApi(LeaseApi):
+    """The seed's `POST /task`: a lease, answered with the task id also as `prompt_id`."""
+
+    @staticmethod
+    def lease_answer(result) -> dict:
         data = LeaseOutput(result).data
-        return Response({"prompt_id": data["task_id"], **data})
+        return {"prompt_id": data["task_id"], **data}
 
 
 class SeedCompleteApi(WorkerApi):

@@ -1,13 +1,14 @@
 from django.urls import path
 
 from workers_app import apis
+from workers_app.long_poll import long_poll
 
 app_name = "worker-api"
 
 urlpatterns = [
     path("register", apis.RegisterApi.as_view(), name="register"),
     path("heartbeat", apis.HeartbeatApi.as_view(), name="heartbeat"),
-    path("lease", apis.LeaseApi.as_view(), name="lease"),
+    path("lease", long_poll(apis.LeaseApi), name="lease"),
     path("offline", apis.OfflineApi.as_view(), name="offline"),
     path("tasks/<uuid:task_id>/start", apis.TaskStartApi.as_view(), name="start"),
     path("tasks/<uuid:task_id>/progress", apis.TaskProgressApi.as_view(), name="progress"),

@@ -1,0 +1,219 @@
+"""The waiting room: this process's open lease waits, woken one per announced task.
+
+A worker's `POST lease` that finds nothing waits here as a coroutine: no thread, no database connection, no
+query. A `work` event (generation.dispatch) wakes one waiter per queued task, chosen by `pick`; a waiter that
+wakes and finds nothing it can run hands the wake on while queued work remains. A keeper thread does, for all
+waiters of the process at once, what each would otherwise poll for:
+- liveness: an open wait counts as the worker's heartbeat; one UPDATE refreshes every waiting worker's
+  `last_heartbeat` when its wait opens and every heartbeat interval while it stays open;
+- the fallback: when this process cannot hear other processes' events (SQLite shared by several processes, or
+  the listener reconnecting), or now and then anyway, it wakes one waiter if work is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from generation import dispatch
+from generation.exceptions import DomainError
+from generation.models import Task
+from workers_app.models import Worker
+
+logger = logging.getLogger(__name__)
+
+# Seconds between the keeper's rounds, and between its fallback looks at the queue when this process hears
+# events from every other one (then the look only covers a lost wake-up) and when it does not.
+KEEPER_TICK = 1.0
+FALLBACK_WHILE_LISTENING = 10.0
+FALLBACK_DEAF = 1.0
+MAX_HANDS_ON = 16  # a wake handed on by waiters that could not use it, at most this many times
+
+
+class TooManyWaits(DomainError):
+    status = 429
+    code = "too_many_waits"
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One open lease wait."""
+
+    worker_id: int
+    checkpoints: frozenset[str]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future = field(init=False)
+    event: dict[str, Any] | None = None  # the wake it got, set under the room's lock
+    refreshed: float = 0.0  # monotonic time its worker's last_heartbeat was last written for this wait
+    tried: set[int] = field(default_factory=set)  # wakes it already used
+
+    def __post_init__(self) -> None:
+        self.future = self.loop.create_future()
+
+    def can_take(self, event: dict[str, Any]) -> bool:
+        checkpoint = event.get("checkpoint")
+        return not checkpoint or not self.checkpoints or checkpoint in self.checkpoints
+
+
+def pick(waiters: Iterable[Waiter], event: dict[str, Any]) -> Waiter | None:
+    """Which waiter a wake goes to: the longest-waiting one that can take the event's task and has not tried
+    this wake yet. Placement (which worker should run which task) plugs in here."""
+    wake_id = event.get("wake_id")
+    for waiter in waiters:
+        if waiter.event is None and wake_id not in waiter.tried and waiter.can_take(event):
+            return waiter
+    return None
+
+
+class WaitingRoom:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: list[Waiter] = []  # oldest first
+        self._wake_ids = itertools.count(1)
+        self._keeper: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def enter(self, waiter: Waiter, *, limit: int) -> None:
+        """Add an open wait; a worker may hold at most `limit` (its prefetch depth) open at once."""
+        with self._lock:
+            if sum(1 for w in self._waiters if w.worker_id == waiter.worker_id) >= max(1, limit):
+                raise TooManyWaits(
+                    f"This worker already has {limit} lease request(s) waiting; at most its prefetch depth."
+                )
+            self._waiters.append(waiter)
+        self._ensure_keeper()
+
+    def leave(self, waiter: Waiter) -> None:
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def rearm(self, waiter: Waiter) -> None:
+        """A woken waiter that got nothing waits again, behind the others."""
+        with self._lock:
+            if waiter.event is not None:
+                waiter.tried.add(waiter.event.get("wake_id", 0))
+            waiter.event = None
+            waiter.future = waiter.loop.create_future()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            self._waiters.append(waiter)
+
+    def wake(self, event: dict[str, Any] | None = None, count: int = 1) -> int:
+        """Wake up to `count` waiters for `event`; returns how many were woken."""
+        woken = 0
+        for _ in range(count):
+            with self._lock:
+                one = dict(event or {})
+                one.setdefault("wake_id", next(self._wake_ids))
+                waiter = pick(self._waiters, one)
+                if waiter is None:
+                    break
+                waiter.event = one
+            try:
+                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+            except RuntimeError:  # its event loop is gone: the request ended
+                self.leave(waiter)
+                continue
+            woken += 1
+        return woken
+
+    def worker_ids_to_refresh(self, now: float, every: float) -> list[int]:
+        with self._lock:
+            due = [w for w in self._waiters if now - w.refreshed >= every]
+            for waiter in due:
+                waiter.refreshed = now
+            return sorted({w.worker_id for w in due})
+
+    def _ensure_keeper(self) -> None:
+        if self._keeper is None:
+            with self._lock:
+                if self._keeper is None:
+                    self._keeper = threading.Thread(target=self._keep, name="t2i-waiting-room", daemon=True)
+                    self._keeper.start()
+        dispatch.ensure_listener()
+
+    def _keep(self) -> None:
+        last_look = time.monotonic()
+        while True:
+            time.sleep(KEEPER_TICK)
+            if not self._waiters:
+                continue
+            try:
+                refresh_liveness(self.worker_ids_to_refresh(time.monotonic(), heartbeat_interval()))
+                every = FALLBACK_WHILE_LISTENING if dispatch.listening() else FALLBACK_DEAF
+                if time.monotonic() - last_look >= every:
+                    last_look = time.monotonic()
+                    if work_queued():
+                        self.wake({"fallback": True})
+            except Exception as exc:  # the database restarting, or gone in tests: try again next round
+                logger.warning("waiting room: %s", str(exc).strip()[:200])
+            finally:
+                connection.close()  # back to the pool until the next round
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(True)
+
+
+def heartbeat_interval() -> float:
+    return float(settings.T2I["HEARTBEAT_INTERVAL"])
+
+
+def refresh_liveness(worker_ids: list[int]) -> int:
+    """An open wait is a heartbeat: mark these workers alive, unless offline or disabled meanwhile."""
+    if not worker_ids:
+        return 0
+    return (
+        Worker.objects.filter(pk__in=worker_ids)
+        .exclude(status__in=[Worker.Status.OFFLINE, Worker.Status.DISABLED])
+        .update(last_heartbeat=timezone.now())
+    )
+
+
+def work_queued() -> bool:
+    return Task.objects.filter(status=Task.Status.QUEUED).exists()
+
+
+room = WaitingRoom()
+
+
+def _on_work(data: dict[str, Any]) -> None:
+    count = data.get("count", 1)
+    room.wake({k: v for k, v in data.items() if k != "count"}, count=count if isinstance(count, int) else 1)
+
+
+dispatch.subscribe("work", _on_work)
+dispatch.subscribe("reconnected", lambda data: room.wake({"fallback": True}))
+
+
+async def wait(waiter: Waiter, timeout: float) -> bool:
+    """Wait until `waiter` is woken (True) or `timeout` passes (False)."""
+    if timeout > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+    return waiter.event is not None
+
+
+def hand_on(event: dict[str, Any]) -> bool:
+    """A waiter woke for `event` but leased nothing: pass the wake to another waiter that may use it."""
+    event = dict(event)
+    hands = event.get("hands", 0)
+    if event.get("fallback") or hands >= MAX_HANDS_ON:
+        return False
+    event["hands"] = hands + 1
+    return room.wake(event) > 0
