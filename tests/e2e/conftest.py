@@ -1,7 +1,8 @@
 """The end-to-end harness: the whole farm for real, nothing faked.
 
 - The scheduler is gunicorn with the production configuration (t2i_project/gunicorn.conf.py: uvicorn workers
-  serving the ASGI application, two processes) in a subprocess, on the test database (the SQLite file, or test_<name> on PostgreSQL) with short timings.
+  serving the ASGI application, two processes) in a subprocess, on the test database (the SQLite file, or
+  test_<name> on PostgreSQL) with short timings.
 - ComfyUI is the simulator, in a thread of this process (`start_in_thread`), one per worker.
 - Worker daemons are `WorkerLoop(WorkerLoopConfig(...))` in threads, or `manage.py runworker` OS processes for
   the signal tests. They talk to the scheduler and ComfyUI over HTTP and WebSocket only.
@@ -98,7 +99,8 @@ def _stop_process(popen: subprocess.Popen, *, timeout: float = 10.0) -> None:
 
 @dataclass
 class SchedulerProcess:
-    """The scheduler under gunicorn (production configuration) on a port this harness bound (passed down as a file descriptor)."""
+    """The scheduler under gunicorn (production configuration) on a port this harness bound (passed down
+    as a file descriptor)."""
 
     popen: subprocess.Popen
     url: str
