@@ -9,7 +9,8 @@ own events on commit without the round trip (the listener skips its own echo). W
 `T2I_LISTEN_NOTIFY=0`) events reach only the publishing process; subscribers that must hear other processes
 poll slowly as a fallback (workers_app.waiting).
 
-Kinds in use: `work` (tasks were queued: `{"count": n}`).
+Kinds in use: `work` (tasks were queued: `{"count": n, "checkpoint": name}`), `reconnected` (this process's
+listener is back: events may have been missed).
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ def publish(kind: str, data: dict[str, Any] | None = None) -> None:
     transaction.on_commit(lambda: deliver(kind, data))
 
 
-def announce_work(count: int = 1) -> None:
-    """Call inside the transaction that queued `count` task(s); waiting workers wake after it commits."""
-    publish("work", {"count": count})
+def announce_work(count: int = 1, *, checkpoint: str = "") -> None:
+    """Call inside the transaction that queued `count` task(s); waiting workers wake after it commits, one per
+    task, preferably one that has the task's `checkpoint`."""
+    publish("work", {"count": count, "checkpoint": checkpoint} if checkpoint else {"count": count})
 
 
 def deliver(kind: str, data: dict[str, Any]) -> None:

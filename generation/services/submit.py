@@ -37,7 +37,7 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
     task.max_attempts = farm_setting("MAX_ATTEMPTS")
     with transaction.atomic():
         task.save()
-        dispatch.announce_work()
+        dispatch.announce_work(checkpoint=task.checkpoint)
     logger.info("task queued", extra={"task": task.public_id})
     return task
 
@@ -173,7 +173,7 @@ def task_retry(*, task: Task) -> Task:
         )
         if not updated:
             raise Conflict("Only failed or cancelled tasks can be retried.", code="not_retryable")
-        dispatch.announce_work()
+        dispatch.announce_work(checkpoint=task.checkpoint)
     task.refresh_from_db()
     return task
 

@@ -79,7 +79,7 @@ def close_lease(
         if worker_id is not None and outcome == Outcome.FAILED:
             worker_count_outcome(worker_id, failed=1)
         if requeue:
-            dispatch.announce_work()
+            dispatch.announce_work(checkpoint=task.checkpoint)
     task.refresh_from_db()
     logger.log(
         logging.INFO if requeue else logging.WARNING,

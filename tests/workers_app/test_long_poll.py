@@ -1,0 +1,232 @@
+"""Lease long polls (workers_app.long_poll, workers_app.waiting): woken one per task, as liveness, bounded.
+
+Each wait runs on a thread of its own through the test client, as a daemon's request would; the tests use
+committed data (transactional tests) because those threads have their own database connections.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from generation.models import Task
+from tests.conftest import CHECKPOINT, capabilities, make_worker, submit_task, worker_client
+from workers_app import services as worker_services
+from workers_app import waiting
+from workers_app.models import Worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LEASE = "/api/v1/worker/lease"
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        yield executor
+
+
+def open_wait(pool: ThreadPoolExecutor, token: str, wait: float, **body) -> Future:
+    """POST lease with `wait` on a thread of its own; the future holds the response."""
+
+    def call():
+        try:
+            return worker_client(token).post(LEASE, {"wait": wait, **body}, format="json")
+        finally:
+            connection.close()
+
+    return pool.submit(call)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def waiting_workers() -> list[int]:
+    return sorted(w.worker_id for w in waiting.room._waiters)
+
+
+@pytest.fixture
+def count_attempts(monkeypatch) -> list[int]:
+    """Worker ids of every lease attempt the API makes (first attempts and attempts after a wake-up)."""
+    seen: list[int] = []
+    real = worker_services.worker_lease_next
+
+    def counting(*, worker, prefetch=False):
+        seen.append(worker.pk)
+        return real(worker=worker, prefetch=prefetch)
+
+    monkeypatch.setattr(worker_services, "worker_lease_next", counting)
+    return seen
+
+
+def test_a_waiting_lease_is_answered_as_soon_as_a_task_is_queued(pool):
+    worker, token = make_worker()
+    asked = time.monotonic()
+    answer = open_wait(pool, token, wait=20)
+    eventually(lambda: waiting_workers() == [worker.pk])
+    task = submit_task()
+    response = answer.result(timeout=5)
+    assert response.status_code == 200
+    assert response.json()["task_id"] == str(task.public_id)
+    assert time.monotonic() - asked < 5  # woken, not timed out (the wait was 20 s)
+    assert response["T2I-Protocol"] == "2"
+    assert waiting_workers() == []
+
+
+def test_one_task_wakes_one_waiter_not_all(pool, count_attempts):
+    workers = [make_worker(f"gpu-{i}") for i in range(5)]
+    answers = [open_wait(pool, token, wait=3) for _, token in workers]
+    eventually(lambda: len(waiting_workers()) == 5)
+    first_attempts = len(count_attempts)
+    assert first_attempts == 5
+    submit_task()
+    done = next(a for a in _as_completed(answers) if a.result().status_code == 200)
+    assert done.result().status_code == 200
+    time.sleep(0.3)
+    assert len(count_attempts) == first_attempts + 1  # only the woken waiter looked again
+    assert len(waiting_workers()) == 4
+    assert sorted(a.result(timeout=10).status_code for a in answers) == [200, 204, 204, 204, 204]
+    assert len(count_attempts) == first_attempts + 1  # the others timed out without a query
+
+
+def _as_completed(futures: list[Future]):
+    from concurrent.futures import as_completed
+
+    return as_completed(futures, timeout=5)
+
+
+def test_a_wake_the_waiter_cannot_use_is_handed_on(pool):
+    """The longest-waiting worker is woken first; it is draining, so it leases nothing and hands the wake on
+    to the next waiter, which takes the task."""
+    draining, draining_token = make_worker("draining")
+    ready, ready_token = make_worker("ready")
+    Worker.objects.filter(pk=draining.pk).update(status=Worker.Status.DRAINING)
+    first = open_wait(pool, draining_token, wait=3)
+    eventually(lambda: waiting_workers() == [draining.pk])
+    second = open_wait(pool, ready_token, wait=3)
+    eventually(lambda: len(waiting_workers()) == 2)
+    task = submit_task()
+    response = second.result(timeout=2)
+    assert response.status_code == 200, response.content
+    assert response.json()["task_id"] == str(task.public_id)
+    assert first.result(timeout=5).status_code == 204
+
+
+def test_a_wake_goes_to_a_waiter_with_the_tasks_checkpoint(pool, count_attempts):
+    other, other_token = make_worker("other", caps=capabilities(checkpoints=("other.safetensors",)))
+    right, right_token = make_worker("right")
+    first = open_wait(pool, other_token, wait=3)
+    eventually(lambda: waiting_workers() == [other.pk])
+    second = open_wait(pool, right_token, wait=3)
+    eventually(lambda: len(waiting_workers()) == 2)
+    task = submit_task(checkpoint=CHECKPOINT)
+    assert second.result(timeout=2).json()["task_id"] == str(task.public_id)
+    assert count_attempts.count(other.pk) == 1  # its first attempt only: never woken for this task
+    assert first.result(timeout=5).status_code == 204
+
+
+def test_a_worker_may_not_wait_more_often_at_once_than_its_prefetch_depth(pool):
+    worker, token = make_worker()
+    Worker.objects.filter(pk=worker.pk).update(prefetch=1)
+    first = open_wait(pool, token, wait=2)
+    eventually(lambda: waiting_workers() == [worker.pk])
+    second = open_wait(pool, token, wait=2).result(timeout=5)
+    assert second.status_code == 429
+    assert second.json()["error"] == "too_many_waits"
+    assert first.result(timeout=5).status_code == 204
+
+
+def test_an_open_wait_is_the_workers_heartbeat(pool, settings):
+    settings.T2I = {**settings.T2I, "HEARTBEAT_INTERVAL": 0.5}
+    worker, token = make_worker()
+    stale = timezone.now() - timedelta(seconds=10)
+    Worker.objects.filter(pk=worker.pk).update(last_heartbeat=stale)
+    answer = open_wait(pool, token, wait=4)
+    eventually(lambda: Worker.objects.get(pk=worker.pk).last_heartbeat > stale + timedelta(seconds=9))
+    beat = Worker.objects.get(pk=worker.pk).last_heartbeat
+    eventually(lambda: Worker.objects.get(pk=worker.pk).last_heartbeat > beat)  # renewed while open
+    assert answer.result(timeout=10).status_code == 204
+
+
+def test_liveness_refresh_never_revives_an_offline_or_disabled_worker():
+    live, _ = make_worker("live")
+    offline, _ = make_worker("offline")
+    disabled, _ = make_worker("disabled")
+    Worker.objects.filter(pk=offline.pk).update(status=Worker.Status.OFFLINE)
+    Worker.objects.filter(pk=disabled.pk).update(status=Worker.Status.DISABLED)
+    old = timezone.now() - timedelta(seconds=60)
+    Worker.objects.update(last_heartbeat=old)
+    assert waiting.refresh_liveness([live.pk, offline.pk, disabled.pk]) == 1
+    assert Worker.objects.get(pk=offline.pk).last_heartbeat == old
+    assert Worker.objects.get(pk=live.pk).last_heartbeat > old
+
+
+def test_a_worker_disabled_while_waiting_gets_403_when_woken(pool):
+    worker, token = make_worker()
+    answer = open_wait(pool, token, wait=5)
+    eventually(lambda: waiting_workers() == [worker.pk])
+    Worker.objects.filter(pk=worker.pk).update(status=Worker.Status.DISABLED)
+    submit_task()
+    response = answer.result(timeout=3)
+    assert response.status_code == 403
+    assert response.json()["error"] == "worker_disabled"
+    assert Task.objects.get().status == Task.Status.QUEUED
+
+
+def test_a_lost_wake_up_is_made_good_by_the_keeper(pool, monkeypatch):
+    """Work queued without an event reaching this process (another process on a shared SQLite file) is
+    found by the keeper's fallback look within its period."""
+    monkeypatch.setattr(waiting, "FALLBACK_DEAF", 0.5)
+    worker, token = make_worker()
+    answer = open_wait(pool, token, wait=10)
+    eventually(lambda: waiting_workers() == [worker.pk])
+    monkeypatch.setattr(waiting.room, "wake", _only_fallback_wakes(waiting.room.wake))
+    task = submit_task()
+    response = answer.result(timeout=5)
+    assert response.status_code == 200
+    assert response.json()["task_id"] == str(task.public_id)
+
+
+def _only_fallback_wakes(wake):
+    def filtered(event=None, count=1):
+        return wake(event, count) if (event or {}).get("fallback") else 0
+
+    return filtered
+
+
+@pytest.mark.parametrize("header", ["3", "two", ""])
+def test_an_unknown_protocol_version_is_refused_with_its_own_code(header):
+    _, token = make_worker()
+    client = worker_client(token)
+    response = client.post(LEASE, {}, format="json", HTTP_T2I_PROTOCOL=header)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "protocol_unsupported"
+    assert "T2I-Protocol" in body["fields"]
+
+
+@pytest.mark.parametrize("header", [None, "1", "2"])
+def test_both_protocol_versions_are_served_and_answers_name_the_schedulers(header):
+    _, token = make_worker()
+    extra = {} if header is None else {"HTTP_T2I_PROTOCOL": header}
+    response = worker_client(token).post("/api/v1/worker/heartbeat", {}, format="json", **extra)
+    assert response.status_code == 200
+    assert response["T2I-Protocol"] == "2"
+
+
+def test_threads_stay_out_of_the_waiting_room():
+    """Nothing is left behind by a finished wait: no waiter, no thread."""
+    before = threading.active_count()
+    worker, token = make_worker()
+    assert worker_client(token).post(LEASE, {"wait": 0.2}, format="json").status_code == 204
+    assert waiting_workers() == []
+    assert threading.active_count() <= before + 2  # at most the keeper and the event listener, started once
