@@ -108,7 +108,7 @@ def test_a_wake_the_waiter_cannot_use_is_handed_on(pool):
     """The longest-waiting worker is woken first; it is draining, so it leases nothing and hands the wake on
     to the next waiter, which takes the task."""
     draining, draining_token = make_worker("draining")
-    ready, ready_token = make_worker("ready")
+    _, ready_token = make_worker("ready")
     Worker.objects.filter(pk=draining.pk).update(status=Worker.Status.DRAINING)
     first = open_wait(pool, draining_token, wait=3)
     eventually(lambda: waiting_workers() == [draining.pk])
@@ -123,7 +123,7 @@ def test_a_wake_the_waiter_cannot_use_is_handed_on(pool):
 
 def test_a_wake_goes_to_a_waiter_with_the_tasks_checkpoint(pool, count_attempts):
     other, other_token = make_worker("other", caps=capabilities(checkpoints=("other.safetensors",)))
-    right, right_token = make_worker("right")
+    _, right_token = make_worker("right")
     first = open_wait(pool, other_token, wait=3)
     eventually(lambda: waiting_workers() == [other.pk])
     second = open_wait(pool, right_token, wait=3)
@@ -226,7 +226,7 @@ def test_both_protocol_versions_are_served_and_answers_name_the_schedulers(heade
 def test_threads_stay_out_of_the_waiting_room():
     """Nothing is left behind by a finished wait: no waiter, no thread."""
     before = threading.active_count()
-    worker, token = make_worker()
+    _, token = make_worker()
     assert worker_client(token).post(LEASE, {"wait": 0.2}, format="json").status_code == 204
     assert waiting_workers() == []
     assert threading.active_count() <= before + 2  # at most the keeper and the event listener, started once
