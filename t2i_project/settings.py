@@ -110,7 +110,7 @@ elif env_bool("DB_PREPARED_STATEMENTS", True):
     DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
 if _pooled:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": min(2, DB_POOL_SIZE),
+        "min_size": 1,  # one warm connection per process; more only while requests need them
         "max_size": DB_POOL_SIZE,
         "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),  # then a 503 the caller retries
     }
@@ -159,6 +159,10 @@ FILE_UPLOAD_TEMP_DIR = env_str("T2I_UPLOAD_TEMP_DIR", "") or None
 # Cookies are secure whenever DEBUG is off (LAN deployments behind TLS set SECURE_* via the proxy).
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto itself (docs/deployment.md): trust it for
+# request.is_secure(). Off by default: without such a proxy any client could claim HTTPS.
+if env_bool("T2I_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
