@@ -5,8 +5,8 @@
 
 The idle farm of bench.scale (simulated protocol-2 daemons long-polling, a probe submitting and reading a task
 every second) under the production server configuration on PostgreSQL, and meanwhile:
-1. Slow clients: N connections drip a request one byte a second for `--slow-seconds` (half of them the headers,
-   half a declared body), as a slow or hostile LAN client would. Target: status p99 <= 100 ms meanwhile.
+1. Slow clients: N connections drip a request one byte a second for `--slow-seconds` (half of them the
+   headers, half a declared body), as a slow or hostile LAN client would. Target: status p99 <= 100 ms meanwhile.
 2. A database restart, as the scheduler sees one: every connection to its database is terminated at once
    (pg_terminate_backend: pooled connections, each process's LISTEN connection). Counted: answers other than
    200/201/204 (a 503 is a clean refusal; a 500 is not), workers the scheduler marked offline (target 0), and
@@ -26,7 +26,7 @@ from bench.scale import Farm
 
 async def slow_client(port: int, seconds: float, body: bool) -> None:
     """One connection that sends its request a byte a second and never finishes it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     head = "POST /api/v1/tasks/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     if body:
         writer.write((head + "Content-Length: 4096\r\n\r\n").encode())
@@ -51,7 +51,8 @@ def drop_connections(db_url: str) -> int:
     name = db_url.rsplit("/", 1)[1]
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
             [name],
         ).fetchall()
     return len(rows)
@@ -73,8 +74,8 @@ def measure(args) -> list:
     tokens = make_workers(args.workers, "faults")
     figures = []
     print(
-        f"scale faults: {args.workers} idle protocol-2 workers, a probe every second; gunicorn {args.processes} "
-        "processes, uvicorn (ASGI), PostgreSQL",
+        f"scale faults: {args.workers} idle protocol-2 workers, a probe every second; gunicorn "
+        f"{args.processes} processes, uvicorn (ASGI), PostgreSQL",
         flush=True,
     )
     with Server(db_url, processes=args.processes, threads=args.threads, log=args.server_log) as server:
