@@ -6,7 +6,8 @@
 The idle farm of bench.scale (simulated protocol-2 daemons long-polling, a probe submitting and reading a task
 every second) under the production server configuration on PostgreSQL, and meanwhile:
 1. Slow clients: N connections drip a request one byte a second for `--slow-seconds` (half of them the
-   headers, half a declared body), as a slow or hostile LAN client would. Target: status p99 <= 100 ms meanwhile.
+   headers, half a declared body), as a slow or hostile LAN client would. Target: status p99 <= 100 ms
+   meanwhile.
 2. A database restart, as the scheduler sees one: every connection to its database is terminated at once
    (pg_terminate_backend: pooled connections, each process's LISTEN connection). Counted: answers other than
    200/201/204 (a 503 is a clean refusal; a 500 is not), workers the scheduler marked offline (target 0), and
