@@ -54,3 +54,18 @@ class RegisterRequired(Conflict):
     """The scheduler considers the worker offline (or never saw it register): register again."""
 
     code = "register_required"
+
+
+class TooMany(DomainError):
+    """A worker asked for more than its prefetch depth allows: back off and retry."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    code = "too_many"
+
+
+class TooManyWaits(TooMany):
+    code = "too_many_waits"
+
+
+class TooManyLeases(TooMany):
+    code = "too_many_leases"

@@ -25,7 +25,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from generation.api_errors import exception_handler
-from generation.exceptions import WorkerDisabled
+from generation.exceptions import TooManyWaits, WorkerDisabled
 from generation.services import TaskLease
 from workers_app import services as worker_services
 from workers_app import waiting
@@ -57,7 +57,7 @@ def long_poll(view_class: type[LeaseApi]) -> Callable[..., Any]:
         waiter = waiting.Waiter(pending.worker_id, pending.checkpoints, loop)
         try:
             waiting.room.enter(waiter, limit=pending.limit)
-        except waiting.TooManyWaits as exc:
+        except TooManyWaits as exc:
             return error_response(exc)
         unused: dict | None = None  # a wake this request got but did not use: handed on if it ends here
         try:

@@ -27,7 +27,7 @@ from django.db import connection
 from django.utils import timezone
 
 from generation import dispatch
-from generation.exceptions import DomainError
+from generation.exceptions import TooManyWaits
 from generation.models import Task
 from workers_app.models import Worker
 
@@ -39,11 +39,6 @@ KEEPER_TICK = 1.0
 FALLBACK_WHILE_LISTENING = 10.0
 FALLBACK_DEAF = 1.0
 MAX_HANDS_ON = 16  # a wake handed on by waiters that could not use it, at most this many times
-
-
-class TooManyWaits(DomainError):
-    status = 429
-    code = "too_many_waits"
 
 
 @dataclass(eq=False)

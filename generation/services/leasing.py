@@ -11,7 +11,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from generation import workflows
-from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, WorkerDisabled
+from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, TooManyLeases, WorkerDisabled
 from generation.models import Task, TaskAttempt, WorkflowTemplate
 from generation.services.transitions import LEASE_LOST, farm_setting, fenced
 from workers_app.models import Worker
@@ -55,7 +55,14 @@ def task_lease_next(
     if not templates:
         return None
     runnable = _runnable(worker, list(templates))
-    if prefetch and not _prefetch_allowed(worker, runnable):
+    held = Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count()
+    if held >= max(1, worker.prefetch):
+        if prefetch:
+            return None  # full: a prefetching request raced the lease it already got
+        raise TooManyLeases(
+            f"This worker already holds {held} task(s), its prefetch depth; finish or release one first."
+        )
+    if prefetch and held and not _prefetch_allowed(worker, runnable):
         return None
     now = now or timezone.now()
     expires = now + timedelta(seconds=farm_setting("LEASE_SECONDS"))
@@ -118,17 +125,13 @@ def _runnable(worker: Worker, template_ids: list[int]) -> QuerySet[Task]:
 
 
 def _prefetch_allowed(worker: Worker, runnable: QuerySet[Task]) -> bool:
-    """Prefetch only up to the worker's registered depth, and only when more tasks wait than there are
+    """A worker that holds a task (below its depth) prefetches only when more tasks wait than there are
     other idle workers to take them.
 
-    A worker that holds nothing is not prefetching, whatever its request said: its task finished while
-    it was long-polling with `prefetch: true`. Holding it back for idle others would let every such
-    worker defer to the others, and a new task would wait until one of those long-polls timed out."""
-    held = Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count()
-    if held == 0:
-        return True
-    if held >= max(1, worker.prefetch):
-        return False
+    A worker that holds nothing is not prefetching, whatever its request said (the caller does not ask):
+    its task finished while it was long-polling with `prefetch: true`. Holding it back for idle others would
+    let every such worker defer to the others, and a new task would wait until one of those long-polls
+    timed out."""
     alive_since = timezone.now() - timedelta(seconds=farm_setting("WORKER_OFFLINE_AFTER"))
     idle_others = (
         Worker.objects.with_state()

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from generation import selectors, services
-from generation.exceptions import LeaseLost, NoCapableWorker
+from generation.exceptions import LeaseLost, NoCapableWorker, TooManyLeases
 from generation.models import Image, Task, TaskAttempt
 from generation.services import completion
 from tests.conftest import (
@@ -54,6 +54,7 @@ def upload(width: int = 64, height: int = 64) -> SimpleUploadedFile:
 
 
 def test_leases_highest_priority_first_then_oldest(worker):
+    worker.prefetch = 6  # deep enough for one worker to hold them all and ask once more
     low_old = submit_task(priority=0)
     high_old = submit_task(priority=5)
     low_new = submit_task(priority=0)
@@ -278,6 +279,7 @@ def test_heartbeat_renews_the_lease(worker, clock):
 
 
 def test_heartbeat_reports_cancelled_and_lost_leases(worker, clock):
+    worker.prefetch = 3  # deep enough to hold the three
     other, _ = make_worker("gpu-2")
     cancelled_task, lost_task, kept_task = (
         submit_task(priority=3),
@@ -721,3 +723,15 @@ def test_submit_without_checkpoint_or_default_takes_the_one_most_online_workers_
     task = submit_task()
 
     assert task.checkpoint == "common.safetensors" and task.warning == ""
+
+
+def test_a_worker_that_asks_for_more_than_its_prefetch_depth_is_told_to_back_off(worker):
+    """A daemon that keeps asking without prefetch while it holds its depth would hoard the queue: 429."""
+    for _ in range(3):
+        submit_task()
+    held = [lease(worker), lease(worker)]  # the fixture's depth is 2
+    assert all(held)
+    assert lease(worker, prefetch=True) is None  # full: a prefetch simply gets nothing
+    with pytest.raises(TooManyLeases):
+        lease(worker)
+    assert Task.objects.filter(status=Status.QUEUED).count() == 1
