@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -35,12 +37,27 @@ from workers_app.models import Worker
 SPREAD = 0.2
 SPREAD_FROM = 5.0  # seconds: shorter waits end when asked
 LONG_POLL_URL_NAMES = ("worker-api:lease", "seed-task")
+# Short worker calls (a few queries, no files) whose views share that thread too: at a busy farm's rate
+# (progress once a second per GPU) making and joining a thread per request was a fifth of their cost.
+SHORT_CALL_URL_NAMES = ("worker-api:heartbeat",)
+SHORT_TASK_CALL_URL_NAMES = ("worker-api:progress", "worker-api:start")
 
 
 @functools.cache
-def long_poll_paths() -> frozenset[str]:
-    """The paths served by long_poll views: t2i_project.asgi runs their steps without a thread per request."""
-    return frozenset(reverse(name) for name in LONG_POLL_URL_NAMES)
+def _shared_thread_paths() -> re.Pattern[str]:
+    sample = str(uuid.UUID(int=0))
+    exact = [re.escape(reverse(name)) for name in (*LONG_POLL_URL_NAMES, *SHORT_CALL_URL_NAMES)]
+    per_task = [
+        re.escape(reverse(name, args=[sample])).replace(re.escape(sample), "[0-9a-f-]{36}")
+        for name in SHORT_TASK_CALL_URL_NAMES
+    ]
+    return re.compile("(?:" + "|".join(exact + per_task) + ")")
+
+
+def on_shared_thread(path: str) -> bool:
+    """Whether t2i_project.asgi serves `path` without a thread per request: long polls (their steps) and the
+    short worker calls, whose synchronous work runs on the process's one shared thread."""
+    return _shared_thread_paths().fullmatch(path) is not None
 
 
 def long_poll(view_class: type[LeaseApi]) -> Callable[..., Any]:

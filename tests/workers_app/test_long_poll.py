@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from generation.models import Task
 from tests.conftest import CHECKPOINT, capabilities, make_worker, submit_task, worker_client
+from workers_app import long_poll, waiting
 from workers_app import services as worker_services
-from workers_app import waiting
 from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -230,3 +230,21 @@ def test_threads_stay_out_of_the_waiting_room():
     assert worker_client(token).post(LEASE, {"wait": 0.2}, format="json").status_code == 204
     assert waiting_workers() == []
     assert threading.active_count() <= before + 2  # at most the keeper and the event listener, started once
+
+
+@pytest.mark.parametrize(
+    ("path", "shared"),
+    [
+        ("/api/v1/worker/lease", True),
+        ("/task", True),
+        ("/api/v1/worker/heartbeat", True),
+        ("/api/v1/worker/tasks/3f2504e0-4f89-11d3-9a0c-0305e82c3301/progress", True),
+        ("/api/v1/worker/tasks/3f2504e0-4f89-11d3-9a0c-0305e82c3301/start", True),
+        ("/api/v1/worker/tasks/3f2504e0-4f89-11d3-9a0c-0305e82c3301/complete", False),  # files: own thread
+        ("/api/v1/worker/register", False),
+        ("/api/v1/tasks/", False),
+        ("/api/v1/worker/leasex", False),
+    ],
+)
+def test_which_paths_share_the_processs_thread(path, shared):
+    assert long_poll.on_shared_thread(path) is shared
