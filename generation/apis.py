@@ -4,13 +4,15 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound as CursorNotFound
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import CursorPagination
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from generation import selectors, services
+from generation import selectors, services, streams
 from generation.exceptions import NotFound
 from generation.models import Task, WorkflowTemplate
 from generation.serializers import (
@@ -105,6 +107,66 @@ class TaskDetailApi(APIView):
     def get(self, request: Request, task_id) -> Response:
         task = selectors.task_status_for(request.user, task_id)
         return Response(TaskOutput(task, context={"request": request}).data)
+
+
+class IgnoreAccept(DefaultContentNegotiation):
+    """Answer JSON whatever `Accept` says: an event stream's client asks for text/event-stream, and its
+    errors (401, 404) are JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def task_event(request, user, task_id: str) -> dict | None:
+    """A task as its event streams send it (the JSON of GET tasks/{id}/); None if the user may not see it."""
+    try:
+        task = selectors.task_status_for(user, task_id)
+    except NotFound:
+        return None
+    return TaskOutput(task, context={"request": request}).data
+
+
+class TaskEventsApi(APIView):
+    """Follow one task: server-sent events (generation.streams), its current state first."""
+
+    permission_classes = [permissions.AllowAny]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = IgnoreAccept
+
+    @extend_schema(responses={(200, "text/event-stream"): TaskOutput})
+    def get(self, request: Request, task_id) -> Response:
+        event = task_event(request, request.user, str(task_id))
+        if event is None:
+            raise NotFound("No such task.")
+        response = Response(event)
+        response.follow = streams.Follow(
+            user=request.user, snapshot=task_event, events=[event], task_ids={event["id"]}, single=True
+        )
+        return response
+
+
+class MyTaskEventsApi(APIView):
+    """Follow all of your unfinished tasks: server-sent events; on reconnect (`Last-Event-ID`) also the tasks
+    that finished meanwhile."""
+
+    permission_classes = [permissions.IsAuthenticated]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = IgnoreAccept
+
+    @extend_schema(responses={(200, "text/event-stream"): TaskOutput(many=True)})
+    def get(self, request: Request) -> Response:
+        finished_since = streams.since(request.headers.get("Last-Event-ID"))
+        tasks = selectors.tasks_to_follow(request.user, finished_since=finished_since)
+        events = [TaskOutput(task, context={"request": request}).data for task in tasks]
+        response = Response(events)
+        response.follow = streams.Follow(
+            user=request.user,
+            snapshot=task_event,
+            events=events,
+            task_ids={event["id"] for event in events},
+            owner_id=request.user.pk,
+        )
+        return response
 
 
 class TaskCancelApi(APIView):

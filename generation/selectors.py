@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from generation.exceptions import NotFound
@@ -82,6 +82,18 @@ def tasks_for(user, *, mine: bool = False, status: str | None = None) -> QuerySe
     if status:
         qs = qs.filter(status=status)
     return qs
+
+
+def tasks_to_follow(user, *, finished_since=None, most: int = 100) -> list[Task]:
+    """The user's unfinished tasks and those that finished after `finished_since` (an event stream's first
+    events), newest first, at most `most`."""
+    qs = tasks_for(user, mine=True).prefetch_related(
+        Prefetch("attempt_set", queryset=TaskAttempt.objects.select_related("worker"))
+    )
+    followed = ~Q(status__in=Task.FINISHED_STATUSES)
+    if finished_since is not None:
+        followed |= Q(finished_at__gt=finished_since)
+    return list(qs.filter(followed).order_by("-id")[:most])
 
 
 def checkpoints_available(*, recent_hours: int = 24) -> list[dict]:

@@ -1,12 +1,15 @@
 from django.urls import path
 
 from generation import apis
+from generation.streams import event_stream
 
 app_name = "api"
 
 urlpatterns = [
     path("tasks/", apis.TaskListCreateApi.as_view(), name="task-list"),
+    path("tasks/events", event_stream(apis.MyTaskEventsApi), name="task-events-mine"),
     path("tasks/<uuid:task_id>/", apis.TaskDetailApi.as_view(), name="task-detail"),
+    path("tasks/<uuid:task_id>/events", event_stream(apis.TaskEventsApi), name="task-events"),
     path("tasks/<uuid:task_id>/cancel/", apis.TaskCancelApi.as_view(), name="task-cancel"),
     path("templates/", apis.TemplateListCreateApi.as_view(), name="template-list"),
     path("templates/<slug:name>/", apis.TemplateDetailApi.as_view(), name="template-detail"),

@@ -1,24 +1,48 @@
 """ASGI entry point: `gunicorn -c t2i_project/gunicorn.conf.py` (uvicorn workers) and `manage.py runserver`
 (Daphne's) serve the scheduler through it."""
 
+import functools
 import os
+import re
+import uuid
 
 import django
 from django.core.handlers.asgi import ASGIHandler
+from django.urls import reverse
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "t2i_project.settings")
 django.setup(set_prefix=False)
 
-from workers_app.long_poll import on_shared_thread  # noqa: E402 (needs the apps loaded)
+# Requests that wait (lease long polls, event streams), and short worker calls (a few queries, no files; at a
+# busy farm's rate, progress once a second per GPU, making and joining a thread per request was a fifth of
+# their cost): their synchronous parts run on the process's one shared thread.
+SHARED_THREAD_URL_NAMES = ("worker-api:lease", "seed-task", "worker-api:heartbeat", "api:task-events-mine")
+SHARED_THREAD_TASK_URL_NAMES = ("worker-api:progress", "worker-api:start", "api:task-events")
+
+
+@functools.cache
+def _shared_thread_paths() -> re.Pattern[str]:
+    sample = str(uuid.UUID(int=0))
+    exact = [re.escape(reverse(name)) for name in SHARED_THREAD_URL_NAMES]
+    per_task = [
+        re.escape(reverse(name, args=[sample])).replace(re.escape(sample), "[0-9a-f-]{36}")
+        for name in SHARED_THREAD_TASK_URL_NAMES
+    ]
+    return re.compile("(?:" + "|".join(exact + per_task) + ")")
+
+
+def on_shared_thread(path: str) -> bool:
+    return _shared_thread_paths().fullmatch(path) is not None
 
 
 class Handler(ASGIHandler):
-    """Django's ASGI handler, but long polls and short worker calls share one thread per process.
+    """Django's ASGI handler, but waiting requests and short worker calls share one thread per process.
 
     Django gives every request a thread of its own for its synchronous parts, kept until the request ends:
-    a worker's lease wait would hold one for up to a minute. Outside that per-request context asgiref runs
-    them on its single shared thread, so hundreds of waits cost no thread at all, and a heartbeat or a
-    progress report does not make and join a thread (workers_app.long_poll.on_shared_thread)."""
+    a worker's lease wait or a client's event stream would hold one for minutes. Outside that per-request
+    context asgiref runs them on its single shared thread, so hundreds of waits and streams cost no thread
+    at all (workers_app.long_poll, generation.streams), and a heartbeat or a progress report does not make
+    and join a thread."""
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and on_shared_thread(scope["path"]):

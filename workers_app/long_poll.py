@@ -11,17 +11,11 @@ on the request's thread.
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
-import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.db import connection
 from django.http import HttpRequest, HttpResponse
-from django.urls import reverse
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -29,6 +23,7 @@ from rest_framework.response import Response
 from generation.api_errors import exception_handler
 from generation.exceptions import TooManyWaits, WorkerDisabled
 from generation.services import TaskLease
+from generation.steps import step
 from workers_app import services as worker_services
 from workers_app import waiting
 from workers_app.apis import PROTOCOL_HEADER, PROTOCOL_VERSION, LeaseApi, PendingWait
@@ -36,28 +31,6 @@ from workers_app.models import Worker
 
 SPREAD = 0.2
 SPREAD_FROM = 5.0  # seconds: shorter waits end when asked
-LONG_POLL_URL_NAMES = ("worker-api:lease", "seed-task")
-# Short worker calls (a few queries, no files) whose views share that thread too: at a busy farm's rate
-# (progress once a second per GPU) making and joining a thread per request was a fifth of their cost.
-SHORT_CALL_URL_NAMES = ("worker-api:heartbeat",)
-SHORT_TASK_CALL_URL_NAMES = ("worker-api:progress", "worker-api:start")
-
-
-@functools.cache
-def _shared_thread_paths() -> re.Pattern[str]:
-    sample = str(uuid.UUID(int=0))
-    exact = [re.escape(reverse(name)) for name in (*LONG_POLL_URL_NAMES, *SHORT_CALL_URL_NAMES)]
-    per_task = [
-        re.escape(reverse(name, args=[sample])).replace(re.escape(sample), "[0-9a-f-]{36}")
-        for name in SHORT_TASK_CALL_URL_NAMES
-    ]
-    return re.compile("(?:" + "|".join(exact + per_task) + ")")
-
-
-def on_shared_thread(path: str) -> bool:
-    """Whether t2i_project.asgi serves `path` without a thread per request: long polls (their steps) and the
-    short worker calls, whose synchronous work runs on the process's one shared thread."""
-    return _shared_thread_paths().fullmatch(path) is not None
 
 
 def long_poll(view_class: type[LeaseApi]) -> Callable[..., Any]:
@@ -109,19 +82,6 @@ def spread(seconds: float) -> float:
     """A long wait ends up to SPREAD earlier, at random: a farm whose daemons started together (a restart)
     stops coming back in one burst at the end of every wait."""
     return seconds * (1 - SPREAD * random.random()) if seconds >= SPREAD_FROM else seconds
-
-
-def step(function: Callable[..., Any]) -> Callable[..., Any]:
-    """`function` as a coroutine on a thread, which gives its database connection back when done."""
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        finally:
-            if not connection.in_atomic_block:  # (a test's transaction)
-                connection.close()  # back to the pool: nothing is held while the request waits
-
-    return sync_to_async(run)
 
 
 @step

@@ -20,6 +20,7 @@ from generation.services.transitions import (
     close_lease,
     farm_setting,
     fenced,
+    task_changed,
     worker_count_outcome,
 )
 from workers_app.models import Worker
@@ -99,6 +100,7 @@ def task_complete(
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
             worker_count_outcome(worker.pk, completed=1)
+            task_changed(task.public_id, task.owner_id)
     except BaseException:
         for image in images:
             default_storage.delete(image.file.name)

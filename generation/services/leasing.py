@@ -13,7 +13,7 @@ from django.utils import timezone
 from generation import workflows
 from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, TooManyLeases, WorkerDisabled
 from generation.models import Task, TaskAttempt, WorkflowTemplate
-from generation.services.transitions import LEASE_LOST, farm_setting, fenced
+from generation.services.transitions import LEASE_LOST, farm_setting, fenced, task_changed
 from workers_app.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def task_lease_next(
             lease_expires_at=expires,
             leased_at=now,
         )
+        task_changed(task.public_id, task.owner_id)
     prefix = f"t2i/{task.public_id}_a{attempt.number}"
     logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
     return TaskLease(task=task, attempt=attempt, workflow=task_workflow(task, prefix), filename_prefix=prefix)
@@ -152,6 +153,7 @@ def task_start(
         lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
         if not lease.update(status=Status.RUNNING, started_at=Coalesce("started_at", now)):
             raise LeaseLost(LEASE_LOST)
+        task_changed(task_id)
         TaskAttempt.objects.filter(lease_token=lease_token, started_at=None).update(
             started_at=now, comfyui_prompt_id=comfyui_prompt_id[:64]
         )
@@ -175,3 +177,4 @@ def task_report_progress(
         started_at=Coalesce("started_at", timezone.now()),
     ):
         raise LeaseLost("This lease is no longer yours.")
+    task_changed(task_id)

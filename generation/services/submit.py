@@ -14,7 +14,7 @@ from django.utils import timezone
 from generation import callback_targets, dispatch, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
-from generation.services.transitions import farm_setting
+from generation.services.transitions import farm_setting, task_changed
 from workers_app.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
     task.max_attempts = farm_setting("MAX_ATTEMPTS")
     with transaction.atomic():
         task.save()
+        task_changed(task.public_id, task.owner_id)
         dispatch.announce_work(checkpoint=task.checkpoint)
     logger.info("task queued", extra={"task": task.public_id})
     return task
@@ -153,6 +154,7 @@ def task_cancel(*, task: Task) -> Task:
             TaskAttempt.objects.filter(lease_token=token, outcome=TaskAttempt.Outcome.ACTIVE).update(
                 outcome=TaskAttempt.Outcome.CANCELLED, finished_at=now
             )
+        task_changed(task.public_id, task.owner_id)
     task.refresh_from_db()
     logger.info("task cancelled", extra={"task": task.public_id})
     return task
@@ -173,6 +175,7 @@ def task_retry(*, task: Task) -> Task:
         )
         if not updated:
             raise Conflict("Only failed or cancelled tasks can be retried.", code="not_retryable")
+        task_changed(task.public_id, task.owner_id)
         dispatch.announce_work(checkpoint=task.checkpoint)
     task.refresh_from_db()
     return task

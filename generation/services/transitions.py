@@ -30,6 +30,12 @@ def farm_setting(name: str):
     return settings.T2I[name]
 
 
+def task_changed(public_id: uuid.UUID, owner_id: int | None = None) -> None:
+    """Tell the task's event streams (generation.streams), in every process, that it changed: call inside
+    the transaction that changed it. The event carries ids only; a stream reads the task itself."""
+    dispatch.publish("task", {"id": str(public_id), "owner": owner_id})
+
+
 def fenced(*, task_id: uuid.UUID, lease_token: uuid.UUID, worker_id: int):
     """The task this live lease names, as a queryset: update it and check that one row changed."""
     return Task.objects.filter(
@@ -78,6 +84,7 @@ def close_lease(
         )
         if worker_id is not None and outcome == Outcome.FAILED:
             worker_count_outcome(worker_id, failed=1)
+        task_changed(task.public_id, task.owner_id)
         if requeue:
             dispatch.announce_work(checkpoint=task.checkpoint)
     task.refresh_from_db()

@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from generation.models import Task
 from tests.conftest import CHECKPOINT, capabilities, make_worker, submit_task, worker_client
-from workers_app import long_poll, waiting
 from workers_app import services as worker_services
+from workers_app import waiting
 from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -244,7 +244,12 @@ def test_threads_stay_out_of_the_waiting_room():
         ("/api/v1/worker/register", False),
         ("/api/v1/tasks/", False),
         ("/api/v1/worker/leasex", False),
+        ("/api/v1/tasks/events", True),
+        ("/api/v1/tasks/3f2504e0-4f89-11d3-9a0c-0305e82c3301/events", True),
+        ("/api/v1/tasks/3f2504e0-4f89-11d3-9a0c-0305e82c3301/", False),
     ],
 )
 def test_which_paths_share_the_processs_thread(path, shared):
-    assert long_poll.on_shared_thread(path) is shared
+    from t2i_project.asgi import on_shared_thread
+
+    assert on_shared_thread(path) is shared

@@ -1,0 +1,179 @@
+"""Task event streams: clients follow tasks without polling (server-sent events).
+
+`GET /api/v1/tasks/{id}/events` follows one task; `GET /api/v1/tasks/events` follows all of the caller's
+unfinished tasks. Each event is `event: task` with the task's JSON exactly as `GET /api/v1/tasks/{id}/` gives
+it. A stream opens with the current state of what it follows, so a client that reconnects (EventSource does,
+after a scheduler restart too) never misses a final event: a finished task's first event is its last. The
+all-tasks stream also sends, on reconnect, the tasks that finished since its `Last-Event-ID`.
+
+An open stream is a coroutine (under ASGI; t2i_project.asgi): it holds no thread and no database connection
+and runs no query until one of its tasks changes. Changes arrive as `task` events on the event channel
+(generation.dispatch, published by the services in the transaction that made the change). A stream keeps only
+the set of its tasks that changed, never a queue, so a client that does not read cannot grow the server's
+memory; a stream ends after STREAM_SECONDS and the client reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from generation import dispatch
+from generation.steps import step
+
+KEEPALIVE_SECONDS = 15.0  # a comment line keeps proxies from closing an idle stream
+STREAM_SECONDS = 600.0  # then the client reconnects (EventSource waits RETRY_MS)
+RETRY_MS = 2000
+FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass
+class Follow:
+    """What a stream follows, as the first (synchronous, DRF) step found it."""
+
+    user: Any
+    snapshot: Callable[[HttpRequest, Any, str], dict | None]  # (request, user, task id) -> task JSON or None
+    events: list[dict]  # the first events to send
+    task_ids: set[str]
+    owner_id: int | None = None  # follow every task of this owner (the all-tasks stream)
+    single: bool = False  # one task: the stream ends with its final event
+
+
+@dataclass(eq=False)
+class Listener:
+    loop: asyncio.AbstractEventLoop
+    changed: set[str] = field(default_factory=set)
+    wake: asyncio.Future | None = None
+
+
+class Registry:
+    """This process's open streams, by task id and by owner."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_task: dict[str, set[Listener]] = defaultdict(set)
+        self._by_owner: dict[int, set[Listener]] = defaultdict(set)
+
+    def add(self, listener: Listener, task_ids: set[str], owner_id: int | None) -> None:
+        with self._lock:
+            for task_id in task_ids:
+                self._by_task[task_id].add(listener)
+            if owner_id is not None:
+                self._by_owner[owner_id].add(listener)
+
+    def remove(self, listener: Listener) -> None:
+        with self._lock:
+            for index in (self._by_task, self._by_owner):
+                for key in [k for k, listeners in index.items() if listener in listeners]:
+                    index[key].discard(listener)
+                    if not index[key]:
+                        del index[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len({listener for group in self._by_task.values() for listener in group})
+
+    def changed(self, data: dict[str, Any]) -> None:
+        task_id, owner_id = str(data.get("id", "")), data.get("owner")
+        with self._lock:
+            listeners = set(self._by_task.get(task_id, ()))
+            if owner_id is not None:
+                listeners |= self._by_owner.get(owner_id, set())
+            for listener in listeners:
+                listener.changed.add(task_id)
+        for listener in listeners:
+            try:
+                listener.loop.call_soon_threadsafe(_wake, listener)
+            except RuntimeError:  # its loop is gone: the stream ended
+                self.remove(listener)
+
+
+def _wake(listener: Listener) -> None:
+    if listener.wake is not None and not listener.wake.done():
+        listener.wake.set_result(True)
+
+
+registry = Registry()
+dispatch.subscribe("task", registry.changed)
+
+
+def event_stream(view_class: type) -> Callable[..., Any]:
+    """An async view around a DRF view whose GET checks access and answers with a Follow (`response.follow`):
+    errors are that view's; a Follow becomes a stream of server-sent events."""
+    first = step(view_class.as_view())
+
+    async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = await first(request, *args, **kwargs)
+        follow: Follow | None = getattr(response, "follow", None)
+        if follow is None:
+            return response
+        dispatch.ensure_listener()
+        stream = StreamingHttpResponse(events(request, follow), content_type="text/event-stream")
+        stream["Cache-Control"] = "no-cache"
+        stream["X-Accel-Buffering"] = "no"  # nginx: pass events on at once
+        return stream
+
+    view.cls = view_class  # type: ignore[attr-defined]
+    view.initkwargs = {}  # type: ignore[attr-defined]
+    view.csrf_exempt = True  # type: ignore[attr-defined]  (GET only: nothing to forge)
+    return view
+
+
+async def events(request: HttpRequest, follow: Follow) -> AsyncIterator[str]:
+    """The stream: the first events, then one per change of a followed task, until the end."""
+    if follow.single and all(e["status"] in FINISHED for e in follow.events):
+        yield f"retry: {RETRY_MS}\n\n" + "".join(sse(event) for event in follow.events)
+        return
+    loop = asyncio.get_running_loop()
+    # Listen before sending anything; the first look again after it catches what changed since the snapshot.
+    listener = Listener(loop, changed=set(follow.task_ids))
+    registry.add(listener, follow.task_ids, follow.owner_id)
+    snapshot = step(follow.snapshot)
+    sent = {event["id"]: event for event in follow.events}
+    try:
+        yield f"retry: {RETRY_MS}\n\n" + "".join(sse(event) for event in follow.events)
+        deadline = loop.time() + STREAM_SECONDS
+        while loop.time() < deadline:
+            listener.wake = loop.create_future()
+            if not listener.changed:
+                try:
+                    await asyncio.wait_for(listener.wake, min(KEEPALIVE_SECONDS, deadline - loop.time()))
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+            changed, listener.changed = listener.changed, set()
+            for task_id in sorted(changed):
+                event = await snapshot(request, follow.user, task_id)
+                if event is None or sent.get(task_id) == event:
+                    continue
+                sent[task_id] = event
+                if task_id not in follow.task_ids:  # a new task of the followed owner
+                    follow.task_ids.add(task_id)
+                    registry.add(listener, {task_id}, None)
+                yield sse(event)
+                if follow.single and event["status"] in FINISHED:
+                    return
+    finally:
+        registry.remove(listener)
+
+
+def sse(event: dict) -> str:
+    """One server-sent event; its id is the time it was sent (ms), which the all-tasks stream resumes from."""
+    return f"id: {int(time.time() * 1000)}\nevent: task\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+
+
+def since(last_event_id: str | None) -> datetime | None:
+    """The time a `Last-Event-ID` names, or None."""
+    try:
+        return datetime.fromtimestamp(int(last_event_id or "") / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
