@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from PIL import Image
 
 from workers_app.daemon.comfyui import ComfyUIError
 from workers_app.daemon.prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
-from workers_app.daemon.scheduler import HeartbeatReply, LeasedTask, Registration
+from workers_app.daemon.scheduler import PROTOCOL_HEADER, HeartbeatReply, LeasedTask, Registration
 
 TRACES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui_traces"
 
@@ -375,6 +376,59 @@ class FakeComfy:
         return png_bytes()
 
 
+# -- a fake scheduler server (the worker API over real HTTP, canned answers) ------------------------------
+class FakeSchedulerServer:
+    """Routes ``POST path`` to canned ``(status, body)`` answers and records every request. Answers carry
+    ``T2I-Protocol: <protocol>`` unless ``protocol`` is None. ``start()`` it; ``stop()`` it."""
+
+    def __init__(self, protocol: str | None = "2") -> None:
+        self.answers: dict[str, list[tuple[int, Any]]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.protocol = protocol
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                path = self.path.removeprefix("/api/v1/worker/")
+                fake.requests.append({"path": path, "headers": dict(self.headers), "raw": raw})
+                queued = fake.answers.get(path) or [(200, {})]
+                status, body = queued.pop(0) if len(queued) > 1 else queued[0]
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if fake.protocol is not None:
+                    self.send_header(PROTOCOL_HEADER, fake.protocol)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
+
+    def start(self) -> FakeSchedulerServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def json(self, index: int = -1) -> Any:
+        return json.loads(self.requests[index]["raw"])
+
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.requests]
+
+
 # -- in-memory scheduler client ---------------------------------------------------------------------------
 class FakeScheduler:
     """Stands in for ``SchedulerClient``: records calls; ``errors[name]`` raises queued exceptions first."""
@@ -388,6 +442,7 @@ class FakeScheduler:
         self.cancel_ids: set[str] = set()
         self.lost_ids: set[str] = set()
         self.start_cancel = False
+        self.server_protocol: int | None = 2
 
     def _call(self, method: str, **kwargs: Any) -> None:
         with self.lock:

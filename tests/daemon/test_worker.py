@@ -8,28 +8,38 @@ import signal
 import threading
 from contextlib import contextmanager
 
+import pytest
+
 from tests.daemon.fakes import FakeComfy, FakeScheduler, make_lease, wait_until
 from workers_app.daemon import worker as worker_module
 from workers_app.daemon.comfyui import ComfyUIError
 from workers_app.daemon.runner import RunnerSettings
-from workers_app.daemon.scheduler import AuthError, RegisterRequired, SchedulerUnavailable
+from workers_app.daemon.scheduler import (
+    AuthError,
+    ProtocolUnsupported,
+    RegisterRequired,
+    SchedulerUnavailable,
+)
 from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 from workers_app.management.commands.runworker import stop_on_signals
 
 
 def make_worker(comfy: FakeComfy, sched: FakeScheduler, **overrides) -> WorkerLoop:
-    overrides.setdefault("grace", 0.2)
+    settings = {
+        "grace": 0.2,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+        "lease_wait": 0,
+        "prefetch_lease_wait": 0,
+        "interrupt_wait": 2,
+        **overrides,
+    }
     config = WorkerLoopConfig(
         scheduler_url="http://scheduler.test",
         token="tok",
         comfyui_url="http://comfy.test",
         name="w1",
-        backoff_initial=0.01,
-        backoff_max=0.05,
-        lease_wait=0,
-        prefetch_lease_wait=0,
-        interrupt_wait=2,
-        **overrides,
+        **settings,
     )
     return WorkerLoop(
         config, comfy=comfy, scheduler=sched, runner_settings=RunnerSettings(sleep=lambda s: None)
@@ -250,3 +260,26 @@ def test_a_task_leased_while_stopping_is_released_at_once():
 
 def test_worker_config_repr_hides_the_token():
     assert "tok" not in repr(WorkerLoopConfig(scheduler_url="http://s", token="tok"))
+
+
+# -- the protocol version ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("call", ["register", "lease", "heartbeat"])
+def test_a_scheduler_refusing_the_protocol_stops_the_worker(call):
+    words = "scheduler speaks protocol 3; this daemon needs 2 — upgrade this worker first"
+    sched = FakeScheduler()
+    sched.errors[call] = [ProtocolUnsupported(words, code="protocol_unsupported", status=400)]
+    worker = make_worker(FakeComfy(), sched, backoff_initial=0.2, backoff_max=0.2)
+    assert worker.run() == 1
+    assert worker.fatal_error == words
+    assert len(sched.calls_of("register")) == 1 and "offline" not in sched.names()
+
+
+@pytest.mark.parametrize(
+    "version,words", [(2, "scheduler protocol 2)"), (None, "scheduler protocol 1 (no version header)")]
+)
+def test_register_logs_the_scheduler_protocol_once(caplog, version, words):
+    caplog.set_level(logging.INFO, logger="workers_app.daemon")
+    sched = FakeScheduler()
+    sched.server_protocol = version
+    assert make_worker(FakeComfy(), sched, once=True).run() == 0
+    assert caplog.text.count("scheduler protocol") == 1 and words in caplog.text

@@ -14,6 +14,8 @@ from .http import environment_session
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/worker/"
+PROTOCOL_VERSION = 2  # sent on every request; docs/worker-api.md has the history
+PROTOCOL_HEADER = "T2I-Protocol"
 
 
 class SchedulerError(Exception):
@@ -53,6 +55,10 @@ class RegisterRequired(SchedulerError):
     """409 ``register_required``: call ``register`` again."""
 
     retryable = True
+
+
+class ProtocolUnsupported(SchedulerError):
+    """400 ``protocol_unsupported``: the scheduler does not speak this daemon's protocol. The daemon stops."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ class SchedulerClient:
         # No ~/.netrc: its Basic auth would replace the Bearer token.
         self.session = session or environment_session(self.base_url, netrc=False)
         self.session.headers["Authorization"] = f"Bearer {token}"
+        self.session.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        self.server_protocol: int | None = None  # what the last answer declared (None: no header, protocol 1)
 
     def __repr__(self) -> str:
         return f"SchedulerClient({self.base_url!r})"
@@ -141,6 +149,7 @@ class SchedulerClient:
             raise SchedulerUnavailable(
                 f"scheduler unreachable: POST {path} ({type(exc).__name__})", code="unreachable"
             ) from exc
+        self.server_protocol = _protocol_of(response)
         if response.status_code >= 400:
             raise _error_for(path, response)
         return response
@@ -269,6 +278,8 @@ def _error_for(path: str, response: requests.Response) -> SchedulerError:
     detail = str(body.get("detail") or response.reason or "")
     message = f"POST {path}: {status} {code}" + (f" ({detail})" if detail else "")
     kwargs = {"code": code, "status": status, "fields": body.get("fields")}
+    if code == "protocol_unsupported" and status < 500:
+        return ProtocolUnsupported(_protocol_message(response, detail), **kwargs)
     if status >= 500 or status == 429:
         return SchedulerUnavailable(message, **kwargs)
     if status == 401:
@@ -282,3 +293,18 @@ def _error_for(path: str, response: requests.Response) -> SchedulerError:
     if status == 409 or (status == 404 and path.startswith("tasks/")):
         return LeaseLost(message, **kwargs)
     return SchedulerError(message, **kwargs)
+
+
+def _protocol_of(response: requests.Response) -> int | None:
+    try:
+        return int(response.headers.get(PROTOCOL_HEADER, ""))
+    except ValueError:
+        return None
+
+
+def _protocol_message(response: requests.Response, detail: str) -> str:
+    theirs = _protocol_of(response)
+    spoken = "another protocol" if theirs is None else f"protocol {theirs}"
+    upgrade = "this worker" if theirs is not None and theirs > PROTOCOL_VERSION else "the scheduler"
+    message = f"scheduler speaks {spoken}; this daemon needs {PROTOCOL_VERSION} — upgrade {upgrade} first"
+    return message + (f" ({detail})" if detail else "")

@@ -20,6 +20,7 @@ from .runner import RunnerSettings, StopReason, TaskControl, TaskResult, run_tas
 from .scheduler import (
     AuthError,
     LeasedTask,
+    ProtocolUnsupported,
     RegisterRequired,
     SchedulerClient,
     SchedulerError,
@@ -289,17 +290,21 @@ class WorkerLoop:
         self._scheduler_backoff.reset()
         self.heartbeat_interval = registration.heartbeat_interval
         logger.info(
-            "registered as %s (worker %s, %d checkpoint(s), heartbeat every %gs)",
+            "registered as %s (worker %s, %d checkpoint(s), heartbeat every %gs, scheduler protocol %s)",
             registration.name,
             registration.worker_id,
             len(capabilities.get("checkpoints") or []),
             self.heartbeat_interval,
+            self.scheduler.server_protocol or "1 (no version header)",
         )
         return True
 
     def _scheduler_trouble(self, exc: SchedulerError) -> None:
         if isinstance(exc, AuthError):
             self.fatal_error = f"the scheduler refused the worker token ({exc.message})"
+            return
+        if isinstance(exc, ProtocolUnsupported):
+            self.fatal_error = exc.message
             return
         if isinstance(exc, RegisterRequired):
             self._need_register = True
@@ -333,6 +338,9 @@ class WorkerLoop:
             return
         except AuthError as exc:
             self.fatal_error = f"the scheduler refused the worker token ({exc.message})"
+            return
+        except ProtocolUnsupported as exc:
+            self.fatal_error = exc.message
             return
         except SchedulerError as exc:
             logger.warning("heartbeat failed (%s)", exc.message)
