@@ -377,6 +377,9 @@ class FakeComfy:
 
 
 # -- a fake scheduler server (the worker API over real HTTP, canned answers) ------------------------------
+DROP = 0  # a canned status: the fake scheduler reads the request and closes the connection unanswered
+
+
 class FakeSchedulerServer:
     """Routes ``POST path`` to canned ``(status, body)`` answers and records every request. Answers carry
     ``T2I-Protocol: <protocol>`` unless ``protocol`` is None. ``start()`` it; ``stop()`` it."""
@@ -395,6 +398,9 @@ class FakeSchedulerServer:
                 fake.requests.append({"path": path, "headers": dict(self.headers), "raw": raw})
                 queued = fake.answers.get(path) or [(200, {})]
                 status, body = queued.pop(0) if len(queued) > 1 else queued[0]
+                if status == DROP:  # read the request, then hang up without an answer
+                    self.close_connection = True
+                    return
                 data = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
