@@ -449,6 +449,10 @@ class FakeScheduler:
         self.lost_ids: set[str] = set()
         self.start_cancel = False
         self.server_protocol: int | None = 2
+        # A test clears it: lease calls then stay open (a long poll) until it is set; open_leases counts them.
+        self.lease_gate = threading.Event()
+        self.lease_gate.set()
+        self.open_leases = 0
 
     def _call(self, method: str, **kwargs: Any) -> None:
         with self.lock:
@@ -477,6 +481,10 @@ class FakeScheduler:
     def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> LeasedTask | None:
         self._call("lease", wait=wait, prefetch=prefetch)
         with self.lock:
+            self.open_leases += 1
+        self.lease_gate.wait(10)
+        with self.lock:
+            self.open_leases -= 1
             lease = self.leases.pop(0) if self.leases else None
         if lease is None:
             time.sleep(0.01)
