@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from PIL import Image
 
 from workers_app.daemon.comfyui import ComfyUIError
 from workers_app.daemon.prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
-from workers_app.daemon.scheduler import HeartbeatReply, LeasedTask, Registration
+from workers_app.daemon.scheduler import PROTOCOL_HEADER, HeartbeatReply, LeasedTask, Registration
 
 TRACES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui_traces"
 
@@ -375,6 +376,65 @@ class FakeComfy:
         return png_bytes()
 
 
+# -- a fake scheduler server (the worker API over real HTTP, canned answers) ------------------------------
+DROP = 0  # a canned status: the fake scheduler reads the request and closes the connection unanswered
+
+
+class FakeSchedulerServer:
+    """Routes ``POST path`` to canned ``(status, body)`` answers and records every request. Answers carry
+    ``T2I-Protocol: <protocol>`` unless ``protocol`` is None. ``start()`` it; ``stop()`` it."""
+
+    def __init__(self, protocol: str | None = "2") -> None:
+        self.answers: dict[str, list[tuple[int, Any]]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.protocol = protocol
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                path = self.path.removeprefix("/api/v1/worker/")
+                fake.requests.append({"path": path, "headers": dict(self.headers), "raw": raw})
+                queued = fake.answers.get(path) or [(200, {})]
+                status, body = queued.pop(0) if len(queued) > 1 else queued[0]
+                if status == DROP:  # read the request, then hang up without an answer
+                    self.close_connection = True
+                    return
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if fake.protocol is not None:
+                    self.send_header(PROTOCOL_HEADER, fake.protocol)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
+
+    def start(self) -> FakeSchedulerServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def json(self, index: int = -1) -> Any:
+        return json.loads(self.requests[index]["raw"])
+
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.requests]
+
+
 # -- in-memory scheduler client ---------------------------------------------------------------------------
 class FakeScheduler:
     """Stands in for ``SchedulerClient``: records calls; ``errors[name]`` raises queued exceptions first."""
@@ -388,6 +448,11 @@ class FakeScheduler:
         self.cancel_ids: set[str] = set()
         self.lost_ids: set[str] = set()
         self.start_cancel = False
+        self.server_protocol: int | None = 2
+        # A test clears it: lease calls then stay open (a long poll) until it is set; open_leases counts them.
+        self.lease_gate = threading.Event()
+        self.lease_gate.set()
+        self.open_leases = 0
 
     def _call(self, method: str, **kwargs: Any) -> None:
         with self.lock:
@@ -416,6 +481,10 @@ class FakeScheduler:
     def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> LeasedTask | None:
         self._call("lease", wait=wait, prefetch=prefetch)
         with self.lock:
+            self.open_leases += 1
+        self.lease_gate.wait(10)
+        with self.lock:
+            self.open_leases -= 1
             lease = self.leases.pop(0) if self.leases else None
         if lease is None:
             time.sleep(0.01)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import signal
 
 import pytest
@@ -60,6 +61,40 @@ def test_options_win_over_the_environment():
 def test_missing_or_bad_values_fail_loudly(env, message):
     with pytest.raises(CommandError, match=message):
         build_config(parse(), env)
+
+
+@pytest.mark.parametrize(
+    "value,urls",
+    [
+        ("http://10.0.0.5:8000,http://10.0.0.6:8000", "http://10.0.0.5:8000,http://10.0.0.6:8000"),
+        (" http://a:8000/ , https://b/sched/ ,", "http://a:8000,https://b/sched"),
+        ("http://a:8000,,http://a:8000/", "http://a:8000"),
+    ],
+)
+def test_several_scheduler_urls_are_trimmed_and_kept_in_order(value, urls):
+    config = build_config(parse("--scheduler", value), {"T2I_WORKER_TOKEN": "t"})
+    assert config.scheduler_url == urls
+    config = build_config(parse(), {"T2I_SCHEDULER_URL": value, "T2I_WORKER_TOKEN": "t"})
+    assert config.scheduler_url == urls
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("http://a:8000,10.0.0.6:8000", "'10.0.0.6:8000' must start with http:// or https://"),
+        ("ftp://a", "'ftp://a' must start with http"),
+        ("http://a,http://", "'http://' names no host"),
+        ("http://a:80x0", "'http://a:80x0' has a bad port"),
+        ("http://a/?x=1", "without a query or fragment"),
+        ("http://user:pw@a:8000", "URL for a carries credentials"),
+        (" , ,", "no scheduler URL given"),
+    ],
+)
+def test_a_bad_scheduler_url_fails_loudly_naming_it(value, message):
+    with pytest.raises(CommandError, match=re.escape(message)) as caught:
+        build_config(parse("--scheduler", value), {"T2I_WORKER_TOKEN": "t"})
+    assert str(caught.value).startswith("--scheduler (or T2I_SCHEDULER_URL): ")
+    assert "pw" not in str(caught.value)
 
 
 def test_defaults():

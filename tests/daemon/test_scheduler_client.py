@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import email
-import json
 import logging
 import socket
-import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
-from tests.daemon.fakes import png_bytes
+from tests.daemon.fakes import FakeSchedulerServer, png_bytes
 from workers_app.daemon.scheduler import (
+    PROTOCOL_VERSION,
     AuthError,
     LeasedTask,
     LeaseLost,
+    ProtocolUnsupported,
     RegisterRequired,
     SchedulerClient,
     SchedulerError,
@@ -29,50 +27,11 @@ TOKEN = "s3cret-worker-token"
 TASK = "6f1c2d3e-0000-0000-0000-000000000001"
 
 
-class FakeSchedulerServer:
-    """Routes ``POST path`` to canned ``(status, body)`` answers and records every request."""
-
-    def __init__(self) -> None:
-        self.answers: dict[str, list[tuple[int, Any]]] = {}
-        self.requests: list[dict[str, Any]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                path = self.path.removeprefix("/api/v1/worker/")
-                fake.requests.append({"path": path, "headers": dict(self.headers), "raw": raw})
-                queued = fake.answers.get(path) or [(200, {})]
-                status, body = queued.pop(0) if len(queued) > 1 else queued[0]
-                data = b"" if body is None else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def json(self, index: int = -1) -> Any:
-        return json.loads(self.requests[index]["raw"])
-
-
 @pytest.fixture
 def server():
-    fake = FakeSchedulerServer()
-    fake.thread.start()
+    fake = FakeSchedulerServer().start()
     yield fake
-    fake.httpd.shutdown()
-    fake.httpd.server_close()
+    fake.stop()
 
 
 @pytest.fixture
@@ -239,3 +198,42 @@ def test_token_is_never_logged_or_shown(server, client, caplog):
         client.lease(wait=0)
     assert TOKEN not in repr(client) and TOKEN not in str(caught.value)
     assert TOKEN not in caplog.text
+
+
+def test_every_request_carries_the_protocol_version(server, client):
+    server.answers["lease"] = [(HTTPStatus.NO_CONTENT, None)]
+    server.answers[f"tasks/{TASK}/complete"] = [(200, {"status": "completed"})]
+    client.register(name="w", prefetch=1, capabilities={})
+    client.heartbeat([])
+    client.lease(wait=0)
+    client.complete(TASK, "lt", [("a.png", png_bytes())])
+    client.release(TASK, "lt")
+    client.offline()
+    assert PROTOCOL_VERSION == 2
+    assert [r["headers"]["T2I-Protocol"] for r in server.requests] == ["2"] * 6
+
+
+@pytest.mark.parametrize("header,expected", [("2", 2), ("3", 3), (None, None), ("two", None)])
+def test_the_scheduler_protocol_is_read_from_its_answers(server, client, header, expected):
+    server.protocol = header
+    client.register(name="w", prefetch=1, capabilities={})
+    assert client.server_protocol == expected
+
+
+@pytest.mark.parametrize(
+    "header,words",
+    [
+        ("1", "scheduler speaks protocol 1; this daemon needs 2 — upgrade the scheduler first"),
+        ("3", "scheduler speaks protocol 3; this daemon needs 2 — upgrade this worker first"),
+        (None, "scheduler speaks another protocol; this daemon needs 2 — upgrade the scheduler first"),
+    ],
+)
+def test_protocol_unsupported_is_a_fatal_error_that_names_both_versions(server, client, header, words):
+    server.protocol = header
+    server.answers["register"] = [
+        (400, {"error": "protocol_unsupported", "detail": "not '2'", "fields": {"T2I-Protocol": ["?"]}})
+    ]
+    with pytest.raises(ProtocolUnsupported) as caught:
+        client.register(name="w", prefetch=1, capabilities={})
+    assert caught.value.message == f"{words} (not '2')"
+    assert not caught.value.retryable and caught.value.code == "protocol_unsupported"

@@ -6,30 +6,42 @@ import logging
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
+
+import pytest
 
 from tests.daemon.fakes import FakeComfy, FakeScheduler, make_lease, wait_until
 from workers_app.daemon import worker as worker_module
 from workers_app.daemon.comfyui import ComfyUIError
 from workers_app.daemon.runner import RunnerSettings
-from workers_app.daemon.scheduler import AuthError, RegisterRequired, SchedulerUnavailable
+from workers_app.daemon.scheduler import (
+    AuthError,
+    ProtocolUnsupported,
+    RegisterRequired,
+    SchedulerUnavailable,
+)
 from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 from workers_app.management.commands.runworker import stop_on_signals
 
 
 def make_worker(comfy: FakeComfy, sched: FakeScheduler, **overrides) -> WorkerLoop:
-    overrides.setdefault("grace", 0.2)
+    settings = {
+        "grace": 0.2,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+        "lease_wait": 0,
+        "prefetch_lease_wait": 0,
+        "interrupt_wait": 2,
+        "abandoned_lease_wait": 0.05,
+        **overrides,
+    }
     config = WorkerLoopConfig(
         scheduler_url="http://scheduler.test",
         token="tok",
         comfyui_url="http://comfy.test",
         name="w1",
-        backoff_initial=0.01,
-        backoff_max=0.05,
-        lease_wait=0,
-        prefetch_lease_wait=0,
-        interrupt_wait=2,
-        **overrides,
+        **settings,
     )
     return WorkerLoop(
         config, comfy=comfy, scheduler=sched, runner_settings=RunnerSettings(sleep=lambda s: None)
@@ -250,3 +262,139 @@ def test_a_task_leased_while_stopping_is_released_at_once():
 
 def test_worker_config_repr_hides_the_token():
     assert "tok" not in repr(WorkerLoopConfig(scheduler_url="http://s", token="tok"))
+
+
+# -- the idle long poll (protocol 2) ----------------------------------------------------------------------
+def test_the_idle_long_poll_is_20_seconds_and_3_while_a_task_runs():
+    config = WorkerLoopConfig(scheduler_url="http://s", token="t")
+    assert (config.lease_wait, config.prefetch_lease_wait) == (20.0, 3.0)
+
+
+def test_a_stop_during_an_idle_wait_ends_the_worker_without_waiting_for_the_answer():
+    sched = FakeScheduler()
+    sched.lease_gate.clear()  # the scheduler holds the request open, as a long poll does
+    worker = make_worker(FakeComfy(), sched, lease_wait=20)
+    with running(worker) as codes:
+        assert wait_until(lambda: sched.open_leases == 1)
+    assert codes == [0] and sched.open_leases == 1  # ended (and went offline) with the request still open
+    assert sched.calls_of("lease") == [{"wait": 20, "prefetch": False}]
+    assert sched.names()[-1] == "offline"
+    sched.lease_gate.set()
+
+
+def test_a_task_the_abandoned_wait_brings_after_the_stop_is_released():
+    comfy = FakeComfy()
+    sched = FakeScheduler([make_lease(1)])
+    sched.lease_gate.clear()
+    with running(make_worker(comfy, sched, lease_wait=20)) as codes:
+        assert wait_until(lambda: sched.open_leases == 1)
+    assert codes == [0] and "release" not in sched.names()
+    sched.lease_gate.set()  # the answer comes after the worker ended, and it carries task 1
+    assert wait_until(lambda: sched.calls_of("release"))
+    assert sched.calls_of("release") == [{"task_id": make_lease(1).task_id, "reason": "shutdown"}]
+    assert comfy.submitted == [] and not sched.calls_of("start")
+
+
+def test_a_task_the_abandoned_wait_brings_during_shutdown_is_released_before_exit():
+    class AnswersAtOffline(FakeScheduler):
+        def offline(self) -> None:
+            super().offline()
+            self.lease_gate.set()  # the wait ends with a task leased just before the worker went offline
+
+        def release(self, task_id: str, lease_token: str, *, reason: str = "shutdown") -> None:
+            time.sleep(0.1)  # a slow answer: the worker must wait for it before it ends
+            super().release(task_id, lease_token, reason=reason)
+
+    comfy = FakeComfy()
+    sched = AnswersAtOffline([make_lease(1)])
+    sched.lease_gate.clear()
+    worker = make_worker(comfy, sched, lease_wait=20, abandoned_lease_wait=5)
+
+    def stop_during_the_wait() -> None:
+        if wait_until(lambda: sched.open_leases == 1):
+            worker.request_stop()
+
+    threading.Thread(target=stop_during_the_wait, daemon=True).start()
+    assert worker.run() == 0
+    assert sched.names()[-2:] == ["offline", "release"]  # as run() returns: released before the exit
+    assert comfy.submitted == []
+
+
+def test_no_heartbeat_while_idle_with_a_lease_request_open():
+    sched = FakeScheduler(heartbeat_interval=0.01)
+    sched.lease_gate.clear()
+    worker = make_worker(FakeComfy(), sched, lease_wait=20)
+    with running(worker):
+        assert wait_until(lambda: sched.open_leases == 1)
+        assert wait_until(worker.waiting_counts_as_heartbeat)
+        beats = len(sched.calls_of("heartbeat"))
+        time.sleep(0.2)  # twenty heartbeat intervals
+        assert len(sched.calls_of("heartbeat")) <= beats + 1  # (one may have been on its way)
+        sched.lease_gate.set()  # nothing to do: between requests the worker beats again
+        assert wait_until(lambda: len(sched.calls_of("heartbeat")) >= beats + 3)
+
+
+def test_heartbeats_go_on_during_a_lease_request_while_holding_a_task():
+    comfy = FakeComfy(auto_finish=False)
+    lease = make_lease(1)
+    sched = FakeScheduler([lease])
+    worker = make_worker(comfy, sched, prefetch_lease_wait=20)
+    with running(worker):
+        assert wait_until(lambda: comfy.started == ["p1"])
+        sched.lease_gate.clear()
+        assert wait_until(lambda: sched.open_leases == 1)  # the prefetch request, open
+        beats = len(sched.calls_of("heartbeat"))
+        assert wait_until(lambda: len(sched.calls_of("heartbeat")) >= beats + 3)
+        assert sched.calls_of("heartbeat")[-1]["leases"] == [(lease.task_id, lease.lease_token)]
+        assert not worker.waiting_counts_as_heartbeat()
+    sched.lease_gate.set()
+
+
+def test_heartbeats_go_on_when_no_lease_request_is_open():
+    sched = FakeScheduler()
+    sched.errors["lease"] = [SchedulerUnavailable("down")] * 1000  # each ends at once; backoff between
+    with running(make_worker(FakeComfy(), sched, backoff_initial=0.2, backoff_max=0.2)):
+        assert wait_until(lambda: len(sched.calls_of("heartbeat")) >= 3)
+
+
+@pytest.mark.parametrize(
+    "protocol,wait",
+    [
+        (None, 20),  # no T2I-Protocol header: the scheduler does not count the wait as a heartbeat
+        (2, 0),  # a request that asks not to wait never enters the scheduler's waiting room
+    ],
+)
+def test_heartbeats_go_on_during_a_lease_request_the_scheduler_does_not_count(protocol, wait):
+    sched = FakeScheduler()
+    sched.server_protocol = protocol
+    sched.lease_gate.clear()
+    worker = make_worker(FakeComfy(), sched, lease_wait=wait)
+    with running(worker):
+        assert wait_until(lambda: sched.open_leases == 1)
+        beats = len(sched.calls_of("heartbeat"))
+        assert wait_until(lambda: len(sched.calls_of("heartbeat")) >= beats + 3)
+        assert sched.open_leases == 1
+    sched.lease_gate.set()
+
+
+# -- the protocol version ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("call", ["register", "lease", "heartbeat"])
+def test_a_scheduler_refusing_the_protocol_stops_the_worker(call):
+    words = "scheduler speaks protocol 3; this daemon needs 2 — upgrade this worker first"
+    sched = FakeScheduler()
+    sched.errors[call] = [ProtocolUnsupported(words, code="protocol_unsupported", status=400)]
+    worker = make_worker(FakeComfy(), sched, backoff_initial=0.2, backoff_max=0.2)
+    assert worker.run() == 1
+    assert worker.fatal_error == words
+    assert len(sched.calls_of("register")) == 1 and "offline" not in sched.names()
+
+
+@pytest.mark.parametrize(
+    "version,words", [(2, "scheduler protocol 2)"), (None, "scheduler protocol 1 (no version header)")]
+)
+def test_register_logs_the_scheduler_protocol_once(caplog, version, words):
+    caplog.set_level(logging.INFO, logger="workers_app.daemon")
+    sched = FakeScheduler()
+    sched.server_protocol = version
+    assert make_worker(FakeComfy(), sched, once=True).run() == 0
+    assert caplog.text.count("scheduler protocol") == 1 and words in caplog.text

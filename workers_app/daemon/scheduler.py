@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -14,6 +16,10 @@ from .http import environment_session
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/worker/"
+PROTOCOL_VERSION = 2  # sent on every request; docs/worker-api.md has the history
+PROTOCOL_HEADER = "T2I-Protocol"
+# Answers that say "this instance cannot serve you now": the next call goes to the next URL.
+FAILOVER_STATUSES = frozenset({502, 503, 504})
 
 
 class SchedulerError(Exception):
@@ -53,6 +59,48 @@ class RegisterRequired(SchedulerError):
     """409 ``register_required``: call ``register`` again."""
 
     retryable = True
+
+
+class ProtocolUnsupported(SchedulerError):
+    """400 ``protocol_unsupported``: the scheduler does not speak this daemon's protocol. The daemon stops."""
+
+
+def scheduler_urls(value: str | Sequence[str]) -> tuple[str, ...]:
+    """The scheduler base URLs in ``value`` (comma-separated, or a list): checked, without a trailing slash,
+    empty entries and repeats dropped. Raises ValueError naming the bad entry."""
+    entries = value.split(",") if isinstance(value, str) else value
+    urls: list[str] = []
+    for entry in entries:
+        if not entry.strip():
+            continue
+        _check_url(entry.strip())
+        url = entry.strip().rstrip("/")
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise ValueError("no scheduler URL given")
+    return tuple(urls)
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a valid URL ({exc})") from None
+    if "@" in parts.netloc:  # not echoed: it may hold a password
+        raise ValueError(
+            f"the scheduler URL for {parts.hostname} carries credentials; the token is the credential"
+        )
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} names no host")
+    try:
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError:
+        raise ValueError(f"{url!r} has a bad port") from None
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r} must be a base URL, without a query or fragment")
 
 
 @dataclass(frozen=True)
@@ -113,37 +161,79 @@ class LeasedTask:
 
 
 class SchedulerClient:
-    """The worker API: register, heartbeat, lease, start, progress, complete, fail, release, offline."""
+    """The worker API: register, heartbeat, lease, start, progress, complete, fail, release, offline.
+
+    ``base_url`` may name several scheduler instances (one database): calls stick to one URL and move to the
+    next after a connection error, a timeout or a 502/503/504, which still raises ``SchedulerUnavailable``
+    so that the caller's retry goes to the next URL. Thread-safe."""
 
     def __init__(
-        self, base_url: str, token: str, *, timeout: float = 15.0, session: requests.Session | None = None
+        self,
+        base_url: str | Sequence[str],
+        token: str,
+        *,
+        timeout: float = 15.0,
+        session: requests.Session | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = scheduler_urls(base_url)
         self.timeout = timeout
+        # One keep-alive session per URL (proxy rules are per host); a given ``session`` serves them all.
         # No ~/.netrc: its Basic auth would replace the Bearer token.
-        self.session = session or environment_session(self.base_url, netrc=False)
-        self.session.headers["Authorization"] = f"Bearer {token}"
+        self._sessions = [session or environment_session(url, netrc=False) for url in self.base_urls]
+        for each in self._sessions:
+            each.headers["Authorization"] = f"Bearer {token}"
+            each.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
+        self._protocols: list[int | None] = [None] * len(self.base_urls)
+        self._current = 0
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        """The URL calls go to now."""
+        return self.base_urls[self._current]
+
+    @property
+    def server_protocol(self) -> int | None:
+        """The protocol version the current URL's last answer declared (None: no header, protocol 1)."""
+        return self._protocols[self._current]
 
     def __repr__(self) -> str:
         return f"SchedulerClient({self.base_url!r})"
 
     def close(self) -> None:
-        self.session.close()
+        for each in self._sessions:
+            each.close()
 
     # -- transport ------------------------------------------------------------------------------------
     def _call(
         self, path: str, *, json: Any = None, timeout: float | None = None, **kwargs: Any
     ) -> requests.Response:
-        url = f"{self.base_url}{API_PREFIX}{path}"
+        index = self._current
+        url = f"{self.base_urls[index]}{API_PREFIX}{path}"
         try:
-            response = self.session.post(url, json=json, timeout=timeout or self.timeout, **kwargs)
+            response = self._sessions[index].post(url, json=json, timeout=timeout or self.timeout, **kwargs)
         except requests.RequestException as exc:
+            self._fail_over(index)
             raise SchedulerUnavailable(
                 f"scheduler unreachable: POST {path} ({type(exc).__name__})", code="unreachable"
             ) from exc
+        self._protocols[index] = _protocol_of(response)
+        if response.status_code in FAILOVER_STATUSES:
+            self._fail_over(index)
         if response.status_code >= 400:
             raise _error_for(path, response)
         return response
+
+    def _fail_over(self, index: int) -> None:
+        """Move on from URL ``index``, unless another call already did."""
+        if len(self.base_urls) < 2:
+            return
+        with self._lock:
+            if self._current != index:
+                return
+            self._current = (index + 1) % len(self.base_urls)
+            following = self.base_urls[self._current]
+        logger.warning("scheduler %s is not answering; switching to %s", self.base_urls[index], following)
 
     def _post(self, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
         response = self._call(path, json=body if body is not None else {}, **kwargs)
@@ -269,6 +359,8 @@ def _error_for(path: str, response: requests.Response) -> SchedulerError:
     detail = str(body.get("detail") or response.reason or "")
     message = f"POST {path}: {status} {code}" + (f" ({detail})" if detail else "")
     kwargs = {"code": code, "status": status, "fields": body.get("fields")}
+    if code == "protocol_unsupported" and status < 500:
+        return ProtocolUnsupported(_protocol_message(response, detail), **kwargs)
     if status >= 500 or status == 429:
         return SchedulerUnavailable(message, **kwargs)
     if status == 401:
@@ -282,3 +374,18 @@ def _error_for(path: str, response: requests.Response) -> SchedulerError:
     if status == 409 or (status == 404 and path.startswith("tasks/")):
         return LeaseLost(message, **kwargs)
     return SchedulerError(message, **kwargs)
+
+
+def _protocol_of(response: requests.Response) -> int | None:
+    try:
+        return int(response.headers.get(PROTOCOL_HEADER, ""))
+    except ValueError:
+        return None
+
+
+def _protocol_message(response: requests.Response, detail: str) -> str:
+    theirs = _protocol_of(response)
+    spoken = "another protocol" if theirs is None else f"protocol {theirs}"
+    upgrade = "this worker" if theirs is not None and theirs > PROTOCOL_VERSION else "the scheduler"
+    message = f"scheduler speaks {spoken}; this daemon needs {PROTOCOL_VERSION} — upgrade {upgrade} first"
+    return message + (f" ({detail})" if detail else "")

@@ -3,6 +3,11 @@
 Drive it from a thread in tests: ``worker = WorkerLoop(config); t = Thread(target=worker.run); ...;
 worker.request_stop(); t.join()``. Signal handlers (installed by ``manage.py runworker``) only call
 ``request_stop()``, which only sets a boolean.
+
+Lease requests run on a helper thread (``LeaseCall``) while the loop waits in SLICE steps, so a stop request
+ends even a 20 s idle long poll at once; a task that call still brings is released. Protocol 2: while the
+worker holds no task and a lease request that asked to wait is open, the scheduler counts the open wait as
+its heartbeat, and the heartbeat thread skips its beat.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .comfyui import ComfyUIClient, ComfyUIError
+from .lease_call import LeaseCall
 from .runner import RunnerSettings, StopReason, TaskControl, TaskResult, run_task
 from .scheduler import (
     AuthError,
     LeasedTask,
+    ProtocolUnsupported,
     RegisterRequired,
     SchedulerClient,
     SchedulerError,
@@ -33,15 +40,16 @@ SLICE = 0.1  # seconds: how often sleeps re-check the stop flag
 
 @dataclass
 class WorkerLoopConfig:
-    scheduler_url: str
+    scheduler_url: str  # one base URL, or several separated by commas (failover: SchedulerClient)
     token: str = field(repr=False)
     comfyui_url: str = "http://127.0.0.1:8188"
     name: str = field(default_factory=socket.gethostname)
     prefetch: int = 2  # tasks held at once: one running in ComfyUI, the others queued behind it
     grace: float = 30.0  # on shutdown: how long the running task may take to finish
     once: bool = False  # one lease attempt; run that task to the end, then exit
-    lease_wait: float = 5.0  # long-poll when idle; also bounds how long a stop request can go unnoticed
+    lease_wait: float = 20.0  # long-poll when idle (a stop request does not wait for its end)
     prefetch_lease_wait: float = 3.0  # shorter long-poll while a task runs, so an idle worker re-asks soon
+    abandoned_lease_wait: float = 0.5  # on shutdown: how long a lease request left open may take to answer
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
     interrupt_wait: float = 10.0  # after the grace: how long an interrupted task gets to notice
@@ -96,6 +104,8 @@ class WorkerLoop:
         self._scheduler_backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._heartbeat_stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
+        self._lease_call: LeaseCall | None = None  # the lease request the loop waits for
+        self._abandoned: LeaseCall | None = None  # one it stopped waiting for (stop request)
 
     def request_stop(self) -> None:
         """Ask the loop to stop. Safe from a signal handler: it only sets a boolean."""
@@ -166,18 +176,34 @@ class WorkerLoop:
     def _lease(self, *, prefetch: bool) -> LeasedTask | None:
         wait = self.config.prefetch_lease_wait if prefetch else self.config.lease_wait
         asked_at = time.monotonic()
+        ask = functools.partial(self.scheduler.lease, wait=wait, prefetch=prefetch)
+        self._lease_call = call = LeaseCall(ask, long_poll=wait > 0)
         try:
-            lease = self.scheduler.lease(wait=wait, prefetch=prefetch)
+            if not self._await(call):
+                return None
+            lease = call.result()
         except RegisterRequired:
             self._need_register = True
             return None
         except SchedulerError as exc:
             self._scheduler_trouble(exc)
             return None
+        finally:
+            self._lease_call = None
         self._scheduler_backoff.reset()
         if lease is None:  # a scheduler that does not long-poll must not make this loop spin
             self._sleep(min(1.0, wait - (time.monotonic() - asked_at)))
         return lease
+
+    def _await(self, call: LeaseCall) -> bool:
+        """Wait for the lease answer; on a stop request (or a fatal error) abandon the call and return False:
+        a task it still brings is released, never run."""
+        while not call.wait(SLICE):
+            if self.stop_requested or self.fatal_error:
+                call.abandon(self._release_unstarted)
+                self._abandoned = call
+                return False
+        return True
 
     def _launch(self, lease: LeasedTask, *, replacing: TaskControl | None = None) -> None:
         """Run the lease on a thread of its own; `replacing` hands it that finished task's slot."""
@@ -289,17 +315,21 @@ class WorkerLoop:
         self._scheduler_backoff.reset()
         self.heartbeat_interval = registration.heartbeat_interval
         logger.info(
-            "registered as %s (worker %s, %d checkpoint(s), heartbeat every %gs)",
+            "registered as %s (worker %s, %d checkpoint(s), heartbeat every %gs, scheduler protocol %s)",
             registration.name,
             registration.worker_id,
             len(capabilities.get("checkpoints") or []),
             self.heartbeat_interval,
+            self.scheduler.server_protocol or "1 (no version header)",
         )
         return True
 
     def _scheduler_trouble(self, exc: SchedulerError) -> None:
         if isinstance(exc, AuthError):
             self.fatal_error = f"the scheduler refused the worker token ({exc.message})"
+            return
+        if isinstance(exc, ProtocolUnsupported):
+            self.fatal_error = exc.message
             return
         if isinstance(exc, RegisterRequired):
             self._need_register = True
@@ -320,7 +350,20 @@ class WorkerLoop:
 
     def _heartbeat_loop(self) -> None:
         while not self._heartbeat_stop.wait(self.heartbeat_interval):
-            self.heartbeat()
+            if not self.waiting_counts_as_heartbeat():
+                self.heartbeat()
+
+    def waiting_counts_as_heartbeat(self) -> bool:
+        """Protocol 2: the scheduler counts an open lease wait as this worker's heartbeat. With no task held
+        there is no lease to renew and no cancel to hear, so a beat would only repeat it."""
+        call = self._lease_call
+        return (
+            call is not None
+            and call.long_poll
+            and call.in_flight
+            and not self.active_tasks()
+            and (self.scheduler.server_protocol or 1) >= 2
+        )
 
     def heartbeat(self) -> None:
         """Renew every lease held; act on ``cancel`` and ``lost``."""
@@ -333,6 +376,9 @@ class WorkerLoop:
             return
         except AuthError as exc:
             self.fatal_error = f"the scheduler refused the worker token ({exc.message})"
+            return
+        except ProtocolUnsupported as exc:
+            self.fatal_error = exc.message
             return
         except SchedulerError as exc:
             logger.warning("heartbeat failed (%s)", exc.message)
@@ -366,6 +412,7 @@ class WorkerLoop:
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)
         self._go_offline()
+        self._settle_abandoned_lease()
         self.comfy.close()
 
     def _force_release(self, control: TaskControl) -> None:
@@ -387,6 +434,14 @@ class WorkerLoop:
             logger.info("task %s released (%s)", lease.task_id, reason)
         except SchedulerError as exc:
             logger.warning("task %s: release failed (%s); the lease will expire", lease.task_id, exc.message)
+
+    def _settle_abandoned_lease(self) -> None:
+        """After ``offline`` the scheduler requeues what this worker holds and leases it nothing more: give
+        a lease request left open a moment to answer, so that a task it brings is released before exit."""
+        call = self._abandoned
+        if call is None or call.join(self.config.abandoned_lease_wait):
+            return
+        logger.info("leaving a lease request open: a task it still brings is released, or its lease expires")
 
     def _go_offline(self) -> None:
         if self.fatal_error or not self._registered:

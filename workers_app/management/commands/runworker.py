@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from workers_app.daemon.scheduler import scheduler_urls
 from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 
 ENV = {
@@ -33,6 +34,10 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
     scheduler, token = pick("scheduler"), pick("token")
     if not scheduler:
         raise CommandError(f"--scheduler (or {ENV['scheduler']}) is required")
+    try:
+        urls = scheduler_urls(str(scheduler))
+    except ValueError as exc:
+        raise CommandError(f"--scheduler (or {ENV['scheduler']}): {exc}")
     if not token:
         raise CommandError(f"--token (or {ENV['token']}) is required")
     prefetch_raw = pick("prefetch")
@@ -44,7 +49,7 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
         raise CommandError("--prefetch must be at least 1")
     grace = float(options.get("grace") if options.get("grace") is not None else 30.0)
     config = WorkerLoopConfig(
-        scheduler_url=str(scheduler),
+        scheduler_url=",".join(urls),
         token=str(token),
         comfyui_url=str(pick("comfyui") or "http://127.0.0.1:8188"),
         prefetch=prefetch,
@@ -102,7 +107,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--scheduler", help=f"scheduler base URL, e.g. http://HOST:8000 (env {ENV['scheduler']})"
+            "--scheduler",
+            help="scheduler base URL, e.g. http://HOST:8000, or several separated by commas (instances "
+            f"sharing one database: the daemon moves on when one fails; env {ENV['scheduler']})",
         )
         parser.add_argument(
             "--token", help=f"worker token (env {ENV['token']}; prefer the env: argv is visible)"
