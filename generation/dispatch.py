@@ -9,8 +9,9 @@ own events on commit without the round trip (the listener skips its own echo). W
 `T2I_LISTEN_NOTIFY=0`) events reach only the publishing process; subscribers that must hear other processes
 poll slowly as a fallback (workers_app.waiting).
 
-Kinds in use: `work` (tasks were queued: `{"count": n, "checkpoint": name}`), `reconnected` (this process's
-listener is back: events may have been missed).
+Kinds in use: `work` (tasks were queued: `{"count": n, "checkpoint": name}`), `task` (a task changed:
+`{"id", "owner"}`, for event streams), `worker` (a worker went offline or was disabled: `{"id"}`, ends its
+lease waits) and `reconnected` (this process's listener is back: events may have been missed).
 """
 
 from __future__ import annotations

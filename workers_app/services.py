@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from generation import dispatch
 from generation.exceptions import InvalidInput, WorkerDisabled
 from generation.models import Task, TaskAttempt
 from generation.services import (
@@ -196,8 +197,15 @@ def worker_go_offline(*, worker: Worker) -> int:
         Worker.objects.filter(pk=worker.pk).exclude(status=Worker.Status.DISABLED).update(
             status=Worker.Status.OFFLINE
         )
+        worker_changed(worker.pk)
     logger.info("worker offline (shutdown), %d lease(s) requeued", count, extra={"worker": worker.name})
     return count
+
+
+def worker_changed(worker_id: int) -> None:
+    """The worker went offline or was disabled: its open lease waits (in any process) end now with the
+    answer that says so, instead of at the end of their wait. Call inside the transaction."""
+    dispatch.publish("worker", {"id": worker_id})
 
 
 def _lock_leases_of(worker_id: int) -> None:
@@ -225,6 +233,7 @@ def workers_mark_offline(*, now: datetime | None = None) -> int:
                 count = tasks_requeue_for_worker(
                     worker_id=pk, reason="The worker stopped sending heartbeats."
                 )
+                worker_changed(pk)
                 logger.warning(
                     "worker offline (no heartbeat), %d lease(s) requeued", count, extra={"worker": name}
                 )
@@ -242,6 +251,7 @@ def worker_set_state(*, worker: Worker, state: str) -> Worker:
             _lock_leases_of(worker.pk)
             Worker.objects.filter(pk=worker.pk).update(status=Worker.Status.DISABLED)
             tasks_requeue_for_worker(worker_id=worker.pk, reason="The worker was disabled by an operator.")
+            worker_changed(worker.pk)
     elif state == "enable":
         # A drained worker is still running: it goes back to taking work. A disabled one lost its leases and
         # must register again.

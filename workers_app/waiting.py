@@ -126,6 +126,19 @@ class WaitingRoom:
             woken += 1
         return woken
 
+    def wake_worker(self, worker_id: int) -> int:
+        """Wake every open wait of this worker (it went offline or was disabled: they end with that answer)."""
+        with self._lock:
+            mine = [w for w in self._waiters if w.worker_id == worker_id and w.event is None]
+            for waiter in mine:
+                waiter.event = {"worker": worker_id, "fallback": True}  # nothing to hand on
+        for waiter in mine:
+            try:
+                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+            except RuntimeError:
+                self.leave(waiter)
+        return len(mine)
+
     def worker_ids_to_refresh(self, now: float, every: float) -> list[int]:
         with self._lock:
             due = [w for w in self._waiters if now - w.refreshed >= every]
@@ -194,6 +207,7 @@ def _on_work(data: dict[str, Any]) -> None:
 
 dispatch.subscribe("work", _on_work)
 dispatch.subscribe("reconnected", lambda data: room.wake({"fallback": True}))
+dispatch.subscribe("worker", lambda data: room.wake_worker(data.get("id")))
 
 
 async def wait(waiter: Waiter, timeout: float) -> bool:

@@ -157,6 +157,20 @@ def test_an_open_wait_is_the_workers_heartbeat(pool, settings):
     assert answer.result(timeout=10).status_code == 204
 
 
+def test_a_worker_that_goes_offline_while_waiting_is_answered_at_once(pool):
+    """A daemon that stops sends `offline` while its idle wait is open: that wait ends now with 409
+    register_required (its task, had it got one, is requeued by the offline call), not after 20 s."""
+    worker, token = make_worker()
+    answer = open_wait(pool, token, wait=20)
+    eventually(lambda: waiting_workers() == [worker.pk])
+    asked = time.monotonic()
+    assert worker_client(token).post("/api/v1/worker/offline", {}, format="json").status_code == 200
+    response = answer.result(timeout=5)
+    assert response.status_code == 409
+    assert response.json()["error"] == "register_required"
+    assert time.monotonic() - asked < 3
+
+
 def test_liveness_refresh_never_revives_an_offline_or_disabled_worker():
     live, _ = make_worker("live")
     offline, _ = make_worker("offline")
