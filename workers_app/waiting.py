@@ -127,7 +127,7 @@ class WaitingRoom:
         return woken
 
     def wake_worker(self, worker_id: int) -> int:
-        """Wake every open wait of this worker (it went offline or was disabled: they end with that answer)."""
+        """Wake every open wait of this worker (it went offline or was disabled: they end saying so)."""
         with self._lock:
             mine = [w for w in self._waiters if w.worker_id == worker_id and w.event is None]
             for waiter in mine:
