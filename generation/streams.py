@@ -8,9 +8,10 @@ all-tasks stream also sends, on reconnect, the tasks that finished since its `La
 
 An open stream is a coroutine (under ASGI; t2i_project.asgi): it holds no thread and no database connection
 and runs no query until one of its tasks changes. Changes arrive as `task` events on the event channel
-(generation.dispatch, published by the services in the transaction that made the change). A stream keeps only
-the set of its tasks that changed, never a queue, so a client that does not read cannot grow the server's
-memory; a stream ends after STREAM_SECONDS and the client reconnects.
+(generation.dispatch, published by the services in the transaction that made the change). Where the process
+cannot hear other processes (SQLite), a stream also looks at its tasks every FALLBACK_SECONDS. A stream keeps
+only the set of its tasks that changed, never a queue, so a client that does not read cannot grow the
+server's memory; a stream ends after STREAM_SECONDS and the client reconnects.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from generation import dispatch
 from generation.steps import step
 
 KEEPALIVE_SECONDS = 15.0  # a comment line keeps proxies from closing an idle stream
+FALLBACK_SECONDS = 2.0  # where this process cannot hear the others (SQLite): how often a stream looks itself
 STREAM_SECONDS = 600.0  # then the client reconnects (EventSource waits RETRY_MS)
 RETRY_MS = 2000
 FINISHED = frozenset({"completed", "failed", "cancelled"})
@@ -145,11 +147,15 @@ async def events(request: HttpRequest, follow: Follow) -> AsyncIterator[str]:
         while loop.time() < deadline:
             listener.wake = loop.create_future()
             if not listener.changed:
+                deaf = not dispatch.listening()  # SQLite with other processes: look again now and then
+                pause = FALLBACK_SECONDS if deaf else KEEPALIVE_SECONDS
                 try:
-                    await asyncio.wait_for(listener.wake, min(KEEPALIVE_SECONDS, deadline - loop.time()))
+                    await asyncio.wait_for(listener.wake, min(pause, deadline - loop.time()))
                 except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
+                    if not deaf:
+                        yield ": keep-alive\n\n"
+                        continue
+                    listener.changed |= follow.task_ids
             changed, listener.changed = listener.changed, set()
             for task_id in sorted(changed):
                 event = await snapshot(request, follow.user, task_id)

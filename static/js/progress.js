@@ -1,6 +1,8 @@
-/* Live task status: polls the task's JSON (GET /api/v1/tasks/<id>/, session auth) about once a second while
- * it is queued or running, updates the badge, the bar, the position and the ETA, and stops when it ends.
- * On the task page ([data-reload-on-finish]) the finished page is then loaded, with its images or error. */
+/* Live task status: follows the task's event stream (GET /api/v1/tasks/<id>/events, server-sent events,
+ * session auth) while it is queued or running, and falls back to polling its JSON (GET /api/v1/tasks/<id>/)
+ * about once a second where streams are unavailable. Updates the badge, the bar, the position and the ETA,
+ * and stops when it ends. On the task page ([data-reload-on-finish]) the finished page is then loaded, with
+ * its images or error. The queue page streams its first rows and polls the rest slowly. */
 (function () {
   "use strict";
 
@@ -92,6 +94,33 @@
     }
   }
 
+  function update(block, data) {
+    render(block, data);
+    var done = FINISHED.indexOf(data.status) >= 0;
+    if (done) finish(block);
+    return done;
+  }
+
+  // An event stream whose "task" events go to `deliver`; false when the browser has none. A stream that
+  // fails before its first event (a proxy that buffers it, an old server) gives way to polling; after that,
+  // EventSource reconnects by itself and the stream starts again from the tasks' current state.
+  function stream(url, deliver, fallback) {
+    if (!url || !window.EventSource) return false;
+    var source = new EventSource(url, { withCredentials: true });
+    var heard = false;
+    source.addEventListener("task", function (message) {
+      heard = true;
+      if (deliver(JSON.parse(message.data))) source.close();
+    });
+    source.onerror = function () {
+      if (!heard || source.readyState === EventSource.CLOSED) {
+        source.close();
+        fallback();
+      }
+    };
+    return true;
+  }
+
   function start(block, index) {
     var url = block.dataset.pollUrl;
     var interval = index < 20 ? INTERVAL_MS : SLOW_INTERVAL_MS;
@@ -107,9 +136,7 @@
           return response.json();
         })
         .then(function (data) {
-          render(block, data);
-          if (FINISHED.indexOf(data.status) >= 0) finish(block);
-          else schedule(interval);
+          if (!update(block, data)) schedule(interval);
         })
         .catch(function () { schedule(ERROR_INTERVAL_MS); });
     }
@@ -117,5 +144,25 @@
     if (FINISHED.indexOf(block.dataset.status) < 0) schedule(Math.min(interval, 300));
   }
 
-  document.querySelectorAll("[data-task-progress]").forEach(start);
+  var blocks = Array.prototype.slice.call(document.querySelectorAll("[data-task-progress]"));
+  var list = document.querySelector("[data-task-events]");
+  function pollAll() { blocks.forEach(start); }
+
+  if (list) {
+    // The queue page: one stream for all of the user's tasks (browsers allow few connections per host).
+    var byId = {};
+    blocks.forEach(function (block) { byId[block.dataset.taskId] = block; });
+    var following = stream(list.dataset.taskEvents, function (data) {
+      var block = byId[data.id];
+      if (block && FINISHED.indexOf(block.dataset.status) < 0) update(block, data);
+      return false;
+    }, pollAll);
+    if (!following) pollAll();
+  } else if (blocks.length === 1 && FINISHED.indexOf(blocks[0].dataset.status) < 0) {
+    var block = blocks[0];
+    if (!stream(block.dataset.eventsUrl, function (data) { return update(block, data); },
+                function () { start(block, 0); })) start(block, 0);
+  } else {
+    pollAll();
+  }
 })();
