@@ -24,11 +24,14 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from generation import dispatch
+from generation.api_errors import error_body
 from generation.steps import step
 
 KEEPALIVE_SECONDS = 15.0  # a comment line keeps proxies from closing an idle stream
@@ -118,6 +121,17 @@ def event_stream(view_class: type) -> Callable[..., Any]:
         follow: Follow | None = getattr(response, "follow", None)
         if follow is None:
             return response
+        if not isinstance(request, ASGIRequest):
+            # Under WSGI Django would collect the whole stream before sending any of it: say so, and the
+            # client polls instead (static/js/progress.js does).
+            return JsonResponse(
+                error_body(
+                    "streams_unavailable",
+                    "Event streams need the ASGI server (gunicorn -c t2i_project/gunicorn.conf.py, or "
+                    "runserver); poll GET /api/v1/tasks/{id}/ instead.",
+                ),
+                status=HTTPStatus.SERVICE_UNAVAILABLE,
+            )
         dispatch.ensure_listener()
         stream = StreamingHttpResponse(events(request, follow), content_type="text/event-stream")
         stream["Cache-Control"] = "no-cache"

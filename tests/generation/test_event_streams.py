@@ -162,3 +162,11 @@ def test_a_last_event_id_that_is_not_a_time_is_ignored():
     assert streams.since("not-a-number") is None
     assert streams.since("9" * 40) is None
     assert streams.since(None) is None
+
+
+def test_under_wsgi_a_stream_is_refused_so_that_the_client_polls(api, user):
+    """Django would collect a whole stream before sending it through WSGI: the answer says to poll instead."""
+    task = submit_task(owner=user)
+    response = api.get(f"/api/v1/tasks/{task.public_id}/events")
+    assert response.status_code == 503
+    assert response.json()["error"] == "streams_unavailable"
