@@ -200,7 +200,16 @@ def measure(args) -> list:
         + (f"gthread x {args.threads} (WSGI)" if args.threads else "uvicorn (ASGI)"),
         flush=True,
     )
-    heads = ("sched CPU", "PG CPU", "PG conns", "status p50", "status p99", "lease p50", "lease p99")
+    heads = (
+        "sched CPU",
+        "PG CPU",
+        "PG conns",
+        "RSS/proc",
+        "status p50",
+        "status p99",
+        "lease p50",
+        "lease p99",
+    )
     print(f"{'idle workers':<13}" + "".join(f"{h:>11}" for h in heads) + "  refused / errors, offline")
     figures = []
     for n in [int(x) for x in args.workers.split(",")]:
@@ -220,21 +229,24 @@ def measure(args) -> list:
             sched = (server.cpu_seconds() - cpu0) / wall * 100
             pg = since(pg0) / wall * 100
             conns = pg_connections()
+            rss = server.peak_rss_mb()
         offline = Worker.objects.filter(status=Worker.Status.OFFLINE).count()
         refused = sum(v for k, v in farm.counts.items() if "409" in k)
         errors = sum(v for k, v in farm.counts.items() if "409" not in k)
         sp50, sp99 = pct(farm.status, 50) * 1000, pct(farm.status, 99) * 1000
         dp50, dp99 = pct(farm.dispatch, 50) * 1000, pct(farm.dispatch, 99) * 1000
-        cells = [f"{sched:.0f} %", f"{pg:.0f} %", str(conns), f"{sp50:.0f} ms", f"{sp99:.0f} ms",
-                 f"{dp50:.0f} ms", f"{dp99:.0f} ms"]  # fmt: skip
+        cells = [f"{sched:.0f} %", f"{pg:.0f} %", str(conns), f"{rss:.0f} MB", f"{sp50:.0f} ms",
+                 f"{sp99:.0f} ms", f"{dp50:.0f} ms", f"{dp99:.0f} ms"]  # fmt: skip
         detail = ", ".join(f"{k} x{v}" for k, v in sorted(farm.counts.items()))
         print(
             f"{n:<13}" + "".join(f"{c:>11}" for c in cells) + f"  {refused} / {errors}, {offline}  {detail}"
         )
         label = f"{n} idle workers"
         figures += [
-            Figure("scale", f"{label}: scheduler + PostgreSQL CPU", sched + pg, "% of a core", "postgres"),
-            Figure("scale", f"{label}: PostgreSQL connections", conns, "", "postgres"),
+            Figure("scale", f"{label}: scheduler + PostgreSQL CPU", sched + pg, "% of a core", "postgres",
+                   "<=", 30),
+            Figure("scale", f"{label}: PostgreSQL connections", conns, "", "postgres", "<=", 30),
+            Figure("scale", f"{label}: scheduler peak RSS per process", rss, "MB", "postgres", "<=", 150),
             Figure("scale", f"{label}: status read p99", sp99, "ms", "postgres", "<=", 50),
             Figure("scale", f"{label}: submit -> lease answer p50", dp50, "ms", "postgres", "<=", 20),
             Figure("scale", f"{label}: heartbeats and leases refused, workers offline", refused + offline, "",
