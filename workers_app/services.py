@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from generation import dispatch
@@ -219,8 +219,16 @@ def _lock_leases_of(worker_id: int) -> None:
 
 
 def workers_mark_offline(*, now: datetime | None = None) -> int:
-    """Workers silent for longer than WORKER_OFFLINE_AFTER go offline and their leases are requeued."""
+    """Workers silent for longer than WORKER_OFFLINE_AFTER go offline and their leases are requeued.
+
+    Not while the database has just (re)started: for that long nobody could reach it, so the silence says
+    nothing about the workers (their open waits could not be renewed), and they would all go offline and
+    drop what they run."""
     now = now or timezone.now()
+    grace = timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"] + settings.T2I["HEARTBEAT_INTERVAL"])
+    started = database_started_at()
+    if started is not None and now - started < grace:
+        return 0
     cutoff = now - timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"])
     live = [Worker.Status.IDLE, Worker.Status.DRAINING]
     stale = list(Worker.objects.filter(status__in=live, last_heartbeat__lt=cutoff).values_list("pk", "name"))
@@ -238,6 +246,15 @@ def workers_mark_offline(*, now: datetime | None = None) -> int:
                     "worker offline (no heartbeat), %d lease(s) requeued", count, extra={"worker": name}
                 )
     return len(stale)
+
+
+def database_started_at() -> datetime | None:
+    """When the PostgreSQL server last started (None on SQLite, where the database is a file)."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_postmaster_start_time()")
+        return cursor.fetchone()[0]
 
 
 def worker_set_state(*, worker: Worker, state: str) -> Worker:

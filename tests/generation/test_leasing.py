@@ -8,6 +8,7 @@ from http import HTTPStatus
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from generation import selectors, services
 from generation.exceptions import LeaseLost, NoCapableWorker, TooManyLeases
@@ -219,6 +220,25 @@ def test_the_lease_path_marks_silent_workers_offline(clock):
     assert Worker.objects.get(pk=silent.pk).status == Worker.Status.OFFLINE
     lost = TaskAttempt.objects.get(task=task, number=1)
     assert lost.outcome == Outcome.EXPIRED and "heartbeat" in lost.error_message
+
+
+def test_silence_right_after_a_database_restart_marks_nobody_offline(clock, monkeypatch):
+    """While the database was down nobody could reach it: workers whose waits could not be renewed are not
+    silent workers. Once it has run longer than the offline limit, silence counts again."""
+    silent, _ = make_worker("silent")
+    clock.advance(OFFLINE_AFTER + 1)
+    monkeypatch.setattr(worker_services, "database_started_at", lambda: clock() - timedelta(seconds=3))
+    assert worker_services.workers_mark_offline() == 0
+    assert Worker.objects.get(pk=silent.pk).status == Worker.Status.IDLE
+    monkeypatch.setattr(worker_services, "database_started_at", lambda: clock() - timedelta(hours=1))
+    assert worker_services.workers_mark_offline() == 1
+    assert Worker.objects.get(pk=silent.pk).status == Worker.Status.OFFLINE
+
+
+@pytest.mark.postgres
+def test_the_database_start_time_is_known_on_postgresql():
+    started = worker_services.database_started_at()
+    assert started is not None and started < timezone.now()
 
 
 def test_a_silent_worker_asking_for_work_must_register_again(worker, clock):
