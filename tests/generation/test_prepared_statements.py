@@ -11,6 +11,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
 def test_the_lease_statement_is_prepared_after_its_second_run():
     worker, _token = make_worker()
+    worker.prefetch = 3  # deep enough to hold the three
     for _ in range(3):
         submit_task(prompt="a fox", template="noise-test")
     for _ in range(3):
