@@ -225,13 +225,13 @@ def workers_mark_offline(*, now: datetime | None = None) -> int:
     nothing about the workers (their open waits could not be renewed), and they would all go offline and
     drop what they run."""
     now = now or timezone.now()
-    grace = timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"] + settings.T2I["HEARTBEAT_INTERVAL"])
-    started = database_started_at()
-    if started is not None and now - started < grace:
-        return 0
     cutoff = now - timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"])
     live = [Worker.Status.IDLE, Worker.Status.DRAINING]
     stale = list(Worker.objects.filter(status__in=live, last_heartbeat__lt=cutoff).values_list("pk", "name"))
+    grace = timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"] + settings.T2I["HEARTBEAT_INTERVAL"])
+    started = database_started_at() if stale else None
+    if started is not None and now - started < grace:
+        return 0
     for pk, name in stale:
         with transaction.atomic():
             _lock_leases_of(pk)

@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from generation import services
 from generation.models import Task, TaskAttempt, WorkflowTemplate
 from tests.conftest import CHECKPOINT, make_worker, submit_task
+from workers_app.models import Worker
 
 PROCESSES = 8
 TASKS = 2000
@@ -76,6 +77,8 @@ def start_children(worker_ids: list[int]) -> list[subprocess.Popen]:
 @pytest.mark.django_db(transaction=True)
 def test_processes_lease_every_task_exactly_once():
     workers = [make_worker(f"proc-{i}")[0] for i in range(PROCESSES)]
+    # Each process keeps what it leases: a prefetch depth as deep as the queue.
+    Worker.objects.filter(pk__in=[w.pk for w in workers]).update(prefetch=TASKS)
     template = WorkflowTemplate.objects.get(name="sd15-txt2img")
     Task.objects.bulk_create(
         Task(prompt=f"task {i}", width=64, height=64, seed=i, checkpoint=CHECKPOINT, template=template)

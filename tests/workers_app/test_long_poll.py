@@ -25,6 +25,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 LEASE = "/api/v1/worker/lease"
 
 
+@pytest.fixture(autouse=True)
+def _no_fallback_looks(monkeypatch):
+    """The keeper's fallback look at the queue would wake a waiter of its own now and then (it has its own
+    test): the counts below are those of the event wake-ups."""
+    monkeypatch.setattr(waiting, "FALLBACK_DEAF", 3600.0)
+    monkeypatch.setattr(waiting, "FALLBACK_WHILE_LISTENING", 3600.0)
+
+
 @pytest.fixture
 def pool():
     with ThreadPoolExecutor(max_workers=8) as executor:
