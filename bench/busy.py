@@ -53,8 +53,8 @@ COMPLETE_TIMEOUT = 60.0
 FAILOVER_STATUSES = frozenset({502, 503, 504})  # with a connection error or a timeout: move to the next URL
 STEPS = 20  # sampler steps of the submitted tasks; ComfyUI reports progress after each one
 SIZE = 64  # the tasks' width and height (the smallest the farm accepts): a tiny PNG per completion
-QUEUE_SECONDS = 5.0  # the feeder keeps this many seconds of the ideal rate queued beyond what workers hold
-FEED_CONCURRENCY = 4
+QUEUE_SECONDS = 10.0  # the feeder keeps this many seconds of the ideal rate queued beyond what workers hold
+FEED_CONCURRENCY = 16  # submits in flight at once: enough to keep up with an overloaded server
 
 
 def task_body(prompt: str) -> dict:
@@ -79,6 +79,7 @@ class Stats:
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.failovers = 0
         self.lost = 0
+        self.carried = 0  # completions whose answer carried the next lease
 
     def answered(self, call: str, seconds: float) -> None:
         self.requests[call] += 1
@@ -121,13 +122,14 @@ class SchedulerCalls:
         return self.urls[self.current]
 
     async def post(
-        self, path: str, *, json_body=None, data=None, timeout: float = CALL_TIMEOUT
+        self, path: str, *, json_body=None, data=None, timeout: float = CALL_TIMEOUT, name: str = ""
     ) -> dict | None:
-        """The answer's JSON (None for a 204); raises Unavailable or Refused."""
+        """The answer's JSON (None for a 204); raises Unavailable or Refused. `name`: the call's name in the
+        figures (default: the path's last part)."""
         import aiohttp
 
         index = self.current
-        call = path.rsplit("/", 1)[-1]
+        call = name or path.rsplit("/", 1)[-1]
         t0 = time.monotonic()
         try:
             async with self.session.post(
@@ -150,7 +152,7 @@ class SchedulerCalls:
             if status >= 500 or status == 429:
                 raise Unavailable(call)
             raise Refused(status, code)
-        self.stats.answered(call, time.monotonic() - t0)
+        self.stats.answered(f"{call} 204" if status == 204 else call, time.monotonic() - t0)
         return json.loads(body) if status != 204 and body else None
 
     def fail_over(self, index: int) -> None:
@@ -255,7 +257,10 @@ class Daemon:
         self.lease_open = True
         try:
             lease = await self.calls.post(
-                "lease", json_body={"wait": wait, "prefetch": prefetch}, timeout=wait + CALL_TIMEOUT
+                "lease",
+                json_body={"wait": wait, "prefetch": prefetch},
+                timeout=wait + CALL_TIMEOUT,
+                name="lease prefetch" if prefetch else "lease idle",
             )
         except Refused as exc:
             if exc.code == "register_required":
@@ -374,6 +379,7 @@ class Daemon:
             carried = (answer or {}).get("next")
             del self.held[job.task_id]
             if isinstance(carried, dict):
+                self.stats.carried += 1
                 self.launch(carried)  # the completion brought the next task: it takes this one's slot
             return
         await self.fail(job, "upload_failed", retryable=True)
@@ -506,6 +512,7 @@ class BusyFarm:
         self.stats = Stats()
         self.daemons: list[Daemon] = []
         self.submitted = 0
+        self.depth_min = math.inf  # the fewest tasks queued the feeder saw in the measured window
         self.status: list[float] = []
         self.ideal = args.workers / args.job_seconds
 
@@ -536,6 +543,7 @@ class BusyFarm:
                 await asyncio.sleep(self.args.warmup)
                 self.stats.reset()
                 self.status.clear()
+                self.depth_min = math.inf
                 snapshot = await asyncio.to_thread(Snapshot, self.server, self.database)
                 start = snapshot.t
                 tasks.append(asyncio.create_task(self.probe(session)))
@@ -551,14 +559,22 @@ class BusyFarm:
         return max(20, math.ceil(self.ideal * QUEUE_SECONDS))
 
     async def feed(self, session, depth: int) -> None:
-        """Keep `depth` tasks queued beyond those the workers took: the queue never runs dry."""
-        while True:
-            missing = depth - (self.submitted - len(self.stats.leased))
-            if missing > 0:
-                await self.submit(session, missing)
-            await asyncio.sleep(0.5)
+        """Keep `depth` tasks queued beyond those the workers took, so that the queue never runs dry:
+        FEED_CONCURRENCY submitters, each sending one more task whenever fewer are queued."""
+
+        async def submitter() -> None:
+            while True:
+                queued = self.submitted - len(self.stats.leased)
+                self.depth_min = min(self.depth_min, queued)
+                if queued < depth:
+                    await self.submit(session, 1)
+                else:
+                    await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(submitter() for _ in range(FEED_CONCURRENCY)))
 
     async def submit(self, session, count: int) -> None:
+        """`count` tasks through the REST API, FEED_CONCURRENCY at a time."""
         import aiohttp
 
         headers = {"Authorization": f"Token {self.api_token}"}
@@ -581,7 +597,7 @@ class BusyFarm:
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     self.stats.error(f"submit {type(exc).__name__}")
 
-        await asyncio.gather(*(submitter() for _ in range(FEED_CONCURRENCY)))
+        await asyncio.gather(*(submitter() for _ in range(min(count, FEED_CONCURRENCY))))
 
     async def probe(self, session) -> None:
         """A user watching a running task: its status every second."""
@@ -661,6 +677,8 @@ def measure(args) -> list:
         f"{k} {pct(v, 50) * 1000:.0f}/{pct(v, 99) * 1000:.0f}" for k, v in sorted(stats.latency.items())
     )
     print(f"answer p50/p99 ms: {latencies}")
+    print(f"completions that carried the next lease: {stats.carried / per * 100:.0f} %; fewest tasks queued "
+          f"(the feeder's view): {farm.depth_min}")  # fmt: skip
     print(f"machine: cores busy {window.machine / window.wall:.2f} of 2 (scheduler "
           f"{window.scheduler / window.wall:.2f}, PostgreSQL {window.postgres / window.wall:.2f}, generator "
           f"{window.generator / window.wall:.2f}, other processes {others / window.wall:.2f}); leases lost "
