@@ -291,16 +291,26 @@ class Daemon:
         task.add_done_callback(self.tasks.discard)
 
     async def run_task(self, job: Job) -> None:
-        """runner.run_task: start, throttled progress while ComfyUI samples, then the completion."""
+        """runner.run_task: start, throttled progress while ComfyUI samples, then the completion.
+
+        As ComfyUIClient.wait does, each look takes the prompt's state as it is now (the latest step, and
+        whether it has finished), reports it, and waits for the next event: a slow report does not queue a
+        report per step behind it, nor hold the completion back by more than itself."""
         try:
             await sleep_until(job.gpu_start)
             await self.ensure_started(job)  # ComfyUI's execution_start
-            for step in range(1, STEPS + 1):
-                await sleep_until(job.gpu_start + step * self.job_seconds / STEPS)
-                if job.lost:
+            step_seconds = self.job_seconds / STEPS
+            seen = 0
+            while not job.lost:
+                now = time.monotonic()
+                finished = now >= job.gpu_end
+                step = min(STEPS, int((now - job.gpu_start) / step_seconds))
+                if step > seen:
+                    seen = step
+                    await self.progress(job, step)
+                if finished:
                     break
-                await self.progress(job, step)
-            await sleep_until(job.gpu_end)
+                await sleep_until(min(job.gpu_end, job.gpu_start + (seen + 1) * step_seconds))
             if not job.lost:
                 await self.deliver(job)
         finally:
