@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from bench.busy import (
-    COMPLETE_TIMEOUT,
+    CALL_TIMEOUT,
     Daemon,
     SchedulerCalls,
     SchedulerServer,
@@ -177,22 +177,24 @@ class Failover:
 
     async def submit_all(self, session) -> None:
         """T tasks at `submit_rate` a second, alternately to A and B; a submit that got no answer (or a
-        502/503/504) goes to the other instance, as a user's client with two addresses would send it."""
+        502/503/504) goes to the other instance, and so do the next ones, as a user's client with two
+        addresses would send them."""
         import aiohttp
 
         headers = {"Authorization": f"Token {self.api_token}"}
         urls = [self.a.url, self.b.url]
+        down: set[int] = set()  # instances that did not answer
         for i in range(self.args.tasks):
             due = self.t0 + i / self.args.submit_rate
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            target = i % 2
+            target = i % 2 if len(down) != 1 else 1 - next(iter(down))
             while True:
                 try:
                     async with session.post(
                         f"{urls[target]}/api/v1/tasks/",
                         json=task_body(f"instances {i}"),
                         headers=headers,
-                        timeout=aiohttp.ClientTimeout(total=COMPLETE_TIMEOUT),
+                        timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT),
                     ) as r:
                         await r.read()
                         status = r.status
@@ -206,6 +208,7 @@ class Failover:
                     self.stats.error(f"submit HTTP {status}")
                 if status is None or status in (502, 503, 504):
                     self.submit_retries += 1
+                    down.add(target)
                     target = 1 - target
                 await asyncio.sleep(0.1)
 
