@@ -54,7 +54,7 @@ FAILOVER_STATUSES = frozenset({502, 503, 504})  # with a connection error or a t
 STEPS = 20  # sampler steps of the submitted tasks; ComfyUI reports progress after each one
 SIZE = 64  # the tasks' width and height (the smallest the farm accepts): a tiny PNG per completion
 QUEUE_SECONDS = 10.0  # the feeder keeps this many seconds of the ideal rate queued beyond what workers hold
-FEED_CONCURRENCY = 16  # submits in flight at once: enough to keep up with an overloaded server
+FEED_CONCURRENCY = 64  # submits in flight at most: the queue must not run dry even when each takes 2 s
 
 
 def task_body(prompt: str) -> dict:
