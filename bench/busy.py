@@ -53,8 +53,11 @@ COMPLETE_TIMEOUT = 60.0
 FAILOVER_STATUSES = frozenset({502, 503, 504})  # with a connection error or a timeout: move to the next URL
 STEPS = 20  # sampler steps of the submitted tasks; ComfyUI reports progress after each one
 SIZE = 64  # the tasks' width and height (the smallest the farm accepts): a tiny PNG per completion
-QUEUE_SECONDS = 10.0  # the feeder keeps this many seconds of the ideal rate queued beyond what workers hold
-FEED_CONCURRENCY = 64  # submits in flight at most: the queue must not run dry even when each takes 2 s
+# The feeder keeps this many seconds of the ideal rate queued beyond what the workers hold (filled before they
+# start): the queue must not run dry even while a saturated scheduler answers its submits slowly. The depth
+# costs the lease nothing (the prefetch rule looks at no more tasks than there are idle workers).
+QUEUE_SECONDS = 60.0
+FEED_CONCURRENCY = 16  # submits in flight at most
 
 
 def task_body(prompt: str) -> dict:
