@@ -53,10 +53,6 @@ COMPLETE_TIMEOUT = 60.0
 FAILOVER_STATUSES = frozenset({502, 503, 504})  # with a connection error or a timeout: move to the next URL
 STEPS = 20  # sampler steps of the submitted tasks; ComfyUI reports progress after each one
 SIZE = 64  # the tasks' width and height (the smallest the farm accepts): a tiny PNG per completion
-# The feeder keeps this many seconds of the ideal rate queued beyond what the workers hold (filled before they
-# start): the queue must not run dry even while a saturated scheduler answers its submits slowly. The depth
-# costs the lease nothing (the prefetch rule looks at no more tasks than there are idle workers).
-QUEUE_SECONDS = 60.0
 FEED_CONCURRENCY = 16  # submits in flight at most
 
 
@@ -569,7 +565,11 @@ class BusyFarm:
         return window, [c for c in self.stats.completed if c[0] >= start], start
 
     def queue_depth(self) -> int:
-        return max(20, math.ceil(self.ideal * QUEUE_SECONDS))
+        """Tasks the feeder keeps queued beyond what the workers hold (filled before they start): the whole
+        run's worth at the ideal rate, so that the queue never runs dry even when a saturated scheduler
+        answers the feeder slowly. The depth costs a lease nothing: the prefetch rule looks at no more queued
+        tasks than there are idle workers."""
+        return max(20, math.ceil(self.ideal * (self.args.warmup + self.args.duration)))
 
     async def feed(self, session, depth: int) -> None:
         """Keep `depth` tasks queued beyond those the workers took, so that the queue never runs dry:
