@@ -14,8 +14,10 @@ sampler spread over the job, then `complete` with a PNG of the task's size, aski
 same answer (`lease_next=true`, `prefetch=true` while it holds another task); a heartbeat every 5 s with
 every lease it holds (protocol 2 skips it only while it holds nothing and a lease wait is open;
 `--daemon-protocol 1` never skips it). Each daemon's ComfyUI runs one prompt at a time, J seconds each, in
-the order they were queued. Failed calls are retried as runworker retries them. A feeder keeps the queue
-full through the REST API (a staff user's token), and a probe reads a running task's status every second.
+the order they were queued. Failed calls are retried as runworker retries them. A feeder submits through the
+REST API (a staff user's token): the whole run's worth of tasks at the ideal rate before the daemons start,
+then one more for each taken, so that the queue never runs dry. A probe reads a running task's status every
+second.
 
 Prints, over the measured window after the warm-up: tasks completed per second against the ideal N/J,
 errors (any answer but 2xx, and requests that failed), status read p50/p99, the requests per task, and the
