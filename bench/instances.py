@@ -131,6 +131,7 @@ class Failover:
         self.stats = Stats()
         self.accepted = 0  # submits answered 201
         self.submit_retries = 0  # submits sent again to the other instance (the first got no answer)
+        self.stored_unanswered = 0  # submits whose answer was lost although the task was stored
         self.t0 = self.killed_at = self.done_at = 0.0
         self.completed_at_kill = 0
 
@@ -171,14 +172,16 @@ class Failover:
         deadline = self.killed_at + self.args.deadline
         while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-            if self.accepted >= self.args.tasks and await asyncio.to_thread(unfinished) == 0:
+            submitted = self.accepted + self.stored_unanswered
+            if submitted >= self.args.tasks and await asyncio.to_thread(unfinished) == 0:
                 self.done_at = time.monotonic()
                 return
 
     async def submit_all(self, session) -> None:
         """T tasks at `submit_rate` a second, alternately to A and B; a submit that got no answer (or a
         502/503/504) goes to the other instance, and so do the next ones, as a user's client with two
-        addresses would send them."""
+        addresses would send them. The submit API is not idempotent: after a lost answer the client looks
+        for its task (by its prompt, in the database, as bench.chaos does) before it sends it again."""
         import aiohttp
 
         headers = {"Authorization": f"Token {self.api_token}"}
@@ -188,11 +191,12 @@ class Failover:
             due = self.t0 + i / self.args.submit_rate
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             target = i % 2 if len(down) != 1 else 1 - next(iter(down))
+            prompt = f"instances {i}"
             while True:
                 try:
                     async with session.post(
                         f"{urls[target]}/api/v1/tasks/",
-                        json=task_body(f"instances {i}"),
+                        json=task_body(prompt),
                         headers=headers,
                         timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT),
                     ) as r:
@@ -204,6 +208,9 @@ class Failover:
                 if status == 201:
                     self.accepted += 1
                     break
+                if status is None and await asyncio.to_thread(stored, prompt):
+                    self.stored_unanswered += 1  # stored before the instance died: not sent again
+                    break
                 if status is not None:
                     self.stats.error(f"submit HTTP {status}")
                 if status is None or status in (502, 503, 504):
@@ -211,6 +218,17 @@ class Failover:
                     down.add(target)
                     target = 1 - target
                 await asyncio.sleep(0.1)
+
+
+def stored(prompt: str) -> bool:
+    from django.db import connection
+
+    from generation.models import Task
+
+    try:
+        return Task.objects.filter(prompt=prompt).exists()
+    finally:
+        connection.close()  # this runs on a helper thread: leave no connection behind
 
 
 def unfinished() -> int:
@@ -262,7 +280,7 @@ def phase_b(args, db_url: str, api_token: str) -> list:
     stats = run.stats
     status = db["status"]
     exactly_once = (
-        db["tasks"] >= args.tasks
+        db["tasks"] == args.tasks
         and status == {"completed": db["tasks"]}
         and db["not_completed_once"] == 0
         and db["images_not_batch"] == 0
@@ -271,8 +289,9 @@ def phase_b(args, db_url: str, api_token: str) -> list:
     after_kill = sorted(t for t, _ in stats.completed if t >= run.killed_at)
     gaps = [later - earlier for earlier, later in zip([run.killed_at, *after_kill], after_kill, strict=False)]
     longest_gap = max(gaps, default=float("nan"))
-    print(f"submits: {run.accepted} accepted, {run.submit_retries} sent again to the other instance; "
-          f"tasks in the database: {db['tasks']}")  # fmt: skip
+    print(f"submits: {run.accepted} answered 201, {run.stored_unanswered} stored without an answer (found by "
+          f"their prompt), {run.submit_retries} sent again to the other instance; tasks in the database: "
+          f"{db['tasks']}")  # fmt: skip
     print(f"tasks by status: {status}; attempts by outcome: {db['attempts']}")
     print(f"tasks without exactly one completed attempt: {db['not_completed_once']}; tasks whose image count "
           f"is not their batch size: {db['images_not_batch']}; tasks leased more than once: "
