@@ -18,13 +18,14 @@ Phase B, one instance killed mid-run (a fresh database and fresh instances): W s
 (bench.busy's: exactly what a working runworker sends, 1 s jobs) are given both URLs, half of them A first
 and half B first. Each sticks to its URL and moves to the other after a connection error, a timeout or a
 502/503/504, where runworker's retry of that call goes (a failed completion is retried there with the same
-lease token). T tasks are submitted over the run, alternately to A and B (to the other one when one does not
-answer). Once a third of them have completed, instance B's master and workers are SIGKILLed together. The run
-ends when every task has finished (a task leased through B whose answer never arrived comes back when its
-lease expires, T2I_LEASE_SECONDS, 30 s by default) or at the deadline. Then the database is checked: every
-task completed exactly once (status completed, exactly one completed attempt, as many images as its batch),
-none failed, queued, leased or running. Prints the counts, "every task ended exactly once: yes/no", and how
-long after the kill the last task finished.
+lease token). T tasks are submitted alternately to A and B (to the other one when one does not answer), by
+default as fast as the workers run them, so that work is in flight when instance B's master and workers are
+SIGKILLed together, once a third of the tasks have completed. The run ends when every task has finished (a
+task leased through B whose answer never arrived comes back when its lease expires, T2I_LEASE_SECONDS, 30 s
+by default) or at the deadline. Then the database is checked: exactly T tasks, each completed exactly once
+(status completed, exactly one completed attempt, as many images as its batch), none failed, queued, leased
+or running. Prints the counts, "every task ended exactly once: yes/no", how long after the kill the last task
+finished and the longest pause between two completions after the kill.
 """
 
 from __future__ import annotations
@@ -310,6 +311,8 @@ def phase_b(args, db_url: str, api_token: str) -> list:
                "postgres", ">=", 1),
         Figure("instances", "instance B killed: last task finished after the kill", recovered, "s",
                "postgres"),
+        Figure("instances", "instance B killed: longest pause between completions after it", longest_gap,
+               "s", "postgres"),
     ]  # fmt: skip
 
 
@@ -324,12 +327,16 @@ def main() -> None:
     parser.add_argument("--busy-workers", type=int, default=20, help="phase B: workers on both instances")
     parser.add_argument("--job-seconds", type=float, default=1.0, help="phase B: seconds per job")
     parser.add_argument("--tasks", type=int, default=200, help="phase B: tasks submitted")
-    parser.add_argument("--submit-rate", type=float, default=10.0, help="phase B: tasks submitted a second")
+    parser.add_argument(
+        "--submit-rate", type=float, help="phase B: tasks submitted a second (default: what the workers do)"
+    )
     parser.add_argument(
         "--deadline", type=float, default=90.0, help="phase B: seconds after the kill to give up waiting"
     )
     add_suite_arguments(parser)
     args = parser.parse_args()
+    if args.submit_rate is None:  # as fast as the farm works: every worker busy, work in flight at the kill
+        args.submit_rate = args.busy_workers / args.job_seconds
     phases = {p.strip().lower() for p in args.phases.split(",") if p.strip()}
     setup_django(database_url("postgres", DATABASE))
     figures = []
