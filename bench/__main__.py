@@ -3,7 +3,7 @@
     python -m bench                        # PostgreSQL, default sizes (about 10 minutes on 2 cores)
     python -m bench --db sqlite --quick    # SQLite, small sizes (about 2 minutes)
     python -m bench --only lease,dispatch  # some of: machine, ratio, lease, dispatch, gap, scaling, read,
-                                           # memory
+                                           # memory; and, only when named, busy and instances (PostgreSQL)
 
 On PostgreSQL it first runs bench.reference (the issue's reference design, a minimal DRF view with an ORM
 lease, and the raw-SQL ceiling), whose figures say how fast this machine is against the one the targets were
@@ -37,6 +37,9 @@ from bench.common import ROOT
 from bench.report import Figure, Series, plot, table, write_json
 
 SECTIONS = ("machine", "ratio", "lease", "dispatch", "gap", "scaling", "read", "memory")
+# Run only when --only names them (PostgreSQL): bench.busy fills the machine for minutes, bench.instances
+# runs two schedulers and kills one.
+NAMED_ONLY = ("busy", "instances")
 
 # Sizes per mode; every one is also a flag. "postgres" fits in ~10 minutes, "sqlite" and "quick" in less.
 SIZES = {
@@ -65,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"some of {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"some of {', '.join(SECTIONS + NAMED_ONLY)}"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
     parser.add_argument(
         "--wait-quiet", type=float, default=0, metavar="SECONDS",
@@ -96,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(args.sections) - set(SECTIONS)
+    unknown = set(args.sections) - set(SECTIONS) - set(NAMED_ONLY)
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     return args
@@ -219,6 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         figures += f
         series += s
         details |= d
+
+    if "busy" in args.sections and args.db == "postgres":
+        # A busy farm: 200 simulated runworker daemons x 10 s jobs (quick: 50 x 5 s), CPU per task.
+        busy_argv = ["--workers", "50", "--job-seconds", "5", "--duration", "40"] if args.quick else []
+        f, s, d = _run_suite("bench.busy", [*busy_argv, "--server-log", str(work / "busy.log")], work)
+        figures += f
+    if "instances" in args.sections and args.db == "postgres":
+        # Two scheduler instances on one database: dispatch across them, then one SIGKILLed mid-run.
+        inst_argv = ["--dispatch-seconds", "15", "--tasks", "90"] if args.quick else []
+        inst_argv += ["--server-log", str(work / "instances.log")]
+        f, s, d = _run_suite("bench.instances", inst_argv, work)
+        figures += f
 
     machine = watch.finish()
     shutil.rmtree(work / "media", ignore_errors=True)  # thousands of uploaded PNGs

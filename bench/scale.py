@@ -50,12 +50,19 @@ class Farm:
         duration: float,
         protocol: int = 2,
         warmup: float = 0,
+        probe_url: str | None = None,
     ) -> None:
         self.url, self.tokens, self.api_token, self.duration = url, tokens, api_token, duration
         self.protocol, self.warmup = protocol, warmup
+        self.probe_url = probe_url or url  # where the probe submits and reads (bench.instances: elsewhere)
         self.on_measure: list = []  # called once the warm-up (every worker registering) is over
-        self.submitted: dict[str, float] = {}  # task id -> when the submit returned
-        self.dispatch: list[float] = []  # submit returned -> a worker's lease answer carried the task
+        self.submitted: dict[str, tuple[float, float]] = {}  # task id -> when its submit was sent, returned
+        self.early: dict[str, float] = {}  # task id -> when a lease answer had it, before its submit returned
+        # Submit returned -> a worker's lease answer carried the task (negative when the lease answer came
+        # first: the submit's answer still reads the task back after its commit woke the worker), and the
+        # same from when the submit was sent.
+        self.dispatch: list[float] = []
+        self.dispatch_sent: list[float] = []
         self.status: list[float] = []  # status read latencies
         self.counts: dict[str, int] = {}
         self.image = png(64, 64)
@@ -75,6 +82,7 @@ class Farm:
             for callback in self.on_measure:
                 callback()
             self.dispatch.clear()
+            self.dispatch_sent.clear()
             self.counts.clear()
             tasks.append(asyncio.create_task(self.probe(session)))
             await asyncio.sleep(self.duration)
@@ -137,8 +145,15 @@ class Farm:
 
     def seen(self, task_id: str) -> None:
         submitted = self.submitted.pop(task_id, None)
-        if submitted is not None:
-            self.dispatch.append(time.monotonic() - submitted)
+        if submitted is None:
+            self.early[task_id] = time.monotonic()
+        else:
+            self.dispatched(submitted, time.monotonic())
+
+    def dispatched(self, submitted: tuple[float, float], leased: float) -> None:
+        sent, returned = submitted
+        self.dispatch.append(leased - returned)
+        self.dispatch_sent.append(leased - sent)
 
     async def complete(self, session, headers: dict, lease: dict) -> None:
         import aiohttp
@@ -157,15 +172,20 @@ class Farm:
         body = {"prompt": "probe", "width": 64, "height": 64, "template": "noise-test"}
         while True:
             t0 = time.monotonic()
-            async with session.post(f"{self.url}/api/v1/tasks/", json=body, headers=headers) as r:
+            async with session.post(f"{self.probe_url}/api/v1/tasks/", json=body, headers=headers) as r:
                 if r.status != 201:
                     self.count(f"submit HTTP {r.status}")
                     await asyncio.sleep(1)
                     continue
                 task_id = (await r.json())["id"]
-            self.submitted[task_id] = time.monotonic()
+            submitted = (t0, time.monotonic())
+            leased = self.early.pop(task_id, None)
+            if leased is None:
+                self.submitted[task_id] = submitted
+            else:
+                self.dispatched(submitted, leased)
             t1 = time.monotonic()
-            async with session.get(f"{self.url}/api/v1/tasks/{task_id}/", headers=headers) as r:
+            async with session.get(f"{self.probe_url}/api/v1/tasks/{task_id}/", headers=headers) as r:
                 await r.read()
                 if r.status == 200:
                     self.status.append(time.monotonic() - t1)
