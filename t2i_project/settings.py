@@ -267,7 +267,12 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        # Django's own loggers at LOG_LEVEL too (its defaults hold them at INFO), through the one handler.
+        "django": {"level": LOG_LEVEL},
+        "django.db.backends": {"level": "INFO"},
+        "axes.apps": {"level": "WARNING"},  # not its "AXES: BEGIN version …" line on every manage.py call
+    },
 }
 
 # --- Operations: background jobs, webhooks, retention, metrics, log context (issue 5) -------------------
