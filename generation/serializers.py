@@ -6,13 +6,14 @@ import copy
 from django.core.validators import URLValidator
 from rest_framework import serializers
 
-from generation import selectors
+from generation import limits, selectors
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
 
 
 class TaskSubmitInput(serializers.ModelSerializer):
     """A task as a submit asks for it: the model's input fields (their types, lengths and defaults) and the
-    template by name. Types only; generation.services checks the farm's limits."""
+    template by name. Types, and the farm's limits so that the schema shows them (get_extra_kwargs);
+    generation.services checks every rule, the limits included, for every caller."""
 
     seed = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=SEED_MAX)
     template = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
@@ -29,9 +30,22 @@ class TaskSubmitInput(serializers.ModelSerializer):
         extra_kwargs = {
             "prompt": {"trim_whitespace": False},
             "negative_prompt": {"trim_whitespace": False},
-            # The farm's limits (settings) are checked by the service, with its own messages.
-            "priority": {"min_value": None, "max_value": None},
         }
+
+    def get_extra_kwargs(self) -> dict:
+        """Meta.extra_kwargs plus the farm's limits (generation.limits, read from settings on each use): the
+        schema shows them, and a value beyond them gets the service's own message."""
+        extra = super().get_extra_kwargs()
+        for name, limit in limits.numbers().items():
+            kwargs = {"min_value": limit.low, "max_value": limit.high}
+            kwargs["error_messages"] = {"min_value": limit.message, "max_value": limit.message}
+            if limit.step:
+                kwargs["help_text"] = limit.message
+            extra[name] = extra.get(name, {}) | kwargs
+        for name, limit in limits.lengths().items():
+            kwargs = {"max_length": limit.high, "error_messages": {"max_length": limit.message}}
+            extra[name] = extra.get(name, {}) | kwargs
+        return extra
 
 
 class ModelOutput(serializers.ModelSerializer):

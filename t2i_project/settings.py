@@ -7,9 +7,16 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from t2i_project import envfile
 from t2i_project.env import env_bool, env_float, env_int, env_list, env_networks, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Local use: the checkout's .env (`make run` writes one with a SECRET_KEY) fills in what the environment does
+# not set; a real variable always wins. T2I_ENV_FILE names another file, or none when empty (the tests).
+try:
+    envfile.load(env_str("T2I_ENV_FILE", str(BASE_DIR / ".env")))
+except (OSError, ValueError) as exc:
+    raise ImproperlyConfigured(f"Cannot read the environment file: {exc}")
 
 DEBUG = env_bool("DEBUG", False)
 # Required outside DEBUG. The worker daemon and the simulator (manage.py sets T2I_STANDALONE_COMMAND) sign
@@ -26,7 +33,8 @@ else:
     if not SECRET_KEY.strip() or SECRET_KEY == _DEV_KEY:
         raise ImproperlyConfigured(
             "SECRET_KEY is required when DEBUG is off: set it to a long random string, e.g. the output of "
-            "python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'. For local use, `make run` (or "
+            "python -m t2i_project.envfile) writes one into this checkout's .env."
         )
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -191,9 +199,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Submit text-to-image tasks, follow them, and lease them to worker daemons.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Everything from this server (the sidecar package), nothing from a CDN: no online validator badge.
     "SWAGGER_UI_DIST": "SIDECAR",
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "/favicon.ico",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "TaskStatusEnum": "generation.models.Task.Status",
@@ -259,7 +268,12 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        # Django's own loggers at LOG_LEVEL too (its defaults hold them at INFO), through the one handler.
+        "django": {"level": LOG_LEVEL},
+        "django.db.backends": {"level": "INFO"},
+        "axes.apps": {"level": "WARNING"},  # not its "AXES: BEGIN version …" line on every manage.py call
+    },
 }
 
 # --- Operations: background jobs, webhooks, retention, metrics, log context (issue 5) -------------------

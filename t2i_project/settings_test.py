@@ -6,6 +6,9 @@ A file (not :memory:) lets the multi-process leasing tests share the database.
 import os
 import tempfile
 
+# Tests never read the checkout's .env (t2i_project.envfile): only what they set themselves, here and in the
+# processes they start.
+os.environ["T2I_ENV_FILE"] = ""
 os.environ.setdefault("SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("T2I_SUBMIT_RATE", "10000/min")
 # The listener thread's own connection would keep the test database open at teardown; polling suffices.

@@ -1,8 +1,11 @@
 from django.conf import settings
 from django.contrib import admin
+from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from django.views.static import serve
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from generation import compat_apis
 from workers_app import compat_apis as worker_compat
@@ -14,6 +17,11 @@ def media(request, path: str):
     return serve(request, path, document_root=settings.MEDIA_ROOT)
 
 
+def favicon(request):
+    """The site's icon where browsers look when a page names none (the admin, the API docs)."""
+    return redirect(static("img/favicon.svg"))
+
+
 # Django tries these in order on every request: the worker API (the farm's busiest) and the REST API first.
 urlpatterns = [
     path("api/v1/worker/", include("workers_app.urls")),
@@ -23,7 +31,9 @@ urlpatterns = [
     path("", include("t2i_project.ops_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    # Redoc's bundle loads its logo from the internet; the Swagger UI above is served from here entirely.
+    path("api/redoc/", RedirectView.as_view(pattern_name="api-docs"), name="api-redoc"),
+    path("favicon.ico", favicon),
     # The original design's endpoints (compatibility surface).
     path("generate", compat_apis.GenerateApi.as_view(), name="seed-generate"),
     path("status/<str:prompt_id>", compat_apis.StatusApi.as_view(), name="seed-status"),

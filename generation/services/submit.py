@@ -11,7 +11,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from generation import callback_targets, dispatch, workflows
+from generation import callback_targets, dispatch, limits, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
 from generation.services.transitions import farm_setting, task_changed
@@ -31,7 +31,9 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
     task.seed = seed  # None: chosen below, once the rest is valid
     _validate(task)
     task.template = _template_for(data.get("template") or "")
-    task.checkpoint, task.warning = _choose_checkpoint(task.template, task.checkpoint)
+    workers = list(Worker.objects.exclude(registered_at=None).only("status", "capabilities"))
+    _check_worker_options(task, [w for w in workers if w.is_online])
+    task.checkpoint, task.warning = _choose_checkpoint(task.template, task.checkpoint, workers)
     if task.seed is None:
         task.seed = secrets.randbelow(SEED_MAX + 1)
     task.max_attempts = farm_setting("MAX_ATTEMPTS")
@@ -44,32 +46,21 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
 
 
 def _validate(task: Task) -> None:
-    """The farm's limits (settings), every field checked, all errors reported at once."""
+    """The farm's limits (generation.limits), every field checked, all errors reported at once."""
     errors: dict[str, list[str]] = {}
-    lo, hi, step = farm_setting("SIZE_MIN"), farm_setting("SIZE_MAX"), farm_setting("SIZE_MULTIPLE")
-    for field in ("width", "height"):
-        value = getattr(task, field)
-        if not lo <= value <= hi or value % step:
-            errors[field] = [f"Must be a multiple of {step} from {lo} to {hi}."]
+    for field, limit in limits.numbers().items():
+        if not limit.allows(getattr(task, field)):
+            errors[field] = [limit.message]
     if not task.prompt.strip():
         errors["prompt"] = ["Must not be empty."]
-    longest = farm_setting("PROMPT_MAX_LENGTH")
-    for field in ("prompt", "negative_prompt"):
+    for field, limit in limits.lengths().items():
         text = getattr(task, field)
-        if len(text) > longest:
-            errors[field] = [f"At most {longest} characters."]
+        if not limit.allows(len(text)):
+            errors[field] = [limit.message]
         elif any(ord(c) < 32 and c not in "\t\n\r" for c in text) or "\x7f" in text:
             errors[field] = ["Control characters are not allowed."]
-    if not 1 <= task.steps <= farm_setting("STEPS_MAX"):
-        errors["steps"] = [f"Must be from 1 to {farm_setting('STEPS_MAX')}."]
-    if not 0 <= task.cfg <= 100:
-        errors["cfg"] = ["Must be from 0 to 100."]
-    if not 1 <= task.batch_size <= farm_setting("BATCH_MAX"):
-        errors["batch_size"] = [f"Must be from 1 to {farm_setting('BATCH_MAX')}."]
     if task.seed is not None and not 0 <= task.seed <= SEED_MAX:
         errors["seed"] = [f"Must be from 0 to {SEED_MAX}."]
-    if not -1000 <= task.priority <= 1000:
-        errors["priority"] = ["Must be from -1000 to 1000."]
     if task.callback_url:
         try:
             callback_targets.check_url(task.callback_url)
@@ -92,14 +83,30 @@ def _template_for(name: str) -> WorkflowTemplate:
         )
 
 
-def _choose_checkpoint(template: WorkflowTemplate, requested: str) -> tuple[str, str]:
+# Input fields that name one of a ComfyUI's options, and the capability in which workers report them.
+WORKER_OPTIONS = {"sampler": "samplers", "scheduler": "schedulers"}
+
+
+def _check_worker_options(task: Task, online: list[Worker]) -> None:
+    """The sampler and the scheduler, where the template uses them, must be ones that online workers
+    report. Anything goes while none reports any (none online, or workers that do not report them)."""
+    errors: dict[str, list[str]] = {}
+    for field, capability in WORKER_OPTIONS.items():
+        known = {name for w in online for name in w.capabilities.get(capability) or ()}
+        value = getattr(task, field)
+        if known and task.template.binds(field) and value not in known:
+            errors[field] = [f"Unknown {field} {value!r}. Online workers have: {', '.join(sorted(known))}."]
+    if errors:
+        raise InvalidInput("No online worker has this sampler or scheduler.", fields=errors)
+
+
+def _choose_checkpoint(template: WorkflowTemplate, requested: str, workers: list[Worker]) -> tuple[str, str]:
     """The checkpoint to run (empty when the template binds none) and a warning for the submitter.
 
-    A task that no registered worker could ever run (a checkpoint or a node class of the template nobody
-    has) is refused; while no worker has registered yet, tasks simply queue; one that only offline workers
-    can run is accepted with a warning.
+    A task that no registered worker (`workers`) could ever run (a checkpoint or a node class of the
+    template nobody has) is refused; while no worker has registered yet, tasks simply queue; one that only
+    offline workers can run is accepted with a warning.
     """
-    workers = list(Worker.objects.exclude(registered_at=None).only("status", "capabilities"))
     online = [w for w in workers if w.is_online]
     checkpoint = ""
     if template.binds("checkpoint"):

@@ -121,6 +121,16 @@ def test_verbose_adds_protocol_detail(daemon_logger):
     assert "ws detail\n" not in stream.getvalue() and "ws detail 2" in stream.getvalue()
 
 
+def test_log_level_keeps_routine_lines_out(daemon_logger, monkeypatch):
+    """`make run` sets LOG_LEVEL=WARNING: no line per task or progress step, its problems still shown."""
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    stream = io.StringIO()
+    configure_logging(verbose=False, stream=stream)
+    logging.getLogger("workers_app.daemon.runner").info("task x progress 50%")
+    logging.getLogger("workers_app.daemon.worker").warning("ComfyUI not available")
+    assert "progress" not in stream.getvalue() and "ComfyUI not available" in stream.getvalue()
+
+
 class FakeWorker:
     instances: list[FakeWorker] = []
     code = 0

@@ -4,6 +4,7 @@ no GPU, no models). Runs in the foreground until Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import logging
+import os
 from argparse import ArgumentParser, ArgumentTypeError
 from typing import Any
 
@@ -96,7 +97,8 @@ class Command(BaseCommand):
             raise CommandError(str(error))
         if not logging.getLogger().handlers and not logging.getLogger("workers_app.simulator").handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        logging.getLogger("workers_app.simulator").setLevel(logging.INFO)
+        # A line per prompt at INFO; LOG_LEVEL=WARNING (what `make run` sets) keeps only the problems.
+        logging.getLogger("workers_app.simulator").setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 
         def ready(url: str) -> None:
             self.stdout.write(f"ComfyUI simulator (SIMULATED, no models) listening on {url}; Ctrl-C to stop")

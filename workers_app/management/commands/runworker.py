@@ -62,9 +62,10 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
 
 
 def configure_logging(*, verbose: bool, stream: Any = None) -> None:
-    """One line per event on stderr; ``--verbose`` adds the ComfyUI protocol detail (DEBUG)."""
+    """One line per event on stderr from LOG_LEVEL up (INFO unless set; `make run` sets WARNING);
+    ``--verbose`` adds the ComfyUI protocol detail (DEBUG)."""
     log = logging.getLogger("workers_app.daemon")
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else os.environ.get("LOG_LEVEL", "INFO").upper())
     log.propagate = False
     for handler in list(log.handlers):
         log.removeHandler(handler)
