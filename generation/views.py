@@ -4,6 +4,7 @@ Views stay thin: read through selectors, change state only through services, and
 change a task in the helpers at the top of this file.
 """
 
+from http import HTTPStatus
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -23,7 +24,8 @@ from django.utils.text import Truncator
 from django.views.decorators.http import require_POST
 
 from generation import selectors, services, web_selectors
-from generation.exceptions import Conflict, Forbidden, InvalidInput, NotFound
+from generation.client_address import client_address
+from generation.exceptions import Conflict, Forbidden, InvalidInput, NotFound, Throttled, Unavailable
 from generation.forms import GalleryFilterForm, GenerateForm, SignUpForm
 from generation.models import Image, Task, WorkflowTemplate
 
@@ -90,23 +92,30 @@ def generate(request: HttpRequest) -> HttpResponse:
         "samplers": samplers,
         "schedulers": schedulers,
     }
+    status = HTTPStatus.OK
     if request.method == "POST":
         form = GenerateForm(request.POST, **choices)
-        if form.is_valid():
-            try:
-                task = services.task_submit(owner=request.user, data=form.task_fields())
-            except InvalidInput as exc:
-                form.add_service_errors(exc)
-            else:
-                if task.warning:
-                    messages.warning(request, task.warning)
-                return redirect("web:task", task_id=task.public_id)
+        try:
+            services.submit_claim(user=request.user, address=client_address(request))
+        except (Throttled, Unavailable) as exc:
+            form.add_error(None, exc.detail)
+            status = exc.status
+        else:
+            if form.is_valid():
+                try:
+                    task = services.task_submit(owner=request.user, data=form.task_fields())
+                except InvalidInput as exc:
+                    form.add_service_errors(exc)
+                else:
+                    if task.warning:
+                        messages.warning(request, task.warning)
+                    return redirect("web:task", task_id=task.public_id)
     else:
         form = GenerateForm(initial=GenerateForm.initial_from_query(request.GET), **choices)
     recent = []
     if request.user.is_authenticated:
         recent = list(selectors.tasks_for(request.user, mine=True)[:6])
-    return render(request, "generation/generate.html", {"form": form, "recent": recent})
+    return render(request, "generation/generate.html", {"form": form, "recent": recent}, status=status)
 
 
 def settings_query(task: Task, *, with_seed: bool = True) -> str:

@@ -2,6 +2,7 @@
 background jobs all call these functions: one rule, one place. By lifecycle:
 
 - submit: what people do (submit, cancel, retry, priority, templates, deleting images);
+- submit_limit: how many submits a user (or an address) may make in a window, counted across processes;
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
 - maintenance: leases that outlived their worker;
@@ -33,6 +34,7 @@ from generation.services.submit import (
     task_submit,
     template_create,
 )
+from generation.services.submit_limit import submit_claim
 from generation.services.transitions import farm_setting, worker_count_outcome
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "farm_setting",
     "image_deletable_by",
     "image_delete",
+    "submit_claim",
     "task_cancel",
     "task_complete",
     "task_complete_and_lease",

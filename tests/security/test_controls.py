@@ -198,34 +198,6 @@ def test_anonymous_tasks_are_cancelled_anonymously_only_while_anonymous_submit_i
     assert api.post(f"/api/v1/tasks/{task.public_id}/cancel/").status_code == HTTPStatus.OK
 
 
-def test_seed_generate_shares_the_submit_rate_limit_with_the_rest_api(user, settings):
-    from django.core.cache import cache
-
-    cache.clear()
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_THROTTLE_RATES": {"submit": "2/min"},
-    }
-    from rest_framework.throttling import ScopedRateThrottle
-
-    rates = ScopedRateThrottle.THROTTLE_RATES
-    ScopedRateThrottle.THROTTLE_RATES = {"submit": "2/min"}
-    try:
-        api = APIClient()
-        api.force_authenticate(user)
-        body = {"prompt": "a fox", "width": 64, "height": 64}
-        assert api.post("/api/v1/tasks/", body, format="json").status_code == HTTPStatus.CREATED
-        assert api.post("/generate", body, format="json").status_code == HTTPStatus.OK
-        for path in ("/api/v1/tasks/", "/generate"):
-            refused = api.post(path, body, format="json")
-            assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS, path
-            assert refused.json()["error"] == "throttled"
-    finally:
-        ScopedRateThrottle.THROTTLE_RATES = rates
-        cache.clear()
-    assert Task.objects.count() == 2
-
-
 def test_seed_complete_without_a_lease_token_is_an_exception_the_operator_can_turn_off(worker_pair, settings):
     worker, token = worker_pair
     task = submit_task(prompt="a fox")
