@@ -433,6 +433,7 @@ class ImageAdmin(ViewOnlyMixin, admin.ModelAdmin):
     fields = [
         "thumbnail_column",
         "task_column",
+        "public_id",
         "index",
         ("width", "height"),
         "size_bytes",

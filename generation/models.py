@@ -248,6 +248,8 @@ class TaskAttempt(models.Model):
 class Image(models.Model):
     """An image a task produced. The row is written only after its file is fully stored."""
 
+    # What image pages, downloads and the API name an image by: unguessable, unlike the row id.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="images")
     attempt = models.ForeignKey(TaskAttempt, on_delete=models.PROTECT, related_name="images")
     index = models.PositiveSmallIntegerField(default=0, help_text="Position in the batch.")

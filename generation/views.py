@@ -4,6 +4,7 @@ Views stay thin: read through selectors, change state only through services, and
 change a task in the helpers at the top of this file.
 """
 
+import uuid
 from http import HTTPStatus
 from urllib.parse import urlencode
 
@@ -59,17 +60,32 @@ def _visible_task(request: HttpRequest, task_id) -> Task:
         raise Http404("No such task.")
 
 
-def _visible_image(request: HttpRequest, image_id: int) -> Image:
-    image = None
-    if image_id <= web_selectors.MAX_ID:
-        image = (
-            Image.objects.select_related("task", "task__template", "task__owner", "attempt__worker")
-            .filter(pk=image_id)
-            .first()
-        )
+def _visible_image(request: HttpRequest, image_id: uuid.UUID) -> Image:
+    """The image with this public id if this visitor may see its task, else 404."""
+    image = (
+        Image.objects.select_related("task", "task__template", "task__owner", "attempt__worker")
+        .filter(public_id=image_id)
+        .first()
+    )
     if image is None or not selectors.task_visible_to(image.task, request.user):
         raise Http404("No such image.")
     return image
+
+
+# The session key holding the ids of the tasks this browser submitted anonymously, and how many it keeps.
+ANONYMOUS_TASKS = "t2i_anonymous_tasks"
+ANONYMOUS_TASKS_KEPT = 200
+
+
+def _remember_anonymous_task(request: HttpRequest, task: Task) -> None:
+    """An anonymous submit from the form: its session will see the task's images in the gallery."""
+    if task.owner_id is None:
+        kept = request.session.get(ANONYMOUS_TASKS, [])
+        request.session[ANONYMOUS_TASKS] = [*kept, str(task.public_id)][-ANONYMOUS_TASKS_KEPT:]
+
+
+def _anonymous_tasks(request: HttpRequest) -> list[str]:
+    return [] if request.user.is_authenticated else request.session.get(ANONYMOUS_TASKS, [])
 
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
@@ -107,6 +123,7 @@ def generate(request: HttpRequest) -> HttpResponse:
                 except InvalidInput as exc:
                     form.add_service_errors(exc)
                 else:
+                    _remember_anonymous_task(request, task)
                     if task.warning:
                         messages.warning(request, task.warning)
                     return redirect("web:task", task_id=task.public_id)
@@ -199,8 +216,9 @@ def gallery_thumbs(images: list[Image]) -> list[dict]:
     The same markup, byte for byte, as `{% url %}`, `truncatechars` and `date` made
     (tests/web/test_gallery.py renders both).
     """
-    # One reverse() for the page: the image URL ends in its id ("…/images/0/" → "…/images/<id>/").
-    image_url = reverse("web:image", args=[0])[: -len("0/")]
+    # One reverse() for the page: the image URL ends in its public id ("…/images/<id>/").
+    placeholder = f"{uuid.UUID(int=0)}/"
+    image_url = reverse("web:image", args=[uuid.UUID(int=0)])[: -len(placeholder)]
     months = {}
     thumbs = []
     for image in images:
@@ -210,7 +228,7 @@ def gallery_thumbs(images: list[Image]) -> list[dict]:
         prompt = image.task.prompt
         thumbs.append(
             {
-                "href": f"{image_url}{image.pk}/",
+                "href": f"{image_url}{image.public_id}/",
                 "src": (image.thumbnail or image.file).url,
                 "alt": _cut(prompt, 200),
                 "caption": _cut(prompt, 90),
@@ -230,7 +248,11 @@ def gallery(request: HttpRequest) -> HttpResponse:
     form = GalleryFilterForm(request.GET, checkpoints=checkpoints)
     filters = form.filters()
     page = web_selectors.gallery_page(
-        request.user, filters, before=_int_param(request, "before"), after=_int_param(request, "after")
+        request.user,
+        filters,
+        before=_int_param(request, "before"),
+        after=_int_param(request, "after"),
+        anonymous_tasks=_anonymous_tasks(request),
     )
     kept = request.GET.copy()
     for name in ("before", "after"):
@@ -253,7 +275,7 @@ def gallery(request: HttpRequest) -> HttpResponse:
     return render(request, "generation/gallery.html", context)
 
 
-def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_detail(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     image = _visible_image(request, image_id)
     task = image.task
     attempt = image.attempt
@@ -272,7 +294,7 @@ def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
     return render(request, "generation/image.html", context)
 
 
-def image_download(request: HttpRequest, image_id: int) -> FileResponse:
+def image_download(request: HttpRequest, image_id: uuid.UUID) -> FileResponse:
     image = _visible_image(request, image_id)
     extension = image.file.name.rsplit(".", 1)[-1]
     try:
@@ -285,7 +307,7 @@ def image_download(request: HttpRequest, image_id: int) -> FileResponse:
 
 
 @require_POST
-def image_delete(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_delete(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     image = _visible_image(request, image_id)
     try:
         services.image_delete(image=image, by=request.user)

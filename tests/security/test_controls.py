@@ -141,12 +141,12 @@ def test_web_pages_hide_another_users_task_and_images(done, other_user, client_f
 
     for url in (
         reverse("web:task", kwargs={"task_id": done.public_id}),
-        reverse("web:image", kwargs={"image_id": image.pk}),
-        reverse("web:image-download", kwargs={"image_id": image.pk}),
+        reverse("web:image", kwargs={"image_id": image.public_id}),
+        reverse("web:image-download", kwargs={"image_id": image.public_id}),
         f"/status/{done.public_id}",
     ):
         assert bob.get(url).status_code == HTTPStatus.NOT_FOUND, url
-    assert bob.post(reverse("web:image-delete", kwargs={"image_id": image.pk})).status_code == 404
+    assert bob.post(reverse("web:image-delete", kwargs={"image_id": image.public_id})).status_code == 404
     assert Image.objects.filter(pk=image.pk).exists()
     gallery = bob.get(reverse("web:gallery"))
     assert gallery.status_code == HTTPStatus.OK
@@ -262,7 +262,7 @@ def test_every_post_form_on_every_page_carries_a_csrf_token(done, staff, client_
             reverse("web:task", kwargs={"task_id": queued.public_id}),
             reverse("web:queue"),
             reverse("web:gallery"),
-            reverse("web:image", kwargs={"image_id": image.pk}),
+            reverse("web:image", kwargs={"image_id": image.public_id}),
             reverse("web:legacy"),
         ],
     }
@@ -298,7 +298,7 @@ def test_web_forms_refuse_a_post_without_the_csrf_token(done, user, other_user):
     targets = [
         (reverse("web:generate"), {"prompt": "a fox", "width": 64, "height": 64, "steps": 4}),
         (reverse("web:task-cancel", kwargs={"task_id": queued.public_id}), {}),
-        (reverse("web:image-delete", kwargs={"image_id": image.pk}), {}),
+        (reverse("web:image-delete", kwargs={"image_id": image.public_id}), {}),
         (reverse("web:logout"), {}),
     ]
     client = csrf_client(user)
@@ -480,7 +480,7 @@ def test_security_headers_on_pages_api_errors_and_media(done, client_for):
         "api": APIClient().get("/api/v1/tasks/"),
         "api 404": alice.get("/api/v1/no-such-endpoint/"),
         "media": alice.get(image.file.url),
-        "download": alice.get(reverse("web:image-download", kwargs={"image_id": image.pk})),
+        "download": alice.get(reverse("web:image-download", kwargs={"image_id": image.public_id})),
     }
     for name, response in responses.items():
         assert response["X-Content-Type-Options"] == "nosniff", name
