@@ -14,9 +14,9 @@ from workers_app.models import Worker
 
 
 def task_visible_to(task: Task, user) -> bool:
-    """Staff see everything; users their own tasks; an anonymous task whoever has its id, a random UUID that
-    only its submitter was given. Nothing lists other people's tasks or anonymous ones (tasks_for, the
-    gallery)."""
+    """Staff see everything; users their own tasks; an anonymous task (submitted without an account: a
+    deleted account takes its tasks with it) whoever has its id, a random UUID that only its submitter was
+    given. Nothing lists other people's tasks or anonymous ones (tasks_for, the gallery)."""
     if user.is_authenticated and user.is_staff:
         return True
     if task.owner_id is None:

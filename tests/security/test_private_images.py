@@ -1,10 +1,13 @@
-"""Private stays private (SECURITY.md, "Authorization"): images go by an unguessable id, and nothing lists
-other people's or anonymous tasks' images."""
+"""Private stays private (SECURITY.md, "Authorization"): a deleted account takes its tasks, images and files
+with it instead of leaving them anonymous (and so readable), images go by an unguessable id, and nothing
+lists other people's or anonymous tasks' images."""
 
 import uuid
+from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
@@ -12,7 +15,10 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from generation.models import Image, Task, WorkflowTemplate
+from generation import jobs, services
+from generation.models import Image, MetricCounter, Task, WebhookDelivery, WorkflowTemplate
+from generation.services.deletion import PURGED_WEBHOOK_FAILURES
+from tests.conftest import media_files
 from tests.factories import TaskFactory
 from tests.web.conftest import complete_next, completed
 from tests.web.test_generate import form_data
@@ -32,6 +38,94 @@ def image_urls(image: Image) -> list[str]:
         reverse("web:image-download", kwargs={"image_id": image.public_id}),
         image.file.url,  # kept for the test: the row is gone, so is the file
     ]
+
+
+# --- A deleted account takes its tasks with it ----------------------------------------------------------
+
+
+def test_deleting_an_account_deletes_its_tasks_images_and_files(
+    user, other_user, worker, django_capture_on_commit_callbacks
+):
+    done = completed(user, worker, batch_size=2)
+    theirs = completed(other_user, worker)
+    queued = TaskFactory(owner=user)
+    WebhookDelivery.objects.create(
+        task=done, url="https://hooks.example/", event="completed", payload={}, attempts=3
+    )
+    kept = files_of(theirs)
+    assert len(files_of(done)) == 4 and set(files_of(done)) | set(kept) == set(media_files())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.user_delete(user=user) == 2
+
+    assert not get_user_model().objects.filter(pk=user.pk).exists()
+    assert not Task.objects.filter(pk__in=[done.pk, queued.pk]).exists()
+    assert not Image.objects.filter(task_id=done.pk).exists()
+    assert media_files() == kept  # the account's files are gone, nobody else's
+    assert Task.objects.filter(owner=None).count() == 0  # nothing became anonymous
+    assert list(Task.objects.all()) == [theirs]
+    # The webhook failure counter never goes down (generation.metrics).
+    assert MetricCounter.objects.get(name=PURGED_WEBHOOK_FAILURES).value == 3
+
+
+def test_the_admin_deletes_an_account_with_its_tasks_and_files(
+    user, other_user, staff, worker, client_for, django_capture_on_commit_callbacks
+):
+    done = completed(user, worker)
+    theirs = completed(other_user, worker)
+    admin = client_for(staff)
+    url = reverse("admin:auth_user_delete", args=[user.pk])
+
+    confirm = admin.get(url)
+    assert confirm.status_code == HTTPStatus.OK
+    assert "protected" not in confirm.content.decode()  # nothing stops the deletion
+    assert f"{done.public_id} (completed)" in confirm.content.decode()  # and it says what goes with it
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin.post(url, {"post": "yes"}).status_code == HTTPStatus.FOUND
+
+    assert not Task.objects.filter(pk=done.pk).exists()
+    assert media_files() == files_of(theirs)
+
+    # The list's bulk action too.
+    with django_capture_on_commit_callbacks(execute=True):
+        changelist = reverse("admin:auth_user_changelist")
+        body = {"action": "delete_selected", "_selected_action": [other_user.pk], "post": "yes"}
+        assert admin.post(changelist, body).status_code == HTTPStatus.FOUND
+    assert not Task.objects.exists() and media_files() == []
+
+
+def test_an_account_deleted_another_way_takes_its_rows_and_the_sweep_takes_its_files(user, worker):
+    done = completed(user, worker)
+    names = files_of(done)
+
+    user.delete()  # e.g. from a shell: the rows cascade, nothing is left anonymous
+
+    assert not Task.objects.exists() and not Image.objects.exists()
+    assert media_files() == names
+    assert jobs.media_sweep_orphans(now=timezone.now() + timedelta(hours=2)) == len(names)
+    assert media_files() == []
+
+
+def test_a_deleted_accounts_images_are_readable_by_nobody(user, other_user, worker, settings, client_for):
+    """The finding: with SET_NULL the tasks became anonymous, and an anonymous visitor walking /images/1..N/
+    found them with their prompts; any signed-in user could cancel them."""
+    settings.T2I = {**settings.T2I, "ALLOW_ANONYMOUS_SUBMIT": False}
+    image = completed(user, worker, prompt="my private prompt").images.get()
+    running = TaskFactory(owner=user)
+    urls = [
+        *image_urls(image)[:2],
+        f"/images/{image.pk}/",
+        reverse("web:task", kwargs={"task_id": image.task.public_id}),
+        f"/api/v1/tasks/{image.task.public_id}/",
+        f"/status/{image.task.public_id}",
+    ]
+    services.user_delete(user=user)
+
+    for visitor in (Client(), client_for(other_user)):
+        for url in urls:
+            assert visitor.get(url).status_code == HTTPStatus.NOT_FOUND, url
+        cancel = visitor.post(reverse("web:task-cancel", kwargs={"task_id": running.public_id}))
+        assert cancel.status_code == HTTPStatus.NOT_FOUND
 
 
 # --- Images go by an unguessable id ---------------------------------------------------------------------
