@@ -266,8 +266,10 @@ else:
         "default": {
             "BACKEND": "django.core.cache.backends.db.DatabaseCache",
             "LOCATION": "t2i_cache",
-            # Expired entries are culled first; this bounds the live ones (a user's submits in a window).
-            "OPTIONS": {"MAX_ENTRIES": 20000},
+            # Django counts the table's rows on every write, so it stays small: above this many rows the
+            # expired ones are deleted (then a third of the rest, which would forget submit counts: a farm
+            # with more submits than this in one window of T2I_SUBMIT_RATE wants Redis).
+            "OPTIONS": {"MAX_ENTRIES": 5000},
         }
     }
 
