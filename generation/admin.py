@@ -20,7 +20,12 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from generation import dashboard, services, webhooks
+from generation import (
+    admin_accounts,  # noqa: F401  (the users' admin: deleting an account takes its tasks)
+    dashboard,
+    services,
+    webhooks,
+)
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
 from generation.models import Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
@@ -433,6 +438,7 @@ class ImageAdmin(ViewOnlyMixin, admin.ModelAdmin):
     fields = [
         "thumbnail_column",
         "task_column",
+        "public_id",
         "index",
         ("width", "height"),
         "size_bytes",

@@ -22,7 +22,8 @@ def error_body(code: str, detail: str, fields: dict | None = None) -> dict:
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, DomainError):
-        return Response(error_body(exc.code, exc.detail, exc.fields), status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response(error_body(exc.code, exc.detail, exc.fields), status=exc.status, headers=headers)
     if isinstance(exc, RequestDataTooBig | TooManyFieldsSent):
         return Response(
             error_body("request_too_large", "The request body is larger than this server accepts."),

@@ -9,10 +9,10 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from generation import selectors, services, streams
+from generation.client_address import client_address
 from generation.exceptions import NotFound
 from generation.models import Task, WorkflowTemplate
 from generation.serializers import (
@@ -34,19 +34,10 @@ class CanSubmit(permissions.BasePermission):
         return bool(request.user and request.user.is_authenticated) or settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
 
 
-class SubmitThrottle(ScopedRateThrottle):
-    """Throttles only submissions (POST), per user or per address."""
-
-    scope_attr = "throttle_scope"
-
-    def allow_request(self, request: Request, view) -> bool:
-        if request.method != "POST":
-            return True
-        return super().allow_request(request, view)
-
-
 def submit_task(request: Request) -> Task:
-    """Shared by the REST submit and the seed's POST /generate."""
+    """Shared by the REST submit and the seed's POST /generate: counted against the submit limit (shared with
+    the web form) first, so that invalid submits count too."""
+    services.submit_claim(user=request.user, address=client_address(request))
     serializer = TaskSubmitInput(data=request.data)
     serializer.is_valid(raise_exception=True)
     return services.task_submit(owner=request.user, data=serializer.validated_data)
@@ -70,8 +61,6 @@ class TaskPagination(CursorPagination):
 
 class TaskListCreateApi(APIView):
     permission_classes = [CanSubmit]
-    throttle_classes = [SubmitThrottle]
-    throttle_scope = "submit"
 
     @extend_schema(
         parameters=[

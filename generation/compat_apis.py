@@ -8,7 +8,6 @@ from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from generation import selectors
@@ -42,8 +41,6 @@ StatusOutput = inline_serializer(
 
 class GenerateApi(APIView):
     permission_classes = [CanSubmit]
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "submit"
 
     @extend_schema(
         request=TaskSubmitInput,

@@ -9,12 +9,20 @@ class DomainError(Exception):
     status = HTTPStatus.BAD_REQUEST
     code = "invalid"
 
-    def __init__(self, detail: str, *, fields: dict | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        fields: dict | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.fields = fields or {}
         if code:
             self.code = code
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
 
 class InvalidInput(DomainError):
@@ -69,3 +77,16 @@ class TooManyWaits(TooMany):
 
 class TooManyLeases(TooMany):
     code = "too_many_leases"
+
+
+class Throttled(TooMany):
+    """More submits than T2I_SUBMIT_RATE allows in this window."""
+
+    code = "throttled"
+
+
+class Unavailable(DomainError):
+    """Something the request needs (the shared cache) does not answer: retry shortly."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "unavailable"

@@ -14,16 +14,15 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
-from generation.models import Image, MetricCounter, Task, WebhookDelivery
+from generation.models import Image, Task
+from generation.services.deletion import files_delete, tasks_delete
 from generation.thumbnails import images_make_missing_thumbnails
 from generation.webhooks import webhooks_deliver_due
 
 logger = logging.getLogger(__name__)
-
-PURGED_WEBHOOK_FAILURES = "_webhook_failures_purged"
 
 # (schedule name, function, every N minutes). ensure_schedules() makes the django_q Schedule rows match.
 SCHEDULE_PREFIX = "t2i: "
@@ -128,38 +127,15 @@ def tasks_purge_expired(*, now: datetime | None = None, batch: int = 500) -> int
     )  # task_finished_idx
     total = 0
     while pks := list(expired.order_by().values_list("pk", flat=True)[:batch]):
-        files = [
-            name
-            for pair in Image.objects.filter(task_id__in=pks).values_list("file", "thumbnail")
-            for name in pair
-            if name
-        ]
         with transaction.atomic():
-            _keep_webhook_failures(pks)
-            Image.objects.filter(task_id__in=pks).delete()
-            total += expired.filter(pk__in=pks).delete()[1].get(Task._meta.label, 0)
-        for name in files:
-            try:
-                default_storage.delete(name)
-            except OSError:
-                logger.warning("retention: could not delete %s", name, exc_info=True)
+            count, files = tasks_delete(tasks=expired.filter(pk__in=pks))
+        files_delete(files)
+        total += count
         if len(pks) < batch:
             break
     if total:
         logger.info("retention: deleted %d task(s) finished before %s", total, cutoff.isoformat())
     return total
-
-
-def _keep_webhook_failures(task_pks: list[int]) -> None:
-    """The failed webhook tries of deliveries about to be deleted, kept in a counter so that
-    t2i_webhook_failures_total (computed from the remaining rows plus this) never goes down."""
-    figures = WebhookDelivery.objects.filter(task_id__in=task_pks).aggregate(
-        tries=Sum("attempts"), delivered=Count("pk", filter=Q(delivered_at__isnull=False))
-    )
-    failures = (figures["tries"] or 0) - figures["delivered"]
-    if failures:
-        counter, _ = MetricCounter.objects.get_or_create(name=PURGED_WEBHOOK_FAILURES, labels="")
-        MetricCounter.objects.filter(pk=counter.pk).update(value=F("value") + failures)
 
 
 def ensure_schedules(*, schedules=SCHEDULES, schedule_model=None) -> int:

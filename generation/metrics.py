@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from generation import dashboard
-from generation.jobs import PURGED_WEBHOOK_FAILURES
 from generation.models import MetricCounter, Task, TaskAttempt, WebhookDelivery
+from generation.services.deletion import PURGED_WEBHOOK_FAILURES
 from workers_app.models import Worker
 
 Status = Task.Status

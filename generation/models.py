@@ -99,8 +99,10 @@ class Task(models.Model):
     FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # None: an anonymous submit. A deleted account takes its tasks with it (generation.services.user_delete
+    # also removes their files), so no task ever becomes anonymous, and so visible by its id, that way.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="tasks"
     )
     prompt = models.TextField()
     negative_prompt = models.TextField(blank=True)
@@ -248,8 +250,11 @@ class TaskAttempt(models.Model):
 class Image(models.Model):
     """An image a task produced. The row is written only after its file is fully stored."""
 
+    # What image pages, downloads and the API name an image by: unguessable, unlike the row id.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="images")
-    attempt = models.ForeignKey(TaskAttempt, on_delete=models.PROTECT, related_name="images")
+    # An attempt with images is not deleted on its own, but it goes with its task (which takes the images).
+    attempt = models.ForeignKey(TaskAttempt, on_delete=models.RESTRICT, related_name="images")
     index = models.PositiveSmallIntegerField(default=0, help_text="Position in the batch.")
     file = models.FileField(max_length=255)
     thumbnail = models.FileField(max_length=255, blank=True)

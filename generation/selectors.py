@@ -14,7 +14,9 @@ from workers_app.models import Worker
 
 
 def task_visible_to(task: Task, user) -> bool:
-    """Staff see everything; users their own tasks; anonymous tasks are visible to whoever has the id."""
+    """Staff see everything; users their own tasks; an anonymous task (submitted without an account: a
+    deleted account takes its tasks with it) whoever has its id, a random UUID that only its submitter was
+    given. Nothing lists other people's tasks or anonymous ones (tasks_for, the gallery)."""
     if user.is_authenticated and user.is_staff:
         return True
     if task.owner_id is None:
@@ -23,9 +25,9 @@ def task_visible_to(task: Task, user) -> bool:
 
 
 def task_cancellable_by(task: Task, user) -> bool:
-    """Whoever may see a task may cancel it, except that an anonymous visitor may cancel an anonymous
-    task only while anonymous submission is on."""
-    if task.owner_id is None and not user.is_authenticated:
+    """Whoever may see a task may cancel it, except that an anonymous task may be cancelled by whoever has
+    its id only while anonymous submission is on (staff always)."""
+    if task.owner_id is None and not (user.is_authenticated and user.is_staff):
         return settings.T2I["ALLOW_ANONYMOUS_SUBMIT"]
     return task_visible_to(task, user)
 

@@ -61,6 +61,7 @@ class ModelOutput(serializers.ModelSerializer):
 
 
 class ImageOutput(ModelOutput):
+    id = serializers.UUIDField(source="public_id")
     url = serializers.SerializerMethodField()
     thumbnail_url = serializers.SerializerMethodField()
 

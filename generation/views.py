@@ -4,6 +4,8 @@ Views stay thin: read through selectors, change state only through services, and
 change a task in the helpers at the top of this file.
 """
 
+import uuid
+from http import HTTPStatus
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -23,7 +25,8 @@ from django.utils.text import Truncator
 from django.views.decorators.http import require_POST
 
 from generation import selectors, services, web_selectors
-from generation.exceptions import Conflict, Forbidden, InvalidInput, NotFound
+from generation.client_address import client_address
+from generation.exceptions import Conflict, Forbidden, InvalidInput, NotFound, Throttled, Unavailable
 from generation.forms import GalleryFilterForm, GenerateForm, SignUpForm
 from generation.models import Image, Task, WorkflowTemplate
 
@@ -57,17 +60,32 @@ def _visible_task(request: HttpRequest, task_id) -> Task:
         raise Http404("No such task.")
 
 
-def _visible_image(request: HttpRequest, image_id: int) -> Image:
-    image = None
-    if image_id <= web_selectors.MAX_ID:
-        image = (
-            Image.objects.select_related("task", "task__template", "task__owner", "attempt__worker")
-            .filter(pk=image_id)
-            .first()
-        )
+def _visible_image(request: HttpRequest, image_id: uuid.UUID) -> Image:
+    """The image with this public id if this visitor may see its task, else 404."""
+    image = (
+        Image.objects.select_related("task", "task__template", "task__owner", "attempt__worker")
+        .filter(public_id=image_id)
+        .first()
+    )
     if image is None or not selectors.task_visible_to(image.task, request.user):
         raise Http404("No such image.")
     return image
+
+
+# The session key holding the ids of the tasks this browser submitted anonymously, and how many it keeps.
+ANONYMOUS_TASKS = "t2i_anonymous_tasks"
+ANONYMOUS_TASKS_KEPT = 200
+
+
+def _remember_anonymous_task(request: HttpRequest, task: Task) -> None:
+    """An anonymous submit from the form: its session will see the task's images in the gallery."""
+    if task.owner_id is None:
+        kept = request.session.get(ANONYMOUS_TASKS, [])
+        request.session[ANONYMOUS_TASKS] = [*kept, str(task.public_id)][-ANONYMOUS_TASKS_KEPT:]
+
+
+def _anonymous_tasks(request: HttpRequest) -> list[str]:
+    return [] if request.user.is_authenticated else request.session.get(ANONYMOUS_TASKS, [])
 
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
@@ -90,23 +108,31 @@ def generate(request: HttpRequest) -> HttpResponse:
         "samplers": samplers,
         "schedulers": schedulers,
     }
+    status = HTTPStatus.OK
     if request.method == "POST":
         form = GenerateForm(request.POST, **choices)
-        if form.is_valid():
-            try:
-                task = services.task_submit(owner=request.user, data=form.task_fields())
-            except InvalidInput as exc:
-                form.add_service_errors(exc)
-            else:
-                if task.warning:
-                    messages.warning(request, task.warning)
-                return redirect("web:task", task_id=task.public_id)
+        try:
+            services.submit_claim(user=request.user, address=client_address(request))
+        except (Throttled, Unavailable) as exc:
+            form.add_error(None, exc.detail)
+            status = exc.status
+        else:
+            if form.is_valid():
+                try:
+                    task = services.task_submit(owner=request.user, data=form.task_fields())
+                except InvalidInput as exc:
+                    form.add_service_errors(exc)
+                else:
+                    _remember_anonymous_task(request, task)
+                    if task.warning:
+                        messages.warning(request, task.warning)
+                    return redirect("web:task", task_id=task.public_id)
     else:
         form = GenerateForm(initial=GenerateForm.initial_from_query(request.GET), **choices)
     recent = []
     if request.user.is_authenticated:
         recent = list(selectors.tasks_for(request.user, mine=True)[:6])
-    return render(request, "generation/generate.html", {"form": form, "recent": recent})
+    return render(request, "generation/generate.html", {"form": form, "recent": recent}, status=status)
 
 
 def settings_query(task: Task, *, with_seed: bool = True) -> str:
@@ -190,8 +216,9 @@ def gallery_thumbs(images: list[Image]) -> list[dict]:
     The same markup, byte for byte, as `{% url %}`, `truncatechars` and `date` made
     (tests/web/test_gallery.py renders both).
     """
-    # One reverse() for the page: the image URL ends in its id ("…/images/0/" → "…/images/<id>/").
-    image_url = reverse("web:image", args=[0])[: -len("0/")]
+    # One reverse() for the page: the image URL ends in its public id ("…/images/<id>/").
+    placeholder = f"{uuid.UUID(int=0)}/"
+    image_url = reverse("web:image", args=[uuid.UUID(int=0)])[: -len(placeholder)]
     months = {}
     thumbs = []
     for image in images:
@@ -201,7 +228,7 @@ def gallery_thumbs(images: list[Image]) -> list[dict]:
         prompt = image.task.prompt
         thumbs.append(
             {
-                "href": f"{image_url}{image.pk}/",
+                "href": f"{image_url}{image.public_id}/",
                 "src": (image.thumbnail or image.file).url,
                 "alt": _cut(prompt, 200),
                 "caption": _cut(prompt, 90),
@@ -221,7 +248,11 @@ def gallery(request: HttpRequest) -> HttpResponse:
     form = GalleryFilterForm(request.GET, checkpoints=checkpoints)
     filters = form.filters()
     page = web_selectors.gallery_page(
-        request.user, filters, before=_int_param(request, "before"), after=_int_param(request, "after")
+        request.user,
+        filters,
+        before=_int_param(request, "before"),
+        after=_int_param(request, "after"),
+        anonymous_tasks=_anonymous_tasks(request),
     )
     kept = request.GET.copy()
     for name in ("before", "after"):
@@ -244,7 +275,7 @@ def gallery(request: HttpRequest) -> HttpResponse:
     return render(request, "generation/gallery.html", context)
 
 
-def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_detail(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     image = _visible_image(request, image_id)
     task = image.task
     attempt = image.attempt
@@ -263,7 +294,7 @@ def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
     return render(request, "generation/image.html", context)
 
 
-def image_download(request: HttpRequest, image_id: int) -> FileResponse:
+def image_download(request: HttpRequest, image_id: uuid.UUID) -> FileResponse:
     image = _visible_image(request, image_id)
     extension = image.file.name.rsplit(".", 1)[-1]
     try:
@@ -276,7 +307,7 @@ def image_download(request: HttpRequest, image_id: int) -> FileResponse:
 
 
 @require_POST
-def image_delete(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_delete(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
     image = _visible_image(request, image_id)
     try:
         services.image_delete(image=image, by=request.user)

@@ -1,6 +1,7 @@
 """Reads for the web pages: keyset pages of the gallery, and how long a queued task will wait."""
 
 import statistics
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
@@ -36,15 +37,16 @@ class GalleryPage:
     older: int | None  # for ?before=: the last image id on this page, when older images exist
 
 
-def images_visible_to(user) -> QuerySet[Image]:
-    """Staff see every image; users their own; anonymous visitors the anonymous tasks' images (the view
-    lets them in only when anonymous submission is on)."""
+def images_visible_to(user, *, anonymous_tasks: Collection[str] = ()) -> QuerySet[Image]:
+    """What the gallery lists: staff every image; users their own; an anonymous visitor only the images of
+    `anonymous_tasks`, the tasks this browser's session submitted (the view lets them in only while anonymous
+    submission is on). There is no publishing: nobody else's images and no other anonymous task's."""
     images = Image.objects.all()
     if user.is_authenticated and user.is_staff:
         return images
     if user.is_authenticated:
         return images.filter(task__owner=user)
-    return images.filter(task__owner=None)
+    return images.filter(task__owner=None, task__public_id__in=list(anonymous_tasks))
 
 
 def gallery_page(
@@ -54,14 +56,16 @@ def gallery_page(
     before: int | None = None,
     after: int | None = None,
     size: int | None = None,
+    anonymous_tasks: Collection[str] = (),
 ) -> GalleryPage:
     """One page of images, newest first, keyed by image id (no OFFSET: a deep page costs what page 1 does).
 
     `before` gives the page of images older than that id; `after` the page just newer than it.
     """
     size = size or GALLERY_PAGE_SIZE
-    images = _filtered(images_visible_to(user), user, filters).select_related("task").only(
-        "id", "file", "thumbnail", "width", "height", "created_at", "index",
+    visible = images_visible_to(user, anonymous_tasks=anonymous_tasks)
+    images = _filtered(visible, user, filters).select_related("task").only(
+        "id", "public_id", "file", "thumbnail", "width", "height", "created_at", "index",
         "task__public_id", "task__prompt", "task__checkpoint", "task__owner_id",
     )  # fmt: skip
     if after is not None:

@@ -7,6 +7,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def env_str(name: str, default: str | None = None) -> str:
@@ -74,6 +75,25 @@ def env_networks(name: str) -> list[str]:
         except ValueError:
             raise ImproperlyConfigured(f"{name}: {cidr!r} is not an IP network (e.g. 192.168.1.0/24).")
     return networks
+
+
+def env_rate(name: str, default: str) -> tuple[int, int]:
+    """A rate in DRF's notation, a count per second, minute, hour or day (`120/min`): (count, seconds)."""
+    value = os.environ.get(name, default)
+    count, _, period = value.strip().partition("/")
+    seconds = _PERIODS.get(period.strip()[:1].lower())
+    if not count.strip().isdigit() or int(count) < 1 or seconds is None:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate (e.g. 120/min; per s, min, h or day).")
+    return int(count), seconds
+
+
+def env_proxies(name: str) -> int | list[str]:
+    """Trusted reverse proxies: their count (`1`), or their networks (`10.0.0.5,10.1.0.0/16`); unset or `0`:
+    none."""
+    value = os.environ.get(name, "").strip()
+    if not value or value.isdigit():
+        return int(value or 0)
+    return env_networks(name)
 
 
 def _check_range(name: str, number: float, minimum: float | None, maximum: float | None) -> None:

@@ -8,7 +8,16 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from t2i_project import envfile
-from t2i_project.env import env_bool, env_float, env_int, env_list, env_networks, env_str
+from t2i_project.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_networks,
+    env_proxies,
+    env_rate,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Local use: the checkout's .env (`make run` writes one with a SECRET_KEY) fills in what the environment does
@@ -188,7 +197,6 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "generation.api_errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"submit": env_str("T2I_SUBMIT_RATE", "120/min")},
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 if DEBUG:
@@ -233,12 +241,48 @@ T2I = {
     "BATCH_MAX": env_int("T2I_BATCH_MAX", 8, minimum=1, maximum=64),
     "MAX_IMAGE_BYTES": env_int("T2I_MAX_IMAGE_BYTES", 50 * 1024 * 1024, minimum=1024),
     "SIGNUP_ENABLED": env_bool("T2I_SIGNUP_ENABLED", True),
+    # Submits per user (per address for anonymous submits) in each window, as (count, seconds): one count for
+    # the web form, the REST API and the seed's POST /generate, kept in the shared cache (CACHES below).
+    "SUBMIT_RATE": env_rate("T2I_SUBMIT_RATE", "120/min"),
+    # Reverse proxies whose X-Forwarded-For is believed (generation.client_address): their count, or their
+    # networks. Off by default: the client is REMOTE_ADDR, and X-Forwarded-For is ignored.
+    "TRUSTED_PROXIES": env_proxies("T2I_TRUSTED_PROXIES"),
 }
 if T2I["SIZE_MIN"] > T2I["SIZE_MAX"]:
     raise ImproperlyConfigured("T2I_SIZE_MIN must not exceed T2I_SIZE_MAX.")
 
+# --- The shared cache and the job broker -----------------------------------------------------------------
+# Every server process and instance must see the same counts (the submit limit), so the cache is never a
+# process's memory: Redis when T2I_REDIS_URL is set (Q_REDIS_URL, its older name, still works), which is then
+# also django-q2's broker; otherwise the database, whose cache table `migrate` makes (generation.apps), and
+# django-q2's ORM broker. Nothing else needs to run.
+_redis_urls = {env_str("T2I_REDIS_URL", ""), env_str("Q_REDIS_URL", "")} - {""}
+if len(_redis_urls) > 1:
+    raise ImproperlyConfigured("T2I_REDIS_URL and Q_REDIS_URL (its old name) differ: set T2I_REDIS_URL only.")
+REDIS_URL = _redis_urls.pop() if _redis_urls else ""
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "t2i",
+            # Redis down is a quick 503 the caller retries, not a request hanging on a dead socket.
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "t2i_cache",
+            # Django counts the table's rows on every write, so it stays small: above this many rows the
+            # expired ones are deleted (then a third of the rest, which would forget submit counts: a farm
+            # with more submits than this in one window of T2I_SUBMIT_RATE wants Redis).
+            "OPTIONS": {"MAX_ENTRIES": 5000},
+        }
+    }
+
 # --- Background jobs (django-q2) ------------------------------------------------------------------------
-# The ORM broker needs nothing else running; set Q_REDIS_URL to use Redis instead.
 Q_CLUSTER = {
     "name": "t2i",
     "workers": env_int("Q_WORKERS", 2, minimum=1),
@@ -248,9 +292,9 @@ Q_CLUSTER = {
     "orm": "default",
     "save_limit": 1000,
 }
-if redis_url := env_str("Q_REDIS_URL", ""):
+if REDIS_URL:
     Q_CLUSTER.pop("orm")
-    Q_CLUSTER["redis"] = redis_url
+    Q_CLUSTER["redis"] = REDIS_URL
 
 # --- Logging --------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
@@ -277,7 +321,7 @@ LOGGING = {
 }
 
 # --- Operations: background jobs, webhooks, retention, metrics, log context (issue 5) -------------------
-# Run the jobs with `python manage.py qcluster` (ORM broker by default, Redis when Q_REDIS_URL is set; the
+# Run the jobs with `python manage.py qcluster` (ORM broker by default, Redis when T2I_REDIS_URL is set; the
 # schedules are created by migrations generation/0005 and workers_app/0002 through
 # generation.jobs.ensure_schedules()).
 T2I.update(
@@ -322,8 +366,8 @@ CSRF_COOKIE_HTTPONLY = True
 
 # Login rate limiting (django-axes): T2I_LOGIN_FAILURE_LIMIT failed sign-ins for one username from one address
 # lock that pair out until T2I_LOGIN_LOCKOUT_MINUTES have passed since the last failure (429). It covers
-# every password check: the site's sign-in page and the admin's. The address is REMOTE_ADDR: behind a reverse
-# proxy set AXES_IPWARE_* for it, or every client shares the proxy's address.
+# every password check: the site's sign-in page and the admin's. The address is the submit limit's
+# (generation.client_address: REMOTE_ADDR, or what T2I_TRUSTED_PROXIES allows from X-Forwarded-For).
 INSTALLED_APPS.append("axes")
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # refuses locked-out pairs before any password check
@@ -335,4 +379,4 @@ AXES_FAILURE_LIMIT = env_int("T2I_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_float("T2I_LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+AXES_CLIENT_IP_CALLABLE = "generation.client_address.client_address"

@@ -2,9 +2,11 @@
 background jobs all call these functions: one rule, one place. By lifecycle:
 
 - submit: what people do (submit, cancel, retry, priority, templates, deleting images);
+- submit_limit: how many submits a user (or an address) may make in a window, counted across processes;
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
 - maintenance: leases that outlived their worker;
+- deletion: tasks deleted for good with their files (retention, an account's deletion);
 - transitions: the fenced end of a lease and the worker's counters, which the others share.
 """
 
@@ -15,6 +17,7 @@ from generation.services.completion import (
     task_fail,
     task_release,
 )
+from generation.services.deletion import files_delete, tasks_delete, user_delete
 from generation.services.leasing import (
     TaskLease,
     task_lease_next,
@@ -33,14 +36,17 @@ from generation.services.submit import (
     task_submit,
     template_create,
 )
+from generation.services.submit_limit import submit_claim
 from generation.services.transitions import farm_setting, worker_count_outcome
 
 __all__ = [
     "Completion",
     "TaskLease",
     "farm_setting",
+    "files_delete",
     "image_deletable_by",
     "image_delete",
+    "submit_claim",
     "task_cancel",
     "task_complete",
     "task_complete_and_lease",
@@ -53,9 +59,11 @@ __all__ = [
     "task_start",
     "task_submit",
     "task_workflow",
+    "tasks_delete",
     "tasks_reap_expired",
     "tasks_requeue_for_worker",
     "template_create",
+    "user_delete",
     "worker_assert_live",
     "worker_count_outcome",
 ]

@@ -111,7 +111,7 @@ def test_generate_then_a_worker_runs_it_to_completed(api, seed_worker):
         format="multipart",
     )
     assert again.status_code == HTTPStatus.OK, again.json()
-    assert [i["id"] for i in again.json()["images"]] == [stored.pk]
+    assert [i["id"] for i in again.json()["images"]] == [str(stored.public_id)]
     assert Image.objects.count() == 1 and len(media_files()) == 2
 
     assert wclient.post("/task", {}, format="json").status_code == HTTPStatus.NO_CONTENT

@@ -74,7 +74,7 @@ def test_cancel_needs_post_and_csrf(client_for, user):
 
 
 def delete_url(image) -> str:
-    return reverse("web:image-delete", kwargs={"image_id": image.pk})
+    return reverse("web:image-delete", kwargs={"image_id": image.public_id})
 
 
 def test_owner_deletes_an_image_with_its_files(alice, user, worker, django_capture_on_commit_callbacks):
@@ -107,7 +107,7 @@ def test_a_user_cannot_delete_another_users_image(bob, user, worker, django_capt
 def test_seeing_an_anonymous_image_is_not_enough_to_delete_it(bob, client, worker, settings):
     settings.T2I = {**settings.T2I, "ALLOW_ANONYMOUS_SUBMIT": True}
     image = completed(None, worker).images.get()
-    page = bob.get(reverse("web:image", kwargs={"image_id": image.pk}))
+    page = bob.get(reverse("web:image", kwargs={"image_id": image.public_id}))
     assert page.status_code == HTTPStatus.OK and not page.context["may_delete"]
     assert "Delete image" not in page.content.decode()
     assert bob.post(delete_url(image)).status_code == HTTPStatus.FORBIDDEN

@@ -175,7 +175,7 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
             assert page.evaluate("() => document.querySelector('.thumb-grid img').naturalWidth") > 0
             shot("gallery")
             thumbs.first.click()
-            page.wait_for_url(url("web:image", image_id=image.pk))
+            page.wait_for_url(url("web:image", image_id=image.public_id))
             text = page.inner_text("main")
             for expected in (
                 "1234",
@@ -220,11 +220,11 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
             farm.set_faults(step_time=0.05)
 
             # Bob's image: alice can neither see it nor delete it.
-            response = page.request.get(url("web:image", image_id=bobs_image.pk))
+            response = page.request.get(url("web:image", image_id=bobs_image.public_id))
             assert response.status == 404
             csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
             response = page.request.post(
-                url("web:image-delete", image_id=bobs_image.pk),
+                url("web:image-delete", image_id=bobs_image.public_id),
                 headers={"X-CSRFToken": csrf, "Referer": live_server.url + "/"},
             )
             assert response.status == 404

@@ -5,12 +5,14 @@ from http import HTTPStatus
 
 import pytest
 from django.template import Context, Template
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from generation import web_selectors
 from generation.models import Image
-from tests.web.conftest import completed
+from tests.web.conftest import complete_next, completed
+from tests.web.test_generate import form_data
 
 pytestmark = pytest.mark.django_db
 
@@ -31,7 +33,7 @@ def test_users_see_their_own_images_and_staff_see_all(
     page = alice.get(reverse("web:gallery")).content.decode()
     assert 'alt="alice&#x27;s cat"' in page
     assert mine.thumbnail.url in page
-    assert reverse("web:image", kwargs={"image_id": mine.pk}) in page
+    assert reverse("web:image", kwargs={"image_id": mine.public_id}) in page
 
 
 def test_missing_thumbnail_falls_back_to_the_original(alice, user, worker):
@@ -137,11 +139,17 @@ def test_filters_are_kept_in_page_links(alice, user, worker, monkeypatch):
     assert second.context["older_url"] == ""
 
 
-def test_anonymous_gallery_shows_anonymous_images_when_allowed(client, settings, user, worker):
+def test_the_anonymous_gallery_shows_only_what_this_browser_submitted(settings, user, worker):
     settings.T2I = {**settings.T2I, "ALLOW_ANONYMOUS_SUBMIT": True}
     completed(user, worker, prompt="private")
-    public = completed(None, worker, prompt="shared").images.get()
-    assert ids_on(client.get(reverse("web:gallery"))) == [public.pk]
+    completed(None, worker, prompt="someone else's anonymous task")
+    browser = Client()
+    small = form_data(size="custom", width="64", height="64", batch_size="1")
+    assert browser.post(reverse("web:generate"), small).status_code == HTTPStatus.FOUND
+    mine = complete_next(worker).images.get()
+
+    assert ids_on(browser.get(reverse("web:gallery"))) == [mine.pk]
+    assert ids_on(Client().get(reverse("web:gallery"))) == []  # another browser: nothing
 
 
 def test_odd_query_values_do_not_break_the_page(alice, user, worker):
@@ -158,14 +166,13 @@ def test_odd_query_values_do_not_break_the_page(alice, user, worker):
         response = alice.get(reverse("web:gallery") + query)
         assert response.status_code == HTTPStatus.OK, query
     assert ids_on(alice.get(reverse("web:gallery") + "?before=99999999999999999999999")) == [image.pk]
-    huge = reverse("web:image", kwargs={"image_id": 2**64})
-    assert alice.get(huge).status_code == HTTPStatus.NOT_FOUND
+    assert alice.get(f"/images/{2**64}/").status_code == HTTPStatus.NOT_FOUND
 
 
 # The grid as the template wrote it before gallery_thumbs worked its values out in Python.
 TEMPLATE_GRID = """{% for image in page.images %}
       <li class="thumb">
-        <a href="{% url 'web:image' image.pk %}">
+        <a href="{% url 'web:image' image.public_id %}">
           <img src="{% if image.thumbnail %}{{ image.thumbnail.url }}{% else %}{{ image.file.url }}{% endif %}" alt="{{ image.task.prompt|truncatechars:200 }}" width="{{ image.width }}" height="{{ image.height }}" loading="lazy" decoding="async">
           <span class="thumb-caption">
             <span class="thumb-prompt">{{ image.task.prompt|truncatechars:90 }}</span>

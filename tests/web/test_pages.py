@@ -61,7 +61,7 @@ def test_completed_task_page_shows_images_and_worker(alice, user, worker):
     html = page.content.decode()
     assert page.status_code == HTTPStatus.OK
     assert "Completed" in html and "100 %" in html
-    assert reverse("web:image", kwargs={"image_id": image.pk}) in html
+    assert reverse("web:image", kwargs={"image_id": image.public_id}) in html
     assert image.thumbnail.url in html
     assert worker.name in html
     assert "Cancel task" not in html
@@ -102,7 +102,7 @@ def test_gallery_needs_login(client, alice):
 
 def test_image_page_owner_staff_and_others(alice, bob, client_for, staff, user, worker):
     image = completed(user, worker).images.get()
-    url = reverse("web:image", kwargs={"image_id": image.pk})
+    url = reverse("web:image", kwargs={"image_id": image.public_id})
     page = alice.get(url)
     assert page.status_code == HTTPStatus.OK
     html = page.content.decode()
@@ -118,12 +118,12 @@ def test_image_page_owner_staff_and_others(alice, bob, client_for, staff, user, 
     assert client_for(staff).get(url).status_code == HTTPStatus.OK
     assert bob.get(url).status_code == HTTPStatus.NOT_FOUND
     assert client_for(None).get(url).status_code == HTTPStatus.NOT_FOUND
-    assert alice.get(reverse("web:image", kwargs={"image_id": image.pk + 999})).status_code == 404
+    assert alice.get(reverse("web:image", kwargs={"image_id": uuid.uuid4()})).status_code == 404
 
 
 def test_image_download_is_the_original_as_attachment(alice, bob, user, worker):
     image = completed(user, worker).images.get()
-    url = reverse("web:image-download", kwargs={"image_id": image.pk})
+    url = reverse("web:image-download", kwargs={"image_id": image.public_id})
     response = alice.get(url)
     assert response.status_code == HTTPStatus.OK
     assert response["Content-Disposition"] == f'attachment; filename="{image.task.public_id}_0.png"'
