@@ -93,8 +93,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--memory-tasks", type=int)
     sizes.add_argument("--size", type=int, default=512, help="image size of the farm's tasks")
     server = parser.add_argument_group("scheduler")
-    server.add_argument("--processes", type=int, default=4, help="gunicorn worker processes")
-    server.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
+    server.add_argument("--processes", type=int, default=2, help="gunicorn worker processes")
+    server.add_argument(
+        "--threads", type=int, default=0, help="0: ASGI, the production configuration; N: WSGI, gthread x N"
+    )
+    server.add_argument(
+        "--ratio-threads",
+        type=int,
+        default=16,
+        help="ratio: both apps under WSGI gthread x N (the reference design keeps a connection per thread, "
+        "which ASGI's threads would never close)",
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else args.db
     for key, value in SIZES[mode].items():
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         # Server CPU per lease+complete cycle against the reference design, in turns under the same server
         # configuration: the ratio the CPU budgets are stated in (the machine's speed drifts between days).
         f, s, d = _run_suite("bench.ratio", ["--workers", "50", "--duration", str(args.lease_duration),
-                             "--processes", str(args.processes), "--threads", str(args.threads),
+                             "--processes", str(args.processes), "--threads", str(args.ratio_threads),
                              "--server-log", str(work / "ratio.log")], work)  # fmt: skip
         figures += f
     if "lease" in args.sections:
@@ -249,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         "database": args.db,
         "quick": args.quick,
         "sizes": {k: getattr(args, k) for k in SIZES["postgres"]} | {"size": args.size},
-        "scheduler": f"gunicorn {args.processes} processes x {args.threads} threads (gthread)",
+        "scheduler": f"gunicorn {args.processes} processes, "
+        + (f"gthread x {args.threads} (WSGI)" if args.threads else "uvicorn (ASGI)"),
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),

@@ -275,8 +275,14 @@ PHASES = ("dispatch", "gap", "scaling", "read", "memory")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("farm (real processes)")
     group.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
-    group.add_argument("--farm-processes", dest="processes", type=int, default=4, help="gunicorn processes")
-    group.add_argument("--farm-threads", dest="threads", type=int, default=16, help="threads per process")
+    group.add_argument("--farm-processes", dest="processes", type=int, default=2, help="gunicorn processes")
+    group.add_argument(
+        "--farm-threads",
+        dest="threads",
+        type=int,
+        default=0,
+        help="0: ASGI (production); N: WSGI gthread x N",
+    )
     group.add_argument("--size", type=int, default=512, help="image width and height of the farm's tasks")
     group.add_argument("--dispatch-tasks", type=int, default=500)
     group.add_argument("--dispatch-workers", type=int, default=4)

@@ -300,8 +300,9 @@ def measure(args) -> tuple[list, list]:
     api_token = Token.objects.create(user=reader).key
 
     print(
-        f"lease: database {args.db}; server: gunicorn {args.processes} processes x {args.threads} threads "
-        "(gthread); client CPU in cores / client processes",
+        f"lease: database {args.db}; server: gunicorn {args.processes} processes, "
+        + (f"gthread x {args.threads} (WSGI)" if args.threads else "uvicorn (ASGI)")
+        + "; client CPU in cores / client processes",
         flush=True,
     )
     heads = ("cycles/s", "lease p50", "lease p99", "done p50", "done p99")
@@ -421,8 +422,8 @@ def measure(args) -> tuple[list, list]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="1,8,32,50,64", help="comma-separated N values")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--processes", type=int, default=4, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=16, help="threads per gunicorn process")
+    parser.add_argument("--processes", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=0, help="0: ASGI (production); N: WSGI gthread x N")
     parser.add_argument("--think-workers", type=int, default=50)
     parser.add_argument("--think-duration", type=float, default=15.0)
     parser.add_argument("--client-procs", type=int, default=0, help="client processes (0: by N, up to 4)")
