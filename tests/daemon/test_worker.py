@@ -398,3 +398,41 @@ def test_register_logs_the_scheduler_protocol_once(caplog, version, words):
     sched.server_protocol = version
     assert make_worker(FakeComfy(), sched, once=True).run() == 0
     assert caplog.text.count("scheduler protocol") == 1 and words in caplog.text
+
+
+# -- empty lease answers ----------------------------------------------------------------------------------
+class FakeClock:
+    """Stands in for the worker module's `time`: sleeping only moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize(
+    "held,pause",
+    [
+        (16.5, None),  # a 20 s wait the scheduler ended early (it spreads the ends of long waits)
+        (20.0, None),  # a whole wait
+        (0.01, 1.0),  # answered at once: a scheduler that does not long-poll
+    ],
+)
+def test_an_empty_lease_answer_pauses_the_loop_only_when_it_came_at_once(monkeypatch, held, pause):
+    clock = FakeClock()
+    monkeypatch.setattr(worker_module, "time", clock)
+
+    class Holds(FakeScheduler):
+        def lease(self, **kwargs):
+            clock.now += held
+            return super().lease(**kwargs)
+
+    worker = make_worker(FakeComfy(), Holds(), lease_wait=20)
+    pauses: list[float] = []
+    monkeypatch.setattr(worker, "_sleep", lambda seconds: pauses.append(seconds) or True)
+    assert worker.step() is False  # registers, asks, gets nothing
+    assert pauses == ([] if pause is None else [pytest.approx(pause)])

@@ -36,6 +36,7 @@ from .scheduler import (
 logger = logging.getLogger(__name__)
 
 SLICE = 0.1  # seconds: how often sleeps re-check the stop flag
+EMPTY_ANSWER_PAUSE = 1.0  # seconds: the longest pause after an empty lease answer that came at once
 
 
 @dataclass
@@ -191,8 +192,13 @@ class WorkerLoop:
         finally:
             self._lease_call = None
         self._scheduler_backoff.reset()
-        if lease is None:  # a scheduler that does not long-poll must not make this loop spin
-            self._sleep(min(1.0, wait - (time.monotonic() - asked_at)))
+        held = time.monotonic() - asked_at
+        if lease is None and held < EMPTY_ANSWER_PAUSE:
+            # Answered at once with nothing: a scheduler that does not long-poll must not make this loop
+            # spin. One that held the request asks again at once, also when it ended the wait before `wait`
+            # (it spreads the ends of long waits): a pause then would be a window in which no request is
+            # open and a submitted task waits for this worker.
+            self._sleep(min(EMPTY_ANSWER_PAUSE, wait - held))
         return lease
 
     def _await(self, call: LeaseCall) -> bool:
