@@ -163,6 +163,29 @@ def test_heartbeat_lost_drops_the_task_without_reporting():
     assert not {"complete", "fail", "release"} & set(sched.names())
 
 
+def test_a_heartbeat_that_finds_the_lease_closed_by_its_completion_does_not_call_it_lost(caplog):
+    """The race behind `lease lost (heartbeat)` followed by `completed` for one task: the beat listed the
+    task, its completion landed, and then the scheduler read the beat and answered `lost`."""
+    caplog.set_level(logging.DEBUG, logger="workers_app.daemon")
+    lease = make_lease(1)
+
+    class CompletionBeforeTheBeat(FakeScheduler):
+        def complete(self, task_id: str, *args, **kwargs) -> dict:
+            answer = super().complete(task_id, *args, **kwargs)
+            self.lost_ids.add(task_id)  # the completion closed the lease...
+            worker.heartbeat()  # ...before the scheduler read a beat that still lists it
+            return answer
+
+    sched = CompletionBeforeTheBeat([lease], heartbeat_interval=60)
+    worker = make_worker(FakeComfy(), sched, once=True)
+    assert worker.run() == 0
+    assert [call["leases"] for call in sched.calls_of("heartbeat")] == [[(lease.task_id, lease.lease_token)]]
+    assert len(sched.calls_of("complete")) == 1
+    assert "lease lost" not in caplog.text and "dropped" not in caplog.text
+    assert f"task {lease.task_id} completed" in caplog.text
+    assert "heartbeat found the lease closed by its final report" in caplog.text
+
+
 def test_sigterm_releases_the_prefetched_task_and_after_the_grace_the_running_one():
     comfy = FakeComfy(auto_finish=False)  # p1 never finishes by itself
     sched = FakeScheduler([make_lease(1), make_lease(2)])

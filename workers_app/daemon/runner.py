@@ -90,6 +90,11 @@ class TaskControl:
         if self.on_change is not None:
             self.on_change()
 
+    @property
+    def final_claimed(self) -> bool:
+        """Someone took the final report (it is being sent, or was): the lease ends with it."""
+        return self._final
+
     def claim_final(self) -> bool:
         """True exactly once: whoever gets it sends the task's final report (complete/fail/release)."""
         with self._lock:

@@ -394,9 +394,17 @@ class WorkerLoop:
                 logger.info("task %s: cancel requested by the scheduler", task_id)
                 controls[task_id].request_stop(StopReason.CANCEL)
         for task_id in reply.lost:
-            if task_id in controls:
-                logger.info("task %s: lease lost (heartbeat)", task_id)
-                controls[task_id].request_stop(StopReason.LOST)
+            control = controls.get(task_id)
+            if control is None:
+                continue
+            if control.final_claimed:
+                # Its completion (or failure, or release) is under way or has landed: that closed the
+                # lease between the snapshot above and the scheduler reading this beat. The final report's
+                # own answer says how the task ended.
+                logger.debug("task %s: heartbeat found the lease closed by its final report", task_id)
+                continue
+            logger.info("task %s: lease lost (heartbeat)", task_id)
+            control.request_stop(StopReason.LOST)
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def shutdown(self) -> None:
