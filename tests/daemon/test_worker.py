@@ -100,6 +100,7 @@ def test_a_completion_brings_the_next_task_without_a_lease_call():
     sched = FakeScheduler([make_lease(n) for n in range(1, 4)])
     with running(make_worker(comfy, sched, prefetch=1)):
         assert wait_until(lambda: len(sched.calls_of("complete")) == 3)
+        assert wait_until(lambda: sched.names().count("lease") == 2)  # (else the stop may come first)
     assert [p for p, _ in comfy.submitted] == ["p1", "p2", "p3"]
     assert [c["lease_next"] for c in sched.calls_of("complete")] == [False, False, False]  # nothing else held
     assert sched.names().count("lease") == 2  # the first task, and after the third (nothing was left)
