@@ -190,7 +190,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Job], dict[str, dict], Farm]
           f"PostgreSQL; one runworker daemon; simulator --job-time {JOB_TIME}; logs in {farm.logdir}",
           flush=True)  # fmt: skip
     sim_url, _sim = farm.simulator(JOB_TIME)
-    worker = farm.worker(sim_url)
+    worker = farm.worker(sim_url, prefetch=args.prefetch)
     farm.wait_registered([worker])
     time.sleep(1.0)  # the daemon is in its long poll now
     direct = DirectClient(sim_url)
@@ -333,6 +333,7 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=50.0, help="the polling client's interval T")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2,
                         help="gunicorn processes (the production default: one per core)")  # fmt: skip
+    parser.add_argument("--prefetch", type=int, default=2, help="the daemon's --prefetch (its default: 2)")
     parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
