@@ -16,51 +16,50 @@ Report = tuple[str, tuple[Any, ...]]  # ("start", (prompt_id,)) or ("progress", 
 
 
 class Reports:
-    """Sends reports in the order they were put, one at a time. A progress report that has not been sent
+    """Sends reports in the order they were put, one at a time, on a short-lived thread that ends when none
+    is left (a task that runs for minutes holds no idle thread). A progress report that has not been sent
     when a newer one comes is replaced by it (a slow scheduler never builds a backlog); ``close()`` drops
-    what has not been sent and ends the thread. Thread-safe."""
+    what has not been sent. Thread-safe."""
 
     def __init__(self, send: Callable[[str, tuple[Any, ...]], None], *, name: str = "reports") -> None:
         self._send = send
         self._name = name
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._pending: list[Report] = []
         self._closed = False
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the one sending now, if any
 
     def put(self, kind: str, *args: Any) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             if kind == "progress" and self._pending and self._pending[-1][0] == "progress":
                 self._pending[-1] = (kind, args)
             else:
                 self._pending.append((kind, args))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            if self._thread is not None:
+                return  # the thread sending now takes this one too
+            self._thread = threading.Thread(target=self._drain, name=self._name, daemon=True)
+            self._thread.start()
 
     def close(self) -> None:
         """No more reports: the task's final report is on its way. One being sent finishes on its own."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._pending.clear()
-            self._cond.notify()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the thread to end (after ``close()``); True when it has."""
+        """Wait up to ``timeout`` for the sending thread to end; True when none is left."""
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
-        return thread is None or not thread.is_alive()
+        return self._thread is None
 
-    def _run(self) -> None:
+    def _drain(self) -> None:
         while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                if not self._pending:
+            with self._lock:
+                if self._closed or not self._pending:
+                    self._thread = None
                     return
                 kind, args = self._pending.pop(0)
             self._send(kind, args)
