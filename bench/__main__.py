@@ -3,7 +3,8 @@
     python -m bench                        # PostgreSQL, default sizes (about 10 minutes on 2 cores)
     python -m bench --db sqlite --quick    # SQLite, small sizes (about 2 minutes)
     python -m bench --only lease,dispatch  # some of: machine, ratio, lease, dispatch, gap, scaling, read,
-                                           # memory; and, only when named, busy and instances (PostgreSQL)
+                                           # memory, latency; and, only when named, busy and
+                                           # instances (PostgreSQL)
 
 On PostgreSQL it first runs bench.reference (the issue's reference design, a minimal DRF view with an ORM
 lease, and the raw-SQL ceiling), whose figures say how fast this machine is against the one the targets were
@@ -11,7 +12,8 @@ set on, and bench.ratio (server CPU per lease+complete cycle, the scheduler agai
 under the same server configuration: the ratio the CPU budgets are stated in). Then bench.lease (simulated
 HTTP workers against the scheduler under gunicorn, and the raw-SQL ceiling) and bench.farm (the scheduler
 under gunicorn, `manage.py runworker` daemons and ComfyUI simulators as processes: dispatch latency, GPU
-idle gap, scaling, read path under load, memory), each in its own process on its own fresh database. Prints
+idle gap, scaling, read path under load, memory), each in its own process on its own fresh database; on
+PostgreSQL, bench.latency (one small job at a time: what the farm adds to a direct ComfyUI round trip). Prints
 every figure beside its target with PASS/MISS and the database it came from, and writes
 bench/results/<date>.json with the plots <date>-latency.png and <date>-scaling.png.
 Each number is measured in this run; nothing is carried over from earlier runs.
@@ -36,7 +38,7 @@ from pathlib import Path
 from bench.common import ROOT
 from bench.report import Figure, Series, plot, table, write_json
 
-SECTIONS = ("machine", "ratio", "lease", "dispatch", "gap", "scaling", "read", "memory")
+SECTIONS = ("machine", "ratio", "lease", "dispatch", "gap", "scaling", "read", "memory", "latency")
 # Run only when --only names them (PostgreSQL): bench.busy fills the machine for minutes, bench.instances
 # runs two schedulers and kills one.
 NAMED_ONLY = ("busy", "instances")
@@ -47,17 +49,19 @@ SIZES = {
         "lease_workers": "1,8,32,50,64", "lease_duration": 5.0, "think_workers": 50, "think_duration": 15.0,
         "dispatch_tasks": 500, "gap_jobs": 60, "scaling_workers": "1,4,16,32",
         "scaling_fast_workers": "1,4,16", "scaling_window": 12.0, "readers": 200, "read_duration": 20.0,
-        "memory_tasks": 1000,
+        "memory_tasks": 1000, "latency_jobs": 50,
     },
     "sqlite": {
         "lease_workers": "1,8,32,50", "lease_duration": 4.0, "think_workers": 50, "think_duration": 10.0,
         "dispatch_tasks": 200, "gap_jobs": 40, "scaling_workers": "1,4,16", "scaling_fast_workers": "1,4",
         "scaling_window": 10.0, "readers": 100, "read_duration": 12.0, "memory_tasks": 500,
+        "latency_jobs": 0,
     },
     "quick": {
         "lease_workers": "1,50", "lease_duration": 3.0, "think_workers": 50, "think_duration": 5.0,
         "dispatch_tasks": 60, "gap_jobs": 15, "scaling_workers": "1,4", "scaling_fast_workers": "4",
         "scaling_window": 5.0, "readers": 50, "read_duration": 6.0, "memory_tasks": 200,
+        "latency_jobs": 15,
     },
 }  # fmt: skip
 
@@ -91,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sizes.add_argument("--gallery-viewers", type=int, default=4)
     sizes.add_argument("--read-duration", type=float)
     sizes.add_argument("--memory-tasks", type=int)
+    sizes.add_argument("--latency-jobs", type=int, help="jobs per client and image size (bench.latency)")
     sizes.add_argument("--size", type=int, default=512, help="image size of the farm's tasks")
     server = parser.add_argument_group("scheduler")
     server.add_argument("--processes", type=int, default=2, help="gunicorn worker processes")
@@ -233,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         figures += f
         series += s
         details |= d
+    if "latency" in args.sections and args.db == "postgres":
+        # One small job at a time (PostgreSQL only): direct to the simulator, through the farm with the event
+        # stream, and polling; the scheduler with its production configuration.
+        f, s, d = _run_suite("bench.latency", ["--jobs", str(args.latency_jobs)], work)
+        figures += f
 
     if "busy" in args.sections and args.db == "postgres":
         # A busy farm: 200 simulated runworker daemons x 10 s jobs (quick: 50 x 5 s), CPU per task.

@@ -57,6 +57,8 @@ def main() -> None:
     seed_tasks(4 * n + 500)
     worker, token = worker_services.worker_create(name="cycle-cpu")
     worker_services.worker_register(worker=worker, capabilities={"node_classes": NODES})
+    # The parts below lease n tasks before completing them: a prefetch depth that allows holding them all.
+    Worker.objects.filter(pk=worker.pk).update(prefetch=min(32000, 4 * n + 500))
     worker.refresh_from_db()
     png = tiny_png()
     client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_HOST="127.0.0.1")

@@ -109,11 +109,11 @@ def sim_set(url: str, **faults) -> None:
 class Farm:
     """A fresh database, the scheduler, and whatever simulators and worker daemons the phases start."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, db_name: str = "t2i_bench_farm") -> None:
         self.args = args
         self.db = args.db
         self.logdir = Path(tempfile.mkdtemp(prefix="t2i-bench-logs-"))
-        self.db_url = database_url(args.db, "t2i_bench_farm")
+        self.db_url = database_url(args.db, db_name)
         setup_django(self.db_url)
         collect_static()
         self.env = bench_env(self.db_url)

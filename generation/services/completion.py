@@ -8,6 +8,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, transaction
 from django.db.models import F
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from generation.exceptions import InvalidInput, LeaseLost
@@ -49,7 +50,8 @@ def task_complete(
 
     Files are verified with Pillow and written before the transaction; rows are inserted and the status
     flips inside it, fenced by the lease token. If the fence fails, the written files are removed again.
-    A retry of a completion that already landed for this same lease returns the task unchanged.
+    A retry of a completion that already landed for this same lease returns the task unchanged. A task whose
+    start report has not landed (the daemon does not hold its completion back for it) is marked started now.
     """
     try:
         attempt = TaskAttempt.objects.select_related("task").get(
@@ -91,12 +93,14 @@ def task_complete(
             )
         with transaction.atomic():
             lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
-            if not lease.update(**done, progress_value=F("progress_max")):
+            started = Coalesce("started_at", now)
+            if not lease.update(**done, progress_value=F("progress_max"), started_at=started):
                 raise LeaseLost("This lease is no longer yours.")
             Image.objects.bulk_create(images)
             TaskAttempt.objects.filter(pk=attempt.pk).update(
                 outcome=Outcome.COMPLETED,
                 finished_at=now,
+                started_at=started,
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
             worker_count_outcome(worker.pk, completed=1)
@@ -110,6 +114,7 @@ def task_complete(
     for name, value in done.items():  # the row as the UPDATE left it, without reading it again
         setattr(task, name, value)
     task.progress_value = task.progress_max
+    task.started_at = task.started_at or now
     logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
     if task.callback_url or any(not image.thumbnail for image in images):
         after_finish(task)

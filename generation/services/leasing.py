@@ -13,7 +13,7 @@ from django.utils import timezone
 from generation import workflows
 from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, TooManyLeases, WorkerDisabled
 from generation.models import Task, TaskAttempt, WorkflowTemplate
-from generation.services.transitions import LEASE_LOST, farm_setting, fenced, task_changed
+from generation.services.transitions import LEASE_LOST, farm_setting, fenced, lease_completed, task_changed
 from workers_app.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -146,12 +146,15 @@ def _prefetch_allowed(worker: Worker, runnable: QuerySet[Task]) -> bool:
 def task_start(
     *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, comfyui_prompt_id: str = ""
 ) -> None:
-    """ComfyUI began executing the task."""
+    """ComfyUI began executing the task. A start that arrives after the same lease's completion (which
+    marked the task started itself) changes nothing."""
     now = timezone.now()
     with transaction.atomic():
         # One fenced UPDATE both checks the lease and moves the task.
         lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
         if not lease.update(status=Status.RUNNING, started_at=Coalesce("started_at", now)):
+            if lease_completed(task_id=task_id, lease_token=lease_token, worker_id=worker.pk):
+                return
             raise LeaseLost(LEASE_LOST)
         task_changed(task_id)
         TaskAttempt.objects.filter(lease_token=lease_token, started_at=None).update(
@@ -163,7 +166,8 @@ def task_start(
 def task_report_progress(
     *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, value: float, maximum: float
 ) -> None:
-    """Record sampling progress; the first report also marks the task running."""
+    """Record sampling progress; the first report also marks the task running. A report that arrives after
+    the same lease's completion changes nothing."""
     if maximum <= 0 or not 0 <= value <= maximum:
         raise InvalidInput(
             "Progress must satisfy 0 <= value <= max and max > 0.",
@@ -176,5 +180,7 @@ def task_report_progress(
         progress_max=maximum,
         started_at=Coalesce("started_at", timezone.now()),
     ):
+        if lease_completed(task_id=task_id, lease_token=lease_token, worker_id=worker.pk):
+            return
         raise LeaseLost("This lease is no longer yours.")
     task_changed(task_id)

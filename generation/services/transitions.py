@@ -43,6 +43,14 @@ def fenced(*, task_id: uuid.UUID, lease_token: uuid.UUID, worker_id: int):
     )
 
 
+def lease_completed(*, task_id: uuid.UUID, lease_token: uuid.UUID, worker_id: int) -> bool:
+    """This worker's lease `lease_token` of the task ended with its completion: a start or progress report
+    that arrives after it (the daemon does not hold its completion back for them) has nothing left to do."""
+    return TaskAttempt.objects.filter(
+        task__public_id=task_id, lease_token=lease_token, worker_id=worker_id, outcome=Outcome.COMPLETED
+    ).exists()
+
+
 def close_lease(
     task: Task,
     lease_token: uuid.UUID,

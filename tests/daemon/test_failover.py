@@ -167,10 +167,17 @@ def test_an_interrupted_completion_is_retried_on_the_next_url_once(servers):
     first.answers[complete] = [(DROP, None)]
     second.answers[complete] = [(200, {"task_id": lease.task_id, "status": "completed", "next": None})]
     client = client_for(first.url, second.url)
-    result = run_task(
-        lease, comfy=FakeComfy(), scheduler=client, settings=RunnerSettings(sleep=lambda s: None)
+    comfy = FakeComfy(auto_finish=False)
+    results = []
+    settings = RunnerSettings(sleep=lambda s: None)
+    thread = threading.Thread(
+        target=lambda: results.append(run_task(lease, comfy=comfy, scheduler=client, settings=settings))
     )
-    assert result is TaskResult.COMPLETED
+    thread.start()
+    assert wait_until(lambda: first.paths() == [f"tasks/{lease.task_id}/start"])  # sent while ComfyUI runs
+    comfy.finish("p1")
+    thread.join(5)
+    assert results == [TaskResult.COMPLETED]
     assert first.paths() == [f"tasks/{lease.task_id}/start", complete]
     assert second.paths() == [complete]
     tokens = [r["raw"].count(lease.lease_token.encode()) for r in (first.requests[-1], second.requests[0])]

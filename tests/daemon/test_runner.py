@@ -29,6 +29,29 @@ def run(comfy, scheduler, rsettings, lease=None, control=None):
     return run_task(lease, comfy=comfy, scheduler=scheduler, control=control, settings=rsettings)
 
 
+def run_until(reported, comfy, scheduler, rsettings, lease=None):
+    """Run a task whose prompt (in a FakeComfy without auto_finish) ends once `reported()` holds: start and
+    progress reports go out on their own thread while ComfyUI runs, and those not sent when the prompt has
+    ended are dropped."""
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(comfy, scheduler, rsettings, lease)))
+    thread.start()
+    assert wait_until(reported)
+    comfy.finish("p1")
+    thread.join(5)
+    return results[0]
+
+
+def reported(sched, name, *values):
+    """The last report `name` sent carried `values` (progress: value, max), or any when none are given."""
+
+    def check():
+        calls = sched.calls_of(name)
+        return bool(calls) and (not values or (calls[-1]["value"], calls[-1]["max"]) == values)
+
+    return check
+
+
 def error_outcome(pid: str, exception_type: str, message: str) -> PromptOutcome:
     return PromptOutcome(
         OutcomeStatus.ERROR, pid, node_id="3", node_type="KSampler", exception_type=exception_type,
@@ -38,13 +61,18 @@ def error_outcome(pid: str, exception_type: str, message: str) -> PromptOutcome:
 
 def test_success_reports_start_progress_and_uploads_every_image(rsettings, caplog):
     caplog.set_level(logging.INFO, logger="workers_app.daemon")
-    comfy = FakeComfy(progress=((1, 4), (2, 4), (3, 4), (4, 4)))
+    comfy = FakeComfy(auto_finish=False, progress=((1, 4), (2, 4), (3, 4), (4, 4)))
     comfy.outcome_for = lambda pid: PromptOutcome(
         OutcomeStatus.SUCCESS, pid, (ImageRef("a_00001_.png", "t2i"), ImageRef("a_00002_.png", "t2i"))
     )
     sched = FakeScheduler()
-    assert run(comfy, sched, rsettings) is TaskResult.COMPLETED
-    assert sched.names() == ["start", "progress", "progress", "progress", "progress", "complete"]
+    assert run_until(reported(sched, "progress", 4, 4), comfy, sched, rsettings) is TaskResult.COMPLETED
+    names = sched.names()
+    assert names[0] == "start" and names[-1] == "complete" and set(names[1:-1]) == {"progress"}
+    steps = [c["value"] for c in sched.calls_of("progress")]
+    assert (
+        steps == sorted(set(steps)) and steps[-1] == 4
+    )  # in order; one not yet sent gives way to a newer one
     assert sched.calls_of("start")[0]["prompt_id"] == "p1"
     (complete,) = sched.calls_of("complete")
     assert [name for name, _ in complete["images"]] == ["a_00001_.png", "a_00002_.png"]
@@ -65,9 +93,11 @@ def test_success_reports_start_progress_and_uploads_every_image(rsettings, caplo
 
 
 def test_progress_is_throttled(sleeps):
-    comfy = FakeComfy(progress=tuple((v, 100) for v in range(1, 101)))
+    comfy = FakeComfy(auto_finish=False, progress=tuple((v, 100) for v in range(1, 101)))
     sched = FakeScheduler()
-    run(comfy, sched, RunnerSettings(sleep=sleeps.append, progress_interval=60))
+    run_until(
+        reported(sched, "start"), comfy, sched, RunnerSettings(sleep=sleeps.append, progress_interval=60)
+    )
     # The start report counts as the first one, so within the interval no step is reported (not even the
     # last: the completion shows 100 %).
     assert sched.calls_of("progress") == []
@@ -75,10 +105,37 @@ def test_progress_is_throttled(sleeps):
 
 
 def test_progress_is_reported_once_the_interval_has_passed(sleeps):
-    comfy = FakeComfy(progress=tuple((v, 100) for v in range(1, 101)))
-    sched = FakeScheduler()
-    run(comfy, sched, RunnerSettings(sleep=sleeps.append, progress_interval=0))
-    assert [(c["value"], c["max"]) for c in sched.calls_of("progress")] == [(v, 100) for v in range(1, 101)]
+    """With no interval every step passes the throttle; while the start report is on its way they queue
+    behind it, each replacing the one before (a slow scheduler never builds a backlog)."""
+    answer, stepped = threading.Event(), threading.Event()
+
+    class SlowStart(FakeScheduler):
+        def start(self, *args, **kwargs) -> bool:
+            answer.wait(5)
+            return super().start(*args, **kwargs)
+
+    class Steps(FakeComfy):
+        def wait(self, prompt_id, *, on_progress=None, **kwargs):
+            def step(value, maximum):
+                on_progress(value, maximum)
+                if value == maximum:
+                    stepped.set()
+
+            return super().wait(prompt_id, on_progress=step, **kwargs)
+
+    comfy = Steps(auto_finish=False, progress=tuple((v, 100) for v in range(1, 101)))
+    sched = SlowStart()
+    results = []
+    settings = RunnerSettings(sleep=sleeps.append, progress_interval=0)
+    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, settings)))
+    thread.start()
+    assert stepped.wait(5)
+    answer.set()
+    assert wait_until(reported(sched, "progress", 100, 100))
+    comfy.finish("p1")
+    thread.join(5)
+    assert results == [TaskResult.COMPLETED]
+    assert sched.names() == ["start", "progress", "complete"]
 
 
 def test_upload_is_retried_on_transient_failure(rsettings, sleeps):
@@ -134,7 +191,9 @@ def test_success_without_any_saved_image_is_a_workflow_error(rsettings):
 def test_lease_lost_on_complete_stops_quietly(rsettings):
     sched = FakeScheduler()
     sched.errors["complete"] = [LeaseLost("stale", code="lease_lost", status=409)]
-    assert run(FakeComfy(), sched, rsettings) is TaskResult.LOST
+    assert (
+        run_until(reported(sched, "start"), FakeComfy(auto_finish=False), sched, rsettings) is TaskResult.LOST
+    )
     assert sched.names() == ["start", "complete"]
 
 
@@ -293,3 +352,31 @@ def test_a_failure_report_is_retried_while_the_scheduler_is_down(rsettings, slee
     sched.errors["fail"] = [SchedulerUnavailable("down")]
     assert run(comfy, sched, rsettings) is TaskResult.FAILED
     assert len(sched.calls_of("fail")) == 2 and sleeps == [0.5]
+
+
+def test_neither_following_comfyui_nor_the_completion_waits_for_a_report_on_its_way(rsettings, caplog):
+    caplog.set_level(logging.INFO, logger="workers_app.daemon")
+    on_its_way, answer = threading.Event(), threading.Event()
+
+    class SlowStart(FakeScheduler):
+        def start(self, *args, **kwargs) -> bool:
+            on_its_way.set()
+            answer.wait(5)
+            super().start(*args, **kwargs)
+            raise LeaseLost("finished meanwhile", code="lease_lost", status=409)  # as an older scheduler says
+
+    sched = SlowStart()
+    control = TaskControl(make_lease())
+    comfy = FakeComfy(auto_finish=False, progress=((1, 2),))
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, rsettings, control=control)))
+    thread.start()
+    assert on_its_way.wait(5)
+    comfy.finish("p1")  # the prompt ends while the start report is on its way
+    thread.join(5)
+    assert results == [TaskResult.COMPLETED]
+    assert sched.names() == ["complete"]  # and the progress report queued behind the start was dropped
+    answer.set()
+    assert wait_until(lambda: not any(t.name.startswith("reports-") for t in threading.enumerate()))
+    assert sched.names() == ["complete", "start"]
+    assert control.stop_reason is None and "lost" not in caplog.text

@@ -100,6 +100,7 @@ def test_a_completion_brings_the_next_task_without_a_lease_call():
     sched = FakeScheduler([make_lease(n) for n in range(1, 4)])
     with running(make_worker(comfy, sched, prefetch=1)):
         assert wait_until(lambda: len(sched.calls_of("complete")) == 3)
+        assert wait_until(lambda: sched.names().count("lease") == 2)  # (else the stop may come first)
     assert [p for p, _ in comfy.submitted] == ["p1", "p2", "p3"]
     assert [c["lease_next"] for c in sched.calls_of("complete")] == [False, False, False]  # nothing else held
     assert sched.names().count("lease") == 2  # the first task, and after the third (nothing was left)
@@ -161,6 +162,29 @@ def test_heartbeat_lost_drops_the_task_without_reporting():
     with running(make_worker(comfy, sched)):
         assert wait_until(lambda: comfy.cancelled == ["p1"])
     assert not {"complete", "fail", "release"} & set(sched.names())
+
+
+def test_a_heartbeat_that_finds_the_lease_closed_by_its_completion_does_not_call_it_lost(caplog):
+    """The race behind `lease lost (heartbeat)` followed by `completed` for one task: the beat listed the
+    task, its completion landed, and then the scheduler read the beat and answered `lost`."""
+    caplog.set_level(logging.DEBUG, logger="workers_app.daemon")
+    lease = make_lease(1)
+
+    class CompletionBeforeTheBeat(FakeScheduler):
+        def complete(self, task_id: str, *args, **kwargs) -> dict:
+            answer = super().complete(task_id, *args, **kwargs)
+            self.lost_ids.add(task_id)  # the completion closed the lease...
+            worker.heartbeat()  # ...before the scheduler read a beat that still lists it
+            return answer
+
+    sched = CompletionBeforeTheBeat([lease], heartbeat_interval=60)
+    worker = make_worker(FakeComfy(), sched, once=True)
+    assert worker.run() == 0
+    assert [call["leases"] for call in sched.calls_of("heartbeat")] == [[(lease.task_id, lease.lease_token)]]
+    assert len(sched.calls_of("complete")) == 1
+    assert "lease lost" not in caplog.text and "dropped" not in caplog.text
+    assert f"task {lease.task_id} completed" in caplog.text
+    assert "heartbeat found the lease closed by its final report" in caplog.text
 
 
 def test_sigterm_releases_the_prefetched_task_and_after_the_grace_the_running_one():
@@ -398,3 +422,41 @@ def test_register_logs_the_scheduler_protocol_once(caplog, version, words):
     sched.server_protocol = version
     assert make_worker(FakeComfy(), sched, once=True).run() == 0
     assert caplog.text.count("scheduler protocol") == 1 and words in caplog.text
+
+
+# -- empty lease answers ----------------------------------------------------------------------------------
+class FakeClock:
+    """Stands in for the worker module's `time`: sleeping only moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize(
+    "held,pause",
+    [
+        (16.5, None),  # a 20 s wait the scheduler ended early (it spreads the ends of long waits)
+        (20.0, None),  # a whole wait
+        (0.01, 1.0),  # answered at once: a scheduler that does not long-poll
+    ],
+)
+def test_an_empty_lease_answer_pauses_the_loop_only_when_it_came_at_once(monkeypatch, held, pause):
+    clock = FakeClock()
+    monkeypatch.setattr(worker_module, "time", clock)
+
+    class Holds(FakeScheduler):
+        def lease(self, **kwargs):
+            clock.now += held
+            return super().lease(**kwargs)
+
+    worker = make_worker(FakeComfy(), Holds(), lease_wait=20)
+    pauses: list[float] = []
+    monkeypatch.setattr(worker, "_sleep", lambda seconds: pauses.append(seconds) or True)
+    assert worker.step() is False  # registers, asks, gets nothing
+    assert pauses == ([] if pause is None else [pytest.approx(pause)])

@@ -540,6 +540,73 @@ def test_completion_retried_for_the_same_lease_returns_200_without_duplicates(wa
     assert Worker.objects.get(pk=worker.pk).tasks_completed == 1
 
 
+def worker_post(wapi, task: Task, what: str, lease_token: str, **body):
+    return wapi.post(f"/api/v1/worker/tasks/{task.public_id}/{what}", {"lease_token": lease_token, **body},
+                     format="multipart" if what == "complete" else "json")  # fmt: skip
+
+
+def test_a_completion_without_a_start_report_marks_the_task_started_then(wapi, worker, clock):
+    task = submit_task()
+    job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
+    clock.advance(seconds=2)
+
+    done = worker_post(wapi, task, "complete", job["lease_token"], images=[upload()])
+
+    assert done.status_code == HTTPStatus.OK
+    task.refresh_from_db()
+    attempt = TaskAttempt.objects.get(task=task)
+    assert task.status == Status.COMPLETED
+    assert task.started_at == task.finished_at == clock.now
+    assert attempt.started_at == attempt.finished_at == clock.now
+
+
+def test_a_completion_keeps_the_time_its_start_report_recorded(wapi, worker, clock):
+    task = submit_task()
+    job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
+    worker_post(wapi, task, "start", job["lease_token"], comfyui_prompt_id="p-1")
+    started = clock.now
+    clock.advance(seconds=2)
+
+    worker_post(wapi, task, "complete", job["lease_token"], images=[upload()])
+
+    task.refresh_from_db()
+    assert (task.started_at, task.finished_at) == (started, clock.now)
+    assert TaskAttempt.objects.get(task=task).started_at == started
+
+
+@pytest.mark.parametrize(
+    "what,body", [("start", {"comfyui_prompt_id": "p-1"}), ("progress", {"value": 3, "max": 4})]
+)
+def test_a_report_that_arrives_after_its_own_completion_is_answered_and_changes_nothing(
+    wapi, worker, what, body
+):
+    """The daemon does not hold its completion back for a start or progress report still on its way."""
+    task = submit_task()
+    job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
+    worker_post(wapi, task, "complete", job["lease_token"], images=[upload()])
+    before = Task.objects.filter(pk=task.pk).values().get()
+
+    late = worker_post(wapi, task, what, job["lease_token"], **body)
+
+    assert late.status_code == HTTPStatus.OK and late.json() == {"cancel": False}
+    assert Task.objects.filter(pk=task.pk).values().get() == before
+    assert TaskAttempt.objects.get(task=task).outcome == Outcome.COMPLETED
+
+
+@pytest.mark.parametrize(
+    "what,body", [("start", {"comfyui_prompt_id": "p-1"}), ("progress", {"value": 3, "max": 4})]
+)
+def test_a_report_for_a_lease_that_ended_otherwise_is_lease_lost(wapi, worker, what, body):
+    task = submit_task()
+    job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
+    worker_post(wapi, task, "release", job["lease_token"])  # requeued: the lease ended without a completion
+
+    late = worker_post(wapi, task, what, job["lease_token"], **body)
+
+    assert late.status_code == HTTPStatus.CONFLICT and late.json()["error"] == "lease_lost"
+    assert Task.objects.get(pk=task.pk).status == Status.QUEUED
+
+
 def test_a_completion_can_carry_the_next_lease(wapi, worker):
     first, second = submit_task(), submit_task(priority=5)
     job = wapi.post("/api/v1/worker/lease", {}, format="json").json()

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from .comfyui import ComfyUIError
 from .prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
+from .reports import Reports
 from .scheduler import (
     LeasedTask,
     LeaseLost,
@@ -90,6 +91,11 @@ class TaskControl:
         if self.on_change is not None:
             self.on_change()
 
+    @property
+    def final_claimed(self) -> bool:
+        """Someone took the final report (it is being sent, or was): the lease ends with it."""
+        return self._final
+
     def claim_final(self) -> bool:
         """True exactly once: whoever gets it sends the task's final report (complete/fail/release)."""
         with self._lock:
@@ -145,6 +151,7 @@ def run_task(
         logger.exception("task %s: unexpected error", lease.task_id)
         return run.fail("internal", f"worker error: {type(exc).__name__}: {exc}", retryable=True)
     finally:
+        run.reports.close()
         run.control.mark_submitted()
 
 
@@ -163,7 +170,9 @@ class _TaskRun:
         self.control = control
         self.settings = settings
         self.task_id = lease.task_id
-        self.start_reported = False
+        # Start and progress reports go out on a thread of their own: nothing here waits for them.
+        self.reports = Reports(self._send_report, name=f"reports-{lease.task_id[:8]}")
+        self.start_queued = False
         self.last_progress_at = 0.0
         self.last_quarter = 0
         self.last_value = -1.0
@@ -272,7 +281,6 @@ class _TaskRun:
                 retryable=True,
                 details={"prompt_id": outcome.prompt_id},
             )
-        self._ensure_started(outcome.prompt_id)
         return self._upload(images, outcome.prompt_id)
 
     def _fetch(self, ref: ImageRef) -> bytes:
@@ -290,7 +298,7 @@ class _TaskRun:
         raise AssertionError("unreachable")
 
     def _upload(self, images: list[tuple[str, bytes]], prompt_id: str) -> TaskResult:
-        if not self.control.claim_final():
+        if not self._claim_final():
             return self.control_result()
         delay = self.settings.retry_delay
         for attempt in range(1, self.settings.upload_attempts + 1):
@@ -330,24 +338,15 @@ class _TaskRun:
     # -- callbacks from ComfyUIClient.wait (task thread) ------------------------------------------------
     def _on_start(self) -> None:
         self.control.started = True
-        self._ensure_started(self.control.prompt_id or "")
+        self._queue_start()
 
-    def _ensure_started(self, prompt_id: str) -> None:
-        if self.start_reported:
+    def _queue_start(self) -> None:
+        if self.start_queued:
             return
-        try:
-            cancelled = self.scheduler.start(self.task_id, self.lease.lease_token, prompt_id)
-        except (LeaseLost, RegisterRequired):
-            self.control.request_stop(StopReason.LOST)
-            return
-        except SchedulerError as exc:
-            logger.warning("task %s: could not report start (%s)", self.task_id, exc.message)
-            return
-        self.start_reported = True
+        self.start_queued = True
         self.last_progress_at = time.monotonic()  # counts as a report: step 1, moments later, waits its turn
-        logger.info("task %s started (ComfyUI prompt %s)", self.task_id, prompt_id)
-        if cancelled:
-            self.control.request_stop(StopReason.CANCEL)
+        logger.info("task %s started (ComfyUI prompt %s)", self.task_id, self.control.prompt_id)
+        self.reports.put("start", self.control.prompt_id or "")
 
     def _on_progress(self, value: float, maximum: float) -> None:
         self._log_quarter(value, maximum)
@@ -355,15 +354,21 @@ class _TaskRun:
         if now - self.last_progress_at < self.settings.progress_interval:
             return
         self.last_progress_at = now
-        if not self.start_reported:
-            self._ensure_started(self.control.prompt_id or "")
+        self._queue_start()
+        self.reports.put("progress", value, maximum)
+
+    # -- start and progress reports (their own thread: Reports) -------------------------------------------
+    def _send_report(self, kind: str, args: tuple[Any, ...]) -> None:
+        report = self.scheduler.start if kind == "start" else self.scheduler.progress
         try:
-            cancelled = self.scheduler.progress(self.task_id, self.lease.lease_token, value, maximum)
+            cancelled = report(self.task_id, self.lease.lease_token, *args)
         except (LeaseLost, RegisterRequired):
-            self.control.request_stop(StopReason.LOST)
+            if not self.control.final_claimed:  # else the final report's answer says how the task ended
+                self.control.request_stop(StopReason.LOST)
             return
-        except SchedulerError as exc:
-            logger.debug("task %s: progress report failed (%s)", self.task_id, exc.message)
+        except SchedulerError as exc:  # a completion marks the task started anyway
+            log = logger.warning if kind == "start" else logger.debug
+            log("task %s: %s report failed (%s)", self.task_id, kind, exc.message)
             return
         if cancelled:
             self.control.request_stop(StopReason.CANCEL)
@@ -381,7 +386,7 @@ class _TaskRun:
     def fail(
         self, code: str, message: str, *, retryable: bool, details: dict[str, Any] | None = None
     ) -> TaskResult:
-        if not self.control.claim_final():
+        if not self._claim_final():
             return self.control_result()
         return self._report_fail(code, message, retryable, details or {})
 
@@ -402,13 +407,21 @@ class _TaskRun:
         return TaskResult.FAILED if sent is not False else TaskResult.LOST
 
     def release(self, reason: str) -> TaskResult:
-        if not self.control.claim_final():
+        if not self._claim_final():
             return self.control_result()
         sent = self._with_retries(
             lambda: self.scheduler.release(self.task_id, self.lease.lease_token, reason=reason)
         )
         logger.info("task %s released (%s)", self.task_id, reason)
         return TaskResult.RELEASED if sent is not False else TaskResult.LOST
+
+    def _claim_final(self) -> bool:
+        """Take the final report (see TaskControl.claim_final); start and progress reports not sent yet are
+        dropped: the final report supersedes them."""
+        if not self.control.claim_final():
+            return False
+        self.reports.close()
+        return True
 
     def _with_retries(self, call: Callable[[], Any]) -> bool | None:
         """True when sent, False when the lease is gone, None when the scheduler stayed unreachable."""

@@ -36,6 +36,7 @@ from .scheduler import (
 logger = logging.getLogger(__name__)
 
 SLICE = 0.1  # seconds: how often sleeps re-check the stop flag
+EMPTY_ANSWER_PAUSE = 1.0  # seconds: the longest pause after an empty lease answer that came at once
 
 
 @dataclass
@@ -191,8 +192,13 @@ class WorkerLoop:
         finally:
             self._lease_call = None
         self._scheduler_backoff.reset()
-        if lease is None:  # a scheduler that does not long-poll must not make this loop spin
-            self._sleep(min(1.0, wait - (time.monotonic() - asked_at)))
+        held = time.monotonic() - asked_at
+        if lease is None and held < EMPTY_ANSWER_PAUSE:
+            # Answered at once with nothing: a scheduler that does not long-poll must not make this loop
+            # spin. One that held the request asks again at once, also when it ended the wait before `wait`
+            # (it spreads the ends of long waits): a pause then would be a window in which no request is
+            # open and a submitted task waits for this worker.
+            self._sleep(min(EMPTY_ANSWER_PAUSE, wait - held))
         return lease
 
     def _await(self, call: LeaseCall) -> bool:
@@ -388,9 +394,17 @@ class WorkerLoop:
                 logger.info("task %s: cancel requested by the scheduler", task_id)
                 controls[task_id].request_stop(StopReason.CANCEL)
         for task_id in reply.lost:
-            if task_id in controls:
-                logger.info("task %s: lease lost (heartbeat)", task_id)
-                controls[task_id].request_stop(StopReason.LOST)
+            control = controls.get(task_id)
+            if control is None:
+                continue
+            if control.final_claimed:
+                # Its completion (or failure, or release) is under way or has landed: that closed the
+                # lease between the snapshot above and the scheduler reading this beat. The final report's
+                # own answer says how the task ended.
+                logger.debug("task %s: heartbeat found the lease closed by its final report", task_id)
+                continue
+            logger.info("task %s: lease lost (heartbeat)", task_id)
+            control.request_stop(StopReason.LOST)
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def shutdown(self) -> None:
