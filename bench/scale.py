@@ -1,6 +1,6 @@
 """An idle farm of many workers: what waiting costs the scheduler (the scale issue's measurement).
 
-    python -m bench.scale                          # 40 and 120 idle workers, 40 s each, PostgreSQL
+    python -m bench.scale                          # 100, 250 and 500 idle workers, 40 s each, PostgreSQL
     python -m bench.scale --workers 100,250,500 --duration 600
 
 One asyncio process simulates N worker daemons with exactly the requests an idle `manage.py runworker` sends
@@ -279,7 +279,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workers", default="40,120", help="idle worker counts, comma-separated")
+    parser.add_argument("--workers", default="100,250,500", help="idle worker counts, comma-separated")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds per worker count")
     parser.add_argument(
         "--warmup", type=float, default=10.0, help="seconds for the workers to register, not measured"
