@@ -1,7 +1,7 @@
 """An idle farm of many workers: what waiting costs the scheduler (the scale issue's measurement).
 
     python -m bench.scale                          # 100, 250 and 500 idle workers, 40 s each, PostgreSQL
-    python -m bench.scale --workers 100,250,500 --duration 600
+    python -m bench.scale --workers 500 --duration 600         # ten minutes at 500
 
 One asyncio process simulates N worker daemons with exactly the requests an idle `manage.py runworker` sends
 (docs/worker-api.md, protocol 2): register, `POST lease` with `wait=20` in a loop, and a heartbeat every 5 s
