@@ -4,7 +4,6 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound as CursorNotFound
-from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -15,6 +14,7 @@ from generation import selectors, services, streams
 from generation.client_address import client_address
 from generation.exceptions import NotFound
 from generation.models import Task, WorkflowTemplate
+from generation.negotiation import JsonAnswers
 from generation.serializers import (
     TaskListOutput,
     TaskOutput,
@@ -98,14 +98,6 @@ class TaskDetailApi(APIView):
         return Response(TaskOutput(task, context={"request": request}).data)
 
 
-class IgnoreAccept(DefaultContentNegotiation):
-    """Answer JSON whatever `Accept` says: an event stream's client asks for text/event-stream, and its
-    errors (401, 404) are JSON."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
-
-
 def task_event(request, user, task_id: str) -> dict | None:
     """A task as its event streams send it (the JSON of GET tasks/{id}/); None if the user may not see it."""
     try:
@@ -120,7 +112,7 @@ class TaskEventsApi(APIView):
 
     permission_classes = [permissions.AllowAny]
     renderer_classes = [JSONRenderer]
-    content_negotiation_class = IgnoreAccept
+    content_negotiation_class = JsonAnswers
 
     @extend_schema(responses={(200, "text/event-stream"): TaskOutput})
     def get(self, request: Request, task_id) -> Response:
@@ -140,7 +132,7 @@ class MyTaskEventsApi(APIView):
 
     permission_classes = [permissions.IsAuthenticated]
     renderer_classes = [JSONRenderer]
-    content_negotiation_class = IgnoreAccept
+    content_negotiation_class = JsonAnswers
 
     @extend_schema(responses={(200, "text/event-stream"): TaskOutput(many=True)})
     def get(self, request: Request) -> Response:

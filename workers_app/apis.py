@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -14,21 +13,12 @@ from rest_framework.views import APIView
 
 from generation import services
 from generation.exceptions import InvalidInput, WorkerDisabled
+from generation.negotiation import JsonAnswers
 from generation.serializers import ImageOutput
 from workers_app import services as worker_services
 from workers_app.authentication import IsWorker, WorkerTokenAuthentication
 from workers_app.models import Worker
 from workers_app.parsers import ImageUploadParser
-
-
-class JsonAnswers(DefaultContentNegotiation):
-    """Daemons read JSON only: answer it whatever `Accept` says (DRF's documented "ignore the client"
-    negotiation), without parsing that header on every lease and progress report. Request bodies are still
-    matched against the parsers, so a wrong Content-Type stays a 415."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
-
 
 PROTOCOL_HEADER = "T2I-Protocol"
 PROTOCOL_VERSION = 2
