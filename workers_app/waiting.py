@@ -118,12 +118,7 @@ class WaitingRoom:
                 if waiter is None:
                     break
                 waiter.event = one
-            try:
-                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
-            except RuntimeError:  # its event loop is gone: the request ended
-                self.leave(waiter)
-                continue
-            woken += 1
+            woken += self._notify(waiter)
         return woken
 
     def wake_worker(self, worker_id: int) -> int:
@@ -132,12 +127,17 @@ class WaitingRoom:
             mine = [w for w in self._waiters if w.worker_id == worker_id and w.event is None]
             for waiter in mine:
                 waiter.event = {"worker": worker_id, "fallback": True}  # nothing to hand on
-        for waiter in mine:
-            try:
-                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
-            except RuntimeError:
-                self.leave(waiter)
-        return len(mine)
+        return sum(self._notify(waiter) for waiter in mine)
+
+    def _notify(self, waiter: Waiter) -> bool:
+        """Resolve the woken waiter's future on its own event loop; False when that loop is gone (the
+        request ended), and the waiter leaves."""
+        try:
+            waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+        except RuntimeError:
+            self.leave(waiter)
+            return False
+        return True
 
     def worker_ids_to_refresh(self, now: float, every: float) -> list[int]:
         with self._lock:
