@@ -182,21 +182,23 @@ class PendingWait:
     seconds: float
 
 
-def lease_once(request: Request, worker: Worker) -> tuple[services.TaskLease | None, PendingWait]:
-    """One lease attempt, and how long the caller may wait for work (`wait`, capped by T2I_LEASE_MAX_WAIT)."""
+def lease_once(request: Request, worker: Worker) -> services.TaskLease | PendingWait:
+    """One lease attempt: the lease, or when nothing was found, how long the caller may wait for work
+    (`wait`, capped by T2I_LEASE_MAX_WAIT) and for which worker."""
     body = request.data
     # A body that is not an object goes to the serializer as it is, which refuses it.
     data = {**request.query_params.dict(), **body} if isinstance(body, dict) else body
     valid = _valid(LeaseInput, data)
     result = worker_services.worker_lease_next(worker=worker, prefetch=valid["prefetch"])
-    pending = PendingWait(
+    if result is not None:
+        return result
+    return PendingWait(
         worker_id=worker.pk,
         limit=worker.prefetch,
         checkpoints=frozenset((worker.capabilities or {}).get("checkpoints") or ()),
         prefetch=valid["prefetch"],
         seconds=min(valid["wait"], settings.T2I["LEASE_MAX_WAIT"]),
     )
-    return result, pending
 
 
 class LeaseApi(WorkerApi):
@@ -211,12 +213,12 @@ class LeaseApi(WorkerApi):
         responses={200: LeaseOutput, 204: None},
     )
     def post(self, request: Request) -> Response:
-        result, pending = lease_once(request, self.worker)
-        if result is None:
+        found = lease_once(request, self.worker)
+        if isinstance(found, PendingWait):
             response = Response(status=204)
-            response.pending_wait = pending
+            response.pending_wait = found
             return response
-        return Response(self.lease_answer(result))
+        return Response(self.lease_answer(found))
 
     @staticmethod
     def lease_answer(result: services.TaskLease) -> dict:
