@@ -41,7 +41,15 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from bench.common import Server, add_suite_arguments, database_url, pct, save_figures, setup_django
+from bench.common import (
+    Server,
+    add_suite_arguments,
+    database_url,
+    pct,
+    save_figures,
+    setup_django,
+    staff_api_token,
+)
 from bench.lease import NODES, make_workers, postgres_cpu, since
 from bench.scale import HEARTBEAT_EVERY, LEASE_WAIT, png
 from workers_app.daemon.runner import RunnerSettings
@@ -642,12 +650,10 @@ def measure(args) -> list:
     database = "t2i_bench_busy"
     db_url = database_url("postgres", database)
     setup_django(db_url)
-    from django.contrib.auth.models import User
-    from rest_framework.authtoken.models import Token
 
     from bench.report import Figure
 
-    api_token = Token.objects.create(user=User.objects.create_user("bench-feeder", is_staff=True)).key
+    api_token = staff_api_token("bench-feeder")
     tokens = make_workers(args.workers, "busy")
     ideal = args.workers / args.job_seconds
     server_kind = f"gthread x {args.threads} (WSGI)" if args.threads else "uvicorn (ASGI)"

@@ -69,6 +69,14 @@ def setup_django(db_url: str, **extra: str) -> None:
     call_command("migrate", verbosity=0)
 
 
+def staff_api_token(username: str) -> str:
+    """A new staff user's REST API token (after setup_django): what the benchmarks' submitters use."""
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+
+    return Token.objects.create(user=User.objects.create_user(username, is_staff=True)).key
+
+
 def collect_static() -> None:
     """The pages need the static files' manifest (DEBUG off): collect them once into STATIC_ROOT."""
     from django.core.management import call_command

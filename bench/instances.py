@@ -44,7 +44,7 @@ from bench.busy import (
     Stats,
     task_body,
 )
-from bench.common import add_suite_arguments, database_url, pct, save_figures, setup_django
+from bench.common import add_suite_arguments, database_url, pct, save_figures, setup_django, staff_api_token
 from bench.lease import make_workers
 from bench.scale import Farm
 
@@ -58,17 +58,15 @@ def instance_log(path: Path | None, name: str) -> Path | None:
 
 def fresh_database() -> tuple[str, str]:
     """An empty, migrated database (the same name, dropped first), and a staff user's REST token."""
-    from django.contrib.auth.models import User
     from django.contrib.contenttypes.models import ContentType
     from django.core.management import call_command
     from django.db import connections
-    from rest_framework.authtoken.models import Token
 
     connections.close_all()
     db_url = database_url("postgres", DATABASE)
     call_command("migrate", verbosity=0)
     ContentType.objects.clear_cache()
-    api_token = Token.objects.create(user=User.objects.create_user("bench-user", is_staff=True)).key
+    api_token = staff_api_token("bench-user")
     return db_url, api_token
 
 

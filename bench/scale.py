@@ -24,7 +24,15 @@ import asyncio
 import io
 import time
 
-from bench.common import Server, add_suite_arguments, database_url, pct, save_figures, setup_django
+from bench.common import (
+    Server,
+    add_suite_arguments,
+    database_url,
+    pct,
+    save_figures,
+    setup_django,
+    staff_api_token,
+)
 from bench.lease import NODES, make_workers, postgres_cpu, since
 
 HEARTBEAT_EVERY = 5.0  # runworker's default
@@ -205,14 +213,11 @@ def pg_connections() -> int:
 def measure(args) -> list:
     db_url = database_url("postgres", "t2i_bench_scale")
     setup_django(db_url)
-    from django.contrib.auth.models import User
-    from rest_framework.authtoken.models import Token
 
     from bench.report import Figure
     from workers_app.models import Worker
 
-    prober = User.objects.create_user("bench-probe", is_staff=True)
-    api_token = Token.objects.create(user=prober).key
+    api_token = staff_api_token("bench-probe")
     print(
         f"scale: idle workers as runworker idles (heartbeat {HEARTBEAT_EVERY:g} s, lease wait "
         f"{LEASE_WAIT:g} s, daemon protocol {args.daemon_protocol}), a probe submitting and reading a task "

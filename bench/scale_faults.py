@@ -20,7 +20,15 @@ import argparse
 import asyncio
 import time
 
-from bench.common import Server, add_suite_arguments, database_url, pct, save_figures, setup_django
+from bench.common import (
+    Server,
+    add_suite_arguments,
+    database_url,
+    pct,
+    save_figures,
+    setup_django,
+    staff_api_token,
+)
 from bench.lease import make_workers
 from bench.scale import Farm
 
@@ -64,14 +72,11 @@ def measure(args) -> list:
 
     db_url = database_url("postgres", "t2i_bench_scale_faults")
     setup_django(db_url)
-    from django.contrib.auth.models import User
     from django.db import connection
-    from rest_framework.authtoken.models import Token
 
     from workers_app.models import Worker
 
-    prober = User.objects.create_user("bench-probe", is_staff=True)
-    api_token = Token.objects.create(user=prober).key
+    api_token = staff_api_token("bench-probe")
     tokens = make_workers(args.workers, "faults")
     figures = []
     print(
