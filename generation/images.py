@@ -35,11 +35,21 @@ class VerifiedImage:
         return ALLOWED_FORMATS[self.format]
 
 
+MAX_PIXELS_ANY_SIZE = 16384 * 16384  # an image of a whole workflow, whose size the farm cannot know
+
+
 def verify_image(
-    upload, *, width: int, height: int, max_bytes: int, field: str = "images", thumbnail: bool = False
+    upload,
+    *,
+    width: int | None,
+    height: int | None,
+    max_bytes: int,
+    field: str = "images",
+    thumbnail: bool = False,
 ) -> VerifiedImage:
-    """Read an upload and check it is a whole PNG/JPEG/WebP of exactly `width`×`height`; with `thumbnail`,
-    also make its thumbnail from the pixels already decoded.
+    """Read an upload and check it is a whole PNG/JPEG/WebP of exactly `width`×`height` (any size up to
+    MAX_PIXELS_ANY_SIZE when they are None); with `thumbnail`, also make its thumbnail from the pixels
+    already decoded.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb is refused
     without being expanded; then every pixel is decoded, so a truncated or corrupt file is refused too.
@@ -57,7 +67,10 @@ def verify_image(
                 raise InvalidInput(
                     f"{name}: {fmt} is not accepted.", fields={field: [f"{name}: must be PNG, JPEG or WebP."]}
                 )
-            if size != (width, height):
+            if width is None or height is None:
+                if size[0] * size[1] > MAX_PIXELS_ANY_SIZE:
+                    raise InvalidInput(f"{name}: too many pixels.", fields={field: [f"{name}: too large."]})
+            elif size != (width, height):
                 raise InvalidInput(
                     f"{name}: {size[0]}x{size[1]}, expected {width}x{height}.",
                     fields={field: [f"{name}: is {size[0]}x{size[1]}, expected {width}x{height}."]},
@@ -80,8 +93,8 @@ def verify_image(
         )
     return VerifiedImage(
         data=data,
-        width=width,
-        height=height,
+        width=size[0],
+        height=size[1],
         format=fmt,
         sha256=hashlib.sha256(data).hexdigest(),
         thumbnail=thumb,

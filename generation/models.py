@@ -115,7 +115,15 @@ class Task(models.Model):
     seed = Uint64Field()
     batch_size = models.PositiveSmallIntegerField(default=1)
     checkpoint = models.CharField(max_length=255, blank=True)
-    template = models.ForeignKey(WorkflowTemplate, on_delete=models.PROTECT, related_name="tasks")
+    # A task runs either a template with its fields bound in, or a whole API-format workflow as given.
+    template = models.ForeignKey(
+        WorkflowTemplate, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks"
+    )
+    workflow = models.JSONField(null=True, blank=True, help_text="A whole API-format workflow (no template).")
+    # What a workflow task needs from a worker (generation.api_workflows.Requirements) and its digest, which
+    # leasing groups queued workflow tasks by.
+    requirements = models.JSONField(default=dict, blank=True)
+    requirements_key = models.CharField(max_length=64, blank=True)
     priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     progress_value = models.FloatField(default=0)
@@ -152,6 +160,8 @@ class Task(models.Model):
             # Dashboard and metrics: WHERE status IN ('completed','failed') AND finished_at >= now - 1h;
             # retention: WHERE status IN (finished) AND finished_at < cutoff.
             models.Index(fields=["status", "finished_at"], name="task_finished_idx"),
+            # task_lease_next: SELECT DISTINCT requirements_key WHERE status='queued' AND template_id IS NULL
+            models.Index(fields=["status", "requirements_key"], name="task_requirements_idx"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -160,6 +170,10 @@ class Task(models.Model):
             models.CheckConstraint(
                 condition=~Q(status__in=["leased", "running"]) | Q(lease_token__isnull=False),
                 name="task_active_has_lease",
+            ),
+            models.CheckConstraint(
+                condition=Q(template__isnull=False) | Q(workflow__isnull=False),
+                name="task_has_something_to_run",
             ),
         ]
 
@@ -173,6 +187,11 @@ class Task(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def is_workflow(self) -> bool:
+        """A whole workflow, run as given (no template)."""
+        return self.template_id is None
 
     @property
     def progress_percent(self) -> int:
@@ -256,6 +275,7 @@ class Image(models.Model):
     # An attempt with images is not deleted on its own, but it goes with its task (which takes the images).
     attempt = models.ForeignKey(TaskAttempt, on_delete=models.RESTRICT, related_name="images")
     index = models.PositiveSmallIntegerField(default=0, help_text="Position in the batch.")
+    node_id = models.CharField(max_length=64, blank=True, help_text="The ComfyUI node that saved it.")
     file = models.FileField(max_length=255)
     thumbnail = models.FileField(max_length=255, blank=True)
     width = models.PositiveIntegerField()

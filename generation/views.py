@@ -138,7 +138,7 @@ def generate(request: HttpRequest) -> HttpResponse:
 def settings_query(task: Task, *, with_seed: bool = True) -> str:
     """The generate page's query string that reproduces `task` (without its seed: a new variation)."""
     params = {name: getattr(task, name) for name in GenerateForm.TASK_FIELDS if name != "seed"}
-    params |= {"cfg": f"{task.cfg:g}", "template": task.template.name}
+    params |= {"cfg": f"{task.cfg:g}", "template": task.template.name if task.template else ""}
     if with_seed:
         params["seed"] = task.seed
     return urlencode({k: v for k, v in params.items() if v != ""})

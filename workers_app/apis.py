@@ -266,6 +266,12 @@ class TaskProgressApi(WorkerApi):
 
 class CompleteInput(LeaseTokenInput):
     images = serializers.ListField(child=serializers.FileField(), allow_empty=False)
+    node_ids = serializers.ListField(
+        child=serializers.CharField(max_length=64, allow_blank=True),
+        required=False,
+        default=list,
+        help_text="The ComfyUI node id of each image, in the order of `images`.",
+    )
     comfyui_prompt_id = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
     lease_next = serializers.BooleanField(
         required=False, default=False, help_text="Also lease the next task; the answer carries it in `next`."
@@ -292,6 +298,7 @@ def complete(request: Request, worker: Worker, task_id, lease_token: str | None 
         "lease_token": lease_token or body.get("lease_token"),
         "comfyui_prompt_id": body.get("comfyui_prompt_id", ""),
         "images": request.FILES.getlist("images"),
+        "node_ids": body.getlist("node_ids") if hasattr(body, "getlist") else body.get("node_ids", []),
         **{key: body[key] for key in ("lease_next", "prefetch") if key in body},
     }
     valid = _valid(CompleteInput, data)
@@ -301,6 +308,7 @@ def complete(request: Request, worker: Worker, task_id, lease_token: str | None 
         "lease_token": valid["lease_token"],
         "files": valid["images"],
         "comfyui_prompt_id": valid["comfyui_prompt_id"],
+        "node_ids": valid["node_ids"],
     }
     if valid["lease_next"]:
         done = services.task_complete_and_lease(**arguments, prefetch=valid["prefetch"])

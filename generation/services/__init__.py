@@ -2,6 +2,7 @@
 background jobs all call these functions: one rule, one place. By lifecycle:
 
 - submit: what people do (submit, cancel, retry, priority, templates, deleting images);
+- workflow_submit: a whole API-format workflow as a task (checked against the workers' inventory);
 - submit_limit: how many submits a user (or an address) may make in a window, counted across processes;
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
@@ -38,6 +39,7 @@ from generation.services.submit import (
 )
 from generation.services.submit_limit import submit_claim
 from generation.services.transitions import farm_setting, worker_count_outcome
+from generation.services.workflow_submit import task_submit_workflow
 
 __all__ = [
     "Completion",
@@ -58,6 +60,7 @@ __all__ = [
     "task_set_priority",
     "task_start",
     "task_submit",
+    "task_submit_workflow",
     "task_workflow",
     "tasks_delete",
     "tasks_reap_expired",

@@ -44,7 +44,13 @@ class Completion:
 
 
 def task_complete(
-    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, files: list, comfyui_prompt_id: str = ""
+    *,
+    worker: Worker,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    files: list,
+    comfyui_prompt_id: str = "",
+    node_ids: list[str] | None = None,
 ) -> Completion:
     """Verify and store the images and their thumbnails, then mark the task completed, in that order.
 
@@ -65,6 +71,7 @@ def task_complete(
         return _landed_before(worker=worker, task_id=task_id, lease_token=lease_token)
     task = attempt.task
     verified = _verify_batch(task, files)
+    node_ids = _node_ids(node_ids, len(verified))
     now = timezone.now()
     done = {
         "status": Status.COMPLETED,
@@ -83,6 +90,7 @@ def task_complete(
                     task=task,
                     attempt=attempt,
                     index=index,
+                    node_id=node_ids[index],
                     file=name,
                     thumbnail=thumbnail,
                     width=image.width,
@@ -142,6 +150,7 @@ def task_complete_and_lease(
     lease_token: uuid.UUID,
     files: list,
     comfyui_prompt_id: str = "",
+    node_ids: list[str] | None = None,
     prefetch: bool = False,
 ) -> Completion:
     """`task_complete`, then the worker's next lease as `task_lease_next(prefetch=...)` gives it: one
@@ -157,6 +166,7 @@ def task_complete_and_lease(
         lease_token=lease_token,
         files=files,
         comfyui_prompt_id=comfyui_prompt_id,
+        node_ids=node_ids,
     )
     if not done.landed:
         return done
@@ -168,23 +178,46 @@ def task_complete_and_lease(
     return Completion(task=done.task, images=done.images, next=following)
 
 
+# A whole workflow may save any number of images (several SaveImage nodes, batches).
+MAX_WORKFLOW_IMAGES = 256
+
+
+def _node_ids(node_ids: list[str] | None, count: int) -> list[str]:
+    """The node id of each image, in upload order (empty when the worker sent none)."""
+    if not node_ids:
+        return [""] * count
+    if len(node_ids) != count:
+        raise InvalidInput(
+            f"Expected {count} node id(s), got {len(node_ids)}.",
+            fields={"node_ids": ["One node id per image, in the same order."]},
+        )
+    return node_ids
+
+
 def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
+    if task.workflow is not None:
+        if len(files) > MAX_WORKFLOW_IMAGES:
+            raise InvalidInput(
+                f"At most {MAX_WORKFLOW_IMAGES} images.", fields={"images": ["Too many images."]}
+            )
+        return [_verify(f, None, None) for f in files]
     if len(files) != task.batch_size:
         raise InvalidInput(
             f"Expected {task.batch_size} image(s), got {len(files)}.",
             fields={"images": [f"Expected {task.batch_size} image(s), got {len(files)}."]},
         )
-    return [
-        verify_image(
-            f,
-            width=task.width,
-            height=task.height,
-            max_bytes=farm_setting("MAX_IMAGE_BYTES"),
-            field="images",
-            thumbnail=True,
-        )
-        for f in files
-    ]
+    return [_verify(f, task.width, task.height) for f in files]
+
+
+def _verify(upload, width: int | None, height: int | None) -> VerifiedImage:
+    return verify_image(
+        upload,
+        width=width,
+        height=height,
+        max_bytes=farm_setting("MAX_IMAGE_BYTES"),
+        field="images",
+        thumbnail=True,
+    )
 
 
 def _store(task: Task, attempt_number: int, index: int, image: VerifiedImage) -> tuple[str, str]:

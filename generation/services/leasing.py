@@ -10,7 +10,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from generation import workflows
+from generation import api_workflows, workflows
 from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, TooManyLeases, WorkerDisabled
 from generation.models import Task, TaskAttempt, WorkflowTemplate
 from generation.services.transitions import LEASE_LOST, farm_setting, fenced, lease_completed, task_changed
@@ -52,9 +52,10 @@ def task_lease_next(
     if worker.status == Worker.Status.DRAINING:
         return None
     templates = _templates_runnable_by(worker)
-    if not templates:
+    requirement_keys = _workflow_keys_runnable_by(worker)
+    if not templates and not requirement_keys:
         return None
-    runnable = _runnable(worker, list(templates))
+    runnable = _runnable(worker, list(templates), requirement_keys)
     held = Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count()
     if held >= max(1, worker.prefetch):
         if prefetch:
@@ -87,7 +88,7 @@ def task_lease_next(
         for name, value in claim.items():  # the row as the UPDATE left it, without reading it again
             setattr(task, name, value)
         task.attempts, task.lease_count = task.attempts + 1, task.lease_count + 1
-        task.template = templates[task.template_id]
+        task.template = templates[task.template_id] if task.template_id is not None else None
         attempt = TaskAttempt.objects.create(
             task=task,
             worker=worker,
@@ -103,7 +104,10 @@ def task_lease_next(
 
 
 def task_workflow(task: Task, filename_prefix: str) -> dict:
-    """The task's ComfyUI workflow: its template with every bound field filled in."""
+    """The task's ComfyUI workflow: its template with every bound field filled in, or its whole workflow
+    with each SaveImage writing under this attempt's prefix (api_workflows.with_prefix)."""
+    if task.workflow is not None:
+        return api_workflows.with_prefix(task.workflow, filename_prefix)
     values = {name: getattr(task, name) for name in workflows.TASK_FIELDS_BOUND}
     if not task.checkpoint:
         del values["checkpoint"]  # the template's own checkpoint stays
@@ -118,11 +122,37 @@ def _templates_runnable_by(worker: Worker) -> dict[int, WorkflowTemplate]:
     return {t.pk: t for t in templates if workflows.node_classes(t.workflow) <= nodes}
 
 
-def _runnable(worker: Worker, template_ids: list[int]) -> QuerySet[Task]:
-    """Queued tasks of these templates whose checkpoint (if any) the worker has."""
-    return Task.objects.filter(status=Status.QUEUED, template_id__in=template_ids).filter(
-        Q(checkpoint="") | Q(checkpoint__in=worker.checkpoints)
+# Requirements already read, by key (a digest of their content, so an entry never goes stale).
+_requirements_seen: dict[str, api_workflows.Requirements] = {}
+_REQUIREMENTS_SEEN_MAX = 10_000
+
+
+def _workflow_keys_runnable_by(worker: Worker) -> list[str]:
+    """The requirement keys of queued workflow tasks that this worker has everything for."""
+    queued = Task.objects.filter(status=Status.QUEUED, template=None).order_by()
+    keys = set(queued.values_list("requirements_key", flat=True).distinct())
+    unseen = keys - _requirements_seen.keys()
+    if unseen:
+        if len(_requirements_seen) + len(unseen) > _REQUIREMENTS_SEEN_MAX:
+            _requirements_seen.clear()
+        for key, needs in queued.filter(requirements_key__in=unseen).values_list(
+            "requirements_key", "requirements"
+        ):
+            _requirements_seen[key] = api_workflows.Requirements.from_json(needs)
+    return sorted(
+        key
+        for key in keys
+        if key in _requirements_seen
+        and api_workflows.missing_on(_requirements_seen[key], worker.capabilities) is None
     )
+
+
+def _runnable(worker: Worker, template_ids: list[int], requirement_keys: list[str]) -> QuerySet[Task]:
+    """Queued tasks of these templates whose checkpoint (if any) the worker has, and queued workflow tasks
+    with these requirement keys."""
+    of_templates = Q(template_id__in=template_ids) & (Q(checkpoint="") | Q(checkpoint__in=worker.checkpoints))
+    whole = Q(template=None, requirements_key__in=requirement_keys)
+    return Task.objects.filter(of_templates | whole, status=Status.QUEUED)
 
 
 def _prefetch_allowed(worker: Worker, runnable: QuerySet[Task]) -> bool:

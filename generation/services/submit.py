@@ -15,6 +15,7 @@ from generation import callback_targets, dispatch, limits, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
 from generation.services.transitions import farm_setting, task_changed
+from generation.services.workflow_submit import task_submit_workflow
 from workers_app.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,10 @@ Status = Task.Status
 
 def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> Task:
     """Check `data` (task fields by name, TASK_INPUT_FIELDS; `template` by name) against the farm's limits and
-    the workers' capabilities, then queue a task. Fields left out take the model's defaults."""
+    the workers' capabilities, then queue a task. Fields left out take the model's defaults. With `workflow`
+    (a whole API-format workflow), only `priority` and `callback_url` may go with it."""
+    if data.get("workflow") is not None:
+        return _submit_workflow(owner, data)
     fields = {name: data[name] for name in TASK_INPUT_FIELDS if name in data}
     seed = fields.pop("seed", None)
     task = Task(owner=owner if owner is not None and owner.is_authenticated else None, **fields)
@@ -43,6 +47,24 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
         dispatch.announce_work(checkpoint=task.checkpoint)
     logger.info("task queued", extra={"task": task.public_id})
     return task
+
+
+WORKFLOW_OPTIONS = ("priority", "callback_url")
+
+
+def _submit_workflow(owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> Task:
+    mixed = sorted(
+        name
+        for name in (*TASK_INPUT_FIELDS, "template")
+        if data.get(name) not in (None, "") and name not in WORKFLOW_OPTIONS
+    )
+    if mixed:
+        raise InvalidInput(
+            "Send a workflow or a template with its fields, not both.",
+            fields={name: ["Not allowed with workflow."] for name in mixed},
+        )
+    options = {name: data[name] for name in WORKFLOW_OPTIONS if name in data}
+    return task_submit_workflow(owner=owner, workflow=data["workflow"], **options)
 
 
 def _validate(task: Task) -> None:

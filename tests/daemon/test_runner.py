@@ -63,7 +63,9 @@ def test_success_reports_start_progress_and_uploads_every_image(rsettings, caplo
     caplog.set_level(logging.INFO, logger="workers_app.daemon")
     comfy = FakeComfy(auto_finish=False, progress=((1, 4), (2, 4), (3, 4), (4, 4)))
     comfy.outcome_for = lambda pid: PromptOutcome(
-        OutcomeStatus.SUCCESS, pid, (ImageRef("a_00001_.png", "t2i"), ImageRef("a_00002_.png", "t2i"))
+        OutcomeStatus.SUCCESS,
+        pid,
+        (ImageRef("a_00001_.png", "t2i", node_id="9"), ImageRef("a_00002_.png", "t2i", node_id="12")),
     )
     sched = FakeScheduler()
     assert run_until(reported(sched, "progress", 4, 4), comfy, sched, rsettings) is TaskResult.COMPLETED
@@ -75,8 +77,11 @@ def test_success_reports_start_progress_and_uploads_every_image(rsettings, caplo
     )  # in order; one not yet sent gives way to a newer one
     assert sched.calls_of("start")[0]["prompt_id"] == "p1"
     (complete,) = sched.calls_of("complete")
-    assert [name for name, _ in complete["images"]] == ["a_00001_.png", "a_00002_.png"]
-    assert all(content.startswith(b"\x89PNG") for _, content in complete["images"])
+    assert [(name, node) for name, _, node in complete["images"]] == [
+        ("a_00001_.png", "9"),
+        ("a_00002_.png", "12"),
+    ]
+    assert all(content.startswith(b"\x89PNG") for _, content, _ in complete["images"])
     assert comfy.viewed == ["a_00001_.png", "a_00002_.png"]
     text = caplog.text
     for line in (

@@ -29,8 +29,9 @@ def lease(wapi) -> dict:
 
 def test_a_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
     queue()
-    # token, sweep (3), templates, held (the depth), savepoint, pick (locked), claim, attempt, release
-    with django_assert_max_num_queries(11):
+    # token, sweep (3), templates, workflow requirement keys, held (the depth), savepoint, pick (locked),
+    # claim, attempt, release
+    with django_assert_max_num_queries(12):
         body = lease(wapi)
     assert Task.objects.get(public_id=body["task_id"]).status == Task.Status.LEASED
 
@@ -38,8 +39,8 @@ def test_a_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queri
 def test_a_prefetching_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queries):
     queue(3)
     lease(wapi)
-    # The lease's 11, and the prefetch rule's two counts (idle others, runnable).
-    with django_assert_max_num_queries(13):
+    # The lease's 12, and the prefetch rule's two counts (idle others, runnable).
+    with django_assert_max_num_queries(14):
         response = wapi.post("/api/v1/worker/lease", {"prefetch": True}, format="json")
     assert response.status_code == HTTPStatus.OK
 
@@ -65,8 +66,8 @@ def test_a_completion_carrying_the_next_lease_stays_within_its_query_budget(
 ):
     queue(2)
     job = lease(wapi)
-    # The completion's 8 and a lease without the token lookup and the sweep (7).
-    with django_assert_max_num_queries(15):
+    # The completion's 8 and a lease without the token lookup and the sweep (8).
+    with django_assert_max_num_queries(16):
         response = complete(wapi, job, lease_next=True)
     assert response.status_code == HTTPStatus.OK, response.content
     assert response.json()["next"] is not None

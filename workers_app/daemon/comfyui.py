@@ -198,6 +198,31 @@ def _combo_options(spec: Any) -> list[str]:
     return []
 
 
+# Inputs whose choices are model files (protocol 13.x): by name, or by options that look like model files.
+_MODEL_INPUT_NAME = re.compile(
+    r"(ckpt|lora|vae|control_net|unet|clip|clip_vision|style_model|gligen|hypernetwork|upscale_model|model)"
+    r"_name\d*"
+)
+_MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
+
+
+def model_inputs(object_info: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """The file lists of model inputs in ``/object_info``: {class_type: {input name: [file, …]}}."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for class_type, node in object_info.items():
+        declared = (node or {}).get("input") or {}
+        for category in ("required", "optional"):
+            for name, spec in (declared.get(category) or {}).items():
+                if not (
+                    isinstance(spec, list) and spec and (isinstance(spec[0], list) or spec[0] == "COMBO")
+                ):
+                    continue
+                options = _combo_options(spec)
+                if _MODEL_INPUT_NAME.fullmatch(name) or any(o.endswith(_MODEL_EXTENSIONS) for o in options):
+                    found.setdefault(class_type, {})[name] = options
+    return found
+
+
 def _required_input(object_info: dict[str, Any], class_type: str, name: str) -> Any:
     return (((object_info.get(class_type) or {}).get("input") or {}).get("required") or {}).get(name)
 
@@ -307,6 +332,8 @@ class ComfyUIClient:
             "node_classes": sorted(info),
             "samplers": _combo_options(_required_input(info, "KSampler", "sampler_name")),
             "schedulers": _combo_options(_required_input(info, "KSampler", "scheduler")),
+            "output_nodes": sorted(name for name, node in info.items() if (node or {}).get("output_node")),
+            "model_inputs": model_inputs(info),
         }
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:

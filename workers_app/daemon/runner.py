@@ -273,7 +273,7 @@ class _TaskRun:
                 details={"prompt_id": outcome.prompt_id},
             )
         try:
-            images = [(ref.filename, self._fetch(ref)) for ref in outcome.images]
+            images = [(ref.filename, self._fetch(ref), ref.node_id) for ref in outcome.images]
         except ComfyUIError as exc:
             return self.fail(
                 "comfyui_lost",
@@ -297,7 +297,7 @@ class _TaskRun:
                 delay = self._pause(delay)
         raise AssertionError("unreachable")
 
-    def _upload(self, images: list[tuple[str, bytes]], prompt_id: str) -> TaskResult:
+    def _upload(self, images: list[tuple[str, bytes, str]], prompt_id: str) -> TaskResult:
         if not self._claim_final():
             return self.control_result()
         delay = self.settings.retry_delay

@@ -295,12 +295,13 @@ class SchedulerClient:
         self,
         task_id: str,
         lease_token: str,
-        images: Sequence[tuple[str, bytes]],
+        images: Sequence[tuple[str, bytes] | tuple[str, bytes, str]],
         *,
         prompt_id: str | None = None,
         lease_next: bool | None = None,
     ) -> dict[str, Any]:
-        """Upload the images (multipart ``images``) and mark the task completed. Safe to retry.
+        """Upload the images (multipart ``images``, each optionally with the node id that saved it, sent as
+        ``node_ids`` in the same order) and mark the task completed. Safe to retry.
 
         ``lease_next`` (the ``prefetch`` flag to lease with, or None) asks the scheduler to lease the next
         task in the same round trip; it comes back in the answer's ``next`` (see ``LeasedTask.carried``)."""
@@ -312,7 +313,10 @@ class SchedulerClient:
         if lease_next is not None:
             data["lease_next"] = "true"
             data["prefetch"] = "true" if lease_next else "false"
-        files = [("images", (name, content, "image/png")) for name, content in images]
+        files = [("images", (image[0], image[1], "image/png")) for image in images]
+        node_ids = [image[2] if len(image) > 2 else "" for image in images]
+        if any(node_ids):
+            data = [*data.items(), *(("node_ids", node_id) for node_id in node_ids)]
         response = self._call(
             f"tasks/{task_id}/complete", data=data, files=files, timeout=max(self.timeout, 60.0)
         )
