@@ -124,6 +124,10 @@ class Task(models.Model):
     # leasing groups queued workflow tasks by.
     requirements = models.JSONField(default=dict, blank=True)
     requirements_key = models.CharField(max_length=64, blank=True)
+    # The ComfyUI front door (/comfy/): the client's own prompt id, unique per owner (an idempotency key),
+    # and the clientId whose socket gets this task's frames.
+    client_prompt_id = models.CharField(max_length=100, blank=True)
+    client_id = models.CharField(max_length=100, blank=True)
     priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     progress_value = models.FloatField(default=0)
@@ -174,6 +178,18 @@ class Task(models.Model):
             models.CheckConstraint(
                 condition=Q(template__isnull=False) | Q(workflow__isnull=False),
                 name="task_has_something_to_run",
+            ),
+            # One task per (user, client prompt id); the anonymous space is one more "user". Also the index of
+            # the front door's lookup: WHERE owner_id = ? AND client_prompt_id = ?
+            models.UniqueConstraint(
+                fields=["owner", "client_prompt_id"],
+                condition=~Q(client_prompt_id=""),
+                name="task_unique_client_prompt_id",
+            ),
+            models.UniqueConstraint(
+                fields=["client_prompt_id"],
+                condition=~Q(client_prompt_id="") & Q(owner=None),
+                name="task_unique_anonymous_client_prompt_id",
             ),
         ]
 

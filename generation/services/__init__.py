@@ -35,15 +35,17 @@ from generation.services.submit import (
     task_retry,
     task_set_priority,
     task_submit,
+    tasks_cancel,
     template_create,
 )
 from generation.services.submit_limit import submit_claim
 from generation.services.transitions import farm_setting, worker_count_outcome
-from generation.services.workflow_submit import task_submit_workflow
+from generation.services.workflow_submit import comfy_prompt_submit, task_submit_workflow
 
 __all__ = [
     "Completion",
     "TaskLease",
+    "comfy_prompt_submit",
     "farm_setting",
     "files_delete",
     "image_deletable_by",
@@ -62,6 +64,7 @@ __all__ = [
     "task_submit",
     "task_submit_workflow",
     "task_workflow",
+    "tasks_cancel",
     "tasks_delete",
     "tasks_reap_expired",
     "tasks_requeue_for_worker",

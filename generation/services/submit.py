@@ -189,6 +189,18 @@ def task_cancel(*, task: Task) -> Task:
     return task
 
 
+def tasks_cancel(*, tasks: list[Task]) -> int:
+    """Cancel each of these tasks that has not finished (one may finish meanwhile); how many were."""
+    cancelled = 0
+    for task in tasks:
+        try:
+            task_cancel(task=task)
+        except Conflict:
+            continue
+        cancelled += 1
+    return cancelled
+
+
 def task_retry(*, task: Task) -> Task:
     """Put a failed or cancelled task back in the queue with a fresh set of attempts."""
     with transaction.atomic():

@@ -6,7 +6,7 @@ import secrets
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from generation import api_workflows, callback_targets, dispatch, limits
 from generation.api_workflows import Inventory, Requirements, WorkflowProblem
@@ -67,14 +67,18 @@ def task_submit_workflow(
     workflow: Any,
     priority: int = 0,
     callback_url: str = "",
+    client_prompt_id: str = "",
+    client_id: str = "",
 ) -> Task:
     """Check a whole workflow and queue it as a task that runs it as given (file names aside: each attempt
-    writes under its own prefix, api_workflows)."""
+    writes under its own prefix, api_workflows). Use `comfy_prompt_submit` for a client prompt id."""
     _check_options(priority, callback_url)
     workers = registered_workers()
     needs, warning = workflow_check(workflow, workers)
     task = Task(
-        owner=owner if owner is not None and owner.is_authenticated else None,
+        owner=_owner(owner),
+        client_prompt_id=client_prompt_id,
+        client_id=client_id,
         workflow=workflow,
         requirements=needs.as_json(),
         requirements_key=needs.key,
@@ -90,6 +94,51 @@ def task_submit_workflow(
         dispatch.announce_work(checkpoint=needs.checkpoint)
     logger.info("workflow task queued", extra={"task": task.public_id})
     return task
+
+
+def comfy_prompt_submit(
+    *, owner: AbstractBaseUser | None, workflow: Any, client_prompt_id: str = "", client_id: str = ""
+) -> tuple[Task, bool]:
+    """ComfyUI's POST /prompt: queue the workflow, or, when this owner (the anonymous space counts as one)
+    already sent `client_prompt_id`, return that task unchanged. (task, True when it was queued now)."""
+    _check_client_ids(client_prompt_id, client_id)
+    if client_prompt_id:
+        earlier = _task_named(owner, client_prompt_id)
+        if earlier is not None:
+            return earlier, False
+    try:
+        with transaction.atomic():
+            task = task_submit_workflow(
+                owner=owner, workflow=workflow, client_prompt_id=client_prompt_id, client_id=client_id
+            )
+    except IntegrityError:
+        earlier = _task_named(owner, client_prompt_id) if client_prompt_id else None
+        if earlier is None:
+            raise
+        return earlier, False  # a concurrent submit of the same id won
+    return task, True
+
+
+def _owner(owner: AbstractBaseUser | None) -> AbstractBaseUser | None:
+    return owner if owner is not None and owner.is_authenticated else None
+
+
+def _task_named(owner: AbstractBaseUser | None, client_prompt_id: str) -> Task | None:
+    return Task.objects.filter(owner=_owner(owner), client_prompt_id=client_prompt_id).first()
+
+
+CLIENT_ID_MAX = 100
+
+
+def _check_client_ids(client_prompt_id: Any, client_id: Any) -> None:
+    errors = {}
+    for name, value in (("prompt_id", client_prompt_id), ("client_id", client_id)):
+        if not isinstance(value, str) or len(value) > CLIENT_ID_MAX:
+            errors[name] = [f"Must be a string of at most {CLIENT_ID_MAX} characters."]
+        elif any(ord(c) < 32 or c == "\x7f" for c in value):
+            errors[name] = ["Control characters are not allowed."]
+    if errors:
+        raise InvalidInput("Some fields are not valid.", fields=errors)
 
 
 def _check_options(priority: int, callback_url: str) -> None:

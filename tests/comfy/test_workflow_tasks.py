@@ -7,6 +7,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from generation import services
+from generation.services import workflow_submit
 from generation.models import Image, Task
 from tests.comfy.workflows import NOISE, SD15, sd15_with, two_outputs
 from tests.conftest import capabilities, make_worker, png_bytes, worker_client
@@ -113,3 +114,15 @@ def test_node_ids_must_match_the_images(worker_and_token):
     assert answer.status_code == HTTPStatus.BAD_REQUEST
     assert "node_ids" in answer.json()["fields"]
     assert not Image.objects.exists()
+
+
+def test_a_concurrent_submit_of_the_same_client_prompt_id_returns_the_winner(user, worker, monkeypatch):
+
+    first, created = services.comfy_prompt_submit(owner=user, workflow=NOISE, client_prompt_id="p")
+    assert created
+    lookups = iter([None])  # the loser's first look finds nothing: the winner had not committed yet
+    real = workflow_submit._task_named
+    monkeypatch.setattr(workflow_submit, "_task_named", lambda o, p: next(lookups, None) or real(o, p))
+    again, created = services.comfy_prompt_submit(owner=user, workflow=NOISE, client_prompt_id="p")
+    assert not created and again.pk == first.pk
+    assert Task.objects.count() == 1
