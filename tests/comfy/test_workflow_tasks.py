@@ -7,8 +7,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from generation import services
-from generation.services import workflow_submit
 from generation.models import Image, Task
+from generation.services import workflow_submit
 from tests.comfy.workflows import NOISE, SD15, sd15_with, two_outputs
 from tests.conftest import capabilities, make_worker, png_bytes, worker_client
 
