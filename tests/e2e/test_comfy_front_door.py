@@ -1,0 +1,111 @@
+"""The ComfyUI front door end to end: a client drives /comfy/ as it would drive one ComfyUI, and the farm's
+workers (daemons on simulators) run its workflows."""
+
+import copy
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image as PILImage
+
+from generation.models import Task, TaskAttempt
+from tests.e2e.conftest import CHECKPOINT
+from tests.e2e.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+TWO_OUTPUTS = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 3368601},
+    },
+    "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": 7, "strength": 0.5}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "noisy"}},
+    "10": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "plain"}},
+}
+SD15 = {
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    "3": {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["4", 0],
+            "positive": ["6", 0],
+            "negative": ["7", 0],
+            "latent_image": ["5", 0],
+            "seed": 1,
+            "steps": 2,
+            "cfg": 7.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "denoise": 1.0,
+        },
+    },
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "lh"}},
+}
+
+
+def test_prompt_history_view_with_a_client_prompt_id(farm):
+    simulator = farm.simulator(job_time=0.1)
+    farm.wait_registered(farm.worker(simulator))
+    url = f"{farm.scheduler.url}/comfy"
+    body = {"prompt": TWO_OUTPUTS, "client_id": "e2e-client", "prompt_id": "e2e-prompt-1"}
+
+    answer = farm.api.post(f"{url}/prompt", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["prompt_id"] == "e2e-prompt-1" and answer.json()["node_errors"] == {}
+    again = farm.api.post(f"{url}/api/prompt", json=body, timeout=30)
+    assert again.json() == answer.json() and Task.objects.count() == 1
+
+    def history():
+        return farm.api.get(f"{url}/history/e2e-prompt-1", timeout=30).json()
+
+    wait_until(lambda: history() != {}, timeout=30, what="the prompt's history entry")
+    entry = history()["e2e-prompt-1"]
+    assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
+    assert entry["prompt"][1] == "e2e-prompt-1" and entry["prompt"][2] == TWO_OUTPUTS
+    assert set(entry["outputs"]) == {"3", "10"}
+
+    saved = Path(simulator.simulator.dirs["output"]) / "t2i"
+    for node_id in ("3", "10"):
+        [ref] = entry["outputs"][node_id]["images"]
+        view = farm.api.get(f"{url}/view", params=ref, timeout=30)
+        assert view.status_code == 200 and view.headers["Content-Type"] == "image/png"
+        [original] = saved.glob(f"*_n{node_id}_*.png")  # what ComfyUI wrote for that node
+        assert hashlib.sha256(view.content).digest() == hashlib.sha256(original.read_bytes()).digest()
+        with PILImage.open(io.BytesIO(view.content)) as png:
+            assert "prompt" in png.info  # ComfyUI's workflow metadata survived the farm
+
+
+def test_a_workflow_naming_a_model_only_one_worker_has_goes_there(farm):
+    has_a = farm.worker(farm.simulator(checkpoints=("model-a.safetensors",)), name="has-a")
+    has_b = farm.worker(farm.simulator(checkpoints=("model-b.safetensors",)), name="has-b")
+    farm.wait_registered(has_a, has_b)
+    url = f"{farm.scheduler.url}/comfy"
+    missing = copy.deepcopy(SD15)
+    missing["4"]["inputs"]["ckpt_name"] = "model-c.safetensors"
+    refused = farm.api.post(f"{url}/prompt", json={"prompt": missing}, timeout=30)
+    assert refused.status_code == 400
+    assert refused.json()["node_errors"]["4"]["errors"][0]["type"] == "value_not_in_list"
+
+    ids = []
+    for n in range(3):
+        workflow = copy.deepcopy(SD15)
+        workflow["4"]["inputs"]["ckpt_name"] = "model-b.safetensors"
+        workflow["3"]["inputs"]["seed"] = n
+        answer = farm.api.post(f"{url}/prompt", json={"prompt": workflow, "prompt_id": f"b-{n}"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        ids.append(answer.json()["prompt_id"])
+
+    def finished() -> bool:
+        return all(farm.api.get(f"{url}/history/{pid}", timeout=30).json() for pid in ids)
+
+    wait_until(finished, timeout=40, what="the prompts to finish")
+    tasks = Task.objects.filter(client_prompt_id__in=ids)
+    assert {t.status for t in tasks} == {Task.Status.COMPLETED}
+    leased_to = set(TaskAttempt.objects.filter(task__in=tasks).values_list("worker__name", flat=True))
+    assert leased_to == {"has-b"}
