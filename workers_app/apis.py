@@ -169,6 +169,12 @@ class LeaseOutput(serializers.Serializer):
     checkpoint = serializers.CharField(source="task.checkpoint")
     prompt = serializers.CharField(source="task.prompt")
     negative_prompt = serializers.CharField(source="task.negative_prompt")
+    relay_frames = serializers.SerializerMethodField(
+        help_text="A ComfyUI front-door client follows this task: send its socket frames (POST …/frames)."
+    )
+
+    def get_relay_frames(self, lease) -> bool:
+        return bool(lease.task.client_id)
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,32 @@ class TaskProgressApi(WorkerApi):
             maximum=data["max"],
         )
         return Response({"cancel": False})
+
+
+class FramesInput(LeaseTokenInput):
+    frames = serializers.ListField(
+        child=serializers.ListField(min_length=2, max_length=2), max_length=500, allow_empty=True
+    )
+
+    def validate_frames(self, frames: list) -> list:
+        for kind, data in frames:
+            if not isinstance(kind, str) or len(kind) > 64 or not isinstance(data, dict):
+                raise serializers.ValidationError("Each frame is [type, data object].")
+        return frames
+
+
+class FramesOutput(serializers.Serializer):
+    relayed = serializers.IntegerField()
+
+
+class TaskFramesApi(WorkerApi):
+    @extend_schema(request=FramesInput, responses=FramesOutput)
+    def post(self, request: Request, task_id) -> Response:
+        data = _valid(FramesInput, request.data)
+        relayed = services.task_relay_frames(
+            worker=self.worker, task_id=task_id, lease_token=data["lease_token"], frames=data["frames"]
+        )
+        return Response({"relayed": relayed})
 
 
 class CompleteInput(LeaseTokenInput):

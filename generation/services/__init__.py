@@ -6,6 +6,7 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - submit_limit: how many submits a user (or an address) may make in a window, counted across processes;
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
+- frames: ComfyUI socket frames a worker relays for a front-door client;
 - maintenance: leases that outlived their worker;
 - deletion: tasks deleted for good with their files (retention, an account's deletion);
 - transitions: the fenced end of a lease and the worker's counters, which the others share.
@@ -19,6 +20,7 @@ from generation.services.completion import (
     task_release,
 )
 from generation.services.deletion import files_delete, tasks_delete, user_delete
+from generation.services.frames import task_relay_frames
 from generation.services.leasing import (
     TaskLease,
     task_lease_next,
@@ -56,6 +58,7 @@ __all__ = [
     "task_complete_and_lease",
     "task_fail",
     "task_lease_next",
+    "task_relay_frames",
     "task_release",
     "task_report_progress",
     "task_retry",

@@ -1,6 +1,7 @@
 """Whole-workflow tasks through the REST submit, leasing and completion."""
 
 import copy
+import uuid
 from http import HTTPStatus
 
 import pytest
@@ -126,3 +127,26 @@ def test_a_concurrent_submit_of_the_same_client_prompt_id_returns_the_winner(use
     again, created = services.comfy_prompt_submit(owner=user, workflow=NOISE, client_prompt_id="p")
     assert not created and again.pk == first.pk
     assert Task.objects.count() == 1
+
+
+def test_a_front_door_lease_asks_for_frames_and_the_frames_route_checks_the_lease(user, worker_and_token):
+    _worker, token = worker_and_token
+    services.comfy_prompt_submit(owner=user, workflow=NOISE, client_prompt_id="p", client_id="c")
+    wapi = worker_client(token)
+    job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
+    assert job["relay_frames"] is True
+    url = f"/api/v1/worker/tasks/{job['task_id']}/frames"
+    frames = [["executing", {"node": "1", "prompt_id": "w"}], ["status", {}]]
+    answer = wapi.post(url, {"lease_token": job["lease_token"], "frames": frames}, format="json")
+    assert answer.status_code == HTTPStatus.OK and answer.json() == {"relayed": 1}
+    stale = wapi.post(url, {"lease_token": str(uuid.uuid4()), "frames": frames}, format="json")
+    assert stale.status_code == HTTPStatus.CONFLICT and stale.json()["error"] == "lease_lost"
+    bad = wapi.post(url, {"lease_token": job["lease_token"], "frames": [["x"]]}, format="json")
+    assert bad.status_code == HTTPStatus.BAD_REQUEST and "frames.0" in bad.json()["fields"]
+
+
+def test_a_rest_lease_asks_for_no_frames(worker_and_token):
+    _worker, token = worker_and_token
+    services.task_submit_workflow(owner=None, workflow=copy.deepcopy(NOISE))
+    job = worker_client(token).post("/api/v1/worker/lease", {}, format="json").json()
+    assert job["relay_frames"] is False

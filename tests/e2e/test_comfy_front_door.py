@@ -4,9 +4,11 @@ workers (daemons on simulators) run its workflows."""
 import copy
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pytest
+import websocket
 from PIL import Image as PILImage
 
 from generation.models import Task, TaskAttempt
@@ -109,3 +111,33 @@ def test_a_workflow_naming_a_model_only_one_worker_has_goes_there(farm):
     assert {t.status for t in tasks} == {Task.Status.COMPLETED}
     leased_to = set(TaskAttempt.objects.filter(task__in=tasks).values_list("worker__name", flat=True))
     assert leased_to == {"has-b"}
+
+
+# One server process: on SQLite the event channel reaches only the process that published (comfy_ws).
+@pytest.mark.parametrize("farm", [{"workers": 1}], indirect=True)
+def test_the_socket_relays_the_workers_frames_and_ends_with_executing_null(farm):
+    farm.wait_registered(farm.worker(farm.simulator(job_time=0.3)))
+    url = farm.scheduler.url
+    ws = websocket.create_connection(
+        f"ws{url[4:]}/comfy/ws?clientId=e2e-socket",
+        header=[f"Authorization: {farm.api.headers['Authorization']}"],
+        timeout=20,
+    )
+    try:
+        first = json.loads(ws.recv())
+        assert first["type"] == "status" and first["data"]["sid"] == "e2e-socket"
+        body = {"prompt": SD15, "client_id": "e2e-socket", "prompt_id": "sock-1"}
+        assert farm.api.post(f"{url}/comfy/prompt", json=body, timeout=30).status_code == 200
+        frames = []
+        while not (frames and frames[-1]["type"] == "executing" and frames[-1]["data"]["node"] is None):
+            frames.append(json.loads(ws.recv()))
+    finally:
+        ws.close()
+    kinds = [f["type"] for f in frames if f["type"] != "status"]
+    assert kinds[0] == "execution_start" and kinds[-3:] == ["executed", "execution_success", "executing"]
+    assert "progress" in kinds and "executing" in kinds[:-1]
+    assert all(f["data"]["prompt_id"] == "sock-1" for f in frames if f["type"] != "status")
+    [executed] = [f for f in frames if f["type"] == "executed"]
+    assert executed["data"]["node"] == "9"
+    view = farm.api.get(f"{url}/comfy/view", params=executed["data"]["output"]["images"][0], timeout=30)
+    assert view.status_code == 200 and view.content.startswith(b"\x89PNG")

@@ -263,6 +263,7 @@ class ComfyUIClient:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # socket state changes (wait_connected)
         self._waiters: dict[str, threading.Condition] = {}  # prompt id -> its wait(), same lock
+        self._relays: dict[str, Callable[[dict[str, Any]], None]] = {}  # prompt id -> its frames' taker
         self._wakes = 0  # bumped by wake(): waiters re-check should_cancel
         self._closing = threading.Event()
         self._ws: websocket.WebSocket | None = None
@@ -372,14 +373,19 @@ class ComfyUIClient:
         self.interrupt(prompt_id)
 
     # -- submit ---------------------------------------------------------------------------------------
-    def submit(self, workflow: dict[str, Any]) -> str:
-        """Queue a workflow and return its prompt id; the socket is connected first (protocol 5)."""
+    def submit(
+        self, workflow: dict[str, Any], *, on_frame: Callable[[dict[str, Any]], None] | None = None
+    ) -> str:
+        """Queue a workflow and return its prompt id; the socket is connected first (protocol 5). Each
+        socket message about the prompt is also given to ``on_frame`` (on the socket's thread: be quick)."""
         self.connect()
         if not self.wait_connected(self.connect_wait):
             logger.warning("ComfyUI socket not connected; submitting anyway, progress comes from polling")
         prompt_id = str(uuid.uuid4())
         with self._cond:
             self.tracker.track(prompt_id)  # before the POST: events may beat its answer (protocol 13.5)
+            if on_frame is not None:
+                self._relays[prompt_id] = on_frame
         body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
             response = self._request("POST", "/prompt", json=body)
@@ -398,12 +404,15 @@ class ComfyUIClient:
             self._forget(prompt_id)
             with self._cond:
                 self.tracker.track(real_id)
+                if on_frame is not None:
+                    self._relays[real_id] = on_frame
         logger.debug("ComfyUI queued prompt %s (number %s)", real_id, answer.get("number"))
         return real_id
 
     def _forget(self, prompt_id: str) -> None:
         with self._cond:
             self.tracker.forget(prompt_id)
+            self._relays.pop(prompt_id, None)
 
     def _cancel_quietly(self, prompt_id: str) -> None:
         try:
@@ -588,7 +597,10 @@ class ComfyUIClient:
                 "ws %s %s", msg.get("type"), _brief(sanitize_error(data) if isinstance(data, dict) else data)
             )
         with self._cond:
-            self.tracker.feed(msg)
+            about = self.tracker.feed(msg)
+            relay = self._relays.get(about) if about is not None else None
+            if relay is not None:
+                relay(msg)
             changed = self.tracker.changed
             for prompt_id in changed:
                 waiter = self._waiters.get(prompt_id)

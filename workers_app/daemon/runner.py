@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from .comfyui import ComfyUIError
+from .frames import FrameRelay
 from .prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
 from .reports import Reports
 from .scheduler import (
@@ -106,7 +107,7 @@ class TaskControl:
 
 
 class ComfyUI(Protocol):
-    def submit(self, workflow: dict[str, Any]) -> str: ...
+    def submit(self, workflow: dict[str, Any], **kwargs: Any) -> str: ...
     def wait(self, prompt_id: str, **kwargs: Any) -> PromptOutcome: ...
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes: ...
     def cancel(self, prompt_id: str) -> None: ...
@@ -152,6 +153,8 @@ def run_task(
         return run.fail("internal", f"worker error: {type(exc).__name__}: {exc}", retryable=True)
     finally:
         run.reports.close()
+        if run.frames is not None:
+            run.frames.close()
         run.control.mark_submitted()
 
 
@@ -172,6 +175,10 @@ class _TaskRun:
         self.task_id = lease.task_id
         # Start and progress reports go out on a thread of their own: nothing here waits for them.
         self.reports = Reports(self._send_report, name=f"reports-{lease.task_id[:8]}")
+        # The socket frames of a task a ComfyUI front-door client follows, relayed as they come.
+        self.frames = (
+            FrameRelay(self._send_frames, name=f"frames-{lease.task_id[:8]}") if lease.relay_frames else None
+        )
         self.start_queued = False
         self.last_progress_at = 0.0
         self.last_quarter = 0
@@ -183,7 +190,10 @@ class _TaskRun:
         if self.control.should_stop():
             return self._stopped(None)
         try:
-            prompt_id = self.comfy.submit(self.lease.workflow)
+            if self.frames is not None:
+                prompt_id = self.comfy.submit(self.lease.workflow, on_frame=self.frames.put)
+            else:
+                prompt_id = self.comfy.submit(self.lease.workflow)
         except ComfyUIError as exc:
             return self._submit_failed(exc)
         self.control.prompt_id = prompt_id
@@ -372,6 +382,12 @@ class _TaskRun:
             return
         if cancelled:
             self.control.request_stop(StopReason.CANCEL)
+
+    def _send_frames(self, frames: list[list[Any]]) -> None:
+        try:
+            self.scheduler.frames(self.task_id, self.lease.lease_token, frames)
+        except SchedulerError as exc:  # frames are a courtesy to the client: the task goes on regardless
+            logger.debug("task %s: frames not relayed (%s)", self.task_id, exc.message)
 
     def _log_quarter(self, value: float, maximum: float) -> None:
         if value < self.last_value:  # a new node started counting

@@ -133,6 +133,7 @@ class LeasedTask:
     batch_size: int = 1
     filename_prefix: str = ""
     lease_expires_at: str | None = None
+    relay_frames: bool = False  # a ComfyUI front-door client follows it: send its socket frames (frames())
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -148,6 +149,7 @@ class LeasedTask:
                 batch_size=int(body.get("batch_size") or 1),
                 filename_prefix=str(body.get("filename_prefix") or ""),
                 lease_expires_at=body.get("lease_expires_at"),
+                relay_frames=body.get("relay_frames") is True,
                 raw=body,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -290,6 +292,10 @@ class SchedulerClient:
             f"tasks/{task_id}/progress", {"lease_token": lease_token, "value": value, "max": maximum}
         )
         return bool(body.get("cancel"))
+
+    def frames(self, task_id: str, lease_token: str, frames: list[list[Any]]) -> None:
+        """Relay ComfyUI socket frames ``[type, data]`` of this task to its front-door client."""
+        self._post(f"tasks/{task_id}/frames", {"lease_token": lease_token, "frames": frames})
 
     def complete(
         self,
