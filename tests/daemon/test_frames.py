@@ -35,14 +35,16 @@ def test_frames_go_out_in_order_and_others_stay_on_the_worker():
 def test_progress_is_coalesced_to_at_most_ten_batches_a_second():
     clock = Clock()
     sent: list[list] = []
-    gate = threading.Event()
+    sending, gate = threading.Event(), threading.Event()
 
     def send(batch):
         sent.append(batch)
+        sending.set()
         gate.wait(5)  # hold the first send so the next frames pile up behind it
 
     relay = FrameRelay(send, clock=clock, sleep=clock.sleep)
     relay.put({"type": "progress", "data": {"value": 1, "max": 10}})
+    assert sending.wait(5)
     for value in range(2, 6):
         relay.put({"type": "progress", "data": {"value": value, "max": 10}})
     gate.set()
@@ -52,10 +54,11 @@ def test_progress_is_coalesced_to_at_most_ten_batches_a_second():
 
 
 def test_close_drops_what_was_not_sent():
-    gate = threading.Event()
+    sending, gate = threading.Event(), threading.Event()
     sent: list[list] = []
-    relay = FrameRelay(lambda batch: (sent.append(batch), gate.wait(5)))
+    relay = FrameRelay(lambda batch: (sent.append(batch), sending.set(), gate.wait(5)))
     relay.put({"type": "executing", "data": {"node": "1"}})
+    assert sending.wait(5)
     relay.put({"type": "executing", "data": {"node": "2"}})
     relay.close()
     gate.set()

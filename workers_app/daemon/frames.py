@@ -85,7 +85,7 @@ class FrameRelay:
     def _drain(self) -> None:
         while True:
             with self._lock:
-                only_progress = all(kind == "progress" for kind, _ in self._pending)
+                only_progress = bool(self._pending) and all(kind == "progress" for kind, _ in self._pending)
                 wait = self._progress_sent_at + 1 / PROGRESS_PER_SECOND - self._clock()
             if only_progress and wait > 0:
                 self._sleep(wait)  # progress alone: at most PROGRESS_PER_SECOND batches a second
