@@ -38,6 +38,9 @@ class ComfyApi(APIView):
 
     permission_classes = [CanSubmit]
     parser_classes = [AnyJsonParser]
+    # Not in the REST API's OpenAPI schema: these are ComfyUI's routes, answers and error shapes
+    # (docs/comfy-front-door.md), not the REST API's `{"error", "detail", "fields"}`.
+    schema = None
 
 
 def comfy_error(kind: str, message: str, details: str = "") -> Response:
