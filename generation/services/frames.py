@@ -46,13 +46,19 @@ def task_relay_frames(
     if not row["client_id"]:
         return 0
     prompt_id = row["client_prompt_id"] or str(task_id)
-    kept = [[kind, {**data, "prompt_id": prompt_id}] for kind, data in frames if kind in RELAYED]
+    kept = [[kind, {**data, "prompt_id": prompt_id}] for kind, data in frames if _relayed(kind, data)]
     envelope = {"task": str(task_id), "owner": row["owner_id"], "client_id": row["client_id"]}
     sent = 0
     for chunk in _chunks(kept):
         dispatch.publish(EVENT, {**envelope, "frames": chunk})
         sent += len(chunk)
     return sent
+
+
+def _relayed(kind: str, data: dict[str, Any]) -> bool:
+    """`executing` with node null ends the prompt on the worker's ComfyUI; the client's ends after the images
+    are stored (comfy_ws), so the worker's is not relayed."""
+    return kind in RELAYED and not (kind == "executing" and data.get("node") is None)
 
 
 def _chunks(frames: list[list[Any]]) -> list[list[list[Any]]]:

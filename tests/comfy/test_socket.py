@@ -65,6 +65,7 @@ def relay_and_complete(worker, task) -> None:
             {"node": "3", "output": {"images": [{"filename": "x.png"}]}, "prompt_id": "worker-side-id"},
         ],
         ["status", {"status": {}}],
+        ["executing", {"node": None, "display_node": None, "prompt_id": "worker-side-id"}],
     ]
     assert (
         services.task_relay_frames(worker=worker, task_id=task.public_id, lease_token=token, frames=frames)
