@@ -113,7 +113,7 @@ async def serve(scope: dict, receive, send) -> None:
         await send({"type": "websocket.close", "code": 1008})
         return
     await send({"type": "websocket.accept"})
-    dispatch.ensure_listener()
+    await step(dispatch.ensure_listener)()
     connection = Connection(asyncio.get_running_loop(), user.pk if user.is_authenticated else None, client_id)
     hub.add(connection)
     session = Session(user, client_id)

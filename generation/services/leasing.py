@@ -139,11 +139,11 @@ def _workflow_keys_runnable_by(worker: Worker) -> list[str]:
             "requirements_key", "requirements"
         ):
             _requirements_seen[key] = api_workflows.Requirements.from_json(needs)
+    known = {key: _requirements_seen.get(key) for key in keys}  # .get: another thread may clear it
     return sorted(
         key
-        for key in keys
-        if key in _requirements_seen
-        and api_workflows.missing_on(_requirements_seen[key], worker.capabilities) is None
+        for key, needs in known.items()
+        if needs is not None and api_workflows.missing_on(needs, worker.capabilities) is None
     )
 
 

@@ -114,6 +114,18 @@ def test_model_inputs_of_both_choice_shapes_by_name_or_by_file_extension():
     }
 
 
+def test_model_lists_beyond_the_budget_are_left_out_longest_first(caplog):
+    found = {
+        "CheckpointLoaderSimple": {"ckpt_name": ["a.safetensors"]},
+        "LoraLoader": {"lora_name": [f"lora-{n}.safetensors" for n in range(100)]},
+    }
+    assert comfyui.fit_model_inputs(found, budget=10_000) == found
+    assert comfyui.fit_model_inputs(found, budget=200) == {
+        "CheckpointLoaderSimple": {"ckpt_name": ["a.safetensors"]}
+    }
+    assert "LoraLoader.lora_name" in caplog.text
+
+
 # -- submit -------------------------------------------------------------------------------------------------
 def test_submit_connects_the_socket_first_and_sends_client_and_prompt_id(server, client):
     prompt_id = client.submit(WORKFLOW)

@@ -223,6 +223,37 @@ def model_inputs(object_info: dict[str, Any]) -> dict[str, dict[str, list[str]]]
     return found
 
 
+# The scheduler reads a worker's capabilities with its row on every call: keep the model lists small.
+MODEL_INPUTS_BUDGET = 64 * 1024  # bytes of JSON
+
+
+def fit_model_inputs(
+    found: dict[str, dict[str, list[str]]], budget: int = MODEL_INPUTS_BUDGET
+) -> dict[str, dict[str, list[str]]]:
+    """``found`` without its longest lists until its JSON fits ``budget``; the inputs left out are not
+    checked at submit (any worker with the node class may get the task), and a warning names them."""
+    sizes = {
+        (cls, name): len(json.dumps(files)) for cls, inputs in found.items() for name, files in inputs.items()
+    }
+    total = len(json.dumps(found))
+    dropped = []
+    for key in sorted(sizes, key=sizes.get, reverse=True):
+        if total <= budget:
+            break
+        total -= sizes[key]
+        dropped.append(key)
+    if not dropped:
+        return found
+    logger.warning(
+        "model lists too long to report, left out: %s", ", ".join(f"{c}.{n}" for c, n in dropped[:20])
+    )
+    return {
+        cls: kept
+        for cls, inputs in found.items()
+        if (kept := {n: files for n, files in inputs.items() if (cls, n) not in dropped})
+    }
+
+
 def _required_input(object_info: dict[str, Any], class_type: str, name: str) -> Any:
     return (((object_info.get(class_type) or {}).get("input") or {}).get("required") or {}).get(name)
 
@@ -334,7 +365,7 @@ class ComfyUIClient:
             "samplers": _combo_options(_required_input(info, "KSampler", "sampler_name")),
             "schedulers": _combo_options(_required_input(info, "KSampler", "scheduler")),
             "output_nodes": sorted(name for name, node in info.items() if (node or {}).get("output_node")),
-            "model_inputs": model_inputs(info),
+            "model_inputs": fit_model_inputs(model_inputs(info)),
         }
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
