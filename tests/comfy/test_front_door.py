@@ -249,3 +249,14 @@ def test_farm_description_routes(api, worker):
 def test_the_rest_submit_and_the_front_door_share_tasks(api, user, worker):
     task = services.task_submit_workflow(owner=user, workflow=copy.deepcopy(NOISE))
     assert [i[1] for i in api.get("/comfy/queue").json()["queue_pending"]] == [str(task.public_id)]
+
+
+def test_history_reads_a_fixed_number_of_queries(api, worker_and_token, django_assert_max_num_queries):
+    _worker, token = worker_and_token
+    wapi = worker_client(token)
+    for n in range(4):
+        prompt(api, prompt_id=f"p{n}")
+        run(wapi, Task.objects.get(client_prompt_id=f"p{n}"), [("3", png_bytes())])
+    # the finished tasks, their images
+    with django_assert_max_num_queries(2):
+        assert len(api.get("/comfy/history").json()) == 4
