@@ -82,6 +82,17 @@ class CapabilitiesInput(serializers.Serializer):
     schedulers = serializers.ListField(
         child=serializers.CharField(max_length=255), required=False, default=list
     )
+    output_nodes = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        required=False,
+        default=list,
+        help_text="Node classes with output_node in /object_info.",
+    )
+    model_inputs = serializers.DictField(
+        child=serializers.DictField(child=serializers.ListField(child=serializers.CharField(max_length=255))),
+        required=False,
+        help_text="{class_type: {input name: [file, …]}}: the file choices of model inputs in /object_info.",
+    )
 
 
 class RegisterInput(serializers.Serializer):

@@ -150,3 +150,22 @@ def test_a_rest_lease_asks_for_no_frames(worker_and_token):
     services.task_submit_workflow(owner=None, workflow=copy.deepcopy(NOISE))
     job = worker_client(token).post("/api/v1/worker/lease", {}, format="json").json()
     assert job["relay_frames"] is False
+
+
+def test_register_stores_output_nodes_and_model_inputs(worker_and_token):
+    worker, token = worker_and_token
+    caps = {
+        **capabilities(),
+        "output_nodes": ["SaveImage", "PreviewImage"],
+        "model_inputs": {"LoraLoader": {"lora_name": ["b.safetensors", "a.safetensors"]}},
+    }
+    answer = worker_client(token).post("/api/v1/worker/register", {"capabilities": caps}, format="json")
+    assert answer.status_code == HTTPStatus.OK, answer.json()
+    worker.refresh_from_db()
+    assert worker.capabilities["output_nodes"] == ["PreviewImage", "SaveImage"]
+    assert worker.capabilities["model_inputs"] == {
+        "LoraLoader": {"lora_name": ["a.safetensors", "b.safetensors"]}
+    }
+    bad = {**caps, "model_inputs": {"LoraLoader": {"lora_name": "a.safetensors"}}}
+    answer = worker_client(token).post("/api/v1/worker/register", {"capabilities": bad}, format="json")
+    assert answer.status_code == HTTPStatus.BAD_REQUEST

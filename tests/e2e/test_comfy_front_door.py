@@ -141,3 +141,47 @@ def test_the_socket_relays_the_workers_frames_and_ends_with_executing_null(farm)
     assert executed["data"]["node"] == "9"
     view = farm.api.get(f"{url}/comfy/view", params=executed["data"]["output"]["images"][0], timeout=30)
     assert view.status_code == 200 and view.content.startswith(b"\x89PNG")
+
+
+def with_lora(name: str, seed: int = 1) -> dict:
+    """SD15 with a LoraLoader between the checkpoint and the sampler and text encoders."""
+    workflow = copy.deepcopy(SD15)
+    workflow["10"] = {
+        "class_type": "LoraLoader",
+        "inputs": {
+            "model": ["4", 0],
+            "clip": ["4", 1],
+            "lora_name": name,
+            "strength_model": 1.0,
+            "strength_clip": 1.0,
+        },
+    }
+    workflow["3"]["inputs"]["model"] = ["10", 0]
+    workflow["3"]["inputs"]["seed"] = seed
+    workflow["6"]["inputs"]["clip"] = workflow["7"]["inputs"]["clip"] = ["10", 1]
+    return workflow
+
+
+def test_a_workflow_naming_a_lora_only_one_worker_has_goes_there(farm):
+    plain = farm.worker(farm.simulator(), name="plain")
+    styled = farm.worker(farm.simulator(loras=("style.safetensors",)), name="styled")
+    farm.wait_registered(plain, styled)
+    url = f"{farm.scheduler.url}/comfy"
+    refused = farm.api.post(f"{url}/prompt", json={"prompt": with_lora("nope.safetensors")}, timeout=30)
+    assert refused.status_code == 400
+    [error] = refused.json()["node_errors"]["10"]["errors"]
+    assert error["details"] == "lora_name: 'nope.safetensors' not in ['style.safetensors']"
+
+    ids = [f"lora-{n}" for n in range(3)]
+    for n, pid in enumerate(ids):
+        body = {"prompt": with_lora("style.safetensors", seed=n), "prompt_id": pid}
+        assert farm.api.post(f"{url}/prompt", json=body, timeout=30).status_code == 200
+
+    def finished() -> bool:
+        return all(farm.api.get(f"{url}/history/{pid}", timeout=30).json() for pid in ids)
+
+    wait_until(finished, timeout=40, what="the prompts to finish")
+    tasks = Task.objects.filter(client_prompt_id__in=ids)
+    assert {t.status for t in tasks} == {Task.Status.COMPLETED}
+    leased_to = set(TaskAttempt.objects.filter(task__in=tasks).values_list("worker__name", flat=True))
+    assert leased_to == {"styled"}

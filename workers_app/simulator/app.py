@@ -414,7 +414,8 @@ class Routes:
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return web.Response(status=404)
-        return web.json_response(list(self.sim.config.checkpoints) if folder == "checkpoints" else [])
+        files = {"checkpoints": self.sim.config.checkpoints, "loras": self.sim.config.loras}
+        return web.json_response(list(files.get(folder, ())))
 
     async def embeddings(self, request: web.Request) -> web.Response:
         return web.json_response([])

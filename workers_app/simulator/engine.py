@@ -141,7 +141,7 @@ class Simulator:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.rng = random.Random(config.random_seed)
-        self.object_info = nodes.load_object_info(config.checkpoints)
+        self.object_info = nodes.load_object_info(config.checkpoints, config.loras)
         self._own_root = config.output_dir is None
         root = (
             Path(tempfile.mkdtemp(prefix="comfyui-simulator-")) if self._own_root else Path(config.output_dir)

@@ -32,10 +32,11 @@ def _object_info_template() -> dict[str, Any]:
     return json.loads(OBJECT_INFO_PATH.read_text(encoding="utf-8"))
 
 
-def load_object_info(checkpoints: tuple[str, ...]) -> dict[str, Any]:
-    """/object_info of the simulator: the captured subset, with the simulated checkpoint names."""
+def load_object_info(checkpoints: tuple[str, ...], loras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """/object_info of the simulator: the captured subset, with the simulated checkpoint and LoRA names."""
     info = copy.deepcopy(_object_info_template())
     info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] = list(checkpoints)
+    info["LoraLoader"]["input"]["required"]["lora_name"][0] = list(loras)
     return info
 
 
@@ -150,6 +151,18 @@ async def checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
     return NodeResult(tuple(ModelPart(kind, ckpt_name) for kind in ("MODEL", "CLIP", "VAE")))
 
 
+async def lora_loader(
+    ctx: NodeContext,
+    model: ModelPart,
+    clip: ModelPart,
+    lora_name: str,
+    strength_model: float,
+    strength_clip: float,
+) -> NodeResult:
+    await ctx.sleep(ctx.duration)
+    return NodeResult((model, clip))
+
+
 async def clip_text_encode(ctx: NodeContext, text: str, clip: ModelPart) -> NodeResult:
     await ctx.sleep(ctx.duration)
     return NodeResult((Conditioning(text),))
@@ -225,6 +238,7 @@ IMPLEMENTATIONS: dict[str, NodeFunction] = {
     "ImageAddNoise": image_add_noise,
     "ImageBlur": image_blur,
     "CheckpointLoaderSimple": checkpoint_loader,
+    "LoraLoader": lora_loader,
     "CLIPTextEncode": clip_text_encode,
     "EmptyLatentImage": empty_latent_image,
     "KSampler": ksampler,
