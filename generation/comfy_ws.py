@@ -9,8 +9,9 @@ task, on its `task` event). Frames travel on the event channel (generation.dispa
 reach the socket in whichever server process holds it; on SQLite only sockets in the process that got the
 worker's report.
 
-Auth: `Authorization: Token <key>` as on the REST API, or, when T2I_ALLOW_ANONYMOUS_SUBMIT is on, the shared
-anonymous space. A refused handshake is closed before it is accepted (the server answers 403).
+Auth: the `Authorization` header, checked by the REST API's own authentication classes, or, when
+T2I_ALLOW_ANONYMOUS_SUBMIT is on, the shared anonymous space. A refused handshake is closed before it is
+accepted (the server answers 403).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from urllib.parse import parse_qs
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from rest_framework.authentication import TokenAuthentication
+from django.http import HttpRequest
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
 
 from generation import comfy_selectors, comfy_shapes, dispatch
 from generation.models import Task
@@ -150,21 +154,26 @@ async def _send(send, frame: dict[str, Any]) -> None:
 
 
 def authenticate(scope: dict) -> Any:
-    """The user of `Authorization: Token <key>`, the anonymous user where anonymous clients are let in, or
-    None (refused)."""
+    """The user the REST API's authentication classes find in the `Authorization` header (sessions aside: a
+    socket has no CSRF check), the anonymous user where anonymous clients are let in, or None (refused)."""
     headers = {
         name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])
     }
-    keyword, _, key = headers.get("authorization", "").partition(" ")
-    if keyword.lower() == "token" and key.strip():
+    header = headers.get("authorization", "")
+    if not header:
+        return AnonymousUser() if settings.T2I["ALLOW_ANONYMOUS_SUBMIT"] else None
+    request = HttpRequest()
+    request.META["HTTP_AUTHORIZATION"] = header
+    for auth_class in api_settings.DEFAULT_AUTHENTICATION_CLASSES:
+        if issubclass(auth_class, SessionAuthentication):
+            continue
         try:
-            user, _ = TokenAuthentication().authenticate_credentials(key.strip())
+            found = auth_class().authenticate(Request(request))
         except AuthenticationFailed:
             return None
-        return user
-    if keyword:
-        return None
-    return AnonymousUser() if settings.T2I["ALLOW_ANONYMOUS_SUBMIT"] else None
+        if found is not None:
+            return found[0]
+    return None
 
 
 class Session:
