@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import requests
 import websocket
 from PIL import Image as PILImage
 
@@ -185,3 +186,40 @@ def test_a_workflow_naming_a_lora_only_one_worker_has_goes_there(farm):
     assert {t.status for t in tasks} == {Task.Status.COMPLETED}
     leased_to = set(TaskAttempt.objects.filter(task__in=tasks).values_list("worker__name", flat=True))
     assert leased_to == {"styled"}
+
+
+@pytest.mark.parametrize("farm", [{"workers": 1}], indirect=True)
+def test_interrupt_stops_the_running_prompt_and_the_socket_says_so(farm):
+    simulator = farm.simulator(job_time=0.1, class_delays={"KSampler": 6.0})
+    farm.wait_registered(farm.worker(simulator))
+    url = farm.scheduler.url
+    ws = websocket.create_connection(
+        f"ws{url[4:]}/comfy/api/ws?clientId=e2e-int",
+        header=[f"Authorization: {farm.api.headers['Authorization']}"],
+        timeout=30,
+    )
+    try:
+        json.loads(ws.recv())  # status
+        body = {"prompt": SD15, "client_id": "e2e-int", "prompt_id": "int-1"}
+        assert farm.api.post(f"{url}/comfy/prompt", json=body, timeout=30).status_code == 200
+        frames = [json.loads(ws.recv())]
+        while not (frames[-1]["type"] == "executing" and frames[-1]["data"]["node"] == "3"):
+            frames.append(json.loads(ws.recv()))  # until the slow sampler runs
+        assert (
+            farm.api.post(f"{url}/comfy/interrupt", json={"prompt_id": "int-1"}, timeout=30).status_code
+            == 200
+        )
+        while not (frames[-1]["type"] == "executing" and frames[-1]["data"]["node"] is None):
+            frames.append(json.loads(ws.recv()))
+    finally:
+        ws.close()
+    kinds = [f["type"] for f in frames if f["type"] != "status"]
+    assert kinds[-2:] == ["execution_interrupted", "executing"]
+    status = farm.api.get(f"{url}/comfy/history/int-1", timeout=30).json()["int-1"]["status"]
+    assert status["status_str"] == "error" and status["messages"][-1][0] == "execution_interrupted"
+    assert Task.objects.get(client_prompt_id="int-1").status == Task.Status.CANCELLED
+
+    def comfyui_idle() -> bool:
+        return requests.get(f"{simulator.url}/prompt", timeout=5).json()["exec_info"]["queue_remaining"] == 0
+
+    wait_until(comfyui_idle, timeout=10, what="ComfyUI to stop the prompt")
