@@ -9,6 +9,7 @@ import sys
 
 from django.conf import settings
 from django.http import FileResponse, HttpResponse
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -61,7 +62,10 @@ class PromptApi(ComfyApi):
         return Response({"exec_info": {"queue_remaining": len(running) + len(pending)}})
 
     def post(self, request: Request) -> Response:
-        body = request.data
+        try:
+            body = request.data
+        except ParseError:  # ComfyUI answers a 500 here; the farm says what is wrong, in ComfyUI's shape
+            return comfy_error("invalid_prompt", "The body is not valid JSON.")
         if not isinstance(body, dict) or "prompt" not in body:
             return comfy_error("no_prompt", "No prompt provided")
         services.submit_claim(user=request.user, address=client_address(request))

@@ -91,7 +91,7 @@ def test_a_missing_model_names_the_node_and_input(api, worker):
 
 def test_malformed_json_and_bad_ids_are_400_json(api, worker):
     answer = api.generic("POST", "/comfy/prompt", b"{not json", content_type="text/plain")
-    assert answer.status_code == HTTPStatus.BAD_REQUEST and answer.json()["error"] == "parse_error"
+    assert answer.status_code == HTTPStatus.BAD_REQUEST and answer.json()["error"]["type"] == "invalid_prompt"
     answer = prompt(api, prompt_id="x" * 101)
     assert answer.status_code == HTTPStatus.BAD_REQUEST and "prompt_id" in answer.json()["fields"]
     assert not Task.objects.exists()
@@ -260,3 +260,18 @@ def test_history_reads_a_fixed_number_of_queries(api, worker_and_token, django_a
     # the finished tasks, their images
     with django_assert_max_num_queries(2):
         assert len(api.get("/comfy/history").json()) == 4
+
+
+def test_huge_graphs_and_bodies_are_refused_without_a_trace(api, worker, settings):
+    many = {str(i): {"class_type": "SaveImage", "inputs": {}} for i in range(10_000)}
+    answer = api.post("/comfy/prompt", {"prompt": many}, format="json")
+    assert answer.status_code == HTTPStatus.BAD_REQUEST
+    assert (
+        answer.json()["error"]["type"] == "invalid_prompt"
+        and "at most 2000" in answer.json()["error"]["message"]
+    )
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100_000
+    blob = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x" * 200_000}}}
+    answer = api.post("/comfy/prompt", {"prompt": blob}, format="json")
+    assert answer.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    assert not Task.objects.exists()
