@@ -102,6 +102,8 @@ class WorkerActivity:
 
     def finished(self, task_id: str, result: str) -> None:
         self._update(task_id, state=result, finished_at=_now())
+        with self._lock:
+            self._trim()
         self.metrics.tasks.labels(result=result).inc()
 
     # -- what the surface reads -------------------------------------------------------------------------
