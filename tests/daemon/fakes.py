@@ -410,6 +410,8 @@ class FakeSchedulerServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            do_GET = do_POST  # GET /healthz: SchedulerClient.probe
+
             def log_message(self, *args: Any) -> None:
                 pass
 
