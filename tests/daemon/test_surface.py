@@ -127,7 +127,12 @@ def test_status_answers_for_task_and_prompt_id_and_404_json_otherwise(tmp_path):
             assert response.headers["Content-Type"] == "application/json"
             body = response.json()
             assert (body["task_id"], body["prompt_id"], body["state"]) == ("task-1", "prompt-1", "queued")
-            assert set(body) >= {"progress", "leased_at", "started_at", "finished_at", "images", "error"}
+            assert (body["status"], body["progress"]) == ("pending", 0)  # the original design's words
+            assert set(body) >= {"leased_at", "started_at", "finished_at", "images", "error_code", "error"}
+        surface.activity.started("task-1")
+        surface.activity.progress("task-1", 3, 12)
+        body = get(surface, "/status/prompt-1").json()
+        assert (body["state"], body["status"], body["progress"]) == ("running", "running", 25)
         missing = get(surface, "/status/other")
         assert missing.status_code == HTTPStatus.NOT_FOUND
         assert missing.json()["error"] == "not_found"

@@ -34,7 +34,8 @@ def test_runworker_with_a_port_serves_its_view_of_a_task_the_image_health_and_me
     for key in (str(task.public_id), prompt_id):
         status = requests.get(f"{url}/status/{key}", timeout=5).json()
         assert (status["task_id"], status["prompt_id"]) == (str(task.public_id), prompt_id)
-        assert (status["state"], status["error"], len(status["images"])) == ("completed", None, 1)
+        assert (status["state"], status["status"], status["progress"]) == ("completed", "completed", 100)
+        assert (status["error"], len(status["images"])) == (None, 1)
     copy = wait_until(
         lambda: (r := requests.get(f"{url}/images/{status['images'][0]}", timeout=5)).ok and r,
         what="the local copy of the image",

@@ -23,6 +23,19 @@ logger = logging.getLogger(__name__)
 
 KEEP_TASKS = 200  # finished tasks remembered (the running ones are always kept)
 ACTIVE_STATES = frozenset({"leased", "queued", "running", "uploading"})
+# The original design's words for a task's state (as the scheduler's GET /status/{id} says them). Handed back
+# (released) or lost, the farm holds the task again.
+SEED_STATUS = {
+    "leased": "pending",
+    "queued": "pending",
+    "running": "running",
+    "uploading": "running",
+    "completed": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "released": "pending",
+    "lost": "pending",
+}
 
 
 def _now() -> str:
@@ -49,8 +62,13 @@ class TaskRecord:
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    @property
+    def percent(self) -> int:
+        return round(100 * self.progress)
+
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record, ``progress`` in percent (0..100), and ``status`` in the original design's words."""
+        return {**asdict(self), "progress": self.percent, "status": SEED_STATUS.get(self.state, "pending")}
 
 
 class WorkerActivity:
@@ -127,8 +145,7 @@ class WorkerActivity:
             return "idle"
         running = [r for r in active if r.state in ("running", "uploading")]
         parts = [
-            f"{'uploading' if r.state == 'uploading' else 'running'} task {r.task_id} at "
-            f"{round(100 * r.progress)}%"
+            f"{'uploading' if r.state == 'uploading' else 'running'} task {r.task_id} at {r.percent}%"
             for r in running
         ]
         waiting = len(active) - len(running)
@@ -153,4 +170,4 @@ class WorkerActivity:
 
 
 def _copy(record: TaskRecord) -> TaskRecord:
-    return TaskRecord(**{**record.as_json(), "images": list(record.images)})
+    return TaskRecord(**asdict(record))

@@ -280,6 +280,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _active(surface: WorkerSurface) -> list[dict[str, Any]]:
     return [
-        {"task_id": r.task_id, "prompt_id": r.prompt_id, "state": r.state, "progress": r.progress}
+        {"task_id": r.task_id, "prompt_id": r.prompt_id, "state": r.state, "progress": r.percent}
         for r in surface.activity.active()
     ]
