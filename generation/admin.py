@@ -155,8 +155,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
         "owner",
         "worker",
         "checkpoint_column",
-        "priority",
-        "attempts_column",
+        "priority_column",
         "created_column",
         "wait_column",
         "run_column",
@@ -259,26 +258,30 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Prompt")
     def prompt_column(self, task: Task):
-        text = task.prompt if len(task.prompt) <= 90 else task.prompt[:87] + "…"
         return format_html(
-            '<span title="{}" style="display:inline-block;min-width:16em;max-width:30em">{}</span>',
+            '<span class="console-cut console-cut-short" title="{}">{}</span>',
             task.prompt[:500],
-            text,
+            task.prompt[:200],
         )
 
     @admin.display(description="Checkpoint", ordering="checkpoint")
     def checkpoint_column(self, task: Task):
         name = task.checkpoint.removesuffix(".safetensors") or "—"
-        return format_html('<span title="{}" style="white-space:nowrap">{}</span>', task.checkpoint, name)
+        return format_html('<span class="console-cut" title="{}">{}</span>', task.checkpoint, name)
 
     @admin.display(description="Created", ordering="created_at")
     def created_column(self, task: Task):
         local = timezone.localtime(task.created_at)
+        today = local.date() == timezone.localdate()
         return format_html(
-            '<span title="{}" style="white-space:nowrap">{}</span>',
-            local.isoformat(),
-            local.strftime("%b %d %H:%M:%S"),
+            '<span class="console-nowrap" title="{}">{}</span>',
+            local.isoformat(timespec="seconds"),
+            local.strftime("%H:%M:%S" if today else "%b %d %H:%M"),
         )
+
+    @admin.display(description="Prio", ordering="priority")
+    def priority_column(self, task: Task):
+        return task.priority
 
     @admin.display(description="Attempts")
     def attempts_column(self, task: Task):
@@ -286,18 +289,19 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Wait")
     def wait_column(self, task: Task):
-        return seconds_text(task.wait_seconds)
+        return format_html('<span class="console-num">{}</span>', seconds_text(task.wait_seconds))
 
     @admin.display(description="Run")
     def run_column(self, task: Task):
-        return seconds_text(task.run_seconds)
+        return format_html('<span class="console-num">{}</span>', seconds_text(task.run_seconds))
 
     @admin.display(description="Progress")
     def progress_column(self, task: Task):
         if task.status not in (Task.Status.RUNNING, Task.Status.COMPLETED):
             return "—"
         return format_html(
-            '<progress value="{}" max="100" style="width:70px"></progress> {}%',
+            '<span class="console-nowrap"><progress value="{}" max="100" style="width:48px"></progress>'
+            " {}%</span>",
             task.progress_percent,
             task.progress_percent,
         )
