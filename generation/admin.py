@@ -234,6 +234,17 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("worker", "owner", "template")
 
+    def object_action_applies(self, obj: Task, action: str) -> bool:
+        """Cancel while the task can still finish, Retry once it failed or was cancelled, Priority while it
+        waits in the queue (services.task_cancel, task_retry and task_set_priority refuse the rest)."""
+        if action == "cancel":
+            return not obj.is_finished
+        if action == "retry":
+            return obj.is_retryable
+        if action == "raise_priority":
+            return obj.status == Task.Status.QUEUED
+        return True
+
     def get_object(self, request, object_id, from_field=None):
         queryset = self.get_queryset(request).prefetch_related("images", "webhook_deliveries")
         try:

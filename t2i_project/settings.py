@@ -147,6 +147,7 @@ LOGOUT_REDIRECT_URL = "web:generate"
 # --- end of web site block
 
 LANGUAGE_CODE = "en-us"
+FORMAT_MODULE_PATH = ["t2i_project.formats"]  # timestamps with seconds
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True

@@ -5,6 +5,7 @@ from http import HTTPStatus
 import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
+from django.utils import dateformat, timezone
 
 from generation import dashboard, services
 from generation.models import Image, Task, WebhookDelivery, WorkflowTemplate
@@ -420,3 +421,35 @@ def test_object_actions_refuse_get_and_unknown_actions(admin_client, worker):
     assert admin_client.post(bad).status_code == HTTPStatus.FORBIDDEN
     task.refresh_from_db()
     assert task.status == Task.Status.QUEUED
+
+
+def test_task_page_offers_only_the_actions_that_apply(admin_client, worker):
+    def buttons(task: Task) -> set[str]:
+        html = admin_client.get(reverse("admin:generation_task_change", args=[task.pk])).content.decode()
+        return {
+            name
+            for name in ("cancel", "retry", "raise_priority")
+            if reverse("admin:generation_task_object_action", args=[task.pk, name]) in html
+        }
+
+    task = TaskFactory()
+    assert buttons(task) == {"cancel", "raise_priority"}
+    completed = run(worker)
+    assert completed.pk == task.pk and completed.status == Task.Status.COMPLETED
+    assert buttons(completed) == set()
+    failed_task = TaskFactory()
+    failed = run(worker, complete=False)
+    assert failed.pk == failed_task.pk and failed.status == Task.Status.FAILED
+    assert buttons(failed) == {"retry"}
+    leased = TaskFactory()
+    services.task_lease_next(worker=worker)
+    assert buttons(leased) == {"cancel"}
+
+
+def test_attempt_history_shows_seconds(admin_client, worker):
+    TaskFactory()
+    task = run(worker)
+    attempt = task.attempt_set.get()
+    html = admin_client.get(reverse("admin:generation_task_change", args=[task.pk])).content.decode()
+    for stamp in (attempt.leased_at, attempt.started_at, attempt.finished_at):
+        assert dateformat.format(timezone.localtime(stamp), "H:i:s") in html
