@@ -402,7 +402,8 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                 ("Running", figures.tasks_by_status.get("running", 0), ""),
                 ("Completed (1 h)", figures.completed_last_hour, "ok"),
                 ("Failed (1 h)", figures.failed_last_hour, "bad" if figures.failed_last_hour else ""),
-                ("Throughput", f"{figures.throughput_per_minute:.1f}/min", ""),
+                ("Throughput, last 5 min", f"{figures.recent_throughput_per_minute(5):.1f}/min", ""),
+                ("Throughput, hour average", f"{figures.throughput_per_minute:.1f}/min", ""),
                 ("Oldest queued", seconds_text(figures.oldest_queued_age), ""),
                 ("Wait p50 (1 h)", seconds_text(figures.wait_p50), ""),
                 ("Wait p95 (1 h)", seconds_text(figures.wait_p95), ""),
@@ -419,6 +420,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                 }
                 for minute, completed, failed in figures.per_minute
             ],
+            "ticks": chart_ticks([minute for minute, _, _ in figures.per_minute]),
             "peak": figures.per_minute_max,
             "queue": [(priority, n, 100 * n / deepest) for priority, n in figures.queue_by_priority],
             "utilisation": [
@@ -440,6 +442,17 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             ],
         }
         return TemplateResponse(request, "admin/generation/dashboard.html", context)
+
+
+def chart_ticks(minutes: list, every: int = 10) -> list[dict]:
+    """Time-axis labels for the per-minute chart: one at every `every`-th minute of the clock, placed at the
+    centre of its bar (as a percentage of the chart's width), in local time."""
+    count = len(minutes)
+    return [
+        {"left": 100 * (i + 0.5) / count, "label": timezone.localtime(minute).strftime("%H:%M")}
+        for i, minute in enumerate(minutes)
+        if timezone.localtime(minute).minute % every == 0
+    ]
 
 
 # --- Images ---------------------------------------------------------------------------------------------
@@ -638,6 +651,11 @@ class WebhookDeliveryAdmin(ViewOnlyMixin, admin.ModelAdmin):
         "payload_view",
     ]
     actions = ["send_now"]
+
+    def changelist_view(self, request, extra_context=None):
+        """The list says so when nothing can be sent (webhooks.py refuses to send callbacks unsigned)."""
+        context = {**(extra_context or {}), "webhooks_can_send": webhooks.webhooks_can_send()}
+        return super().changelist_view(request, context)
 
     @admin.display(description="Task", ordering="task_id")
     def task_column(self, delivery: WebhookDelivery):

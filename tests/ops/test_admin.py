@@ -453,3 +453,24 @@ def test_attempt_history_shows_seconds(admin_client, worker):
     html = admin_client.get(reverse("admin:generation_task_change", args=[task.pk])).content.decode()
     for stamp in (attempt.leased_at, attempt.started_at, attempt.finished_at):
         assert dateformat.format(timezone.localtime(stamp), "H:i:s") in html
+
+
+def test_dashboard_shows_recent_throughput_a_time_axis_and_twelve_cards(admin_client, worker):
+    TaskFactory()
+    run(worker)
+    response = admin_client.get(reverse("admin:generation_dashboard"))
+    html = response.content.decode()
+    labels = [label for label, _, _ in response.context["cards"]]
+    assert "Throughput, last 5 min" in labels and "Throughput, hour average" in labels
+    assert len(labels) == 12  # rows of 6, 4, 3 or 2 (dashboard.html): no card alone on a row
+    ticks = response.context["ticks"]
+    assert 6 <= len(ticks) <= 7 and all(tick["label"].endswith("0") for tick in ticks)
+    assert f">{ticks[0]['label']}</span>" in html and 'class="farm-axis"' in html
+
+
+def test_webhook_list_says_nothing_is_sent_without_a_secret(admin_client, settings):
+    url = reverse("admin:generation_webhookdelivery_changelist")
+    settings.T2I = {**settings.T2I, "WEBHOOK_SECRET": ""}
+    assert "Nothing is sent" in admin_client.get(url).content.decode()
+    settings.T2I = {**settings.T2I, "WEBHOOK_SECRET": "s3cret-for-the-test"}
+    assert "Nothing is sent" not in admin_client.get(url).content.decode()
