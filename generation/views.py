@@ -100,7 +100,9 @@ def _safe_next(request: HttpRequest, fallback: str) -> str:
 
 def generate(request: HttpRequest) -> HttpResponse:
     if not _may_submit(request.user):
-        return redirect_to_login(request.get_full_path())
+        if request.method == "POST":
+            return redirect_to_login(request.get_full_path())
+        return render(request, "generation/welcome.html", {"signup_enabled": settings.T2I["SIGNUP_ENABLED"]})
     samplers, schedulers = web_selectors.worker_options()
     choices = {
         "checkpoints": selectors.checkpoints_available(),
