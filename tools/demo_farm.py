@@ -3,17 +3,21 @@ failed, running, starting and queued tasks with real pictures. For the screensho
 and the browser tests of the pages' layout (tests/web/test_layout.py).
 
 Everything goes through the services, as the API and the workers would; only the pictures are drawn here
-(by the simulator's renderer), so the pages show what a real farm shows.
+(by the simulator's renderer) and, afterwards, the finished tasks' timestamps are spread over the last
+forty minutes (`_spread_in_time`), so that the dashboard and the console show a farm that has been at work
+rather than one whose every task took no time at all.
 """
 
 import io
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from generation import services
-from generation.models import Task
+from generation.models import Task, TaskAttempt
 from workers_app import services as worker_services
 from workers_app.models import Worker
 from workers_app.simulator.images import render_prompt
@@ -77,6 +81,20 @@ def _lease(worker: Worker):
     return lease.task, lease.attempt.lease_token
 
 
+def _spread_in_time(tasks: list[Task]) -> None:
+    """Demo data only: task n waited a few seconds, ran 4 to 13 s and finished 5 * (len - n) minutes ago."""
+    now = timezone.now()
+    for n, task in enumerate(tasks):
+        finished = now - timedelta(minutes=5 * (len(tasks) - n), seconds=17 * n % 50)
+        started = finished - timedelta(seconds=4 + 7 * n % 10)
+        leased = started - timedelta(seconds=1)
+        created = leased - timedelta(seconds=2 + 3 * n % 7)
+        stamps = {"leased_at": leased, "started_at": started, "finished_at": finished}
+        Task.objects.filter(pk=task.pk).update(created_at=created, **stamps)
+        TaskAttempt.objects.filter(task=task).update(**stamps)
+        task.refresh_from_db()
+
+
 def seed_demo_farm() -> DemoFarm:
     """Users `admin` (staff) and `alice`, both with the password PASSWORD, and a farm at work."""
     users = get_user_model().objects
@@ -115,6 +133,7 @@ def seed_demo_farm() -> DemoFarm:
         completed.append(
             services.task_complete(worker=worker, task_id=task.public_id, lease_token=token, files=files).task
         )
+    _spread_in_time(completed)
 
     services.task_submit(
         owner=alice, data={"prompt": "a glass city under water", "width": 512, "height": 512}

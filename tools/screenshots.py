@@ -74,7 +74,7 @@ def take(base_url: str, farm, out: Path) -> list[Path]:
 
     from tools.demo_farm import PASSWORD
 
-    task = farm.running
+    task = farm.completed[0]
     pages = [
         ("home", "/"),
         ("task", f"/tasks/{task.public_id}/"),

@@ -125,7 +125,9 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
 
             # Sign in.
             page.goto(url("web:generate"))
-            assert "/accounts/login/" in page.url
+            assert "Images from text" in page.inner_text("main")  # signed out: a welcome, not a bounce
+            page.click("main >> text=Log in")
+            page.wait_for_url("**/accounts/login/")
             shot("login")
             page.fill("#id_username", "alice")
             page.fill("#id_password", PASSWORD)
