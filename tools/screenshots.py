@@ -87,7 +87,10 @@ def take(base_url: str, farm, out: Path) -> list[Path]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         for width, height in VIEWPORTS:
-            context = browser.new_context(viewport={"width": width, "height": height})
+            phone = width < 600  # a touch screen: no hover, no keyboard shortcut hint
+            context = browser.new_context(
+                viewport={"width": width, "height": height}, is_mobile=phone, has_touch=phone
+            )
             page = context.new_page()
             page.goto(base_url + "/accounts/login/")
             page.fill("#id_username", farm.staff.username)
