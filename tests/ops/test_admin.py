@@ -1,5 +1,6 @@
 """One smoke test per admin page and per action; the actions go through the services."""
 
+import re
 from http import HTTPStatus
 
 import pytest
@@ -474,3 +475,23 @@ def test_webhook_list_says_nothing_is_sent_without_a_secret(admin_client, settin
     assert "Nothing is sent" in admin_client.get(url).content.decode()
     settings.T2I = {**settings.T2I, "WEBHOOK_SECRET": "s3cret-for-the-test"}
     assert "Nothing is sent" not in admin_client.get(url).content.decode()
+
+
+def test_console_names_itself_and_lists_the_farm_first(admin_client):
+    response = admin_client.get(reverse("admin:index"))
+    html = response.content.decode()
+    assert "<title>Workers, tasks and images | Render farm console</title>" in html
+    assert re.search(r'id="site-name">.*?Render farm console\s*</a>', html, re.S)
+    assert "Django administration" not in html
+    apps = [app["app_label"] for app in response.context["app_list"]]
+    assert apps[:2] == ["workers_app", "generation"]
+    assert apps.index("auth") < apps.index("axes") < apps.index("django_q")
+    farm = next(app for app in response.context["app_list"] if app["app_label"] == "generation")
+    assert [m["name"] for m in farm["models"]] == [
+        "Tasks",
+        "Images",
+        "Workflow templates",
+        "Webhook deliveries",
+        "Farm dashboard",
+    ]
+    assert farm["models"][-1]["admin_url"] == reverse("admin:generation_dashboard")
