@@ -75,4 +75,5 @@ def test_sign_up_short_password_error_is_on_password_and_nothing_is_cleared(clie
     html = response.content.decode()
     assert 'name="password1" value="abc"' in html and 'name="password2" value="abc"' in html
     assert 'name="username" value="carol"' in html
+    assert "no-store" in response["Cache-Control"]  # the page holds the passwords: never cached
     assert not get_user_model().objects.filter(username="carol").exists()
