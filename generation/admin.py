@@ -155,8 +155,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
         "owner",
         "worker",
         "checkpoint_column",
-        "priority",
-        "attempts_column",
+        "priority_column",
         "created_column",
         "wait_column",
         "run_column",
@@ -235,6 +234,17 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("worker", "owner", "template")
 
+    def object_action_applies(self, obj: Task, action: str) -> bool:
+        """Cancel while the task can still finish, Retry once it failed or was cancelled, Priority while it
+        waits in the queue (services.task_cancel, task_retry and task_set_priority refuse the rest)."""
+        if action == "cancel":
+            return not obj.is_finished
+        if action == "retry":
+            return obj.is_retryable
+        if action == "raise_priority":
+            return obj.status == Task.Status.QUEUED
+        return True
+
     def get_object(self, request, object_id, from_field=None):
         queryset = self.get_queryset(request).prefetch_related("images", "webhook_deliveries")
         try:
@@ -259,26 +269,30 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Prompt")
     def prompt_column(self, task: Task):
-        text = task.prompt if len(task.prompt) <= 90 else task.prompt[:87] + "…"
         return format_html(
-            '<span title="{}" style="display:inline-block;min-width:16em;max-width:30em">{}</span>',
+            '<span class="console-cut console-cut-short" title="{}">{}</span>',
             task.prompt[:500],
-            text,
+            task.prompt[:200],
         )
 
     @admin.display(description="Checkpoint", ordering="checkpoint")
     def checkpoint_column(self, task: Task):
         name = task.checkpoint.removesuffix(".safetensors") or "—"
-        return format_html('<span title="{}" style="white-space:nowrap">{}</span>', task.checkpoint, name)
+        return format_html('<span class="console-cut" title="{}">{}</span>', task.checkpoint, name)
 
     @admin.display(description="Created", ordering="created_at")
     def created_column(self, task: Task):
         local = timezone.localtime(task.created_at)
+        today = local.date() == timezone.localdate()
         return format_html(
-            '<span title="{}" style="white-space:nowrap">{}</span>',
-            local.isoformat(),
-            local.strftime("%b %d %H:%M:%S"),
+            '<span class="console-nowrap" title="{}">{}</span>',
+            local.isoformat(timespec="seconds"),
+            local.strftime("%H:%M:%S" if today else "%b %d %H:%M"),
         )
+
+    @admin.display(description="Prio", ordering="priority")
+    def priority_column(self, task: Task):
+        return task.priority
 
     @admin.display(description="Attempts")
     def attempts_column(self, task: Task):
@@ -286,18 +300,19 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Wait")
     def wait_column(self, task: Task):
-        return seconds_text(task.wait_seconds)
+        return format_html('<span class="console-num">{}</span>', seconds_text(task.wait_seconds))
 
     @admin.display(description="Run")
     def run_column(self, task: Task):
-        return seconds_text(task.run_seconds)
+        return format_html('<span class="console-num">{}</span>', seconds_text(task.run_seconds))
 
     @admin.display(description="Progress")
     def progress_column(self, task: Task):
         if task.status not in (Task.Status.RUNNING, Task.Status.COMPLETED):
             return "—"
         return format_html(
-            '<progress value="{}" max="100" style="width:70px"></progress> {}%',
+            '<span class="console-nowrap"><progress value="{}" max="100" style="width:48px"></progress>'
+            " {}%</span>",
             task.progress_percent,
             task.progress_percent,
         )
@@ -387,7 +402,8 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                 ("Running", figures.tasks_by_status.get("running", 0), ""),
                 ("Completed (1 h)", figures.completed_last_hour, "ok"),
                 ("Failed (1 h)", figures.failed_last_hour, "bad" if figures.failed_last_hour else ""),
-                ("Throughput", f"{figures.throughput_per_minute:.1f}/min", ""),
+                ("Throughput, last 5 min", f"{figures.recent_throughput_per_minute(5):.1f}/min", ""),
+                ("Throughput, hour average", f"{figures.throughput_per_minute:.1f}/min", ""),
                 ("Oldest queued", seconds_text(figures.oldest_queued_age), ""),
                 ("Wait p50 (1 h)", seconds_text(figures.wait_p50), ""),
                 ("Wait p95 (1 h)", seconds_text(figures.wait_p95), ""),
@@ -404,6 +420,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                 }
                 for minute, completed, failed in figures.per_minute
             ],
+            "ticks": chart_ticks([minute for minute, _, _ in figures.per_minute]),
             "peak": figures.per_minute_max,
             "queue": [(priority, n, 100 * n / deepest) for priority, n in figures.queue_by_priority],
             "utilisation": [
@@ -425,6 +442,17 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             ],
         }
         return TemplateResponse(request, "admin/generation/dashboard.html", context)
+
+
+def chart_ticks(minutes: list, every: int = 10) -> list[dict]:
+    """Time-axis labels for the per-minute chart: one at every `every`-th minute of the clock, placed at the
+    centre of its bar (as a percentage of the chart's width), in local time."""
+    count = len(minutes)
+    return [
+        {"left": 100 * (i + 0.5) / count, "label": timezone.localtime(minute).strftime("%H:%M")}
+        for i, minute in enumerate(minutes)
+        if timezone.localtime(minute).minute % every == 0
+    ]
 
 
 # --- Images ---------------------------------------------------------------------------------------------
@@ -623,6 +651,11 @@ class WebhookDeliveryAdmin(ViewOnlyMixin, admin.ModelAdmin):
         "payload_view",
     ]
     actions = ["send_now"]
+
+    def changelist_view(self, request, extra_context=None):
+        """The list says so when nothing can be sent (webhooks.py refuses to send callbacks unsigned)."""
+        context = {**(extra_context or {}), "webhooks_can_send": webhooks.webhooks_can_send()}
+        return super().changelist_view(request, context)
 
     @admin.display(description="Task", ordering="task_id")
     def task_column(self, delivery: WebhookDelivery):

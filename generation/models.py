@@ -97,6 +97,7 @@ class Task(models.Model):
 
     ACTIVE_STATUSES = (Status.LEASED, Status.RUNNING)
     FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)  # services.task_retry puts these back in the queue
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     # None: an anonymous submit. A deleted account takes its tasks with it (generation.services.user_delete
@@ -169,6 +170,10 @@ class Task(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED_STATUSES
+
+    @property
+    def is_retryable(self) -> bool:
+        return self.status in self.RETRYABLE_STATUSES
 
     @property
     def is_active(self) -> bool:

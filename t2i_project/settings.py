@@ -50,7 +50,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",  # its `runserver` serves the ASGI application: long polls wait as they do in production
-    "django.contrib.admin",
+    "t2i_project.console.FarmAdminConfig",  # Django's admin as the farm's console
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -147,6 +147,7 @@ LOGOUT_REDIRECT_URL = "web:generate"
 # --- end of web site block
 
 LANGUAGE_CODE = "en-us"
+FORMAT_MODULE_PATH = ["t2i_project.formats"]  # timestamps with seconds
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True

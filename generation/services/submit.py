@@ -170,7 +170,7 @@ def task_cancel(*, task: Task) -> Task:
 def task_retry(*, task: Task) -> Task:
     """Put a failed or cancelled task back in the queue with a fresh set of attempts."""
     with transaction.atomic():
-        updated = Task.objects.filter(pk=task.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
+        updated = Task.objects.filter(pk=task.pk, status__in=Task.RETRYABLE_STATUSES).update(
             status=Status.QUEUED,
             attempts=0,
             worker=None,
