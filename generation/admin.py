@@ -28,7 +28,7 @@ from generation import (
 )
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
-from generation.models import Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
+from generation.models import ApiToken, Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
 from workers_app.models import Worker
 
 TASK_COLOURS = {
@@ -649,3 +649,21 @@ class WebhookDeliveryAdmin(ViewOnlyMixin, admin.ModelAdmin):
         messages.success(
             request, f"{count} delivery(ies) due now; the webhooks job sends them within a minute."
         )
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Users' API tokens: staff see them (never the token, only its first characters) and revoke them by
+    deleting. Tokens are made by their owner (the account page) or `manage.py createapitoken`."""
+
+    list_display = ("name", "user", "token_hint", "created_at", "expires_at")
+    list_select_related = ("user",)
+    search_fields = ("name", "user__username")
+    readonly_fields = ("user", "name", "token_hint", "created_at", "expires_at")
+    fields = readonly_fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -174,3 +174,10 @@ class GalleryFilterForm(forms.Form):
 class SignUpForm(UserCreationForm):
     class Meta(UserCreationForm.Meta):
         fields = ("username",)
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, required=False, help_text="What you will use it for.")
+    expires_in_days = forms.IntegerField(
+        label="Expires after (days)", required=False, min_value=1, max_value=3650, help_text="Empty: never."
+    )

@@ -7,9 +7,11 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
 - maintenance: leases that outlived their worker;
 - deletion: tasks deleted for good with their files (retention, an account's deletion);
+- api_tokens: users' REST API tokens (made, looked up by hash, revoked);
 - transitions: the fenced end of a lease and the worker's counters, which the others share.
 """
 
+from generation.services.api_tokens import api_token_create, api_token_revoke, api_token_user
 from generation.services.completion import (
     Completion,
     task_complete,
@@ -42,6 +44,9 @@ from generation.services.transitions import farm_setting, worker_count_outcome
 __all__ = [
     "Completion",
     "TaskLease",
+    "api_token_create",
+    "api_token_revoke",
+    "api_token_user",
     "farm_setting",
     "files_delete",
     "image_deletable_by",

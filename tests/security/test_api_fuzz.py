@@ -24,12 +24,12 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 
 from generation import services
 from generation.models import Task, WorkflowTemplate
 from t2i_project.wsgi import application
 from tests.conftest import capabilities, make_worker, submit_task
+from tests.factories import api_token_for
 from workers_app import services as worker_services
 
 pytestmark = pytest.mark.django_db
@@ -89,8 +89,8 @@ class Farm:
         self.staff = django_user_model.objects.create_user(
             "fuzz-staff", password="pw-fuzz-123", is_staff=True
         )
-        self.user_token = Token.objects.create(user=self.user).key
-        self.staff_token = Token.objects.create(user=self.staff).key
+        self.user_token = api_token_for(self.user)
+        self.staff_token = api_token_for(self.staff)
         self.worker, self.worker_token = make_worker("fuzz-gpu")
 
     def headers(self, auth: str, method: str, path: str) -> dict[str, str]:

@@ -24,13 +24,12 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from generation import services
 from generation.models import Image, Task
 from tests.conftest import capabilities, make_worker, png_bytes, submit_task, worker_client
-from tests.factories import TaskFactory
+from tests.factories import TaskFactory, api_token_for
 from tests.web.conftest import completed
 from workers_app import services as worker_services
 from workers_app.daemon.scheduler import SchedulerClient
@@ -350,7 +349,7 @@ def test_api_with_a_session_needs_the_csrf_token_for_unsafe_methods(user):
     assert session.post(f"/api/v1/tasks/{task_id}/cancel/").status_code == HTTPStatus.FORBIDDEN
     # An API token is not ambient authority: no CSRF token needed.
     tokened = APIClient(enforce_csrf_checks=True)
-    tokened.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    tokened.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(user)}")
     assert tokened.post(f"/api/v1/tasks/{task_id}/cancel/").status_code == HTTPStatus.OK
 
 
@@ -499,7 +498,7 @@ def test_tokens_and_passwords_never_reach_the_logs(live_server, caplog, capsys, 
     call_command("createworker", "gpu-log", "--token-only", stdout=out)
     token = out.getvalue().strip()
     alice = django_user_model.objects.create_user("alice", password=PASSWORD)
-    api_token = Token.objects.create(user=alice).key
+    api_token = api_token_for(alice)
     secrets = {"worker token": token, "API token": api_token, "password": PASSWORD}
 
     with CaptureQueriesContext(connection):  # the SQL is logged too, with its parameters
