@@ -117,8 +117,9 @@ def test_the_migration_hashes_old_plain_text_tokens_and_they_keep_working(user):
     executor = MigrationExecutor(connection)
     executor.migrate([("generation", "0013_api_tokens")])
     with connection.cursor() as cursor:
+        created = "timestamptz" if connection.vendor == "postgresql" else "datetime"
         cursor.execute(
-            "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created datetime, user_id int)"
+            f"CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created {created}, user_id int)"
         )
         cursor.execute(
             "INSERT INTO authtoken_token VALUES (%s, %s, %s)",
