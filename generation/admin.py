@@ -8,11 +8,13 @@ import json
 import uuid
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter, RelatedFieldListFilter
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -24,6 +26,7 @@ from generation import (
     admin_accounts,  # noqa: F401  (the users' admin: deleting an account takes its tasks)
     dashboard,
     services,
+    storage_space,
     webhooks,
 )
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
@@ -393,6 +396,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                 ("Wait p95 (1 h)", seconds_text(figures.wait_p95), ""),
                 ("Run p50 (1 h)", seconds_text(figures.run_p50), ""),
                 ("Run p95 (1 h)", seconds_text(figures.run_p95), ""),
+                _free_space_card(),
             ],
             "bars": [
                 {
@@ -425,6 +429,15 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             ],
         }
         return TemplateResponse(request, "admin/generation/dashboard.html", context)
+
+
+def _free_space_card() -> tuple[str, str, str]:
+    """Free space of the media storage; red below T2I_MEDIA_MIN_FREE_BYTES, where completions are refused."""
+    free = storage_space.media_free_bytes()
+    if free is None:
+        return ("Media free", "unknown", "bad")
+    low = free < settings.T2I["MEDIA_MIN_FREE_BYTES"]
+    return ("Media free", filesizeformat(free), "bad" if low else "")
 
 
 # --- Images ---------------------------------------------------------------------------------------------

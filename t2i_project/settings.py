@@ -239,6 +239,13 @@ T2I = {
     "STEPS_MAX": env_int("T2I_STEPS_MAX", 150, minimum=1, maximum=10000),
     "BATCH_MAX": env_int("T2I_BATCH_MAX", 8, minimum=1, maximum=64),
     "MAX_IMAGE_BYTES": env_int("T2I_MAX_IMAGE_BYTES", 50 * 1024 * 1024, minimum=1024),
+    # All the images of one completion together (every output of a multi-output workflow counts), checked
+    # from the request's length before it is read and again from the files' sizes.
+    "MAX_TASK_UPLOAD_BYTES": env_int("T2I_MAX_TASK_UPLOAD_BYTES", 256 * 1024 * 1024, minimum=1024),
+    # Uploads of one worker at once, across server processes (generation.services.completion_slots).
+    "MAX_CONCURRENT_COMPLETIONS": env_int("T2I_MAX_CONCURRENT_COMPLETIONS", 2, minimum=1, maximum=64),
+    # Below this much free space on the media storage, completions are refused (507) rather than fill it.
+    "MEDIA_MIN_FREE_BYTES": env_int("T2I_MEDIA_MIN_FREE_BYTES", 512 * 1024 * 1024, minimum=0),
     "SIGNUP_ENABLED": env_bool("T2I_SIGNUP_ENABLED", True),
     # Submits per user (per address for anonymous submits) in each window, as (count, seconds): one count for
     # the web form, the REST API and the seed's POST /generate, kept in the shared cache (CACHES below).

@@ -4,6 +4,7 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - submit: what people do (submit, cancel, retry, priority, templates, deleting images);
 - submit_limit: how many submits a user (or an address) may make in a window, counted across processes;
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
+- completion_slots: how many completions of one worker may run at once, across processes;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
 - maintenance: leases that outlived their worker;
 - deletion: tasks deleted for good with their files (retention, an account's deletion);
@@ -19,6 +20,7 @@ from generation.services.completion import (
     task_fail,
     task_release,
 )
+from generation.services.completion_slots import completion_slot
 from generation.services.deletion import files_delete, tasks_delete, user_delete
 from generation.services.leasing import (
     TaskLease,
@@ -47,6 +49,7 @@ __all__ = [
     "api_token_create",
     "api_token_revoke",
     "api_token_user",
+    "completion_slot",
     "farm_setting",
     "files_delete",
     "image_deletable_by",
