@@ -344,7 +344,12 @@ T2I.update(
         "WEBHOOK_SECRET": env_str("T2I_WEBHOOK_SECRET", ""),
         "WEBHOOK_MAX_TRIES": env_int("T2I_WEBHOOK_MAX_TRIES", 5, minimum=1, maximum=20),
         "WEBHOOK_BACKOFF": env_float("T2I_WEBHOOK_BACKOFF", 60.0, minimum=1),  # doubles after each failure
-        "WEBHOOK_TIMEOUT": env_float("T2I_WEBHOOK_TIMEOUT", 10.0, minimum=0.5, maximum=60),
+        # Read timeout of one try (connecting has 3 s at most): short, so a slow receiver holds little.
+        "WEBHOOK_TIMEOUT": env_float("T2I_WEBHOOK_TIMEOUT", 5.0, minimum=0.5, maximum=60),
+        # Tries to one receiver at once, across job processes; more wait (generation.webhooks).
+        "WEBHOOK_PER_RECEIVER": env_int("T2I_WEBHOOK_PER_RECEIVER", 1, minimum=1, maximum=16),
+        # Threads of the webhooks job, each sending one receiver's due deliveries.
+        "WEBHOOK_SENDERS": env_int("T2I_WEBHOOK_SENDERS", 8, minimum=1, maximum=64),
         # Callbacks to loopback, private, link-local and multicast addresses are refused, but in these
         # networks (CIDRs, comma-separated), e.g. 192.168.1.0/24 for receivers on the LAN.
         "WEBHOOK_ALLOW_NETWORKS": env_networks("T2I_WEBHOOK_ALLOW_NETWORKS"),
