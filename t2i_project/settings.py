@@ -250,6 +250,9 @@ T2I = {
     # Submits per user (per address for anonymous submits) in each window, as (count, seconds): one count for
     # the web form, the REST API and the seed's POST /generate, kept in the shared cache (CACHES below).
     "SUBMIT_RATE": env_rate("T2I_SUBMIT_RATE", "120/min"),
+    # Workers silent for longer are left out of what people are offered (checkpoint, sampler, scheduler
+    # lists): one that reported thousands of names and went away stops shaping every page.
+    "WORKER_CHOICES_HOURS": env_float("T2I_WORKER_CHOICES_HOURS", 24.0, minimum=0.01),
     # Reverse proxies whose X-Forwarded-For is believed (generation.client_address): their count, or their
     # networks. Off by default: the client is REMOTE_ADDR, and X-Forwarded-For is ignored.
     "TRUSTED_PROXIES": env_proxies("T2I_TRUSTED_PROXIES"),
