@@ -414,3 +414,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_float("T2I_LOGIN_LOCKOUT_MINUTES", 15.
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "generation.client_address.client_address"
+# And T2I_LOGIN_ADDRESS_FAILURE_LIMIT failures from one address, whatever the usernames, lock the address
+# (generation.login_lockout), so one machine cannot try a few passwords on every account.
+AXES_HANDLER = "generation.login_lockout.LockoutHandler"
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("T2I_LOGIN_ADDRESS_FAILURE_LIMIT", 20, minimum=1)
