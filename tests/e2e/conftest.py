@@ -287,9 +287,16 @@ class Farm:
         return handle
 
     def worker_process(
-        self, simulator: SimulatorHandle, name: str | None = None, *, grace: float = 30.0, prefetch: int = 2
+        self,
+        simulator: SimulatorHandle,
+        name: str | None = None,
+        *,
+        grace: float = 30.0,
+        prefetch: int = 2,
+        options: tuple[str, ...] = (),
     ) -> DaemonProcess:
-        """`python manage.py runworker` as an OS process; the token goes through the environment."""
+        """`python manage.py runworker` as an OS process (`options` added to its command line); the token goes
+        through the environment."""
         name = name or f"gpu-{next(self._names)}"
         row, token = worker_services.worker_create(name=name)
         log_path = self.folder / f"runworker-{name}.log"
@@ -308,6 +315,7 @@ class Farm:
                     f"--name={name}",
                     f"--grace={grace}",
                     f"--prefetch={prefetch}",
+                    *options,
                 ],
                 cwd=BASE_DIR,
                 env=env,

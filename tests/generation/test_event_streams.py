@@ -109,6 +109,29 @@ def test_a_stream_follows_its_task_from_queued_to_completed():
     assert len(streams.registry) == 0
 
 
+def test_a_queued_tasks_position_moves_when_a_task_ahead_of_it_is_leased(monkeypatch):
+    monkeypatch.setattr(streams, "QUEUE_SECONDS", 0.2)
+    ann, bob = UserFactory(username="ann"), UserFactory(username="bob")
+    worker, _ = make_worker()
+    submit_task(owner=bob)
+    mine = submit_task(owner=ann)
+
+    client = client_for(ann)
+
+    async def follow() -> list[tuple[str, int | None]]:
+        response = await client.get(f"/api/v1/tasks/{mine.public_id}/events")
+        stream = aiter(response.streaming_content)
+        seen = [(e["status"], e["queue_position"]) for e in await next_events(stream)]
+        # Bob's task ahead is leased: another task's event, which moves ann's task up the queue.
+        await sync_to_async(worker_services.worker_lease_next, thread_sensitive=False)(worker=worker)
+        seen += [(e["status"], e["queue_position"]) for e in await next_events(stream)]
+        await stream.aclose()
+        return seen
+
+    assert asyncio.run(follow()) == [("queued", 2), ("queued", 1)]
+    assert len(streams.registry) == 0
+
+
 def test_someone_elses_task_is_a_404_and_the_all_tasks_stream_needs_a_user():
     owner, stranger = UserFactory(username="ann"), UserFactory(username="bob")
     task = submit_task(owner=owner)
