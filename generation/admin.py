@@ -8,11 +8,13 @@ import json
 import uuid
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter, RelatedFieldListFilter
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -24,11 +26,12 @@ from generation import (
     admin_accounts,  # noqa: F401  (the users' admin: deleting an account takes its tasks)
     dashboard,
     services,
+    storage_space,
     webhooks,
 )
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
-from generation.models import Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
+from generation.models import ApiToken, Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
 from workers_app.models import Worker
 
 TASK_COLOURS = {
@@ -391,6 +394,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
         figures = dashboard.farm_figures()
         peak = max(figures.per_minute_max, 1)
         deepest = max((n for _, n in figures.queue_by_priority), default=1)
+        counts = figures.tasks_by_status
         context = {
             **self.admin_site.each_context(request),
             "title": "Farm dashboard",
@@ -398,8 +402,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             "figures": figures,
             "cards": [
                 ("Queued", figures.queued, ""),
-                ("Leased", figures.tasks_by_status.get("leased", 0), ""),
-                ("Running", figures.tasks_by_status.get("running", 0), ""),
+                ("Starting / running", f"{counts.get('leased', 0)} / {counts.get('running', 0)}", ""),
                 ("Completed (1 h)", figures.completed_last_hour, "ok"),
                 ("Failed (1 h)", figures.failed_last_hour, "bad" if figures.failed_last_hour else ""),
                 ("Throughput, last 5 min", f"{figures.recent_throughput_per_minute(5):.1f}/min", ""),
@@ -409,6 +412,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                 ("Wait p95 (1 h)", seconds_text(figures.wait_p95), ""),
                 ("Run p50 (1 h)", seconds_text(figures.run_p50), ""),
                 ("Run p95 (1 h)", seconds_text(figures.run_p95), ""),
+                _free_space_card(),
             ],
             "bars": [
                 {
@@ -453,6 +457,15 @@ def chart_ticks(minutes: list, every: int = 10) -> list[dict]:
         for i, minute in enumerate(minutes)
         if timezone.localtime(minute).minute % every == 0
     ]
+
+
+def _free_space_card() -> tuple[str, str, str]:
+    """Free space of the media storage; red below T2I_MEDIA_MIN_FREE_BYTES, where completions are refused."""
+    free = storage_space.media_free_bytes()
+    if free is None:
+        return ("Media free", "unknown", "bad")
+    low = free < settings.T2I["MEDIA_MIN_FREE_BYTES"]
+    return ("Media free", filesizeformat(free), "bad" if low else "")
 
 
 # --- Images ---------------------------------------------------------------------------------------------
@@ -682,3 +695,21 @@ class WebhookDeliveryAdmin(ViewOnlyMixin, admin.ModelAdmin):
         messages.success(
             request, f"{count} delivery(ies) due now; the webhooks job sends them within a minute."
         )
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Users' API tokens: staff see them (never the token, only its first characters) and revoke them by
+    deleting. Tokens are made by their owner (the account page) or `manage.py createapitoken`."""
+
+    list_display = ("name", "user", "token_hint", "created_at", "expires_at")
+    list_select_related = ("user",)
+    search_fields = ("name", "user__username")
+    readonly_fields = ("user", "name", "token_hint", "created_at", "expires_at")
+    fields = readonly_fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -185,3 +185,10 @@ class SignUpForm(UserCreationForm):
 
     def validate_password_for_user(self, user, password_field_name: str = "password1", **kwargs) -> None:  # noqa: S107
         super().validate_password_for_user(user, password_field_name=password_field_name, **kwargs)
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, required=False, help_text="What you will use it for.")
+    expires_in_days = forms.IntegerField(
+        label="Expires after (days)", required=False, min_value=1, max_value=3650, help_text="Empty: never."
+    )

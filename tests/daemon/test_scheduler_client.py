@@ -167,6 +167,8 @@ def test_fail_release_offline(server, client):
         (401, "authentication_failed", AuthError),
         (403, "worker_disabled", WorkerDisabled),
         (503, "unavailable", SchedulerUnavailable),
+        (507, "insufficient_storage", SchedulerUnavailable),  # full disk: the upload is retried later
+        (429, "too_many_completions", SchedulerUnavailable),
         (500, None, SchedulerUnavailable),
         (400, "invalid", SchedulerError),
     ],

@@ -12,11 +12,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import AsyncClient
-from rest_framework.authtoken.models import Token
 
 from generation import services, streams
 from tests.conftest import make_worker, png_bytes, submit_task
-from tests.factories import UserFactory
+from tests.factories import UserFactory, api_token_for
 from workers_app import services as worker_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +26,7 @@ class TokenClient(AsyncClient):
 
     def __init__(self, user) -> None:
         super().__init__()
-        self.auth = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+        self.auth = {"Authorization": f"Token {api_token_for(user)}"}
 
     async def get(self, path, headers=None, **extra):
         return await super().get(path, headers={**self.auth, **(headers or {})}, **extra)
