@@ -100,3 +100,21 @@ class WorkflowRejected(InvalidInput):
     def __init__(self, problem, *, field: str = "workflow") -> None:
         super().__init__(problem.messages()[0], fields={field: problem.messages()})
         self.problem = problem
+
+
+class TooLarge(DomainError):
+    """More bytes than a setting allows (a task's uploads together)."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "too_large"
+
+
+class TooManyCompletions(TooMany):
+    code = "too_many_completions"
+
+
+class InsufficientStorage(DomainError):
+    """The media storage is full (or below T2I_MEDIA_MIN_FREE_BYTES): nothing was stored; retry later."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+    code = "insufficient_storage"

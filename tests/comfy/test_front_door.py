@@ -6,13 +6,13 @@ from http import HTTPStatus
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from generation import services
 from generation.models import Task
 from tests.comfy.workflows import NOISE, SD15, sd15_with, two_outputs
 from tests.conftest import png_bytes, worker_client
+from tests.factories import api_token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -228,7 +228,7 @@ def test_anonymous_clients_share_one_space_only_when_allowed(settings, api, work
 
 def test_token_auth_works_as_on_the_rest_api(user, worker):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(user)}")
     assert prompt(client).status_code == HTTPStatus.OK
 
 

@@ -7,13 +7,12 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
-from rest_framework.authtoken.models import Token
 
 from generation import comfy_ws, services
 from t2i_project.asgi import application
 from tests.comfy.workflows import two_outputs
 from tests.conftest import make_worker, png_bytes
-from tests.factories import UserFactory
+from tests.factories import UserFactory, api_token_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -82,7 +81,7 @@ def relay_and_complete(worker, task) -> None:
 
 def test_a_client_gets_its_prompts_frames_in_comfyuis_order():
     user = UserFactory(username="ann")
-    token = Token.objects.create(user=user).key
+    token = api_token_for(user)
     worker, _ = make_worker()
 
     async def follow():
@@ -126,7 +125,7 @@ def test_a_client_gets_its_prompts_frames_in_comfyuis_order():
 
 def test_other_clients_and_users_get_none_of_it():
     ann, bob = UserFactory(username="ann"), UserFactory(username="bob")
-    ann_token, bob_token = Token.objects.create(user=ann).key, Token.objects.create(user=bob).key
+    ann_token, bob_token = api_token_for(ann), api_token_for(bob)
     worker, _ = make_worker()
 
     async def watch():
