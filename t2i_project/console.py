@@ -9,7 +9,7 @@ from django.contrib.admin.apps import AdminConfig
 from django.urls import NoReverseMatch, reverse
 
 # Sections in the order an operator needs them; anything not named here follows, alphabetically.
-APP_ORDER = ["workers_app", "generation", "auth", "authtoken", "axes", "django_q"]
+APP_ORDER = ["workers_app", "generation", "auth", "axes", "django_q"]
 MODEL_ORDER = {
     "generation": ["Task", "Image", "WorkflowTemplate", "WebhookDelivery"],
 }
@@ -36,8 +36,9 @@ class FarmAdminSite(admin.AdminSite):
         for app in apps:
             order = MODEL_ORDER.get(app["app_label"], [])
             app["models"].sort(key=lambda model: _position(order, model["object_name"]))
-            if app["app_label"] == "generation":
-                app["models"].extend(self._dashboard_entry(app))
+            if app["app_label"] == "generation":  # the dashboard after the farm's own lists, before the rest
+                farm = sum(1 for model in app["models"] if model["object_name"] in order)
+                app["models"][farm:farm] = self._dashboard_entry(app)
         return apps
 
     def _dashboard_entry(self, app: dict) -> list[dict]:
