@@ -1,0 +1,226 @@
+"""Which queued task a worker should run next: plain functions over plain data, no database.
+
+The lease path (generation.services.leasing), the ETA (generation.eta) and the scheduling benchmark
+(bench.scheduling) all call these, so the rule is one place. Times are seconds on any one clock (`now`).
+
+1. `order_jobs`: the order in which tasks deserve a GPU. Priorities are strict between levels. Within a level,
+   tasks that waited `age_limit` or more come first (oldest first), so none starves; the rest interleave by
+   weighted fair queuing: the user with the fewest recent GPU-seconds per unit of weight has the next turn,
+   charged the task's expected seconds, so a user with 1,000 queued tasks delays another's single task by
+   about one job at most.
+2. `plan`: earliest-finish list scheduling of that order onto the workers: each task, in order, goes to the
+   capable worker that would finish it first (its queue, its learned speed for the checkpoint, a model switch
+   when the checkpoint is not the one it will have warm). The asking worker gets the first task the plan gives
+   it: its warm model's tasks when others would pay a switch, and nothing when a faster worker that frees
+   sooner would finish that task first (that worker takes it when it asks).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+# Seconds per unit of work (pixels x steps x batch) when nothing is learned: 512 x 512 x 20 in 2 s.
+DEFAULT_SECONDS_PER_UNIT = 2.0 / (512 * 512 * 20)
+DEFAULT_SWITCH_SECONDS = 4.0
+AGE_LIMIT = 60.0  # seconds in the queue after which a task goes first within its level
+
+# Why a task went to its worker (TaskAttempt.placement) and why one still waits.
+WARM = "warm model"
+FASTEST = "fastest finish"
+FAIR = "fair share"
+AGED = "waited longest"
+FIFO = "first in line"
+
+
+def work_units(width: int, height: int, steps: int, batch: int) -> float:
+    """The work of a template task: pixels x steps x batch."""
+    return float(width * height * max(1, steps) * max(1, batch))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A queued task as placement sees it."""
+
+    id: int
+    user: int | None
+    checkpoint: str
+    priority: int
+    work: float
+    queued_at: float
+
+
+@dataclass
+class Node:
+    """A worker as placement sees it: what it can run, what it has warm, when it frees, how fast it is."""
+
+    id: int
+    checkpoints: frozenset[str] = frozenset()  # empty: any
+    warm: str = ""  # the checkpoint it will have loaded once its held work is done
+    free_at: float = 0.0  # when its held (running and prefetched) work should be done
+    seconds_per_unit: Mapping[str, float] = field(default_factory=dict)  # learned, by checkpoint
+    default_seconds_per_unit: float = DEFAULT_SECONDS_PER_UNIT
+    switch_seconds: float = DEFAULT_SWITCH_SECONDS
+
+    def can_run(self, job: Job) -> bool:
+        return not job.checkpoint or not self.checkpoints or job.checkpoint in self.checkpoints
+
+    def run_seconds(self, job: Job, warm: str | None = None) -> float:
+        """Expected seconds for `job` here, with a model switch when it is not the warm checkpoint."""
+        warm = self.warm if warm is None else warm
+        spu = self.seconds_per_unit.get(job.checkpoint, self.default_seconds_per_unit)
+        switch = self.switch_seconds if job.checkpoint and job.checkpoint != warm else 0.0
+        return job.work * spu + switch
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The plan's answer for the asking worker: the job ids it should try, best first, and why."""
+
+    job_ids: list[int]
+    reason: str
+    planned: dict[int, int] = field(default_factory=dict)  # job id -> node id, for the jobs looked at
+
+
+def order_jobs(
+    jobs: Iterable[Job],
+    *,
+    now: float,
+    usage: Mapping[int | None, float] | None = None,
+    weights: Mapping[int | None, float] | None = None,
+    job_seconds: float = 2.0,
+    age_limit: float = AGE_LIMIT,
+) -> list[Job]:
+    """Jobs in the order they deserve a GPU (see the module docstring). `usage` is each user's recent
+    GPU-seconds (running work included), `weights` their share weight (1 when absent); `job_seconds` is what a
+    unit of `work` costs on an average worker times DEFAULT work, used to charge each turn."""
+    usage = usage or {}
+    weights = weights or {}
+    by_level: dict[int, list[Job]] = defaultdict(list)
+    for job in jobs:
+        by_level[job.priority].append(job)
+    ordered: list[Job] = []
+    for level in sorted(by_level, reverse=True):
+        level_jobs = sorted(by_level[level], key=lambda j: (j.queued_at, j.id))
+        aged = [j for j in level_jobs if now - j.queued_at >= age_limit]
+        ordered += aged
+        ordered += _fair_interleave(
+            [j for j in level_jobs if now - j.queued_at < age_limit], usage, weights, job_seconds
+        )
+    return ordered
+
+
+def _fair_interleave(
+    jobs: list[Job],
+    usage: Mapping[int | None, float],
+    weights: Mapping[int | None, float],
+    job_seconds: float,
+) -> list[Job]:
+    """Weighted fair queuing: each turn to the user with the least usage per weight; a turn costs the job's
+    expected seconds (its work against the DEFAULT job) divided by the user's weight."""
+    queues: dict[int | None, list[Job]] = defaultdict(list)
+    for job in jobs:  # already oldest first
+        queues[job.user].append(job)
+    heap = []
+    for user, queue in queues.items():
+        weight = max(1e-6, weights.get(user, 1.0))
+        heapq.heappush(heap, (usage.get(user, 0.0) / weight, queue[0].queued_at, queue[0].id, user))
+    unit = job_seconds / work_units(512, 512, 20, 1)
+    position = dict.fromkeys(queues, 0)
+    out: list[Job] = []
+    while heap:
+        virtual, _, _, user = heapq.heappop(heap)
+        queue = queues[user]
+        job = queue[position[user]]
+        out.append(job)
+        position[user] += 1
+        if position[user] < len(queue):
+            nxt = queue[position[user]]
+            cost = job.work * unit / max(1e-6, weights.get(user, 1.0))
+            heapq.heappush(heap, (virtual + cost, nxt.queued_at, nxt.id, user))
+    return out
+
+
+def plan(
+    asker: Node,
+    nodes: Sequence[Node],
+    ordered: Sequence[Job],
+    *,
+    now: float,
+    want: int = 3,
+    age_limit: float = AGE_LIMIT,
+) -> Choice:
+    """Earliest-finish list scheduling of `ordered` onto `nodes` (the asker among them or not) until the asker
+    has `want` jobs or the jobs run out. Ties go to the asker: it is here now. A job that waited `age_limit`
+    is not deferred: the asker takes it when it can run it, even if another would finish it sooner."""
+    others = [n for n in nodes if n.id != asker.id]
+    free = {n.id: max(now, n.free_at) for n in others}
+    warm = {n.id: n.warm for n in others}
+    my_free, my_warm = max(now, asker.free_at), asker.warm
+    mine: list[int] = []
+    reason = ""
+    planned: dict[int, int] = {}
+    for index, job in enumerate(ordered):
+        if len(mine) >= want:
+            break
+        mine_at = my_free + asker.run_seconds(job, my_warm) if asker.can_run(job) else None
+        aged = now - job.queued_at >= age_limit
+        best: Node | None = None
+        best_at = mine_at
+        if not (aged and mine_at is not None):
+            for node in others:
+                node_free = free[node.id]
+                if (best_at is not None and node_free >= best_at) or not node.can_run(job):
+                    continue  # cannot finish before the best so far even with no work at all
+                at = node_free + node.run_seconds(job, warm[node.id])
+                if best_at is None or at < best_at:
+                    best, best_at = node, at
+        if best is None and mine_at is None:
+            continue  # nobody here can run it
+        if best is None:
+            planned[job.id] = asker.id
+            if not mine:
+                reason = _why(job, my_warm, aged=aged, head=index == 0)
+            mine.append(job.id)
+            my_free, my_warm = mine_at, job.checkpoint or my_warm
+        else:
+            planned[job.id] = best.id
+            free[best.id], warm[best.id] = best_at, job.checkpoint or warm[best.id]
+    return Choice(job_ids=mine, reason=reason, planned=planned)
+
+
+def _why(job: Job, warm: str, *, aged: bool, head: bool) -> str:
+    if aged:
+        return AGED
+    if head:
+        return FAIR  # the first in line: its owner's turn
+    return WARM if job.checkpoint and job.checkpoint == warm else FASTEST
+
+
+def first_in_line(asker: Node, jobs: Iterable[Job]) -> Choice:
+    """Today's rule (T2I_SCHEDULER=fifo): highest priority, then oldest, that the asker can run."""
+    runnable = sorted((j for j in jobs if asker.can_run(j)), key=lambda j: (-j.priority, j.queued_at, j.id))
+    return Choice(job_ids=[j.id for j in runnable[:3]], reason=FIFO if runnable else "")
+
+
+def finish_estimates(nodes: Sequence[Node], ordered: Sequence[Job], *, now: float) -> dict[int, float]:
+    """When each job of `ordered` should be done if the farm runs the plan: earliest-finish list scheduling of
+    all of them, each node starting from its held work. The ETA of the queue (generation.eta)."""
+    heap_free = {n.id: max(now, n.free_at) for n in nodes}
+    warm = {n.id: n.warm for n in nodes}
+    done: dict[int, float] = {}
+    for job in ordered:
+        best, best_at = None, None
+        for node in nodes:
+            if (best_at is not None and heap_free[node.id] >= best_at) or not node.can_run(job):
+                continue
+            at = heap_free[node.id] + node.run_seconds(job, warm[node.id])
+            if best_at is None or at < best_at:
+                best, best_at = node, at
+        if best is None or best_at is None:
+            continue
+        done[job.id] = best_at
+        heap_free[best.id], warm[best.id] = best_at, job.checkpoint or warm[best.id]
+    return done
