@@ -221,6 +221,11 @@ class TaskAttempt(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     comfyui_prompt_id = models.CharField(max_length=64, blank=True)
+    # Why placement gave it to this worker (generation.placement), what it expected it to take, and whether
+    # the worker had to switch models for it (learned costs: generation.services.learning).
+    placement = models.CharField(max_length=32, blank=True)
+    expected_seconds = models.FloatField(null=True, blank=True)
+    switched = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["task_id", "number"]
@@ -245,6 +250,22 @@ class TaskAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task.public_id} #{self.number}"
+
+
+class UserShare(models.Model):
+    """A user's fair share (generation.placement.order_jobs): a weight set in the admin, and the GPU-seconds
+    used recently, decayed (generation.placement.decayed) and added to when an attempt completes."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="share")
+    weight = models.FloatField(default=1.0, help_text="Share of the GPUs against other users (1 = equal).")
+    usage_seconds = models.FloatField(default=0, help_text="Recent GPU-seconds, decayed.")
+    usage_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(weight__gt=0), name="share_weight_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: weight {self.weight}"
 
 
 class Image(models.Model):

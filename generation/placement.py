@@ -224,3 +224,20 @@ def finish_estimates(nodes: Sequence[Node], ordered: Sequence[Job], *, now: floa
         done[job.id] = best_at
         heap_free[best.id], warm[best.id] = best_at, job.checkpoint or warm[best.id]
     return done
+
+
+# --- Learned costs and recent usage: the arithmetic, shared by the services and the benchmark -------------
+EWMA_ALPHA = 0.1  # forgets slowly: about the last ten attempts carry the estimate
+USAGE_HALF_LIFE = 600.0  # seconds: fair share looks at about the last ten minutes of GPU use
+
+
+def ewma(old: float | None, observed: float, samples: int) -> float:
+    """An exponentially weighted mean that starts as the plain mean of its first 1/EWMA_ALPHA samples."""
+    if old is None or samples <= 0:
+        return observed
+    return old + max(EWMA_ALPHA, 1.0 / (samples + 1)) * (observed - old)
+
+
+def decayed(usage: float, elapsed: float) -> float:
+    """Recent usage `elapsed` seconds later: it halves every USAGE_HALF_LIFE."""
+    return usage * 0.5 ** (max(0.0, elapsed) / USAGE_HALF_LIFE)

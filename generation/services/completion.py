@@ -14,6 +14,7 @@ from django.utils import timezone
 from generation.exceptions import InvalidInput, LeaseLost
 from generation.images import THUMBNAIL_EXTENSION, VerifiedImage, verify_image
 from generation.models import Image, Task, TaskAttempt
+from generation.services.learning import attempt_learn
 from generation.services.leasing import TaskLease, task_lease_next
 from generation.services.transitions import (
     LEASE_LOST,
@@ -104,6 +105,9 @@ def task_complete(
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
             worker_count_outcome(worker.pk, completed=1)
+            attempt_learn(
+                worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now
+            )
             task_changed(task.public_id, task.owner_id)
     except BaseException:
         for image in images:
