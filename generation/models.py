@@ -145,6 +145,14 @@ class Task(models.Model):
             # task_lease_next: WHERE status='queued' [AND checkpoint …] ORDER BY priority DESC, id; also the
             # queue position count and the queue depth figures.
             models.Index(fields=["status", "-priority", "id"], name="task_claim_idx"),
+            # Placement's window (generation.farm_snapshot): the users with queued tasks, and the first
+            # queued tasks of users the head of the queue does not show: WHERE status='queued' AND owner_id
+            # IN (…) ORDER BY priority DESC, id; also the per-user cap on queued tasks.
+            models.Index(
+                fields=["owner", "-priority", "id"],
+                condition=Q(status="queued"),
+                name="task_queued_owner_idx",
+            ),
             # tasks_reap_expired: WHERE status IN ('leased','running') AND lease_expires_at < now
             models.Index(fields=["status", "lease_expires_at"], name="task_lease_expiry_idx"),
             # "my tasks": WHERE owner_id = ? ORDER BY id DESC

@@ -16,7 +16,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
-from generation import services
+from generation import farm_snapshot, services
 from generation.models import Task, WorkflowTemplate
 from generation.workflows import SHIPPED_TEMPLATES
 from tests.factories import UserFactory, registered_capabilities, worker_with_token
@@ -73,6 +73,14 @@ def _shipped_templates(request):
             WorkflowTemplate.objects.get_or_create(
                 name=name, defaults={"description": description, "workflow": workflow, "bindings": bindings}
             )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_placement_cache():
+    """Placement caches workers' learned costs and the queue's users per process; tests reuse row ids."""
+    farm_snapshot.clear_cache()
+    yield
+    farm_snapshot.clear_cache()
 
 
 @pytest.fixture(autouse=True)

@@ -195,6 +195,7 @@ class PendingWait:
     checkpoints: frozenset[str]
     prefetch: bool
     seconds: float
+    warm: str = ""
 
 
 def lease_once(request: Request, worker: Worker) -> services.TaskLease | PendingWait:
@@ -215,6 +216,7 @@ def lease_once(request: Request, worker: Worker) -> services.TaskLease | Pending
         checkpoints=frozenset((worker.capabilities or {}).get("checkpoints") or ()),
         prefetch=valid["prefetch"],
         seconds=min(valid["wait"], settings.T2I["LEASE_MAX_WAIT"]),
+        warm=worker.warm_checkpoint,
     )
 
 

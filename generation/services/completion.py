@@ -104,7 +104,7 @@ def task_complete(
                 started_at=started,
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
-            worker_count_outcome(worker.pk, completed=1)
+            worker_count_outcome(worker.pk, completed=1, warm_checkpoint=task.checkpoint)
             attempt_learn(
                 worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now
             )

@@ -18,11 +18,10 @@ def task_work(task: Task) -> float:
 def attempt_learn(
     *, worker: Worker, task: Task, attempt: TaskAttempt, started: datetime, finished: datetime
 ) -> None:
-    """Fold one completed attempt into the worker's learned costs and the owner's usage, and remember the
-    checkpoint it leaves warm. Only this worker writes its own speed rows, one completion at a time."""
+    """Fold one completed attempt into the worker's learned costs and the owner's usage. Only this worker
+    writes its own speed rows, one completion at a time."""
     run = (finished - started).total_seconds()
     work = task_work(task)
-    Worker.objects.filter(pk=worker.pk).update(warm_checkpoint=task.checkpoint)
     if task.owner_id is not None:
         user_charge(user_id=task.owner_id, seconds=max(0.0, run), at=finished)
     if run <= 0 or work <= 0:
@@ -56,8 +55,10 @@ def _mean_speed(worker: Worker) -> float | None:
 
 def user_charge(*, user_id: int, seconds: float, at: datetime) -> None:
     """Add GPU-seconds to the user's recent usage, decayed to `at`."""
-    UserShare.objects.bulk_create([UserShare(user_id=user_id)], ignore_conflicts=True)
-    share = UserShare.objects.select_for_update().get(user_id=user_id)
+    share = UserShare.objects.select_for_update().filter(user_id=user_id).first()
+    if share is None:
+        UserShare.objects.bulk_create([UserShare(user_id=user_id)], ignore_conflicts=True)
+        share = UserShare.objects.select_for_update().get(user_id=user_id)
     elapsed = (at - share.usage_at).total_seconds() if share.usage_at else 0.0
     share.usage_seconds = placement.decayed(share.usage_seconds, elapsed) + seconds
     share.usage_at = at

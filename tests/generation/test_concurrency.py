@@ -137,9 +137,17 @@ def test_claim_uses_for_update_skip_locked_on_postgresql(worker):
     assert any("FOR UPDATE SKIP LOCKED" in sql for sql in claims), claims
 
 
+def explain(sql: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        return " | ".join(row[-1] for row in cursor.fetchall())
+
+
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's planner; PostgreSQL locks rows instead")
+@pytest.mark.parametrize("scheduler", ["fifo", "smart"])
 @pytest.mark.django_db
-def test_claim_query_uses_the_claim_index_on_sqlite(worker):
+def test_claim_query_uses_the_claim_index_on_sqlite(worker, settings, scheduler):
+    settings.T2I = {**settings.T2I, "SCHEDULER": scheduler}
     template = WorkflowTemplate.objects.get(name="sd15-txt2img")
     finished = [Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.QUEUED]
     Task.objects.bulk_create(
@@ -159,13 +167,18 @@ def test_claim_query_uses_the_claim_index_on_sqlite(worker):
     with CaptureQueriesContext(connection) as queries:
         assert services.task_lease_next(worker=worker) is not None
 
-    claim = next(
+    # fifo: the claim itself; smart: the window of the queue placement looks at (the claim is then by id)
+    head = next(
         q["sql"]
         for q in queries.captured_queries
-        if q["sql"].startswith("SELECT") and 'ORDER BY "generation_task"."priority" DESC' in q["sql"]
+        if q["sql"].startswith("SELECT")
+        and '"generation_task"."status" = \'queued\'' in q["sql"]
+        and " LIMIT " in q["sql"]
+        and "ORDER BY" in q["sql"]
     )
-    with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN QUERY PLAN {claim}")
-        plan = " | ".join(row[-1] for row in cursor.fetchall())
+    plan = explain(head)
     assert "USING INDEX task_claim_idx" in plan, plan
     assert "TEMP B-TREE" not in plan, plan  # the index gives the ORDER BY too: no sort
+    if scheduler == "smart":
+        owners = next(q["sql"] for q in queries.captured_queries if "SELECT DISTINCT" in q["sql"])
+        assert "task_queued_owner_idx" in explain(owners)

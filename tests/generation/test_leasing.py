@@ -298,7 +298,8 @@ def test_heartbeat_renews_the_lease(worker, clock):
     assert Task.objects.get(pk=task.pk).status == Status.LEASED
 
 
-def test_heartbeat_reports_cancelled_and_lost_leases(worker, clock):
+def test_heartbeat_reports_cancelled_and_lost_leases(worker, clock, settings):
+    settings.T2I = {**settings.T2I, "SCHEDULER": "fifo"}  # placement would give the third to idle gpu-2
     worker.prefetch = 3  # deep enough to hold the three
     other, _ = make_worker("gpu-2")
     cancelled_task, lost_task, kept_task = (
@@ -676,7 +677,8 @@ def test_the_carried_lease_follows_the_lease_rules(worker):
 # --- Prefetch and queue positions -----------------------------------------------------------------------
 
 
-def test_prefetch_only_when_more_tasks_wait_than_other_idle_workers():
+def test_prefetch_only_when_more_tasks_wait_than_other_idle_workers(settings):
+    settings.T2I = {**settings.T2I, "SCHEDULER": "fifo"}  # placement: the oldest to the idle one, not busy
     busy, _ = make_worker("busy")
     idle, _ = make_worker("idle")
     submit_task()

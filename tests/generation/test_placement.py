@@ -63,11 +63,12 @@ def test_plan_picks_the_earliest_finish(asker, others, jobs, expected, reason):
     assert choice.reason == reason
 
 
-def test_plan_does_not_defer_an_aged_job():
-    slow, fast = node(1, speed=0.5), node(2, speed=2, free_at=1)
-    old = job(1, at=-100.0)
-    assert plan(slow, [slow, fast], [old], now=0.0, age_limit=60).job_ids == [1]
-    assert plan(slow, [slow, fast], [old], now=0.0, age_limit=1000).job_ids == []
+def test_plan_does_not_defer_a_long_waiting_head_to_a_worker_that_sits_idle():
+    slow, fast_idle, fast_busy = node(1, speed=0.5), node(2, speed=2), node(3, speed=2, free_at=1)
+    old, new = job(1, at=-200.0), job(1, at=-5.0)
+    assert plan(slow, [slow, fast_idle], [old], now=0.0).job_ids == [1]  # fast_idle never came for it
+    assert plan(slow, [slow, fast_idle], [new], now=0.0).job_ids == []  # it will: it was just queued
+    assert plan(slow, [slow, fast_busy], [old], now=0.0).job_ids == []  # fast_busy frees in 1 s and takes it
 
 
 @pytest.mark.parametrize(
@@ -76,6 +77,7 @@ def test_plan_does_not_defer_an_aged_job():
         # strict between levels, whatever the age or the user
         ([job(1, priority=0, at=0), job(2, priority=5, at=9)], [2, 1]),
         ([job(1, priority=-1, at=0, user=2), job(2, priority=0, at=9), job(3, priority=0, at=10)], [2, 3, 1]),
+        ([job(1, priority=0, at=0, user=2), job(2, priority=1, at=9)], [2, 1]),
         # within a level users take turns (equal usage: the older head first)
         (
             [job(1, user=1, at=0), job(2, user=1, at=1), job(3, user=1, at=2), job(4, user=2, at=3)],
@@ -84,30 +86,36 @@ def test_plan_does_not_defer_an_aged_job():
     ],
 )
 def test_order_is_strict_between_levels_and_fair_within(jobs, expected):
-    assert [j.id for j in order_jobs(jobs, now=10.0)] == expected
+    served = {1: 10.0, 2: 10.0}  # both have work running: no aging credit, plain fair queuing
+    assert [j.id for j in order_jobs(jobs, now=10.0, served_at=served)] == expected
 
 
 def test_fair_share_puts_a_light_user_first_and_weights_count():
     flood = [job(i, user=1, at=i * 0.01) for i in range(1, 1001)]
     single = job(5000, user=2, at=50.0)
-    ordered = order_jobs([*flood, single], now=55.0, usage={1: 100.0, 2: 0.0})
-    assert ordered[0].id == 5000  # one job at most ahead of it: here none
+    running = {1: 55.0}  # the flood user has tasks running: served now
+    ordered = order_jobs([*flood, single], now=55.0, usage={1: 100.0, 2: 0.0}, served_at=running)
+    assert ordered[0].id == 5000  # no job ahead of it
     # equal usage: the single job waits at most about one job of the flood user
-    ordered = order_jobs([*flood, single], now=55.0, usage={1: 0.0, 2: 0.0})
+    ordered = order_jobs([*flood, single], now=55.0, usage={1: 0.0, 2: 0.0}, served_at=running)
     assert [j.id for j in ordered].index(5000) <= 1
     # weight 3 for user 1: it gets three turns per turn of user 2
-    two = [job(i, user=2, at=i * 0.01 + 0.005) for i in range(100, 110)]
-    ordered = order_jobs([*flood[:9], *two], now=1.0, weights={1: 3.0})
+    two = [job(i, user=2, at=1.0) for i in range(100, 110)]
+    ordered = order_jobs([*flood[:9], *two], now=1.0, weights={1: 3.0}, served_at={1: 1.0, 2: 1.0})
     assert [j.user for j in ordered[:8]] == [1, 2, 1, 1, 1, 2, 1, 1]
 
 
-def test_aging_bounds_the_wait_within_a_level():
-    flood = [job(i, user=1, at=10 + i * 0.01) for i in range(1, 200)]
-    old = job(999, user=1, at=0.0)
-    starved_user = job(1000, user=3, at=1.0)
-    ordered = order_jobs([*flood, old, starved_user], now=70.0, usage={3: 1e9}, age_limit=60)
-    assert [j.id for j in ordered[:2]] == [999, 1000]  # both waited 60 s or more: oldest first
-    assert [j.id for j in order_jobs([*flood, starved_user], now=30.0, usage={3: 1e9})][-1] == 1000
+def test_aging_bounds_the_wait_of_a_user_who_used_much_lately():
+    heavy = job(1, user=3, at=0.0)  # its user ran 100 GPU-seconds lately, then waited unserved
+
+    def newcomer_at(now):  # a stream of light users, each with one fresh task
+        return job(2, user=int(now) + 10, at=now)
+
+    usage = {3: 100.0}
+    assert order_jobs([heavy, newcomer_at(10.0)], now=10.0, usage=usage, served_at={3: 0.0})[0].id == 2
+    assert order_jobs([heavy, newcomer_at(25.0)], now=25.0, usage=usage, served_at={3: 0.0})[0].id == 1
+    # without aging it would wait until its usage decays below theirs
+    assert order_jobs([heavy, newcomer_at(25.0)], now=25.0, usage=usage, aging=0.0)[0].id == 2
 
 
 def test_finish_estimates_count_held_work_and_switches():
