@@ -33,7 +33,6 @@ from generation.placement import Job, Node
 UNIT = placement.work_units(512, 512, 20, 1)
 JOB_SECONDS = 2.0  # one UNIT at speed x1
 CHECKPOINTS = ("sd15.safetensors", "sdxl.safetensors", "flux.safetensors")
-WINDOW = 48  # as generation.farm_snapshot.WINDOW
 
 
 @dataclass
@@ -93,9 +92,12 @@ class Result:
     busy_share: float
     trickle_p50: float
     trickle_p95: float
-    fair_min: float
+    fair_flood: float
+    fair_trickle: float
     eta_p50: float
     eta_p95: float
+    shown_p50: float
+    shown_p95: float
     choice_ms: float
 
 
@@ -170,13 +172,18 @@ class Queue:
         if not self.by_user[job.user]:
             del self.by_user[job.user]
 
-    def window(self) -> list[Job]:
-        """As generation.farm_snapshot.queue_window: the head of the queue and the first jobs of every user
-        it does not show."""
-        head = list(itertools.islice(self.all.values(), WINDOW))
+    def window(self, size: int) -> list[Job]:
+        """As generation.farm_snapshot.queue_window: the head of the queue and the first jobs of the users it
+        does not show."""
+        head = list(itertools.islice(self.all.values(), size))
         seen = {j.user for j in head}
-        others = [job for user, jobs in self.by_user.items() if user not in seen for job in jobs.values()]
-        return head + sorted(others[: WINDOW * 4], key=lambda j: j.id)[:WINDOW]
+        others = [
+            j
+            for user, jobs in self.by_user.items()
+            if user not in seen
+            for j in itertools.islice(jobs.values(), size)
+        ]
+        return head + sorted(others, key=lambda j: j.id)[:size]
 
 
 def simulate(farm: Farm, smart: bool, learned: bool = True) -> Result:
@@ -198,8 +205,10 @@ def simulate(farm: Farm, smart: bool, learned: bool = True) -> Result:
     submitted = {j.id: t for t, j in pending}
     queue = Queue()
     events: list[tuple[float, int, int]] = [(t, 0, i) for i, (t, _) in enumerate(pending)]  # kind 0: arrival
+    events += [(10.0 * k, 2, 0) for k in range(1, 10_000)]  # kind 2: the ETAs shown, every 10 s
     heapq.heapify(events)
     share = Share()
+    shown: list[tuple[int, float, float]] = []  # (job, shown at, predicted finish)
     started_at: dict[int, float] = {}
     finished_at: dict[int, float] = {}
     predicted: dict[int, float] = {}
@@ -208,6 +217,16 @@ def simulate(farm: Farm, smart: bool, learned: bool = True) -> Result:
     idle = list(workers)
     while events:
         now, kind, ref = heapq.heappop(events)
+        if kind == 2:
+            if (
+                not queue.all
+                and all(w.running is None for w in workers)
+                and all(k == 2 for _, k, _ in events)
+            ):
+                break
+            if queue.all:
+                shown += [(j, now, at) for j, at in _estimates(queue, workers, share, now).items()]
+            continue
         if kind == 0:
             queue.add(pending[ref][1])
             if events and events[0][0] == now and events[0][1] == 0:
@@ -240,7 +259,7 @@ def simulate(farm: Farm, smart: bool, learned: bool = True) -> Result:
             started_at[job.id] = now
             heapq.heappush(events, (now + worker.true_seconds(job), 1, worker.id - 1))
         idle = still_idle
-    timings = Timings(submitted, started_at, finished_at, predicted)
+    timings = Timings(submitted, started_at, finished_at, predicted, shown)
     return _measure(workers, flood_ids, timings, switches, choice_seconds)
 
 
@@ -250,6 +269,7 @@ class Timings:
     started: dict[int, float]
     finished: dict[int, float]
     predicted: dict[int, float]
+    shown: list[tuple[int, float, float]]
 
 
 class Share:
@@ -283,21 +303,30 @@ def _choose(
     nodes = [node_of(w, now) for w in workers]
     usage, served = share.recent(workers, nodes, now)
     ordered = placement.order_jobs(
-        queue.window(), now=now, usage=usage, served_at=served, job_seconds=JOB_SECONDS
+        queue.window(placement.window_size(len(workers))),
+        now=now,
+        usage=usage,
+        served_at=served,
+        job_seconds=JOB_SECONDS,
     )
     choice = placement.plan(nodes[worker.id - 1], nodes, ordered, now=now)
     return queue.all[choice.job_ids[0]] if choice.job_ids else None
 
 
-def _predict(queue: Queue, workers: list[SimWorker], share: Share, now: float, predicted: dict) -> None:
-    """ETAs of the jobs submitted now, as the scheduler shows them: the whole queue in placement's order,
-    list-scheduled for its head and flowing through the farm's learned speed after that."""
+def _estimates(queue: Queue, workers: list[SimWorker], share: Share, now: float) -> dict[int, float]:
+    """The ETAs the scheduler shows: the whole queue in placement's order, list-scheduled for its head and
+    flowing through the farm's learned speed after that (generation.eta does the same)."""
     nodes = [node_of(w, now) for w in workers]
     usage, served = share.recent(workers, nodes, now)
     ordered = placement.order_jobs(
         queue.all.values(), now=now, usage=usage, served_at=served, job_seconds=JOB_SECONDS
     )
-    estimates = placement.finish_estimates(nodes, ordered, now=now)
+    return placement.finish_estimates(nodes, ordered, now=now)
+
+
+def _predict(queue: Queue, workers: list[SimWorker], share: Share, now: float, predicted: dict) -> None:
+    """The ETAs of the jobs submitted now, as their submitters first see them."""
+    estimates = _estimates(queue, workers, share, now)
     for job in queue.all.values():
         if job.id not in predicted and job.queued_at == now and job.id in estimates:
             predicted[job.id] = estimates[job.id]
@@ -311,27 +340,35 @@ def _measure(workers, flood_ids, t: Timings, switches: int, choice_seconds: list
     for j, at in t.predicted.items():
         actual = t.finished[j] - t.submitted[j]
         errors.append(abs((at - t.submitted[j]) - actual) / actual)
+    later = [
+        abs(at - t.finished[j]) / (t.finished[j] - when) for j, when, at in t.shown if t.finished[j] > when
+    ]
     return Result(
+        shown_p50=_pct(later, 50),
+        shown_p95=_pct(later, 95),
         makespan=makespan,
         all_done=max(t.finished.values()),
         switches=switches,
         busy_share=busy / (len(workers) * makespan),
         trickle_p50=_pct(trickle, 50),
         trickle_p95=_pct(trickle, 95),
-        fair_min=_fairness(workers, t, makespan),
+        fair_flood=_fairness(workers, t, makespan, users={1}),
+        fair_trickle=_fairness(workers, t, makespan, users={2, 3}),
         eta_p50=_pct(errors, 50),
         eta_p95=_pct(errors, 95),
         choice_ms=1000 * statistics.fmean(choice_seconds) if choice_seconds else 0.0,
     )
 
 
-def _fairness(workers: list[SimWorker], t: Timings, makespan: float, window: float = 60.0) -> float:
+def _fairness(
+    workers: list[SimWorker], t: Timings, makespan: float, *, users: set[int], window: float = 60.0
+) -> float:
     """The lowest, over users and over 1-minute windows while the flood runs, of the GPU-seconds a user got
     in the window against their max-min fair share of the farm's GPU-seconds for their demand. The flood user
     demands everything; a trickle user the run time of its tasks submitted in the window (a task submitted
     near the window's end runs partly in the next: a ratio a little under 1 is that, not unfairness)."""
     runs = [b for w in workers for b in w.busy]
-    users = sorted({u for _, _, u, _ in runs if u is not None})
+    everyone = sorted({u for _, _, u, _ in runs if u is not None})
     ratios = []
     start = 0.0
     while start + window <= makespan:
@@ -340,11 +377,11 @@ def _fairness(workers: list[SimWorker], t: Timings, makespan: float, window: flo
         demand: dict = {}
         for s, e, u, _ in runs:
             got[u] += max(0.0, min(e, end) - max(s, start))
-        for u in users:
+        for u in everyone:
             asked = [e - s for s, e, uu, j in runs if uu == u and start <= t.submitted[j] < end]
             demand[u] = float("inf") if u == 1 else sum(asked)
         fair = _max_min(len(workers) * window, demand)
-        ratios += [min(1.0, got[u] / fair[u]) for u in users if fair[u] > 0]
+        ratios += [min(1.0, got[u] / fair[u]) for u in everyone if u in users and fair[u] > 0]
         start = end
     return min(ratios) if ratios else float("nan")
 
@@ -380,9 +417,12 @@ ROWS = [
     ("GPU busy share", "busy_share", "{:.1%}"),
     ("trickle wait p50 (s)", "trickle_p50", "{:.2f}"),
     ("trickle wait p95 (s)", "trickle_p95", "{:.2f}"),
-    ("min fair-share ratio", "fair_min", "{:.2f}"),
-    ("ETA error p50", "eta_p50", "{:.1%}"),
-    ("ETA error p95", "eta_p95", "{:.1%}"),
+    ("fair-share ratio, flood user", "fair_flood", "{:.2f}"),
+    ("fair-share ratio, trickle users", "fair_trickle", "{:.2f}"),
+    ("ETA error p50, at submit", "eta_p50", "{:.1%}"),
+    ("ETA error p95, at submit", "eta_p95", "{:.1%}"),
+    ("ETA error p50, as shown later", "shown_p50", "{:.1%}"),
+    ("ETA error p95, as shown later", "shown_p95", "{:.1%}"),
     ("choice cost per ask (ms)", "choice_ms", "{:.3f}"),
 ]
 
@@ -423,7 +463,7 @@ def choice_cost(workers: int = 500, queued: int = 10_000, asks: int = 200) -> fl
     for k in range(asks):
         asker = nodes[k % workers]
         asker.free_at = 0.0
-        ordered = placement.order_jobs(queue.window(), now=200.0, usage=usage)
+        ordered = placement.order_jobs(queue.window(placement.window_size(workers)), now=200.0, usage=usage)
         placement.plan(asker, nodes, ordered, now=0.0)
     return 1000 * (time.perf_counter() - t0) / asks
 

@@ -25,7 +25,7 @@ from generation.models import Task, UserShare, WorkflowTemplate
 from generation.placement import Job, Node
 from workers_app.models import Worker, WorkerSpeed
 
-WINDOW = 48  # queued tasks looked at from the head of the queue, and as many from users it does not show
+WINDOW = placement.WINDOW
 OWNERS_SECONDS = 1.0  # the users with queued tasks, re-read at most this often per process
 STATIC_SECONDS = 5.0
 

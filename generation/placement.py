@@ -28,15 +28,20 @@ from dataclasses import dataclass, field
 DEFAULT_SECONDS_PER_UNIT = 2.0 / (512 * 512 * 20)
 DEFAULT_SWITCH_SECONDS = 4.0
 AGING_CREDIT = 5.0  # GPU-seconds of usage forgiven per second a user has waited unserved
-AGE_LIMIT = 120.0  # seconds after which the head of the line is not deferred to a worker that sits idle
 NEIGHBOURS = 64  # other workers (those that free soonest) that compete with the asker in a plan
+# Queued tasks a plan looks at from the head of the queue (and as many from users it does not show): two per
+# live worker, so that each can find its warm model's work, within these bounds.
+WINDOW, WINDOW_MAX = 48, 256
 
 # Why a task went to its worker (TaskAttempt.placement) and why one still waits.
 WARM = "warm model"
 FASTEST = "fastest finish"
 FAIR = "fair share"
-AGED = "waited longest"
 FIFO = "first in line"
+
+
+def window_size(live_workers: int) -> int:
+    return min(WINDOW_MAX, max(WINDOW, 2 * live_workers))
 
 
 def work_units(width: int, height: int, steps: int, batch: int) -> float:
@@ -166,13 +171,12 @@ def plan(
     *,
     now: float,
     want: int = 2,
-    age_limit: float = AGE_LIMIT,
 ) -> Choice:
     """Earliest-finish list scheduling of `ordered` onto the asker and the NEIGHBOURS other `nodes` that free
     soonest, until the asker has `want` jobs or the jobs run out. Ties go to the asker: it is here now.
 
-    The head of the line, once it waited `age_limit`, is not deferred to a worker that holds no work (one
-    that may never ask: a daemon stuck but still beating): the asker takes it when it can run it."""
+    A job the plan gives to another worker waits for it: the lease path wakes that worker when it is idle,
+    and a worker that stops asking stops beating and drops out of the live set (WORKER_OFFLINE_AFTER)."""
     others = sorted((n for n in nodes if n.id != asker.id), key=lambda n: n.free_at)[:NEIGHBOURS]
     free = {n.id: max(now, n.free_at) for n in others}
     warm = {n.id: n.warm for n in others}
@@ -193,15 +197,12 @@ def plan(
             at = node_free + node.run_seconds(job, warm[node.id])
             if best_at is None or at < best_at:
                 best, best_at = node, at
-        aged = index == 0 and now - job.queued_at >= age_limit
-        if aged and best is not None and mine_at is not None and free[best.id] <= now:
-            best = None  # the head waited long for an idle worker that does not come: take it
         if best is None and mine_at is None:
             continue  # nobody here can run it
         if best is None:
             planned[job.id] = asker.id
             if not mine:
-                reason = _why(job, my_warm, aged=aged, head=index == 0)
+                reason = _why(job, my_warm, head=index == 0)
             mine.append(job.id)
             my_free, my_warm = mine_at, job.checkpoint or my_warm
         else:
@@ -210,9 +211,7 @@ def plan(
     return Choice(job_ids=mine, reason=reason, planned=planned)
 
 
-def _why(job: Job, warm: str, *, aged: bool, head: bool) -> str:
-    if aged:
-        return AGED
+def _why(job: Job, warm: str, *, head: bool) -> str:
     if head:
         return FAIR  # the first in line: its owner's turn
     return WARM if job.checkpoint and job.checkpoint == warm else FASTEST

@@ -120,7 +120,7 @@ def task_lease_next(
 
 def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -> placement.Choice:
     """The plan's tasks for this worker, best first (generation.placement)."""
-    window = farm_snapshot.queue_window(runnable)
+    window = farm_snapshot.queue_window(runnable, size=placement.window_size(len(farm.nodes)))
     farm_snapshot.add_users(farm, {job.user for job in window})
     ordered = farm_snapshot.ordered(farm, window)
     return placement.plan(farm.nodes[worker.pk], list(farm.nodes.values()), ordered, now=farm.now)

@@ -6,13 +6,14 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
 from generation import callback_targets, dispatch, limits, workflows
-from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
+from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker, QueueFull
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
 from generation.services.transitions import farm_setting, task_changed
 from workers_app.models import Worker
@@ -30,6 +31,7 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
     task = Task(owner=owner if owner is not None and owner.is_authenticated else None, **fields)
     task.seed = seed  # None: chosen below, once the rest is valid
     _validate(task)
+    _check_priority(task, owner)
     task.template = _template_for(data.get("template") or "")
     workers = list(Worker.objects.exclude(registered_at=None).only("status", "capabilities"))
     _check_worker_options(task, [w for w in workers if w.is_online])
@@ -38,11 +40,43 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
         task.seed = secrets.randbelow(SEED_MAX + 1)
     task.max_attempts = farm_setting("MAX_ATTEMPTS")
     with transaction.atomic():
+        _check_queued_cap(task.owner_id)
         task.save()
         task_changed(task.public_id, task.owner_id)
         dispatch.announce_work(checkpoint=task.checkpoint)
     logger.info("task queued", extra={"task": task.public_id})
     return task
+
+
+PRIORITY_DEFAULT = Task._meta.get_field("priority").default
+
+
+def _check_priority(task: Task, owner: AbstractBaseUser | None) -> None:
+    """Only staff may jump the queue: a priority above the default is theirs to set."""
+    if task.priority > PRIORITY_DEFAULT and not (
+        owner is not None and owner.is_authenticated and owner.is_staff
+    ):
+        raise Forbidden(
+            f"Only staff may set a priority above {PRIORITY_DEFAULT}.",
+            fields={"priority": [f"Only staff may set a priority above {PRIORITY_DEFAULT}."]},
+            code="priority_forbidden",
+        )
+
+
+def _check_queued_cap(owner_id: int | None) -> None:
+    """At most T2I_MAX_QUEUED_PER_USER queued tasks per user (0: no cap), counted inside the submit's
+    transaction under a lock on the user's row, so concurrent submits cannot both pass the last place."""
+    cap = farm_setting("MAX_QUEUED_PER_USER")
+    if not cap or owner_id is None:
+        return
+    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk", flat=True))
+    queued = Task.objects.filter(owner_id=owner_id, status=Status.QUEUED).count()
+    if queued >= cap:
+        raise QueueFull(
+            f"You already have {queued} tasks queued, the most allowed ({cap}); wait for some to start.",
+            code="queue_full",
+            retry_after=5,
+        )
 
 
 def _validate(task: Task) -> None:

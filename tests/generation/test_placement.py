@@ -63,14 +63,6 @@ def test_plan_picks_the_earliest_finish(asker, others, jobs, expected, reason):
     assert choice.reason == reason
 
 
-def test_plan_does_not_defer_a_long_waiting_head_to_a_worker_that_sits_idle():
-    slow, fast_idle, fast_busy = node(1, speed=0.5), node(2, speed=2), node(3, speed=2, free_at=1)
-    old, new = job(1, at=-200.0), job(1, at=-5.0)
-    assert plan(slow, [slow, fast_idle], [old], now=0.0).job_ids == [1]  # fast_idle never came for it
-    assert plan(slow, [slow, fast_idle], [new], now=0.0).job_ids == []  # it will: it was just queued
-    assert plan(slow, [slow, fast_busy], [old], now=0.0).job_ids == []  # fast_busy frees in 1 s and takes it
-
-
 @pytest.mark.parametrize(
     ("jobs", "expected"),
     [
