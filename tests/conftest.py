@@ -16,7 +16,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
-from generation import farm_snapshot, services
+from generation import eta, farm_snapshot, services
 from generation.models import Task, WorkflowTemplate
 from generation.workflows import SHIPPED_TEMPLATES
 from tests.factories import UserFactory, registered_capabilities, worker_with_token
@@ -79,8 +79,10 @@ def _shipped_templates(request):
 def _fresh_placement_cache():
     """Placement caches workers' learned costs and the queue's users per process; tests reuse row ids."""
     farm_snapshot.clear_cache()
+    eta.clear_cache()
     yield
     farm_snapshot.clear_cache()
+    eta.clear_cache()
 
 
 @pytest.fixture(autouse=True)
