@@ -21,12 +21,15 @@ from __future__ import annotations
 import argparse
 import heapq
 import itertools
+import json
 import random
 import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from bench.report import Figure
 from generation import placement
 from generation.placement import Job, Node
 
@@ -468,16 +471,58 @@ def choice_cost(workers: int = 500, queued: int = 10_000, asks: int = 200) -> fl
     return 1000 * (time.perf_counter() - t0) / asks
 
 
+def figures(mixed8: tuple[Result, Result], big: tuple[Result, Result] | None, same: tuple[Result, Result],
+            choice_ms: float) -> list[Figure]:  # fmt: skip
+    """The issue's goals as figures with targets, for python -m bench's table."""
+
+    def fewer(fifo: float, smart: float) -> float:
+        return 100 * (1 - smart / fifo) if fifo else float("nan")
+
+    out = []
+    for label, pair in [("8 workers x 400", mixed8), ("64 workers x 10,000", big)]:
+        if pair is None:
+            continue
+        fifo, smart = pair
+
+        def fig(name: str, value: float, unit: str, op: str, target: float, label: str = label) -> Figure:
+            return Figure("scheduling", f"{label}: {name}", value, unit, "-", op, target)
+
+        out += [
+            fig("model switches, fewer than FIFO", fewer(fifo.switches, smart.switches), "%", ">=", 40),
+            fig("flood makespan, shorter than FIFO", fewer(fifo.makespan, smart.makespan), "%", ">=", 20),
+            fig(
+                f"trickle wait p95 (FIFO {fifo.trickle_p95:.0f} s)",
+                smart.trickle_p95,
+                "s",
+                "<=",
+                2 * JOB_SECONDS,
+            ),
+            fig("fair-share ratio, lowest user", min(smart.fair_flood, smart.fair_trickle), "", ">=", 0.9),
+            fig(f"ETA error p50 at submit (FIFO {fifo.eta_p50:.0%})", 100 * smart.eta_p50, "%", "<=", 15),
+        ]
+    fifo, smart = same
+    out.append(Figure("scheduling", "identical workers, 1 checkpoint: all done, slower than FIFO",
+                      100 * (smart.all_done / fifo.all_done - 1), "%", "-", "<=", 0))  # fmt: skip
+    out.append(
+        Figure("scheduling", "placement choice, 10,000 queued x 500 workers", choice_ms, "ms", "-", "<=", 5)
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scheduling", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="skip the 64-worker x 10,000-task farm")
+    parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
     args = parser.parse_args(argv)
-    report(mixed())
+    mixed8 = report(mixed())
     report(mixed(), learned=False)
-    if not args.quick:
-        report(mixed(scale=8, flood=10_000))
-    report(uniform())
-    print(f"\nplacement choice with 10,000 queued tasks and 500 workers: {choice_cost():.2f} ms per ask")
+    big = None if args.quick else report(mixed(scale=8, flood=10_000))
+    same = report(uniform())
+    choice_ms = choice_cost()
+    print(f"\nplacement choice with 10,000 queued tasks and 500 workers: {choice_ms:.2f} ms per ask")
+    if args.json:
+        found = figures(mixed8, big, same, choice_ms)
+        args.json.write_text(json.dumps({"figures": [f.as_dict() for f in found], "series": []}))
     return 0
 
 

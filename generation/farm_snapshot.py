@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -27,6 +28,7 @@ from workers_app.models import Worker, WorkerSpeed
 
 WINDOW = placement.WINDOW
 OWNERS_SECONDS = 1.0  # the users with queued tasks, re-read at most this often per process
+LIVE_SECONDS = 1.0  # the live workers, likewise
 STATIC_SECONDS = 5.0
 
 JOB_FIELDS = (
@@ -58,6 +60,8 @@ class _Cache:
     statics_at: float = -1e9
     owners: list[int | None] = field(default_factory=list)
     owners_at: float = -1e9
+    live: list[LiveWorker] = field(default_factory=list)
+    live_at: float = -1e9
 
 
 _cache = _Cache()
@@ -69,7 +73,7 @@ def clear_cache() -> None:
     _cache = _Cache()
 
 
-def worker_statics(workers: Iterable[Worker]) -> dict[int, WorkerStatic]:
+def worker_statics(workers: Iterable[LiveWorker | Worker]) -> dict[int, WorkerStatic]:
     """Each worker's checkpoints, runnable templates and learned costs, by id (cached STATIC_SECONDS)."""
     workers = list(workers)
     cache = _cache
@@ -177,16 +181,35 @@ class Farm:
         return unit * sum(rates) / len(rates)
 
 
-def live_workers(now: datetime) -> list[Worker]:
+class LiveWorker(NamedTuple):
+    """What placement reads of a live worker's row (a Worker has the same attributes)."""
+
+    pk: int
+    registered_at: datetime | None
+    warm_checkpoint: str
+
+
+def live_workers(now: datetime) -> list[LiveWorker]:
+    """Workers that take tasks now: idle (not draining) and beating; re-read at most every LIVE_SECONDS per
+    process (who is live changes with registers and sweeps, a warm checkpoint with completions: the work a
+    worker holds, read on every lease, says what it will have warm next)."""
+    cache = _cache
+    with cache.lock:
+        if time.monotonic() - cache.live_at < LIVE_SECONDS:
+            return cache.live
     alive_since = now - timedelta(seconds=settings.T2I["WORKER_OFFLINE_AFTER"])
-    return list(
+    rows = (
         Worker.objects.filter(status=Worker.Status.IDLE, last_heartbeat__gte=alive_since)
         .order_by()
-        .only("registered_at", "warm_checkpoint")
+        .values_list("pk", "registered_at", "warm_checkpoint")
     )
+    live = [LiveWorker(*row) for row in rows]
+    with cache.lock:
+        cache.live, cache.live_at = live, time.monotonic()
+    return live
 
 
-def snapshot(*, now: datetime, workers: list[Worker]) -> Farm:
+def snapshot(*, now: datetime, workers: list[LiveWorker | Worker]) -> Farm:
     """The live `workers` with their held work (running work counts what is left of it), and the usage and
     weights of every user with held work (`add_users` adds others)."""
     stamp = now.timestamp()
@@ -207,13 +230,13 @@ def snapshot(*, now: datetime, workers: list[Worker]) -> Farm:
     held_rows = (
         Task.objects.filter(status__in=Task.ACTIVE_STATUSES, worker_id__in=list(nodes))
         .order_by("worker_id", "leased_at", "id")
-        .values_list("worker_id", *JOB_FIELDS, "created_at", "started_at")
+        .values_list("worker_id", *JOB_FIELDS, "started_at")
     )
     running_seconds: dict[int | None, float] = defaultdict(float)
     held: dict[int, list[tuple[Job, float]]] = defaultdict(list)
     for row in held_rows:
         node = nodes[row[0]]
-        job = job_of(row[1:-2], row[-2].timestamp())
+        job = job_of(row[1:-1], stamp)  # held: when it was queued no longer matters
         seconds = node.run_seconds(job)
         if row[-1] is not None:
             seconds = max(0.0, seconds - (stamp - row[-1].timestamp()))

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 DEFAULT_SECONDS_PER_UNIT = 2.0 / (512 * 512 * 20)
 DEFAULT_SWITCH_SECONDS = 4.0
 AGING_CREDIT = 5.0  # GPU-seconds of usage forgiven per second a user has waited unserved
-NEIGHBOURS = 64  # other workers (those that free soonest) that compete with the asker in a plan
+NEIGHBOURS = 32  # other workers (those that free soonest) that compete with the asker in a plan
 # Queued tasks a plan looks at from the head of the queue (and as many from users it does not show): two per
 # live worker, so that each can find its warm model's work, within these bounds.
-WINDOW, WINDOW_MAX = 48, 256
+WINDOW, WINDOW_MAX = 48, 128
 
 # Why a task went to its worker (TaskAttempt.placement) and why one still waits.
 WARM = "warm model"

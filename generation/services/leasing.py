@@ -60,7 +60,7 @@ def task_lease_next(
     runnable = _runnable(worker, list(templates))
     now = now or timezone.now()
     smart = farm_setting("SCHEDULER") == "smart"
-    workers = farm_snapshot.live_workers(now) if smart else []
+    workers: list[farm_snapshot.LiveWorker | Worker] = [*farm_snapshot.live_workers(now)] if smart else []
     if all(w.pk != worker.pk for w in workers):
         workers.append(worker)
     farm = farm_snapshot.snapshot(now=now, workers=workers)
@@ -123,7 +123,7 @@ def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -
     window = farm_snapshot.queue_window(runnable, size=placement.window_size(len(farm.nodes)))
     farm_snapshot.add_users(farm, {job.user for job in window})
     ordered = farm_snapshot.ordered(farm, window)
-    return placement.plan(farm.nodes[worker.pk], list(farm.nodes.values()), ordered, now=farm.now)
+    return placement.plan(farm.nodes[worker.pk], list(farm.nodes.values()), ordered, now=farm.now, want=1)
 
 
 def _pick(runnable: QuerySet[Task], choice: placement.Choice | None) -> tuple[Task | None, str]:

@@ -710,7 +710,7 @@ def test_a_prefetch_request_from_a_worker_that_holds_nothing_is_an_ordinary_leas
     assert lease(finished, prefetch=True).task.pk == waiting.pk
 
 
-def test_queue_positions_follow_the_lease_order(worker, api):
+def test_queue_positions_follow_the_lease_order(worker, api, staff_api):
     first, second = submit_task(), submit_task()
     urgent = submit_task(priority=5)
     positions = {t.pk: selectors.task_queue_position(t) for t in (first, second, urgent)}
@@ -722,7 +722,7 @@ def test_queue_positions_follow_the_lease_order(worker, api):
     assert selectors.task_queue_position(Task.objects.get(pk=urgent.pk)) is None
     assert selectors.task_queue_position(first) == 1
     assert selectors.task_queue_position(second) == 2
-    body = api.get(f"/api/v1/tasks/{urgent.public_id}/").json()
+    body = staff_api.get(f"/api/v1/tasks/{urgent.public_id}/").json()  # staff submitted it (priority)
     assert body["queue_position"] is None and body["status"] == "leased"
 
 
