@@ -32,6 +32,7 @@ NEIGHBOURS = 32  # other workers (those that free soonest) that compete with the
 # Queued tasks a plan looks at from the head of the queue (and as many from users it does not show): two per
 # live worker, so that each can find its warm model's work, within these bounds.
 WINDOW, WINDOW_MAX = 48, 128
+EXACT_BUDGET = 20_000  # node comparisons an ETA estimate spends list-scheduling the head of the queue
 
 # Why a task went to its worker (TaskAttempt.placement) and why one still waits.
 WARM = "warm model"
@@ -224,13 +225,16 @@ def first_in_line(asker: Node, jobs: Iterable[Job]) -> Choice:
 
 
 def finish_estimates(
-    nodes: Sequence[Node], ordered: Sequence[Job], *, now: float, exact: int = 64
+    nodes: Sequence[Node], ordered: Sequence[Job], *, now: float, exact: int | None = None
 ) -> dict[int, float]:
     """When each job of `ordered` should be done if the farm follows the plan (the ETAs: generation.eta).
 
     The first `exact` jobs are list-scheduled like `plan` (each to the node that finishes it first, counting
     each node's held work, running and prefetched, and model switches); the rest flow through the farm's
-    total speed after that, in order (a fluid estimate: switches are few once placement groups them)."""
+    total speed after that, in order (a fluid estimate: switches are few once placement groups them).
+    By default `exact` spends about EXACT_BUDGET node comparisons: the whole queue of a small farm."""
+    if exact is None:
+        exact = max(64, EXACT_BUDGET // max(1, len(nodes)))
     free = {n.id: max(now, n.free_at) for n in nodes}
     warm = {n.id: n.warm for n in nodes}
     done: dict[int, float] = {}
