@@ -29,6 +29,9 @@ DEFAULT_SECONDS_PER_UNIT = 2.0 / (512 * 512 * 20)
 DEFAULT_SWITCH_SECONDS = 4.0
 AGING_CREDIT = 5.0  # GPU-seconds of usage forgiven per second a user has waited unserved
 NEIGHBOURS = 32  # other workers (those that free soonest) that compete with the asker in a plan
+# Another worker takes a job from the asker only when it finishes it sooner by this share of the asker's run
+# time, at most DEFER_MARGIN_MAX seconds: more than the noise of learned speeds on short jobs.
+DEFER_MARGIN, DEFER_MARGIN_MAX = 0.2, 0.25
 # Queued tasks a plan looks at from the head of the queue (and as many from users it does not show): two per
 # live worker, so that each can find its warm model's work, within these bounds.
 WINDOW, WINDOW_MAX = 48, 128
@@ -172,13 +175,18 @@ def plan(
     *,
     now: float,
     want: int = 2,
+    defer_to_idle: bool = True,
 ) -> Choice:
     """Earliest-finish list scheduling of `ordered` onto the asker and the NEIGHBOURS other `nodes` that free
     soonest, until the asker has `want` jobs or the jobs run out. Ties go to the asker: it is here now.
 
     A job the plan gives to another worker waits for it: the lease path wakes that worker when it is idle,
-    and a worker that stops asking stops beating and drops out of the live set (WORKER_OFFLINE_AFTER)."""
-    others = sorted((n for n in nodes if n.id != asker.id), key=lambda n: n.free_at)[:NEIGHBOURS]
+    and a worker that stops asking stops beating and drops out of the live set (WORKER_OFFLINE_AFTER).
+    `defer_to_idle=False` (where that wake cannot reach other processes) leaves idle workers out: the asker
+    competes only with workers that will ask when their work is done."""
+    others = sorted(
+        (n for n in nodes if n.id != asker.id and (defer_to_idle or n.free_at > now)), key=lambda n: n.free_at
+    )[:NEIGHBOURS]
     free = {n.id: max(now, n.free_at) for n in others}
     warm = {n.id: n.warm for n in others}
     my_free, my_warm = max(now, asker.free_at), asker.warm
@@ -190,7 +198,11 @@ def plan(
             break
         mine_at = my_free + asker.run_seconds(job, my_warm) if asker.can_run(job) else None
         best: Node | None = None
-        best_at = mine_at
+        # Another worker takes the job from the asker only when it finishes it clearly sooner: it may have to
+        # be woken first, and learned speeds are noisy.
+        best_at = (
+            None if mine_at is None else mine_at - min(DEFER_MARGIN * (mine_at - my_free), DEFER_MARGIN_MAX)
+        )
         for node in others:
             node_free = free[node.id]
             if (best_at is not None and node_free >= best_at) or not node.can_run(job):

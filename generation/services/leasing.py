@@ -123,7 +123,16 @@ def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -
     window = farm_snapshot.queue_window(runnable, size=placement.window_size(len(farm.nodes)))
     farm_snapshot.add_users(farm, {job.user for job in window})
     ordered = farm_snapshot.ordered(farm, window)
-    return placement.plan(farm.nodes[worker.pk], list(farm.nodes.values()), ordered, now=farm.now, want=1)
+    return placement.plan(
+        farm.nodes[worker.pk],
+        list(farm.nodes.values()),
+        ordered,
+        now=farm.now,
+        want=1,
+        # An idle worker another stands back for is woken by an event; without NOTIFY (SQLite) only this
+        # process would hear it, so then only busy workers (which ask again as they finish) compete.
+        defer_to_idle=dispatch.notify_enabled(),
+    )
 
 
 def _pick(runnable: QuerySet[Task], choice: placement.Choice | None) -> tuple[Task | None, str]:

@@ -31,8 +31,10 @@ def workers(*warm: str) -> list[Worker]:
 
 @pytest.fixture
 def woken(monkeypatch):
+    """Events as PostgreSQL's NOTIFY would carry them to every process (here: recorded)."""
     events = []
     monkeypatch.setattr(dispatch, "publish", lambda kind, data=None: events.append((kind, data)))
+    monkeypatch.setattr(dispatch, "notify_enabled", lambda: True)
     return events
 
 
@@ -59,6 +61,15 @@ def test_a_slow_worker_stands_back_for_a_fast_idle_one_and_wakes_it(woken):
     got = lease(fast)
     assert got.task.pk == task.pk
     assert TaskAttempt.objects.get(task=task).placement == placement.FAIR  # the head of the line
+
+
+def test_without_notify_a_worker_does_not_stand_back_for_an_idle_one_it_cannot_wake():
+    slow, fast = workers(CHECKPOINT, CHECKPOINT)
+    unit = placement.work_units(64, 64, 20, 1)
+    WorkerSpeed.objects.create(worker=slow, checkpoint=CHECKPOINT, seconds_per_unit=8.0 / unit)
+    WorkerSpeed.objects.create(worker=fast, checkpoint=CHECKPOINT, seconds_per_unit=1.0 / unit)
+    task = submit_task(checkpoint=CHECKPOINT)
+    assert lease(slow).task.pk == task.pk  # SQLite: an event would not reach fast's process
 
 
 def test_a_slow_worker_takes_a_task_the_fast_one_would_only_finish_later():
