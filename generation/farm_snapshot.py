@@ -51,6 +51,7 @@ class WorkerStatic:
     speeds: dict[str, float]
     default_seconds_per_unit: float
     switch_seconds: float
+    cold_seconds: float
 
 
 @dataclass
@@ -83,7 +84,7 @@ def worker_statics(workers: Iterable[LiveWorker | Worker]) -> dict[int, WorkerSt
             cache.statics = _load_statics()
             cache.statics_at = time.monotonic()
         statics = cache.statics
-    empty = WorkerStatic(frozenset(), frozenset(), {}, placement.DEFAULT_SECONDS_PER_UNIT, 0.0)
+    empty = WorkerStatic(frozenset(), frozenset(), {}, placement.DEFAULT_SECONDS_PER_UNIT, 0.0, 0.0)
     return {w.pk: statics.get((w.pk, w.registered_at), empty) for w in workers}
 
 
@@ -96,22 +97,25 @@ def _load_statics() -> dict[tuple[int, datetime | None], WorkerStatic]:
         speeds[worker_id][checkpoint] = rate
     every = [rate for rates in speeds.values() for rate in rates.values()]
     farm_default = sum(every) / len(every) if every else placement.DEFAULT_SECONDS_PER_UNIT
-    statics = {}
-    for worker in (
+    registered = list(
         Worker.objects.exclude(registered_at=None)
         .order_by()
         .only("capabilities", "registered_at", "switch_seconds")
-    ):
+    )
+    switches = [w.switch_seconds for w in registered if w.switch_seconds is not None]
+    farm_switch = sum(switches) / len(switches) if switches else None
+    statics = {}
+    for worker in registered:
         nodes = worker.node_classes
+        known_switch = worker.switch_seconds if worker.switch_seconds is not None else farm_switch
         mine = speeds.get(worker.pk, {})
         statics[(worker.pk, worker.registered_at)] = WorkerStatic(
             checkpoints=frozenset(worker.checkpoints),
             templates=frozenset(pk for pk, needs in templates if needs <= nodes),
             speeds=mine,
             default_seconds_per_unit=sum(mine.values()) / len(mine) if mine else farm_default,
-            switch_seconds=placement.DEFAULT_SWITCH_SECONDS
-            if worker.switch_seconds is None
-            else worker.switch_seconds,
+            switch_seconds=placement.DEFAULT_SWITCH_SECONDS if known_switch is None else known_switch,
+            cold_seconds=0.0 if known_switch is None else known_switch,
         )
     return statics
 
@@ -225,6 +229,7 @@ def snapshot(*, now: datetime, workers: list[LiveWorker | Worker]) -> Farm:
             seconds_per_unit=static.speeds,
             default_seconds_per_unit=static.default_seconds_per_unit,
             switch_seconds=static.switch_seconds,
+            cold_seconds=static.cold_seconds,
             templates=static.templates,
         )
     held_rows = (

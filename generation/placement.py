@@ -76,7 +76,13 @@ class Node:
     free_at: float = 0.0  # when its held (running and prefetched) work should be done
     seconds_per_unit: Mapping[str, float] = field(default_factory=dict)  # learned, by checkpoint
     default_seconds_per_unit: float = DEFAULT_SECONDS_PER_UNIT
-    switch_seconds: float = DEFAULT_SWITCH_SECONDS
+    switch_seconds: float = (
+        DEFAULT_SWITCH_SECONDS  # from one checkpoint to another: learned, else the default
+    )
+    # A load when the worker's loaded model is unknown (it never ran, or its ComfyUI restarted): the learned
+    # switch cost once the worker or the farm has one, else none assumed, so a new worker is not shut out
+    # of work by a default it never had a chance to disprove.
+    cold_seconds: float = 0.0
     templates: frozenset[int] | None = None  # the templates whose node classes it has; None: any
 
     def can_run(self, job: Job) -> bool:
@@ -88,7 +94,9 @@ class Node:
         """Expected seconds for `job` here, with a model switch when it is not the warm checkpoint."""
         warm = self.warm if warm is None else warm
         spu = self.seconds_per_unit.get(job.checkpoint, self.default_seconds_per_unit)
-        switch = self.switch_seconds if job.checkpoint and job.checkpoint != warm else 0.0
+        switch = 0.0
+        if job.checkpoint and job.checkpoint != warm:
+            switch = self.switch_seconds if warm else self.cold_seconds
         return job.work * spu + switch
 
 
@@ -228,12 +236,6 @@ def _why(job: Job, warm: str, *, head: bool) -> str:
     if head:
         return FAIR  # the first in line: its owner's turn
     return WARM if job.checkpoint and job.checkpoint == warm else FASTEST
-
-
-def first_in_line(asker: Node, jobs: Iterable[Job]) -> Choice:
-    """Today's rule (T2I_SCHEDULER=fifo): highest priority, then oldest, that the asker can run."""
-    runnable = sorted((j for j in jobs if asker.can_run(j)), key=lambda j: (-j.priority, j.queued_at, j.id))
-    return Choice(job_ids=[j.id for j in runnable[:3]], reason=FIFO if runnable else "")
 
 
 def finish_estimates(

@@ -116,3 +116,10 @@ def test_finish_estimates_count_held_work_and_switches():
     # job 1: node 1 at 3+2=5, node 2 at 0+4+2=6 -> 5; job 2: node 1 at 7, node 2 at 6 -> 6 (switch);
     # job 3 (b): node 1 at 5+4+2=11, node 2 (now warm on a) at 6+4+2=12 -> 11
     assert done == {1: 5.0, 2: 6.0, 3: 11.0}
+
+
+def test_an_unknown_loaded_model_costs_the_learned_switch_else_nothing():
+    fresh, warm = node(1, warm=""), node(2, warm="a", free_at=0.1)
+    assert plan(fresh, [fresh, warm], [job(1)], now=0.0).job_ids == [1]  # nothing learned: no penalty
+    fresh.cold_seconds = 4.0  # the farm learned that a load costs 4 s
+    assert plan(fresh, [fresh, warm], [job(1)], now=0.0).job_ids == []
