@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed
 
-.PHONY: install install-dev run test test-fast lint format bench chaos clean
+.PHONY: install install-dev run test test-fast lint format bench chaos screenshots clean
 
 $(RUNTIME): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: install-dev
 
 chaos: install-dev
 	$(PY) -m bench.chaos
+
+# docs/screenshots/*.png from a demo farm (tools/screenshots.py; needs Debian's chromium).
+screenshots: install-dev
+	$(PY) -m tools.screenshots
 
 format: install-dev
 	$(VENV)/bin/ruff check --fix .

@@ -292,10 +292,10 @@ class ChaosRun:
     def prepare(self) -> str:
         """The user (and its API token), the default templates and the workers' tokens, in the database."""
         from django.contrib.auth import get_user_model
-        from rest_framework.authtoken.models import Token
 
         from generation import workflows
         from generation.models import WorkflowTemplate
+        from generation.services import api_token_create
         from workers_app import services as worker_services
 
         for name, workflow, bindings in (
@@ -310,7 +310,7 @@ class ChaosRun:
             name = f"chaos-gpu-{n + 1}"
             _, self.tokens[name] = worker_services.worker_create(name=name)
             self.pairing[name] = n
-        return Token.objects.get_or_create(user=user)[0].key
+        return api_token_create(user=user, name="chaos")[1]
 
     def open_gate(self, allowed: int) -> None:
         with self.gate:

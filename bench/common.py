@@ -72,9 +72,10 @@ def setup_django(db_url: str, **extra: str) -> None:
 def staff_api_token(username: str) -> str:
     """A new staff user's REST API token (after setup_django): what the benchmarks' submitters use."""
     from django.contrib.auth.models import User
-    from rest_framework.authtoken.models import Token
 
-    return Token.objects.create(user=User.objects.create_user(username, is_staff=True)).key
+    from generation.services import api_token_create
+
+    return api_token_create(user=User.objects.create_user(username, is_staff=True), name="benchmark")[1]
 
 
 def collect_static() -> None:

@@ -123,10 +123,11 @@ class Farm:
         )
         self.url = self.server.url
         from django.contrib.auth.models import User
-        from rest_framework.authtoken.models import Token
+
+        from generation.services import api_token_create
 
         self.staff = User.objects.create_user("bench-staff", is_staff=True)
-        self.api_token = Token.objects.create(user=self.staff).key
+        self.api_token = api_token_create(user=self.staff, name="benchmark")[1]
         self.api = requests.Session()
         self.api.headers["Authorization"] = f"Token {self.api_token}"
         self.worker_ids: dict[int, int] = {}  # daemon pid -> Worker pk

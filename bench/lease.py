@@ -294,10 +294,11 @@ def measure(args) -> tuple[list, list]:
     ns = [int(n) for n in args.workers.split(",")]
     seed_tasks(int(len(ns) * args.duration * 2000) + 5000)
     from django.contrib.auth.models import User
-    from rest_framework.authtoken.models import Token
+
+    from generation.services import api_token_create
 
     reader = User.objects.create_user("bench-reader", is_staff=True)
-    api_token = Token.objects.create(user=reader).key
+    api_token = api_token_create(user=reader, name="benchmark")[1]
 
     print(
         f"lease: database {args.db}; server: gunicorn {args.processes} processes, "

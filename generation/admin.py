@@ -8,11 +8,13 @@ import json
 import uuid
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import DateFieldListFilter, RelatedFieldListFilter
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -25,11 +27,12 @@ from generation import (
     dashboard,
     eta,
     services,
+    storage_space,
     webhooks,
 )
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
-from generation.models import Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
+from generation.models import ApiToken, Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
 from workers_app.models import Worker
 
 TASK_COLOURS = {
@@ -159,8 +162,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
         "owner",
         "worker",
         "checkpoint_column",
-        "priority",
-        "attempts_column",
+        "priority_column",
         "created_column",
         "wait_column",
         "run_column",
@@ -241,6 +243,17 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("worker", "owner", "template")
 
+    def object_action_applies(self, obj: Task, action: str) -> bool:
+        """Cancel while the task can still finish, Retry once it failed or was cancelled, Priority while it
+        waits in the queue (services.task_cancel, task_retry and task_set_priority refuse the rest)."""
+        if action == "cancel":
+            return not obj.is_finished
+        if action == "retry":
+            return obj.is_retryable
+        if action == "raise_priority":
+            return obj.status == Task.Status.QUEUED
+        return True
+
     def get_object(self, request, object_id, from_field=None):
         queryset = self.get_queryset(request).prefetch_related("images", "webhook_deliveries")
         try:
@@ -275,26 +288,30 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Prompt")
     def prompt_column(self, task: Task):
-        text = task.prompt if len(task.prompt) <= 90 else task.prompt[:87] + "…"
         return format_html(
-            '<span title="{}" style="display:inline-block;min-width:16em;max-width:30em">{}</span>',
+            '<span class="console-cut console-cut-short" title="{}">{}</span>',
             task.prompt[:500],
-            text,
+            task.prompt[:200],
         )
 
     @admin.display(description="Checkpoint", ordering="checkpoint")
     def checkpoint_column(self, task: Task):
         name = task.checkpoint.removesuffix(".safetensors") or "—"
-        return format_html('<span title="{}" style="white-space:nowrap">{}</span>', task.checkpoint, name)
+        return format_html('<span class="console-cut" title="{}">{}</span>', task.checkpoint, name)
 
     @admin.display(description="Created", ordering="created_at")
     def created_column(self, task: Task):
         local = timezone.localtime(task.created_at)
+        today = local.date() == timezone.localdate()
         return format_html(
-            '<span title="{}" style="white-space:nowrap">{}</span>',
-            local.isoformat(),
-            local.strftime("%b %d %H:%M:%S"),
+            '<span class="console-nowrap" title="{}">{}</span>',
+            local.isoformat(timespec="seconds"),
+            local.strftime("%H:%M:%S" if today else "%b %d %H:%M"),
         )
+
+    @admin.display(description="Prio", ordering="priority")
+    def priority_column(self, task: Task):
+        return task.priority
 
     @admin.display(description="Attempts")
     def attempts_column(self, task: Task):
@@ -302,18 +319,19 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="Wait")
     def wait_column(self, task: Task):
-        return seconds_text(task.wait_seconds)
+        return format_html('<span class="console-num">{}</span>', seconds_text(task.wait_seconds))
 
     @admin.display(description="Run")
     def run_column(self, task: Task):
-        return seconds_text(task.run_seconds)
+        return format_html('<span class="console-num">{}</span>', seconds_text(task.run_seconds))
 
     @admin.display(description="Progress")
     def progress_column(self, task: Task):
         if task.status not in (Task.Status.RUNNING, Task.Status.COMPLETED):
             return "—"
         return format_html(
-            '<progress value="{}" max="100" style="width:70px"></progress> {}%',
+            '<span class="console-nowrap"><progress value="{}" max="100" style="width:48px"></progress>'
+            " {}%</span>",
             task.progress_percent,
             task.progress_percent,
         )
@@ -392,6 +410,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
         figures = dashboard.farm_figures()
         peak = max(figures.per_minute_max, 1)
         deepest = max((n for _, n in figures.queue_by_priority), default=1)
+        counts = figures.tasks_by_status
         context = {
             **self.admin_site.each_context(request),
             "title": "Farm dashboard",
@@ -399,16 +418,17 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             "figures": figures,
             "cards": [
                 ("Queued", figures.queued, ""),
-                ("Leased", figures.tasks_by_status.get("leased", 0), ""),
-                ("Running", figures.tasks_by_status.get("running", 0), ""),
+                ("Starting / running", f"{counts.get('leased', 0)} / {counts.get('running', 0)}", ""),
                 ("Completed (1 h)", figures.completed_last_hour, "ok"),
                 ("Failed (1 h)", figures.failed_last_hour, "bad" if figures.failed_last_hour else ""),
-                ("Throughput", f"{figures.throughput_per_minute:.1f}/min", ""),
+                ("Throughput, last 5 min", f"{figures.recent_throughput_per_minute(5):.1f}/min", ""),
+                ("Throughput, hour average", f"{figures.throughput_per_minute:.1f}/min", ""),
                 ("Oldest queued", seconds_text(figures.oldest_queued_age), ""),
                 ("Wait p50 (1 h)", seconds_text(figures.wait_p50), ""),
                 ("Wait p95 (1 h)", seconds_text(figures.wait_p95), ""),
                 ("Run p50 (1 h)", seconds_text(figures.run_p50), ""),
                 ("Run p95 (1 h)", seconds_text(figures.run_p95), ""),
+                _free_space_card(),
             ],
             "bars": [
                 {
@@ -420,6 +440,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                 }
                 for minute, completed, failed in figures.per_minute
             ],
+            "ticks": chart_ticks([minute for minute, _, _ in figures.per_minute]),
             "peak": figures.per_minute_max,
             "queue": [(priority, n, 100 * n / deepest) for priority, n in figures.queue_by_priority],
             "utilisation": [
@@ -441,6 +462,26 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             ],
         }
         return TemplateResponse(request, "admin/generation/dashboard.html", context)
+
+
+def chart_ticks(minutes: list, every: int = 10) -> list[dict]:
+    """Time-axis labels for the per-minute chart: one at every `every`-th minute of the clock, placed at the
+    centre of its bar (as a percentage of the chart's width), in local time."""
+    count = len(minutes)
+    return [
+        {"left": 100 * (i + 0.5) / count, "label": timezone.localtime(minute).strftime("%H:%M")}
+        for i, minute in enumerate(minutes)
+        if timezone.localtime(minute).minute % every == 0
+    ]
+
+
+def _free_space_card() -> tuple[str, str, str]:
+    """Free space of the media storage; red below T2I_MEDIA_MIN_FREE_BYTES, where completions are refused."""
+    free = storage_space.media_free_bytes()
+    if free is None:
+        return ("Media free", "unknown", "bad")
+    low = free < settings.T2I["MEDIA_MIN_FREE_BYTES"]
+    return ("Media free", filesizeformat(free), "bad" if low else "")
 
 
 # --- Images ---------------------------------------------------------------------------------------------
@@ -640,6 +681,11 @@ class WebhookDeliveryAdmin(ViewOnlyMixin, admin.ModelAdmin):
     ]
     actions = ["send_now"]
 
+    def changelist_view(self, request, extra_context=None):
+        """The list says so when nothing can be sent (webhooks.py refuses to send callbacks unsigned)."""
+        context = {**(extra_context or {}), "webhooks_can_send": webhooks.webhooks_can_send()}
+        return super().changelist_view(request, context)
+
     @admin.display(description="Task", ordering="task_id")
     def task_column(self, delivery: WebhookDelivery):
         return task_link(delivery.task)
@@ -665,3 +711,21 @@ class WebhookDeliveryAdmin(ViewOnlyMixin, admin.ModelAdmin):
         messages.success(
             request, f"{count} delivery(ies) due now; the webhooks job sends them within a minute."
         )
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Users' API tokens: staff see them (never the token, only its first characters) and revoke them by
+    deleting. Tokens are made by their owner (the account page) or `manage.py createapitoken`."""
+
+    list_display = ("name", "user", "token_hint", "created_at", "expires_at")
+    list_select_related = ("user",)
+    search_fields = ("name", "user__username")
+    readonly_fields = ("user", "name", "token_hint", "created_at", "expires_at")
+    fields = readonly_fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -4,6 +4,7 @@ They live in generation (which workers_app may import) so that generation.admin 
 workers_app.admin, which imports generation.dashboard.
 """
 
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.urls import path
@@ -38,6 +39,10 @@ class ObjectActionsMixin:
 
     object_actions: dict[str, str] = {}  # action name: button label
 
+    def object_action_applies(self, obj, action: str) -> bool:
+        """Whether the button for `action` belongs on `obj`'s page (in its current state)."""
+        return True
+
     def get_urls(self):
         opts = self.model._meta
         view = self.admin_site.admin_view(self.object_action_view)
@@ -58,7 +63,12 @@ class ObjectActionsMixin:
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         actions = self.get_actions(request)
-        buttons = [(name, label) for name, label in self.object_actions.items() if name in actions]
+        obj = self.get_object(request, unquote(object_id))
+        buttons = [
+            (name, label)
+            for name, label in self.object_actions.items()
+            if name in actions and obj is not None and self.object_action_applies(obj, name)
+        ]
         opts = self.model._meta
         extra_context = {
             **(extra_context or {}),

@@ -11,6 +11,7 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from generation import storage_space
 from generation.exceptions import DomainError
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,15 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(
             error_body("request_too_large", "The request body is larger than this server accepts."),
             status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
+    if storage_space.is_disk_full(exc):
+        # Django spooling an upload, or a storage write outside the completion service: nothing was kept.
+        logger.warning("disk full: %s", exc)
+        error = storage_space.disk_full()
+        return Response(
+            error_body(error.code, error.detail),
+            status=error.status,
+            headers={"Retry-After": str(error.retry_after)},
         )
     if isinstance(exc, RecursionError):
         # json.loads raises RecursionError, not ValueError, on very deeply nested input, and DRF's JSONParser

@@ -18,6 +18,7 @@ from generation.negotiation import JsonAnswers
 from generation.serializers import (
     TaskListOutput,
     TaskOutput,
+    TaskPageOutput,
     TaskSubmitInput,
     TemplateInput,
     TemplateOutput,
@@ -66,8 +67,10 @@ class TaskListCreateApi(APIView):
         parameters=[
             OpenApiParameter("status", str, enum=Task.Status.values),
             OpenApiParameter("mine", bool, description="Staff: only your own tasks."),
+            OpenApiParameter("cursor", str, description="From a page's `next` or `previous` link."),
+            OpenApiParameter("page_size", int, description=f"1 to {TaskPagination.max_page_size}."),
         ],
-        responses=TaskListOutput(many=True),
+        responses=TaskPageOutput,
     )
     def get(self, request: Request) -> Response:
         status = request.query_params.get("status") or None

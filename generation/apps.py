@@ -8,6 +8,8 @@ class GenerationConfig(AppConfig):
     verbose_name = "Generation"
 
     def ready(self) -> None:
+        from generation import schema  # noqa: F401  (registers the OpenAPI auth extension)
+
         post_migrate.connect(create_cache_table, sender=self)
 
 

@@ -130,6 +130,15 @@ class FarmFigures:
         minutes = (self.now - self.since).total_seconds() / 60
         return self.completed_last_hour / minutes if minutes else 0.0
 
+    def recent_throughput_per_minute(self, minutes: int = 5) -> float:
+        """Completed per minute over the last `minutes` minute buckets of `per_minute` (the current, partial
+        minute included), divided by the time they cover: what the farm does now, not the hour's average."""
+        recent = self.per_minute[-minutes:]
+        if not recent:
+            return 0.0
+        covered = (self.now - recent[0][0]).total_seconds() / 60
+        return sum(completed for _, completed, _ in recent) / covered if covered > 0 else 0.0
+
     @property
     def per_minute_max(self) -> int:
         return max((c + f for _, c, f in self.per_minute), default=0)

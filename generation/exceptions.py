@@ -96,3 +96,21 @@ class Unavailable(DomainError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "unavailable"
+
+
+class TooLarge(DomainError):
+    """More bytes than a setting allows (a task's uploads together)."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "too_large"
+
+
+class TooManyCompletions(TooMany):
+    code = "too_many_completions"
+
+
+class InsufficientStorage(DomainError):
+    """The media storage is full (or below T2I_MEDIA_MIN_FREE_BYTES): nothing was stored; retry later."""
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
+    code = "insufficient_storage"

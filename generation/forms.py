@@ -172,5 +172,23 @@ class GalleryFilterForm(forms.Form):
 
 
 class SignUpForm(UserCreationForm):
+    """Django's sign-up form, with the password rules' messages on “Password” (where the password was typed,
+    not on its confirmation) and both password fields kept filled in when the form comes back with errors."""
+
     class Meta(UserCreationForm.Meta):
         fields = ("username",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("password1", "password2"):
+            self.fields[name].widget.render_value = True
+
+    def validate_password_for_user(self, user, password_field_name: str = "password1", **kwargs) -> None:  # noqa: S107
+        super().validate_password_for_user(user, password_field_name=password_field_name, **kwargs)
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, required=False, help_text="What you will use it for.")
+    expires_in_days = forms.IntegerField(
+        label="Expires after (days)", required=False, min_value=1, max_value=3650, help_text="Empty: never."
+    )

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from generation.metrics import metrics_rollup
 from generation.models import Image, Task
 from generation.services.deletion import files_delete, tasks_delete
 from generation.thumbnails import images_make_missing_thumbnails
@@ -31,6 +32,7 @@ SCHEDULES = [
     ("t2i: missing thumbnails", "generation.jobs.thumbnails_job", 5),
     ("t2i: retention", "generation.jobs.retention_job", 60),
     ("t2i: orphaned files", "generation.jobs.orphans_job", 60),
+    ("t2i: metrics roll-up", "generation.jobs.metrics_job", 1),
 ]
 
 
@@ -40,6 +42,11 @@ def thumbnails_job() -> str:
 
 def webhooks_job() -> str:
     return f"{webhooks_deliver_due()} webhook(s) delivered"
+
+
+def metrics_job() -> str:
+    """Advance /metrics' stored counters, so a scrape only reads (generation.metrics)."""
+    return "counters rolled up" if metrics_rollup() else "nothing to roll up"
 
 
 def retention_job() -> str:
@@ -121,6 +128,7 @@ def tasks_purge_expired(*, now: datetime | None = None, batch: int = 500) -> int
     days = settings.T2I["RETENTION_DAYS"]
     if not days:
         return 0
+    metrics_rollup()  # what is about to go is in /metrics' stored counters first, never lost from them
     cutoff = (now or timezone.now()) - timedelta(days=days)
     expired = Task.objects.filter(
         status__in=Task.FINISHED_STATUSES, finished_at__lt=cutoff

@@ -5,11 +5,16 @@ the same values; in-process counters would be split between processes and reset 
 
 Gauges (tasks and workers by status, the oldest queued task's age, webhook deliveries) are counted at scrape
 time over indexed ranges. Counters and histograms (finished tasks by worker and checkpoint, wait and run
-times, attempts and lease expiries) are running totals in generation.MetricCounter: each scrape first adds
-the rows that finished since the previous one (a range of task_finished_idx and attempt_worker_finished_idx,
-under a lock on the watermark row, so concurrent scrapes never count a row twice), then reads the totals.
-A scrape therefore costs the same with a million tasks as with a hundred, and the retention purge does not
-lower a counter.
+times, attempts and lease expiries) are running totals in generation.MetricCounter, which the roll-up
+(`metrics_rollup`, every minute as generation.jobs.metrics_job, and before each retention purge) advances:
+it adds the rows that finished since its watermark (a range of task_finished_idx and
+attempt_worker_finished_idx) under a lock on the watermark row, so concurrent roll-ups never count a row
+twice, and the retention purge does not lower a counter.
+
+A scrape only reads: the totals and the watermark in one SELECT (one snapshot, since a roll-up writes both in
+one transaction), plus what finished after that watermark, counted on the fly and not stored. So scrapes take
+no lock, write nothing, agree with each other whatever the roll-up does meanwhile, and cost the same with a
+million tasks as with a hundred (the range after the watermark is about a minute's).
 """
 
 import json
@@ -137,17 +142,29 @@ def _finished_between(since: datetime, upto: datetime) -> Counter:
     return deltas
 
 
+def counter_totals(*, now: datetime) -> Counter:
+    """Every counter as of `now` - ROLLUP_LAG, read-only: the stored totals plus what finished after their
+    watermark. One SELECT reads totals and watermark together, so they belong to the same roll-up."""
+    totals: Counter = Counter()
+    since = datetime.fromtimestamp(0, tz=UTC)
+    for name, labels, value in MetricCounter.objects.values_list("name", "labels", "value"):
+        if name == WATERMARK:
+            since = datetime.fromtimestamp(value, tz=UTC)
+        else:
+            totals[name, labels] += value
+    upto = now - ROLLUP_LAG
+    if upto > since:
+        totals.update(_finished_between(since, upto))
+    return totals
+
+
 class FarmCollector:
     """Reads the farm's figures from the database on every scrape."""
 
     def collect(self):
         started = time.perf_counter()
         now = timezone.now()
-        metrics_rollup(now=now)
-        totals = {
-            (name, labels): value
-            for name, labels, value in MetricCounter.objects.values_list("name", "labels", "value")
-        }
+        totals = counter_totals(now=now)
         yield from self._tasks(now)
         yield from self._workers()
         yield from self._counters(totals)

@@ -97,6 +97,7 @@ class Task(models.Model):
 
     ACTIVE_STATUSES = (Status.LEASED, Status.RUNNING)
     FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)  # services.task_retry puts these back in the queue
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     # None: an anonymous submit. A deleted account takes its tasks with it (generation.services.user_delete
@@ -177,6 +178,10 @@ class Task(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED_STATUSES
+
+    @property
+    def is_retryable(self) -> bool:
+        return self.status in self.RETRYABLE_STATUSES
 
     @property
     def is_active(self) -> bool:
@@ -349,3 +354,26 @@ class MetricCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}{self.labels} = {self.value}"
+
+
+class ApiToken(models.Model):
+    """A user's REST API token (`Authorization: Token <token>`). Only its SHA-256 is kept: the token itself
+    is shown once, when it is made (generation.services.api_tokens)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, help_text="What the owner uses it for.")
+    # api_token_user: WHERE token_hash = sha256(presented token) (the unique index)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_hint = models.CharField(max_length=8, editable=False, help_text="First characters of the token.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: never expires.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name or 'token'} ({self.token_hint}…) of {self.user}"
+
+    def is_expired(self, now) -> bool:
+        return self.expires_at is not None and self.expires_at <= now

@@ -13,7 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import choose_encoder
 
-from generation import dashboard
+from generation import dashboard, storage_space
 from generation.metrics import registry
 from generation.models import Task
 from workers_app.models import Worker
@@ -49,8 +49,9 @@ def _pending_migrations(connection) -> int:
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database answers and every migration is applied, else 503. Workers are reported, not
-    required: a farm with no GPU online still accepts and queues work."""
+    """200 when the database answers and every migration is applied, else 503. Workers and the media
+    storage's free space are reported, not required: a farm with no GPU online, or a full disk, still accepts
+    and queues work."""
     connection = connections[DEFAULT_DB_ALIAS]
     body: dict = {"status": "ok"}
     try:
@@ -68,6 +69,12 @@ def healthz(request: HttpRequest) -> JsonResponse:
     ).count()
     body["queued_tasks"] = Task.objects.filter(status=Task.Status.QUEUED).count()
     body["oldest_queued_task_age_seconds"] = dashboard.oldest_queued_age(now)
+    free = storage_space.media_free_bytes()
+    body["media_free_bytes"] = free
+    # Reported, not a failure: below the floor, completions answer 507 and the daemons retry them.
+    body["media_storage"] = (
+        "ok" if free is not None and free >= settings.T2I["MEDIA_MIN_FREE_BYTES"] else "low"
+    )
     if pending:
         body["status"] = "error"
         return JsonResponse(body, status=HTTPStatus.SERVICE_UNAVAILABLE)

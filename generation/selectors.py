@@ -98,12 +98,18 @@ def tasks_to_follow(user, *, finished_since=None, most: int = 100) -> list[Task]
     return list(qs.filter(followed).order_by("-id")[:most])
 
 
-def checkpoints_available(*, recent_hours: int = 24) -> list[dict]:
+def workers_recently_seen() -> QuerySet[Worker]:
+    """Registered workers heard from within T2I_WORKER_CHOICES_HOURS: the only ones whose capabilities people
+    are offered (the generate form's lists, the checkpoints API, the names in a refusal). A worker silent for
+    longer, or gone for good, no longer decides what everyone sees."""
+    since = timezone.now() - timedelta(hours=settings.T2I["WORKER_CHOICES_HOURS"])
+    return Worker.objects.exclude(registered_at=None).filter(last_heartbeat__gte=since)
+
+
+def checkpoints_available() -> list[dict]:
     """Checkpoints some online or recently seen worker has, with how many online workers have each."""
-    since = timezone.now() - timedelta(hours=recent_hours)
-    workers = Worker.objects.exclude(registered_at=None).filter(last_heartbeat__gte=since)
     online, seen = Counter(), set()
-    for worker in workers.only("status", "capabilities"):
+    for worker in workers_recently_seen().only("status", "capabilities"):
         for name in worker.checkpoints:
             seen.add(name)
             if worker.is_online:

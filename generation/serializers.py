@@ -157,6 +157,14 @@ class TaskListOutput(TaskOutput):
         ]
 
 
+class TaskPageOutput(serializers.Serializer):
+    """A page of GET /api/v1/tasks/ (generation.apis.TaskPagination): follow `next` for older tasks."""
+
+    next = serializers.URLField(allow_null=True, help_text="The next page (older tasks); null on the last.")
+    previous = serializers.URLField(allow_null=True)
+    results = TaskListOutput(many=True)
+
+
 class TemplateInput(serializers.Serializer):
     name = serializers.SlugField(max_length=100)
     description = serializers.CharField(required=False, allow_blank=True, default="")

@@ -12,6 +12,10 @@ and runs no query until one of its tasks changes. Changes arrive as `task` event
 cannot hear other processes (SQLite), a stream also looks at its tasks every FALLBACK_SECONDS. A stream keeps
 only the set of its tasks that changed, never a queue, so a client that does not read cannot grow the
 server's memory; a stream ends after STREAM_SECONDS and the client reconnects.
+
+A queued task's position moves when a task ahead of it is leased or cancelled, which is another task's event:
+streams that follow queued tasks hear every task event as "the queue moved" and look at their queued tasks
+again, at most once per QUEUE_SECONDS, so a farm busy leasing costs each such stream one look per interval.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ KEEPALIVE_SECONDS = 15.0  # a comment line keeps proxies from closing an idle st
 FALLBACK_SECONDS = 2.0  # where this process cannot hear the others (SQLite): how often a stream looks itself
 STREAM_SECONDS = 600.0  # then the client reconnects (EventSource waits RETRY_MS)
 RETRY_MS = 2000
+QUEUE_SECONDS = 1.0  # how often a stream following queued tasks looks again at their queue positions
 FINISHED = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -58,6 +63,7 @@ class Listener:
     loop: asyncio.AbstractEventLoop
     changed: set[str] = field(default_factory=set)
     wake: asyncio.Future | None = None
+    queue_moved: bool = False  # another task changed while this stream follows queued ones
 
 
 class Registry:
@@ -67,6 +73,7 @@ class Registry:
         self._lock = threading.Lock()
         self._by_task: dict[str, set[Listener]] = defaultdict(set)
         self._by_owner: dict[int, set[Listener]] = defaultdict(set)
+        self._queued: set[Listener] = set()  # streams that follow a queued task
 
     def add(self, listener: Listener, task_ids: set[str], owner_id: int | None) -> None:
         with self._lock:
@@ -75,8 +82,14 @@ class Registry:
             if owner_id is not None:
                 self._by_owner[owner_id].add(listener)
 
+    def following_queued(self, listener: Listener, queued: bool) -> None:
+        """Whether `listener` follows a queued task (and so hears every task event as the queue moving)."""
+        with self._lock:
+            (self._queued.add if queued else self._queued.discard)(listener)
+
     def remove(self, listener: Listener) -> None:
         with self._lock:
+            self._queued.discard(listener)
             for index in (self._by_task, self._by_owner):
                 for key in [k for k, listeners in index.items() if listener in listeners]:
                     index[key].discard(listener)
@@ -95,7 +108,10 @@ class Registry:
                 listeners |= self._by_owner.get(owner_id, set())
             for listener in listeners:
                 listener.changed.add(task_id)
-        for listener in listeners:
+            moved = {listener for listener in self._queued - listeners if not listener.queue_moved}
+            for listener in moved:
+                listener.queue_moved = True
+        for listener in listeners | moved:
             try:
                 listener.loop.call_soon_threadsafe(_wake, listener)
             except RuntimeError:  # its loop is gone: the stream ended
@@ -155,21 +171,30 @@ async def events(request: HttpRequest, follow: Follow) -> AsyncIterator[str]:
     registry.add(listener, follow.task_ids, follow.owner_id)
     snapshot = step(follow.snapshot)
     sent = {event["id"]: event for event in follow.events}
+    queue_looked = loop.time()
     try:
         yield f"retry: {RETRY_MS}\n\n" + "".join(sse(event) for event in follow.events)
         deadline = loop.time() + STREAM_SECONDS
         while loop.time() < deadline:
+            registry.following_queued(listener, any(e["status"] == "queued" for e in sent.values()))
             listener.wake = loop.create_future()
-            if not listener.changed:
+            queue_due = queue_looked + QUEUE_SECONDS if listener.queue_moved else None
+            if not listener.changed and not (queue_due and queue_due <= loop.time()):
                 deaf = not dispatch.listening()  # SQLite with other processes: look again now and then
                 pause = FALLBACK_SECONDS if deaf else KEEPALIVE_SECONDS
+                if queue_due:
+                    pause = min(pause, queue_due - loop.time())
                 try:
                     await asyncio.wait_for(listener.wake, min(pause, deadline - loop.time()))
                 except TimeoutError:
-                    if not deaf:
+                    if deaf:
+                        listener.changed |= follow.task_ids
+                    elif not listener.queue_moved:
                         yield ": keep-alive\n\n"
                         continue
-                    listener.changed |= follow.task_ids
+            if listener.queue_moved and queue_looked + QUEUE_SECONDS <= loop.time():
+                listener.queue_moved, queue_looked = False, loop.time()
+                listener.changed |= {task_id for task_id, e in sent.items() if e["status"] == "queued"}
             changed, listener.changed = listener.changed, set()
             for task_id in sorted(changed):
                 event = await snapshot(request, follow.user, task_id)

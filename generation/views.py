@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.dates import MONTHS_3
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import Truncator
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from generation import eta, selectors, services, web_selectors
@@ -100,7 +101,9 @@ def _safe_next(request: HttpRequest, fallback: str) -> str:
 
 def generate(request: HttpRequest) -> HttpResponse:
     if not _may_submit(request.user):
-        return redirect_to_login(request.get_full_path())
+        if request.method == "POST":
+            return redirect_to_login(request.get_full_path())
+        return render(request, "generation/welcome.html", {"signup_enabled": settings.T2I["SIGNUP_ENABLED"]})
     samplers, schedulers = web_selectors.worker_options()
     choices = {
         "checkpoints": selectors.checkpoints_available(),
@@ -336,6 +339,7 @@ class LoginView(auth_views.LoginView):
         return super().get_context_data(**kwargs) | {"signup_enabled": settings.T2I["SIGNUP_ENABLED"]}
 
 
+@never_cache  # a form that comes back with errors holds the typed passwords (forms.SignUpForm)
 def signup(request: HttpRequest) -> HttpResponse:
     if not settings.T2I["SIGNUP_ENABLED"]:
         raise Http404("Sign-up is switched off.")

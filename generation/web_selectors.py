@@ -8,6 +8,7 @@ from datetime import date, datetime, time, timedelta
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from generation import selectors
 from generation.models import Image, Task
 from workers_app.models import Worker
 
@@ -154,16 +155,12 @@ def eta_seconds(position: int | None, median_run_seconds: float | None, online_w
 # --- Choices for the generate form -----------------------------------------------------------------------
 
 
-def worker_options(*, recent_hours: int = 24) -> tuple[list[str], list[str]]:
-    """Samplers and schedulers that recently seen workers reported (a usual list until one has)."""
-    since = timezone.now() - timedelta(hours=recent_hours)
+def worker_options() -> tuple[list[str], list[str]]:
+    """Samplers and schedulers that recently seen workers (selectors.workers_recently_seen) reported (a
+    usual list until one has)."""
     samplers: set[str] = set()
     schedulers: set[str] = set()
-    for caps in (
-        Worker.objects.exclude(registered_at=None)
-        .filter(last_heartbeat__gte=since)
-        .values_list("capabilities", flat=True)
-    ):
+    for caps in selectors.workers_recently_seen().values_list("capabilities", flat=True):
         samplers.update(caps.get("samplers") or [])
         schedulers.update(caps.get("schedulers") or [])
     return sorted(samplers or DEFAULT_SAMPLERS), sorted(schedulers or DEFAULT_SCHEDULERS)

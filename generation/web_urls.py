@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from generation import views
+from generation import account_views, views
 
 app_name = "web"
 urlpatterns = [
@@ -18,5 +18,7 @@ urlpatterns = [
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/tokens/", account_views.api_tokens, name="api-tokens"),
+    path("accounts/tokens/<int:token_id>/revoke/", account_views.api_token_revoke, name="api-token-revoke"),
     path("legacy/", views.legacy, name="legacy"),
 ]

@@ -5,6 +5,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE as CSP_NONE
+from csp.constants import SELF as CSP_SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from t2i_project import envfile
@@ -50,7 +52,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",  # its `runserver` serves the ASGI application: long polls wait as they do in production
-    "django.contrib.admin",
+    "t2i_project.console.FarmAdminConfig",  # Django's admin as the farm's console
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -58,7 +60,6 @@ INSTALLED_APPS = [
     "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
@@ -75,6 +76,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "t2i_project.urls"
@@ -147,6 +149,7 @@ LOGOUT_REDIRECT_URL = "web:generate"
 # --- end of web site block
 
 LANGUAGE_CODE = "en-us"
+FORMAT_MODULE_PATH = ["t2i_project.formats"]  # timestamps with seconds
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
@@ -182,6 +185,23 @@ if env_bool("T2I_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp) on every answer: scripts only from this server, never inline (the
+# pages, the admin and the API docs, tests/security/test_csp.py); inline styles stay allowed, which the admin
+# and Swagger UI use and which cannot run code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [CSP_SELF],
+        "script-src": [CSP_SELF],
+        "style-src": [CSP_SELF, "'unsafe-inline'"],
+        "img-src": [CSP_SELF, "data:"],
+        "font-src": [CSP_SELF, "data:"],
+        "connect-src": [CSP_SELF],
+        "object-src": [CSP_NONE],
+        "base-uri": [CSP_SELF],
+        "form-action": [CSP_SELF],
+        "frame-ancestors": [CSP_NONE],
+    }
+}
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- REST API -------------------------------------------------------------------------------------------
@@ -189,7 +209,7 @@ REST_FRAMEWORK = {
     # Token first: a call without credentials gets 401 with `WWW-Authenticate: Token` (what token clients
     # expect), not the 403 that session authentication answers.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "generation.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -240,10 +260,20 @@ T2I = {
     "STEPS_MAX": env_int("T2I_STEPS_MAX", 150, minimum=1, maximum=10000),
     "BATCH_MAX": env_int("T2I_BATCH_MAX", 8, minimum=1, maximum=64),
     "MAX_IMAGE_BYTES": env_int("T2I_MAX_IMAGE_BYTES", 50 * 1024 * 1024, minimum=1024),
+    # All the images of one completion together (every output of a multi-output workflow counts), checked
+    # from the request's length before it is read and again from the files' sizes.
+    "MAX_TASK_UPLOAD_BYTES": env_int("T2I_MAX_TASK_UPLOAD_BYTES", 256 * 1024 * 1024, minimum=1024),
+    # Uploads of one worker at once, across server processes (generation.services.completion_slots).
+    "MAX_CONCURRENT_COMPLETIONS": env_int("T2I_MAX_CONCURRENT_COMPLETIONS", 2, minimum=1, maximum=64),
+    # Below this much free space on the media storage, completions are refused (507) rather than fill it.
+    "MEDIA_MIN_FREE_BYTES": env_int("T2I_MEDIA_MIN_FREE_BYTES", 512 * 1024 * 1024, minimum=0),
     "SIGNUP_ENABLED": env_bool("T2I_SIGNUP_ENABLED", True),
     # Submits per user (per address for anonymous submits) in each window, as (count, seconds): one count for
     # the web form, the REST API and the seed's POST /generate, kept in the shared cache (CACHES below).
     "SUBMIT_RATE": env_rate("T2I_SUBMIT_RATE", "120/min"),
+    # Workers silent for longer are left out of what people are offered (checkpoint, sampler, scheduler
+    # lists): one that reported thousands of names and went away stops shaping every page.
+    "WORKER_CHOICES_HOURS": env_float("T2I_WORKER_CHOICES_HOURS", 24.0, minimum=0.01),
     # Reverse proxies whose X-Forwarded-For is believed (generation.client_address): their count, or their
     # networks. Off by default: the client is REMOTE_ADDR, and X-Forwarded-For is ignored.
     "TRUSTED_PROXIES": env_proxies("T2I_TRUSTED_PROXIES"),
@@ -344,7 +374,12 @@ T2I.update(
         "WEBHOOK_SECRET": env_str("T2I_WEBHOOK_SECRET", ""),
         "WEBHOOK_MAX_TRIES": env_int("T2I_WEBHOOK_MAX_TRIES", 5, minimum=1, maximum=20),
         "WEBHOOK_BACKOFF": env_float("T2I_WEBHOOK_BACKOFF", 60.0, minimum=1),  # doubles after each failure
-        "WEBHOOK_TIMEOUT": env_float("T2I_WEBHOOK_TIMEOUT", 10.0, minimum=0.5, maximum=60),
+        # Read timeout of one try (connecting has 3 s at most): short, so a slow receiver holds little.
+        "WEBHOOK_TIMEOUT": env_float("T2I_WEBHOOK_TIMEOUT", 5.0, minimum=0.5, maximum=60),
+        # Tries to one receiver at once, across job processes; more wait (generation.webhooks).
+        "WEBHOOK_PER_RECEIVER": env_int("T2I_WEBHOOK_PER_RECEIVER", 1, minimum=1, maximum=16),
+        # Threads of the webhooks job, each sending one receiver's due deliveries.
+        "WEBHOOK_SENDERS": env_int("T2I_WEBHOOK_SENDERS", 8, minimum=1, maximum=64),
         # Callbacks to loopback, private, link-local and multicast addresses are refused, but in these
         # networks (CIDRs, comma-separated), e.g. 192.168.1.0/24 for receivers on the LAN.
         "WEBHOOK_ALLOW_NETWORKS": env_networks("T2I_WEBHOOK_ALLOW_NETWORKS"),
@@ -386,3 +421,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_float("T2I_LOGIN_LOCKOUT_MINUTES", 15.
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "generation.client_address.client_address"
+# And T2I_LOGIN_ADDRESS_FAILURE_LIMIT failures from one address, whatever the usernames, lock the address
+# (generation.login_lockout), so one machine cannot try a few passwords on every account.
+AXES_HANDLER = "generation.login_lockout.LockoutHandler"
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("T2I_LOGIN_ADDRESS_FAILURE_LIMIT", 20, minimum=1)

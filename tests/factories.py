@@ -62,6 +62,13 @@ def _default_capabilities() -> dict:
     return capabilities()
 
 
+def api_token_for(user, **fields) -> str:
+    """A new API token of `user` (generation.services.api_token_create): the token itself, to send."""
+    from generation.services import api_token_create
+
+    return api_token_create(user=user, **fields)[1]
+
+
 def worker_with_token(**fields) -> tuple[Worker, str]:
     token = new_token()
     return WorkerFactory(token=token, **fields), token

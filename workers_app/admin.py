@@ -85,9 +85,7 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
         "status_column",
         "heartbeat_column",
         "current_tasks",
-        "device_column",
         "comfyui_version",
-        "checkpoint_count",
         "done_today_column",
         "median_run_column",
         "failure_rate_column",
@@ -196,7 +194,7 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
         age = (timezone.now() - worker.last_heartbeat).total_seconds()
         stale = age > settings.T2I["WORKER_OFFLINE_AFTER"]
         return format_html(
-            '<span title="{}" style="color:{}">{} ago</span>',
+            '<span class="console-nowrap" title="{}" style="color:{}">{} ago</span>',
             worker.last_heartbeat.isoformat(timespec="seconds"),
             "#c62828" if stale and worker.is_online else "inherit",
             seconds_text(max(age, 0)),
@@ -209,7 +207,7 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
             return "—"
         return format_html_join(
             mark_safe("<br>"),
-            '<a href="{}">{}</a> {} {}%',
+            '<span class="console-nowrap"><a href="{}">{}</a> {} {}%</span>',
             (
                 (
                     reverse("admin:generation_task_change", args=[t.pk]),
@@ -231,7 +229,10 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="ComfyUI")
     def comfyui_version(self, worker: Worker):
-        return (worker.capabilities or {}).get("comfyui_version") or "—"
+        """The version, with the device and the checkpoint count as its tooltip (the list stays narrow)."""
+        version = (worker.capabilities or {}).get("comfyui_version") or "—"
+        details = f"{self.device_column(worker)} · {self.checkpoint_count(worker)} checkpoint(s)"
+        return format_html('<span class="console-nowrap" title="{}">{}</span>', details, version)
 
     @admin.display(description="Ckpts")
     def checkpoint_count(self, worker: Worker):
@@ -267,7 +268,7 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
         if not notes:
             return "—"
         return format_html(
-            '<span style="color:#ef6c00;font-weight:600" title="{}">⚠ {}</span>',
+            '<span class="console-cut" style="color:#ef6c00;font-weight:600" title="{}">⚠ {}</span>',
             "; ".join(notes),
             "; ".join(notes),
         )

@@ -305,7 +305,13 @@ class CompleteOutput(serializers.Serializer):
 
 
 def complete(request: Request, worker: Worker, task_id, lease_token: str | None = None) -> dict:
-    """Shared by the worker API and the seed's POST /complete (which may name the lease another way)."""
+    """Shared by the worker API and the seed's POST /complete (which may name the lease another way). Holds
+    one of the worker's completion slots (services.completion_slot) from before the body is read."""
+    with services.completion_slot(worker_id=worker.pk):
+        return _complete(request, worker, task_id, lease_token)
+
+
+def _complete(request: Request, worker: Worker, task_id, lease_token: str | None) -> dict:
     body = request.data
     data = {
         "lease_token": lease_token or body.get("lease_token"),

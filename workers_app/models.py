@@ -1,21 +1,12 @@
 """Worker daemons, each driving one ComfyUI server (one GPU)."""
 
-import hashlib
-import secrets
-
 from django.db import models
 from django.db.models import Exists, OuterRef
 
 from generation.models import Task
+from generation.tokens import hash_token, new_token
 
-
-def hash_token(token: str) -> str:
-    """SHA-256 of a worker token. Tokens are 256-bit random strings, so a fast hash is safe to store."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
+__all__ = ["Worker", "hash_token", "new_token"]
 
 
 class WorkerQuerySet(models.QuerySet):

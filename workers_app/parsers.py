@@ -6,9 +6,11 @@ from rest_framework.parsers import MultiPartParser
 
 
 def upload_limit() -> int:
-    """Bytes a completion may send: BATCH_MAX images of MAX_IMAGE_BYTES each, plus the form fields."""
+    """Bytes a completion may send: BATCH_MAX images of MAX_IMAGE_BYTES each, at most MAX_TASK_UPLOAD_BYTES
+    together, plus the form fields."""
     t2i = settings.T2I
-    return t2i["MAX_IMAGE_BYTES"] * t2i["BATCH_MAX"] + settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    images = min(t2i["MAX_IMAGE_BYTES"] * t2i["BATCH_MAX"], t2i["MAX_TASK_UPLOAD_BYTES"])
+    return images + settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
 
 class ImageUploadParser(MultiPartParser):

@@ -4,12 +4,15 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - submit: what people do (submit, cancel, retry, priority, templates, deleting images);
 - submit_limit: how many submits a user (or an address) may make in a window, counted across processes;
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
+- completion_slots: how many completions of one worker may run at once, across processes;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
 - maintenance: leases that outlived their worker;
 - deletion: tasks deleted for good with their files (retention, an account's deletion);
+- api_tokens: users' REST API tokens (made, looked up by hash, revoked);
 - transitions: the fenced end of a lease and the worker's counters, which the others share.
 """
 
+from generation.services.api_tokens import api_token_create, api_token_revoke, api_token_user
 from generation.services.completion import (
     Completion,
     task_complete,
@@ -17,6 +20,7 @@ from generation.services.completion import (
     task_fail,
     task_release,
 )
+from generation.services.completion_slots import completion_slot
 from generation.services.deletion import files_delete, tasks_delete, user_delete
 from generation.services.leasing import (
     TaskLease,
@@ -42,6 +46,10 @@ from generation.services.transitions import farm_setting, worker_count_outcome
 __all__ = [
     "Completion",
     "TaskLease",
+    "api_token_create",
+    "api_token_revoke",
+    "api_token_user",
+    "completion_slot",
     "farm_setting",
     "files_delete",
     "image_deletable_by",

@@ -4,14 +4,15 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from generation.exceptions import InvalidInput, LeaseLost
+from generation import storage_space
+from generation.exceptions import InvalidInput, LeaseLost, TooLarge
 from generation.images import THUMBNAIL_EXTENSION, VerifiedImage, verify_image
 from generation.models import Image, Task, TaskAttempt
 from generation.services.learning import attempt_learn
@@ -49,8 +50,10 @@ def task_complete(
 ) -> Completion:
     """Verify and store the images and their thumbnails, then mark the task completed, in that order.
 
-    Files are verified with Pillow and written before the transaction; rows are inserted and the status
-    flips inside it, fenced by the lease token. If the fence fails, the written files are removed again.
+    Files are verified with Pillow (what follows an image's end dropped) and written before the
+    transaction; rows are inserted and the status flips inside it, fenced by the lease token. If the fence
+    fails, the written files are removed again; so are they when the storage fills up (InsufficientStorage,
+    a 507 the daemon retries), and storage below T2I_MEDIA_MIN_FREE_BYTES refuses before writing.
     A retry of a completion that already landed for this same lease returns the task unchanged. A task whose
     start report has not landed (the daemon does not hold its completion back for it) is marked started now.
     """
@@ -66,6 +69,18 @@ def task_complete(
         return _landed_before(worker=worker, task_id=task_id, lease_token=lease_token)
     task = attempt.task
     verified = _verify_batch(task, files)
+    try:
+        return _store_and_finish(task, attempt, verified, worker=worker, comfyui_prompt_id=comfyui_prompt_id)
+    finally:
+        for image in verified:
+            image.close()
+
+
+def _store_and_finish(
+    task: Task, attempt: TaskAttempt, verified: list[VerifiedImage], *, worker: Worker, comfyui_prompt_id: str
+) -> Completion:
+    task_id, lease_token = task.public_id, attempt.lease_token
+    storage_space.storage_assert_room(sum(image.size + len(image.thumbnail) for image in verified))
     now = timezone.now()
     done = {
         "status": Status.COMPLETED,
@@ -109,11 +124,13 @@ def task_complete(
                 worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now
             )
             task_changed(task.public_id, task.owner_id)
-    except BaseException:
+    except BaseException as exc:
         for image in images:
             default_storage.delete(image.file.name)
             if image.thumbnail:
                 default_storage.delete(image.thumbnail.name)
+        if storage_space.is_disk_full(exc):
+            raise storage_space.disk_full() from exc
         raise
     for name, value in done.items():  # the row as the UPDATE left it, without reading it again
         setattr(task, name, value)
@@ -173,35 +190,62 @@ def task_complete_and_lease(
 
 
 def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
+    """Each upload checked and copied up to its image's end; the caller closes them."""
     if len(files) != task.batch_size:
         raise InvalidInput(
             f"Expected {task.batch_size} image(s), got {len(files)}.",
             fields={"images": [f"Expected {task.batch_size} image(s), got {len(files)}."]},
         )
-    return [
-        verify_image(
-            f,
-            width=task.width,
-            height=task.height,
-            max_bytes=farm_setting("MAX_IMAGE_BYTES"),
-            field="images",
-            thumbnail=True,
+    total, cap = sum(getattr(f, "size", 0) or 0 for f in files), farm_setting("MAX_TASK_UPLOAD_BYTES")
+    if total > cap:
+        raise TooLarge(
+            f"The images add up to {total} bytes; a task's may add up to {cap}.",
+            fields={"images": [f"More than {cap} bytes together."]},
         )
-        for f in files
-    ]
+    verified: list[VerifiedImage] = []
+    try:
+        for f in files:
+            verified.append(
+                verify_image(
+                    f,
+                    width=task.width,
+                    height=task.height,
+                    max_bytes=farm_setting("MAX_IMAGE_BYTES"),
+                    field="images",
+                    thumbnail=True,
+                )
+            )
+    except BaseException:
+        for image in verified:
+            image.close()
+        raise
+    return verified
 
 
 def _store(task: Task, attempt_number: int, index: int, image: VerifiedImage) -> tuple[str, str]:
-    """Write an image and its thumbnail (when one was made); returns their storage names."""
+    """Write an image and its thumbnail (when one was made); returns their storage names. A write that fails
+    half-way (a full disk) leaves no part of the file behind."""
     day = timezone.now()
     stem = f"images/{day:%Y/%m/%d}/{task.public_id}_a{attempt_number}_{index}"
-    name = default_storage.save(f"{stem}.{image.extension}", ContentFile(image.data))
+    name = _save_whole(f"{stem}.{image.extension}", File(image.file))
     if not image.thumbnail:
         return name, ""
     try:
-        return name, default_storage.save(f"{stem}.{THUMBNAIL_EXTENSION}", ContentFile(image.thumbnail))
+        return name, _save_whole(f"{stem}.{THUMBNAIL_EXTENSION}", ContentFile(image.thumbnail))
     except BaseException:
         default_storage.delete(name)
+        raise
+
+
+def _save_whole(wanted: str, content: File) -> str:
+    """default_storage.save, removing the partly written file when writing fails (FileSystemStorage leaves
+    it). The name is this lease's own (task, attempt, index), so no one else writes it meanwhile."""
+    name = default_storage.get_available_name(wanted)
+    try:
+        return default_storage.save(name, content)
+    except BaseException:
+        if default_storage.exists(name):
+            default_storage.delete(name)
         raise
 
 

@@ -4,6 +4,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -33,7 +34,9 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
     _validate(task)
     _check_priority(task, owner)
     task.template = _template_for(data.get("template") or "")
-    workers = list(Worker.objects.exclude(registered_at=None).only("status", "capabilities"))
+    workers = list(
+        Worker.objects.exclude(registered_at=None).only("status", "capabilities", "last_heartbeat")
+    )
     _check_worker_options(task, [w for w in workers if w.is_online])
     task.checkpoint, task.warning = _choose_checkpoint(task.template, task.checkpoint, workers)
     if task.seed is None:
@@ -166,7 +169,10 @@ def _choose_checkpoint(template: WorkflowTemplate, requested: str, workers: list
             f"No registered worker has every node class that template {template.name!r} uses.",
             fields={"template": [f"No registered worker has all of: {', '.join(sorted(needed))}."]},
         )
-    available = sorted({c for w in workers for c in w.checkpoints if needed <= w.node_classes})
+    # Named from workers seen within WORKER_CHOICES_HOURS only, as selectors.workers_recently_seen does.
+    since = timezone.now() - timedelta(hours=farm_setting("WORKER_CHOICES_HOURS"))
+    recent = [w for w in workers if w.last_heartbeat and w.last_heartbeat >= since]
+    available = sorted({c for w in recent for c in w.checkpoints if needed <= w.node_classes})
     raise NoCapableWorker(
         f"No registered worker can run checkpoint {checkpoint!r} with template {template.name!r}.",
         fields={"checkpoint": [f"Not available. Available checkpoints: {', '.join(available) or 'none'}."]},
@@ -204,7 +210,7 @@ def task_cancel(*, task: Task) -> Task:
 def task_retry(*, task: Task) -> Task:
     """Put a failed or cancelled task back in the queue with a fresh set of attempts."""
     with transaction.atomic():
-        updated = Task.objects.filter(pk=task.pk, status__in=[Status.FAILED, Status.CANCELLED]).update(
+        updated = Task.objects.filter(pk=task.pk, status__in=Task.RETRYABLE_STATUSES).update(
             status=Status.QUEUED,
             attempts=0,
             worker=None,

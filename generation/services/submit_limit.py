@@ -20,17 +20,14 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError
 from django.utils import timezone
-from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
 
+from generation.cache_slots import CACHE_ERRORS
 from generation.client_address import parse
 from generation.exceptions import Throttled, Unavailable
 
 logger = logging.getLogger(__name__)
 
-CACHE_ERRORS = (ConnectionInterrupted, RedisError, DatabaseError)
 PERIOD_WORDS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
 
 

@@ -4,6 +4,8 @@ from datetime import datetime
 
 from django import template
 from django.utils import timezone
+from django.utils.html import conditional_escape
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -36,3 +38,23 @@ def ago(moment: datetime | None) -> str:
     if seconds < 86400:
         return f"{int(seconds // 3600)} h ago"
     return timezone.localtime(moment).strftime("%-d %b %Y")
+
+
+# What the site calls a status: a leased task has gone to a worker that has not started it yet.
+STATUS_WORDS = {"leased": "Starting"}
+
+
+@register.filter
+def status_word(task) -> str:
+    """The status badge's word for people: “Starting” rather than the scheduler's “Leased”."""
+    return STATUS_WORDS.get(task.status) or task.get_status_display()
+
+
+@register.filter
+def name_breaks(name: str):
+    """A file name that may wrap only after its separators (“v1-5-pruned-emaonly.safetensors” breaks before
+    “.safetensors”, never mid-word)."""
+    text = conditional_escape(name)
+    for separator in ("-", "_", "/"):
+        text = text.replace(separator, f"{separator}<wbr>")
+    return mark_safe(text.replace(".", "<wbr>."))  # noqa: S308  (escaped above; only <wbr> is added)

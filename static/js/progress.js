@@ -8,7 +8,7 @@
 
   var FINISHED = ["completed", "failed", "cancelled"];
   var LABELS = {
-    queued: "Queued", leased: "Leased", running: "Running",
+    queued: "Queued", leased: "Starting", running: "Running",
     completed: "Completed", failed: "Failed", cancelled: "Cancelled"
   };
   var INTERVAL_MS = 800;
@@ -53,11 +53,11 @@
         }
         return "Number " + data.queue_position + " in the queue";
       case "leased":
-        return "Handed to " + worker + ", starting" + (eta !== null ? " · done in about " + duration(eta) : "");
+        return "Waiting for " + worker + (eta !== null ? " · done in about " + duration(eta) : "");
       case "running":
         return "Rendering on " + worker + (eta !== null ? " · about " + duration(eta) + " left" : "");
       case "completed":
-        return "Finished" + (data.worker ? " on " + data.worker : "");
+        return "Finished";
       default:
         return LABELS[data.status] || data.status;
     }

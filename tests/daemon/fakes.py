@@ -304,7 +304,7 @@ class FakeComfy:
     def close(self) -> None:
         self.closed = True
 
-    def system_stats(self) -> dict[str, Any]:
+    def system_stats(self, *, timeout: float | None = None) -> dict[str, Any]:
         if self.health_errors:
             raise self.health_errors.pop(0)
         return load_json("system_stats.json")
@@ -410,6 +410,8 @@ class FakeSchedulerServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            do_GET = do_POST  # GET /healthz: SchedulerClient.probe
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -453,6 +455,7 @@ class FakeScheduler:
         self.lease_gate = threading.Event()
         self.lease_gate.set()
         self.open_leases = 0
+        self.probe_error: str | None = None  # what probe() (the surface's /healthz) answers
 
     def _call(self, method: str, **kwargs: Any) -> None:
         with self.lock:
@@ -530,6 +533,9 @@ class FakeScheduler:
 
     def offline(self) -> None:
         self._call("offline")
+
+    def probe(self, *, timeout: float = 2.0) -> str | None:
+        return self.probe_error
 
 
 def make_lease(n: int = 1, **overrides: Any) -> LeasedTask:

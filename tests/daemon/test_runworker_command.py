@@ -168,3 +168,48 @@ def test_handle_turns_a_fatal_error_into_exit_code_1(fake_worker):
     with pytest.raises(CommandError, match="refused the worker token") as caught:
         Command().handle(**parse("--scheduler", "http://s", "--token", "t"))
     assert caught.value.returncode == 1
+
+
+def test_the_surface_is_off_unless_a_port_is_given():
+    assert build_config(parse(), ENV).surface is None
+
+
+def test_surface_flags_and_their_defaults():
+    surface = build_config(parse("--port", "8001"), ENV).surface
+    assert (surface.port, surface.listen, surface.images_dir) == (8001, "127.0.0.1", "images")
+    assert (surface.images_max_age, surface.images_max_bytes) == (6 * 3600.0, 1 << 30)
+    options = parse(
+        "--port", "8002", "--listen", "0.0.0.0", "--images-dir", "/tmp/x", "--images-max-age", "0.5",
+        "--images-max-mb", "10",
+    )  # fmt: skip
+    surface = build_config(options, ENV).surface
+    assert (surface.port, surface.listen, surface.images_dir) == (8002, "0.0.0.0", "/tmp/x")
+    assert (surface.images_max_age, surface.images_max_bytes) == (1800.0, 10 << 20)
+
+
+def test_surface_settings_from_the_environment():
+    env = {
+        **ENV,
+        "T2I_WORKER_PORT": "8003",
+        "T2I_WORKER_LISTEN": "192.168.1.5",
+        "T2I_WORKER_IMAGES_DIR": "/srv/images",
+        "T2I_WORKER_IMAGES_MAX_AGE": "2",
+        "T2I_WORKER_IMAGES_MAX_MB": "64",
+    }
+    surface = build_config(parse(), env).surface
+    assert (surface.port, surface.listen, surface.images_dir) == (8003, "192.168.1.5", "/srv/images")
+    assert (surface.images_max_age, surface.images_max_bytes) == (7200.0, 64 << 20)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (("--port", "http"), "--port .* must be a number"),
+        (("--port", "70000"), "--port .* between 0 and 65535"),
+        (("--port", "8001", "--images-max-age", "0"), "--images-max-age .* between"),
+        (("--port", "8001", "--images-max-mb", "lots"), "--images-max-mb .* must be a number"),
+    ],
+)
+def test_bad_surface_values_fail_loudly(argv, message):
+    with pytest.raises(CommandError, match=message):
+        build_config(parse(*argv), ENV)

@@ -167,6 +167,8 @@ def test_fail_release_offline(server, client):
         (401, "authentication_failed", AuthError),
         (403, "worker_disabled", WorkerDisabled),
         (503, "unavailable", SchedulerUnavailable),
+        (507, "insufficient_storage", SchedulerUnavailable),  # full disk: the upload is retried later
+        (429, "too_many_completions", SchedulerUnavailable),
         (500, None, SchedulerUnavailable),
         (400, "invalid", SchedulerError),
     ],
@@ -237,3 +239,17 @@ def test_protocol_unsupported_is_a_fatal_error_that_names_both_versions(server, 
         client.register(name="w", prefetch=1, capabilities={})
     assert caught.value.message == f"{words} (not '2')"
     assert not caught.value.retryable and caught.value.code == "protocol_unsupported"
+
+
+def test_probe_gets_healthz_without_the_token_and_says_what_went_wrong(server, client):
+    assert client.probe() is None
+    assert server.requests[-1]["path"] == "/healthz"
+    assert "Authorization" not in server.requests[-1]["headers"]
+    server.answers["/healthz"] = [(503, {"status": "error"})]
+    assert client.probe() == f"{server.url}/healthz answered 503"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert (
+        SchedulerClient(f"http://127.0.0.1:{port}", TOKEN).probe(timeout=1) == "unreachable (ConnectionError)"
+    )

@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 import requests
 from django.conf import settings
-from rest_framework.authtoken.models import Token
 
 from generation.models import Task
 from tests.conftest import child_database_url
 from tests.e2e.helpers import wait_until
+from tests.factories import api_token_for
 from workers_app import services as worker_services
 from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 from workers_app.models import Worker
@@ -287,9 +287,16 @@ class Farm:
         return handle
 
     def worker_process(
-        self, simulator: SimulatorHandle, name: str | None = None, *, grace: float = 30.0, prefetch: int = 2
+        self,
+        simulator: SimulatorHandle,
+        name: str | None = None,
+        *,
+        grace: float = 30.0,
+        prefetch: int = 2,
+        options: tuple[str, ...] = (),
     ) -> DaemonProcess:
-        """`python manage.py runworker` as an OS process; the token goes through the environment."""
+        """`python manage.py runworker` as an OS process (`options` added to its command line); the token goes
+        through the environment."""
         name = name or f"gpu-{next(self._names)}"
         row, token = worker_services.worker_create(name=name)
         log_path = self.folder / f"runworker-{name}.log"
@@ -308,6 +315,7 @@ class Farm:
                     f"--name={name}",
                     f"--grace={grace}",
                     f"--prefetch={prefetch}",
+                    *options,
                 ],
                 cwd=BASE_DIR,
                 env=env,
@@ -390,7 +398,7 @@ class Farm:
 def farm(transactional_db, tmp_path, django_user_model) -> Iterator[Farm]:
     """A running scheduler; the test adds simulators and workers with `farm.simulator()`/`farm.worker()`."""
     user = django_user_model.objects.create_user("e2e", password="e2e-password-123")
-    token = Token.objects.create(user=user).key
+    token = api_token_for(user)
     scheduler = SchedulerProcess.start(tmp_path / "scheduler")
     farm = Farm(scheduler, token, tmp_path)
     with contextlib.ExitStack() as stack:  # unwinds in reverse, each step even if an earlier one failed

@@ -12,11 +12,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import AsyncClient
-from rest_framework.authtoken.models import Token
 
 from generation import services, streams
 from tests.conftest import make_worker, png_bytes, submit_task
-from tests.factories import UserFactory
+from tests.factories import UserFactory, api_token_for
 from workers_app import services as worker_services
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +26,7 @@ class TokenClient(AsyncClient):
 
     def __init__(self, user) -> None:
         super().__init__()
-        self.auth = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+        self.auth = {"Authorization": f"Token {api_token_for(user)}"}
 
     async def get(self, path, headers=None, **extra):
         return await super().get(path, headers={**self.auth, **(headers or {})}, **extra)
@@ -107,6 +106,29 @@ def test_a_stream_follows_its_task_from_queued_to_completed():
     seen = asyncio.run(follow())
     assert seen[0] == "queued" and seen[-1] == "completed"
     assert set(seen) <= {"queued", "leased", "running", "completed"}
+    assert len(streams.registry) == 0
+
+
+def test_a_queued_tasks_position_moves_when_a_task_ahead_of_it_is_leased(monkeypatch):
+    monkeypatch.setattr(streams, "QUEUE_SECONDS", 0.2)
+    ann, bob = UserFactory(username="ann"), UserFactory(username="bob")
+    worker, _ = make_worker()
+    submit_task(owner=bob)
+    mine = submit_task(owner=ann)
+
+    client = client_for(ann)
+
+    async def follow() -> list[tuple[str, int | None]]:
+        response = await client.get(f"/api/v1/tasks/{mine.public_id}/events")
+        stream = aiter(response.streaming_content)
+        seen = [(e["status"], e["queue_position"]) for e in await next_events(stream)]
+        # Bob's task ahead is leased: another task's event, which moves ann's task up the queue.
+        await sync_to_async(worker_services.worker_lease_next, thread_sensitive=False)(worker=worker)
+        seen += [(e["status"], e["queue_position"]) for e in await next_events(stream)]
+        await stream.aclose()
+        return seen
+
+    assert asyncio.run(follow()) == [("queued", 2), ("queued", 1)]
     assert len(streams.registry) == 0
 
 

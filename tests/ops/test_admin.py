@@ -1,10 +1,12 @@
 """One smoke test per admin page and per action; the actions go through the services."""
 
+import re
 from http import HTTPStatus
 
 import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
+from django.utils import dateformat, timezone
 
 from generation import dashboard, services
 from generation.models import Image, Task, UserShare, WebhookDelivery, WorkflowTemplate
@@ -445,3 +447,77 @@ def test_share_weight_is_set_in_the_admin_without_touching_usage(admin_client, u
     assert admin_client.post(url, {"weight": "0"}).status_code == HTTPStatus.OK  # refused: must be > 0
     share.refresh_from_db()
     assert share.weight == 3.0
+
+
+def test_task_page_offers_only_the_actions_that_apply(admin_client, worker):
+    def buttons(task: Task) -> set[str]:
+        html = admin_client.get(reverse("admin:generation_task_change", args=[task.pk])).content.decode()
+        return {
+            name
+            for name in ("cancel", "retry", "raise_priority")
+            if reverse("admin:generation_task_object_action", args=[task.pk, name]) in html
+        }
+
+    task = TaskFactory()
+    assert buttons(task) == {"cancel", "raise_priority"}
+    completed = run(worker)
+    assert completed.pk == task.pk and completed.status == Task.Status.COMPLETED
+    assert buttons(completed) == set()
+    failed_task = TaskFactory()
+    failed = run(worker, complete=False)
+    assert failed.pk == failed_task.pk and failed.status == Task.Status.FAILED
+    assert buttons(failed) == {"retry"}
+    leased = TaskFactory()
+    services.task_lease_next(worker=worker)
+    assert buttons(leased) == {"cancel"}
+
+
+def test_attempt_history_shows_seconds(admin_client, worker):
+    TaskFactory()
+    task = run(worker)
+    attempt = task.attempt_set.get()
+    html = admin_client.get(reverse("admin:generation_task_change", args=[task.pk])).content.decode()
+    for stamp in (attempt.leased_at, attempt.started_at, attempt.finished_at):
+        assert dateformat.format(timezone.localtime(stamp), "H:i:s") in html
+
+
+def test_dashboard_shows_recent_throughput_a_time_axis_and_twelve_cards(admin_client, worker):
+    TaskFactory()
+    run(worker)
+    response = admin_client.get(reverse("admin:generation_dashboard"))
+    html = response.content.decode()
+    labels = [label for label, _, _ in response.context["cards"]]
+    assert "Throughput, last 5 min" in labels and "Throughput, hour average" in labels
+    assert len(labels) == 12  # rows of 6, 4, 3 or 2 (dashboard.html): no card alone on a row
+    ticks = response.context["ticks"]
+    assert 6 <= len(ticks) <= 7 and all(tick["label"].endswith("0") for tick in ticks)
+    assert f">{ticks[0]['label']}</span>" in html and 'class="farm-axis"' in html
+
+
+def test_webhook_list_says_nothing_is_sent_without_a_secret(admin_client, settings):
+    url = reverse("admin:generation_webhookdelivery_changelist")
+    settings.T2I = {**settings.T2I, "WEBHOOK_SECRET": ""}
+    assert "Nothing is sent" in admin_client.get(url).content.decode()
+    settings.T2I = {**settings.T2I, "WEBHOOK_SECRET": "s3cret-for-the-test"}
+    assert "Nothing is sent" not in admin_client.get(url).content.decode()
+
+
+def test_console_names_itself_and_lists_the_farm_first(admin_client):
+    response = admin_client.get(reverse("admin:index"))
+    html = response.content.decode()
+    assert "<title>Workers, tasks and images | Render farm console</title>" in html
+    assert re.search(r'id="site-name">.*?Render farm console\s*</a>', html, re.S)
+    assert "Django administration" not in html
+    apps = [app["app_label"] for app in response.context["app_list"]]
+    assert apps[:2] == ["workers_app", "generation"]
+    assert apps.index("auth") < apps.index("axes") < apps.index("django_q")
+    farm = next(app for app in response.context["app_list"] if app["app_label"] == "generation")
+    assert [m["name"] for m in farm["models"]] == [
+        "Tasks",
+        "Images",
+        "Workflow templates",
+        "Webhook deliveries",
+        "Farm dashboard",
+        "API tokens",  # accounts' things after the farm's
+    ]
+    assert farm["models"][4]["admin_url"] == reverse("admin:generation_dashboard")

@@ -163,3 +163,18 @@ def test_template_checkpoint_needs(settings):
     worker, _ = make_worker("gpu-x")
     [fit] = dashboard.template_fit(fixed, [worker])
     assert fit.missing_nodes == [] and not fit.has_checkpoint and not fit.ok
+
+
+def test_recent_throughput_is_the_last_five_minutes_not_the_hour(worker):
+    """Ten tasks in the last two minutes and none before: the hour's average is 10/60 per minute, the last
+    five minutes' rate is ten over the time those minute buckets cover."""
+    now = timezone.now()
+    for _ in range(10):
+        finished_tasks(worker, [1.0], now=now, finished_ago=60)
+    figures = dashboard.farm_figures(now=now)
+    assert figures.throughput_per_minute == pytest.approx(10 / 60)
+    first_bucket = figures.per_minute[-5][0]
+    covered = (now - first_bucket).total_seconds() / 60
+    assert 4 <= covered <= 5
+    assert figures.recent_throughput_per_minute(5) == pytest.approx(10 / covered)
+    assert dashboard.farm_figures(now=now + timedelta(minutes=10)).recent_throughput_per_minute(5) == 0

@@ -10,10 +10,16 @@ takes a staff user's API token; everything else a plain user's API token (`Autho
 of the requests that name a task are pointed at a real one (a task this user owns, or a task leased to this
 worker with its real lease token) so the fuzzer reaches the services instead of stopping at "not found".
 
+Pagination cursors: schemathesis alone sends random strings, which DRF refuses before they reach anything.
+A `flatmap_query` hook gives about half the list requests a valid-looking cursor instead: base64 of DRF's
+`o=…&r=…&p=…` with offsets, directions and positions from plausible (a real task id) to hostile (`1e400`,
+huge, negative, NUL, any text), so the fuzzer reaches the decoding and the query it drives.
+
 Bounded for CI: T2I_FUZZ_EXAMPLES (default 25) per operation and credential mode, derandomized, no example
 database. Raise it locally for a longer hunt: `T2I_FUZZ_EXAMPLES=300 pytest tests/security/test_api_fuzz.py`.
 """
 
+import base64
 import os
 import zlib
 from collections import Counter
@@ -23,13 +29,14 @@ import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
-from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from generation import services
 from generation.models import Task, WorkflowTemplate
 from t2i_project.wsgi import application
 from tests.conftest import capabilities, make_worker, submit_task
+from tests.factories import api_token_for
 from workers_app import services as worker_services
 
 pytestmark = pytest.mark.django_db
@@ -55,6 +62,34 @@ schema = schemathesis.openapi.from_wsgi(
 ).exclude(
     path_regex=r"/events$"
 )  # event streams answer a stream, not a document: tests/generation/test_event_streams.py
+
+
+def drf_cursor(tokens: dict[str, str]) -> str:
+    """A cursor as DRF's CursorPagination encodes one: base64 of a query string with o, r and p."""
+    from urllib.parse import urlencode
+
+    return base64.b64encode(urlencode(tokens).encode("ascii")).decode("ascii")
+
+
+NUMBERS = st.one_of(st.integers(-5, 10**4), st.integers(-(10**30), 10**30)).map(str)
+HOSTILE = st.sampled_from(["", "1e400", "x", "NaN", "-0", "\x00", "9" * 40, "1 OR 1=1", "٣"])
+CURSORS = st.fixed_dictionaries(
+    {},
+    optional={
+        "o": st.one_of(NUMBERS, HOSTILE),
+        "r": st.sampled_from(["0", "1", "2", "x", ""]),
+        "p": st.one_of(NUMBERS, HOSTILE, st.text(max_size=20)),
+    },
+).map(drf_cursor)
+
+
+@schema.hook("flatmap_query")
+def with_valid_looking_cursors(context, query):
+    """About half the requests to an operation that takes `cursor` carry one shaped like DRF's."""
+    names = {p.name for p in context.operation.query} if context.operation is not None else set()
+    if "cursor" not in names:
+        return st.just(query)
+    return st.one_of(st.just(query), CURSORS.map(lambda cursor: {**(query or {}), "cursor": cursor}))
 
 
 STATUSES: Counter = Counter()  # (operation, credentials, status) -> responses
@@ -89,8 +124,8 @@ class Farm:
         self.staff = django_user_model.objects.create_user(
             "fuzz-staff", password="pw-fuzz-123", is_staff=True
         )
-        self.user_token = Token.objects.create(user=self.user).key
-        self.staff_token = Token.objects.create(user=self.staff).key
+        self.user_token = api_token_for(self.user)
+        self.staff_token = api_token_for(self.staff)
         self.worker, self.worker_token = make_worker("fuzz-gpu")
 
     def headers(self, auth: str, method: str, path: str) -> dict[str, str]:
@@ -196,3 +231,33 @@ def test_api_never_fails_and_errors_have_the_documented_shape(case, auth, farm):
         assert response.status_code >= HTTPStatus.BAD_REQUEST, (
             f"{case.method} {case.formatted_path} answered {response.status_code} without credentials"
         )
+
+
+def decodes_as_drf_cursor(cursor: str) -> bool:
+    from urllib.parse import parse_qs
+
+    try:
+        tokens = parse_qs(base64.b64decode(cursor.encode("ascii"), validate=True).decode("ascii"))
+    except (ValueError, UnicodeError):
+        return False
+    return bool(tokens) and set(tokens) <= {"o", "r", "p"}
+
+
+def test_the_task_list_is_fuzzed_with_drf_shaped_cursors():
+    """The hook above is in force for the list operation: a good share of its cases carry a cursor that
+    DRF decodes (and then must refuse or follow without a 5xx, which the test above checks)."""
+    seen: Counter = Counter()
+
+    @settings(
+        max_examples=60,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=schema["/api/v1/tasks/"]["GET"].as_strategy())
+    def draw(case):
+        seen[decodes_as_drf_cursor((case.query or {}).get("cursor") or "")] += 1
+
+    draw()
+    assert seen[True] >= sum(seen.values()) // 4, seen

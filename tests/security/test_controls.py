@@ -24,13 +24,13 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from generation import services
 from generation.models import Image, Task
 from tests.conftest import capabilities, make_worker, png_bytes, submit_task, worker_client
-from tests.factories import TaskFactory
+from tests.factories import TaskFactory, UserFactory, api_token_for
 from tests.web.conftest import completed
 from workers_app import services as worker_services
 from workers_app.daemon.scheduler import SchedulerClient
@@ -350,7 +350,7 @@ def test_api_with_a_session_needs_the_csrf_token_for_unsafe_methods(user):
     assert session.post(f"/api/v1/tasks/{task_id}/cancel/").status_code == HTTPStatus.FORBIDDEN
     # An API token is not ambient authority: no CSRF token needed.
     tokened = APIClient(enforce_csrf_checks=True)
-    tokened.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    tokened.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(user)}")
     assert tokened.post(f"/api/v1/tasks/{task_id}/cancel/").status_code == HTTPStatus.OK
 
 
@@ -459,6 +459,30 @@ def test_the_lockout_ends_after_the_cool_off_and_a_success_resets_the_count(user
     assert sign_in(client, PASSWORD).status_code == HTTPStatus.FOUND
 
 
+def test_one_address_cannot_try_a_few_passwords_on_every_account(settings, user):
+    """Besides the pair limit, T2I_LOGIN_ADDRESS_FAILURE_LIMIT failures from one address, spread over any
+    usernames, lock that address out; signing into one's own account from it does not clear the count."""
+    settings.LOGIN_ADDRESS_FAILURE_LIMIT = 8
+    for name in ("ann", "ben", "cid", "dee"):
+        UserFactory(username=name, password=f"pw-{name}-123")
+    attacker = Client(REMOTE_ADDR="10.0.0.66")
+    for name in ("ann", "ben", "cid"):
+        for _ in range(2):  # below the pair limit (5) for every account
+            assert sign_in(attacker, "wrong", username=name).status_code == HTTPStatus.OK
+    assert sign_in(attacker, PASSWORD).status_code == HTTPStatus.FOUND  # 6 failures: still allowed
+    attacker.logout()
+    assert sign_in(attacker, "wrong", username="dee").status_code == HTTPStatus.OK  # the 7th
+    assert sign_in(attacker, "wrong", username="dee").status_code == HTTPStatus.TOO_MANY_REQUESTS  # the 8th
+    # The address is locked for every account, the right password too; other addresses are not.
+    assert sign_in(attacker, "pw-ann-123", username="ann").status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert (
+        sign_in(Client(REMOTE_ADDR="10.0.0.7"), "pw-ann-123", username="ann").status_code == HTTPStatus.FOUND
+    )
+    # Once the cool-off has passed since the last failure, the address may sign in again.
+    AccessAttempt.objects.update(attempt_time=timezone.now() - timedelta(minutes=16))
+    assert sign_in(attacker, "pw-ann-123", username="ann").status_code == HTTPStatus.FOUND
+
+
 def test_lockout_limits_come_from_the_environment():
     result = settings_in_subprocess(
         {"SECRET_KEY": "k" * 50, "T2I_LOGIN_FAILURE_LIMIT": "3", "T2I_LOGIN_LOCKOUT_MINUTES": "60"},
@@ -499,7 +523,7 @@ def test_tokens_and_passwords_never_reach_the_logs(live_server, caplog, capsys, 
     call_command("createworker", "gpu-log", "--token-only", stdout=out)
     token = out.getvalue().strip()
     alice = django_user_model.objects.create_user("alice", password=PASSWORD)
-    api_token = Token.objects.create(user=alice).key
+    api_token = api_token_for(alice)
     secrets = {"worker token": token, "API token": api_token, "password": PASSWORD}
 
     with CaptureQueriesContext(connection):  # the SQL is logged too, with its parameters

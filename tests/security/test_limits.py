@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -496,3 +497,39 @@ def test_a_worker_cannot_report_more_capabilities_than_any_real_comfyui(wapi, wo
     ok = wapi.post("/api/v1/worker/register", {"capabilities": {key: names[:most]}}, format="json")
     assert ok.status_code == HTTPStatus.OK
     assert len(Worker.objects.get(pk=worker.pk).capabilities[key]) == most
+
+
+def test_workers_silent_for_long_shape_no_users_choices(settings, client, worker):
+    """A worker that reported odd names and went quiet stops being offered after T2I_WORKER_CHOICES_HOURS:
+    the generate form's checkpoint, sampler and scheduler lists, the checkpoints API and a refusal's list."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.conftest import make_worker
+
+    settings.T2I = settings.T2I | {"WORKER_CHOICES_HOURS": 2.0}
+    gone, _ = make_worker(
+        "gone-gpu",
+        caps={
+            "checkpoints": ["gone-ckpt.safetensors"],
+            "samplers": ["gone_sampler"],
+            "schedulers": ["gone_sch"],
+        },
+    )
+    Worker.objects.filter(pk=gone.pk).update(
+        status=Worker.Status.OFFLINE, last_heartbeat=timezone.now() - timedelta(hours=3)
+    )
+    client.force_login(get_user_model().objects.create_user("carol"))
+    page = client.get(reverse("web:generate")).content.decode()
+    assert "gone-ckpt" not in page and "gone_sampler" not in page and "gone_sch" not in page
+    api = APIClient()
+    api.force_authenticate(get_user_model().objects.get(username="carol"))
+    names = [c["name"] for c in api.get("/api/v1/checkpoints/").json()]
+    assert names and "gone-ckpt.safetensors" not in names
+    refused = api.post("/api/v1/tasks/", {"prompt": "x", "checkpoint": "nope.safetensors"}, format="json")
+    assert refused.status_code == HTTPStatus.BAD_REQUEST
+    assert "gone-ckpt" not in json.dumps(refused.json())
+
+    Worker.objects.filter(pk=gone.pk).update(last_heartbeat=timezone.now() - timedelta(hours=1))
+    assert "gone-ckpt" in client.get(reverse("web:generate")).content.decode()  # seen lately: offered

@@ -62,3 +62,18 @@ def test_sign_up_switched_off(client, settings):
     assert response.status_code == HTTPStatus.NOT_FOUND
     assert not get_user_model().objects.filter(username="carol").exists()
     assert reverse("web:signup") not in client.get(reverse("web:login")).content.decode()
+
+
+def test_sign_up_short_password_error_is_on_password_and_nothing_is_cleared(client):
+    response = client.post(
+        reverse("web:signup"), {"username": "carol", "password1": "abc", "password2": "abc"}
+    )
+    assert response.status_code == HTTPStatus.OK
+    form = response.context["form"]
+    assert any("too short" in error for error in form.errors["password1"])
+    assert "password2" not in form.errors
+    html = response.content.decode()
+    assert 'name="password1" value="abc"' in html and 'name="password2" value="abc"' in html
+    assert 'name="username" value="carol"' in html
+    assert "no-store" in response["Cache-Control"]  # the page holds the passwords: never cached
+    assert not get_user_model().objects.filter(username="carol").exists()

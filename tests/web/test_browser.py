@@ -125,7 +125,9 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
 
             # Sign in.
             page.goto(url("web:generate"))
-            assert "/accounts/login/" in page.url
+            assert "Images from text" in page.inner_text("main")  # signed out: a welcome, not a bounce
+            page.click("main >> text=Log in")
+            page.wait_for_url("**/accounts/login/")
             shot("login")
             page.fill("#id_username", "alice")
             page.fill("#id_password", PASSWORD)
@@ -160,11 +162,15 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
             wait_for(progress_done, timeout=30, what="the task to complete in the browser")
             assert any(0 < value < 100 for value in seen), f"the bar never moved between 0 and 100: {seen}"
             assert bar.get_attribute("aria-valuenow") == "100"
-            page.locator(".thumb img").first.wait_for()
-            assert page.locator(".thumb img").first.get_attribute("alt").startswith("a lighthouse on a cliff")
+            page.locator(".task-image img").first.wait_for()
+            assert (
+                page.locator(".task-image img")
+                .first.get_attribute("alt")
+                .startswith("a lighthouse on a cliff")
+            )
             assert "sim-gpu-1" in page.inner_text(".facts")
             image = Image.objects.get(task=task)
-            assert page.evaluate("() => document.querySelector('.thumb img').naturalWidth") > 0
+            assert page.evaluate("() => document.querySelector('.task-image img').naturalWidth") > 0
             shot("task-completed")
 
             # The gallery shows it (and not bob's); its page has every parameter and the original to download.

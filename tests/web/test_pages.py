@@ -6,6 +6,8 @@ from http import HTTPStatus
 import pytest
 from django.urls import reverse
 
+from generation import services
+from generation.templatetags.web_format import name_breaks
 from tests.factories import TaskFactory
 from tests.web.conftest import completed
 
@@ -13,9 +15,12 @@ pytestmark = pytest.mark.django_db
 
 
 def test_generate_page_needs_login(client, alice):
+    """Signed out, the home page says what the site is and how to get in, instead of bouncing to login."""
     response = client.get(reverse("web:generate"))
-    assert response.status_code == HTTPStatus.FOUND
-    assert response["Location"].startswith(reverse("web:login"))
+    assert response.status_code == HTTPStatus.OK
+    html = response.content.decode()
+    assert "Images from text" in html and 'name="prompt"' not in html
+    assert f'href="{reverse("web:login")}"' in html and f'href="{reverse("web:signup")}"' in html
     page = alice.get(reverse("web:generate"))
     assert page.status_code == HTTPStatus.OK
     assert b'name="prompt"' in page.content
@@ -62,8 +67,10 @@ def test_completed_task_page_shows_images_and_worker(alice, user, worker):
     assert page.status_code == HTTPStatus.OK
     assert "Completed" in html and "100 %" in html
     assert reverse("web:image", kwargs={"image_id": image.public_id}) in html
-    assert image.thumbnail.url in html
+    assert image.file.url in html  # the image itself, large, not its thumbnail
+    assert reverse("web:image-download", kwargs={"image_id": image.public_id}) in html
     assert worker.name in html
+    assert html.count(worker.name) == 1  # once, under "Worker" (not again in the settings or the status line)
     assert "Cancel task" not in html
 
 
@@ -166,3 +173,31 @@ def test_static_files_are_local(alice):
     assert "/static/css/site.css" in html
     assert "http://" not in html.replace("http://testserver", "")
     assert "https://" not in html
+
+
+def test_console_link_in_the_navigation_for_staff_only(alice, client_for, staff):
+    console = f'href="{reverse("admin:index")}"'
+    assert console in client_for(staff).get(reverse("web:gallery")).content.decode()
+    assert console not in alice.get(reverse("web:gallery")).content.decode()
+
+
+def test_started_task_says_which_worker_it_waits_for(alice, user, worker):
+    task = TaskFactory(owner=user)
+    services.task_lease_next(worker=worker)
+    html = alice.get(reverse("web:task", kwargs={"task_id": task.public_id})).content.decode()
+    assert f"Waiting for {worker.name}" in html and ">Starting<" in html
+    assert "Leased" not in html and "Handed to" not in html
+
+
+def test_image_page_is_titled_by_its_prompt(alice, user, worker):
+    image = completed(user, worker, prompt="a red fox in fresh snow").images.get()
+    html = alice.get(reverse("web:image", kwargs={"image_id": image.public_id})).content.decode()
+    assert "<title>a red fox in fresh snow · Render farm</title>" in html
+    assert '<h1 class="prompt-title image-title">a red fox in fresh snow</h1>' in html
+
+
+def test_checkpoint_names_break_only_at_their_separators():
+    assert name_breaks("v1-5-pruned_emaonly.safetensors") == (
+        "v1-<wbr>5-<wbr>pruned_<wbr>emaonly<wbr>.safetensors"
+    )
+    assert name_breaks("<b>.ckpt") == "&lt;b&gt;<wbr>.ckpt"  # escaped first

@@ -8,7 +8,6 @@ from http import HTTPStatus
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from generation import services
@@ -16,7 +15,7 @@ from generation.exceptions import InvalidInput
 from generation.models import Image, Task, TaskAttempt, WorkflowTemplate
 from generation.workflows import NOISE_TEST_BINDINGS, NOISE_TEST_WORKFLOW
 from tests.conftest import capabilities, make_worker, media_files, png_bytes, worker_client
-from tests.factories import TaskFactory
+from tests.factories import TaskFactory, api_token_for
 from workers_app import services as worker_services
 from workers_app.models import Worker
 
@@ -111,7 +110,7 @@ def test_worker_endpoints_need_a_valid_token(worker, path, fmt, body, header, er
 def test_a_users_api_token_is_not_a_worker_token(user, worker):
     job = held_lease(worker)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(user)}")
 
     response = client.post("/api/v1/worker/lease", {}, format="json")
 
@@ -216,7 +215,7 @@ def test_anonymous_submit_when_the_farm_allows_it(anon, settings, path):
 
 def test_users_submit_with_an_api_token(user):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_for(user)}")
 
     response = client.post(
         "/api/v1/tasks/", {"prompt": "a red fox", "width": 64, "height": 64}, format="json"

@@ -72,8 +72,23 @@ def test_the_simulator_port_is_not_checked_with_a_real_comfyui(taken_port, monke
     monkeypatch.setattr(runfarm, "port_in_use", lambda host, port: checked.append(port) or False)
     monkeypatch.setattr(runfarm, "call_command", stop_here)
     with pytest.raises(RuntimeError, match="past the port check"):
-        call_command("runfarm", port=8123, simulator_port=taken_port, comfyui="http://gpu-box:8188")
-    assert checked == [8123]
+        call_command(
+            "runfarm", port=8123, simulator_port=taken_port, worker_port=8124, comfyui="http://gpu-box:8188"
+        )
+    assert checked == [8123, 8124]
+
+
+def test_a_taken_worker_port_stops_before_anything_starts(taken_port, nothing_starts):
+    with pytest.raises(
+        CommandError, match=rf"Port {taken_port} \(the worker's own HTTP surface\).*WORKER_PORT="
+    ):
+        call_command("runfarm", port=free_port(), simulator_port=free_port(), worker_port=taken_port)
+
+
+def test_two_roles_cannot_share_a_port(nothing_starts):
+    port = free_port()
+    with pytest.raises(CommandError, match=f"cannot share port {port}"):
+        call_command("runfarm", port=free_port(), simulator_port=port, worker_port=port)
 
 
 @pytest.mark.slow  # starts a process (4 s); the tests above check the same refusal in-process
@@ -107,6 +122,7 @@ def test_banner_names_the_urls_and_the_admin(password, shown, hidden):
     out = io.StringIO()
     Command(stdout=out)._banner(
         "http://127.0.0.1:8000",
+        worker_url="http://127.0.0.1:8001",
         admin="admin",
         password=password,
         comfyui_url="http://127.0.0.1:8188",
@@ -117,6 +133,7 @@ def test_banner_names_the_urls_and_the_admin(password, shown, hidden):
     )
     text = out.getvalue()
     assert "http://127.0.0.1:8000/" in text and "Ctrl-C stops everything" in text
+    assert "http://127.0.0.1:8001/healthz" in text
     assert all(s in text for s in shown) and not any(s in text for s in hidden)
 
 

@@ -288,8 +288,8 @@ class ComfyUIClient:
         if response.status_code != 200:
             raise _status_error(f"POST {path}", response.status_code, response.text)
 
-    def system_stats(self) -> dict[str, Any]:
-        return self._get_json("/system_stats")
+    def system_stats(self, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._get_json("/system_stats", timeout=timeout)
 
     def object_info(self) -> dict[str, Any]:
         return self._get_json("/object_info", timeout=max(self.timeout, 30.0))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from .activity import WorkerActivity
 from .comfyui import ComfyUIError
 from .prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
 from .reports import Reports
@@ -142,17 +143,25 @@ def run_task(
     scheduler: SchedulerClient,
     control: TaskControl | None = None,
     settings: RunnerSettings | None = None,
+    activity: WorkerActivity | None = None,
 ) -> TaskResult:
-    """Run one leased task to its end and report it; catches everything so the loop never dies."""
-    run = _TaskRun(lease, comfy, scheduler, control or TaskControl(lease), settings or RunnerSettings())
+    """Run one leased task to its end and report it; catches everything so the loop never dies.
+    ``activity`` (the worker's own record of its tasks, metrics and image cache) hears every step."""
+    activity = activity or WorkerActivity()
+    run = _TaskRun(
+        lease, comfy, scheduler, control or TaskControl(lease), settings or RunnerSettings(), activity
+    )
+    result = TaskResult.FAILED
     try:
-        return run.execute()
+        result = run.execute()
     except Exception as exc:
         logger.exception("task %s: unexpected error", lease.task_id)
-        return run.fail("internal", f"worker error: {type(exc).__name__}: {exc}", retryable=True)
+        result = run.fail("internal", f"worker error: {type(exc).__name__}: {exc}", retryable=True)
     finally:
         run.reports.close()
         run.control.mark_submitted()
+        activity.finished(lease.task_id, str(result))
+    return result
 
 
 class _TaskRun:
@@ -163,8 +172,10 @@ class _TaskRun:
         scheduler: SchedulerClient,
         control: TaskControl,
         settings: RunnerSettings,
+        activity: WorkerActivity,
     ) -> None:
         self.lease = lease
+        self.activity = activity
         self.comfy = comfy
         self.scheduler = scheduler
         self.control = control
@@ -176,17 +187,21 @@ class _TaskRun:
         self.last_progress_at = 0.0
         self.last_quarter = 0
         self.last_value = -1.0
+        self.submitted_at = 0.0
 
     # -- the steps ----------------------------------------------------------------------------------
     def execute(self) -> TaskResult:
         logger.info("task %s leased (attempt %d)", self.task_id, self.lease.attempt)
+        self.activity.leased(self.task_id, self.lease.attempt)
         if self.control.should_stop():
             return self._stopped(None)
         try:
             prompt_id = self.comfy.submit(self.lease.workflow)
         except ComfyUIError as exc:
             return self._submit_failed(exc)
+        self.submitted_at = time.monotonic()
         self.control.prompt_id = prompt_id
+        self.activity.queued(self.task_id, prompt_id)
         self.control.mark_submitted()
         logger.debug("task %s submitted as ComfyUI prompt %s", self.task_id, prompt_id)
         outcome = self._wait(prompt_id)
@@ -281,6 +296,8 @@ class _TaskRun:
                 retryable=True,
                 details={"prompt_id": outcome.prompt_id},
             )
+        round_trip = time.monotonic() - self.submitted_at
+        self.activity.images_fetched(self.task_id, images, round_trip=round_trip)
         return self._upload(images, outcome.prompt_id)
 
     def _fetch(self, ref: ImageRef) -> bytes:
@@ -301,6 +318,7 @@ class _TaskRun:
         if not self._claim_final():
             return self.control_result()
         delay = self.settings.retry_delay
+        began = time.monotonic()
         for attempt in range(1, self.settings.upload_attempts + 1):
             if self.control.stop_reason in (StopReason.CANCEL, StopReason.LOST):
                 return self._stopped(None)
@@ -321,6 +339,7 @@ class _TaskRun:
                 return self._report_fail(
                     "upload_failed", f"scheduler refused the images: {exc.message}", False, {}
                 )
+            self.activity.uploaded(time.monotonic() - began)
             seconds = time.monotonic() - self.control.leased_at
             logger.info("task %s completed in %.1fs (%d image(s))", self.task_id, seconds, len(images))
             self._take_carried(answer)
@@ -338,6 +357,7 @@ class _TaskRun:
     # -- callbacks from ComfyUIClient.wait (task thread) ------------------------------------------------
     def _on_start(self) -> None:
         self.control.started = True
+        self.activity.started(self.task_id)
         self._queue_start()
 
     def _queue_start(self) -> None:
@@ -350,6 +370,7 @@ class _TaskRun:
 
     def _on_progress(self, value: float, maximum: float) -> None:
         self._log_quarter(value, maximum)
+        self.activity.progress(self.task_id, value, maximum)
         now = time.monotonic()
         if now - self.last_progress_at < self.settings.progress_interval:
             return
@@ -392,6 +413,7 @@ class _TaskRun:
 
     def _report_fail(self, code: str, message: str, retryable: bool, details: dict[str, Any]) -> TaskResult:
         self.control.failure_code = self.control.failure_code or code
+        self.activity.failed(self.task_id, code, message)
         one_line = " ".join(message.split())[:300]
         logger.warning("task %s failed: %s: %s (retryable=%s)", self.task_id, code, one_line, retryable)
         sent = self._with_retries(

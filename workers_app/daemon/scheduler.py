@@ -354,6 +354,19 @@ class SchedulerClient:
     def offline(self) -> None:
         self._post("offline", {})
 
+    def probe(self, *, timeout: float = 2.0) -> str | None:
+        """``GET /healthz`` of the current URL, without the token: None when it answers 200, else what
+        went wrong (the worker's own ``/healthz``)."""
+        index = self._current
+        url = f"{self.base_urls[index]}/healthz"
+        try:  # a header set to None is left out: the token goes to the worker API only
+            response = self._sessions[index].get(url, timeout=timeout, headers={"Authorization": None})
+        except requests.RequestException as exc:
+            return f"unreachable ({type(exc).__name__})"
+        if response.status_code != 200:
+            return f"{url} answered {response.status_code}"
+        return None
+
 
 def _error_for(path: str, response: requests.Response) -> SchedulerError:
     """Map an error answer (``{"error", "detail", "fields"}``) to one exception type."""

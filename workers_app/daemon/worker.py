@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .activity import WorkerActivity
 from .comfyui import ComfyUIClient, ComfyUIError
+from .image_cache import CacheFolderError, ImageCache
 from .lease_call import LeaseCall
 from .runner import RunnerSettings, StopReason, TaskControl, TaskResult, run_task
 from .scheduler import (
@@ -32,10 +34,12 @@ from .scheduler import (
     SchedulerError,
     WorkerDisabled,
 )
+from .surface import Health, SurfaceConfig, WorkerSurface
 
 logger = logging.getLogger(__name__)
 
 SLICE = 0.1  # seconds: how often sleeps re-check the stop flag
+PROBE_TIMEOUT = 2.0  # seconds: the surface's /healthz probes of the scheduler and ComfyUI
 EMPTY_ANSWER_PAUSE = 1.0  # seconds: the longest pause after an empty lease answer that came at once
 
 
@@ -55,6 +59,7 @@ class WorkerLoopConfig:
     backoff_max: float = 30.0
     interrupt_wait: float = 10.0  # after the grace: how long an interrupted task gets to notice
     task_timeout: float | None = 3600.0
+    surface: SurfaceConfig | None = None  # the worker's own HTTP server (runworker --port); off when None
 
 
 class Backoff:
@@ -111,6 +116,9 @@ class WorkerLoop:
         self._heartbeat_thread: threading.Thread | None = None
         self._lease_call: LeaseCall | None = None  # the lease request the loop waits for
         self._abandoned: LeaseCall | None = None  # one it stopped waiting for (stop request)
+        # What the runner reports about each task: the surface's record, metrics and image cache.
+        self.activity = WorkerActivity()
+        self.surface: WorkerSurface | None = None
 
     def request_stop(self) -> None:
         """Ask the loop to stop. Safe from a signal handler: it only sets a boolean."""
@@ -126,6 +134,9 @@ class WorkerLoop:
             self.config.comfyui_url,
             self.capacity,
         )
+        if self.config.surface is not None and not self._open_surface(self.config.surface):
+            logger.error("worker stopped: %s", self.fatal_error)
+            return 1
         self.comfy.connect()
         try:
             if self._start_up():
@@ -253,6 +264,7 @@ class WorkerLoop:
                 scheduler=self.scheduler,
                 control=control,
                 settings=self.runner_settings,
+                activity=self.activity,
             )
         except Exception:
             logger.exception("task %s: runner crashed", control.task_id)
@@ -441,6 +453,69 @@ class WorkerLoop:
         self._go_offline()
         self._settle_abandoned_lease()
         self.comfy.close()
+        self._close_surface()
+
+    # -- the worker's own HTTP surface ----------------------------------------------------------------------
+    def _open_surface(self, config: SurfaceConfig) -> bool:
+        """Take the images folder and listen; on failure set fatal_error (the daemon exits 1 before it
+        registers: an operator who asked for the surface learns at once that it is not there)."""
+        cache = ImageCache(
+            config.images_dir, max_age=config.images_max_age, max_bytes=config.images_max_bytes
+        )
+        surface = WorkerSurface(
+            config,
+            token=self.config.token,
+            activity=self.activity,
+            health=self.health,
+            cache=cache,
+            name=self.config.name,
+        )
+        try:
+            cache.open()
+            surface.start()
+        except CacheFolderError as exc:
+            self.fatal_error = f"--images-dir: {exc}"
+        except OSError as exc:
+            self.fatal_error = f"cannot listen on {config.listen}:{config.port} ({exc.strerror or exc})"
+        if self.fatal_error:
+            cache.close()
+            return False
+        self.activity.cache = cache
+        self.surface = surface
+        logger.info(
+            "worker surface on %s%s, images in %s",
+            surface.url,
+            " (token required)" if surface.require_token else "",
+            config.images_dir,
+        )
+        return True
+
+    def _close_surface(self) -> None:
+        surface, self.surface = self.surface, None
+        if surface is not None:
+            surface.stop()
+            if surface.cache is not None:
+                surface.cache.close()
+
+    def health(self) -> Health:
+        """Probe the scheduler and ComfyUI now; say what this worker is doing (the surface's /healthz)."""
+        try:
+            self.comfy.system_stats(timeout=PROBE_TIMEOUT)
+            comfyui_error = None
+        except ComfyUIError as exc:
+            comfyui_error = exc.message
+        if self.stop_requested or self.fatal_error:
+            phase = "stopping"
+        elif not self._registered:
+            phase = "starting"
+        else:
+            phase = "working"
+        return Health(
+            scheduler_error=self.scheduler.probe(timeout=PROBE_TIMEOUT),
+            comfyui_error=comfyui_error,
+            phase=phase,
+            doing=self.activity.doing(),
+        )
 
     def _force_release(self, control: TaskControl) -> None:
         if not control.claim_final():

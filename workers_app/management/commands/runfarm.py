@@ -3,7 +3,8 @@
 Checks that its ports are free, migrates, collects the static files (DEBUG off), makes sure there is an
 admin account and a worker token, then starts four processes, each as soon as what it needs answers: the
 scheduler (http://127.0.0.1:8000, `PORT`), the background job runner (django-q2), the ComfyUI SIMULATOR (a
-stand-in for a real ComfyUI, `COMFYUI_PORT`, 8188) and one worker daemon connected to both. A short banner
+stand-in for a real ComfyUI, `COMFYUI_PORT`, 8188) and one worker daemon connected to both, with its own
+small HTTP surface on (http://127.0.0.1:8001, `WORKER_PORT`; images copied to `images/`). A short banner
 says where everything is. Ctrl-C stops them in order within seconds: the worker first (it tells the
 scheduler it goes offline), then the job runner and the simulator, the scheduler last. With `--comfyui URL`
 the worker drives a real ComfyUI instead and no simulator is started.
@@ -83,11 +84,27 @@ class Command(BaseCommand):
             default=env_int("COMFYUI_PORT", 8188, minimum=1, maximum=65535),
             help="the ComfyUI simulator's port (env COMFYUI_PORT, default 8188)",
         )
+        parser.add_argument(
+            "--worker-port",
+            type=int,
+            default=env_int("WORKER_PORT", 8001, minimum=1, maximum=65535),
+            help="the worker's own HTTP surface (/status, /images, /healthz, /metrics; env WORKER_PORT, "
+            "default 8001)",
+        )
         parser.add_argument("--job-time", type=float, default=2.0, help="Simulated seconds per image.")
 
-    def handle(self, *args, port: int, comfyui: str, simulator_port: int, job_time: float, **options) -> None:
+    def handle(
+        self,
+        *args,
+        port: int,
+        comfyui: str,
+        simulator_port: int,
+        worker_port: int,
+        job_time: float,
+        **options,
+    ) -> None:
         began = time.monotonic()
-        self._check_ports(port, None if comfyui else simulator_port)
+        self._check_ports(port, None if comfyui else simulator_port, worker_port)
         self.stdout.write("Preparing the farm (database, static files, accounts)…")
         self.stdout.flush()
         call_command("migrate", verbosity=0)
@@ -116,9 +133,10 @@ class Command(BaseCommand):
             self._wait(children, "the scheduler", lambda: http_answers(f"{scheduler_url}/healthz"))
             if not comfyui:
                 self._wait(children, "the simulator", lambda: http_answers(f"{comfyui_url}/system_stats"))
-            registered = self._start_worker(children, scheduler_url, comfyui_url)
+            registered = self._start_worker(children, scheduler_url, comfyui_url, worker_port)
             self._banner(
                 scheduler_url,
+                worker_url=f"http://{HOST}:{worker_port}",
                 admin=admin,
                 password=password,
                 comfyui_url=comfyui_url,
@@ -138,13 +156,19 @@ class Command(BaseCommand):
             raise CommandError(f"{failure} The farm was stopped.")
 
     # -- before anything starts -----------------------------------------------------------------------------
-    def _check_ports(self, port: int, simulator_port: int | None) -> None:
+    def _check_ports(self, port: int, simulator_port: int | None, worker_port: int | None = None) -> None:
         """CommandError (exit code 1) naming the first taken port and how to choose another."""
-        if port == simulator_port:
-            raise CommandError(f"The scheduler and the ComfyUI simulator cannot share port {port}.")
         wanted = [(port, "the scheduler", "PORT", "--port")]
         if simulator_port is not None:
             wanted.append((simulator_port, "the ComfyUI simulator", "COMFYUI_PORT", "--simulator-port"))
+        if worker_port is not None:
+            wanted.append((worker_port, "the worker's own HTTP surface", "WORKER_PORT", "--worker-port"))
+        for n, (number, what, _, _) in enumerate(wanted):
+            for other, other_what, _, _ in wanted[n + 1 :]:
+                if number == other:
+                    raise CommandError(
+                        f"{what[0].upper()}{what[1:]} and {other_what} cannot share port {number}."
+                    )
         for number, what, variable, flag in wanted:
             if port_in_use(HOST, number):
                 raise CommandError(
@@ -189,12 +213,14 @@ class Command(BaseCommand):
         )
 
     def _start_worker(
-        self, children: dict[str, subprocess.Popen], scheduler_url: str, comfyui_url: str
+        self, children: dict[str, subprocess.Popen], scheduler_url: str, comfyui_url: str, worker_port: int
     ) -> bool:
-        """Start the worker and wait until it has registered: False when it has not in REGISTER_TIMEOUT (a
-        real ComfyUI that is down: the worker keeps trying, and the farm runs meanwhile)."""
+        """Start the worker (its own HTTP surface on `worker_port`, images in BASE_DIR/images) and wait until
+        it has registered: False when it has not in REGISTER_TIMEOUT (a real ComfyUI that is down: the
+        worker keeps trying, and the farm runs meanwhile)."""
         since = timezone.now()
         options = ["--scheduler", scheduler_url, "--comfyui", comfyui_url, "--name", WORKER_NAME]
+        options += ["--port", str(worker_port), "--images-dir", str(settings.BASE_DIR / "images")]
         self._start(children, "worker", "runworker", *options, "--grace", str(WORKER_GRACE))
         return self._wait(
             children,
@@ -250,6 +276,7 @@ class Command(BaseCommand):
         self,
         url: str,
         *,
+        worker_url: str = "",
         admin: str,
         password: str | None,
         comfyui_url: str,
@@ -271,6 +298,8 @@ class Command(BaseCommand):
             f"  API docs  {url}/api/docs/",
             f"  ComfyUI   {comfyui_url}/ ({comfyui}), worker {worker}",
         ]
+        if worker_url:
+            lines.append(f"  worker    {worker_url}/healthz   its own status, images and metrics")
         if not password:
             lines.append(f"Forgot the admin password? python manage.py changepassword {admin}")
         if quiet:

@@ -13,6 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workers_app.daemon.scheduler import scheduler_urls
+from workers_app.daemon.surface import SurfaceConfig
 from workers_app.daemon.worker import WorkerLoop, WorkerLoopConfig
 
 ENV = {
@@ -21,6 +22,11 @@ ENV = {
     "comfyui": "T2I_COMFYUI_URL",
     "name": "T2I_WORKER_NAME",
     "prefetch": "T2I_PREFETCH",
+    "port": "T2I_WORKER_PORT",
+    "listen": "T2I_WORKER_LISTEN",
+    "images_dir": "T2I_WORKER_IMAGES_DIR",
+    "images_max_age": "T2I_WORKER_IMAGES_MAX_AGE",
+    "images_max_mb": "T2I_WORKER_IMAGES_MAX_MB",
 }
 
 
@@ -58,7 +64,35 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
     )
     if name := pick("name"):
         config.name = str(name)
+    config.surface = _surface_config(pick)
     return config
+
+
+def _surface_config(pick: Any) -> SurfaceConfig | None:
+    """The worker's own HTTP surface: off unless a port is given."""
+    port = pick("port")
+    if port is None:
+        return None
+
+    def number(key: str, kind: type, low: float, high: float, default: str = "") -> Any:
+        raw = pick(key) or default
+        flag = f"--{key.replace('_', '-')} (or {ENV[key]})"
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise CommandError(f"{flag} must be a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise CommandError(f"{flag} must be between {low:g} and {high:g}, got {raw!r}")
+        return value
+
+    listen = str(pick("listen") or "127.0.0.1")
+    return SurfaceConfig(
+        port=number("port", int, 0, 65535),
+        listen=listen,
+        images_dir=str(pick("images_dir") or "images"),
+        images_max_age=3600.0 * number("images_max_age", float, 0.01, 24 * 365, "6"),
+        images_max_bytes=(1 << 20) * number("images_max_mb", int, 1, 1 << 24, "1024"),
+    )
 
 
 def configure_logging(*, verbose: bool, stream: Any = None) -> None:
@@ -126,6 +160,30 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--grace", type=float, default=30.0, help="seconds the running task gets on shutdown"
+        )
+        surface = parser.add_argument_group(
+            "the worker's own HTTP surface (GET /status/ID, /images/NAME, /healthz, /metrics)"
+        )
+        surface.add_argument(
+            "--port",
+            help=f"serve it on this port, e.g. 8001 (env {ENV['port']}; off unless given; 0: any free port)",
+        )
+        surface.add_argument(
+            "--listen",
+            help=f"address to listen on (env {ENV['listen']}, default 127.0.0.1; beyond loopback every "
+            "request needs the worker token as Authorization: Bearer)",
+        )
+        surface.add_argument(
+            "--images-dir",
+            help=f"local copies of the images made here (env {ENV['images_dir']}, default images/)",
+        )
+        surface.add_argument(
+            "--images-max-age",
+            help=f"hours a local copy is kept (env {ENV['images_max_age']}, default 6)",
+        )
+        surface.add_argument(
+            "--images-max-mb",
+            help=f"MiB the local copies may take in all (env {ENV['images_max_mb']}, default 1024)",
         )
         parser.add_argument("--once", action="store_true", help="take at most one task, run it, then exit")
         parser.add_argument("--verbose", action="store_true", help="log ComfyUI protocol detail")

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0012_task_owner_cascade'),
+        ('generation', '0015_metrics_rollup_schedule'),
         ('workers_app', '0004_learned_speeds_and_warm_checkpoint'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
