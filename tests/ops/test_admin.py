@@ -518,6 +518,7 @@ def test_console_names_itself_and_lists_the_farm_first(admin_client):
         "Workflow templates",
         "Webhook deliveries",
         "Farm dashboard",
-        "API tokens",  # accounts' things after the farm's
+        "API tokens",  # people's things after the farm's
+        "User shares",
     ]
     assert farm["models"][4]["admin_url"] == reverse("admin:generation_dashboard")

@@ -100,8 +100,8 @@ def test_a_started_completion_adds_the_learned_costs_and_the_usage(wapi, user, d
         services.task_submit(owner=user, data={"prompt": "a red fox", "width": 64, "height": 64})
     assert complete(wapi, started_lease()).status_code == HTTPStatus.OK  # makes the speed and share rows
     job = started_lease()
-    # The completion's 8; the speed (read, write), the owner's share (read, write)
-    with django_assert_max_num_queries(12):
+    # The completion's 14; the speed (read, write), the owner's share (read, write)
+    with django_assert_max_num_queries(18):
         response = complete(wapi, job)
     assert response.status_code == HTTPStatus.OK, response.content
 
