@@ -4,7 +4,7 @@
     python -m bench --db sqlite --quick    # SQLite, small sizes (about 2 minutes)
     python -m bench --only lease,dispatch  # some of: machine, ratio, lease, dispatch, gap, scaling, read,
                                            # memory, latency; and, only when named, busy and
-                                           # instances (PostgreSQL)
+                                           # instances (PostgreSQL), scheduling (no database)
 
 On PostgreSQL it first runs bench.reference (the issue's reference design, a minimal DRF view with an ORM
 lease, and the raw-SQL ceiling), whose figures say how fast this machine is against the one the targets were
@@ -39,9 +39,10 @@ from bench.common import ROOT
 from bench.report import Figure, Series, plot, table, write_json
 
 SECTIONS = ("machine", "ratio", "lease", "dispatch", "gap", "scaling", "read", "memory", "latency")
-# Run only when --only names them (PostgreSQL): bench.busy fills the machine for minutes, bench.instances
-# runs two schedulers and kills one.
-NAMED_ONLY = ("busy", "instances")
+# Run only when --only names them: bench.busy fills the machine for minutes and bench.instances runs two
+# schedulers and kills one (PostgreSQL); bench.scheduling replays FIFO against placement in simulated time
+# (no database, either --db).
+NAMED_ONLY = ("busy", "instances", "scheduling")
 
 # Sizes per mode; every one is also a flag. "postgres" fits in ~10 minutes, "sqlite" and "quick" in less.
 SIZES = {
@@ -244,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         f, s, d = _run_suite("bench.latency", ["--jobs", str(args.latency_jobs)], work)
         figures += f
 
+    if "scheduling" in args.sections:
+        # FIFO against placement, replayed in simulated time: the mixed farm (8 workers x 400 tasks;
+        # 64 x 10,000 unless --quick) and identical workers with one checkpoint.
+        f, s, d = _run_suite("bench.scheduling", ["--quick"] if args.quick else [], work)
+        figures += f
     if "busy" in args.sections and args.db == "postgres":
         # A busy farm: 200 simulated runworker daemons x 10 s jobs (quick: 50 x 5 s), CPU per task.
         busy_argv = ["--workers", "50", "--job-seconds", "5", "--duration", "40"] if args.quick else []

@@ -25,6 +25,7 @@ from django.utils.safestring import mark_safe
 from generation import (
     admin_accounts,  # noqa: F401  (the users' admin: deleting an account takes its tasks)
     dashboard,
+    eta,
     services,
     storage_space,
     webhooks,
@@ -91,6 +92,9 @@ class AttemptInline(admin.TabularInline):
         "started_at",
         "finished_at",
         "outcome",
+        "placement",
+        "expected_seconds",
+        "switched",
         "error_code",
         "error_message",
     ]
@@ -188,6 +192,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
         "progress_column",
         "gallery",
         "deliveries",
+        "waiting_column",
     ]
     fieldsets = [
         (
@@ -202,6 +207,7 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
                     "checkpoint",
                     "priority",
                     "worker",
+                    "waiting_column",
                     ("attempts", "max_attempts", "lease_count"),
                     "warning",
                     ("error_code", "error_message"),
@@ -261,6 +267,16 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
             return queryset.filter(public_id=uuid.UUID(term)), False
         except ValueError:
             return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="Why")
+    def waiting_column(self, task: Task):
+        """Queued: why it waits (generation.eta.why_waiting); else why it went to its worker."""
+        if task.status == Task.Status.QUEUED:
+            return eta.why_waiting(task)
+        attempt = task.attempt_set.order_by("-number").first()
+        if attempt is None or not attempt.placement:
+            return "—"
+        return f"Placed on its worker by: {attempt.placement}."
 
     @admin.display(description="Task", ordering="id")
     def id_column(self, task: Task):

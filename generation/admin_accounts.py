@@ -7,11 +7,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from generation import services
-from generation.models import Image, Task, TaskAttempt, WebhookDelivery
+from generation.models import Image, Task, TaskAttempt, UserShare, WebhookDelivery
 
 User = get_user_model()
 # Rows the admin only shows (no delete permission) but that an account's deletion takes with it.
-TAKEN_WITH_THE_ACCOUNT = {model._meta.verbose_name for model in (Task, TaskAttempt, Image, WebhookDelivery)}
+TAKEN_WITH_THE_ACCOUNT = {
+    model._meta.verbose_name for model in (Task, TaskAttempt, Image, WebhookDelivery, UserShare)
+}
 
 
 class AccountAdmin(UserAdmin):
@@ -25,6 +27,25 @@ class AccountAdmin(UserAdmin):
     def delete_queryset(self, request, queryset) -> None:
         for user in queryset:
             services.user_delete(user=user)
+
+
+@admin.register(UserShare)
+class UserShareAdmin(admin.ModelAdmin):
+    """Fair-share weights. The usage is the completions' to write: a save changes the weight only."""
+
+    list_display = ["user", "weight", "usage_seconds", "usage_at"]
+    search_fields = ["user__username"]
+    autocomplete_fields = ["user"]
+    readonly_fields = ["usage_seconds", "usage_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["user", *self.readonly_fields] if obj is not None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change) -> None:
+        if change:
+            UserShare.objects.filter(pk=obj.pk).update(weight=obj.weight)
+        else:
+            super().save_model(request, obj, form, change)
 
 
 if admin.site.is_registered(User):

@@ -8,7 +8,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,11 +201,16 @@ def requirements(workflow: dict[str, Any], farm: Inventory) -> Requirements:
 
 def missing_on(needs: Requirements, capabilities: Mapping[str, Any]) -> str | None:
     """Why a worker with these capabilities cannot run a workflow with these needs, or None if it can."""
-    have = set(capabilities.get("node_classes") or ())
+    return missing_in(needs, set(capabilities.get("node_classes") or ()), capabilities_models(capabilities))
+
+
+def missing_in(
+    needs: Requirements, have: Collection[str], models: Mapping[tuple[str, str], frozenset[str]]
+) -> str | None:
+    """`missing_on` for a worker's node classes and model lists already read from its capabilities."""
     lacking = [c for c in needs.node_classes if c not in have]
     if lacking:
         return f"no node class {', '.join(lacking)}"
-    models = capabilities_models(capabilities)
     for class_type, name, value in needs.models:
         files = models.get((class_type, name))
         if files is not None and value not in files:
@@ -214,6 +219,11 @@ def missing_on(needs: Requirements, capabilities: Mapping[str, Any]) -> str | No
 
 
 # -- error shapes -------------------------------------------------------------------------------------------
+def keys_runnable(needs: Mapping[str, Requirements], capabilities: Mapping[str, Any]) -> frozenset[str]:
+    """The requirement keys among `needs` whose every need a worker with these capabilities has."""
+    return frozenset(key for key, need in needs.items() if missing_on(need, capabilities) is None)
+
+
 def _error(kind: str, message: str, details: str = "", extra_info: dict | None = None) -> dict[str, Any]:
     return {"type": kind, "message": message, "details": details, "extra_info": extra_info or {}}
 

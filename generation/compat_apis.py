@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import selectors
+from generation import eta, selectors
 from generation.apis import CanSubmit, submit_task
 from generation.models import Task
 from generation.serializers import TaskSubmitInput
@@ -35,6 +35,7 @@ StatusOutput = inline_serializer(
         "images": serializers.ListField(child=serializers.URLField()),
         "error": serializers.CharField(allow_null=True),
         "queue_position": serializers.IntegerField(allow_null=True),
+        "eta_seconds": serializers.FloatField(allow_null=True, help_text="Seconds until it should be done."),
     },
 )
 
@@ -73,5 +74,10 @@ class StatusApi(APIView):
                 "images": urls,
                 "error": error if task.status in (Task.Status.FAILED, Task.Status.CANCELLED) else None,
                 "queue_position": selectors.task_queue_position(task),
+                "eta_seconds": _rounded(eta.seconds_left(task)),
             }
         )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)

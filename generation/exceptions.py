@@ -85,6 +85,12 @@ class Throttled(TooMany):
     code = "throttled"
 
 
+class QueueFull(TooMany):
+    """The user already has T2I_MAX_QUEUED_PER_USER tasks queued."""
+
+    code = "queue_full"
+
+
 class Unavailable(DomainError):
     """Something the request needs (the shared cache) does not answer: retry shortly."""
 

@@ -158,6 +158,14 @@ class Task(models.Model):
             # task_lease_next: WHERE status='queued' [AND checkpoint …] ORDER BY priority DESC, id; also the
             # queue position count and the queue depth figures.
             models.Index(fields=["status", "-priority", "id"], name="task_claim_idx"),
+            # Placement's window (generation.farm_snapshot): the users with queued tasks, and the first
+            # queued tasks of users the head of the queue does not show: WHERE status='queued' AND owner_id
+            # IN (…) ORDER BY priority DESC, id; also the per-user cap on queued tasks.
+            models.Index(
+                fields=["owner", "-priority", "id"],
+                condition=Q(status="queued"),
+                name="task_queued_owner_idx",
+            ),
             # tasks_reap_expired: WHERE status IN ('leased','running') AND lease_expires_at < now
             models.Index(fields=["status", "lease_expires_at"], name="task_lease_expiry_idx"),
             # "my tasks": WHERE owner_id = ? ORDER BY id DESC
@@ -261,6 +269,11 @@ class TaskAttempt(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     comfyui_prompt_id = models.CharField(max_length=64, blank=True)
+    # Why placement gave it to this worker (generation.placement), what it expected it to take, and whether
+    # the worker had to switch models for it (learned costs: generation.services.learning).
+    placement = models.CharField(max_length=32, blank=True)
+    expected_seconds = models.FloatField(null=True, blank=True)
+    switched = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["task_id", "number"]
@@ -285,6 +298,22 @@ class TaskAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task.public_id} #{self.number}"
+
+
+class UserShare(models.Model):
+    """A user's fair share (generation.placement.order_jobs): a weight set in the admin, and the GPU-seconds
+    used recently, decayed (generation.placement.decayed) and added to when an attempt completes."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="share")
+    weight = models.FloatField(default=1.0, help_text="Share of the GPUs against other users (1 = equal).")
+    usage_seconds = models.FloatField(default=0, help_text="Recent GPU-seconds, decayed.")
+    usage_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(weight__gt=0), name="share_weight_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: weight {self.weight}"
 
 
 class Image(models.Model):

@@ -6,7 +6,7 @@ import copy
 from django.core.validators import URLValidator
 from rest_framework import serializers
 
-from generation import limits, selectors
+from generation import eta, limits, selectors
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
 
 
@@ -122,6 +122,10 @@ class TaskOutput(ModelOutput):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
     progress = serializers.SerializerMethodField()
     queue_position = serializers.SerializerMethodField()
+    eta_seconds = serializers.SerializerMethodField(
+        help_text="Seconds until the task should be done (learned speeds, the queue ahead and the work the "
+        "workers hold); null when finished or no live worker can run it."
+    )
     error = serializers.SerializerMethodField()
     images = ImageOutput(many=True, read_only=True)
     attempt_history = AttemptOutput(many=True, read_only=True, source="attempt_set")
@@ -131,8 +135,8 @@ class TaskOutput(ModelOutput):
         # The submitted fields (but the callback, which stays private), then the task's state.
         fields = [
             "id", "status", "owner", *(f for f in TASK_INPUT_FIELDS if f != "callback_url"), "template",
-            "progress", "queue_position", "worker", "attempts", "max_attempts", "error", "warning",
-            "created_at", "leased_at", "started_at", "finished_at", "images", "attempt_history",
+            "progress", "queue_position", "eta_seconds", "worker", "attempts", "max_attempts", "error",
+            "warning", "created_at", "leased_at", "started_at", "finished_at", "images", "attempt_history",
         ]  # fmt: skip
 
     def get_progress(self, task: Task) -> dict:
@@ -140,6 +144,10 @@ class TaskOutput(ModelOutput):
 
     def get_queue_position(self, task: Task) -> int | None:
         return selectors.task_queue_position(task)
+
+    def get_eta_seconds(self, task: Task) -> float | None:
+        seconds = eta.seconds_left(task)
+        return None if seconds is None else round(seconds, 1)
 
     def get_error(self, task: Task) -> dict | None:
         if not task.error_code:
@@ -149,7 +157,9 @@ class TaskOutput(ModelOutput):
 
 class TaskListOutput(TaskOutput):
     class Meta(TaskOutput.Meta):
-        fields = [f for f in TaskOutput.Meta.fields if f not in ("attempt_history", "queue_position")]
+        fields = [
+            f for f in TaskOutput.Meta.fields if f not in ("attempt_history", "queue_position", "eta_seconds")
+        ]
 
 
 class TaskPageOutput(serializers.Serializer):

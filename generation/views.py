@@ -25,7 +25,7 @@ from django.utils.text import Truncator
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from generation import selectors, services, web_selectors
+from generation import eta, selectors, services, web_selectors
 from generation.client_address import client_address
 from generation.exceptions import Conflict, Forbidden, InvalidInput, NotFound, Throttled, Unavailable
 from generation.forms import GalleryFilterForm, GenerateForm, SignUpForm
@@ -158,7 +158,7 @@ def task_detail(request: HttpRequest, task_id) -> HttpResponse:
         "task": task,
         "position": position,
         "eta_basis": basis,
-        "eta_seconds": basis.for_task(task, position) if basis else None,
+        "eta_seconds": _eta(task, basis, position),
         "images": list(task.images.order_by("index")),
         "error_sentence": ERROR_SENTENCES.get(task.error_code, "The task failed.") if task.error_code else "",
         "may_cancel": not task.is_finished and selectors.task_cancellable_by(task, request.user),
@@ -193,8 +193,16 @@ def my_queue(request: HttpRequest) -> HttpResponse:
     rows = []
     for task in sorted(tasks, key=lambda t: t.status == Task.Status.QUEUED):  # running ones first
         position = selectors.task_queue_position(task)
-        rows.append({"task": task, "position": position, "eta_seconds": basis.for_task(task, position)})
+        rows.append({"task": task, "position": position, "eta_seconds": _eta(task, basis, position)})
     return render(request, "generation/queue.html", {"rows": rows, "eta_basis": basis})
+
+
+def _eta(task: Task, basis: web_selectors.EtaBasis | None, position: int | None) -> float | None:
+    """Placement's ETA (generation.eta); the median-based one while no live worker is in the plan."""
+    if basis is None:
+        return None
+    seconds = eta.seconds_left(task)
+    return seconds if seconds is not None else basis.for_task(task, position)
 
 
 # --- Gallery and images ----------------------------------------------------------------------------------

@@ -278,6 +278,12 @@ T2I = {
     # networks. Off by default: the client is REMOTE_ADDR, and X-Forwarded-For is ignored.
     "TRUSTED_PROXIES": env_proxies("T2I_TRUSTED_PROXIES"),
 }
+# Scheduling (generation.placement): "smart" places by expected finish time with fair share between users;
+# "fifo" is the old rule (highest priority, then oldest), kept for comparison. Queued tasks per user: 0 = any.
+T2I["SCHEDULER"] = env_str("T2I_SCHEDULER", "smart")
+if T2I["SCHEDULER"] not in ("fifo", "smart"):
+    raise ImproperlyConfigured("T2I_SCHEDULER must be fifo or smart.")
+T2I["MAX_QUEUED_PER_USER"] = env_int("T2I_MAX_QUEUED_PER_USER", 0, minimum=0)
 if T2I["SIZE_MIN"] > T2I["SIZE_MAX"]:
     raise ImproperlyConfigured("T2I_SIZE_MIN must not exceed T2I_SIZE_MAX.")
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
-from generation import services
+from generation import eta, farm_snapshot, services
 from generation.models import Task, WorkflowTemplate
 from generation.workflows import SHIPPED_TEMPLATES
 from tests.factories import UserFactory, registered_capabilities, worker_with_token
@@ -76,6 +76,16 @@ def _shipped_templates(request):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_placement_cache():
+    """Placement caches workers' learned costs and the queue's users per process; tests reuse row ids."""
+    farm_snapshot.clear_cache()
+    eta.clear_cache()
+    yield
+    farm_snapshot.clear_cache()
+    eta.clear_cache()
+
+
+@pytest.fixture(autouse=True)
 def _no_lazy_reap_throttle(settings):
     settings.T2I = {**settings.T2I, "REAP_EVERY": 0}
 
@@ -123,9 +133,12 @@ def clock(monkeypatch) -> Clock:
 def submit_task(owner=None, **fields) -> Task:
     """Queue a task through `generation.services.task_submit`, as the API and the pages do: for tests of
     submitting, leasing and dispatch, which rely on what the service decides (template, checkpoint, seed,
-    the wake-up of waiting leases). `fields` are the submitter's input; the size defaults to 64x64.
+    the wake-up of waiting leases). `fields` are the submitter's input; the size defaults to 64x64. A
+    priority above the default needs staff: without an owner, an `operator` staff account submits it.
     The only place the tests call `task_submit`; tests that just need a task row use `TaskFactory`."""
     data = {"prompt": "a red fox in snow", "width": 64, "height": 64} | fields
+    if owner is None and data.get("priority", 0) > 0:
+        owner = UserFactory(username="operator", is_staff=True)
     return services.task_submit(owner=owner, data=data)
 
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from generation import dashboard
+from generation import dashboard, placement
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
 from workers_app import services
@@ -109,6 +109,8 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
         "lifetime_column",
         "skew_column",
         "capabilities_view",
+        "warm_checkpoint",
+        "learned_costs_view",
     ]
     fieldsets = [
         (
@@ -137,6 +139,14 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
                     "failure_rate_column",
                     "lifetime_column",
                 ],
+            },
+        ),
+        (
+            "Learned costs (placement and ETAs)",
+            {
+                "description": "Seconds per unit of work (pixels × steps × batch) per checkpoint, an "
+                "exponentially weighted mean of its finished attempts; the extra seconds of a model switch.",
+                "fields": ["warm_checkpoint", "learned_costs_view"],
             },
         ),
         ("Capabilities (as reported at register)", {"fields": ["skew_column", "capabilities_view"]}),
@@ -264,6 +274,34 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
         )
 
     @admin.display(description="Capabilities")
+    @admin.display(description="Learned")
+    def learned_costs_view(self, worker: Worker):
+        job = placement.work_units(512, 512, 20, 1)
+        rows = format_html_join(
+            "",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    s.checkpoint or "(template's own)",
+                    f"{s.seconds_per_unit:.3g}",
+                    seconds_text(s.seconds_per_unit * job),
+                    s.samples,
+                )
+                for s in worker.speeds.all()
+            ),
+        )
+        switch = (
+            "not learned yet"
+            if worker.switch_seconds is None
+            else (f"{seconds_text(worker.switch_seconds)} ({worker.switch_samples} switches)")
+        )
+        return format_html(
+            "<table><tr><th>checkpoint</th><th>s/unit</th><th>512×512×20</th><th>runs</th></tr>{}</table>"
+            "<p>Model switch: {}</p>",
+            rows or mark_safe("<tr><td colspan=4>Nothing learned yet.</td></tr>"),
+            switch,
+        )
+
     def capabilities_view(self, worker: Worker):
         caps = worker.capabilities or {}
         if not caps:

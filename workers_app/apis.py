@@ -136,8 +136,16 @@ class LeaseRef(serializers.Serializer):
     lease_token = serializers.UUIDField()
 
 
+WARM_HELP = (
+    "The checkpoint this worker's ComfyUI has loaded (its last task's); empty: none. Omit when unknown."
+)
+
+
 class HeartbeatInput(serializers.Serializer):
     tasks = LeaseRef(many=True, required=False, default=list)
+    warm_checkpoint = serializers.CharField(
+        required=False, allow_blank=True, max_length=255, help_text=WARM_HELP
+    )
 
 
 class HeartbeatOutput(serializers.Serializer):
@@ -152,6 +160,10 @@ def heartbeat(request: Request, worker: Worker) -> dict:
     serializer = HeartbeatInput(data=request.data)
     serializer.is_valid(raise_exception=True)
     leases = [(t["task_id"], t["lease_token"]) for t in serializer.validated_data["tasks"]]
+    if "warm_checkpoint" in serializer.validated_data:
+        worker_services.worker_note_warm(
+            worker=worker, checkpoint=serializer.validated_data["warm_checkpoint"]
+        )
     return HeartbeatOutput(worker_services.worker_heartbeat(worker=worker, leases=leases)).data
 
 
@@ -164,6 +176,9 @@ class HeartbeatApi(WorkerApi):
 class LeaseInput(serializers.Serializer):
     wait = serializers.FloatField(required=False, min_value=0, default=0)
     prefetch = serializers.BooleanField(required=False, default=False)
+    warm_checkpoint = serializers.CharField(
+        required=False, allow_blank=True, max_length=255, help_text=WARM_HELP
+    )
 
 
 class LeaseOutput(serializers.Serializer):
@@ -197,6 +212,7 @@ class PendingWait:
     checkpoints: frozenset[str]
     prefetch: bool
     seconds: float
+    warm: str = ""
 
 
 def lease_once(request: Request, worker: Worker) -> services.TaskLease | PendingWait:
@@ -206,6 +222,8 @@ def lease_once(request: Request, worker: Worker) -> services.TaskLease | Pending
     # A body that is not an object goes to the serializer as it is, which refuses it.
     data = {**request.query_params.dict(), **body} if isinstance(body, dict) else body
     valid = _valid(LeaseInput, data)
+    if "warm_checkpoint" in valid:
+        worker_services.worker_note_warm(worker=worker, checkpoint=valid["warm_checkpoint"])
     result = worker_services.worker_lease_next(worker=worker, prefetch=valid["prefetch"])
     if result is not None:
         return result
@@ -215,6 +233,7 @@ def lease_once(request: Request, worker: Worker) -> services.TaskLease | Pending
         checkpoints=frozenset((worker.capabilities or {}).get("checkpoints") or ()),
         prefetch=valid["prefetch"],
         seconds=min(valid["wait"], settings.T2I["LEASE_MAX_WAIT"]),
+        warm=worker.warm_checkpoint,
     )
 
 

@@ -44,7 +44,7 @@ def long_poll(view_class: type[LeaseApi]) -> Callable[..., Any]:
             return response
         loop = asyncio.get_running_loop()
         deadline = loop.time() + spread(pending.seconds)
-        waiter = waiting.Waiter(pending.worker_id, pending.checkpoints, loop)
+        waiter = waiting.Waiter(pending.worker_id, pending.checkpoints, loop, warm=pending.warm)
         try:
             waiting.room.enter(waiter, limit=pending.limit)
         except TooManyWaits as exc:

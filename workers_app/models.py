@@ -39,6 +39,11 @@ class Worker(models.Model):
         "node_classes, samplers, schedulers.",
     )
     prefetch = models.PositiveSmallIntegerField(default=2)
+    # What placement (generation.placement) knows of it: the checkpoint of its last task, as the daemon
+    # reports it (empty after its ComfyUI restarted), and the learned extra seconds of a model switch.
+    warm_checkpoint = models.CharField(max_length=255, blank=True)
+    switch_seconds = models.FloatField(null=True, blank=True, help_text="Learned extra seconds of a switch.")
+    switch_samples = models.PositiveIntegerField(default=0)
     tasks_completed = models.PositiveIntegerField(default=0)
     tasks_failed = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -81,3 +86,25 @@ class Worker(models.Model):
     @property
     def node_classes(self) -> set[str]:
         return set(self.capabilities.get("node_classes") or [])
+
+
+class WorkerSpeed(models.Model):
+    """A worker's learned speed on one checkpoint: seconds per unit of work (pixels x steps x batch), an
+    exponentially weighted mean of its finished attempts that ran without a model switch
+    (generation.services.learning)."""
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="speeds")
+    checkpoint = models.CharField(max_length=255, blank=True)
+    seconds_per_unit = models.FloatField()
+    samples = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["worker", "checkpoint"]
+        constraints = [
+            # The lease path reads all of them for the live workers; completion updates one by this key.
+            models.UniqueConstraint(fields=["worker", "checkpoint"], name="worker_speed_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.worker_id}/{self.checkpoint}: {self.seconds_per_unit:.3g} s/unit"

@@ -197,6 +197,14 @@ def worker_heartbeat(*, worker: Worker, leases: list[tuple[uuid.UUID, uuid.UUID]
     return result
 
 
+def worker_note_warm(*, worker: Worker, checkpoint: str) -> None:
+    """Store the checkpoint the daemon says its ComfyUI has loaded (placement prefers its tasks); a write
+    only when it changed."""
+    if worker.warm_checkpoint != checkpoint:
+        Worker.objects.filter(pk=worker.pk).update(warm_checkpoint=checkpoint)
+        worker.warm_checkpoint = checkpoint
+
+
 def worker_lease_next(*, worker: Worker, prefetch: bool = False) -> TaskLease | None:
     """The worker's next task (generation.services.task_lease_next), after the lazy liveness sweep."""
     if maybe_reap(timezone.now()):

@@ -48,6 +48,7 @@ class Waiter:
     worker_id: int
     checkpoints: frozenset[str]
     loop: asyncio.AbstractEventLoop
+    warm: str = ""  # the checkpoint its worker has loaded, as stored when the wait opened
     future: asyncio.Future = field(init=False)
     event: dict[str, Any] | None = None  # the wake it got, set under the room's lock
     refreshed: float = 0.0  # monotonic time its worker's last_heartbeat was last written for this wait
@@ -62,13 +63,20 @@ class Waiter:
 
 
 def pick(waiters: Iterable[Waiter], event: dict[str, Any]) -> Waiter | None:
-    """Which waiter a wake goes to: the longest-waiting one that can take the event's task and has not tried
-    this wake yet. Placement (which worker should run which task) plugs in here."""
+    """Which waiter a wake goes to, among those that can take the event's task and have not tried this wake
+    yet: the one of the event's `worker` when it names one (placement chose it: generation.services.leasing
+    wakes a worker another stood back for), else the longest-waiting one with the task's checkpoint warm,
+    else the longest-waiting one."""
     wake_id = event.get("wake_id")
-    for waiter in waiters:
-        if waiter.event is None and wake_id not in waiter.tried and waiter.can_take(event):
-            return waiter
-    return None
+    free = [w for w in waiters if w.event is None and wake_id not in w.tried and w.can_take(event)]
+    if "worker" in event and not event.get("fallback"):
+        return next((w for w in free if w.worker_id == event["worker"]), None)
+    checkpoint = event.get("checkpoint")
+    if checkpoint:
+        warm = next((w for w in free if w.warm == checkpoint), None)
+        if warm is not None:
+            return warm
+    return free[0] if free else None
 
 
 class WaitingRoom:

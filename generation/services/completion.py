@@ -15,6 +15,7 @@ from generation import storage_space
 from generation.exceptions import InvalidInput, LeaseLost, TooLarge
 from generation.images import THUMBNAIL_EXTENSION, VerifiedImage, verify_image
 from generation.models import Image, Task, TaskAttempt
+from generation.services.learning import attempt_learn
 from generation.services.leasing import TaskLease, task_lease_next
 from generation.services.transitions import (
     LEASE_LOST,
@@ -138,7 +139,10 @@ def _store_and_finish(
                 started_at=started,
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
-            worker_count_outcome(worker.pk, completed=1)
+            worker_count_outcome(worker.pk, completed=1, warm_checkpoint=task.checkpoint)
+            attempt_learn(
+                worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now
+            )
             task_changed(task.public_id, task.owner_id)
     except BaseException as exc:
         for image in images:

@@ -10,7 +10,7 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from generation import api_workflows, workflows
+from generation import api_workflows, dispatch, farm_snapshot, placement, workflows
 from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, TooManyLeases, WorkerDisabled
 from generation.models import Task, TaskAttempt, WorkflowTemplate
 from generation.services.transitions import LEASE_LOST, farm_setting, fenced, lease_completed, task_changed
@@ -44,19 +44,29 @@ def task_lease_next(
 ) -> TaskLease | None:
     """Hand the best queued task this worker can run to it, or return None.
 
-    Highest priority first, then oldest. On PostgreSQL the pick is locked with SKIP LOCKED, so concurrent
-    workers pass over each other's picks. SQLite ignores row locks, but our transactions are BEGIN
-    IMMEDIATE, so one writer at a time runs this block; the claim is a conditional UPDATE either way.
+    T2I_SCHEDULER=smart (the default): the task generation.placement plans for this worker (strict
+    priorities, aging, fair share between users, earliest finish across the farm); None when another worker
+    should run the queued work it could take (that worker is woken). fifo: highest priority, then oldest.
+    Either way the claim is one short transaction: on PostgreSQL the pick is locked with SKIP LOCKED, so
+    concurrent workers pass over each other's picks; SQLite ignores row locks, but our transactions are
+    BEGIN IMMEDIATE, so one writer at a time runs this block; the claim is a conditional UPDATE either way.
     """
     worker_assert_live(worker=worker)
     if worker.status == Worker.Status.DRAINING:
         return None
     templates = _templates_runnable_by(worker)
-    requirement_keys = _workflow_keys_runnable_by(worker)
+    needs = _queued_workflow_needs()
+    requirement_keys = sorted(api_workflows.keys_runnable(needs, worker.capabilities))
     if not templates and not requirement_keys:
         return None
     runnable = _runnable(worker, list(templates), requirement_keys)
-    held = Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count()
+    now = now or timezone.now()
+    smart = farm_setting("SCHEDULER") == "smart"
+    workers: list[farm_snapshot.LiveWorker | Worker] = [*farm_snapshot.live_workers(now)] if smart else []
+    if all(w.pk != worker.pk for w in workers):
+        workers.append(worker)
+    farm = farm_snapshot.snapshot(now=now, workers=workers, workflow_needs=needs)
+    held = len(farm.held.get(worker.pk, ()))
     if held >= max(1, worker.prefetch):
         if prefetch:
             return None  # full: a prefetching request raced the lease it already got
@@ -65,11 +75,14 @@ def task_lease_next(
         )
     if prefetch and held and not _prefetch_allowed(worker, runnable):
         return None
-    now = now or timezone.now()
+    choice = _place(worker, farm, runnable) if smart else None
+    if choice is not None and not choice.job_ids:
+        _wake_passed_over(farm, choice)
+        return None
     expires = now + timedelta(seconds=farm_setting("LEASE_SECONDS"))
     token = uuid.uuid4()
     with transaction.atomic():
-        task = runnable.select_for_update(skip_locked=True).order_by("-priority", "id").first()
+        task, reason = _pick(runnable, choice)
         if task is None:
             return None
         claim = {
@@ -89,6 +102,7 @@ def task_lease_next(
             setattr(task, name, value)
         task.attempts, task.lease_count = task.attempts + 1, task.lease_count + 1
         task.template = templates[task.template_id] if task.template_id is not None else None
+        expected, switched = _expectation(farm.nodes[worker.pk], task)
         attempt = TaskAttempt.objects.create(
             task=task,
             worker=worker,
@@ -96,11 +110,57 @@ def task_lease_next(
             lease_token=token,
             lease_expires_at=expires,
             leased_at=now,
+            placement=reason,
+            expected_seconds=expected,
+            switched=switched,
         )
         task_changed(task.public_id, task.owner_id)
     prefix = f"t2i/{task.public_id}_a{attempt.number}"
     logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
     return TaskLease(task=task, attempt=attempt, workflow=task_workflow(task, prefix), filename_prefix=prefix)
+
+
+def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -> placement.Choice:
+    """The plan's tasks for this worker, best first (generation.placement)."""
+    window = farm_snapshot.queue_window(runnable, size=placement.window_size(len(farm.nodes)))
+    farm_snapshot.add_users(farm, {job.user for job in window})
+    ordered = farm_snapshot.ordered(farm, window)
+    return placement.plan(
+        farm.nodes[worker.pk],
+        list(farm.nodes.values()),
+        ordered,
+        now=farm.now,
+        want=1,
+        # An idle worker another stands back for is woken by an event; without NOTIFY (SQLite) only this
+        # process would hear it, so then only busy workers (which ask again as they finish) compete.
+        defer_to_idle=dispatch.notify_enabled(),
+    )
+
+
+def _pick(runnable: QuerySet[Task], choice: placement.Choice | None) -> tuple[Task | None, str]:
+    """Lock and return the first of the chosen tasks still queued, else the head of the queue (another
+    worker took them meanwhile); inside the claim's transaction."""
+    for pk in choice.job_ids if choice else ():
+        task = runnable.filter(pk=pk).select_for_update(skip_locked=True).first()
+        if task is not None:
+            return task, choice.reason
+    task = runnable.select_for_update(skip_locked=True).order_by("-priority", "id").first()
+    return task, placement.FIFO
+
+
+def _expectation(node: placement.Node, task: Task) -> tuple[float, bool]:
+    """Seconds the worker should take for `task` after the work it holds; whether it must switch models."""
+    job = farm_snapshot.job_of(
+        tuple(getattr(task, name) for name in farm_snapshot.JOB_FIELDS), task.created_at.timestamp()
+    )
+    return node.run_seconds(job), bool(job.checkpoint and job.checkpoint != node.warm)
+
+
+def _wake_passed_over(farm: farm_snapshot.Farm, choice: placement.Choice) -> None:
+    """This worker stands back for others the plan gives the work to: wake those that are idle now."""
+    idle = {n for n in choice.planned.values() if farm.nodes[n].free_at <= farm.now}
+    for worker_id in sorted(idle)[:4]:
+        dispatch.publish("work", {"count": 1, "worker": worker_id})
 
 
 def task_workflow(task: Task, filename_prefix: str) -> dict:
@@ -127,8 +187,8 @@ _requirements_seen: dict[str, api_workflows.Requirements] = {}
 _REQUIREMENTS_SEEN_MAX = 10_000
 
 
-def _workflow_keys_runnable_by(worker: Worker) -> list[str]:
-    """The requirement keys of queued workflow tasks that this worker has everything for."""
+def _queued_workflow_needs() -> dict[str, api_workflows.Requirements]:
+    """What the queued whole-workflow tasks need, by requirement key."""
     queued = Task.objects.filter(status=Status.QUEUED, template=None).order_by()
     keys = set(queued.values_list("requirements_key", flat=True).distinct())
     unseen = keys - _requirements_seen.keys()
@@ -140,11 +200,7 @@ def _workflow_keys_runnable_by(worker: Worker) -> list[str]:
         ):
             _requirements_seen[key] = api_workflows.Requirements.from_json(needs)
     known = {key: _requirements_seen.get(key) for key in keys}  # .get: another thread may clear it
-    return sorted(
-        key
-        for key, needs in known.items()
-        if needs is not None and api_workflows.missing_on(needs, worker.capabilities) is None
-    )
+    return {key: needs for key, needs in known.items() if needs is not None}
 
 
 def _runnable(worker: Worker, template_ids: list[int], requirement_keys: list[str]) -> QuerySet[Task]:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from generation import callback_targets, dispatch, limits, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
+from generation.services.queue_rules import check_priority, check_queued_cap
 from generation.services.transitions import farm_setting, task_changed
 from generation.services.workflow_submit import task_submit_workflow
 from workers_app.models import Worker
@@ -35,6 +36,7 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
     task = Task(owner=owner if owner is not None and owner.is_authenticated else None, **fields)
     task.seed = seed  # None: chosen below, once the rest is valid
     _validate(task)
+    check_priority(task.priority, owner)
     task.template = _template_for(data.get("template") or "")
     workers = list(
         Worker.objects.exclude(registered_at=None).only("status", "capabilities", "last_heartbeat")
@@ -45,6 +47,7 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
         task.seed = secrets.randbelow(SEED_MAX + 1)
     task.max_attempts = farm_setting("MAX_ATTEMPTS")
     with transaction.atomic():
+        check_queued_cap(task.owner_id)
         task.save()
         task_changed(task.public_id, task.owner_id)
         dispatch.announce_work(checkpoint=task.checkpoint)

@@ -12,6 +12,7 @@ from generation import api_workflows, callback_targets, dispatch, limits
 from generation.api_workflows import Inventory, Requirements, WorkflowProblem
 from generation.exceptions import InvalidInput, WorkflowRejected
 from generation.models import SEED_MAX, Task
+from generation.services.queue_rules import check_priority, check_queued_cap
 from generation.services.transitions import farm_setting, task_changed
 from workers_app.models import Worker
 
@@ -73,6 +74,7 @@ def task_submit_workflow(
     """Check a whole workflow and queue it as a task that runs it as given (file names aside: each attempt
     writes under its own prefix, api_workflows). Use `comfy_prompt_submit` for a client prompt id."""
     _check_options(priority, callback_url)
+    check_priority(priority, owner)
     workers = registered_workers()
     needs, warning = workflow_check(workflow, workers)
     task = Task(
@@ -89,6 +91,7 @@ def task_submit_workflow(
         **_summary(workflow),
     )
     with transaction.atomic():
+        check_queued_cap(task.owner_id)
         task.save()
         task_changed(task.public_id, task.owner_id)
         dispatch.announce_work(checkpoint=needs.checkpoint)

@@ -476,13 +476,17 @@ class FakeScheduler:
         self._call("register", name=name, prefetch=prefetch, capabilities=capabilities)
         return Registration(1, name, "idle", self.heartbeat_interval, 30.0)
 
-    def heartbeat(self, leases: list[tuple[str, str]]) -> HeartbeatReply:
-        self._call("heartbeat", leases=list(leases))
+    def heartbeat(
+        self, leases: list[tuple[str, str]], *, warm_checkpoint: str | None = None
+    ) -> HeartbeatReply:
+        self._call("heartbeat", leases=list(leases), warm_checkpoint=warm_checkpoint)
         ids = {task_id for task_id, _ in leases}
         return HeartbeatReply("busy", sorted(ids), sorted(ids & self.cancel_ids), sorted(ids & self.lost_ids))
 
-    def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> LeasedTask | None:
-        self._call("lease", wait=wait, prefetch=prefetch)
+    def lease(
+        self, *, wait: float = 20.0, prefetch: bool = False, warm_checkpoint: str | None = None
+    ) -> LeasedTask | None:
+        self._call("lease", wait=wait, prefetch=prefetch, warm_checkpoint=warm_checkpoint)
         with self.lock:
             self.open_leases += 1
         self.lease_gate.wait(10)

@@ -301,7 +301,7 @@ def test_a_stop_during_an_idle_wait_ends_the_worker_without_waiting_for_the_answ
     with running(worker) as codes:
         assert wait_until(lambda: sched.open_leases == 1)
     assert codes == [0] and sched.open_leases == 1  # ended (and went offline) with the request still open
-    assert sched.calls_of("lease") == [{"wait": 20, "prefetch": False}]
+    assert sched.calls_of("lease") == [{"wait": 20, "prefetch": False, "warm_checkpoint": None}]
     assert sched.names()[-1] == "offline"
     sched.lease_gate.set()
 
@@ -460,3 +460,23 @@ def test_an_empty_lease_answer_pauses_the_loop_only_when_it_came_at_once(monkeyp
     monkeypatch.setattr(worker, "_sleep", lambda seconds: pauses.append(seconds) or True)
     assert worker.step() is False  # registers, asks, gets nothing
     assert pauses == ([] if pause is None else [pytest.approx(pause)])
+
+
+def test_leases_report_the_checkpoint_of_the_last_completed_task():
+    comfy = FakeComfy()
+    sched = FakeScheduler([make_lease(1, checkpoint="sdxl.safetensors")])
+    warm = lambda: [call["warm_checkpoint"] for call in sched.calls_of("lease")]  # noqa: E731
+    with running(make_worker(comfy, sched)):
+        assert wait_until(lambda: "sdxl.safetensors" in warm())
+    assert warm()[0] is None  # unknown at start, then its last task's once that completed
+    first_warm = warm().index("sdxl.safetensors")
+    assert len(sched.calls_of("complete")) == 1 and all(w is None for w in warm()[:first_warm])
+
+
+def test_comfyui_coming_back_clears_the_warm_checkpoint():
+    worker = make_worker(FakeComfy(), FakeScheduler())
+    worker.warm_checkpoint, worker._registered, worker._comfy_ok = "sdxl.safetensors", True, False
+    assert worker._check_comfyui()
+    assert worker.warm_checkpoint == ""  # it was unreachable: a restart unloads every model
+    worker.warm_checkpoint = "sd15.safetensors"
+    assert worker._check_comfyui() and worker.warm_checkpoint == "sd15.safetensors"  # was up all along

@@ -31,6 +31,7 @@ from django.conf import settings
 settings.DATABASES["default"]["NAME"] = os.environ["T2I_CHILD_DB_NAME"]
 django.setup()
 from generation import services
+from generation.models import Task
 from workers_app.models import Worker
 
 worker = Worker.objects.get(pk=int(sys.argv[1]))
@@ -44,14 +45,19 @@ while len(errors) < 20:
         errors.append(f"{type(exc).__name__}: {exc}")
         continue
     if lease is None:
-        break
+        # Placement may leave this worker nothing while another should run what is queued: ask again
+        # until the queue is empty.
+        if not Task.objects.filter(status=Task.Status.QUEUED).exists():
+            break
+        continue
     leased.append([str(lease.task.public_id), str(lease.attempt.lease_token)])
 print(json.dumps({"leased": leased, "errors": errors}), flush=True)
 """
 
 
-def start_children(worker_ids: list[int]) -> list[subprocess.Popen]:
+def start_children(worker_ids: list[int], scheduler: str = "smart") -> list[subprocess.Popen]:
     env = os.environ | {
+        "T2I_SCHEDULER": scheduler,
         "DJANGO_SETTINGS_MODULE": "t2i_project.settings_test",
         "T2I_CHILD_DB_NAME": str(connection.settings_dict["NAME"]),
         # Leases and liveness outlast the run: this test is about claiming, not about expiry.
@@ -74,8 +80,9 @@ def start_children(worker_ids: list[int]) -> list[subprocess.Popen]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["fifo", "smart"])
 @pytest.mark.django_db(transaction=True)
-def test_processes_lease_every_task_exactly_once():
+def test_processes_lease_every_task_exactly_once(scheduler):
     workers = [make_worker(f"proc-{i}")[0] for i in range(PROCESSES)]
     # Each process keeps what it leases: a prefetch depth as deep as the queue.
     Worker.objects.filter(pk__in=[w.pk for w in workers]).update(prefetch=TASKS)
@@ -87,7 +94,7 @@ def test_processes_lease_every_task_exactly_once():
     all_ids = {str(pk) for pk in Task.objects.values_list("public_id", flat=True)}
     connection.close()  # the children write; do not hold anything open meanwhile
 
-    children = start_children([w.pk for w in workers])
+    children = start_children([w.pk for w in workers], scheduler)
     try:
         for child in children:
             assert child.stdout.readline().strip() == "ready", child.stderr.read()
@@ -122,7 +129,9 @@ def test_processes_lease_every_task_exactly_once():
     assert in_db == set(pairs)
     per_worker = {w.name: TaskAttempt.objects.filter(worker=w).count() for w in workers}
     assert per_worker == {w.name: len(r["leased"]) for w, r in zip(workers, results, strict=True)}
-    print(f"{PROCESSES} processes leased {TASKS} tasks in {elapsed:.1f} s on {connection.vendor}")
+    print(
+        f"{PROCESSES} processes leased {TASKS} tasks in {elapsed:.1f} s on {connection.vendor} ({scheduler})"
+    )
 
 
 @pytest.mark.postgres
@@ -137,9 +146,17 @@ def test_claim_uses_for_update_skip_locked_on_postgresql(worker):
     assert any("FOR UPDATE SKIP LOCKED" in sql for sql in claims), claims
 
 
+def explain(sql: str) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        return " | ".join(row[-1] for row in cursor.fetchall())
+
+
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's planner; PostgreSQL locks rows instead")
+@pytest.mark.parametrize("scheduler", ["fifo", "smart"])
 @pytest.mark.django_db
-def test_claim_query_uses_the_claim_index_on_sqlite(worker):
+def test_claim_query_uses_the_claim_index_on_sqlite(worker, settings, scheduler):
+    settings.T2I = {**settings.T2I, "SCHEDULER": scheduler}
     template = WorkflowTemplate.objects.get(name="sd15-txt2img")
     finished = [Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.QUEUED]
     Task.objects.bulk_create(
@@ -159,13 +176,18 @@ def test_claim_query_uses_the_claim_index_on_sqlite(worker):
     with CaptureQueriesContext(connection) as queries:
         assert services.task_lease_next(worker=worker) is not None
 
-    claim = next(
+    # fifo: the claim itself; smart: the window of the queue placement looks at (the claim is then by id)
+    head = next(
         q["sql"]
         for q in queries.captured_queries
-        if q["sql"].startswith("SELECT") and 'ORDER BY "generation_task"."priority" DESC' in q["sql"]
+        if q["sql"].startswith("SELECT")
+        and '"generation_task"."status" = \'queued\'' in q["sql"]
+        and " LIMIT " in q["sql"]
+        and "ORDER BY" in q["sql"]
     )
-    with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN QUERY PLAN {claim}")
-        plan = " | ".join(row[-1] for row in cursor.fetchall())
+    plan = explain(head)
     assert "USING INDEX task_claim_idx" in plan, plan
     assert "TEMP B-TREE" not in plan, plan  # the index gives the ORDER BY too: no sort
+    if scheduler == "smart":
+        owners = next(q["sql"] for q in queries.captured_queries if "SELECT DISTINCT" in q["sql"])
+        assert "task_queued_owner_idx" in explain(owners)

@@ -298,7 +298,8 @@ def test_heartbeat_renews_the_lease(worker, clock):
     assert Task.objects.get(pk=task.pk).status == Status.LEASED
 
 
-def test_heartbeat_reports_cancelled_and_lost_leases(worker, clock):
+def test_heartbeat_reports_cancelled_and_lost_leases(worker, clock, settings):
+    settings.T2I = {**settings.T2I, "SCHEDULER": "fifo"}  # placement would give the third to idle gpu-2
     worker.prefetch = 3  # deep enough to hold the three
     other, _ = make_worker("gpu-2")
     cancelled_task, lost_task, kept_task = (
@@ -676,7 +677,8 @@ def test_the_carried_lease_follows_the_lease_rules(worker):
 # --- Prefetch and queue positions -----------------------------------------------------------------------
 
 
-def test_prefetch_only_when_more_tasks_wait_than_other_idle_workers():
+def test_prefetch_only_when_more_tasks_wait_than_other_idle_workers(settings):
+    settings.T2I = {**settings.T2I, "SCHEDULER": "fifo"}  # placement: the oldest to the idle one, not busy
     busy, _ = make_worker("busy")
     idle, _ = make_worker("idle")
     submit_task()
@@ -708,7 +710,7 @@ def test_a_prefetch_request_from_a_worker_that_holds_nothing_is_an_ordinary_leas
     assert lease(finished, prefetch=True).task.pk == waiting.pk
 
 
-def test_queue_positions_follow_the_lease_order(worker, api):
+def test_queue_positions_follow_the_lease_order(worker, api, staff_api):
     first, second = submit_task(), submit_task()
     urgent = submit_task(priority=5)
     positions = {t.pk: selectors.task_queue_position(t) for t in (first, second, urgent)}
@@ -720,7 +722,7 @@ def test_queue_positions_follow_the_lease_order(worker, api):
     assert selectors.task_queue_position(Task.objects.get(pk=urgent.pk)) is None
     assert selectors.task_queue_position(first) == 1
     assert selectors.task_queue_position(second) == 2
-    body = api.get(f"/api/v1/tasks/{urgent.public_id}/").json()
+    body = staff_api.get(f"/api/v1/tasks/{urgent.public_id}/").json()  # staff submitted it (priority)
     assert body["queue_position"] is None and body["status"] == "leased"
 
 

@@ -118,8 +118,8 @@ def test_failed_task_reports_reason(api, wapi):
 
 
 def test_cancel_queued_and_running(api, wapi):
-    queued_id = submit(api).json()["id"]
-    running_id = submit(api, priority=5).json()["id"]
+    queued_id = submit(api, priority=-1).json()["id"]
+    running_id = submit(api).json()["id"]
     job = lease(wapi).json()
     assert job["task_id"] == running_id  # higher priority first
 

@@ -54,6 +54,7 @@ def test_generate_then_a_worker_runs_it_to_completed(api, seed_worker):
         "images": [],
         "error": None,
         "queue_position": 1,
+        "eta_seconds": None,  # no worker has registered yet
     }
 
     registered = wclient.post(

@@ -12,6 +12,13 @@ from generation.models import Task
 from tests.conftest import png_bytes
 
 
+@pytest.fixture(autouse=True)
+def _first_in_line(settings):
+    """These tests drive the worker they name through tasks (`run`); which worker placement would choose
+    instead is tested in tests/generation (test_placement, test_smart_leasing)."""
+    settings.T2I = {**settings.T2I, "SCHEDULER": "fifo"}
+
+
 @pytest.fixture
 def admin_client(staff) -> Client:
     client = Client()

@@ -9,11 +9,11 @@ from django.urls import reverse
 from django.utils import dateformat, timezone
 
 from generation import dashboard, services
-from generation.models import Image, Task, WebhookDelivery, WorkflowTemplate
+from generation.models import Image, Task, UserShare, WebhookDelivery, WorkflowTemplate
 from tests.conftest import CHECKPOINT, capabilities, make_worker
 from tests.factories import TaskFactory
 from tests.ops.conftest import run
-from workers_app.models import Worker, hash_token
+from workers_app.models import Worker, WorkerSpeed, hash_token
 
 pytestmark = pytest.mark.django_db
 
@@ -424,6 +424,31 @@ def test_object_actions_refuse_get_and_unknown_actions(admin_client, worker):
     assert task.status == Task.Status.QUEUED
 
 
+def test_worker_change_page_shows_learned_costs(admin_client, worker):
+    WorkerSpeed.objects.create(
+        worker=worker, checkpoint=CHECKPOINT, seconds_per_unit=2.0 / 5242880, samples=7
+    )
+    Worker.objects.filter(pk=worker.pk).update(
+        switch_seconds=4.5, switch_samples=3, warm_checkpoint=CHECKPOINT
+    )
+    html = admin_client.get(reverse("admin:workers_app_worker_change", args=[worker.pk])).content.decode()
+    assert "Learned costs" in html and "2.0 s" in html and "4.5 s (3 switches)" in html
+
+
+def test_share_weight_is_set_in_the_admin_without_touching_usage(admin_client, user):
+    share = UserShare.objects.create(user=user, weight=1.0, usage_seconds=10.0)
+    url = reverse("admin:generation_usershare_change", args=[share.pk])
+    assert admin_client.get(url).status_code == HTTPStatus.OK
+    UserShare.objects.filter(pk=share.pk).update(usage_seconds=99.0)  # a completion meanwhile
+    response = admin_client.post(url, {"weight": "3"})
+    assert response.status_code == HTTPStatus.FOUND
+    share.refresh_from_db()
+    assert share.weight == 3.0 and share.usage_seconds == 99.0
+    assert admin_client.post(url, {"weight": "0"}).status_code == HTTPStatus.OK  # refused: must be > 0
+    share.refresh_from_db()
+    assert share.weight == 3.0
+
+
 def test_task_page_offers_only_the_actions_that_apply(admin_client, worker):
     def buttons(task: Task) -> set[str]:
         html = admin_client.get(reverse("admin:generation_task_change", args=[task.pk])).content.decode()
@@ -493,6 +518,7 @@ def test_console_names_itself_and_lists_the_farm_first(admin_client):
         "Workflow templates",
         "Webhook deliveries",
         "Farm dashboard",
-        "API tokens",  # accounts' things after the farm's
+        "API tokens",  # people's things after the farm's
+        "User shares",
     ]
     assert farm["models"][4]["admin_url"] == reverse("admin:generation_dashboard")

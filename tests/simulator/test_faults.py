@@ -156,3 +156,24 @@ def test_config_rejects_bad_values() -> None:
         SimulatorConfig(job_time=-1)
     with pytest.raises(ValueError, match="unknown fault"):
         SimulatorConfig().with_faults({"checkpoints": ["x"]})
+
+
+def test_speed_factor_and_model_switch_time(make_simulator: Factory) -> None:
+    """A slow GPU takes longer; loading another checkpoint than the last costs `switch_time` (scaled too)."""
+
+    def timed(sim, ckpt: str, seed: int) -> float:
+        started = time.monotonic()
+        run(sim.url, sd15_workflow(seed=seed, prefix=f"t/s{seed}", ckpt=ckpt))
+        return time.monotonic() - started
+
+    slow = make_simulator(job_time=0.2, speed_factor=0.5, checkpoints=(CKPT,))
+    assert timed(slow, CKPT, 1) >= 0.4  # 0.2 s of work at half speed
+
+    other = "other-sdxl.safetensors"
+    sim = make_simulator(job_time=0.05, switch_time=0.6, speed_factor=2.0, checkpoints=(CKPT, other))
+    assert timed(sim, CKPT, 1) >= 0.3  # the first load is a switch: (0.6 + 0.05) / 2
+    same = timed(sim, CKPT, 2)
+    switched = timed(sim, other, 3)
+    assert switched >= 0.3 and switched - same >= 0.2
+    with pytest.raises(ValueError, match="speed_factor"):
+        SimulatorConfig(speed_factor=0)

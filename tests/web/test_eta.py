@@ -5,11 +5,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from generation import farm_snapshot, placement
 from generation.models import Task
 from generation.web_selectors import eta_basis, eta_seconds
 from tests.factories import TaskFactory
 from tests.web.conftest import completed
-from workers_app.models import Worker
+from workers_app.models import Worker, WorkerSpeed
 
 pytestmark = pytest.mark.django_db
 
@@ -56,9 +57,23 @@ def test_eta_for_a_running_task_is_what_is_left(user, worker):
 
 
 def test_task_page_shows_the_eta(alice, user, worker):
+    """Placement's ETA (generation.eta): the worker's learned speed, two 90 s tasks in line."""
+    TaskFactory(owner=user, prompt="first")
+    second = TaskFactory(owner=user, prompt="second")
+    unit = placement.work_units(second.width, second.height, second.steps, second.batch_size)
+    WorkerSpeed.objects.create(worker=worker, checkpoint=second.checkpoint, seconds_per_unit=90 / unit)
+    Worker.objects.filter(pk=worker.pk).update(warm_checkpoint=second.checkpoint)
+    page = alice.get(f"/tasks/{second.public_id}/").content.decode()
+    assert "Number 2 in the queue · done in about 3 min" in page
+
+
+def test_task_page_falls_back_to_the_median_estimate_without_a_plan(alice, user, worker, settings):
+    """No live worker in the plan (its heartbeat is older than the offline limit) but one still online."""
     done = completed(user, worker)
     now = timezone.now()
     Task.objects.filter(pk=done.pk).update(started_at=now - timedelta(seconds=90), finished_at=now)
+    Worker.objects.filter(pk=worker.pk).update(last_heartbeat=now - timedelta(hours=1))
+    farm_snapshot.clear_cache()  # the live workers are cached for a second per process
     TaskFactory(owner=user, prompt="first")
     second = TaskFactory(owner=user, prompt="second")
     page = alice.get(f"/tasks/{second.public_id}/").content.decode()

@@ -134,6 +134,7 @@ class LeasedTask:
     filename_prefix: str = ""
     lease_expires_at: str | None = None
     relay_frames: bool = False  # a ComfyUI front-door client follows it: send its socket frames (frames())
+    checkpoint: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -150,6 +151,7 @@ class LeasedTask:
                 filename_prefix=str(body.get("filename_prefix") or ""),
                 lease_expires_at=body.get("lease_expires_at"),
                 relay_frames=body.get("relay_frames") is True,
+                checkpoint=str(body.get("checkpoint") or ""),
                 raw=body,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -258,9 +260,11 @@ class SchedulerClient:
             lease_seconds=float(body.get("lease_seconds") or 30.0),
         )
 
-    def heartbeat(self, leases: Iterable[tuple[str, str]]) -> HeartbeatReply:
+    def heartbeat(
+        self, leases: Iterable[tuple[str, str]], *, warm_checkpoint: str | None = None
+    ) -> HeartbeatReply:
         tasks = [{"task_id": task_id, "lease_token": token} for task_id, token in leases]
-        body = self._post("heartbeat", {"tasks": tasks})
+        body = self._post("heartbeat", {"tasks": tasks, **_warm(warm_checkpoint)})
         return HeartbeatReply(
             worker_status=str(body.get("worker_status") or ""),
             renewed=[str(t) for t in body.get("renewed") or []],
@@ -268,10 +272,14 @@ class SchedulerClient:
             lost=[str(t) for t in body.get("lost") or []],
         )
 
-    def lease(self, *, wait: float = 20.0, prefetch: bool = False) -> LeasedTask | None:
-        """Long-poll for a task for up to ``wait`` seconds; None when there is nothing to do (204)."""
+    def lease(
+        self, *, wait: float = 20.0, prefetch: bool = False, warm_checkpoint: str | None = None
+    ) -> LeasedTask | None:
+        """Long-poll for a task for up to ``wait`` seconds; None when there is nothing to do (204).
+        ``warm_checkpoint``: what this worker's ComfyUI has loaded, as far as it knows (None: unknown)."""
         wait = max(0.0, min(wait, 30.0))
-        response = self._call("lease", json={"wait": wait, "prefetch": prefetch}, timeout=wait + self.timeout)
+        body = {"wait": wait, "prefetch": prefetch, **_warm(warm_checkpoint)}
+        response = self._call("lease", json=body, timeout=wait + self.timeout)
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -412,3 +420,8 @@ def _protocol_message(response: requests.Response, detail: str) -> str:
     upgrade = "this worker" if theirs is not None and theirs > PROTOCOL_VERSION else "the scheduler"
     message = f"scheduler speaks {spoken}; this daemon needs {PROTOCOL_VERSION} — upgrade {upgrade} first"
     return message + (f" ({detail})" if detail else "")
+
+
+def _warm(checkpoint: str | None) -> dict[str, str]:
+    """The `warm_checkpoint` field, sent only when the worker knows it."""
+    return {} if checkpoint is None else {"warm_checkpoint": checkpoint}

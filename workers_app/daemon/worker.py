@@ -106,6 +106,10 @@ class WorkerLoop:
         self._need_register = True
         self._registered = False
         self._comfy_ok = False
+        # The checkpoint of the last task that completed here, reported with leases and heartbeats for
+        # placement; None while unknown (just started), "" once ComfyUI came back from being unreachable
+        # (a restart unloads every model).
+        self.warm_checkpoint: str | None = None
         self._comfy_backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._scheduler_backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._heartbeat_stop = threading.Event()
@@ -188,7 +192,9 @@ class WorkerLoop:
     def _lease(self, *, prefetch: bool) -> LeasedTask | None:
         wait = self.config.prefetch_lease_wait if prefetch else self.config.lease_wait
         asked_at = time.monotonic()
-        ask = functools.partial(self.scheduler.lease, wait=wait, prefetch=prefetch)
+        ask = functools.partial(
+            self.scheduler.lease, wait=wait, prefetch=prefetch, warm_checkpoint=self.warm_checkpoint
+        )
         self._lease_call = call = LeaseCall(ask, long_poll=wait > 0)
         try:
             if not self._await(call):
@@ -263,6 +269,8 @@ class WorkerLoop:
         except Exception:
             logger.exception("task %s: runner crashed", control.task_id)
             result = TaskResult.FAILED
+        if result == TaskResult.COMPLETED:
+            self.warm_checkpoint = control.lease.checkpoint
         if control.failure_code in ("comfyui_unavailable", "comfyui_lost"):
             self._comfy_ok = False  # check ComfyUI's health before the next lease
         logger.debug("task %s: thread done (%s)", control.task_id, result)
@@ -309,6 +317,8 @@ class WorkerLoop:
             return False
         if not self._comfy_ok:
             logger.info("ComfyUI at %s is up", self.config.comfyui_url)
+            if self._registered:
+                self.warm_checkpoint = ""  # it was unreachable: assume it restarted with nothing loaded
         self._comfy_ok = True
         self._comfy_backoff.reset()
         return True
@@ -387,7 +397,10 @@ class WorkerLoop:
         """Renew every lease held; act on ``cancel`` and ``lost``."""
         controls = {c.task_id: c for c in self.active_tasks()}
         try:
-            reply = self.scheduler.heartbeat([(c.task_id, c.lease.lease_token) for c in controls.values()])
+            reply = self.scheduler.heartbeat(
+                [(c.task_id, c.lease.lease_token) for c in controls.values()],
+                warm_checkpoint=self.warm_checkpoint,
+            )
         except RegisterRequired:
             logger.warning("scheduler asks this worker to register again")
             self._need_register = True

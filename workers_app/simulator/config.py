@@ -23,6 +23,8 @@ FAULT_FIELDS = (
     "view_delay",
     "view_fail_rate",
     "random_seed",
+    "speed_factor",
+    "switch_time",
 )
 
 
@@ -43,6 +45,9 @@ class SimulatorConfig:
       `torch.OutOfMemoryError` ("oom") or a plain `Exception` ("exception").
     - `view_delay` / `view_fail_rate`: slow `/view` answers, and the chance of a 500 from `/view`.
     - `random_seed`: seeds every random choice of the simulator, so that runs are reproducible.
+    - `speed_factor`: how fast this simulated GPU is: every node's time is divided by it (2 = twice as fast).
+    - `switch_time`: extra seconds for `CheckpointLoaderSimple` when its checkpoint is not the one the last
+      prompt loaded (a model switch); the first load after a start or restart counts as one.
     - `output_dir`: where output/input/temp files go; None means a fresh temporary folder, removed when
       the simulator stops.
     - `check_origin`: the Origin/Host check of the real server (403 on a mismatch for a loopback host).
@@ -63,12 +68,20 @@ class SimulatorConfig:
     random_seed: int | None = None
     output_dir: str | None = None
     check_origin: bool = True
+    speed_factor: float = 1.0
+    switch_time: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoints", tuple(str(name) for name in self.checkpoints))
         object.__setattr__(self, "loras", tuple(str(name) for name in self.loras))
         object.__setattr__(self, "class_delays", dict(self.class_delays))
-        for name in ("job_time", "node_delay", "history_delay", "view_delay"):
+        if (
+            not _is_number(self.speed_factor)
+            or not math.isfinite(self.speed_factor)
+            or self.speed_factor <= 0
+        ):
+            raise ValueError(f"speed_factor must be a number > 0, not {self.speed_factor!r}")
+        for name in ("job_time", "node_delay", "history_delay", "view_delay", "switch_time"):
             _check_seconds(name, getattr(self, name))
         if self.step_time is not None:
             _check_seconds("step_time", self.step_time)

@@ -168,6 +168,7 @@ class Simulator:
         self.client_id: str | None = None
         self.last_node_id: str | None = None
         self.interrupt_flag = False
+        self.loaded_checkpoint: str | None = None  # what the last CheckpointLoaderSimple loaded (switch_time)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -569,7 +570,13 @@ class PromptRun:
                     base = config.step_time * int(self.prompt[node_id]["inputs"].get("steps", 1))
             else:
                 base = other_share
-            durations[node_id] = base + config.node_delay + config.class_delays.get(class_type, 0.0)
+            if class_type == "CheckpointLoaderSimple":
+                checkpoint = str(self.prompt[node_id]["inputs"].get("ckpt_name", ""))
+                if checkpoint != self.sim.loaded_checkpoint:
+                    base += config.switch_time
+                    self.sim.loaded_checkpoint = checkpoint
+            extra = config.node_delay + config.class_delays.get(class_type, 0.0)
+            durations[node_id] = (base + extra) / config.speed_factor
         return durations
 
     # --- running --------------------------------------------------------------------------------------

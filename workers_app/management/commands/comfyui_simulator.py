@@ -44,6 +44,8 @@ def config_from_options(options: dict[str, Any]) -> SimulatorConfig:
         random_seed=options["seed"],
         output_dir=options["output_dir"],
         check_origin=not options["no_origin_check"],
+        speed_factor=options["speed_factor"],
+        switch_time=options["switch_time"],
     )
 
 
@@ -94,6 +96,15 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible runs")
         parser.add_argument("--output-dir", default=None, help="folder for files (default: a temporary one)")
         parser.add_argument("--no-origin-check", action="store_true", help="accept any Origin header")
+        parser.add_argument(
+            "--speed-factor", type=float, default=1.0, help="how fast this GPU is: times are divided by it"
+        )
+        parser.add_argument(
+            "--switch-time",
+            type=float,
+            default=0.0,
+            help="extra seconds to load a checkpoint other than the last one loaded (a model switch)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

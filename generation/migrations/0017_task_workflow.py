@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0015_metrics_rollup_schedule'),
+        ('generation', '0016_placement_fields_and_user_share'),
         ('workers_app', '0003_busy_is_shown_not_stored'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0016_task_workflow'),
+        ('generation', '0017_task_workflow'),
         ('workers_app', '0003_busy_is_shown_not_stored'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

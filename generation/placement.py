@@ -1,0 +1,296 @@
+"""Which queued task a worker should run next: plain functions over plain data, no database.
+
+The lease path (generation.services.leasing), the ETA (generation.eta) and the scheduling benchmark
+(bench.scheduling) all call these, so the rule is one place. Times are seconds on any one clock (`now`).
+
+1. `order_jobs`: the order in which tasks deserve a GPU. Priorities are strict between levels. Within a level,
+   users interleave by weighted fair queuing: the user with the fewest recent GPU-seconds per unit of weight,
+   less AGING_CREDIT per second they have waited unserved (since their next task was queued or their last
+   task ran, whichever is later), has the next turn, charged that task's expected seconds. So a user with
+   1,000 queued tasks delays another's single task by about one job at most, and a user who used much lately
+   still gets a turn: the credit grows while they wait, so the wait is bounded (no starvation).
+2. `plan`: earliest-finish list scheduling of that order onto the workers: each task, in order, goes to the
+   capable worker that would finish it first (its queue, its learned speed for the checkpoint, a model switch
+   when the checkpoint is not the one it will have warm). The asking worker gets the first task the plan gives
+   it: its warm model's tasks when others would pay a switch, and nothing when a faster worker that frees
+   sooner would finish that task first (that worker takes it when it asks). Only the NEIGHBOURS workers that
+   free soonest compete in the plan, which keeps a choice to a few milliseconds on a farm of 500.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+# Seconds per unit of work (pixels x steps x batch) when nothing is learned: 512 x 512 x 20 in 2 s.
+DEFAULT_SECONDS_PER_UNIT = 2.0 / (512 * 512 * 20)
+DEFAULT_SWITCH_SECONDS = 4.0
+AGING_CREDIT = 5.0  # GPU-seconds of usage forgiven per second a user has waited unserved
+NEIGHBOURS = 32  # other workers (those that free soonest) that compete with the asker in a plan
+# Another worker takes a job from the asker only when it finishes it sooner by this share of the asker's run
+# time, at most DEFER_MARGIN_MAX seconds: more than the noise of learned speeds on short jobs.
+DEFER_MARGIN, DEFER_MARGIN_MAX = 0.2, 0.25
+# Queued tasks a plan looks at from the head of the queue (and as many from users it does not show): two per
+# live worker, so that each can find its warm model's work, within these bounds.
+WINDOW, WINDOW_MAX = 48, 128
+EXACT_BUDGET = 20_000  # node comparisons an ETA estimate spends list-scheduling the head of the queue
+
+# Why a task went to its worker (TaskAttempt.placement) and why one still waits.
+WARM = "warm model"
+FASTEST = "fastest finish"
+FAIR = "fair share"
+FIFO = "first in line"
+
+
+def window_size(live_workers: int) -> int:
+    return min(WINDOW_MAX, max(WINDOW, 2 * live_workers))
+
+
+def work_units(width: int, height: int, steps: int, batch: int) -> float:
+    """The work of a template task: pixels x steps x batch."""
+    return float(width * height * max(1, steps) * max(1, batch))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A queued task as placement sees it."""
+
+    id: int
+    user: int | None
+    checkpoint: str
+    priority: int
+    work: float
+    queued_at: float
+    template: int | None = 0  # None: a whole-workflow task, runnable by its requirements
+    requirements: str = ""  # a whole-workflow task's requirement key
+
+
+@dataclass
+class Node:
+    """A worker as placement sees it: what it can run, what it has warm, when it frees, how fast it is."""
+
+    id: int
+    checkpoints: frozenset[str] = frozenset()  # empty: any
+    warm: str = ""  # the checkpoint it will have loaded once its held work is done
+    free_at: float = 0.0  # when its held (running and prefetched) work should be done
+    seconds_per_unit: Mapping[str, float] = field(default_factory=dict)  # learned, by checkpoint
+    default_seconds_per_unit: float = DEFAULT_SECONDS_PER_UNIT
+    switch_seconds: float = (
+        DEFAULT_SWITCH_SECONDS  # from one checkpoint to another: learned, else the default
+    )
+    # A load when the worker's loaded model is unknown (it never ran, or its ComfyUI restarted): the learned
+    # switch cost once the worker or the farm has one, else none assumed, so a new worker is not shut out
+    # of work by a default it never had a chance to disprove.
+    cold_seconds: float = 0.0
+    templates: frozenset[int] | None = None  # the templates whose node classes it has; None: any
+    workflows: frozenset[str] | None = None  # the requirement keys of whole workflows it can run; None: any
+
+    def can_run(self, job: Job) -> bool:
+        if job.template is None:
+            return self.workflows is None or job.requirements in self.workflows
+        if self.templates is not None and job.template not in self.templates:
+            return False
+        return not job.checkpoint or not self.checkpoints or job.checkpoint in self.checkpoints
+
+    def run_seconds(self, job: Job, warm: str | None = None) -> float:
+        """Expected seconds for `job` here, with a model switch when it is not the warm checkpoint."""
+        warm = self.warm if warm is None else warm
+        spu = self.seconds_per_unit.get(job.checkpoint, self.default_seconds_per_unit)
+        switch = 0.0
+        if job.checkpoint and job.checkpoint != warm:
+            switch = self.switch_seconds if warm else self.cold_seconds
+        return job.work * spu + switch
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The plan's answer for the asking worker: the job ids it should try, best first, and why."""
+
+    job_ids: list[int]
+    reason: str
+    planned: dict[int, int] = field(default_factory=dict)  # job id -> node id, for the jobs looked at
+
+
+def order_jobs(
+    jobs: Iterable[Job],
+    *,
+    now: float,
+    usage: Mapping[int | None, float] | None = None,
+    weights: Mapping[int | None, float] | None = None,
+    job_seconds: float = 2.0,
+    served_at: Mapping[int | None, float] | None = None,
+    aging: float = AGING_CREDIT,
+) -> list[Job]:
+    """Jobs in the order they deserve a GPU (see the module docstring). `usage` is each user's recent
+    GPU-seconds (running work included), `weights` their share weight (1 when absent); `job_seconds` is the
+    DEFAULT job's seconds on an average worker, what a turn is charged per DEFAULT job of work; `served_at`
+    when each user last had a task running (now while one runs), from which their wait unserved counts."""
+    usage = usage or {}
+    weights = weights or {}
+    by_level: dict[int, list[Job]] = defaultdict(list)
+    for job in jobs:
+        by_level[job.priority].append(job)
+    ordered: list[Job] = []
+    for level in sorted(by_level, reverse=True):
+        level_jobs = sorted(by_level[level], key=lambda j: (j.queued_at, j.id))
+        ordered += _fair_interleave(
+            level_jobs, usage, weights, job_seconds, now=now, aging=aging, served_at=served_at or {}
+        )
+    return ordered
+
+
+def _fair_interleave(
+    jobs: list[Job],
+    usage: Mapping[int | None, float],
+    weights: Mapping[int | None, float],
+    job_seconds: float,
+    *,
+    now: float,
+    aging: float,
+    served_at: Mapping[int | None, float],
+) -> list[Job]:
+    """Weighted fair queuing: each turn to the user with the least usage per weight less the aging credit of
+    their next task; a turn costs the job's expected seconds (its work against the DEFAULT job) divided by the
+    user's weight."""
+    queues: dict[int | None, list[Job]] = defaultdict(list)
+    for job in jobs:  # already oldest first
+        queues[job.user].append(job)
+    heap = []
+    for user, queue in queues.items():
+        weight = max(1e-6, weights.get(user, 1.0))
+        virtual = usage.get(user, 0.0) / weight
+        credit = aging * (now - max(queue[0].queued_at, served_at.get(user, -1e18)))
+        heapq.heappush(heap, (virtual - credit, virtual, queue[0].id, user))
+    unit = job_seconds / work_units(512, 512, 20, 1)
+    position = dict.fromkeys(queues, 0)
+    out: list[Job] = []
+    while heap:
+        _, virtual, _, user = heapq.heappop(heap)
+        queue = queues[user]
+        job = queue[position[user]]
+        out.append(job)
+        position[user] += 1
+        if position[user] < len(queue):
+            nxt = queue[position[user]]
+            virtual += job.work * unit / max(1e-6, weights.get(user, 1.0))
+            credit = aging * (now - max(nxt.queued_at, served_at.get(user, -1e18)))
+            heapq.heappush(heap, (virtual - credit, virtual, nxt.id, user))
+    return out
+
+
+def plan(
+    asker: Node,
+    nodes: Sequence[Node],
+    ordered: Sequence[Job],
+    *,
+    now: float,
+    want: int = 2,
+    defer_to_idle: bool = True,
+) -> Choice:
+    """Earliest-finish list scheduling of `ordered` onto the asker and the NEIGHBOURS other `nodes` that free
+    soonest, until the asker has `want` jobs or the jobs run out. Ties go to the asker: it is here now.
+
+    A job the plan gives to another worker waits for it: the lease path wakes that worker when it is idle,
+    and a worker that stops asking stops beating and drops out of the live set (WORKER_OFFLINE_AFTER).
+    `defer_to_idle=False` (where that wake cannot reach other processes) leaves idle workers out: the asker
+    competes only with workers that will ask when their work is done."""
+    others = sorted(
+        (n for n in nodes if n.id != asker.id and (defer_to_idle or n.free_at > now)), key=lambda n: n.free_at
+    )[:NEIGHBOURS]
+    free = {n.id: max(now, n.free_at) for n in others}
+    warm = {n.id: n.warm for n in others}
+    my_free, my_warm = max(now, asker.free_at), asker.warm
+    mine: list[int] = []
+    reason = ""
+    planned: dict[int, int] = {}
+    for index, job in enumerate(ordered):
+        if len(mine) >= want:
+            break
+        mine_at = my_free + asker.run_seconds(job, my_warm) if asker.can_run(job) else None
+        best: Node | None = None
+        # Another worker takes the job from the asker only when it finishes it clearly sooner: it may have to
+        # be woken first, and learned speeds are noisy.
+        best_at = (
+            None if mine_at is None else mine_at - min(DEFER_MARGIN * (mine_at - my_free), DEFER_MARGIN_MAX)
+        )
+        for node in others:
+            node_free = free[node.id]
+            if (best_at is not None and node_free >= best_at) or not node.can_run(job):
+                continue  # cannot finish before the best so far even with no work at all
+            at = node_free + node.run_seconds(job, warm[node.id])
+            if best_at is None or at < best_at:
+                best, best_at = node, at
+        if best is None and mine_at is None:
+            continue  # nobody here can run it
+        if best is None:
+            planned[job.id] = asker.id
+            if not mine:
+                reason = _why(job, my_warm, head=index == 0)
+            mine.append(job.id)
+            my_free, my_warm = mine_at, job.checkpoint or my_warm
+        else:
+            planned[job.id] = best.id
+            free[best.id], warm[best.id] = best_at, job.checkpoint or warm[best.id]
+    return Choice(job_ids=mine, reason=reason, planned=planned)
+
+
+def _why(job: Job, warm: str, *, head: bool) -> str:
+    if head:
+        return FAIR  # the first in line: its owner's turn
+    return WARM if job.checkpoint and job.checkpoint == warm else FASTEST
+
+
+def finish_estimates(
+    nodes: Sequence[Node], ordered: Sequence[Job], *, now: float, exact: int | None = None
+) -> dict[int, float]:
+    """When each job of `ordered` should be done if the farm follows the plan (the ETAs: generation.eta).
+
+    The first `exact` jobs are list-scheduled like `plan` (each to the node that finishes it first, counting
+    each node's held work, running and prefetched, and model switches); the rest flow through the farm's
+    total speed after that, in order (a fluid estimate: switches are few once placement groups them).
+    By default `exact` spends about EXACT_BUDGET node comparisons: the whole queue of a small farm."""
+    if exact is None:
+        exact = max(64, EXACT_BUDGET // max(1, len(nodes)))
+    free = {n.id: max(now, n.free_at) for n in nodes}
+    warm = {n.id: n.warm for n in nodes}
+    done: dict[int, float] = {}
+    for job in ordered[:exact]:
+        best, best_at = None, None
+        for node in nodes:
+            if (best_at is not None and free[node.id] >= best_at) or not node.can_run(job):
+                continue
+            at = free[node.id] + node.run_seconds(job, warm[node.id])
+            if best_at is None or at < best_at:
+                best, best_at = node, at
+        if best is None or best_at is None:
+            continue
+        done[job.id] = best_at
+        free[best.id], warm[best.id] = best_at, job.checkpoint or warm[best.id]
+    if len(ordered) <= exact or not nodes:
+        return done
+    rates = {n.id: 1.0 / max(1e-12, n.default_seconds_per_unit) for n in nodes}  # units per second
+    total = sum(rates.values())
+    clock = sum(free[n] * rate for n, rate in rates.items()) / total  # when the farm's capacity is free
+    for job in ordered[exact:]:
+        done[job.id] = clock + job.work * len(nodes) / total  # starts as capacity frees; an average node
+        clock += job.work / total
+    return done
+
+
+# --- Learned costs and recent usage: the arithmetic, shared by the services and the benchmark -------------
+EWMA_ALPHA = 0.1  # forgets slowly: about the last ten attempts carry the estimate
+USAGE_HALF_LIFE = 600.0  # seconds: fair share looks at about the last ten minutes of GPU use
+
+
+def ewma(old: float | None, observed: float, samples: int) -> float:
+    """An exponentially weighted mean that starts as the plain mean of its first 1/EWMA_ALPHA samples."""
+    if old is None or samples <= 0:
+        return observed
+    return old + max(EWMA_ALPHA, 1.0 / (samples + 1)) * (observed - old)
+
+
+def decayed(usage: float, elapsed: float) -> float:
+    """Recent usage `elapsed` seconds later: it halves every USAGE_HALF_LIFE."""
+    return usage * 0.5 ** (max(0.0, elapsed) / USAGE_HALF_LIFE)
