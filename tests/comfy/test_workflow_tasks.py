@@ -18,7 +18,13 @@ pytestmark = pytest.mark.django_db
 TASKS = "/api/v1/tasks/"
 
 
-def test_rest_submit_queues_a_workflow_task(api, worker):
+def test_rest_submit_queues_a_workflow_task(api, user, worker):
+    # Only staff may jump the queue, whole workflows included.
+    refused = api.post(TASKS, {"workflow": SD15, "priority": 3}, format="json")
+    assert refused.status_code == HTTPStatus.FORBIDDEN and refused.json()["fields"].keys() == {"priority"}
+    assert not Task.objects.exists()
+    user.is_staff = True
+    user.save()
     answer = api.post(TASKS, {"workflow": SD15, "priority": 3}, format="json")
     assert answer.status_code == HTTPStatus.CREATED, answer.json()
     body = answer.json()

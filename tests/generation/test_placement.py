@@ -123,3 +123,16 @@ def test_an_unknown_loaded_model_costs_the_learned_switch_else_nothing():
     assert plan(fresh, [fresh, warm], [job(1)], now=0.0).job_ids == [1]  # nothing learned: no penalty
     fresh.cold_seconds = 4.0  # the farm learned that a load costs 4 s
     assert plan(fresh, [fresh, warm], [job(1)], now=0.0).job_ids == []
+
+
+def test_a_whole_workflow_runs_where_its_requirement_key_is_runnable():
+    workflow = Job(id=1, user=1, checkpoint="", priority=0, work=1.0, queued_at=0.0, template=None,
+                   requirements="k1")  # fmt: skip
+    templated = Job(id=2, user=1, checkpoint="", priority=0, work=1.0, queued_at=0.0, template=7)
+    has_it = Node(id=1, templates=frozenset({7}), workflows=frozenset({"k1"}))
+    lacks_it = Node(id=2, templates=frozenset({7}), workflows=frozenset())
+    assert has_it.can_run(workflow) and not lacks_it.can_run(workflow)
+    assert lacks_it.can_run(templated)
+    assert Node(id=3, templates=frozenset({7})).can_run(workflow)  # workflows unknown: any
+    assert plan(lacks_it, [lacks_it, has_it], [workflow], now=0.0).job_ids == []
+    assert plan(has_it, [lacks_it, has_it], [workflow], now=0.0).job_ids == [1]
