@@ -68,7 +68,7 @@ class WorkerStatic:
 @dataclass
 class _Cache:
     lock: threading.Lock = field(default_factory=threading.Lock)
-    statics: dict[tuple[int, datetime | None], WorkerStatic] = field(default_factory=dict)
+    statics: dict[tuple[int, datetime | None, datetime | None], WorkerStatic] = field(default_factory=dict)
     statics_at: float = -1e9
     owners: list[int | None] = field(default_factory=list)
     owners_at: float = -1e9
@@ -91,15 +91,20 @@ def worker_statics(workers: Iterable[LiveWorker | Worker]) -> dict[int, WorkerSt
     cache = _cache
     with cache.lock:
         fresh = time.monotonic() - cache.statics_at < STATIC_SECONDS
-        if not fresh or any((w.pk, w.registered_at) not in cache.statics for w in workers):
+        if not fresh or any(_static_key(w) not in cache.statics for w in workers):
             cache.statics = _load_statics()
             cache.statics_at = time.monotonic()
         statics = cache.statics
     empty = WorkerStatic(frozenset(), frozenset(), {}, placement.DEFAULT_SECONDS_PER_UNIT, 0.0, 0.0)
-    return {w.pk: statics.get((w.pk, w.registered_at), empty) for w in workers}
+    return {w.pk: statics.get(_static_key(w), empty) for w in workers}
 
 
-def _load_statics() -> dict[tuple[int, datetime | None], WorkerStatic]:
+def _static_key(worker: LiveWorker | Worker) -> tuple[int, datetime | None, datetime | None]:
+    """A new register or a changed inventory (workers_app.services) makes the worker's key new."""
+    return (worker.pk, worker.registered_at, worker.inventory_at)
+
+
+def _load_statics() -> dict[tuple[int, datetime | None, datetime | None], WorkerStatic]:
     templates = [(t.pk, workflows.node_classes(t.workflow)) for t in WorkflowTemplate.objects.order_by()]
     speeds: dict[int, dict[str, float]] = defaultdict(dict)
     for worker_id, checkpoint, rate in WorkerSpeed.objects.values_list(
@@ -111,7 +116,7 @@ def _load_statics() -> dict[tuple[int, datetime | None], WorkerStatic]:
     registered = list(
         Worker.objects.exclude(registered_at=None)
         .order_by()
-        .only("capabilities", "registered_at", "switch_seconds")
+        .only("capabilities", "registered_at", "inventory_at", "switch_seconds")
     )
     switches = [w.switch_seconds for w in registered if w.switch_seconds is not None]
     farm_switch = sum(switches) / len(switches) if switches else None
@@ -120,7 +125,7 @@ def _load_statics() -> dict[tuple[int, datetime | None], WorkerStatic]:
         nodes = worker.node_classes
         known_switch = worker.switch_seconds if worker.switch_seconds is not None else farm_switch
         mine = speeds.get(worker.pk, {})
-        statics[(worker.pk, worker.registered_at)] = WorkerStatic(
+        statics[_static_key(worker)] = WorkerStatic(
             checkpoints=frozenset(worker.checkpoints),
             templates=frozenset(pk for pk, needs in templates if needs <= nodes),
             speeds=mine,
@@ -205,6 +210,7 @@ class LiveWorker(NamedTuple):
     pk: int
     registered_at: datetime | None
     warm_checkpoint: str
+    inventory_at: datetime | None = None
 
 
 def live_workers(now: datetime) -> list[LiveWorker]:
@@ -219,7 +225,7 @@ def live_workers(now: datetime) -> list[LiveWorker]:
     rows = (
         Worker.objects.filter(status=Worker.Status.IDLE, last_heartbeat__gte=alive_since)
         .order_by()
-        .values_list("pk", "registered_at", "warm_checkpoint")
+        .values_list("pk", "registered_at", "warm_checkpoint", "inventory_at")
     )
     live = [LiveWorker(*row) for row in rows]
     with cache.lock:

@@ -10,12 +10,12 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from generation import dashboard, placement
+from generation import dashboard, placement, unrunnable
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
 from workers_app import services
@@ -109,6 +109,8 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
         "lifetime_column",
         "skew_column",
         "capabilities_view",
+        "inventory_at",
+        "inventory_view",
         "warm_checkpoint",
         "learned_costs_view",
     ]
@@ -149,7 +151,10 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
                 "fields": ["warm_checkpoint", "learned_costs_view"],
             },
         ),
-        ("Capabilities (as reported at register)", {"fields": ["skew_column", "capabilities_view"]}),
+        (
+            "Inventory (as its daemon last reported it)",
+            {"fields": ["inventory_at", "inventory_view", "skew_column", "capabilities_view"]},
+        ),
     ]
 
     # --- Queries: annotations for the counts, one grouped query per page for the rest ---------------------
@@ -301,6 +306,48 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
             rows or mark_safe("<tr><td colspan=4>Nothing learned yet.</td></tr>"),
             switch,
         )
+
+    @admin.display(description="Has")
+    def inventory_view(self, worker: Worker):
+        """What the worker can run: checkpoints, the model list of each loader input, node class count."""
+        caps = worker.capabilities or {}
+        if not caps:
+            return "Not registered yet."
+        models = caps.get("model_inputs") or {}
+        rows = [
+            (
+                "Checkpoints",
+                len(caps.get("checkpoints") or ()),
+                ", ".join(caps.get("checkpoints") or ()) or "—",
+            ),
+            *(
+                (f"{cls}.{name}", len(files), ", ".join(files) or "—")
+                for cls, inputs in sorted(models.items())
+                for name, files in sorted(inputs.items())
+            ),
+            ("Node classes", len(caps.get("node_classes") or ()), "listed below"),
+        ]
+        return format_html(
+            "<table><tr><th>list</th><th>files</th><th>names</th></tr>{}</table>"
+            '<p><a href="{}">Queued tasks no online worker can run</a></p>',
+            format_html_join("", "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>", rows),
+            reverse("admin:workers_app_worker_unrunnable"),
+        )
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.unrunnable_view)
+        return [path("unrunnable/", view, name="workers_app_worker_unrunnable"), *super().get_urls()]
+
+    def unrunnable_view(self, request):
+        """Queued tasks no online worker can be handed, and why (generation.unrunnable)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Queued tasks no online worker can run",
+            "rows": unrunnable.queued_unrunnable(),
+            "shown": unrunnable.SHOWN,
+            "opts": Worker._meta,
+        }
+        return TemplateResponse(request, "admin/workers_app/worker/unrunnable.html", context)
 
     def capabilities_view(self, worker: Worker):
         caps = worker.capabilities or {}

@@ -261,6 +261,26 @@ class LeaseApi(WorkerApi):
         return LeaseOutput(result).data
 
 
+class InventoryInput(serializers.Serializer):
+    capabilities = CapabilitiesInput()
+
+
+class InventoryOutput(serializers.Serializer):
+    changed = serializers.BooleanField()
+
+
+class InventoryApi(WorkerApi):
+    """What the worker's ComfyUI has now, sent when it changed (docs/worker-api.md, `POST inventory`)."""
+
+    @extend_schema(request=InventoryInput, responses=InventoryOutput)
+    def post(self, request: Request) -> Response:
+        data = _valid(InventoryInput, request.data)
+        changed = worker_services.worker_update_inventory(
+            worker=self.worker, capabilities=data["capabilities"]
+        )
+        return Response({"changed": changed})
+
+
 class LeaseTokenInput(serializers.Serializer):
     lease_token = serializers.UUIDField()
 
@@ -416,6 +436,18 @@ class TaskFailApi(WorkerApi):
         where = ", ".join(f"{k}={details[k]}" for k in ("node_id", "node_type", "input") if details.get(k))
         if where:
             message = f"{message} ({where})"
+        model = [details.get(k) for k in ("node_type", "input", "value")]
+        if data["code"] == services.MODEL_MISSING and all(isinstance(v, str) and v for v in model):
+            task = services.task_fail_model_missing(
+                worker=self.worker,
+                task_id=task_id,
+                lease_token=data["lease_token"],
+                message=message,
+                class_type=model[0],
+                input_name=model[1],
+                value=model[2],
+            )
+            return Response(TaskSummaryOutput(task).data)
         task = services.task_fail(
             worker=self.worker,
             task_id=task_id,

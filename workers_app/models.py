@@ -38,6 +38,9 @@ class Worker(models.Model):
         help_text="As reported at register: comfyui_version, device_name, vram_total, checkpoints, "
         "node_classes, samplers, schedulers.",
     )
+    # When its capabilities last changed (register, or POST inventory): placement's per-process cache of what
+    # each worker can run is keyed by it (generation.farm_snapshot).
+    inventory_at = models.DateTimeField(null=True, blank=True)
     prefetch = models.PositiveSmallIntegerField(default=2)
     # What placement (generation.placement) knows of it: the checkpoint of its last task, as the daemon
     # reports it (empty after its ComfyUI restarted), and the learned extra seconds of a model switch.

@@ -84,11 +84,43 @@ def worker_register(*, worker: Worker, capabilities: dict, prefetch: int = 2) ->
         tasks_requeue_for_worker(worker_id=worker.pk, reason="The worker restarted and registered again.")
         status = Worker.Status.DRAINING if worker.status == Worker.Status.DRAINING else Worker.Status.IDLE
         Worker.objects.filter(pk=worker.pk).update(
-            capabilities=clean, prefetch=prefetch, registered_at=now, last_heartbeat=now, status=status
+            capabilities=clean,
+            prefetch=prefetch,
+            registered_at=now,
+            inventory_at=now,
+            last_heartbeat=now,
+            status=status,
         )
     worker.refresh_from_db()
     logger.info("worker registered", extra={"worker": worker.name})
     return worker
+
+
+def worker_update_inventory(*, worker: Worker, capabilities: dict) -> bool:
+    """What the worker's ComfyUI has now (its daemon read `/object_info` again: ComfyUI restarted, a timer, a
+    model "not in the list"): stored when it differs from what the scheduler has, validated and bounded as at
+    register. Unlike register it keeps the worker's leases. True when it changed; an open lease wait of the
+    worker then asks again at once, with what it has now."""
+    worker_assert_live(worker=worker)
+    clean = _clean_capabilities(capabilities)
+    with transaction.atomic():
+        row = Worker.objects.select_for_update().filter(pk=worker.pk)
+        if row.values_list("capabilities", flat=True).first() == clean:
+            return False
+        now = timezone.now()
+        Worker.objects.filter(pk=worker.pk).update(capabilities=clean, inventory_at=now)
+        dispatch.publish("work", {"count": 1, "worker": worker.pk})
+    before = worker.capabilities or {}
+    worker.capabilities, worker.inventory_at = clean, now
+    logger.info(
+        "worker inventory changed: %d checkpoint(s) (was %d), %d node class(es) (was %d)",
+        len(clean["checkpoints"]),
+        len(before.get("checkpoints") or ()),
+        len(clean["node_classes"]),
+        len(before.get("node_classes") or ()),
+        extra={"worker": worker.name},
+    )
+    return True
 
 
 def _clean_capabilities(capabilities: dict) -> dict:

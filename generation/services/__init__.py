@@ -8,6 +8,7 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - completion_slots: how many completions of one worker may run at once, across processes;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
 - frames: ComfyUI socket frames a worker relays for a front-door client;
+- missing_model: a prompt refused for a model the worker lacks (requeued elsewhere, not counted);
 - maintenance: leases that outlived their worker;
 - deletion: tasks deleted for good with their files (retention, an account's deletion);
 - api_tokens: users' REST API tokens (made, looked up by hash, revoked);
@@ -34,6 +35,7 @@ from generation.services.leasing import (
     worker_assert_live,
 )
 from generation.services.maintenance import tasks_reap_expired, tasks_requeue_for_worker
+from generation.services.missing_model import MODEL_MISSING, task_fail_model_missing
 from generation.services.submit import (
     image_deletable_by,
     image_delete,
@@ -49,6 +51,7 @@ from generation.services.transitions import farm_setting, worker_count_outcome
 from generation.services.workflow_submit import comfy_prompt_submit, task_submit_workflow
 
 __all__ = [
+    "MODEL_MISSING",
     "Completion",
     "TaskLease",
     "api_token_create",
@@ -65,6 +68,7 @@ __all__ = [
     "task_complete",
     "task_complete_and_lease",
     "task_fail",
+    "task_fail_model_missing",
     "task_lease_next",
     "task_relay_frames",
     "task_release",

@@ -63,8 +63,8 @@ def task_lease_next(
     now = now or timezone.now()
     smart = farm_setting("SCHEDULER") == "smart"
     workers: list[farm_snapshot.LiveWorker | Worker] = [*farm_snapshot.live_workers(now)] if smart else []
-    if all(w.pk != worker.pk for w in workers):
-        workers.append(worker)
+    # The asker as its row is now (the live list is cached a moment): its inventory may just have changed.
+    workers = [w for w in workers if w.pk != worker.pk] + [worker]
     farm = farm_snapshot.snapshot(now=now, workers=workers, workflow_needs=needs)
     held = len(farm.held.get(worker.pk, ()))
     if held >= max(1, worker.prefetch):

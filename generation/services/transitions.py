@@ -60,15 +60,16 @@ def close_lease(
     code: str = "",
     message: str = "",
     retry: bool = True,
+    counted: bool = True,
     now: datetime | None = None,
 ) -> Task:
     """End the lease `lease_token` of `task` with `outcome` and move the task on (LeaseLost if stale).
 
-    The task goes back to the queue when the worker handed it back, or when retrying can help and attempts
-    remain; otherwise it fails."""
+    The task goes back to the queue when the worker handed it back, when the attempt is not `counted`
+    against the task, or when retrying can help and attempts remain; otherwise it fails."""
     now = now or timezone.now()
     message = storable(message[:2000])
-    if outcome == Outcome.RELEASED:
+    if outcome == Outcome.RELEASED or not counted:
         requeue, attempts_delta = True, -1
     else:
         requeue, attempts_delta = retry and task.attempts < task.max_attempts, 0

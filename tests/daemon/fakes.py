@@ -293,6 +293,14 @@ class FakeComfy:
         self.connected = False
         self.closed = False
         self.wait_error: ComfyUIError | None = None
+        self.connections = 1  # socket connections so far (ComfyUIClient.connections)
+        self.inventory: dict[str, Any] = {
+            "comfyui_version": "0.3.64",
+            "checkpoints": ["a.safetensors"],
+            "node_classes": ["SaveImage"],
+        }
+        self.capability_errors: list[ComfyUIError] = []
+        self.capability_reads = 0
 
     @staticmethod
     def success(prompt_id: str) -> PromptOutcome:
@@ -310,7 +318,10 @@ class FakeComfy:
         return load_json("system_stats.json")
 
     def capabilities(self) -> dict[str, Any]:
-        return {"comfyui_version": "0.3.64", "checkpoints": ["a.safetensors"], "node_classes": ["SaveImage"]}
+        self.capability_reads += 1
+        if self.capability_errors:
+            raise self.capability_errors.pop(0)
+        return json.loads(json.dumps(self.inventory))  # a copy, as a fresh /object_info read would be
 
     def submit(self, workflow: dict[str, Any]) -> str:
         with self.cond:
@@ -475,6 +486,10 @@ class FakeScheduler:
     def register(self, *, name: str, prefetch: int, capabilities: dict[str, Any]) -> Registration:
         self._call("register", name=name, prefetch=prefetch, capabilities=capabilities)
         return Registration(1, name, "idle", self.heartbeat_interval, 30.0)
+
+    def inventory(self, capabilities: dict[str, Any]) -> bool:
+        self._call("inventory", capabilities=capabilities)
+        return True
 
     def heartbeat(
         self, leases: list[tuple[str, str]], *, warm_checkpoint: str | None = None

@@ -141,13 +141,35 @@ def _describe_one_error(node_id: str, node_type: Any, err: dict[str, Any], workf
         input_name = input_name or detail or None
     elif detail and detail not in text:
         text = f"{text}: {detail}"
-    return {
+    described = {
         "node_id": node_id,
         "node_type": None if node_type is None else str(node_type),
         "input": input_name,
         "type": err_type,
         "message": text,
     }
+    if err_type == "value_not_in_list" and isinstance(extra.get("received_value"), str):
+        described["value"] = extra["received_value"]
+    return described
+
+
+def missing_model(details: dict[str, Any]) -> dict[str, str] | None:
+    """The model file a refused prompt named that this ComfyUI lacks ({node_id, node_type, input, value}),
+    when every error of the refusal is a model input's `value_not_in_list` (protocol 3.1); else None: a
+    workflow another worker would refuse too."""
+    errors = details.get("errors") or []
+    if not errors or not all(_is_missing_model(err) for err in errors):
+        return None
+    first = errors[0]
+    return {key: str(first[key]) for key in ("node_id", "node_type", "input", "value")}
+
+
+def _is_missing_model(err: dict[str, Any]) -> bool:
+    value, name = err.get("value"), err.get("input")
+    if err.get("type") != "value_not_in_list" or not isinstance(value, str) or not err.get("node_type"):
+        return False
+    named = isinstance(name, str) and _MODEL_INPUT_NAME.fullmatch(name) is not None
+    return named or value.endswith(_MODEL_EXTENSIONS)
 
 
 def _missing_node(detail: str) -> str | None:
@@ -307,6 +329,11 @@ class ComfyUIClient:
     def ws_url(self) -> str:
         scheme, rest = self.base_url.split("://", 1)
         return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws?clientId={quote(self.client_id)}"
+
+    @property
+    def connections(self) -> int:
+        """How many times the socket has connected: a change means ComfyUI may have restarted."""
+        return self.tracker.generation
 
     @property
     def ws_connected(self) -> bool:

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from .activity import WorkerActivity
-from .comfyui import ComfyUIError
+from .comfyui import ComfyUIError, missing_model
 from .frames import FrameRelay
 from .prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
 from .reports import Reports
@@ -25,6 +25,8 @@ from .scheduler import (
 )
 
 logger = logging.getLogger(__name__)
+
+MODEL_MISSING = "model_missing"  # the failure code of a prompt refused for a model this ComfyUI lacks
 
 # Words in exception types/messages of failures that another attempt (or another GPU) can fix.
 _RETRYABLE_MARKERS = ("outofmemory", "out of memory", "oom", "allocation on device", "cuda error")
@@ -222,6 +224,12 @@ class _TaskRun:
         return self._finish(outcome)
 
     def _submit_failed(self, exc: ComfyUIError) -> TaskResult:
+        model = missing_model(exc.details) if exc.code == "workflow_invalid" else None
+        if model is not None:
+            # This ComfyUI lacks a model the scheduler believed it has: another worker may have it. The
+            # scheduler requeues the task; the worker loop refreshes its inventory (failure_code).
+            self.control.failure_code = MODEL_MISSING
+            return self.fail(MODEL_MISSING, exc.message, retryable=True, details=model)
         if exc.code == "workflow_invalid":
             return self.fail("workflow_invalid", exc.message, retryable=False, details=exc.details)
         if exc.retryable:

@@ -260,6 +260,10 @@ class SchedulerClient:
             lease_seconds=float(body.get("lease_seconds") or 30.0),
         )
 
+    def inventory(self, capabilities: dict[str, Any]) -> bool:
+        """Send what this worker's ComfyUI has now (register's ``capabilities``); True when it changed."""
+        return bool(self._post("inventory", {"capabilities": capabilities}).get("changed"))
+
     def heartbeat(
         self, leases: Iterable[tuple[str, str]], *, warm_checkpoint: str | None = None
     ) -> HeartbeatReply:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from .activity import WorkerActivity
 from .comfyui import ComfyUIClient, ComfyUIError
 from .image_cache import CacheFolderError, ImageCache
+from .inventory import InventoryWatch
 from .lease_call import LeaseCall
-from .runner import RunnerSettings, StopReason, TaskControl, TaskResult, run_task
+from .runner import MODEL_MISSING, RunnerSettings, StopReason, TaskControl, TaskResult, run_task
 from .scheduler import (
     AuthError,
     LeasedTask,
@@ -59,6 +60,7 @@ class WorkerLoopConfig:
     backoff_max: float = 30.0
     interrupt_wait: float = 10.0  # after the grace: how long an interrupted task gets to notice
     task_timeout: float | None = 3600.0
+    inventory_interval: float = 300.0  # seconds between re-reads of ComfyUI's inventory (0: only on events)
     surface: SurfaceConfig | None = None  # the worker's own HTTP server (runworker --port); off when None
 
 
@@ -119,6 +121,8 @@ class WorkerLoop:
         # What the runner reports about each task: the surface's record, metrics and image cache.
         self.activity = WorkerActivity()
         self.surface: WorkerSurface | None = None
+        self.inventory = InventoryWatch(self.comfy, self.scheduler, interval=config.inventory_interval)
+        self._connections_seen: int | None = None  # ComfyUI socket connections at the last look
 
     def request_stop(self) -> None:
         """Ask the loop to stop. Safe from a signal handler: it only sets a boolean."""
@@ -175,6 +179,7 @@ class WorkerLoop:
             not self._comfy_ok and not self._check_comfyui()
         ):
             return False
+        self._watch_inventory()
         active = self.active_tasks()
         if len(active) >= self.capacity or any(not c.submitted for c in active):
             # Full, or the previous task is not in ComfyUI's queue yet (keeps order): wait for a change.
@@ -273,6 +278,9 @@ class WorkerLoop:
             self.warm_checkpoint = control.lease.checkpoint
         if control.failure_code in ("comfyui_unavailable", "comfyui_lost"):
             self._comfy_ok = False  # check ComfyUI's health before the next lease
+        if control.failure_code == MODEL_MISSING:
+            # The scheduler dropped that model from its copy of this worker's inventory; tell it the truth.
+            self.inventory.refresh(force=True, why="a prompt named a model ComfyUI lacks")
         logger.debug("task %s: thread done (%s)", control.task_id, result)
         carried = control.next_lease
         if carried is not None and not (self.stop_requested or self.fatal_error):
@@ -319,6 +327,7 @@ class WorkerLoop:
             logger.info("ComfyUI at %s is up", self.config.comfyui_url)
             if self._registered:
                 self.warm_checkpoint = ""  # it was unreachable: assume it restarted with nothing loaded
+                self.inventory.comfy_restarted()  # and perhaps with other models or custom nodes
         self._comfy_ok = True
         self._comfy_backoff.reset()
         return True
@@ -342,6 +351,7 @@ class WorkerLoop:
         self._registered = True
         self._scheduler_backoff.reset()
         self.heartbeat_interval = registration.heartbeat_interval
+        self.inventory.registered(capabilities)
         logger.info(
             "registered as %s (worker %s, %d checkpoint(s), heartbeat every %gs, scheduler protocol %s)",
             registration.name,
@@ -351,6 +361,16 @@ class WorkerLoop:
             self.scheduler.server_protocol or "1 (no version header)",
         )
         return True
+
+    def _watch_inventory(self) -> None:
+        """Refresh the inventory when it is due, or when ComfyUI's socket connected again since the last look
+        (ComfyUI may have restarted with other files)."""
+        connections = getattr(self.comfy, "connections", 0)
+        if self._connections_seen and connections != self._connections_seen:  # not its first connect
+            self.inventory.comfy_restarted()
+        self._connections_seen = connections
+        if self.inventory.due():
+            self.inventory.refresh()
 
     def _scheduler_trouble(self, exc: SchedulerError) -> None:
         if isinstance(exc, AuthError):

@@ -27,6 +27,7 @@ ENV = {
     "images_dir": "T2I_WORKER_IMAGES_DIR",
     "images_max_age": "T2I_WORKER_IMAGES_MAX_AGE",
     "images_max_mb": "T2I_WORKER_IMAGES_MAX_MB",
+    "inventory_interval": "T2I_INVENTORY_INTERVAL",
 }
 
 
@@ -54,6 +55,16 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
     if prefetch < 1:
         raise CommandError("--prefetch must be at least 1")
     grace = float(options.get("grace") if options.get("grace") is not None else 30.0)
+    interval_raw = pick("inventory_interval") or "300"
+    try:
+        inventory_interval = float(interval_raw)
+    except ValueError:
+        inventory_interval = -1.0
+    if not 0 <= inventory_interval <= 86400:
+        raise CommandError(
+            f"--inventory-interval (or {ENV['inventory_interval']}) must be 0 to 86400 seconds, "
+            f"got {interval_raw!r}"
+        )
     config = WorkerLoopConfig(
         scheduler_url=",".join(urls),
         token=str(token),
@@ -61,6 +72,7 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
         prefetch=prefetch,
         grace=grace,
         once=bool(options.get("once")),
+        inventory_interval=inventory_interval,
     )
     if name := pick("name"):
         config.name = str(name)
@@ -160,6 +172,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--grace", type=float, default=30.0, help="seconds the running task gets on shutdown"
+        )
+        parser.add_argument(
+            "--inventory-interval",
+            help="seconds between re-reads of ComfyUI's models and node classes, sent to the scheduler when "
+            f"they changed (env {ENV['inventory_interval']}, default 300; 0: only when ComfyUI restarts "
+            "or a prompt names a model it lacks)",
         )
         surface = parser.add_argument_group(
             "the worker's own HTTP surface (GET /status/ID, /images/NAME, /healthz, /metrics)"
