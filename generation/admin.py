@@ -718,10 +718,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
     """Users' API tokens: staff see them (never the token, only its first characters) and revoke them by
     deleting. Tokens are made by their owner (the account page) or `manage.py createapitoken`."""
 
-    list_display = ("name", "user", "token_hint", "created_at", "expires_at")
+    list_display = ("name", "kind", "user", "token_hint", "created_at", "expires_at")
     list_select_related = ("user",)
     search_fields = ("name", "user__username")
-    readonly_fields = ("user", "name", "token_hint", "created_at", "expires_at")
+    readonly_fields = ("user", "kind", "name", "token_hint", "created_at", "expires_at")
     fields = readonly_fields
 
     def has_add_permission(self, request) -> bool:

@@ -13,11 +13,13 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from generation import comfy_selectors, comfy_shapes, services
 from generation.api_workflows import WorkflowProblem
 from generation.apis import CanSubmit
+from generation.authentication import ComfyKeyAuthentication
 from generation.client_address import client_address
 from generation.exceptions import InvalidInput, WorkflowRejected
 from generation.models import Task
@@ -34,9 +36,10 @@ class AnyJsonParser(JSONParser):
 
 
 class ComfyApi(APIView):
-    """Same users and tokens as the REST API; without credentials, the anonymous space when
-    T2I_ALLOW_ANONYMOUS_SUBMIT is on."""
+    """Same users and tokens as the REST API, or a URL key (`/comfy/k/<key>/…`, generation.comfy_keys);
+    without credentials, the anonymous space when T2I_ALLOW_ANONYMOUS_SUBMIT is on."""
 
+    authentication_classes = [ComfyKeyAuthentication, *api_settings.DEFAULT_AUTHENTICATION_CLASSES]
     permission_classes = [CanSubmit]
     parser_classes = [AnyJsonParser]
     # Not in the REST API's OpenAPI schema: these are ComfyUI's routes, answers and error shapes

@@ -9,7 +9,8 @@ task, on its `task` event). Frames travel on the event channel (generation.dispa
 reach the socket in whichever server process holds it; on SQLite only sockets in the process that got the
 worker's report.
 
-Auth: the `Authorization` header, checked by the REST API's own authentication classes, or, when
+Auth: a URL key (`/comfy/k/<key>/ws`, generation.comfy_keys), the `Authorization` header, checked by the
+REST API's own authentication classes, or, when
 T2I_ALLOW_ANONYMOUS_SUBMIT is on, the shared anonymous space. A refused handshake is closed before it is
 accepted (the server answers 403).
 """
@@ -34,8 +35,9 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
-from generation import comfy_selectors, comfy_shapes, dispatch
-from generation.models import Task
+from generation import comfy_keys, comfy_selectors, comfy_shapes, dispatch
+from generation.models import ApiToken, Task
+from generation.services.api_tokens import api_token_user
 from generation.services.frames import EVENT
 from generation.steps import step
 
@@ -159,6 +161,9 @@ def authenticate(scope: dict) -> Any:
     headers = {
         name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])
     }
+    key = headers.get(comfy_keys.KEY_HEADER, "")
+    if key:
+        return api_token_user(key, kind=ApiToken.Kind.COMFY_KEY)
     header = headers.get("authorization", "")
     if not header:
         return AnonymousUser() if settings.T2I["ALLOW_ANONYMOUS_SUBMIT"] else None

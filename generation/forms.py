@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from generation.exceptions import InvalidInput
-from generation.models import TASK_INPUT_FIELDS, Task
+from generation.models import TASK_INPUT_FIELDS, ApiToken, Task
 from generation.web_selectors import GalleryFilters
 
 CUSTOM = "custom"
@@ -188,6 +188,14 @@ class SignUpForm(UserCreationForm):
 
 
 class ApiTokenForm(forms.Form):
+    kind = forms.ChoiceField(
+        required=False,
+        choices=ApiToken.Kind.choices,
+        initial=ApiToken.Kind.API,
+        widget=forms.RadioSelect,
+        help_text="A ComfyUI URL key goes in the base URL of a ComfyUI client that cannot send headers "
+        "(…/comfy/k/<key>); it opens the ComfyUI front door only.",
+    )
     name = forms.CharField(max_length=100, required=False, help_text="What you will use it for.")
     expires_in_days = forms.IntegerField(
         label="Expires after (days)", required=False, min_value=1, max_value=3650, help_text="Empty: never."

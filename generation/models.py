@@ -393,10 +393,16 @@ class MetricCounter(models.Model):
 
 
 class ApiToken(models.Model):
-    """A user's REST API token (`Authorization: Token <token>`). Only its SHA-256 is kept: the token itself
-    is shown once, when it is made (generation.services.api_tokens)."""
+    """A user's REST API token (`Authorization: Token <token>`), or a ComfyUI URL key (`/comfy/k/<key>/…`, for
+    clients that cannot send headers; it opens the front door only). Only its SHA-256 is kept: the token
+    itself is shown once, when it is made (generation.services.api_tokens)."""
+
+    class Kind(models.TextChoices):
+        API = "api", "API token"
+        COMFY_KEY = "comfy_key", "ComfyUI URL key"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.API)
     name = models.CharField(max_length=100, blank=True, help_text="What the owner uses it for.")
     # api_token_user: WHERE token_hash = sha256(presented token) (the unique index)
     token_hash = models.CharField(max_length=64, unique=True, editable=False)

@@ -13,6 +13,8 @@ from django.urls import reverse
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "t2i_project.settings")
 django.setup(set_prefix=False)
 
+from generation import comfy_keys  # noqa: E402  (after django.setup)
+
 # Requests that wait (lease long polls, event streams), and short worker calls (a few queries, no files; at a
 # busy farm's rate, progress once a second per GPU, making and joining a thread per request was a fifth of
 # their cost): their synchronous parts run on the process's one shared thread.
@@ -50,6 +52,8 @@ class Handler(ASGIHandler):
     and join a thread."""
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/comfy/"):
+            comfy_keys.rewrite_scope(scope)  # in place: the server's access log never shows a URL key
         if scope["type"] == "websocket":
             await websocket(scope, receive, send)
         elif scope["type"] == "http" and on_shared_thread(scope["path"]):

@@ -68,6 +68,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a ComfyUI URL key leaves the path before URL resolution and any log line (generation.comfy_keys).
+    "generation.comfy_keys.ComfyKeyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -341,10 +343,13 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {"()": "t2i_project.logging.JsonFormatter"},
     },
+    # Every line goes through the one handler, whose filter masks ComfyUI URL keys (/comfy/k/****).
+    "filters": {"mask_comfy_keys": {"()": "generation.comfy_keys.MaskComfyKeys"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json" if env_bool("LOG_JSON", False) else "plain",
+            "filters": ["mask_comfy_keys"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
