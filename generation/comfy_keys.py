@@ -14,7 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest
 
 KEY_HEADER = "x-t2i-comfy-key"
 META_KEY = "HTTP_X_T2I_COMFY_KEY"
@@ -54,20 +55,32 @@ def rewrite_scope(scope: dict[str, Any]) -> None:
 
 class ComfyKeyMiddleware:
     """For requests that did not come through the ASGI handler: take the key out of the path before URL
-    resolution and any logging (first in MIDDLEWARE); a client's own KEY_HEADER counts for nothing."""
+    resolution and any logging (first in MIDDLEWARE); a client's own KEY_HEADER counts for nothing.
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    Sync and async capable, with no I/O: under ASGI a sync-only middleware would put every request, the
+    lease long polls included, on a thread (workers_app.long_poll)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        found = split(request.path_info)
-        if found is not None:
-            request.META[META_KEY] = found[0]
-            request.path_info = found[1]
-            request.path = request.META["PATH_INFO"] = request.META.get("SCRIPT_NAME", "") + found[1]
-        elif getattr(request, "scope", None) is None:
-            request.META.pop(META_KEY, None)  # under ASGI the handler already dropped the client's own
-        return self.get_response(request)
+    def __call__(self, request: HttpRequest) -> Any:
+        _take_key(request)
+        return self.get_response(request)  # a coroutine in async mode: the caller awaits it
+
+
+def _take_key(request: HttpRequest) -> None:
+    found = split(request.path_info)
+    if found is not None:
+        request.META[META_KEY] = found[0]
+        request.path_info = found[1]
+        request.path = request.META["PATH_INFO"] = request.META.get("SCRIPT_NAME", "") + found[1]
+    elif getattr(request, "scope", None) is None:
+        request.META.pop(META_KEY, None)  # under ASGI the handler already dropped the client's own
 
 
 class MaskComfyKeys(logging.Filter):

@@ -194,3 +194,17 @@ def test_the_tokens_page_makes_a_key_shown_once_and_revokes_it(client, user):
     assert key not in listing and "ComfyUI URL key" in listing
     client.post(f"/accounts/tokens/{made.pk}/revoke/")
     assert not ApiToken.objects.exists()
+
+
+def test_the_middleware_stays_async_under_asgi():
+    """A sync-only middleware would put every ASGI request, the lease long polls included, on a thread."""
+    from asgiref.sync import iscoroutinefunction
+    from django.test import RequestFactory
+
+    async def view(request):
+        return request.path, request.META.get(comfy_keys.META_KEY)
+
+    middleware = comfy_keys.ComfyKeyMiddleware(view)
+    assert iscoroutinefunction(middleware)
+    request = RequestFactory().get("/comfy/k/abc/history")
+    assert asyncio.run(middleware(request)) == ("/comfy/history", "abc")
