@@ -7,6 +7,7 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion_slots: how many completions of one worker may run at once, across processes;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
+- inputs: images uploaded for LoadImage nodes (stored per owner, needed by a workflow, fetched by a worker);
 - frames: ComfyUI socket frames a worker relays for a front-door client;
 - maintenance: leases that outlived their worker;
 - deletion: tasks deleted for good with their files (retention, an account's deletion);
@@ -25,6 +26,7 @@ from generation.services.completion import (
 from generation.services.completion_slots import completion_slot
 from generation.services.deletion import files_delete, tasks_delete, user_delete
 from generation.services.frames import task_relay_frames
+from generation.services.inputs import input_image_for_worker, input_image_upload
 from generation.services.leasing import (
     TaskLease,
     task_lease_next,
@@ -60,6 +62,8 @@ __all__ = [
     "files_delete",
     "image_deletable_by",
     "image_delete",
+    "input_image_for_worker",
+    "input_image_upload",
     "submit_claim",
     "task_cancel",
     "task_complete",
