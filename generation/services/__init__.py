@@ -26,7 +26,7 @@ from generation.services.completion import (
 from generation.services.completion_slots import completion_slot
 from generation.services.deletion import files_delete, tasks_delete, user_delete
 from generation.services.frames import task_relay_frames
-from generation.services.inputs import input_image_for_worker, input_image_upload
+from generation.services.inputs import input_image_for_worker, input_image_upload, workflow_with_uploads
 from generation.services.leasing import (
     TaskLease,
     task_lease_next,
@@ -87,4 +87,5 @@ __all__ = [
     "user_delete",
     "worker_assert_live",
     "worker_count_outcome",
+    "workflow_with_uploads",
 ]

@@ -3,6 +3,7 @@ which uploads a workflow's LoadImage nodes need, and how a worker gets them (fen
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import uuid
@@ -198,3 +199,21 @@ def input_image_for_worker(
     if row is None:
         raise NotFound("This task has no such input.")
     return row
+
+
+def workflow_with_uploads(
+    *, owner: AbstractBaseUser | None, workflow: dict[str, Any], uploads: dict[str, Any]
+) -> dict[str, Any]:
+    """Store each file in `uploads` (by LoadImage node id) as an input image of `owner` and return a copy of
+    the workflow whose node names it. InvalidInput names the field `input_<node id>` of a bad file."""
+    refs = api_workflows.input_image_refs(workflow)
+    built = copy.deepcopy(workflow)
+    for node_id, upload in uploads.items():
+        if node_id not in refs:
+            continue
+        try:
+            row = input_image_upload(owner=owner, upload=upload, subfolder="web")
+        except InvalidInput as exc:
+            raise type(exc)(exc.detail, fields={f"input_{node_id}": [exc.detail]}) from exc
+        built[node_id]["inputs"]["image"] = row.comfy_name
+    return built
