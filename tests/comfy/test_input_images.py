@@ -2,6 +2,7 @@
 worker fetching them under its lease."""
 
 import hashlib
+import io
 from http import HTTPStatus
 
 import pytest
@@ -182,3 +183,24 @@ def test_the_worker_gets_each_input_under_its_lease(api, loader_worker):
     assert stale.status_code == HTTPStatus.CONFLICT
     other = wapi.post(url.replace(sha, "0" * 64), {"lease_token": job["lease_token"]}, format="json")
     assert other.status_code == HTTPStatus.NOT_FOUND
+
+
+def test_deleting_an_account_removes_its_input_files_and_the_sweep_keeps_live_ones(
+    api, user, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.core.files.storage import default_storage
+    from django.utils import timezone
+
+    from generation import jobs, services
+    from tests.conftest import media_files
+
+    upload(api, png_bytes())
+    stray = default_storage.save("inputs/stray.png", io.BytesIO(png_bytes()))
+    later = timezone.now() + timedelta(days=30)
+    assert jobs.media_sweep_orphans(now=later) == 1  # the stray file, not the upload
+    assert stray not in media_files() and len(media_files()) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        services.user_delete(user=user)
+    assert media_files() == [] and not InputImage.objects.exists()
