@@ -111,8 +111,9 @@ def input_image_upload(
 
 def _place(owner, kind, subfolder, name, checked, stored, overwrite) -> tuple[InputImage, str]:
     """The row for this upload (new, replaced or the identical earlier one) and the file name it replaced."""
+    stem = os.path.splitext(name)[0]
     folder = InputImage.objects.select_for_update().filter(owner=owner, kind=kind, subfolder=subfolder)
-    rows = {row.name: row for row in folder}
+    rows = {row.name: row for row in folder.filter(name__startswith=stem)}  # the name and its variants
     existing = rows.get(name)
     fields = {
         "file": stored,
