@@ -21,6 +21,9 @@ CHECKPOINT_INPUT = ("CheckpointLoaderSimple", "ckpt_name")
 # Node classes whose result has no SaveImage but can end a prompt (ComfyUI's output_node flag), when workers
 # report none of their own.
 OUTPUT_NODE_CLASSES = workflows.OUTPUT_NODE_CLASSES
+# Inputs that name a file in ComfyUI's input folder, which POST /upload/image fills: (class_type, input name).
+INPUT_IMAGE_INPUTS = frozenset({("LoadImage", "image"), ("LoadImageMask", "image")})
+INPUT_KINDS = ("input", "temp")  # the folders an upload may go to; ` [temp]` after a name picks the second
 VALUE_LIST_SHOWN = 20  # ComfyUI prints longer choice lists as "(list of length N)"
 
 
@@ -216,6 +219,67 @@ def missing_in(
         if files is not None and value not in files:
             return f"no {name} {value!r}"
     return None
+
+
+def input_image_refs(workflow: Mapping[str, Any]) -> dict[str, tuple[str, str, str]]:
+    """The uploaded files a workflow's LoadImage nodes name, by node id: (kind, subfolder, name) parsed from
+    ComfyUI's `subfolder/name [kind]` (kind `input` when there is no suffix). A value that cannot name an
+    upload (an `[output]` file, `..`) parses to kind ""."""
+    refs = {}
+    for node_id, node in workflow.items():
+        for name, value in (node.get("inputs") or {}).items():
+            if (node.get("class_type"), name) in INPUT_IMAGE_INPUTS and isinstance(value, str):
+                refs[node_id] = parse_input_name(value)
+    return refs
+
+
+def parse_input_name(value: str) -> tuple[str, str, str]:
+    """(kind, subfolder, name) of a LoadImage value; kind "" when it names no upload the farm can hold."""
+    kind = "input"
+    for each in ("input", "temp", "output"):
+        if value.endswith(f" [{each}]"):
+            kind, value = each, value[: -len(each) - 3]
+    subfolder, _, name = value.rpartition("/")
+    parts = subfolder.split("/") if subfolder else []
+    if kind not in INPUT_KINDS or not name or any(p in ("", ".", "..") for p in parts) or name in (".", ".."):
+        return "", subfolder, name
+    return kind, subfolder, name
+
+
+def check_input_images(
+    workflow: dict[str, Any], have: Collection[tuple[str, str, str]], farm: Inventory
+) -> None:
+    """Refuse, as ComfyUI's LoadImage does (`custom_validation_failed`, "Invalid image file"), a workflow that
+    names an uploaded file not among `have` ((kind, subfolder, name) of the sender's uploads)."""
+    node_errors: dict[str, Any] = {}
+    for node_id, ref in input_image_refs(workflow).items():
+        if ref[0] and ref in have:
+            continue
+        value = workflow[node_id]["inputs"]["image"]
+        error = _error(
+            "custom_validation_failed",
+            "Custom validation failed for node",
+            f"image - Invalid image file: {value}",
+            {"input_name": "image"},
+        )
+        _add(node_errors, workflow, node_id, error)
+    if node_errors:
+        outputs = [
+            nid for nid, n in workflow.items() if n["class_type"] in (OUTPUT_NODE_CLASSES | farm.output_nodes)
+        ]
+        _fill_dependents(node_errors, workflow, outputs)
+        raise WorkflowProblem(
+            _error("prompt_outputs_failed_validation", "Prompt outputs failed validation"), node_errors
+        )
+
+
+def with_input_names(workflow: dict[str, Any], names: Mapping[tuple[str, str, str], str]) -> dict[str, Any]:
+    """A copy in which each LoadImage naming an upload in `names` names the file the worker stored instead."""
+    built = copy.deepcopy(workflow)
+    for node_id, ref in input_image_refs(workflow).items():
+        if ref in names:
+            built[node_id]["inputs"]["image"] = names[ref]
+    return built
 
 
 # -- error shapes -------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from generation.client_address import client_address
 from generation.exceptions import InvalidInput, WorkflowRejected
 from generation.models import Task
 from generation.services.workflow_submit import farm_inventory, registered_workers
+from generation.upload_parsers import InputUploadParser
 
 HISTORY_DEFAULT_ITEMS = 200
 HISTORY_MAX_ITEMS = 1000
@@ -93,6 +94,27 @@ def _text(value) -> str:
 
 def _rejected(problem: WorkflowProblem) -> Response:
     return Response({"error": problem.error, "node_errors": problem.node_errors}, status=400)
+
+
+class UploadImageApi(ComfyApi):
+    """ComfyUI's POST /upload/image: multipart `image`, optional `subfolder`, `type` (input|temp) and
+    `overwrite`, stored in the sender's space (services.inputs). A `LoadImage` of the answered name runs."""
+
+    parser_classes = [InputUploadParser]
+
+    def post(self, request: Request) -> Response:
+        upload = request.FILES.get("image")
+        if upload is None:
+            raise InvalidInput("No image in the form.", fields={"image": ["Send the file as `image`."]})
+        data = request.data
+        row = services.input_image_upload(
+            owner=request.user,
+            upload=upload,
+            subfolder=str(data.get("subfolder") or ""),
+            kind=str(data.get("type") or "input"),
+            overwrite=str(data.get("overwrite") or "").lower() in ("true", "1"),
+        )
+        return Response({"name": row.name, "subfolder": row.subfolder, "type": row.kind})
 
 
 class HistoryApi(ComfyApi):

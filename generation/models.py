@@ -129,6 +129,8 @@ class Task(models.Model):
     # and the clientId whose socket gets this task's frames.
     client_prompt_id = models.CharField(max_length=100, blank=True)
     client_id = models.CharField(max_length=100, blank=True)
+    # The uploaded images its LoadImage nodes name (POST /comfy/upload/image): the worker fetches each one.
+    input_images = models.ManyToManyField("InputImage", blank=True, related_name="tasks")
     priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     progress_value = models.FloatField(default=0)
@@ -314,6 +316,51 @@ class UserShare(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}: weight {self.weight}"
+
+
+class InputImage(models.Model):
+    """An image a user uploaded for LoadImage (ComfyUI's POST /upload/image), under the name ComfyUI would
+    give it. Each owner (the anonymous space counts as one) has their own names; the file's storage name is
+    unguessable. Written only after its file is stored."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="input_images"
+    )
+    kind = models.CharField(max_length=5, default="input", help_text="ComfyUI's `type`: input or temp.")
+    subfolder = models.CharField(max_length=200, blank=True)
+    name = models.CharField(max_length=200)
+    file = models.FileField(max_length=255)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # services.input_image_upload and the submit's lookup: WHERE owner_id = ? AND kind = ? AND …
+            models.UniqueConstraint(
+                fields=["owner", "kind", "subfolder", "name"], name="input_image_unique_name"
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "subfolder", "name"],
+                condition=Q(owner=None),
+                name="input_image_unique_anonymous_name",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.comfy_name
+
+    @property
+    def comfy_name(self) -> str:
+        """What a LoadImage node names it by: `subfolder/name`, or `name` (` [temp]` after a temp file)."""
+        name = f"{self.subfolder}/{self.name}" if self.subfolder else self.name
+        return name if self.kind == "input" else f"{name} [{self.kind}]"
+
+    @property
+    def ref(self) -> tuple[str, str, str]:
+        return (self.kind, self.subfolder, self.name)
 
 
 class Image(models.Model):

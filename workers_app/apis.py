@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.parsers import FormParser
@@ -199,6 +200,12 @@ class LeaseOutput(serializers.Serializer):
         help_text="A ComfyUI front-door client follows this task: send its socket frames (POST …/frames)."
     )
 
+    inputs = serializers.ListField(
+        child=serializers.DictField(child=serializers.CharField()),
+        help_text="Uploaded images the workflow's LoadImage nodes name, as {sha256, name, subfolder}: "
+        "fetch each (POST tasks/{id}/inputs/{sha256}) and upload it to ComfyUI (/upload/image) first.",
+    )
+
     def get_relay_frames(self, lease) -> bool:
         return bool(lease.task.client_id)
 
@@ -344,6 +351,18 @@ class TaskFramesApi(WorkerApi):
             worker=self.worker, task_id=task_id, lease_token=data["lease_token"], frames=data["frames"]
         )
         return Response({"relayed": relayed})
+
+
+class TaskInputApi(WorkerApi):
+    """The bytes of one uploaded input image of a task this worker holds the live lease of."""
+
+    @extend_schema(request=LeaseTokenInput, responses={(200, "application/octet-stream"): bytes})
+    def post(self, request: Request, task_id, sha256: str) -> FileResponse:
+        data = _valid(LeaseTokenInput, request.data)
+        row = services.input_image_for_worker(
+            worker_id=self.worker.pk, task_id=task_id, lease_token=data["lease_token"], sha256=sha256
+        )
+        return FileResponse(row.file.open("rb"), content_type="application/octet-stream")
 
 
 class CompleteInput(LeaseTokenInput):

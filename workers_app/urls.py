@@ -14,6 +14,7 @@ urlpatterns = [
     path("tasks/<uuid:task_id>/start", apis.TaskStartApi.as_view(), name="start"),
     path("tasks/<uuid:task_id>/progress", apis.TaskProgressApi.as_view(), name="progress"),
     path("tasks/<uuid:task_id>/frames", apis.TaskFramesApi.as_view(), name="frames"),
+    path("tasks/<uuid:task_id>/inputs/<str:sha256>", apis.TaskInputApi.as_view(), name="input"),
     path("tasks/<uuid:task_id>/complete", apis.TaskCompleteApi.as_view(), name="complete"),
     path("tasks/<uuid:task_id>/fail", apis.TaskFailApi.as_view(), name="fail"),
     path("tasks/<uuid:task_id>/release", apis.TaskReleaseApi.as_view(), name="release"),

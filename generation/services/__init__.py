@@ -7,6 +7,7 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion_slots: how many completions of one worker may run at once, across processes;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
+- inputs: images uploaded for LoadImage nodes (stored per owner, needed by a workflow, fetched by a worker);
 - frames: ComfyUI socket frames a worker relays for a front-door client;
 - missing_model: a prompt refused for a model the worker lacks (requeued elsewhere, not counted);
 - maintenance: leases that outlived their worker;
@@ -26,6 +27,7 @@ from generation.services.completion import (
 from generation.services.completion_slots import completion_slot
 from generation.services.deletion import files_delete, tasks_delete, user_delete
 from generation.services.frames import task_relay_frames
+from generation.services.inputs import input_image_for_worker, input_image_upload, workflow_with_uploads
 from generation.services.leasing import (
     TaskLease,
     task_lease_next,
@@ -63,6 +65,8 @@ __all__ = [
     "files_delete",
     "image_deletable_by",
     "image_delete",
+    "input_image_for_worker",
+    "input_image_upload",
     "submit_claim",
     "task_cancel",
     "task_complete",
@@ -87,4 +91,5 @@ __all__ = [
     "user_delete",
     "worker_assert_live",
     "worker_count_outcome",
+    "workflow_with_uploads",
 ]

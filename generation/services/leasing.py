@@ -2,7 +2,7 @@
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -13,6 +13,7 @@ from django.utils import timezone
 from generation import api_workflows, dispatch, farm_snapshot, placement, workflows
 from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, TooManyLeases, WorkerDisabled
 from generation.models import Task, TaskAttempt, WorkflowTemplate
+from generation.services.inputs import worker_inputs
 from generation.services.transitions import LEASE_LOST, farm_setting, fenced, lease_completed, task_changed
 from workers_app.models import Worker
 
@@ -29,6 +30,7 @@ class TaskLease:
     attempt: TaskAttempt
     workflow: dict
     filename_prefix: str
+    inputs: list = field(default_factory=list)  # uploads the worker fetches first (services.inputs)
 
 
 def worker_assert_live(*, worker: Worker) -> None:
@@ -117,7 +119,11 @@ def task_lease_next(
         task_changed(task.public_id, task.owner_id)
     prefix = f"t2i/{task.public_id}_a{attempt.number}"
     logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
-    return TaskLease(task=task, attempt=attempt, workflow=task_workflow(task, prefix), filename_prefix=prefix)
+    workflow = task_workflow(task, prefix)
+    names, inputs = worker_inputs(task)
+    if names:
+        workflow = api_workflows.with_input_names(workflow, names)
+    return TaskLease(task=task, attempt=attempt, workflow=workflow, filename_prefix=prefix, inputs=inputs)
 
 
 def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -> placement.Choice:

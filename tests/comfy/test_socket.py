@@ -5,13 +5,12 @@ import asyncio
 import json
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from generation import comfy_ws, services
 from t2i_project.asgi import application
 from tests.comfy.workflows import two_outputs
-from tests.conftest import make_worker, png_bytes
+from tests.conftest import make_worker, off_thread, png_bytes
 from tests.factories import UserFactory, api_token_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,8 +45,7 @@ class Socket:
         await asyncio.wait_for(self.app, 5)
 
 
-def in_thread(function, *args, **kwargs):
-    return sync_to_async(function, thread_sensitive=False)(*args, **kwargs)
+in_thread = off_thread
 
 
 def relay_and_complete(worker, task) -> None:

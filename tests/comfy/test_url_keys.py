@@ -208,3 +208,16 @@ def test_the_middleware_stays_async_under_asgi():
     assert iscoroutinefunction(middleware)
     request = RequestFactory().get("/comfy/k/abc/history")
     assert asyncio.run(middleware(request)) == ("/comfy/history", "abc")
+
+
+@pytest.mark.django_db
+def test_an_upload_through_a_key_belongs_to_its_owner(user, worker):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from generation.models import InputImage
+    from tests.conftest import png_bytes
+
+    image = SimpleUploadedFile("cat.png", png_bytes(), "image/png")
+    answer = APIClient().post(f"/comfy/k/{new_key(user)}/upload/image", {"image": image}, format="multipart")
+    assert answer.status_code == HTTPStatus.OK, answer.content
+    assert InputImage.objects.get().owner == user

@@ -385,3 +385,29 @@ def test_neither_following_comfyui_nor_the_completion_waits_for_a_report_on_its_
     assert wait_until(lambda: not any(t.name.startswith("reports-") for t in threading.enumerate()))
     assert sched.names() == ["complete", "start"]
     assert control.stop_reason is None and "lost" not in caplog.text
+
+
+INPUTS = [{"sha256": "ab" * 32, "name": f"{'ab' * 32}.png", "subfolder": "t2i_inputs"}]
+
+
+def test_inputs_are_fetched_and_uploaded_before_the_prompt(rsettings):
+    comfy, sched = FakeComfy(), FakeScheduler()
+    assert run(comfy, sched, rsettings, make_lease(inputs=INPUTS)) is TaskResult.COMPLETED
+    assert sched.calls_of("input_image") == [
+        {"task_id": make_lease().task_id, "lease_token": "lease-token-1", "sha256": "ab" * 32}
+    ]
+    assert comfy.uploaded == [("t2i_inputs", f"{'ab' * 32}.png", f"bytes of {'ab' * 32}".encode(), 0)]
+
+
+def test_a_lost_lease_while_fetching_inputs_drops_the_task(rsettings):
+    comfy, sched = FakeComfy(), FakeScheduler()
+    sched.errors["input_image"] = [LeaseLost("gone", code="lease_lost", status=409)]
+    assert run(comfy, sched, rsettings, make_lease(inputs=INPUTS)) is TaskResult.LOST
+    assert comfy.submitted == [] and not sched.calls_of("fail")
+
+
+def test_comfyui_down_while_uploading_an_input_hands_the_task_back(rsettings):
+    comfy, sched = FakeComfy(), FakeScheduler()
+    comfy.upload_errors = [ComfyUIError("down", retryable=True, code="unreachable")]
+    assert run(comfy, sched, rsettings, make_lease(inputs=INPUTS)) is TaskResult.RELEASED
+    assert comfy.submitted == [] and sched.calls_of("release")

@@ -223,3 +223,45 @@ def test_interrupt_stops_the_running_prompt_and_the_socket_says_so(farm):
         return requests.get(f"{simulator.url}/prompt", timeout=5).json()["exec_info"]["queue_remaining"] == 0
 
     wait_until(comfyui_idle, timeout=10, what="ComfyUI to stop the prompt")
+
+
+def test_upload_then_loadimage_runs_on_a_worker(farm):
+    """A client uploads an image, sends a LoadImage workflow that names it, and gets the inverted picture."""
+    simulator = farm.simulator(job_time=0.05)
+    farm.wait_registered(farm.worker(simulator))
+    url = f"{farm.scheduler.url}/comfy"
+    source = io.BytesIO()
+    PILImage.new("RGB", (48, 32), (10, 200, 30)).save(source, format="PNG")
+    files = {"image": ("fox.png", source.getvalue(), "image/png")}
+    uploaded = farm.api.post(f"{url}/upload/image", files=files, data={"subfolder": "mine"}, timeout=30)
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json() == {"name": "fox.png", "subfolder": "mine", "type": "input"}
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "mine/fox.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
+    }
+    missing = copy.deepcopy(workflow)
+    missing["1"]["inputs"]["image"] = "other.png"
+    refused = farm.api.post(f"{url}/prompt", json={"prompt": missing}, timeout=30)
+    assert refused.status_code == 400
+    assert refused.json()["node_errors"]["1"]["errors"][0]["type"] == "custom_validation_failed"
+
+    body = {"prompt": workflow, "prompt_id": "e2e-load-1"}
+    assert farm.api.post(f"{url}/prompt", json=body, timeout=30).status_code == 200
+
+    def history():
+        return farm.api.get(f"{url}/history/e2e-load-1", timeout=30).json()
+
+    wait_until(lambda: history() != {}, timeout=30, what="the LoadImage prompt's history entry")
+    entry = history()["e2e-load-1"]
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["prompt"][2] == workflow  # the client's names, not the worker's
+    [ref] = entry["outputs"]["3"]["images"]
+    view = farm.api.get(f"{url}/view", params=ref, timeout=30)
+    assert view.status_code == 200
+    with PILImage.open(io.BytesIO(view.content)) as image:
+        assert image.size == (48, 32) and image.convert("RGB").getpixel((0, 0)) == (245, 55, 225)
+    digest = hashlib.sha256(source.getvalue()).hexdigest()
+    on_worker = Path(simulator.simulator.dirs["input"]) / "t2i_inputs" / f"{digest}.png"
+    assert on_worker.read_bytes() == source.getvalue()

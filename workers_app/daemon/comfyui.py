@@ -417,6 +417,25 @@ class ComfyUIClient:
             )
         return response.content
 
+    def upload_image(self, data: bytes, name: str, subfolder: str = "") -> str:
+        """POST /upload/image (protocol 3.6) with ``overwrite``; the name a LoadImage node then uses."""
+        response = self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (name, data, "application/octet-stream")},
+            data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
+        )
+        if response.status_code != 200:
+            raise _status_error(f"POST /upload/image {subfolder}/{name}", response.status_code, response.text)
+        try:
+            body = response.json()
+            stored = f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else str(body["name"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ComfyUIError(
+                "POST /upload/image returned no name", retryable=True, code="bad_response"
+            ) from exc
+        return stored
+
     def interrupt(self, prompt_id: str) -> None:
         """Interrupt the prompt if it is the one running (a no-op otherwise)."""
         self._post_quiet("/interrupt", {"prompt_id": prompt_id})

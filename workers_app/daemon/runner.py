@@ -113,6 +113,7 @@ class ComfyUI(Protocol):
     def submit(self, workflow: dict[str, Any], **kwargs: Any) -> str: ...
     def wait(self, prompt_id: str, **kwargs: Any) -> PromptOutcome: ...
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes: ...
+    def upload_image(self, data: bytes, name: str, subfolder: str = "") -> str: ...
     def cancel(self, prompt_id: str) -> None: ...
     def wake(self) -> None: ...
 
@@ -204,6 +205,10 @@ class _TaskRun:
         self.activity.leased(self.task_id, self.lease.attempt)
         if self.control.should_stop():
             return self._stopped(None)
+        if self.lease.inputs:
+            stopped = self._send_inputs()
+            if stopped is not None:
+                return stopped
         try:
             if self.frames is not None:
                 prompt_id = self.comfy.submit(self.lease.workflow, on_frame=self.frames.put)
@@ -222,6 +227,25 @@ class _TaskRun:
         if self.control.should_stop() and not (outcome.ok and self.control.stop_reason is StopReason.RELEASE):
             return self._stopped(outcome)
         return self._finish(outcome)
+
+    def _send_inputs(self) -> TaskResult | None:
+        """Fetch each uploaded image the workflow loads from the scheduler and put it on ComfyUI under the
+        name the lease gave it; None when all are there, else how the task ended."""
+        for item in self.lease.inputs:
+            try:
+                data = self.scheduler.input_image(self.task_id, self.lease.lease_token, item["sha256"])
+            except (LeaseLost, RegisterRequired):
+                logger.info("task %s: lease lost before its inputs were fetched, dropped", self.task_id)
+                self.control.request_stop(StopReason.LOST)
+                return TaskResult.LOST
+            except SchedulerError as exc:
+                return self.fail("internal", f"could not fetch an input image: {exc.message}", retryable=True)
+            try:
+                self.comfy.upload_image(data, item["name"], item["subfolder"])
+            except ComfyUIError as exc:
+                return self._submit_failed(exc)
+            logger.debug("task %s: input %s uploaded to ComfyUI", self.task_id, item["name"])
+        return None
 
     def _submit_failed(self, exc: ComfyUIError) -> TaskResult:
         model = missing_model(exc.details) if exc.code == "workflow_invalid" else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -135,6 +136,8 @@ class LeasedTask:
     lease_expires_at: str | None = None
     relay_frames: bool = False  # a ComfyUI front-door client follows it: send its socket frames (frames())
     checkpoint: str = ""
+    # Uploaded images its LoadImage nodes name: {sha256, name, subfolder} (fetch with input_image()).
+    inputs: tuple[dict[str, str], ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -152,6 +155,10 @@ class LeasedTask:
                 lease_expires_at=body.get("lease_expires_at"),
                 relay_frames=body.get("relay_frames") is True,
                 checkpoint=str(body.get("checkpoint") or ""),
+                inputs=tuple(
+                    {k: str(item[k]) for k in ("sha256", "name", "subfolder")}
+                    for item in body.get("inputs") or ()
+                ),
                 raw=body,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -308,6 +315,13 @@ class SchedulerClient:
     def frames(self, task_id: str, lease_token: str, frames: list[list[Any]]) -> None:
         """Relay ComfyUI socket frames ``[type, data]`` of this task to its front-door client."""
         self._post(f"tasks/{task_id}/frames", {"lease_token": lease_token, "frames": frames})
+
+    def input_image(self, task_id: str, lease_token: str, sha256: str) -> bytes:
+        """The bytes of one of the task's uploaded input images (LeaseLost once the lease is not ours)."""
+        response = self._call(f"tasks/{task_id}/inputs/{sha256}", json={"lease_token": lease_token})
+        if hashlib.sha256(response.content).hexdigest() != sha256:
+            raise SchedulerUnavailable(f"input {sha256[:12]}: the bytes do not match", code="bad_response")
+        return response.content
 
     def complete(
         self,

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0018_task_client_prompt_id'),
+        ('generation', '0019_input_images'),
     ]
 
     operations = [
