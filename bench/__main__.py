@@ -3,7 +3,7 @@
     python -m bench                        # PostgreSQL, default sizes (about 10 minutes on 2 cores)
     python -m bench --db sqlite --quick    # SQLite, small sizes (about 2 minutes)
     python -m bench --only lease,dispatch  # some of: machine, ratio, lease, dispatch, gap, scaling, read,
-                                           # memory, latency; and, only when named, busy and
+                                           # memory, latency, front_door; and, only when named, busy and
                                            # instances (PostgreSQL), scheduling (no database)
 
 On PostgreSQL it first runs bench.reference (the issue's reference design, a minimal DRF view with an ORM
@@ -38,7 +38,9 @@ from pathlib import Path
 from bench.common import ROOT
 from bench.report import Figure, Series, plot, table, write_json
 
-SECTIONS = ("machine", "ratio", "lease", "dispatch", "gap", "scaling", "read", "memory", "latency")
+SECTIONS = (
+    "machine", "ratio", "lease", "dispatch", "gap", "scaling", "read", "memory", "latency", "front_door",
+)  # fmt: skip
 # Run only when --only names them: bench.busy fills the machine for minutes and bench.instances runs two
 # schedulers and kills one (PostgreSQL); bench.scheduling replays FIFO against placement in simulated time
 # (no database, either --db).
@@ -243,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         # One small job at a time (PostgreSQL only): direct to the simulator, through the farm with the event
         # stream, and polling; the scheduler with its production configuration.
         f, s, d = _run_suite("bench.latency", ["--jobs", str(args.latency_jobs)], work)
+        figures += f
+    if "front_door" in args.sections and args.db == "postgres":
+        # The ComfyUI front door: one plain ComfyUI client direct to the simulator, the same through /comfy.
+        f, s, d = _run_suite("bench.front_door", ["--jobs", str(args.latency_jobs)], work)
         figures += f
 
     if "scheduling" in args.sections:

@@ -90,7 +90,7 @@ SEED_API_PATHS = frozenset({"/generate", "/register", "/heartbeat", "/task", "/c
 
 def is_api_path(path: str) -> bool:
     first = "/" + path.lstrip("/").split("/", 1)[0]
-    return first in ("/api", "/status") or first in SEED_API_PATHS
+    return first in ("/api", "/status", "/comfy") or first in SEED_API_PATHS
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:

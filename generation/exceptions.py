@@ -98,6 +98,16 @@ class Unavailable(DomainError):
     code = "unavailable"
 
 
+class WorkflowRejected(InvalidInput):
+    """A whole workflow the farm cannot run; `problem` says why in ComfyUI's shapes (api_workflows)."""
+
+    code = "workflow_invalid"
+
+    def __init__(self, problem, *, field: str = "workflow") -> None:
+        super().__init__(problem.messages()[0], fields={field: problem.messages()})
+        self.problem = problem
+
+
 class TooLarge(DomainError):
     """More bytes than a setting allows (a task's uploads together)."""
 

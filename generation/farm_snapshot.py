@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -21,7 +21,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db.models import QuerySet
 
-from generation import placement, workflows
+from generation import api_workflows, placement, workflows
 from generation.models import Task, UserShare, WorkflowTemplate
 from generation.placement import Job, Node
 from workers_app.models import Worker, WorkerSpeed
@@ -42,6 +42,7 @@ JOB_FIELDS = (
     "steps",
     "batch_size",
     "template_id",
+    "requirements_key",
 )
 
 
@@ -53,6 +54,16 @@ class WorkerStatic:
     default_seconds_per_unit: float
     switch_seconds: float
     cold_seconds: float
+    node_classes: frozenset[str] = frozenset()
+    models: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    runs: dict[str, bool] = field(default_factory=dict, compare=False)  # requirement key -> runnable here
+
+    def can_run_workflow(self, key: str, needs: api_workflows.Requirements) -> bool:
+        """Whether this worker has what a whole workflow needs (remembered per requirement key, which names
+        the needs' content)."""
+        if key not in self.runs:
+            self.runs[key] = api_workflows.missing_in(needs, self.node_classes, self.models) is None
+        return self.runs[key]
 
 
 @dataclass
@@ -117,12 +128,14 @@ def _load_statics() -> dict[tuple[int, datetime | None], WorkerStatic]:
             default_seconds_per_unit=sum(mine.values()) / len(mine) if mine else farm_default,
             switch_seconds=placement.DEFAULT_SWITCH_SECONDS if known_switch is None else known_switch,
             cold_seconds=0.0 if known_switch is None else known_switch,
+            node_classes=frozenset(nodes),
+            models=api_workflows.capabilities_models(worker.capabilities),
         )
     return statics
 
 
 def job_of(row: tuple, queued_at: float) -> Job:
-    pk, owner, checkpoint, priority, width, height, steps, batch, template = row
+    pk, owner, checkpoint, priority, width, height, steps, batch, template, requirements = row
     return Job(
         id=pk,
         user=owner,
@@ -131,6 +144,7 @@ def job_of(row: tuple, queued_at: float) -> Job:
         work=placement.work_units(width, height, steps, batch),
         queued_at=queued_at,
         template=template,
+        requirements=requirements,
     )
 
 
@@ -214,9 +228,15 @@ def live_workers(now: datetime) -> list[LiveWorker]:
     return live
 
 
-def snapshot(*, now: datetime, workers: list[LiveWorker | Worker]) -> Farm:
+def snapshot(
+    *,
+    now: datetime,
+    workers: list[LiveWorker | Worker],
+    workflow_needs: Mapping[str, api_workflows.Requirements] | None = None,
+) -> Farm:
     """The live `workers` with their held work (running work counts what is left of it), and the usage and
-    weights of every user with held work (`add_users` adds others)."""
+    weights of every user with held work (`add_users` adds others). `workflow_needs`, the queued whole
+    workflows' needs by requirement key, says which of them each worker can run (None: any)."""
     stamp = now.timestamp()
     statics = worker_statics(workers)
     nodes: dict[int, Node] = {}
@@ -232,6 +252,9 @@ def snapshot(*, now: datetime, workers: list[LiveWorker | Worker]) -> Farm:
             switch_seconds=static.switch_seconds,
             cold_seconds=static.cold_seconds,
             templates=static.templates,
+            workflows=None
+            if workflow_needs is None
+            else frozenset(k for k, needs in workflow_needs.items() if static.can_run_workflow(k, needs)),
         )
     held_rows = Task.objects.filter(status__in=Task.ACTIVE_STATUSES)
     if len(nodes) <= NAMED_WORKERS_MOST:

@@ -192,3 +192,28 @@ class ApiTokenForm(forms.Form):
     expires_in_days = forms.IntegerField(
         label="Expires after (days)", required=False, min_value=1, max_value=3650, help_text="Empty: never."
     )
+
+
+class WorkflowRunForm(forms.Form):
+    """The "Run a workflow" page: an API-format workflow pasted, or a .json file or ComfyUI PNG chosen. The
+    image for each LoadImage node comes as a file field `input_<node id>` (read by the view)."""
+
+    workflow = forms.CharField(
+        label="Workflow (API format JSON)",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false", "class": "code"}),
+        help_text="In ComfyUI: Workflow › Export (API). Or the body of a POST /prompt.",
+    )
+    workflow_file = forms.FileField(
+        label="…or a file",
+        required=False,
+        widget=forms.ClearableFileInput(attrs={"accept": ".json,application/json,image/png"}),
+        help_text="A .json workflow, or a PNG that ComfyUI saved (the workflow is read from it).",
+    )
+
+    def add_service_errors(self, exc: InvalidInput) -> None:
+        """The service's field errors next to their fields; others at the top of the form."""
+        for name, messages in (exc.fields or {None: [exc.detail]}).items():
+            for message in messages:
+                self.add_error(name if name in self.fields else None, message)

@@ -113,12 +113,22 @@ def _copy_to_its_end(upload, *, max_bytes: int) -> _Copy:
     return copy
 
 
+MAX_PIXELS_ANY_SIZE = 16384 * 16384  # an image of a whole workflow, whose size the farm cannot know
+
+
 def verify_image(
-    upload, *, width: int, height: int, max_bytes: int, field: str = "images", thumbnail: bool = False
+    upload,
+    *,
+    width: int | None,
+    height: int | None,
+    max_bytes: int,
+    field: str = "images",
+    thumbnail: bool = False,
 ) -> VerifiedImage:
-    """Check an upload is a whole PNG/JPEG/WebP of exactly `width`×`height` and copy what is to be stored
-    (the image up to its end, see _copy_to_its_end) to a temporary file; with `thumbnail`, also make its
-    thumbnail from the pixels already decoded.
+    """Check an upload is a whole PNG/JPEG/WebP of exactly `width`×`height` (any size up to
+    MAX_PIXELS_ANY_SIZE when they are None) and copy what is to be stored (the image up to its end, see
+    _copy_to_its_end) to a temporary file; with `thumbnail`, also make its thumbnail from the pixels already
+    decoded.
 
     The size is checked from the header before any pixel is decoded, so a decompression bomb is refused
     without being expanded; then every pixel is decoded, so a truncated or corrupt file is refused too. The
@@ -133,7 +143,7 @@ def verify_image(
             raise InvalidInput(
                 f"{name}: larger than {max_bytes} bytes.", fields={field: [f"{name}: too large."]}
             )
-        fmt, thumb = _check_pixels(
+        fmt, size, thumb = _check_pixels(
             copy.out, name=name, width=width, height=height, field=field, thumbnail=thumbnail
         )
     except BaseException:
@@ -143,16 +153,18 @@ def verify_image(
     return VerifiedImage(
         file=copy.out,
         size=copy.size,
-        width=width,
-        height=height,
+        width=size[0],
+        height=size[1],
         format=fmt,
         sha256=copy.hash.hexdigest(),
         thumbnail=thumb,
     )
 
 
-def _check_pixels(file: IO[bytes], *, name: str, width: int, height: int, field: str, thumbnail: bool):
-    """(format, thumbnail JPEG or b"") of the image in `file`, or InvalidInput."""
+def _check_pixels(
+    file: IO[bytes], *, name: str, width: int | None, height: int | None, field: str, thumbnail: bool
+):
+    """(format, (width, height), thumbnail JPEG or b"") of the image in `file`, or InvalidInput."""
     try:
         with PILImage.open(file) as img:
             fmt, size = img.format, img.size
@@ -160,7 +172,10 @@ def _check_pixels(file: IO[bytes], *, name: str, width: int, height: int, field:
                 raise InvalidInput(
                     f"{name}: {fmt} is not accepted.", fields={field: [f"{name}: must be PNG, JPEG or WebP."]}
                 )
-            if size != (width, height):
+            if width is None or height is None:
+                if size[0] * size[1] > MAX_PIXELS_ANY_SIZE:
+                    raise InvalidInput(f"{name}: too many pixels.", fields={field: [f"{name}: too large."]})
+            elif size != (width, height):
                 raise InvalidInput(
                     f"{name}: {size[0]}x{size[1]}, expected {width}x{height}.",
                     fields={field: [f"{name}: is {size[0]}x{size[1]}, expected {width}x{height}."]},
@@ -172,7 +187,7 @@ def _check_pixels(file: IO[bytes], *, name: str, width: int, height: int, field:
         file.seek(0)
         with PILImage.open(file) as img:
             img.load()
-            return fmt, _thumbnail_or_none(img, name) if thumbnail else b""
+            return fmt, size, _thumbnail_or_none(img, name) if thumbnail else b""
     except InvalidInput:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:

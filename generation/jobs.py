@@ -18,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from generation.metrics import metrics_rollup
-from generation.models import Image, Task
+from generation.models import Image, InputImage, Task
 from generation.services.deletion import files_delete, tasks_delete
 from generation.thumbnails import images_make_missing_thumbnails
 from generation.webhooks import webhooks_deliver_due
@@ -58,8 +58,8 @@ def orphans_job() -> str:
 
 
 def media_sweep_orphans(*, now: datetime | None = None, batch: int = 500) -> int:
-    """Remove stored images and thumbnails that no Image row names, once older than ORPHAN_GRACE_SECONDS, and
-    Django's temporary upload files as old.
+    """Remove stored images, thumbnails and input images that no row names, once older than
+    ORPHAN_GRACE_SECONDS, and Django's temporary upload files as old.
 
     A completion writes its files before the transaction that inserts their rows, and removes them again if
     that fails; a process killed in between leaves them behind, and so does a request killed while Django
@@ -72,6 +72,12 @@ def media_sweep_orphans(*, now: datetime | None = None, batch: int = 500) -> int
             "file", "thumbnail"
         )
         kept = {name for pair in named for name in pair}
+        for name in names:
+            if name not in kept:
+                default_storage.delete(name)
+                removed += 1
+    for names in _stored_files("inputs", cutoff, batch):  # input images (services.inputs)
+        kept = set(InputImage.objects.filter(file__in=names).values_list("file", flat=True))
         for name in names:
             if name not in kept:
                 default_storage.delete(name)

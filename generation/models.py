@@ -116,7 +116,21 @@ class Task(models.Model):
     seed = Uint64Field()
     batch_size = models.PositiveSmallIntegerField(default=1)
     checkpoint = models.CharField(max_length=255, blank=True)
-    template = models.ForeignKey(WorkflowTemplate, on_delete=models.PROTECT, related_name="tasks")
+    # A task runs either a template with its fields bound in, or a whole API-format workflow as given.
+    template = models.ForeignKey(
+        WorkflowTemplate, null=True, blank=True, on_delete=models.PROTECT, related_name="tasks"
+    )
+    workflow = models.JSONField(null=True, blank=True, help_text="A whole API-format workflow (no template).")
+    # What a workflow task needs from a worker (generation.api_workflows.Requirements) and its digest, which
+    # leasing groups queued workflow tasks by.
+    requirements = models.JSONField(default=dict, blank=True)
+    requirements_key = models.CharField(max_length=64, blank=True)
+    # The ComfyUI front door (/comfy/): the client's own prompt id, unique per owner (an idempotency key),
+    # and the clientId whose socket gets this task's frames.
+    client_prompt_id = models.CharField(max_length=100, blank=True)
+    client_id = models.CharField(max_length=100, blank=True)
+    # The uploaded images its LoadImage nodes name (POST /comfy/upload/image): the worker fetches each one.
+    input_images = models.ManyToManyField("InputImage", blank=True, related_name="tasks")
     priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     progress_value = models.FloatField(default=0)
@@ -161,6 +175,8 @@ class Task(models.Model):
             # Dashboard and metrics: WHERE status IN ('completed','failed') AND finished_at >= now - 1h;
             # retention: WHERE status IN (finished) AND finished_at < cutoff.
             models.Index(fields=["status", "finished_at"], name="task_finished_idx"),
+            # task_lease_next: SELECT DISTINCT requirements_key WHERE status='queued' AND template_id IS NULL
+            models.Index(fields=["status", "requirements_key"], name="task_requirements_idx"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -169,6 +185,22 @@ class Task(models.Model):
             models.CheckConstraint(
                 condition=~Q(status__in=["leased", "running"]) | Q(lease_token__isnull=False),
                 name="task_active_has_lease",
+            ),
+            models.CheckConstraint(
+                condition=Q(template__isnull=False) | Q(workflow__isnull=False),
+                name="task_has_something_to_run",
+            ),
+            # One task per (user, client prompt id); the anonymous space is one more "user". Also the index of
+            # the front door's lookup: WHERE owner_id = ? AND client_prompt_id = ?
+            models.UniqueConstraint(
+                fields=["owner", "client_prompt_id"],
+                condition=~Q(client_prompt_id=""),
+                name="task_unique_client_prompt_id",
+            ),
+            models.UniqueConstraint(
+                fields=["client_prompt_id"],
+                condition=~Q(client_prompt_id="") & Q(owner=None),
+                name="task_unique_anonymous_client_prompt_id",
             ),
         ]
 
@@ -186,6 +218,11 @@ class Task(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def is_workflow(self) -> bool:
+        """A whole workflow, run as given (no template)."""
+        return self.template_id is None
 
     @property
     def progress_percent(self) -> int:
@@ -281,6 +318,51 @@ class UserShare(models.Model):
         return f"{self.user_id}: weight {self.weight}"
 
 
+class InputImage(models.Model):
+    """An image a user uploaded for LoadImage (ComfyUI's POST /upload/image), under the name ComfyUI would
+    give it. Each owner (the anonymous space counts as one) has their own names; the file's storage name is
+    unguessable. Written only after its file is stored."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="input_images"
+    )
+    kind = models.CharField(max_length=5, default="input", help_text="ComfyUI's `type`: input or temp.")
+    subfolder = models.CharField(max_length=200, blank=True)
+    name = models.CharField(max_length=200)
+    file = models.FileField(max_length=255)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # services.input_image_upload and the submit's lookup: WHERE owner_id = ? AND kind = ? AND …
+            models.UniqueConstraint(
+                fields=["owner", "kind", "subfolder", "name"], name="input_image_unique_name"
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "subfolder", "name"],
+                condition=Q(owner=None),
+                name="input_image_unique_anonymous_name",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.comfy_name
+
+    @property
+    def comfy_name(self) -> str:
+        """What a LoadImage node names it by: `subfolder/name`, or `name` (` [temp]` after a temp file)."""
+        name = f"{self.subfolder}/{self.name}" if self.subfolder else self.name
+        return name if self.kind == "input" else f"{name} [{self.kind}]"
+
+    @property
+    def ref(self) -> tuple[str, str, str]:
+        return (self.kind, self.subfolder, self.name)
+
+
 class Image(models.Model):
     """An image a task produced. The row is written only after its file is fully stored."""
 
@@ -290,6 +372,7 @@ class Image(models.Model):
     # An attempt with images is not deleted on its own, but it goes with its task (which takes the images).
     attempt = models.ForeignKey(TaskAttempt, on_delete=models.RESTRICT, related_name="images")
     index = models.PositiveSmallIntegerField(default=0, help_text="Position in the batch.")
+    node_id = models.CharField(max_length=64, blank=True, help_text="The ComfyUI node that saved it.")
     file = models.FileField(max_length=255)
     thumbnail = models.FileField(max_length=255, blank=True)
     width = models.PositiveIntegerField()

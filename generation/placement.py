@@ -65,7 +65,8 @@ class Job(NamedTuple):
     priority: int
     work: float
     queued_at: float
-    template: int = 0
+    template: int | None = 0  # None: a whole-workflow task, runnable by its requirements
+    requirements: str = ""  # a whole-workflow task's requirement key
 
 
 @dataclass
@@ -86,8 +87,11 @@ class Node:
     # of work by a default it never had a chance to disprove.
     cold_seconds: float = 0.0
     templates: frozenset[int] | None = None  # the templates whose node classes it has; None: any
+    workflows: frozenset[str] | None = None  # the requirement keys of whole workflows it can run; None: any
 
     def can_run(self, job: Job) -> bool:
+        if job.template is None:
+            return self.workflows is None or job.requirements in self.workflows
         if self.templates is not None and job.template not in self.templates:
             return False
         return not job.checkpoint or not self.checkpoints or job.checkpoint in self.checkpoints

@@ -78,7 +78,12 @@ def task_queue_position(task: Task) -> int | None:
 
 
 def tasks_for(user, *, mine: bool = False, status: str | None = None) -> QuerySet[Task]:
-    qs = Task.objects.select_related("template", "worker", "owner").prefetch_related("images")
+    # A whole workflow can be megabytes: lists never show it.
+    qs = (
+        Task.objects.select_related("template", "worker", "owner")
+        .prefetch_related("images")
+        .defer("workflow", "requirements")
+    )
     if not (user.is_authenticated and user.is_staff) or mine:
         qs = qs.filter(owner=user) if user.is_authenticated else qs.none()
     if status:

@@ -17,6 +17,11 @@ class TaskSubmitInput(serializers.ModelSerializer):
 
     seed = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=SEED_MAX)
     template = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
+    workflow = serializers.JSONField(
+        required=False,
+        help_text="A whole ComfyUI API-format workflow, run as given, instead of a template and its fields "
+        "(only priority and callback_url go with it).",
+    )
     callback_url = serializers.URLField(
         required=False,
         allow_blank=True,
@@ -26,9 +31,9 @@ class TaskSubmitInput(serializers.ModelSerializer):
 
     class Meta:
         model = Task
-        fields = [*TASK_INPUT_FIELDS, "template"]
+        fields = [*TASK_INPUT_FIELDS, "template", "workflow"]
         extra_kwargs = {
-            "prompt": {"trim_whitespace": False},
+            "prompt": {"trim_whitespace": False, "required": False},
             "negative_prompt": {"trim_whitespace": False},
         }
 

@@ -4,6 +4,7 @@ Views stay thin: read through selectors, change state only through services, and
 change a task in the helpers at the top of this file.
 """
 
+import json
 import uuid
 from http import HTTPStatus
 from urllib.parse import urlencode
@@ -25,10 +26,18 @@ from django.utils.text import Truncator
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from generation import eta, selectors, services, web_selectors
+from generation import eta, selectors, services, web_selectors, workflow_intake
 from generation.client_address import client_address
-from generation.exceptions import Conflict, Forbidden, InvalidInput, NotFound, Throttled, Unavailable
-from generation.forms import GalleryFilterForm, GenerateForm, SignUpForm
+from generation.exceptions import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Throttled,
+    Unavailable,
+)
+from generation.forms import GalleryFilterForm, GenerateForm, SignUpForm, WorkflowRunForm
 from generation.models import Image, Task, WorkflowTemplate
 
 # Task.error_code → what went wrong, in plain words. The worker's own message is shown below it.
@@ -138,10 +147,59 @@ def generate(request: HttpRequest) -> HttpResponse:
     return render(request, "generation/generate.html", {"form": form, "recent": recent}, status=status)
 
 
+def run_workflow(request: HttpRequest) -> HttpResponse:
+    """Run a whole API-format workflow: pasted, or read from a .json file or a ComfyUI PNG. "Check" shows what
+    it needs and whether the farm can run it; "Run" stores the LoadImage files given and queues it."""
+    if not _may_submit(request.user):
+        return redirect_to_login(request.get_full_path())
+    report, status = None, HTTPStatus.OK
+    form = WorkflowRunForm()
+    if request.method == "POST":
+        form = WorkflowRunForm(request.POST, request.FILES)
+        if form.is_valid():
+            try:
+                workflow = workflow_intake.read_workflow(
+                    form.cleaned_data["workflow"], form.cleaned_data["workflow_file"]
+                )
+            except InvalidInput as exc:
+                form.add_service_errors(exc)
+            else:
+                form = WorkflowRunForm({"workflow": json.dumps(workflow, indent=2)})
+                form.is_valid()
+                if request.POST.get("action") == "run":
+                    task = _run_workflow(request, form, workflow)
+                    if task is not None:
+                        return redirect("web:task", task_id=task.public_id)
+                report = workflow_intake.describe(workflow, request.user)
+        if form.errors:
+            status = HTTPStatus.BAD_REQUEST
+    return render(request, "generation/run_workflow.html", {"form": form, "report": report}, status=status)
+
+
+def _run_workflow(request: HttpRequest, form: WorkflowRunForm, workflow: dict) -> Task | None:
+    """Queue the workflow with the LoadImage files of the form; None with the errors added to `form`."""
+    uploads = {
+        name.removeprefix("input_"): upload
+        for name, upload in request.FILES.items()
+        if name.startswith("input_")
+    }
+    try:
+        services.submit_claim(user=request.user, address=client_address(request))
+        workflow = services.workflow_with_uploads(owner=request.user, workflow=workflow, uploads=uploads)
+        task = services.task_submit_workflow(owner=request.user, workflow=workflow)
+    except DomainError as exc:
+        form.add_service_errors(exc)
+        return None
+    _remember_anonymous_task(request, task)
+    if task.warning:
+        messages.warning(request, task.warning)
+    return task
+
+
 def settings_query(task: Task, *, with_seed: bool = True) -> str:
     """The generate page's query string that reproduces `task` (without its seed: a new variation)."""
     params = {name: getattr(task, name) for name in GenerateForm.TASK_FIELDS if name != "seed"}
-    params |= {"cfg": f"{task.cfg:g}", "template": task.template.name}
+    params |= {"cfg": f"{task.cfg:g}", "template": task.template.name if task.template else ""}
     if with_seed:
         params["seed"] = task.seed
     return urlencode({k: v for k, v in params.items() if v != ""})

@@ -8,6 +8,7 @@ from generation import account_views, views
 app_name = "web"
 urlpatterns = [
     path("", views.generate, name="generate"),
+    path("workflow/", views.run_workflow, name="run-workflow"),
     path("tasks/<uuid:task_id>/", views.task_detail, name="task"),
     path("tasks/<uuid:task_id>/cancel/", views.task_cancel, name="task-cancel"),
     path("queue/", views.my_queue, name="queue"),

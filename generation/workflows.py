@@ -29,7 +29,7 @@ def validate_template(workflow: Any, bindings: Any) -> dict[str, list[str]]:
     """Return errors by field (`workflow`, `bindings`); empty when the template is usable."""
     errors: dict[str, list[str]] = {}
     for field, value in (("workflow", workflow), ("bindings", bindings)):
-        problem = _unstorable(value)
+        problem = unstorable(value)
         if problem:
             errors[field] = [problem]
     if errors:
@@ -48,7 +48,7 @@ def validate_template(workflow: Any, bindings: Any) -> dict[str, list[str]]:
 MAX_JSON_DEPTH = 32
 
 
-def _unstorable(value: Any) -> str | None:
+def unstorable(value: Any) -> str | None:
     """Why a JSON value cannot be stored and sent on as it is, or None. PostgreSQL's jsonb refuses NUL
     characters, unpaired surrogates and non-finite numbers (JSON has none), and absurd nesting would make
     every copy of the workflow fail later. Iterative, so deep input cannot overflow the stack here."""
@@ -91,13 +91,13 @@ def _workflow_errors(workflow: Any) -> list[str]:
             errors.append(f"Node {node_id!r}: inputs must be an object.")
             continue
         for name, value in inputs.items():
-            if _is_link(value) and value[0] not in workflow:
+            if is_link(value) and value[0] not in workflow:
                 errors.append(f"Node {node_id!r} input {name!r} links to missing node {value[0]!r}.")
     if errors:
         return errors
     if not any(node["class_type"] in OUTPUT_NODE_CLASSES for node in workflow.values()):
         errors.append("The workflow has no output node (e.g. SaveImage).")
-    cycle = _find_cycle(workflow)
+    cycle = find_cycle(workflow)
     if cycle:
         errors.append(f"The workflow has a cycle through nodes {', '.join(cycle)}.")
     return errors
@@ -122,12 +122,12 @@ def _binding_errors(workflow: dict, bindings: Any, *, check_nodes: bool) -> list
             errors.append(f"{field}: node {node_id!r} is not in the workflow.")
         elif input_name not in node.get("inputs", {}):
             errors.append(f"{field}: node {node_id!r} ({node['class_type']}) has no input {input_name!r}.")
-        elif _is_link(node["inputs"][input_name]):
+        elif is_link(node["inputs"][input_name]):
             errors.append(f"{field}: input {input_name!r} of node {node_id!r} is a link, not a value.")
     return errors
 
 
-def _is_link(value: Any) -> bool:
+def is_link(value: Any) -> bool:
     return (
         isinstance(value, list)
         and len(value) == 2
@@ -136,7 +136,7 @@ def _is_link(value: Any) -> bool:
     )
 
 
-def _find_cycle(workflow: dict) -> list[str]:
+def find_cycle(workflow: dict) -> list[str]:
     """Node ids on a cycle of links, or [] (iterative DFS, so deep graphs cannot overflow the stack)."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     for root in workflow:
@@ -162,7 +162,7 @@ def _find_cycle(workflow: dict) -> list[str]:
 
 
 def _links(workflow: dict, node_id: str) -> list[str]:
-    return [v[0] for v in workflow[node_id].get("inputs", {}).values() if _is_link(v) and v[0] in workflow]
+    return [v[0] for v in workflow[node_id].get("inputs", {}).values() if is_link(v) and v[0] in workflow]
 
 
 def build_workflow(workflow: dict, bindings: dict, values: dict[str, Any]) -> dict:

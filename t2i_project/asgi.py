@@ -17,7 +17,12 @@ django.setup(set_prefix=False)
 # busy farm's rate, progress once a second per GPU, making and joining a thread per request was a fifth of
 # their cost): their synchronous parts run on the process's one shared thread.
 SHARED_THREAD_URL_NAMES = ("worker-api:lease", "seed-task", "worker-api:heartbeat", "api:task-events-mine")
-SHARED_THREAD_TASK_URL_NAMES = ("worker-api:progress", "worker-api:start", "api:task-events")
+SHARED_THREAD_TASK_URL_NAMES = (
+    "worker-api:progress",
+    "worker-api:start",
+    "worker-api:frames",
+    "api:task-events",
+)
 
 
 @functools.cache
@@ -45,10 +50,22 @@ class Handler(ASGIHandler):
     and join a thread."""
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and on_shared_thread(scope["path"]):
+        if scope["type"] == "websocket":
+            await websocket(scope, receive, send)
+        elif scope["type"] == "http" and on_shared_thread(scope["path"]):
             await self.handle(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+
+async def websocket(scope, receive, send) -> None:
+    """The one WebSocket route, the ComfyUI front door's socket (generation.comfy_ws); others are refused."""
+    from generation import comfy_ws
+
+    if scope["path"] in comfy_ws.WS_PATHS:
+        await comfy_ws.serve(scope, receive, send)
+    elif (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.close", "code": 1008})
 
 
 application = Handler()

@@ -26,6 +26,9 @@ def favicon(request):
 urlpatterns = [
     path("api/v1/worker/", include("workers_app.urls")),
     path("api/v1/", include("generation.urls")),
+    # The ComfyUI front door: ComfyUI's routes for the whole farm, also under /api as ComfyUI serves them.
+    path("comfy/api/", include(("generation.comfy_urls", "comfy-api"))),
+    path("comfy/", include(("generation.comfy_urls", "comfy"))),
     path("admin/", admin.site.urls),
     path("", include("generation.web_urls")),
     path("", include("t2i_project.ops_urls")),

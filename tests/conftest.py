@@ -45,6 +45,21 @@ def capabilities(checkpoints=(CHECKPOINT,), nodes=(*SD15_NODES, *NOISE_NODES)) -
     }
 
 
+def off_thread(function, *args, **kwargs):
+    """`function` as a coroutine on a thread of asgiref's pool, as another process's request would run it; the
+    thread's database connection goes back to the pool when it is done (a pool thread outlives the test, and
+    a connection it kept would be missing from the pool for the rest of the run)."""
+    from asgiref.sync import sync_to_async
+
+    def run():
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(run, thread_sensitive=False)()
+
+
 def png_bytes(width: int = 64, height: int = 64, color=(200, 30, 30)) -> bytes:
     out = io.BytesIO()
     PILImage.new("RGB", (width, height), color).save(out, format="PNG")

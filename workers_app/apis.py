@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.parsers import FormParser
@@ -81,6 +82,17 @@ class CapabilitiesInput(serializers.Serializer):
     )
     schedulers = serializers.ListField(
         child=serializers.CharField(max_length=255), required=False, default=list
+    )
+    output_nodes = serializers.ListField(
+        child=serializers.CharField(max_length=255),
+        required=False,
+        default=list,
+        help_text="Node classes with output_node in /object_info.",
+    )
+    model_inputs = serializers.DictField(
+        child=serializers.DictField(child=serializers.ListField(child=serializers.CharField(max_length=255))),
+        required=False,
+        help_text="{class_type: {input name: [file, …]}}: the file choices of model inputs in /object_info.",
     )
 
 
@@ -184,6 +196,18 @@ class LeaseOutput(serializers.Serializer):
     checkpoint = serializers.CharField(source="task.checkpoint")
     prompt = serializers.CharField(source="task.prompt")
     negative_prompt = serializers.CharField(source="task.negative_prompt")
+    relay_frames = serializers.SerializerMethodField(
+        help_text="A ComfyUI front-door client follows this task: send its socket frames (POST …/frames)."
+    )
+
+    inputs = serializers.ListField(
+        child=serializers.DictField(child=serializers.CharField()),
+        help_text="Uploaded images the workflow's LoadImage nodes name, as {sha256, name, subfolder}: "
+        "fetch each (POST tasks/{id}/inputs/{sha256}) and upload it to ComfyUI (/upload/image) first.",
+    )
+
+    def get_relay_frames(self, lease) -> bool:
+        return bool(lease.task.client_id)
 
 
 @dataclass(frozen=True)
@@ -283,8 +307,52 @@ class TaskProgressApi(WorkerApi):
         return Response({"cancel": False})
 
 
+class FramesInput(LeaseTokenInput):
+    frames = serializers.ListField(
+        child=serializers.ListField(min_length=2, max_length=2), max_length=500, allow_empty=True
+    )
+
+    def validate_frames(self, frames: list) -> list:
+        for kind, data in frames:
+            if not isinstance(kind, str) or len(kind) > 64 or not isinstance(data, dict):
+                raise serializers.ValidationError("Each frame is [type, data object].")
+        return frames
+
+
+class FramesOutput(serializers.Serializer):
+    relayed = serializers.IntegerField()
+
+
+class TaskFramesApi(WorkerApi):
+    @extend_schema(request=FramesInput, responses=FramesOutput)
+    def post(self, request: Request, task_id) -> Response:
+        data = _valid(FramesInput, request.data)
+        relayed = services.task_relay_frames(
+            worker=self.worker, task_id=task_id, lease_token=data["lease_token"], frames=data["frames"]
+        )
+        return Response({"relayed": relayed})
+
+
+class TaskInputApi(WorkerApi):
+    """The bytes of one uploaded input image of a task this worker holds the live lease of."""
+
+    @extend_schema(request=LeaseTokenInput, responses={(200, "application/octet-stream"): bytes})
+    def post(self, request: Request, task_id, sha256: str) -> FileResponse:
+        data = _valid(LeaseTokenInput, request.data)
+        row = services.input_image_for_worker(
+            worker_id=self.worker.pk, task_id=task_id, lease_token=data["lease_token"], sha256=sha256
+        )
+        return FileResponse(row.file.open("rb"), content_type="application/octet-stream")
+
+
 class CompleteInput(LeaseTokenInput):
     images = serializers.ListField(child=serializers.FileField(), allow_empty=False)
+    node_ids = serializers.ListField(
+        child=serializers.CharField(max_length=64, allow_blank=True),
+        required=False,
+        default=list,
+        help_text="The ComfyUI node id of each image, in the order of `images`.",
+    )
     comfyui_prompt_id = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
     lease_next = serializers.BooleanField(
         required=False, default=False, help_text="Also lease the next task; the answer carries it in `next`."
@@ -317,6 +385,7 @@ def _complete(request: Request, worker: Worker, task_id, lease_token: str | None
         "lease_token": lease_token or body.get("lease_token"),
         "comfyui_prompt_id": body.get("comfyui_prompt_id", ""),
         "images": request.FILES.getlist("images"),
+        "node_ids": body.getlist("node_ids") if hasattr(body, "getlist") else body.get("node_ids", []),
         **{key: body[key] for key in ("lease_next", "prefetch") if key in body},
     }
     valid = _valid(CompleteInput, data)
@@ -326,6 +395,7 @@ def _complete(request: Request, worker: Worker, task_id, lease_token: str | None
         "lease_token": valid["lease_token"],
         "files": valid["images"],
         "comfyui_prompt_id": valid["comfyui_prompt_id"],
+        "node_ids": valid["node_ids"],
     }
     if valid["lease_next"]:
         done = services.task_complete_and_lease(**arguments, prefetch=valid["prefetch"])

@@ -27,7 +27,16 @@ logger = logging.getLogger(__name__)
 
 # What a worker may report, at most, per list: above what real ComfyUI installs report (node classes with many
 # custom nodes run to a few thousand), far below what would bloat every generate page and lease check.
-CAPABILITY_LISTS = {"checkpoints": 1000, "node_classes": 5000, "samplers": 200, "schedulers": 200}
+CAPABILITY_LISTS = {
+    "checkpoints": 1000,
+    "node_classes": 5000,
+    "samplers": 200,
+    "schedulers": 200,
+    "output_nodes": 5000,
+}
+# model_inputs: {class_type: {input name: [file, …]}}, the choices of loader inputs (api_workflows).
+MODEL_INPUTS_MAX = 500  # (class, input) pairs
+MODEL_FILES_MAX = 5000  # files per input
 
 
 def worker_create(*, name: str) -> tuple[Worker, str]:
@@ -109,6 +118,31 @@ def _clean_capabilities(capabilities: dict) -> dict:
             "vram_total must be a whole number.", fields={"capabilities.vram_total": ["Invalid."]}
         )
     clean["vram_total"] = vram
+    if "model_inputs" in capabilities:
+        clean["model_inputs"] = _clean_model_inputs(capabilities["model_inputs"])
+    return clean
+
+
+def _clean_model_inputs(value) -> dict[str, dict[str, list[str]]]:
+    def bad(message: str) -> InvalidInput:
+        return InvalidInput(message, fields={"capabilities.model_inputs": [message]})
+
+    if not isinstance(value, dict):
+        raise bad("Must be an object of class name to {input name: [file, …]}.")
+    clean: dict[str, dict[str, list[str]]] = {}
+    pairs = 0
+    for class_type, inputs in value.items():
+        if not isinstance(class_type, str) or len(class_type) > 255 or not isinstance(inputs, dict):
+            raise bad("Must be an object of class name to {input name: [file, …]}.")
+        for name, files in inputs.items():
+            pairs += 1
+            if not isinstance(name, str) or len(name) > 255 or not isinstance(files, list):
+                raise bad("Each input must name a list of files.")
+            if len(files) > MODEL_FILES_MAX or not all(isinstance(f, str) and len(f) <= 255 for f in files):
+                raise bad(f"At most {MODEL_FILES_MAX} file names of at most 255 characters per input.")
+            clean.setdefault(class_type, {})[name] = sorted(set(files))
+    if pairs > MODEL_INPUTS_MAX:
+        raise bad(f"At most {MODEL_INPUTS_MAX} inputs.")
     return clean
 
 

@@ -2,10 +2,13 @@
 background jobs all call these functions: one rule, one place. By lifecycle:
 
 - submit: what people do (submit, cancel, retry, priority, templates, deleting images);
+- workflow_submit: a whole API-format workflow as a task (checked against the workers' inventory);
 - submit_limit: how many submits a user (or an address) may make in a window, counted across processes;
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion_slots: how many completions of one worker may run at once, across processes;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
+- inputs: images uploaded for LoadImage nodes (stored per owner, needed by a workflow, fetched by a worker);
+- frames: ComfyUI socket frames a worker relays for a front-door client;
 - maintenance: leases that outlived their worker;
 - deletion: tasks deleted for good with their files (retention, an account's deletion);
 - api_tokens: users' REST API tokens (made, looked up by hash, revoked);
@@ -22,6 +25,8 @@ from generation.services.completion import (
 )
 from generation.services.completion_slots import completion_slot
 from generation.services.deletion import files_delete, tasks_delete, user_delete
+from generation.services.frames import task_relay_frames
+from generation.services.inputs import input_image_for_worker, input_image_upload, workflow_with_uploads
 from generation.services.leasing import (
     TaskLease,
     task_lease_next,
@@ -38,10 +43,12 @@ from generation.services.submit import (
     task_retry,
     task_set_priority,
     task_submit,
+    tasks_cancel,
     template_create,
 )
 from generation.services.submit_limit import submit_claim
 from generation.services.transitions import farm_setting, worker_count_outcome
+from generation.services.workflow_submit import comfy_prompt_submit, task_submit_workflow
 
 __all__ = [
     "Completion",
@@ -49,24 +56,30 @@ __all__ = [
     "api_token_create",
     "api_token_revoke",
     "api_token_user",
+    "comfy_prompt_submit",
     "completion_slot",
     "farm_setting",
     "files_delete",
     "image_deletable_by",
     "image_delete",
+    "input_image_for_worker",
+    "input_image_upload",
     "submit_claim",
     "task_cancel",
     "task_complete",
     "task_complete_and_lease",
     "task_fail",
     "task_lease_next",
+    "task_relay_frames",
     "task_release",
     "task_report_progress",
     "task_retry",
     "task_set_priority",
     "task_start",
     "task_submit",
+    "task_submit_workflow",
     "task_workflow",
+    "tasks_cancel",
     "tasks_delete",
     "tasks_reap_expired",
     "tasks_requeue_for_worker",
@@ -74,4 +87,5 @@ __all__ = [
     "user_delete",
     "worker_assert_live",
     "worker_count_outcome",
+    "workflow_with_uploads",
 ]

@@ -46,7 +46,13 @@ class Completion:
 
 
 def task_complete(
-    *, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID, files: list, comfyui_prompt_id: str = ""
+    *,
+    worker: Worker,
+    task_id: uuid.UUID,
+    lease_token: uuid.UUID,
+    files: list,
+    comfyui_prompt_id: str = "",
+    node_ids: list[str] | None = None,
 ) -> Completion:
     """Verify and store the images and their thumbnails, then mark the task completed, in that order.
 
@@ -70,14 +76,27 @@ def task_complete(
     task = attempt.task
     verified = _verify_batch(task, files)
     try:
-        return _store_and_finish(task, attempt, verified, worker=worker, comfyui_prompt_id=comfyui_prompt_id)
+        return _store_and_finish(
+            task,
+            attempt,
+            verified,
+            worker=worker,
+            comfyui_prompt_id=comfyui_prompt_id,
+            node_ids=_node_ids(node_ids, len(verified)),
+        )
     finally:
         for image in verified:
             image.close()
 
 
 def _store_and_finish(
-    task: Task, attempt: TaskAttempt, verified: list[VerifiedImage], *, worker: Worker, comfyui_prompt_id: str
+    task: Task,
+    attempt: TaskAttempt,
+    verified: list[VerifiedImage],
+    *,
+    worker: Worker,
+    comfyui_prompt_id: str,
+    node_ids: list[str],
 ) -> Completion:
     task_id, lease_token = task.public_id, attempt.lease_token
     storage_space.storage_assert_room(sum(image.size + len(image.thumbnail) for image in verified))
@@ -99,6 +118,7 @@ def _store_and_finish(
                     task=task,
                     attempt=attempt,
                     index=index,
+                    node_id=node_ids[index],
                     file=name,
                     thumbnail=thumbnail,
                     width=image.width,
@@ -163,6 +183,7 @@ def task_complete_and_lease(
     lease_token: uuid.UUID,
     files: list,
     comfyui_prompt_id: str = "",
+    node_ids: list[str] | None = None,
     prefetch: bool = False,
 ) -> Completion:
     """`task_complete`, then the worker's next lease as `task_lease_next(prefetch=...)` gives it: one
@@ -178,6 +199,7 @@ def task_complete_and_lease(
         lease_token=lease_token,
         files=files,
         comfyui_prompt_id=comfyui_prompt_id,
+        node_ids=node_ids,
     )
     if not done.landed:
         return done
@@ -189,13 +211,39 @@ def task_complete_and_lease(
     return Completion(task=done.task, images=done.images, next=following)
 
 
-def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
-    """Each upload checked and copied up to its image's end; the caller closes them."""
-    if len(files) != task.batch_size:
+# A whole workflow may save any number of images (several SaveImage nodes, batches).
+MAX_WORKFLOW_IMAGES = 256
+
+
+def _node_ids(node_ids: list[str] | None, count: int) -> list[str]:
+    """The node id of each image, in upload order (empty when the worker sent none)."""
+    if not node_ids:
+        return [""] * count
+    if len(node_ids) != count:
         raise InvalidInput(
-            f"Expected {task.batch_size} image(s), got {len(files)}.",
-            fields={"images": [f"Expected {task.batch_size} image(s), got {len(files)}."]},
+            f"Expected {count} node id(s), got {len(node_ids)}.",
+            fields={"node_ids": ["One node id per image, in the same order."]},
         )
+    return node_ids
+
+
+def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
+    """Each upload checked and copied up to its image's end; the caller closes them. A whole workflow's
+    images may be any number up to MAX_WORKFLOW_IMAGES, of any size; a template's are its batch, at its
+    size."""
+    if task.workflow is not None:
+        if len(files) > MAX_WORKFLOW_IMAGES:
+            raise InvalidInput(
+                f"At most {MAX_WORKFLOW_IMAGES} images.", fields={"images": ["Too many images."]}
+            )
+        width = height = None
+    else:
+        if len(files) != task.batch_size:
+            raise InvalidInput(
+                f"Expected {task.batch_size} image(s), got {len(files)}.",
+                fields={"images": [f"Expected {task.batch_size} image(s), got {len(files)}."]},
+            )
+        width, height = task.width, task.height
     total, cap = sum(getattr(f, "size", 0) or 0 for f in files), farm_setting("MAX_TASK_UPLOAD_BYTES")
     if total > cap:
         raise TooLarge(
@@ -208,8 +256,8 @@ def _verify_batch(task: Task, files: list) -> list[VerifiedImage]:
             verified.append(
                 verify_image(
                     f,
-                    width=task.width,
-                    height=task.height,
+                    width=width,
+                    height=height,
                     max_bytes=farm_setting("MAX_IMAGE_BYTES"),
                     field="images",
                     thumbnail=True,

@@ -9,7 +9,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
 
-from generation.models import Image, MetricCounter, Task, WebhookDelivery
+from generation.models import Image, InputImage, MetricCounter, Task, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def user_delete(*, user: AbstractBaseUser) -> int:
         while batch := list(owned[:BATCH]):
             count, names = tasks_delete(tasks=Task.objects.filter(pk__in=batch))
             deleted, files = deleted + count, files + names
+        files += list(InputImage.objects.filter(owner=user).values_list("file", flat=True))
         user_id = user.pk
         user.delete()
         transaction.on_commit(lambda: files_delete(files), robust=True)

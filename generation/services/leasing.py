@@ -2,7 +2,7 @@
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -10,9 +10,10 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from generation import dispatch, farm_snapshot, placement, workflows
+from generation import api_workflows, dispatch, farm_snapshot, placement, workflows
 from generation.exceptions import InvalidInput, LeaseLost, RegisterRequired, TooManyLeases, WorkerDisabled
 from generation.models import Task, TaskAttempt, WorkflowTemplate
+from generation.services.inputs import worker_inputs
 from generation.services.transitions import LEASE_LOST, farm_setting, fenced, lease_completed, task_changed
 from workers_app.models import Worker
 
@@ -29,6 +30,7 @@ class TaskLease:
     attempt: TaskAttempt
     workflow: dict
     filename_prefix: str
+    inputs: list = field(default_factory=list)  # uploads the worker fetches first (services.inputs)
 
 
 def worker_assert_live(*, worker: Worker) -> None:
@@ -55,15 +57,17 @@ def task_lease_next(
     if worker.status == Worker.Status.DRAINING:
         return None
     templates = _templates_runnable_by(worker)
-    if not templates:
+    needs = _queued_workflow_needs()
+    requirement_keys = sorted(api_workflows.keys_runnable(needs, worker.capabilities))
+    if not templates and not requirement_keys:
         return None
-    runnable = _runnable(worker, list(templates))
+    runnable = _runnable(worker, list(templates), requirement_keys)
     now = now or timezone.now()
     smart = farm_setting("SCHEDULER") == "smart"
     workers: list[farm_snapshot.LiveWorker | Worker] = [*farm_snapshot.live_workers(now)] if smart else []
     if all(w.pk != worker.pk for w in workers):
         workers.append(worker)
-    farm = farm_snapshot.snapshot(now=now, workers=workers)
+    farm = farm_snapshot.snapshot(now=now, workers=workers, workflow_needs=needs)
     held = len(farm.held.get(worker.pk, ()))
     if held >= max(1, worker.prefetch):
         if prefetch:
@@ -99,7 +103,7 @@ def task_lease_next(
         for name, value in claim.items():  # the row as the UPDATE left it, without reading it again
             setattr(task, name, value)
         task.attempts, task.lease_count = task.attempts + 1, task.lease_count + 1
-        task.template = templates[task.template_id]
+        task.template = templates[task.template_id] if task.template_id is not None else None
         expected, switched = _expectation(farm.nodes[worker.pk], task)
         attempt = TaskAttempt.objects.create(
             task=task,
@@ -115,7 +119,11 @@ def task_lease_next(
         task_changed(task.public_id, task.owner_id)
     prefix = f"t2i/{task.public_id}_a{attempt.number}"
     logger.info("task leased", extra={"task": task.public_id, "worker": worker.name})
-    return TaskLease(task=task, attempt=attempt, workflow=task_workflow(task, prefix), filename_prefix=prefix)
+    workflow = task_workflow(task, prefix)
+    names, inputs = worker_inputs(task)
+    if names:
+        workflow = api_workflows.with_input_names(workflow, names)
+    return TaskLease(task=task, attempt=attempt, workflow=workflow, filename_prefix=prefix, inputs=inputs)
 
 
 def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -> placement.Choice:
@@ -162,7 +170,10 @@ def _wake_passed_over(farm: farm_snapshot.Farm, choice: placement.Choice) -> Non
 
 
 def task_workflow(task: Task, filename_prefix: str) -> dict:
-    """The task's ComfyUI workflow: its template with every bound field filled in."""
+    """The task's ComfyUI workflow: its template with every bound field filled in, or its whole workflow
+    with each SaveImage writing under this attempt's prefix (api_workflows.with_prefix)."""
+    if task.workflow is not None:
+        return api_workflows.with_prefix(task.workflow, filename_prefix)
     values = {name: getattr(task, name) for name in workflows.TASK_FIELDS_BOUND}
     if not task.checkpoint:
         del values["checkpoint"]  # the template's own checkpoint stays
@@ -177,11 +188,33 @@ def _templates_runnable_by(worker: Worker) -> dict[int, WorkflowTemplate]:
     return {t.pk: t for t in templates if workflows.node_classes(t.workflow) <= nodes}
 
 
-def _runnable(worker: Worker, template_ids: list[int]) -> QuerySet[Task]:
-    """Queued tasks of these templates whose checkpoint (if any) the worker has."""
-    return Task.objects.filter(status=Status.QUEUED, template_id__in=template_ids).filter(
-        Q(checkpoint="") | Q(checkpoint__in=worker.checkpoints)
-    )
+# Requirements already read, by key (a digest of their content, so an entry never goes stale).
+_requirements_seen: dict[str, api_workflows.Requirements] = {}
+_REQUIREMENTS_SEEN_MAX = 10_000
+
+
+def _queued_workflow_needs() -> dict[str, api_workflows.Requirements]:
+    """What the queued whole-workflow tasks need, by requirement key."""
+    queued = Task.objects.filter(status=Status.QUEUED, template=None).order_by()
+    keys = set(queued.values_list("requirements_key", flat=True).distinct())
+    unseen = keys - _requirements_seen.keys()
+    if unseen:
+        if len(_requirements_seen) + len(unseen) > _REQUIREMENTS_SEEN_MAX:
+            _requirements_seen.clear()
+        for key, needs in queued.filter(requirements_key__in=unseen).values_list(
+            "requirements_key", "requirements"
+        ):
+            _requirements_seen[key] = api_workflows.Requirements.from_json(needs)
+    known = {key: _requirements_seen.get(key) for key in keys}  # .get: another thread may clear it
+    return {key: needs for key, needs in known.items() if needs is not None}
+
+
+def _runnable(worker: Worker, template_ids: list[int], requirement_keys: list[str]) -> QuerySet[Task]:
+    """Queued tasks of these templates whose checkpoint (if any) the worker has, and queued workflow tasks
+    with these requirement keys."""
+    of_templates = Q(template_id__in=template_ids) & (Q(checkpoint="") | Q(checkpoint__in=worker.checkpoints))
+    whole = Q(template=None, requirements_key__in=requirement_keys)
+    return Task.objects.filter(of_templates | whole, status=Status.QUEUED)
 
 
 def _prefetch_allowed(worker: Worker, runnable: QuerySet[Task]) -> bool:

@@ -7,16 +7,17 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
 from generation import callback_targets, dispatch, limits, workflows
-from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker, QueueFull
+from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
 from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
+from generation.services.queue_rules import check_priority, check_queued_cap
 from generation.services.transitions import farm_setting, task_changed
+from generation.services.workflow_submit import task_submit_workflow
 from workers_app.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -26,13 +27,16 @@ Status = Task.Status
 
 def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> Task:
     """Check `data` (task fields by name, TASK_INPUT_FIELDS; `template` by name) against the farm's limits and
-    the workers' capabilities, then queue a task. Fields left out take the model's defaults."""
+    the workers' capabilities, then queue a task. Fields left out take the model's defaults. With `workflow`
+    (a whole API-format workflow), only `priority` and `callback_url` may go with it."""
+    if data.get("workflow") is not None:
+        return _submit_workflow(owner, data)
     fields = {name: data[name] for name in TASK_INPUT_FIELDS if name in data}
     seed = fields.pop("seed", None)
     task = Task(owner=owner if owner is not None and owner.is_authenticated else None, **fields)
     task.seed = seed  # None: chosen below, once the rest is valid
     _validate(task)
-    _check_priority(task, owner)
+    check_priority(task.priority, owner)
     task.template = _template_for(data.get("template") or "")
     workers = list(
         Worker.objects.exclude(registered_at=None).only("status", "capabilities", "last_heartbeat")
@@ -43,7 +47,7 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
         task.seed = secrets.randbelow(SEED_MAX + 1)
     task.max_attempts = farm_setting("MAX_ATTEMPTS")
     with transaction.atomic():
-        _check_queued_cap(task.owner_id)
+        check_queued_cap(task.owner_id)
         task.save()
         task_changed(task.public_id, task.owner_id)
         dispatch.announce_work(checkpoint=task.checkpoint)
@@ -51,35 +55,22 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
     return task
 
 
-PRIORITY_DEFAULT = Task._meta.get_field("priority").default
+WORKFLOW_OPTIONS = ("priority", "callback_url")
 
 
-def _check_priority(task: Task, owner: AbstractBaseUser | None) -> None:
-    """Only staff may jump the queue: a priority above the default is theirs to set."""
-    if task.priority > PRIORITY_DEFAULT and not (
-        owner is not None and owner.is_authenticated and owner.is_staff
-    ):
-        raise Forbidden(
-            f"Only staff may set a priority above {PRIORITY_DEFAULT}.",
-            fields={"priority": [f"Only staff may set a priority above {PRIORITY_DEFAULT}."]},
-            code="priority_forbidden",
+def _submit_workflow(owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> Task:
+    mixed = sorted(
+        name
+        for name in (*TASK_INPUT_FIELDS, "template")
+        if data.get(name) not in (None, "") and name not in WORKFLOW_OPTIONS
+    )
+    if mixed:
+        raise InvalidInput(
+            "Send a workflow or a template with its fields, not both.",
+            fields={name: ["Not allowed with workflow."] for name in mixed},
         )
-
-
-def _check_queued_cap(owner_id: int | None) -> None:
-    """At most T2I_MAX_QUEUED_PER_USER queued tasks per user (0: no cap), counted inside the submit's
-    transaction under a lock on the user's row, so concurrent submits cannot both pass the last place."""
-    cap = farm_setting("MAX_QUEUED_PER_USER")
-    if not cap or owner_id is None:
-        return
-    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk", flat=True))
-    queued = Task.objects.filter(owner_id=owner_id, status=Status.QUEUED).count()
-    if queued >= cap:
-        raise QueueFull(
-            f"You already have {queued} tasks queued, the most allowed ({cap}); wait for some to start.",
-            code="queue_full",
-            retry_after=5,
-        )
+    options = {name: data[name] for name in WORKFLOW_OPTIONS if name in data}
+    return task_submit_workflow(owner=owner, workflow=data["workflow"], **options)
 
 
 def _validate(task: Task) -> None:
@@ -205,6 +196,18 @@ def task_cancel(*, task: Task) -> Task:
     task.refresh_from_db()
     logger.info("task cancelled", extra={"task": task.public_id})
     return task
+
+
+def tasks_cancel(*, tasks: list[Task]) -> int:
+    """Cancel each of these tasks that has not finished (one may finish meanwhile); how many were."""
+    cancelled = 0
+    for task in tasks:
+        try:
+            task_cancel(task=task)
+        except Conflict:
+            continue
+        cancelled += 1
+    return cancelled
 
 
 def task_retry(*, task: Task) -> Task:

@@ -288,6 +288,10 @@ class FakeComfy:
         self.outcome_for: Callable[[str], PromptOutcome] = self.success
         self.submit_errors: list[ComfyUIError] = []
         self.view_errors: list[ComfyUIError] = []
+        self.upload_errors: list[ComfyUIError] = []
+        self.uploaded: list[
+            tuple[str, str, bytes, int]
+        ] = []  # (subfolder, name, bytes, prompts submitted before)
         self.health_errors: list[ComfyUIError] = []
         self.viewed: list[str] = []
         self.connected = False
@@ -321,6 +325,13 @@ class FakeComfy:
             self.queue.append(pid)
             self.cond.notify_all()
             return pid
+
+    def upload_image(self, data: bytes, name: str, subfolder: str = "") -> str:
+        with self.cond:
+            if self.upload_errors:
+                raise self.upload_errors.pop(0)
+            self.uploaded.append((subfolder, name, data, len(self.submitted)))
+        return f"{subfolder}/{name}" if subfolder else name
 
     def finish(self, prompt_id: str) -> None:
         with self.cond:
@@ -504,6 +515,10 @@ class FakeScheduler:
     def progress(self, task_id: str, lease_token: str, value: float, maximum: float) -> bool:
         self._call("progress", task_id=task_id, value=value, max=maximum)
         return False
+
+    def input_image(self, task_id: str, lease_token: str, sha256: str) -> bytes:
+        self._call("input_image", task_id=task_id, lease_token=lease_token, sha256=sha256)
+        return f"bytes of {sha256}".encode()
 
     def complete(
         self,

@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from tests.daemon.fakes import FakeComfyUIServer, load_trace, png_bytes, trace_exchange
+from workers_app.daemon import comfyui
 from workers_app.daemon.comfyui import ComfyUIClient, ComfyUIError
 from workers_app.daemon.prompt_tracker import ImageRef, OutcomeStatus
 
@@ -92,6 +93,37 @@ def test_capabilities_from_system_stats_and_object_info(client):
     assert caps["checkpoints"] == []  # the capture server had no model files
     assert "euler" in caps["samplers"] and "karras" in caps["schedulers"]
     assert {"KSampler", "SaveImage", "CheckpointLoaderSimple"} <= set(caps["node_classes"])
+    assert {"SaveImage", "PreviewImage"} <= set(caps["output_nodes"]) and "KSampler" not in caps[
+        "output_nodes"
+    ]
+    assert caps["model_inputs"]["CheckpointLoaderSimple"] == {"ckpt_name": []}
+
+
+def test_model_inputs_of_both_choice_shapes_by_name_or_by_file_extension():
+    info = {
+        "LoraLoader": {
+            "input": {"required": {"lora_name": [["a.safetensors"], {}], "strength": ["FLOAT", {}]}}
+        },
+        "UNETLoader": {"input": {"required": {"unet_name": ["COMBO", {"options": ["u.gguf"]}]}}},
+        "Custom": {"input": {"optional": {"weights": [["w.pth", "v.pth"]], "mode": [["fast", "slow"]]}}},
+    }
+    assert comfyui.model_inputs(info) == {
+        "LoraLoader": {"lora_name": ["a.safetensors"]},
+        "UNETLoader": {"unet_name": ["u.gguf"]},
+        "Custom": {"weights": ["w.pth", "v.pth"]},
+    }
+
+
+def test_model_lists_beyond_the_budget_are_left_out_longest_first(caplog):
+    found = {
+        "CheckpointLoaderSimple": {"ckpt_name": ["a.safetensors"]},
+        "LoraLoader": {"lora_name": [f"lora-{n}.safetensors" for n in range(100)]},
+    }
+    assert comfyui.fit_model_inputs(found, budget=10_000) == found
+    assert comfyui.fit_model_inputs(found, budget=200) == {
+        "CheckpointLoaderSimple": {"ckpt_name": ["a.safetensors"]}
+    }
+    assert "LoraLoader.lora_name" in caplog.text
 
 
 # -- submit -------------------------------------------------------------------------------------------------

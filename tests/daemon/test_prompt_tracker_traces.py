@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.daemon.fakes import load_trace, trace_names
+from workers_app.daemon import prompt_tracker
 from workers_app.daemon.comfyui import ComfyUIError, parse_prompt_response
 from workers_app.daemon.prompt_tracker import (
     ImageRef,
@@ -258,3 +259,14 @@ def test_bare_executing_without_a_known_prompt_is_remembered_not_misattributed()
     tracker = PromptTracker()
     assert tracker.feed({"type": "executing", "data": {"node": "11"}}) is None
     assert tracker.orphan_node == "11"
+
+
+def test_images_carry_the_node_that_saved_them():
+    outputs = {
+        "9": {"images": [{"filename": "a.png", "subfolder": "t2i", "type": "output"}]},
+        "12": {"images": [{"filename": "b.png", "subfolder": "t2i", "type": "output"}]},
+    }
+    assert [(r.filename, r.node_id) for r in prompt_tracker.images_from_outputs(outputs)] == [
+        ("a.png", "9"),
+        ("b.png", "12"),
+    ]

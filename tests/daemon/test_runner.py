@@ -63,7 +63,9 @@ def test_success_reports_start_progress_and_uploads_every_image(rsettings, caplo
     caplog.set_level(logging.INFO, logger="workers_app.daemon")
     comfy = FakeComfy(auto_finish=False, progress=((1, 4), (2, 4), (3, 4), (4, 4)))
     comfy.outcome_for = lambda pid: PromptOutcome(
-        OutcomeStatus.SUCCESS, pid, (ImageRef("a_00001_.png", "t2i"), ImageRef("a_00002_.png", "t2i"))
+        OutcomeStatus.SUCCESS,
+        pid,
+        (ImageRef("a_00001_.png", "t2i", node_id="9"), ImageRef("a_00002_.png", "t2i", node_id="12")),
     )
     sched = FakeScheduler()
     assert run_until(reported(sched, "progress", 4, 4), comfy, sched, rsettings) is TaskResult.COMPLETED
@@ -75,8 +77,11 @@ def test_success_reports_start_progress_and_uploads_every_image(rsettings, caplo
     )  # in order; one not yet sent gives way to a newer one
     assert sched.calls_of("start")[0]["prompt_id"] == "p1"
     (complete,) = sched.calls_of("complete")
-    assert [name for name, _ in complete["images"]] == ["a_00001_.png", "a_00002_.png"]
-    assert all(content.startswith(b"\x89PNG") for _, content in complete["images"])
+    assert [(name, node) for name, _, node in complete["images"]] == [
+        ("a_00001_.png", "9"),
+        ("a_00002_.png", "12"),
+    ]
+    assert all(content.startswith(b"\x89PNG") for _, content, _ in complete["images"])
     assert comfy.viewed == ["a_00001_.png", "a_00002_.png"]
     text = caplog.text
     for line in (
@@ -380,3 +385,29 @@ def test_neither_following_comfyui_nor_the_completion_waits_for_a_report_on_its_
     assert wait_until(lambda: not any(t.name.startswith("reports-") for t in threading.enumerate()))
     assert sched.names() == ["complete", "start"]
     assert control.stop_reason is None and "lost" not in caplog.text
+
+
+INPUTS = [{"sha256": "ab" * 32, "name": f"{'ab' * 32}.png", "subfolder": "t2i_inputs"}]
+
+
+def test_inputs_are_fetched_and_uploaded_before_the_prompt(rsettings):
+    comfy, sched = FakeComfy(), FakeScheduler()
+    assert run(comfy, sched, rsettings, make_lease(inputs=INPUTS)) is TaskResult.COMPLETED
+    assert sched.calls_of("input_image") == [
+        {"task_id": make_lease().task_id, "lease_token": "lease-token-1", "sha256": "ab" * 32}
+    ]
+    assert comfy.uploaded == [("t2i_inputs", f"{'ab' * 32}.png", f"bytes of {'ab' * 32}".encode(), 0)]
+
+
+def test_a_lost_lease_while_fetching_inputs_drops_the_task(rsettings):
+    comfy, sched = FakeComfy(), FakeScheduler()
+    sched.errors["input_image"] = [LeaseLost("gone", code="lease_lost", status=409)]
+    assert run(comfy, sched, rsettings, make_lease(inputs=INPUTS)) is TaskResult.LOST
+    assert comfy.submitted == [] and not sched.calls_of("fail")
+
+
+def test_comfyui_down_while_uploading_an_input_hands_the_task_back(rsettings):
+    comfy, sched = FakeComfy(), FakeScheduler()
+    comfy.upload_errors = [ComfyUIError("down", retryable=True, code="unreachable")]
+    assert run(comfy, sched, rsettings, make_lease(inputs=INPUTS)) is TaskResult.RELEASED
+    assert comfy.submitted == [] and sched.calls_of("release")

@@ -121,6 +121,21 @@ def test_complete_uploads_images_as_multipart(server, client):
     assert ("images", "b.png") in parts
 
 
+def test_complete_sends_each_images_node_id_in_order(server, client):
+    server.answers[f"tasks/{TASK}/complete"] = [(200, {"task_id": TASK, "status": "completed", "images": []})]
+    client.complete(TASK, "lt", [("a.png", png_bytes(), "9"), ("b.png", png_bytes(), "12")])
+    request = server.requests[-1]
+    message = email.message_from_bytes(
+        f"Content-Type: {request['headers']['Content-Type']}\r\n\r\n".encode() + request["raw"]
+    )
+    node_ids = [
+        p.get_payload()
+        for p in message.get_payload()
+        if p.get_param("name", header="content-disposition") == "node_ids"
+    ]
+    assert node_ids == ["9", "12"]
+
+
 def test_complete_can_ask_for_the_next_lease(server, client):
     following = {"task_id": TASK, "lease_token": "next-lt", "workflow": {"1": {}}, "batch_size": 1}
     server.answers[f"tasks/{TASK}/complete"] = [(200, {"status": "completed", "next": following})] * 2

@@ -108,7 +108,7 @@ class SchedulerProcess:
     log_path: Path
 
     @classmethod
-    def start(cls, folder: Path) -> SchedulerProcess:
+    def start(cls, folder: Path, *, workers: int = 2) -> SchedulerProcess:
         folder.mkdir(parents=True)
         media_root = folder / "media"
         log_path = folder / "gunicorn.log"
@@ -136,7 +136,7 @@ class SchedulerProcess:
                     "-m",
                     "gunicorn",
                     "--config=t2i_project/gunicorn.conf.py",
-                    "--workers=2",
+                    f"--workers={workers}",
                     f"--bind=fd://{listener.fileno()}",
                     "--graceful-timeout=3",
                     "--log-level=info",
@@ -395,11 +395,13 @@ class Farm:
 
 
 @pytest.fixture
-def farm(transactional_db, tmp_path, django_user_model) -> Iterator[Farm]:
-    """A running scheduler; the test adds simulators and workers with `farm.simulator()`/`farm.worker()`."""
+def farm(request, transactional_db, tmp_path, django_user_model) -> Iterator[Farm]:
+    """A running scheduler; the test adds simulators and workers with `farm.simulator()`/`farm.worker()`.
+    Options by indirect parametrization: `{"workers": n}`, the scheduler's server processes (default 2)."""
+    options = getattr(request, "param", {})
     user = django_user_model.objects.create_user("e2e", password="e2e-password-123")
     token = api_token_for(user)
-    scheduler = SchedulerProcess.start(tmp_path / "scheduler")
+    scheduler = SchedulerProcess.start(tmp_path / "scheduler", workers=options.get("workers", 2))
     farm = Farm(scheduler, token, tmp_path)
     with contextlib.ExitStack() as stack:  # unwinds in reverse, each step even if an earlier one failed
         stack.callback(farm.print_logs)

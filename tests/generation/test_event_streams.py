@@ -9,12 +9,11 @@ import asyncio
 import json
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import AsyncClient
 
 from generation import services, streams
-from tests.conftest import make_worker, png_bytes, submit_task
+from tests.conftest import make_worker, off_thread, png_bytes, submit_task
 from tests.factories import UserFactory, api_token_for
 from workers_app import services as worker_services
 
@@ -97,7 +96,7 @@ def test_a_stream_follows_its_task_from_queued_to_completed():
         stream = aiter(response.streaming_content)
         seen = [e["status"] for e in await next_events(stream)]
         assert seen == ["queued"]
-        work = asyncio.ensure_future(sync_to_async(run_task, thread_sensitive=False)(worker))
+        work = asyncio.ensure_future(off_thread(run_task, worker))
         async for chunk in stream:  # ends with the final event
             seen += [e["status"] for e in parse(chunk)]
         await work
@@ -123,7 +122,7 @@ def test_a_queued_tasks_position_moves_when_a_task_ahead_of_it_is_leased(monkeyp
         stream = aiter(response.streaming_content)
         seen = [(e["status"], e["queue_position"]) for e in await next_events(stream)]
         # Bob's task ahead is leased: another task's event, which moves ann's task up the queue.
-        await sync_to_async(worker_services.worker_lease_next, thread_sensitive=False)(worker=worker)
+        await off_thread(worker_services.worker_lease_next, worker=worker)
         seen += [(e["status"], e["queue_position"]) for e in await next_events(stream)]
         await stream.aclose()
         return seen
@@ -162,7 +161,7 @@ def test_the_all_tasks_stream_sends_new_tasks_and_on_reconnect_what_finished_mea
         stream = aiter(response.streaming_content)
         opening = await next_events(stream)
         assert [e["id"] for e in opening] == [str(first.public_id)]
-        second = await sync_to_async(submit_task, thread_sensitive=False)(owner=user)
+        second = await off_thread(submit_task, owner=user)
         added = await next_events(stream)
         assert added[0]["id"] == str(second.public_id)
         await stream.aclose()

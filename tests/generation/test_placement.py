@@ -139,3 +139,16 @@ def test_other_users_arrivals_stretch_the_wait_of_whoever_used_more():
     # however much others submit, max-min fairness leaves each of the 2 users half of the farm
     flood = placement.arrival_shares({2: 100 * UNIT * window}, nodes, usage={1: 100.0, 2: 1.0})
     assert flood == {1: pytest.approx(0.5)}
+
+
+def test_a_whole_workflow_runs_where_its_requirement_key_is_runnable():
+    workflow = Job(id=1, user=1, checkpoint="", priority=0, work=1.0, queued_at=0.0, template=None,
+                   requirements="k1")  # fmt: skip
+    templated = Job(id=2, user=1, checkpoint="", priority=0, work=1.0, queued_at=0.0, template=7)
+    has_it = Node(id=1, templates=frozenset({7}), workflows=frozenset({"k1"}))
+    lacks_it = Node(id=2, templates=frozenset({7}), workflows=frozenset())
+    assert has_it.can_run(workflow) and not lacks_it.can_run(workflow)
+    assert lacks_it.can_run(templated)
+    assert Node(id=3, templates=frozenset({7})).can_run(workflow)  # workflows unknown: any
+    assert plan(lacks_it, [lacks_it, has_it], [workflow], now=0.0).job_ids == []
+    assert plan(has_it, [lacks_it, has_it], [workflow], now=0.0).job_ids == [1]

@@ -145,7 +145,18 @@ def test_history_entry_has_the_documented_shape(simulator: SimulatorHandle) -> N
 def test_introspection_routes(make_simulator: Callable[..., SimulatorHandle]) -> None:
     sim = make_simulator(checkpoints=(CKPT, "other.safetensors"))
     object_info = requests.get(f"{sim.url}/object_info", timeout=10).json()
-    assert set(object_info) == set(load_json("object_info_subset.json"))
+    assert set(object_info) == {
+        *load_json("object_info_subset.json"),
+        "LoraLoader",
+        "LoadImage",
+        "ImageInvert",
+    }
+    loaders = load_json("object_info_loaders.json")
+    for name in ("LoraLoader", "ImageInvert"):  # as captured, but for the (empty) choices
+        assert object_info[name] == loaders[name]
+    load_image = loaders["LoadImage"]
+    load_image["input"]["required"]["image"][0] = []  # the input folder is empty
+    assert object_info["LoadImage"] == load_image
     ckpt_input = object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"]
     assert ckpt_input[0] == [CKPT, "other.safetensors"]
     one = requests.get(f"{sim.url}/object_info/KSampler", timeout=10).json()

@@ -72,3 +72,46 @@ def test_one_bad_output_is_reported_with_the_good_one_queued() -> None:
 def test_a_prompt_that_is_not_a_mapping_raises() -> None:
     with pytest.raises(TypeError):
         validate_prompt([1, 2, 3], OBJECT_INFO)
+
+
+def test_lora_choices_are_the_configured_files_and_others_are_value_not_in_list():
+    info = load_object_info(("m.safetensors",), ("style.safetensors",))
+    assert info["LoraLoader"]["input"]["required"]["lora_name"][0] == ["style.safetensors"]
+    prompt = {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
+        "10": {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["4", 0],
+                "clip": ["4", 1],
+                "lora_name": "other.safetensors",
+                "strength_model": 1.0,
+                "strength_clip": 1.0,
+            },
+        },
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["10", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["10", 0],
+                "positive": ["6", 0],
+                "negative": ["6", 0],
+                "latent_image": ["5", 0],
+                "seed": 1,
+                "steps": 1,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+            },
+        },
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "l"}},
+    }
+    result = validate_prompt(prompt, info)
+    [error] = result.node_errors["10"]["errors"]
+    assert error["type"] == "value_not_in_list"
+    assert error["details"] == "lora_name: 'other.safetensors' not in ['style.safetensors']"
+    prompt["10"]["inputs"]["lora_name"] = "style.safetensors"
+    assert validate_prompt(prompt, info).ok

@@ -100,6 +100,13 @@ def wait_for(condition, *, timeout: float = 20.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def image_loaded(page, selector: str, timeout_ms: float = 10_000) -> bool:
+    """Whether the image `selector` names finished loading with pixels (a broken one finishes with none)."""
+    script = "s => { const i = document.querySelector(s); return !!i && i.complete }"
+    page.wait_for_function(script, arg=selector, timeout=timeout_ms)
+    return page.evaluate("s => document.querySelector(s).naturalWidth", selector) > 0
+
+
 def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model, monkeypatch):
     sync_playwright = _browser_or_skip()
     # Playwright's sync API runs an event loop in this thread; the ORM checks below are still plain calls.
@@ -170,7 +177,7 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
             )
             assert "sim-gpu-1" in page.inner_text(".facts")
             image = Image.objects.get(task=task)
-            assert page.evaluate("() => document.querySelector('.task-image img').naturalWidth") > 0
+            assert image_loaded(page, ".task-image img")
             shot("task-completed")
 
             # The gallery shows it (and not bob's); its page has every parameter and the original to download.
@@ -178,7 +185,7 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
             page.wait_for_url(url("web:gallery"))
             thumbs = page.locator(".thumb-grid .thumb img")
             assert thumbs.count() == 1
-            assert page.evaluate("() => document.querySelector('.thumb-grid img').naturalWidth") > 0
+            assert image_loaded(page, ".thumb-grid img")
             shot("gallery")
             thumbs.first.click()
             page.wait_for_url(url("web:image", image_id=image.public_id))
@@ -242,7 +249,7 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
             page.fill("#legacy-prompt", "a red fox in the snow, watercolour")
             page.click("#legacy-submit")
             page.locator("#legacy-result:not([hidden]) img").wait_for(timeout=30_000)
-            assert page.evaluate("() => document.getElementById('legacy-image').naturalWidth") > 0
+            assert image_loaded(page, "#legacy-image")
             shot("legacy")
 
             page.goto(url("web:task", task_id=task.public_id))

@@ -42,9 +42,9 @@ def scheduler(request, settings) -> int:
 def test_a_lease_stays_within_its_query_budget(wapi, django_assert_max_num_queries, scheduler):
     queue(3)
     lease(wapi)  # warms the caches
-    # token, sweep (3), templates, held (the depth), savepoint, pick (locked), claim, attempt, release;
-    # smart: the live workers and the queue's window
-    with django_assert_max_num_queries(11 + scheduler):
+    # token, sweep (3), templates, workflow requirement keys, held (the depth), savepoint, pick (locked),
+    # claim, attempt, release; smart: the live workers and the queue's window
+    with django_assert_max_num_queries(12 + scheduler):
         body = lease(wapi)
     assert Task.objects.get(public_id=body["task_id"]).status == Task.Status.LEASED
 
@@ -53,7 +53,7 @@ def test_a_prefetching_lease_stays_within_its_query_budget(wapi, django_assert_m
     queue(3)
     lease(wapi)
     # The lease's, and the prefetch rule's two counts (idle others, runnable).
-    with django_assert_max_num_queries(13 + scheduler):
+    with django_assert_max_num_queries(14 + scheduler):
         response = wapi.post("/api/v1/worker/lease", {"prefetch": True}, format="json")
     assert response.status_code == HTTPStatus.OK
 
@@ -82,8 +82,8 @@ def test_a_completion_carrying_the_next_lease_stays_within_its_query_budget(
 ):
     queue(2)
     job = lease(wapi)
-    # The completion's 14 and a lease without the token lookup and the sweep (7).
-    with django_assert_max_num_queries(21 + scheduler):
+    # The completion's 14 and a lease without the token lookup and the sweep (8).
+    with django_assert_max_num_queries(22 + scheduler):
         response = complete(wapi, job, lease_next=True)
     assert response.status_code == HTTPStatus.OK, response.content
     assert response.json()["next"] is not None

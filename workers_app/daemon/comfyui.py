@@ -198,6 +198,62 @@ def _combo_options(spec: Any) -> list[str]:
     return []
 
 
+# Inputs whose choices are model files (protocol 13.x): by name, or by options that look like model files.
+_MODEL_INPUT_NAME = re.compile(
+    r"(ckpt|lora|vae|control_net|unet|clip|clip_vision|style_model|gligen|hypernetwork|upscale_model|model)"
+    r"_name\d*"
+)
+_MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
+
+
+def model_inputs(object_info: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """The file lists of model inputs in ``/object_info``: {class_type: {input name: [file, …]}}."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for class_type, node in object_info.items():
+        declared = (node or {}).get("input") or {}
+        for category in ("required", "optional"):
+            for name, spec in (declared.get(category) or {}).items():
+                if not (
+                    isinstance(spec, list) and spec and (isinstance(spec[0], list) or spec[0] == "COMBO")
+                ):
+                    continue
+                options = _combo_options(spec)
+                if _MODEL_INPUT_NAME.fullmatch(name) or any(o.endswith(_MODEL_EXTENSIONS) for o in options):
+                    found.setdefault(class_type, {})[name] = options
+    return found
+
+
+# The scheduler reads a worker's capabilities with its row on every call: keep the model lists small.
+MODEL_INPUTS_BUDGET = 64 * 1024  # bytes of JSON
+
+
+def fit_model_inputs(
+    found: dict[str, dict[str, list[str]]], budget: int = MODEL_INPUTS_BUDGET
+) -> dict[str, dict[str, list[str]]]:
+    """``found`` without its longest lists until its JSON fits ``budget``; the inputs left out are not
+    checked at submit (any worker with the node class may get the task), and a warning names them."""
+    sizes = {
+        (cls, name): len(json.dumps(files)) for cls, inputs in found.items() for name, files in inputs.items()
+    }
+    total = len(json.dumps(found))
+    dropped = []
+    for key in sorted(sizes, key=sizes.get, reverse=True):
+        if total <= budget:
+            break
+        total -= sizes[key]
+        dropped.append(key)
+    if not dropped:
+        return found
+    logger.warning(
+        "model lists too long to report, left out: %s", ", ".join(f"{c}.{n}" for c, n in dropped[:20])
+    )
+    return {
+        cls: kept
+        for cls, inputs in found.items()
+        if (kept := {n: files for n, files in inputs.items() if (cls, n) not in dropped})
+    }
+
+
 def _required_input(object_info: dict[str, Any], class_type: str, name: str) -> Any:
     return (((object_info.get(class_type) or {}).get("input") or {}).get("required") or {}).get(name)
 
@@ -238,6 +294,7 @@ class ComfyUIClient:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # socket state changes (wait_connected)
         self._waiters: dict[str, threading.Condition] = {}  # prompt id -> its wait(), same lock
+        self._relays: dict[str, Callable[[dict[str, Any]], None]] = {}  # prompt id -> its frames' taker
         self._wakes = 0  # bumped by wake(): waiters re-check should_cancel
         self._closing = threading.Event()
         self._ws: websocket.WebSocket | None = None
@@ -307,6 +364,8 @@ class ComfyUIClient:
             "node_classes": sorted(info),
             "samplers": _combo_options(_required_input(info, "KSampler", "sampler_name")),
             "schedulers": _combo_options(_required_input(info, "KSampler", "scheduler")),
+            "output_nodes": sorted(name for name, node in info.items() if (node or {}).get("output_node")),
+            "model_inputs": fit_model_inputs(model_inputs(info)),
         }
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
@@ -331,6 +390,25 @@ class ComfyUIClient:
             )
         return response.content
 
+    def upload_image(self, data: bytes, name: str, subfolder: str = "") -> str:
+        """POST /upload/image (protocol 3.6) with ``overwrite``; the name a LoadImage node then uses."""
+        response = self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (name, data, "application/octet-stream")},
+            data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
+        )
+        if response.status_code != 200:
+            raise _status_error(f"POST /upload/image {subfolder}/{name}", response.status_code, response.text)
+        try:
+            body = response.json()
+            stored = f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else str(body["name"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ComfyUIError(
+                "POST /upload/image returned no name", retryable=True, code="bad_response"
+            ) from exc
+        return stored
+
     def interrupt(self, prompt_id: str) -> None:
         """Interrupt the prompt if it is the one running (a no-op otherwise)."""
         self._post_quiet("/interrupt", {"prompt_id": prompt_id})
@@ -345,14 +423,19 @@ class ComfyUIClient:
         self.interrupt(prompt_id)
 
     # -- submit ---------------------------------------------------------------------------------------
-    def submit(self, workflow: dict[str, Any]) -> str:
-        """Queue a workflow and return its prompt id; the socket is connected first (protocol 5)."""
+    def submit(
+        self, workflow: dict[str, Any], *, on_frame: Callable[[dict[str, Any]], None] | None = None
+    ) -> str:
+        """Queue a workflow and return its prompt id; the socket is connected first (protocol 5). Each
+        socket message about the prompt is also given to ``on_frame`` (on the socket's thread: be quick)."""
         self.connect()
         if not self.wait_connected(self.connect_wait):
             logger.warning("ComfyUI socket not connected; submitting anyway, progress comes from polling")
         prompt_id = str(uuid.uuid4())
         with self._cond:
             self.tracker.track(prompt_id)  # before the POST: events may beat its answer (protocol 13.5)
+            if on_frame is not None:
+                self._relays[prompt_id] = on_frame
         body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
         try:
             response = self._request("POST", "/prompt", json=body)
@@ -371,12 +454,15 @@ class ComfyUIClient:
             self._forget(prompt_id)
             with self._cond:
                 self.tracker.track(real_id)
+                if on_frame is not None:
+                    self._relays[real_id] = on_frame
         logger.debug("ComfyUI queued prompt %s (number %s)", real_id, answer.get("number"))
         return real_id
 
     def _forget(self, prompt_id: str) -> None:
         with self._cond:
             self.tracker.forget(prompt_id)
+            self._relays.pop(prompt_id, None)
 
     def _cancel_quietly(self, prompt_id: str) -> None:
         try:
@@ -561,7 +647,10 @@ class ComfyUIClient:
                 "ws %s %s", msg.get("type"), _brief(sanitize_error(data) if isinstance(data, dict) else data)
             )
         with self._cond:
-            self.tracker.feed(msg)
+            about = self.tracker.feed(msg)
+            relay = self._relays.get(about) if about is not None else None
+            if relay is not None:
+                relay(msg)
             changed = self.tracker.changed
             for prompt_id in changed:
                 waiter = self._waiters.get(prompt_id)

@@ -33,6 +33,7 @@ class ImageRef:
     filename: str
     subfolder: str = ""
     type: str = "output"
+    node_id: str = field(default="", compare=False)  # the node whose output it is (uploaded with it)
 
     def as_params(self) -> dict[str, str]:
         return {"filename": self.filename, "subfolder": self.subfolder, "type": self.type}
@@ -204,7 +205,7 @@ class PromptTracker:
         self._set_started(state)
 
     def _on_executed(self, state: PromptState, data: dict[str, Any]) -> None:
-        for ref in images_from_output(data.get("output")):
+        for ref in images_from_output(data.get("output"), node_id=str(data.get("node") or "")):
             if ref not in state.images:
                 state.images.append(ref)
                 self._bump(state)
@@ -271,7 +272,7 @@ def sanitize_error(data: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def images_from_output(output: Any) -> list[ImageRef]:
+def images_from_output(output: Any, *, node_id: str = "") -> list[ImageRef]:
     """Image refs of one node's UI output (``{"images": [{filename, subfolder, type}]}``)."""
     if not isinstance(output, dict):
         return []
@@ -280,7 +281,10 @@ def images_from_output(output: Any) -> list[ImageRef]:
         if isinstance(item, dict) and isinstance(item.get("filename"), str):
             refs.append(
                 ImageRef(
-                    item["filename"], str(item.get("subfolder") or ""), str(item.get("type") or "output")
+                    item["filename"],
+                    str(item.get("subfolder") or ""),
+                    str(item.get("type") or "output"),
+                    node_id,
                 )
             )
     return refs
@@ -290,8 +294,8 @@ def images_from_outputs(outputs: Any) -> tuple[ImageRef, ...]:
     """All saved images of a history entry; previews (type ``temp``) only when nothing was saved."""
     refs: list[ImageRef] = []
     if isinstance(outputs, dict):
-        for output in outputs.values():
-            refs.extend(ref for ref in images_from_output(output) if ref not in refs)
+        for node_id, output in outputs.items():
+            refs.extend(ref for ref in images_from_output(output, node_id=str(node_id)) if ref not in refs)
     saved = tuple(ref for ref in refs if ref.type == "output")
     return saved or tuple(refs)
 

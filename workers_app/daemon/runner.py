@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from .activity import WorkerActivity
 from .comfyui import ComfyUIError
+from .frames import FrameRelay
 from .prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
 from .reports import Reports
 from .scheduler import (
@@ -107,9 +108,10 @@ class TaskControl:
 
 
 class ComfyUI(Protocol):
-    def submit(self, workflow: dict[str, Any]) -> str: ...
+    def submit(self, workflow: dict[str, Any], **kwargs: Any) -> str: ...
     def wait(self, prompt_id: str, **kwargs: Any) -> PromptOutcome: ...
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes: ...
+    def upload_image(self, data: bytes, name: str, subfolder: str = "") -> str: ...
     def cancel(self, prompt_id: str) -> None: ...
     def wake(self) -> None: ...
 
@@ -159,6 +161,8 @@ def run_task(
         result = run.fail("internal", f"worker error: {type(exc).__name__}: {exc}", retryable=True)
     finally:
         run.reports.close()
+        if run.frames is not None:
+            run.frames.close()
         run.control.mark_submitted()
         activity.finished(lease.task_id, str(result))
     return result
@@ -183,6 +187,10 @@ class _TaskRun:
         self.task_id = lease.task_id
         # Start and progress reports go out on a thread of their own: nothing here waits for them.
         self.reports = Reports(self._send_report, name=f"reports-{lease.task_id[:8]}")
+        # The socket frames of a task a ComfyUI front-door client follows, relayed as they come.
+        self.frames = (
+            FrameRelay(self._send_frames, name=f"frames-{lease.task_id[:8]}") if lease.relay_frames else None
+        )
         self.start_queued = False
         self.last_progress_at = 0.0
         self.last_quarter = 0
@@ -195,8 +203,15 @@ class _TaskRun:
         self.activity.leased(self.task_id, self.lease.attempt)
         if self.control.should_stop():
             return self._stopped(None)
+        if self.lease.inputs:
+            stopped = self._send_inputs()
+            if stopped is not None:
+                return stopped
         try:
-            prompt_id = self.comfy.submit(self.lease.workflow)
+            if self.frames is not None:
+                prompt_id = self.comfy.submit(self.lease.workflow, on_frame=self.frames.put)
+            else:
+                prompt_id = self.comfy.submit(self.lease.workflow)
         except ComfyUIError as exc:
             return self._submit_failed(exc)
         self.submitted_at = time.monotonic()
@@ -210,6 +225,25 @@ class _TaskRun:
         if self.control.should_stop() and not (outcome.ok and self.control.stop_reason is StopReason.RELEASE):
             return self._stopped(outcome)
         return self._finish(outcome)
+
+    def _send_inputs(self) -> TaskResult | None:
+        """Fetch each uploaded image the workflow loads from the scheduler and put it on ComfyUI under the
+        name the lease gave it; None when all are there, else how the task ended."""
+        for item in self.lease.inputs:
+            try:
+                data = self.scheduler.input_image(self.task_id, self.lease.lease_token, item["sha256"])
+            except (LeaseLost, RegisterRequired):
+                logger.info("task %s: lease lost before its inputs were fetched, dropped", self.task_id)
+                self.control.request_stop(StopReason.LOST)
+                return TaskResult.LOST
+            except SchedulerError as exc:
+                return self.fail("internal", f"could not fetch an input image: {exc.message}", retryable=True)
+            try:
+                self.comfy.upload_image(data, item["name"], item["subfolder"])
+            except ComfyUIError as exc:
+                return self._submit_failed(exc)
+            logger.debug("task %s: input %s uploaded to ComfyUI", self.task_id, item["name"])
+        return None
 
     def _submit_failed(self, exc: ComfyUIError) -> TaskResult:
         if exc.code == "workflow_invalid":
@@ -288,7 +322,7 @@ class _TaskRun:
                 details={"prompt_id": outcome.prompt_id},
             )
         try:
-            images = [(ref.filename, self._fetch(ref)) for ref in outcome.images]
+            images = [(ref.filename, self._fetch(ref), ref.node_id) for ref in outcome.images]
         except ComfyUIError as exc:
             return self.fail(
                 "comfyui_lost",
@@ -297,7 +331,8 @@ class _TaskRun:
                 details={"prompt_id": outcome.prompt_id},
             )
         round_trip = time.monotonic() - self.submitted_at
-        self.activity.images_fetched(self.task_id, images, round_trip=round_trip)
+        named = [(name, data) for name, data, _ in images]
+        self.activity.images_fetched(self.task_id, named, round_trip=round_trip)
         return self._upload(images, outcome.prompt_id)
 
     def _fetch(self, ref: ImageRef) -> bytes:
@@ -314,7 +349,7 @@ class _TaskRun:
                 delay = self._pause(delay)
         raise AssertionError("unreachable")
 
-    def _upload(self, images: list[tuple[str, bytes]], prompt_id: str) -> TaskResult:
+    def _upload(self, images: list[tuple[str, bytes, str]], prompt_id: str) -> TaskResult:
         if not self._claim_final():
             return self.control_result()
         delay = self.settings.retry_delay
@@ -393,6 +428,12 @@ class _TaskRun:
             return
         if cancelled:
             self.control.request_stop(StopReason.CANCEL)
+
+    def _send_frames(self, frames: list[list[Any]]) -> None:
+        try:
+            self.scheduler.frames(self.task_id, self.lease.lease_token, frames)
+        except SchedulerError as exc:  # frames are a courtesy to the client: the task goes on regardless
+            logger.debug("task %s: frames not relayed (%s)", self.task_id, exc.message)
 
     def _log_quarter(self, value: float, maximum: float) -> None:
         if value < self.last_value:  # a new node started counting

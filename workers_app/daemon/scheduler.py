@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -133,7 +134,10 @@ class LeasedTask:
     batch_size: int = 1
     filename_prefix: str = ""
     lease_expires_at: str | None = None
+    relay_frames: bool = False  # a ComfyUI front-door client follows it: send its socket frames (frames())
     checkpoint: str = ""
+    # Uploaded images its LoadImage nodes name: {sha256, name, subfolder} (fetch with input_image()).
+    inputs: tuple[dict[str, str], ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -149,7 +153,12 @@ class LeasedTask:
                 batch_size=int(body.get("batch_size") or 1),
                 filename_prefix=str(body.get("filename_prefix") or ""),
                 lease_expires_at=body.get("lease_expires_at"),
+                relay_frames=body.get("relay_frames") is True,
                 checkpoint=str(body.get("checkpoint") or ""),
+                inputs=tuple(
+                    {k: str(item[k]) for k in ("sha256", "name", "subfolder")}
+                    for item in body.get("inputs") or ()
+                ),
                 raw=body,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -299,16 +308,28 @@ class SchedulerClient:
         )
         return bool(body.get("cancel"))
 
+    def frames(self, task_id: str, lease_token: str, frames: list[list[Any]]) -> None:
+        """Relay ComfyUI socket frames ``[type, data]`` of this task to its front-door client."""
+        self._post(f"tasks/{task_id}/frames", {"lease_token": lease_token, "frames": frames})
+
+    def input_image(self, task_id: str, lease_token: str, sha256: str) -> bytes:
+        """The bytes of one of the task's uploaded input images (LeaseLost once the lease is not ours)."""
+        response = self._call(f"tasks/{task_id}/inputs/{sha256}", json={"lease_token": lease_token})
+        if hashlib.sha256(response.content).hexdigest() != sha256:
+            raise SchedulerUnavailable(f"input {sha256[:12]}: the bytes do not match", code="bad_response")
+        return response.content
+
     def complete(
         self,
         task_id: str,
         lease_token: str,
-        images: Sequence[tuple[str, bytes]],
+        images: Sequence[tuple[str, bytes] | tuple[str, bytes, str]],
         *,
         prompt_id: str | None = None,
         lease_next: bool | None = None,
     ) -> dict[str, Any]:
-        """Upload the images (multipart ``images``) and mark the task completed. Safe to retry.
+        """Upload the images (multipart ``images``, each optionally with the node id that saved it, sent as
+        ``node_ids`` in the same order) and mark the task completed. Safe to retry.
 
         ``lease_next`` (the ``prefetch`` flag to lease with, or None) asks the scheduler to lease the next
         task in the same round trip; it comes back in the answer's ``next`` (see ``LeasedTask.carried``)."""
@@ -320,7 +341,10 @@ class SchedulerClient:
         if lease_next is not None:
             data["lease_next"] = "true"
             data["prefetch"] = "true" if lease_next else "false"
-        files = [("images", (name, content, "image/png")) for name, content in images]
+        files = [("images", (image[0], image[1], "image/png")) for image in images]
+        node_ids = [image[2] if len(image) > 2 else "" for image in images]
+        if any(node_ids):
+            data = [*data.items(), *(("node_ids", node_id) for node_id in node_ids)]
         response = self._call(
             f"tasks/{task_id}/complete", data=data, files=files, timeout=max(self.timeout, 60.0)
         )

@@ -26,7 +26,7 @@ from PIL import Image
 
 from .config import SimulatorConfig
 from .engine import SENSITIVE_EXTRA_DATA_KEYS, SERVER_FEATURES, Simulator, SocketEntry, log
-from .nodes import SIMULATOR_VERSION
+from .nodes import SIMULATOR_VERSION, input_files
 from .validation import validate_prompt
 
 SIMULATOR_KEY = web.AppKey("comfyui_simulator", Simulator)
@@ -122,6 +122,7 @@ class Routes:
             ("GET", "/history/{prompt_id}", self.get_history_prompt),
             ("POST", "/history", self.post_history),
             ("GET", "/view", self.view),
+            ("POST", "/upload/image", self.upload_image),
             ("GET", "/system_stats", self.system_stats),
             ("GET", "/object_info", self.object_info),
             ("GET", "/object_info/{node_class}", self.object_info_class),
@@ -204,7 +205,7 @@ class Routes:
         prompt = json_data["prompt"]
         prompt_id = str(json_data.get("prompt_id", uuid.uuid4()))
         partial = json_data.get("partial_execution_targets", None)
-        result = validate_prompt(prompt, sim.object_info, partial)
+        result = validate_prompt(prompt, sim.object_info, partial, sim.dirs)
         extra_data = json_data.get("extra_data", {})
         if "client_id" in json_data:
             extra_data["client_id"] = json_data["client_id"]
@@ -321,6 +322,45 @@ class Routes:
             content_type = "application/octet-stream"
         return web.Response(body=data, headers={**headers, "Content-Type": content_type})
 
+    async def upload_image(self, request: web.Request) -> web.Response:
+        """server.py image_upload: multipart `image`, `type` (input by default), `subfolder`, `overwrite`. A
+        name that leaves the folder is an empty 400; an identical file under the same name keeps its name;
+        other bytes become `name (1).ext` unless `overwrite` is "true" or "1"."""
+        post = await request.post()
+        image = post.get("image")
+        kind = str(post.get("type") or "input")
+        upload_dir = self.sim.dirs.get(kind)
+        if upload_dir is None or not isinstance(image, web.FileField) or not image.filename:
+            return web.Response(status=400)
+        subfolder = str(post.get("subfolder", ""))
+        full_folder = os.path.join(upload_dir, os.path.normpath(subfolder))
+        filepath = os.path.abspath(os.path.join(full_folder, image.filename))
+        if os.path.commonpath((upload_dir, filepath)) != upload_dir:
+            return web.Response(status=400)
+        data = image.file.read()
+        os.makedirs(full_folder, exist_ok=True)
+        filename, stem_ext = image.filename, os.path.splitext(image.filename)
+        overwrite = str(post.get("overwrite", "")) in ("true", "1")
+        duplicate = False
+        if not overwrite:
+            i = 1
+            while os.path.exists(filepath):
+                if Path(filepath).read_bytes() == data:
+                    duplicate = True
+                    break
+                filename = f"{stem_ext[0]} ({i}){stem_ext[1]}"
+                filepath = os.path.join(full_folder, filename)
+                i += 1
+        if not duplicate:
+            Path(filepath).write_bytes(data)
+        return web.json_response({"name": filename, "subfolder": subfolder, "type": kind})
+
+    def _list_input_files(self) -> None:
+        """LoadImage lists the input folder's images each time /object_info is asked (INPUT_TYPES)."""
+        spec = self.sim.object_info.get("LoadImage", {}).get("input", {}).get("required", {}).get("image")
+        if spec:
+            spec[0] = input_files(self.sim.dirs["input"])
+
     def _annotated_filepath(self, name: str) -> tuple[str, str | None]:
         for kind in ("output", "input", "temp"):
             suffix = f" [{kind}]"
@@ -397,10 +437,12 @@ class Routes:
         )
 
     async def object_info(self, request: web.Request) -> web.Response:
+        self._list_input_files()
         return web.json_response(self.sim.object_info)
 
     async def object_info_class(self, request: web.Request) -> web.Response:
         node_class = request.match_info["node_class"]
+        self._list_input_files()
         info = self.sim.object_info.get(node_class)
         return web.json_response({node_class: info} if info is not None else {})
 
@@ -414,7 +456,8 @@ class Routes:
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return web.Response(status=404)
-        return web.json_response(list(self.sim.config.checkpoints) if folder == "checkpoints" else [])
+        files = {"checkpoints": self.sim.config.checkpoints, "loras": self.sim.config.loras}
+        return web.json_response(list(files.get(folder, ())))
 
     async def embeddings(self, request: web.Request) -> web.Response:
         return web.json_response([])

@@ -33,6 +33,7 @@ class SimulatorConfig:
     """How a simulator behaves. Times are in seconds, rates are probabilities from 0 to 1.
 
     - `checkpoints`: the simulated checkpoint file names (`CheckpointLoaderSimple.ckpt_name` choices).
+    - `loras`: the simulated LoRA file names (`LoraLoader.lora_name` choices; none by default).
     - `job_time`: simulated execution time of one prompt, spread over the nodes that run (a sampler gets
       most of it, one slice per step). Cached nodes take no time.
     - `node_delay`: extra time for every node that runs; `class_delays`: extra time per class_type,
@@ -53,6 +54,7 @@ class SimulatorConfig:
     """
 
     checkpoints: tuple[str, ...] = DEFAULT_CHECKPOINTS
+    loras: tuple[str, ...] = ()
     job_time: float = 0.2
     node_delay: float = 0.0
     class_delays: dict[str, float] = field(default_factory=dict)
@@ -71,6 +73,7 @@ class SimulatorConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoints", tuple(str(name) for name in self.checkpoints))
+        object.__setattr__(self, "loras", tuple(str(name) for name in self.loras))
         object.__setattr__(self, "class_delays", dict(self.class_delays))
         if (
             not _is_number(self.speed_factor)

@@ -141,7 +141,7 @@ class Simulator:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.rng = random.Random(config.random_seed)
-        self.object_info = nodes.load_object_info(config.checkpoints)
+        self.object_info = nodes.load_object_info(config.checkpoints, config.loras)
         self._own_root = config.output_dir is None
         root = (
             Path(tempfile.mkdtemp(prefix="comfyui-simulator-")) if self._own_root else Path(config.output_dir)
@@ -513,6 +513,9 @@ class PromptRun:
                     parts.append([name, value])
             if node["class_type"] in nodes.ALWAYS_CHANGED:
                 parts.append(time.time())
+            changed = nodes.IS_CHANGED.get(node["class_type"])
+            if changed is not None:
+                parts.append(changed(inputs, self.sim.dirs))
             memo[node_id] = hashlib.sha256(
                 json.dumps(parts, sort_keys=True, default=str).encode()
             ).hexdigest()
@@ -800,6 +803,7 @@ class _Context:
         self.extra_data = run.extra_data
         self.output_dir = run.sim.dirs["output"]
         self.temp_dir = run.sim.dirs["temp"]
+        self.input_dir = run.sim.dirs["input"]
 
     async def sleep(self, seconds: float) -> None:
         """Advance the prompt's own clock by `seconds`: a GPU computes at its own pace, so the time this

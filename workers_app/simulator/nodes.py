@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
+import mimetypes
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import files
 from . import images as imaging
@@ -32,10 +35,11 @@ def _object_info_template() -> dict[str, Any]:
     return json.loads(OBJECT_INFO_PATH.read_text(encoding="utf-8"))
 
 
-def load_object_info(checkpoints: tuple[str, ...]) -> dict[str, Any]:
-    """/object_info of the simulator: the captured subset, with the simulated checkpoint names."""
+def load_object_info(checkpoints: tuple[str, ...], loras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """/object_info of the simulator: the captured subset, with the simulated checkpoint and LoRA names."""
     info = copy.deepcopy(_object_info_template())
     info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] = list(checkpoints)
+    info["LoraLoader"]["input"]["required"]["lora_name"][0] = list(loras)
     return info
 
 
@@ -89,6 +93,7 @@ class NodeContext(Protocol):
     extra_data: dict[str, Any]
     output_dir: str
     temp_dir: str
+    input_dir: str
 
     async def sleep(self, seconds: float) -> None: ...
 
@@ -145,9 +150,86 @@ async def image_blur(
     return NodeResult((blurred,))
 
 
+def input_files(input_dir: str) -> list[str]:
+    """LoadImage's choices: the image files at the top of the input folder, sorted (as ComfyUI lists them)."""
+    try:
+        names = os.listdir(input_dir)
+    except FileNotFoundError:
+        return []
+    images = [n for n in names if os.path.isfile(os.path.join(input_dir, n)) and _is_image_name(n)]
+    return sorted(images)
+
+
+def _is_image_name(name: str) -> bool:
+    return (mimetypes.guess_type(name)[0] or "").startswith("image/")
+
+
+def annotated_path(name: str, dirs: dict[str, str]) -> str | None:
+    """folder_paths.get_annotated_filepath: `sub/name [temp]` in the temp folder, input by default; None when
+    the name leaves its folder."""
+    base = dirs["input"]
+    for kind in ("output", "input", "temp"):
+        if name.endswith(f" [{kind}]"):
+            name, base = name[: -len(kind) - 3], dirs[kind]
+    path = os.path.abspath(os.path.join(base, name))
+    return path if os.path.commonpath((base, path)) == base else None
+
+
+def validate_load_image(inputs: dict[str, Any], dirs: dict[str, str]) -> bool | str:
+    """LoadImage.VALIDATE_INPUTS: the named file must exist (the choice list is not checked)."""
+    image = inputs.get("image")
+    path = annotated_path(image, dirs) if isinstance(image, str) else None
+    if path is None or not os.path.exists(path):
+        return f"Invalid image file: {image}"
+    return True
+
+
+def load_image_changed(inputs: dict[str, Any], dirs: dict[str, str]) -> str:
+    """LoadImage.IS_CHANGED: the file's SHA-256, so a file replaced under the same name is loaded again."""
+    image = inputs.get("image")
+    path = annotated_path(image, dirs) if isinstance(image, str) else None
+    try:
+        with open(path or "", "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
+
+
+async def load_image(ctx: NodeContext, image: str) -> NodeResult:
+    """The IMAGE (RGB) and MASK (from the alpha channel, none: zeros) of a file in the input folder."""
+    await ctx.sleep(ctx.duration)
+    path = annotated_path(image, {"input": ctx.input_dir, "temp": ctx.temp_dir, "output": ctx.output_dir})
+
+    def load() -> tuple[list[Image.Image], list[Image.Image]]:
+        with Image.open(path or "") as source:
+            rgb = source.convert("RGB")
+            mask = source.getchannel("A") if "A" in source.getbands() else Image.new("L", source.size, 0)
+        return [rgb], [mask]
+
+    rgb, mask = await ctx.compute(load)
+    return NodeResult((rgb, mask))
+
+
+async def image_invert(ctx: NodeContext, image: list[Image.Image]) -> NodeResult:
+    await ctx.sleep(ctx.duration)
+    return NodeResult((await ctx.compute(lambda: [ImageOps.invert(im.convert("RGB")) for im in image]),))
+
+
 async def checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
     await ctx.sleep(ctx.duration)
     return NodeResult(tuple(ModelPart(kind, ckpt_name) for kind in ("MODEL", "CLIP", "VAE")))
+
+
+async def lora_loader(
+    ctx: NodeContext,
+    model: ModelPart,
+    clip: ModelPart,
+    lora_name: str,
+    strength_model: float,
+    strength_clip: float,
+) -> NodeResult:
+    await ctx.sleep(ctx.duration)
+    return NodeResult((model, clip))
 
 
 async def clip_text_encode(ctx: NodeContext, text: str, clip: ModelPart) -> NodeResult:
@@ -222,9 +304,12 @@ async def save_image_websocket(ctx: NodeContext, images: list[Image.Image]) -> N
 
 IMPLEMENTATIONS: dict[str, NodeFunction] = {
     "EmptyImage": empty_image,
+    "LoadImage": load_image,
+    "ImageInvert": image_invert,
     "ImageAddNoise": image_add_noise,
     "ImageBlur": image_blur,
     "CheckpointLoaderSimple": checkpoint_loader,
+    "LoraLoader": lora_loader,
     "CLIPTextEncode": clip_text_encode,
     "EmptyLatentImage": empty_latent_image,
     "KSampler": ksampler,
@@ -233,6 +318,19 @@ IMPLEMENTATIONS: dict[str, NodeFunction] = {
     "PreviewImage": preview_image,
     "SaveImageWebsocket": save_image_websocket,
 }
+
+
+# VALIDATE_INPUTS of node classes that have one: the inputs it takes (their choice lists are not checked) and
+# the check, given the node's inputs and the folders (True, or why not).
+CUSTOM_VALIDATION: dict[
+    str, tuple[frozenset[str], Callable[[dict[str, Any], dict[str, str]], bool | str]]
+] = {
+    "LoadImage": (frozenset({"image"}), validate_load_image),
+}
+
+
+# IS_CHANGED of node classes that have one: part of the node's cache key.
+IS_CHANGED: dict[str, Callable[[dict[str, Any], dict[str, str]], str]] = {"LoadImage": load_image_changed}
 
 
 @dataclass

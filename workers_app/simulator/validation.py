@@ -14,6 +14,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from .nodes import CUSTOM_VALIDATION
+
 ObjectInfo = dict[str, dict[str, Any]]
 Validated = dict[str, tuple[bool, list[dict[str, Any]], str]]
 
@@ -71,15 +73,22 @@ def _error(kind: str, message: str, details: str, extra_info: dict[str, Any]) ->
 
 
 def validate_inputs(
-    prompt: dict[str, Any], object_info: ObjectInfo, unique_id: str, validated: Validated
+    prompt: dict[str, Any],
+    object_info: ObjectInfo,
+    unique_id: str,
+    validated: Validated,
+    dirs: dict[str, str] | None = None,
 ) -> tuple:
-    """Validates one node and, recursively, the nodes it links to. May raise (KeyError, IndexError...)."""
+    """Validates one node and, recursively, the nodes it links to. May raise (KeyError, IndexError...).
+    `dirs` (input, temp, output folders) serve the VALIDATE_INPUTS of the classes that have one."""
     if unique_id in validated:
         return validated[unique_id]
     inputs = prompt[unique_id]["inputs"]
-    class_info = object_info[prompt[unique_id]["class_type"]]
+    class_type = prompt[unique_id]["class_type"]
+    class_info = object_info[class_type]
     errors: list[dict[str, Any]] = []
     valid = True
+    custom_inputs, custom_check = CUSTOM_VALIDATION.get(class_type, (frozenset(), None))
 
     for name in declared_inputs(class_info):
         input_type, category, extra_info = input_info(class_info, name)
@@ -122,7 +131,7 @@ def validate_inputs(
                 )
                 continue
             try:
-                r = validate_inputs(prompt, object_info, o_id, validated)
+                r = validate_inputs(prompt, object_info, o_id, validated, dirs)
                 if r[0] is False:
                     valid = False
                     continue
@@ -194,7 +203,7 @@ def validate_inputs(
                     )
                 )
                 continue
-            if isinstance(input_type, list) and val not in input_type:
+            if isinstance(input_type, list) and val not in input_type and name not in custom_inputs:
                 input_config: Any = info
                 if len(input_type) > 20:
                     list_info = f"(list of length {len(input_type)})"
@@ -211,13 +220,31 @@ def validate_inputs(
                 )
                 continue
 
+    if custom_check is not None and dirs is not None:
+        checked = {name: inputs[name] for name in custom_inputs if name in inputs}
+        ret = custom_check(checked, dirs)
+        if ret is not True:
+            for name in checked:
+                details = name if ret is False else f"{name} - {ret}"
+                errors.append(
+                    _error(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        details,
+                        {"input_name": name},
+                    )
+                )
+
     ret = (False, errors, unique_id) if errors or valid is not True else (True, [], unique_id)
     validated[unique_id] = ret
     return ret
 
 
 def validate_prompt(
-    prompt: Any, object_info: ObjectInfo, partial_execution_list: list[str] | None = None
+    prompt: Any,
+    object_info: ObjectInfo,
+    partial_execution_list: list[str] | None = None,
+    dirs: dict[str, str] | None = None,
 ) -> ValidationResult:
     """The whole-prompt check of POST /prompt. Raises for a prompt that is not a mapping (HTTP 500)."""
     outputs: dict[str, None] = {}  # ordered set
@@ -258,7 +285,7 @@ def validate_prompt(
     validated: Validated = {}
     for o in outputs:
         try:
-            valid, reasons, _ = validate_inputs(prompt, object_info, o, validated)
+            valid, reasons, _ = validate_inputs(prompt, object_info, o, validated, dirs)
         except Exception as ex:
             valid = False
             reasons = [

@@ -27,8 +27,10 @@ def _class_delay(value: str) -> tuple[str, float]:
 def config_from_options(options: dict[str, Any]) -> SimulatorConfig:
     """The SimulatorConfig described by the command's options (ValueError for bad values)."""
     checkpoints = tuple(name.strip() for name in options["checkpoints"].split(",") if name.strip())
+    loras = tuple(name.strip() for name in (options.get("loras") or "").split(",") if name.strip())
     return SimulatorConfig(
         checkpoints=checkpoints,
+        loras=loras,
         job_time=options["job_time"],
         node_delay=options["node_delay"],
         class_delays=dict(options["class_delay"] or []),
@@ -66,6 +68,9 @@ class Command(BaseCommand):
             "--checkpoints",
             default=",".join(defaults.checkpoints),
             help="comma-separated simulated checkpoint names (empty: none, like a server without models)",
+        )
+        parser.add_argument(
+            "--loras", default="", help="comma-separated simulated LoRA names (LoraLoader; default none)"
         )
         parser.add_argument("--node-delay", type=float, default=0.0, help="extra seconds per node that runs")
         parser.add_argument(

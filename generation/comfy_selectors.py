@@ -1,0 +1,50 @@
+"""Reads of the ComfyUI front door: a client's space (the signed-in user's tasks, or the shared anonymous
+space) and its prompts by the ids the client knows."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+from django.db.models import Q, QuerySet
+
+from generation.models import Image, Task
+
+
+def space(user) -> QuerySet[Task]:
+    """The whole-workflow tasks a front-door client sees: its user's, or, anonymous, the tasks nobody owns."""
+    owner = Q(owner=user) if user.is_authenticated else Q(owner=None)
+    return Task.objects.filter(owner, template=None)
+
+
+def by_prompt_id(user, prompt_id: str) -> QuerySet[Task]:
+    """The task a client names by its own prompt id, or by the farm's task id."""
+    named = Q(client_prompt_id=prompt_id)
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        named |= Q(public_id=uuid.UUID(prompt_id))
+    return space(user).filter(named)
+
+
+def history(user, *, max_items: int, offset: int | None) -> list[Task]:
+    """Finished tasks, oldest first: the newest `max_items`, or `max_items` from `offset` (ComfyUI 3.4)."""
+    finished = space(user).filter(status__in=Task.FINISHED_STATUSES).prefetch_related("images")
+    if offset is None:
+        return list(finished.order_by("-finished_at", "-id")[:max_items])[::-1]
+    return list(finished.order_by("finished_at", "id")[offset : offset + max_items])
+
+
+def queue(user) -> tuple[list[Task], list[Task]]:
+    """(running, pending), each in the order they run."""
+    unfinished = space(user).exclude(status__in=Task.FINISHED_STATUSES).order_by("-priority", "id")
+    running = [t for t in unfinished if t.is_active]
+    pending = [t for t in unfinished if t.status == Task.Status.QUEUED]
+    return running, pending
+
+
+def image_named(user, subfolder: str, filename: str) -> Image | None:
+    """An image of the client's space by the name its history gave (generation.comfy_shapes.image_ref)."""
+    if not filename or "/" in filename or "\\" in filename:
+        return None
+    name = f"{subfolder}/{filename}" if subfolder else filename
+    owner = Q(task__owner=user) if user.is_authenticated else Q(task__owner=None)
+    return Image.objects.filter(owner, file=name, task__template=None).select_related("task").first()

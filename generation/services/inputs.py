@@ -1,0 +1,220 @@
+"""Input images: what ComfyUI's POST /upload/image stores (per owner, the anonymous space counting as one),
+which uploads a workflow's LoadImage nodes need, and how a worker gets them (fenced by its lease)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+
+from generation import api_workflows, images
+from generation.api_workflows import Inventory
+from generation.exceptions import InvalidInput, LeaseLost, NotFound, TooLarge, WorkflowRejected
+from generation.models import InputImage, Task
+from generation.services.transitions import fenced
+from generation.upload_parsers import PATH_MARK
+
+logger = logging.getLogger(__name__)
+
+NAME_MAX = 200
+STORAGE_FOLDER = "inputs"
+# Where a worker puts the inputs on its ComfyUI: named by content, so two users' `cat.png` never meet there.
+WORKER_SUBFOLDER = "t2i_inputs"
+LEASE_LOST = "This lease is no longer yours."
+
+
+def _owner(owner: AbstractBaseUser | None) -> AbstractBaseUser | None:
+    return owner if owner is not None and owner.is_authenticated else None
+
+
+def _check_text(value: str, field: str) -> None:
+    if len(value) > NAME_MAX:
+        raise InvalidInput(f"{field} is too long.", fields={field: [f"At most {NAME_MAX} characters."]})
+    if any(ord(c) < 32 or c in "\x7f\\:" for c in value):
+        raise InvalidInput(f"{field} has characters that are not allowed.", fields={field: ["Not allowed."]})
+
+
+def clean_upload_name(name: str, subfolder: str, kind: str) -> tuple[str, str, str]:
+    """(kind, subfolder, name) of an upload, or InvalidInput: a name with a path in it (`../`), a subfolder
+    that leaves the folder, a type other than input or temp."""
+    if kind not in api_workflows.INPUT_KINDS:
+        raise InvalidInput("type must be input or temp.", fields={"type": ["Must be input or temp."]})
+    name = name.strip()
+    if not name or name.startswith(PATH_MARK) or "/" in name or name in (".", ".."):
+        raise InvalidInput(
+            "The file name must be a plain name.", fields={"image": ["Not a plain file name."]}
+        )
+    _check_text(name, "image")
+    subfolder = subfolder.strip().strip("/")
+    parts = subfolder.split("/") if subfolder else []
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidInput(
+            "The subfolder must stay inside the input folder.", fields={"subfolder": ["Bad path."]}
+        )
+    _check_text(subfolder, "subfolder")
+    return kind, subfolder, name
+
+
+def _free_name(taken: set[str], name: str, *, same: str | None) -> str:
+    """ComfyUI's naming: `name` if free, else `stem (1).ext`, `stem (2).ext`, …"""
+    stem, ext = os.path.splitext(name)
+    candidate, i = name, 1
+    while candidate in taken and candidate != same:
+        candidate = f"{stem} ({i}){ext}"
+        i += 1
+    return candidate
+
+
+def input_image_upload(
+    *,
+    owner: AbstractBaseUser | None,
+    upload: Any,
+    subfolder: str = "",
+    kind: str = "input",
+    overwrite: bool = False,
+) -> InputImage:
+    """Store an uploaded image under ComfyUI's rules: the same name again with the same bytes is that upload;
+    with other bytes it becomes `name (1).ext` unless `overwrite`, which replaces it. The image is checked
+    with Pillow and capped at T2I_MAX_IMAGE_BYTES (TooLarge); the file is stored before the row is written."""
+    owner = _owner(owner)
+    kind, subfolder, name = clean_upload_name(getattr(upload, "name", "") or "", subfolder, kind)
+    max_bytes = settings.T2I["MAX_IMAGE_BYTES"]
+    if getattr(upload, "size", 0) > max_bytes:
+        raise TooLarge(f"The image is larger than {max_bytes} bytes.", fields={"image": ["Too large."]})
+    checked = images.verify_image(upload, width=None, height=None, max_bytes=max_bytes, field="image")
+    try:
+        stored = default_storage.save(
+            f"{STORAGE_FOLDER}/{uuid.uuid4().hex}.{checked.extension}", checked.file
+        )
+    finally:
+        checked.close()
+    try:
+        with transaction.atomic():
+            row, replaced = _place(owner, kind, subfolder, name, checked, stored, overwrite)
+    except BaseException:
+        default_storage.delete(stored)
+        raise
+    if replaced and replaced != row.file.name:
+        transaction.on_commit(lambda: default_storage.delete(replaced))
+    if row.file.name != stored:
+        default_storage.delete(stored)  # an identical upload: the earlier file stays
+    return row
+
+
+def _place(owner, kind, subfolder, name, checked, stored, overwrite) -> tuple[InputImage, str]:
+    """The row for this upload (new, replaced or the identical earlier one) and the file name it replaced."""
+    stem = os.path.splitext(name)[0]
+    folder = InputImage.objects.select_for_update().filter(owner=owner, kind=kind, subfolder=subfolder)
+    rows = {row.name: row for row in folder.filter(name__startswith=stem)}  # the name and its variants
+    existing = rows.get(name)
+    fields = {
+        "file": stored,
+        "width": checked.width,
+        "height": checked.height,
+        "size_bytes": checked.size,
+        "sha256": checked.sha256,
+    }
+    if existing is not None and overwrite:
+        replaced = existing.file.name
+        for key, value in fields.items():
+            setattr(existing, key, value)
+        existing.save(update_fields=[*fields])
+        return existing, replaced
+    same = next(
+        (r.name for r in rows.values() if r.sha256 == checked.sha256 and _is_variant(r.name, name)), None
+    )
+    final = _free_name(set(rows), name, same=same)
+    if final in rows:
+        return rows[final], ""
+    try:
+        with transaction.atomic():
+            row = InputImage.objects.create(owner=owner, kind=kind, subfolder=subfolder, name=final, **fields)
+    except IntegrityError:
+        raise InvalidInput(
+            "Another upload of this name arrived at the same time; send it again.",
+            fields={"image": ["Busy."]},
+        )
+    return row, ""
+
+
+def _is_variant(candidate: str, name: str) -> bool:
+    """`name` or one of its `stem (n).ext` variants (ComfyUI compares bytes along that chain)."""
+    stem, ext = os.path.splitext(name)
+    return candidate == name or (candidate.startswith(f"{stem} (") and candidate.endswith(f"){ext}"))
+
+
+def inputs_needed(
+    *, owner: AbstractBaseUser | None, workflow: dict[str, Any], farm: Inventory
+) -> list[InputImage]:
+    """The owner's uploads a workflow's LoadImage nodes name, or WorkflowRejected (ComfyUI's
+    `custom_validation_failed` on the node) for a name the owner has not uploaded."""
+    refs = set(api_workflows.input_image_refs(workflow).values())
+    wanted = [ref for ref in refs if ref[0]]
+    found = _uploads(_owner(owner), wanted)
+    try:
+        api_workflows.check_input_images(workflow, {row.ref for row in found}, farm)
+    except api_workflows.WorkflowProblem as problem:
+        raise WorkflowRejected(problem)
+    return found
+
+
+def _uploads(owner, refs: Iterable[tuple[str, str, str]]) -> list[InputImage]:
+    refs = list(refs)[: api_workflows.MAX_NODES]
+    if not refs:
+        return []
+    names = {name for _, _, name in refs}
+    rows = InputImage.objects.filter(owner=owner, name__in=names)
+    return [row for row in rows if row.ref in set(refs)]
+
+
+def worker_inputs(task: Task) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """For a workflow that names uploads: the name each has on a worker's ComfyUI (by content), and what the
+    worker fetches and uploads there, as {sha256, name, subfolder}."""
+    if task.workflow is None or not api_workflows.input_image_refs(task.workflow):
+        return {}, []
+    names, inputs = {}, []
+    for row in task.input_images.all():
+        ext = os.path.splitext(row.file.name)[1]
+        stored_name = f"{row.sha256}{ext}"
+        names[row.ref] = f"{WORKER_SUBFOLDER}/{stored_name}"
+        if not any(i["sha256"] == row.sha256 for i in inputs):
+            inputs.append({"sha256": row.sha256, "name": stored_name, "subfolder": WORKER_SUBFOLDER})
+    return names, inputs
+
+
+def input_image_for_worker(
+    *, worker_id: int, task_id: uuid.UUID, lease_token: uuid.UUID, sha256: str
+) -> InputImage:
+    """An input of a task this worker holds the live lease of (LeaseLost otherwise, NotFound if not its)."""
+    if not fenced(task_id=task_id, lease_token=lease_token, worker_id=worker_id).exists():
+        raise LeaseLost(LEASE_LOST)
+    row = InputImage.objects.filter(tasks__public_id=task_id, sha256=sha256).first()
+    if row is None:
+        raise NotFound("This task has no such input.")
+    return row
+
+
+def workflow_with_uploads(
+    *, owner: AbstractBaseUser | None, workflow: dict[str, Any], uploads: dict[str, Any]
+) -> dict[str, Any]:
+    """Store each file in `uploads` (by LoadImage node id) as an input image of `owner` and return a copy of
+    the workflow whose node names it. InvalidInput names the field `input_<node id>` of a bad file."""
+    refs = api_workflows.input_image_refs(workflow)
+    built = copy.deepcopy(workflow)
+    for node_id, upload in uploads.items():
+        if node_id not in refs:
+            continue
+        try:
+            row = input_image_upload(owner=owner, upload=upload, subfolder="web")
+        except InvalidInput as exc:
+            raise type(exc)(exc.detail, fields={f"input_{node_id}": [exc.detail]}) from exc
+        built[node_id]["inputs"]["image"] = row.comfy_name
+    return built

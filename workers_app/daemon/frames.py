@@ -1,0 +1,99 @@
+"""``FrameRelay``: a task's ComfyUI socket frames, relayed to the scheduler for the ComfyUI front door.
+
+The scheduler hands them to the socket of the client that submitted the prompt (generation.comfy_ws). The
+frames go out in batches on a thread of their own, so following ComfyUI never waits for the scheduler: a batch
+holds whatever came while the previous one was being sent. Progress is coalesced: a progress frame not yet
+sent gives way to a newer one, and progress alone goes out at most ``PROGRESS_PER_SECOND`` times a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .prompt_tracker import sanitize_error
+
+# The frames a ComfyUI client follows a prompt by (protocol section 4); the rest stay on the worker.
+RELAYED = frozenset(
+    {
+        "execution_start",
+        "execution_cached",
+        "executing",
+        "progress",
+        "executed",
+        "execution_success",
+        "execution_error",
+        "execution_interrupted",
+    }
+)
+PROGRESS_PER_SECOND = 10
+MAX_PENDING = 200  # a scheduler that does not answer never makes the worker hold more than this
+
+
+class FrameRelay:
+    """Thread-safe; ``put`` is called on the ComfyUI socket's thread and never blocks."""
+
+    def __init__(
+        self,
+        send: Callable[[list[list[Any]]], None],
+        *,
+        name: str = "frames",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._send = send
+        self._name = name
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._pending: list[list[Any]] = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._progress_sent_at = float("-inf")
+
+    def put(self, message: dict[str, Any]) -> None:
+        kind, data = message.get("type"), message.get("data")
+        if kind not in RELAYED or not isinstance(data, dict):
+            return
+        if kind == "execution_error":
+            data = sanitize_error(data)
+        with self._lock:
+            if self._closed:
+                return
+            if kind == "progress" and self._pending and self._pending[-1][0] == "progress":
+                self._pending[-1] = [kind, data]
+            elif len(self._pending) < MAX_PENDING:
+                self._pending.append([kind, data])
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name=self._name, daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """No more frames: the task's end is reported by the scheduler itself. Unsent ones are dropped."""
+        with self._lock:
+            self._closed = True
+            self._pending.clear()
+
+    def join(self, timeout: float) -> bool:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self._thread is None
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                only_progress = bool(self._pending) and all(kind == "progress" for kind, _ in self._pending)
+                wait = self._progress_sent_at + 1 / PROGRESS_PER_SECOND - self._clock()
+            if only_progress and wait > 0:
+                self._sleep(wait)  # progress alone: at most PROGRESS_PER_SECOND batches a second
+            with self._lock:
+                if self._closed or not self._pending:
+                    self._thread = None
+                    return
+                batch, self._pending = self._pending, []
+                if any(kind == "progress" for kind, _ in batch):
+                    self._progress_sent_at = self._clock()
+            self._send(batch)
