@@ -141,11 +141,11 @@ class Farm:
         self.server.stop()
 
     # -- processes ------------------------------------------------------------------------------------
-    def simulator(self, job_time: float) -> tuple[str, Proc]:
-        """One `manage.py comfyui_simulator` process."""
+    def simulator(self, job_time: float, *options: str) -> tuple[str, Proc]:
+        """One `manage.py comfyui_simulator` process, with more of its `options` if given."""
         port = free_port()
         proc = Proc(
-            _manage("comfyui_simulator", "--port", str(port), "--job-time", str(job_time)),
+            _manage("comfyui_simulator", "--port", str(port), "--job-time", str(job_time), *options),
             self.logdir / f"simulator-{port}.log",
             self.env,
         )

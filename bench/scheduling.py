@@ -14,6 +14,8 @@ Farms (issue 15): "mixed" = 8 workers (2 fast x2, 4 normal, 2 slow x0.5), all ho
 2-3-3, a 4 s switch; one job = 512x512, 20 steps = 2 s at x1; user 1 submits 400 tasks at once (checkpoints
 round-robin), users 2 and 3 one task every 3 s (seeded). "mixed-64" = the same mix scaled to 64 workers and
 10,000 flood tasks. "uniform" = 8 identical workers, one checkpoint.
+
+`--live` runs the mixed farm on real processes instead (bench.scheduling_live; its flags follow).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def arrivals(farm: Farm, seed: int = 1) -> list[tuple[float, Job]]:
             out.append((t, Job(id=0, user=user, checkpoint=ckpt, priority=0, work=UNIT, queued_at=t)))
             t += farm.trickle_every
     out.sort(key=lambda a: a[0])
-    return [(t, Job(**{**job.__dict__, "id": next(ids) if job.id == 0 else job.id})) for t, job in out]
+    return [(t, job._replace(id=next(ids)) if job.id == 0 else job) for t, job in out]
 
 
 def node_of(worker: SimWorker, now: float) -> Node:
@@ -164,8 +166,10 @@ class Queue:
     def __init__(self) -> None:
         self.by_user: dict[int | None, dict[int, Job]] = defaultdict(dict)
         self.all: dict[int, Job] = {}
+        self.arrived: list[Job] = []  # every job queued so far, oldest first (the arrival rates)
 
     def add(self, job: Job) -> None:
+        self.arrived.append(job)
         self.by_user[job.user][job.id] = job
         self.all[job.id] = job
 
@@ -318,13 +322,19 @@ def _choose(
 
 def _estimates(queue: Queue, workers: list[SimWorker], share: Share, now: float) -> dict[int, float]:
     """The ETAs the scheduler shows: the whole queue in placement's order, list-scheduled for its head and
-    flowing through the farm's learned speed after that (generation.eta does the same)."""
+    flowing through the farm's learned speed after that, stretched by the share of the farm that other users'
+    recent arrivals will take first (generation.eta does the same)."""
     nodes = [node_of(w, now) for w in workers]
     usage, served = share.recent(workers, nodes, now)
     ordered = placement.order_jobs(
         queue.all.values(), now=now, usage=usage, served_at=served, job_seconds=JOB_SECONDS
     )
-    return placement.finish_estimates(nodes, ordered, now=now)
+    arrived: dict[int | None, float] = defaultdict(float)
+    for job in queue.arrived:
+        if job.queued_at > now - placement.ARRIVAL_WINDOW:
+            arrived[job.user] += job.work
+    ahead = placement.arrival_shares(arrived, nodes, usage=usage)
+    return placement.finish_estimates(nodes, ordered, now=now, ahead=ahead)
 
 
 def _predict(queue: Queue, workers: list[SimWorker], share: Share, now: float, predicted: dict) -> None:
@@ -513,7 +523,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scheduling", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="skip the 64-worker x 10,000-task farm")
     parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--live", action="store_true", help="run the mixed farm for real instead (bench.scheduling_live)"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.live:
+        from bench import scheduling_live
+
+        return scheduling_live.main(rest + (["--json", str(args.json)] if args.json else []))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     mixed8 = report(mixed())
     report(mixed(), learned=False)
     big = None if args.quick else report(mixed(scale=8, flood=10_000))

@@ -1,5 +1,7 @@
 """When a task should be done: placement's plan of the whole queue (generation.placement.finish_estimates)
-on the live workers, from their learned speeds, counting the work they hold (running and prefetched).
+on the live workers, from their learned speeds, counting the work they hold (running and prefetched), with
+each user's wait stretched by the share of the farm that other users' recent arrivals take before them
+(placement.arrival_shares).
 
 The task page, the REST task answer and the seed's /status show it. One estimate covers every queued and
 active task, so a process computes it at most every ETA_SECONDS and answers from it meanwhile.
@@ -10,7 +12,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from generation import farm_snapshot, placement
@@ -57,7 +62,8 @@ def estimate() -> Estimate:
     farm_snapshot.add_users(farm, {job.user for job in jobs})
     order = farm_snapshot.ordered(farm, jobs)
     nodes = list(farm.nodes.values())
-    done_at = placement.finish_estimates(nodes, order, now=farm.now)
+    ahead = placement.arrival_shares(recent_arrivals(now), nodes, usage=farm.usage, weights=farm.weights)
+    done_at = placement.finish_estimates(nodes, order, now=farm.now, ahead=ahead)
     for held in farm.held.values():
         done_at.update((job.id, end) for job, end in held)
     capable = {job.id for job in jobs if any(node.can_run(job) for node in nodes)}
@@ -65,6 +71,23 @@ def estimate() -> Estimate:
     with _lock:
         _last, _made = fresh, time.monotonic()
     return fresh
+
+
+def recent_arrivals(now: datetime) -> dict[int | None, float]:
+    """Each user's work (placement.work_units) submitted in the last placement.ARRIVAL_WINDOW seconds."""
+    since = now - timedelta(seconds=placement.ARRIVAL_WINDOW)
+    # A task submitted since then is queued, held, or finished since then: rows the claim and finished
+    # indexes reach, rather than a scan of the whole history for created_at.
+    unfinished = Q(status__in=[Task.Status.QUEUED, *Task.ACTIVE_STATUSES])
+    lately = Q(status__in=Task.FINISHED_STATUSES, finished_at__gte=since)
+    rows = (
+        Task.objects.filter(unfinished | lately, created_at__gte=since)
+        .order_by()
+        .values("owner_id")
+        .annotate(work=Sum(F("width") * F("height") * Greatest(F("steps"), 1) * Greatest(F("batch_size"), 1)))
+        .values_list("owner_id", "work")
+    )
+    return {owner: float(work or 0) for owner, work in rows}
 
 
 def seconds_left(task: Task) -> float | None:

@@ -30,6 +30,7 @@ WINDOW = placement.WINDOW
 OWNERS_SECONDS = 1.0  # the users with queued tasks, re-read at most this often per process
 LIVE_SECONDS = 1.0  # the live workers, likewise
 STATIC_SECONDS = 5.0
+NAMED_WORKERS_MOST = 32  # a snapshot of more workers reads every held task rather than naming them all
 
 JOB_FIELDS = (
     "id",
@@ -261,15 +262,21 @@ def snapshot(
             if workflow_needs is None
             else frozenset(k for k, needs in workflow_needs.items() if static.can_run_workflow(k, needs)),
         )
-    held_rows = (
-        Task.objects.filter(status__in=Task.ACTIVE_STATUSES, worker_id__in=list(nodes))
-        .order_by("worker_id", "leased_at", "id")
-        .values_list("worker_id", *JOB_FIELDS, "started_at")
+    held_rows = Task.objects.filter(status__in=Task.ACTIVE_STATUSES)
+    if len(nodes) <= NAMED_WORKERS_MOST:
+        held_rows = held_rows.filter(worker_id__in=list(nodes))
+    # Else every held task, those of workers not in `nodes` skipped below: cheaper than naming hundreds of
+    # workers in the query (held tasks are at most the live workers' prefetch depth, plus a few of workers
+    # that just went away and are not yet reaped).
+    held_rows = held_rows.order_by("worker_id", "leased_at", "id").values_list(
+        "worker_id", *JOB_FIELDS, "started_at"
     )
     running_seconds: dict[int | None, float] = defaultdict(float)
     held: dict[int, list[tuple[Job, float]]] = defaultdict(list)
     for row in held_rows:
-        node = nodes[row[0]]
+        node = nodes.get(row[0])
+        if node is None:
+            continue
         job = job_of(row[1:-1], stamp)  # held: when it was queued no longer matters
         seconds = node.run_seconds(job)
         if row[-1] is not None:

@@ -66,3 +66,17 @@ def test_the_admin_says_why_a_task_waits_and_why_it_went_to_its_worker(worker, a
 @pytest.fixture
 def admin_client_for_eta(client_for, staff, user, other_user):
     return client_for(staff), user, other_user
+
+
+def test_recent_arrivals_sum_each_users_work_submitted_in_the_window(user, other_user, clock):
+    old = submit_task(owner=user, width=64, height=64)
+    clock.advance(placement.ARRIVAL_WINDOW + 1)
+    done = submit_task(owner=user, width=64, height=64)
+    Task.objects.filter(pk=done.pk).update(status=Task.Status.COMPLETED, finished_at=clock.now)
+    submit_task(owner=other_user, width=128, height=64)
+    arrived = eta.recent_arrivals(clock.now)
+    assert arrived == {
+        user.pk: placement.work_units(64, 64, 20, 1),
+        other_user.pk: placement.work_units(128, 64, 20, 1),
+    }
+    assert old.pk  # submitted before the window: not counted

@@ -125,6 +125,22 @@ def test_an_unknown_loaded_model_costs_the_learned_switch_else_nothing():
     assert plan(fresh, [fresh, warm], [job(1)], now=0.0).job_ids == []
 
 
+def test_other_users_arrivals_stretch_the_wait_of_whoever_used_more():
+    nodes = [node(1), node(2)]  # 2 DEFAULT jobs per 2 s: UNIT per second
+    window = placement.ARRIVAL_WINDOW
+    arrived = {2: UNIT * window / 4}  # user 2 submits a quarter of the farm's capacity, and used less
+    ahead = placement.arrival_shares(arrived, nodes, usage={1: 100.0, 2: 1.0})
+    assert ahead == {1: pytest.approx(0.25)}  # user 2's own arrivals do not go ahead of user 2
+    jobs = [job(1, user=1), job(2, user=1), job(3, user=1), job(4, user=2)]
+    plain = placement.finish_estimates(nodes, jobs, now=10.0)
+    stretched = placement.finish_estimates(nodes, jobs, now=10.0, ahead=ahead)
+    assert stretched[3] == pytest.approx(10.0 + (plain[3] - 10.0) / 0.75)
+    assert stretched[4] == plain[4]
+    # however much others submit, max-min fairness leaves each of the 2 users half of the farm
+    flood = placement.arrival_shares({2: 100 * UNIT * window}, nodes, usage={1: 100.0, 2: 1.0})
+    assert flood == {1: pytest.approx(0.5)}
+
+
 def test_a_whole_workflow_runs_where_its_requirement_key_is_runnable():
     workflow = Job(id=1, user=1, checkpoint="", priority=0, work=1.0, queued_at=0.0, template=None,
                    requirements="k1")  # fmt: skip
