@@ -13,43 +13,14 @@ import websocket
 from PIL import Image as PILImage
 
 from generation.models import Task, TaskAttempt
+from tests.comfy.workflows import sd15_with, two_outputs
 from tests.e2e.conftest import CHECKPOINT
 from tests.e2e.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
-TWO_OUTPUTS = {
-    "1": {
-        "class_type": "EmptyImage",
-        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 3368601},
-    },
-    "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": 7, "strength": 0.5}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "noisy"}},
-    "10": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "plain"}},
-}
-SD15 = {
-    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
-    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
-    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-    "3": {
-        "class_type": "KSampler",
-        "inputs": {
-            "model": ["4", 0],
-            "positive": ["6", 0],
-            "negative": ["7", 0],
-            "latent_image": ["5", 0],
-            "seed": 1,
-            "steps": 2,
-            "cfg": 7.0,
-            "sampler_name": "euler",
-            "scheduler": "normal",
-            "denoise": 1.0,
-        },
-    },
-    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-    "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "lh"}},
-}
+TWO_OUTPUTS = two_outputs()
+SD15 = sd15_with(CHECKPOINT)  # the simulator's default checkpoint
 
 
 def test_prompt_history_view_with_a_client_prompt_id(farm):

@@ -8,12 +8,12 @@ sent gives way to a newer one, and progress alone goes out at most ``PROGRESS_PE
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .prompt_tracker import sanitize_error
+from .reports import Outbox
 
 # The frames a ComfyUI client follows a prompt by (protocol section 4); the rest stay on the worker.
 RELAYED = frozenset(
@@ -29,11 +29,13 @@ RELAYED = frozenset(
     }
 )
 PROGRESS_PER_SECOND = 10
-MAX_PENDING = 200  # a scheduler that does not answer never makes the worker hold more than this
+MAX_PENDING = 200
 
 
-class FrameRelay:
+class FrameRelay(Outbox):
     """Thread-safe; ``put`` is called on the ComfyUI socket's thread and never blocks."""
+
+    max_pending = MAX_PENDING  # a scheduler that does not answer never makes the worker hold more
 
     def __init__(
         self,
@@ -43,14 +45,10 @@ class FrameRelay:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        super().__init__(name=name)
         self._send = send
-        self._name = name
         self._clock = clock
         self._sleep = sleep
-        self._lock = threading.Lock()
-        self._pending: list[list[Any]] = []
-        self._closed = False
-        self._thread: threading.Thread | None = None
         self._progress_sent_at = float("-inf")
 
     def put(self, message: dict[str, Any]) -> None:
@@ -59,28 +57,7 @@ class FrameRelay:
             return
         if kind == "execution_error":
             data = sanitize_error(data)
-        with self._lock:
-            if self._closed:
-                return
-            if kind == "progress" and self._pending and self._pending[-1][0] == "progress":
-                self._pending[-1] = [kind, data]
-            elif len(self._pending) < MAX_PENDING:
-                self._pending.append([kind, data])
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._drain, name=self._name, daemon=True)
-                self._thread.start()
-
-    def close(self) -> None:
-        """No more frames: the task's end is reported by the scheduler itself. Unsent ones are dropped."""
-        with self._lock:
-            self._closed = True
-            self._pending.clear()
-
-    def join(self, timeout: float) -> bool:
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        return self._thread is None
+        self._put(kind, [kind, data])
 
     def _drain(self) -> None:
         while True:
@@ -89,11 +66,9 @@ class FrameRelay:
                 wait = self._progress_sent_at + 1 / PROGRESS_PER_SECOND - self._clock()
             if only_progress and wait > 0:
                 self._sleep(wait)  # progress alone: at most PROGRESS_PER_SECOND batches a second
-            with self._lock:
-                if self._closed or not self._pending:
-                    self._thread = None
-                    return
-                batch, self._pending = self._pending, []
-                if any(kind == "progress" for kind, _ in batch):
-                    self._progress_sent_at = self._clock()
+            more, batch = self._take(lambda pending: (pending, []))
+            if not more:
+                return
+            if any(kind == "progress" for kind, _ in batch):
+                self._progress_sent_at = self._clock()
             self._send(batch)

@@ -15,35 +15,36 @@ from typing import Any
 Report = tuple[str, tuple[Any, ...]]  # ("start", (prompt_id,)) or ("progress", (value, maximum))
 
 
-class Reports:
-    """Sends reports in the order they were put, one at a time, on a short-lived thread that ends when none
-    is left (a task that runs for minutes holds no idle thread). A progress report that has not been sent
-    when a newer one comes is replaced by it (a slow scheduler never builds a backlog); ``close()`` drops
-    what has not been sent. Thread-safe."""
+class Outbox:
+    """Items sent in order on a short-lived thread of their own that ends when none is left (a task that runs
+    for minutes holds no idle thread). A progress item not yet sent when a newer one comes is replaced by it
+    (a slow scheduler never builds a backlog); ``close()`` drops what has not been sent. Thread-safe: ``put``
+    never blocks. Subclasses say how the thread sends (``_drain``)."""
 
-    def __init__(self, send: Callable[[str, tuple[Any, ...]], None], *, name: str = "reports") -> None:
-        self._send = send
+    max_pending: int | None = None  # beyond it new items are dropped (progress still replaces progress)
+
+    def __init__(self, *, name: str) -> None:
         self._name = name
         self._lock = threading.Lock()
-        self._pending: list[Report] = []
+        self._pending: list = []
         self._closed = False
         self._thread: threading.Thread | None = None  # the one sending now, if any
 
-    def put(self, kind: str, *args: Any) -> None:
+    def _put(self, kind: str, item: Any) -> None:
         with self._lock:
             if self._closed:
                 return
             if kind == "progress" and self._pending and self._pending[-1][0] == "progress":
-                self._pending[-1] = (kind, args)
-            else:
-                self._pending.append((kind, args))
+                self._pending[-1] = item
+            elif self.max_pending is None or len(self._pending) < self.max_pending:
+                self._pending.append(item)
             if self._thread is not None:
                 return  # the thread sending now takes this one too
             self._thread = threading.Thread(target=self._drain, name=self._name, daemon=True)
             self._thread.start()
 
     def close(self) -> None:
-        """No more reports: the task's final report is on its way. One being sent finishes on its own."""
+        """No more items: the task's final report is on its way. One being sent finishes on its own."""
         with self._lock:
             self._closed = True
             self._pending.clear()
@@ -55,11 +56,34 @@ class Reports:
             thread.join(timeout)
         return self._thread is None
 
+    def _take(self, take: Callable[[list], tuple[Any, list]]) -> tuple[bool, Any]:
+        """Under the lock: (False, None) and the thread ends when closed or nothing is left; else (True,
+        what `take(pending)` took, leaving what it returns as pending)."""
+        with self._lock:
+            if self._closed or not self._pending:
+                self._thread = None
+                return False, None
+            taken, self._pending = take(self._pending)
+            return True, taken
+
+    def _drain(self) -> None:
+        raise NotImplementedError
+
+
+class Reports(Outbox):
+    """A task's start and progress reports, sent one at a time in the order they were put."""
+
+    def __init__(self, send: Callable[[str, tuple[Any, ...]], None], *, name: str = "reports") -> None:
+        super().__init__(name=name)
+        self._send = send
+
+    def put(self, kind: str, *args: Any) -> None:
+        self._put(kind, (kind, args))
+
     def _drain(self) -> None:
         while True:
-            with self._lock:
-                if self._closed or not self._pending:
-                    self._thread = None
-                    return
-                kind, args = self._pending.pop(0)
+            more, report = self._take(lambda pending: (pending[0], pending[1:]))
+            if not more:
+                return
+            kind, args = report
             self._send(kind, args)
