@@ -27,14 +27,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import requests
 import websocket
 
 from bench.common import pct, save_figures, verdict
 from bench.farm import Farm
-from bench.latency import JOB_TIME, noise_workflow
+from bench.latency import JOB_TIME, add_job_options, noise_workflow
 
 ADDED_P50 = 30.0  # ms, the goal for images in hand
 MARKS = ("first executing", "last frame", "images in hand")
@@ -166,13 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=50, help="measured jobs per client and size")
-    parser.add_argument("--warmup", type=int, default=3, help="jobs per client and size left out first")
-    parser.add_argument("--sizes", default="128", help="image sizes, comma-separated")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 2,
-                        help="gunicorn processes (the production default: one per core)")  # fmt: skip
-    parser.add_argument("--prefetch", type=int, default=2, help="the daemon's --prefetch (its default: 2)")
-    parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
+    add_job_options(parser, sizes="128")
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     started, load = datetime.now(), os.getloadavg()[0]

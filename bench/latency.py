@@ -323,18 +323,23 @@ def goals(p: dict, sizes: list[int], names: list[str], poll_ms: float) -> list:
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_job_options(parser: argparse.ArgumentParser, *, sizes: str) -> None:
+    """The options of a one-small-job-at-a-time benchmark (this one and bench.front_door)."""
     parser.add_argument("--jobs", type=int, default=50, help="measured jobs per client and size")
     parser.add_argument("--warmup", type=int, default=3, help="jobs per client and size left out first")
-    parser.add_argument("--sizes", default="128,512", help="image sizes, comma-separated")
-    parser.add_argument("--poll-ms", type=float, default=50.0, help="the polling client's interval T")
+    parser.add_argument("--sizes", default=sizes, help="image sizes, comma-separated")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2,
                         help="gunicorn processes (the production default: one per core)")  # fmt: skip
     parser.add_argument("--prefetch", type=int, default=2, help="the daemon's --prefetch (its default: 2)")
     parser.add_argument("--json", type=Path, help="write the figures here (used by python -m bench)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_job_options(parser, sizes="128,512")
+    parser.add_argument("--poll-ms", type=float, default=50.0, help="the polling client's interval T")
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     started = datetime.now()

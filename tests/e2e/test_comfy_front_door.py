@@ -23,6 +23,21 @@ TWO_OUTPUTS = two_outputs()
 SD15 = sd15_with(CHECKPOINT)  # the simulator's default checkpoint
 
 
+def assert_all_ran_on(farm, ids: list[str], worker_name: str) -> None:
+    """Wait until every prompt in `ids` has a history entry, then check they all completed on that worker."""
+
+    history = f"{farm.scheduler.url}/comfy/history"
+
+    def finished() -> bool:
+        return all(farm.api.get(f"{history}/{pid}", timeout=30).json() for pid in ids)
+
+    wait_until(finished, timeout=40, what="the prompts to finish")
+    tasks = Task.objects.filter(client_prompt_id__in=ids)
+    assert {t.status for t in tasks} == {Task.Status.COMPLETED}
+    leased_to = set(TaskAttempt.objects.filter(task__in=tasks).values_list("worker__name", flat=True))
+    assert leased_to == {worker_name}
+
+
 def test_prompt_history_view_with_a_client_prompt_id(farm):
     simulator = farm.simulator(job_time=0.1)
     farm.wait_registered(farm.worker(simulator))
@@ -68,21 +83,13 @@ def test_a_workflow_naming_a_model_only_one_worker_has_goes_there(farm):
 
     ids = []
     for n in range(3):
-        workflow = copy.deepcopy(SD15)
-        workflow["4"]["inputs"]["ckpt_name"] = "model-b.safetensors"
+        workflow = sd15_with("model-b.safetensors")
         workflow["3"]["inputs"]["seed"] = n
         answer = farm.api.post(f"{url}/prompt", json={"prompt": workflow, "prompt_id": f"b-{n}"}, timeout=30)
         assert answer.status_code == 200, answer.text
         ids.append(answer.json()["prompt_id"])
 
-    def finished() -> bool:
-        return all(farm.api.get(f"{url}/history/{pid}", timeout=30).json() for pid in ids)
-
-    wait_until(finished, timeout=40, what="the prompts to finish")
-    tasks = Task.objects.filter(client_prompt_id__in=ids)
-    assert {t.status for t in tasks} == {Task.Status.COMPLETED}
-    leased_to = set(TaskAttempt.objects.filter(task__in=tasks).values_list("worker__name", flat=True))
-    assert leased_to == {"has-b"}
+    assert_all_ran_on(farm, ids, "has-b")
 
 
 # One server process: on SQLite the event channel reaches only the process that published (comfy_ws).
@@ -149,14 +156,7 @@ def test_a_workflow_naming_a_lora_only_one_worker_has_goes_there(farm):
         body = {"prompt": with_lora("style.safetensors", seed=n), "prompt_id": pid}
         assert farm.api.post(f"{url}/prompt", json=body, timeout=30).status_code == 200
 
-    def finished() -> bool:
-        return all(farm.api.get(f"{url}/history/{pid}", timeout=30).json() for pid in ids)
-
-    wait_until(finished, timeout=40, what="the prompts to finish")
-    tasks = Task.objects.filter(client_prompt_id__in=ids)
-    assert {t.status for t in tasks} == {Task.Status.COMPLETED}
-    leased_to = set(TaskAttempt.objects.filter(task__in=tasks).values_list("worker__name", flat=True))
-    assert leased_to == {"styled"}
+    assert_all_ran_on(farm, ids, "styled")
 
 
 @pytest.mark.parametrize("farm", [{"workers": 1}], indirect=True)
