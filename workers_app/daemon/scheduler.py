@@ -212,6 +212,12 @@ class SchedulerClient:
         """The protocol version the current URL's last answer declared (None: no header, protocol 1)."""
         return self._protocols[self._current]
 
+    @property
+    def socket_open(self) -> bool:
+        """Whether the current URL's worker socket (protocol 3) is open now."""
+        socket = self._sockets[self._current]
+        return socket is not None and socket.is_open
+
     def __repr__(self) -> str:
         return f"SchedulerClient({self.base_url!r})"
 

@@ -76,6 +76,10 @@ class WorkerSocket:
                 self._drop()
                 return self._down(exc)
 
+    @property
+    def is_open(self) -> bool:
+        return self._ws is not None
+
     def close(self) -> None:
         with self._lock:
             self._drop()
