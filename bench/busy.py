@@ -8,7 +8,9 @@ task costs the scheduler and PostgreSQL.
 One asyncio process simulates N daemons with exactly the requests a working `manage.py runworker` sends
 (workers_app/daemon/worker.py and runner.py, their default settings; docs/worker-api.md, protocol 3):
 register; `POST lease` until it holds 2 tasks (prefetch depth 2: one running in ComfyUI, one queued behind
-it), with `wait=20` while it holds nothing and `prefetch: true`, `wait=3` while a task runs; for each task
+it), with `wait=20` while it holds nothing and `prefetch: true`, `wait=3` while a task runs, asking for the
+second when the running one is expected to end within 2 s (`prefetch_lead`, its pace known from its second
+progress report); for each task
 `start` when ComfyUI begins it, `progress` at most once a second (the start counts as one) over a 20-step
 sampler spread over the job, then `complete` with a PNG of the task's size, asking for the next lease in the
 same answer (`lease_next=true`, `prefetch=true` while it holds another task); a heartbeat every 5 s with
@@ -338,6 +340,12 @@ class Daemon:
             self.changed.clear()
             await self.changed.wait()
             return
+        due = self.prefetch_due_at()
+        if due > time.monotonic():
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), due - time.monotonic())
+            return
         prefetch = bool(self.held)
         wait = LOOP.prefetch_lease_wait if prefetch else LEASE_WAIT
         asked = time.monotonic()
@@ -365,6 +373,18 @@ class Daemon:
             await asyncio.sleep(max(0.0, min(1.0, wait - (time.monotonic() - asked))))
             return
         self.launch(lease)
+
+    def prefetch_due_at(self) -> float:
+        """WorkerLoop._prefetch_due: with one task held, the next is asked for when the running one is
+        expected to end within LOOP.prefetch_lead seconds (its pace is known from its second progress
+        report, two steps in) or has run that long with no pace known; else at once."""
+        if len(self.held) != 1 or LOOP.prefetch_lead <= 0:
+            return 0.0
+        [job] = self.held.values()
+        paced = job.gpu_start + 2 * self.job_seconds / STEPS
+        if job.gpu_start + LOOP.prefetch_lead < paced:
+            return job.gpu_start + LOOP.prefetch_lead
+        return max(paced, job.gpu_end - LOOP.prefetch_lead)
 
     def launch(self, lease: dict) -> None:
         """The task goes to ComfyUI's queue at once: it runs when the prompts ahead of it are done."""
@@ -486,7 +506,10 @@ class Daemon:
         is held (every held task is in ComfyUI's queue at once here)."""
         if self.need_register:
             return None
-        return any(other is not job for other in self.held.values())
+        others = [other for other in self.held.values() if other is not job]
+        if len(others) == 1 and 0 < LOOP.prefetch_lead < self.job_seconds:
+            return None  # WorkerLoop._short: after a long task the next is asked for just in time
+        return bool(others)
 
     async def fail(self, job: Job, code: str, *, retryable: bool) -> None:
         body = {
