@@ -2,8 +2,8 @@
 
 Each job is a small function that calls the services and returns what it did, so a test (or an operator in
 `manage.py shell`) can run one step directly. They do the work that has no request to hang on: thumbnails,
-webhooks and retention. The liveness sweep (workers offline, expired leases) is workers_app.jobs; its
-schedule goes through ensure_schedules too.
+webhooks and retention (old tasks, and the submit limit's counts of ended windows). The liveness sweep
+(workers offline, expired leases) is workers_app.jobs; its schedule goes through ensure_schedules too.
 """
 
 import logging
@@ -20,6 +20,7 @@ from django.utils import timezone
 from generation.metrics import metrics_rollup
 from generation.models import Image, InputImage, Task
 from generation.services.deletion import files_delete, tasks_delete
+from generation.services.submit_limit import submit_counts_delete_ended
 from generation.thumbnails import images_make_missing_thumbnails
 from generation.webhooks import webhooks_deliver_due
 
@@ -50,7 +51,9 @@ def metrics_job() -> str:
 
 
 def retention_job() -> str:
-    return f"{tasks_purge_expired()} task(s) purged"
+    """Tasks past RETENTION_DAYS, and the submit limit's counts of ended windows (kept to one hour's)."""
+    purged, ended = tasks_purge_expired(), submit_counts_delete_ended()
+    return f"{purged} task(s) purged" + (f", {ended} ended submit count(s) deleted" if ended else "")
 
 
 def orphans_job() -> str:

@@ -439,6 +439,26 @@ class MetricCounter(models.Model):
         return f"{self.name}{self.labels} = {self.value}"
 
 
+class SubmitCount(models.Model):
+    """How many submits one submitter (a user, or an anonymous client's address) made in one window of the
+    submit limit (generation.services.submit_limit). The retention job deletes the rows of ended windows."""
+
+    submitter = models.CharField(max_length=100, help_text="user:<id>, addr:<address> or net:<IPv6 /64>.")
+    window_end = models.BigIntegerField(help_text="When the window ends, in whole seconds since the epoch.")
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # submit_claim: UPDATE … SET count = count + 1 WHERE submitter = ? AND window_end = ? AND
+            # count < limit (and what makes two first submits of one window one row). The retention job's
+            # WHERE window_end <= now scans the table, which holds about an hour of windows: no index.
+            models.UniqueConstraint(fields=["submitter", "window_end"], name="submit_count_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.submitter} until {self.window_end}: {self.count}"
+
+
 class ApiToken(models.Model):
     """A user's REST API token (`Authorization: Token <token>`), or a ComfyUI URL key (`/comfy/k/<key>/…`, for
     clients that cannot send headers; it opens the front door only). Only its SHA-256 is kept: the token

@@ -1,13 +1,14 @@
 """The submit limit: at most T2I_SUBMIT_RATE submits per user (per client address for anonymous submits) in
 each window of time, one count for the web form, the REST API and the seed's POST /generate.
 
-The count lives in the shared cache (settings.CACHES: Redis, or the database's cache table), never in a
-process's memory, so every server process and instance sees the same one. A submit claims the next numbered
-slot of its window with `cache.add`, which every backend does atomically (Redis SET NX, an INSERT on the
-database cache's primary key): two submits never claim the same slot, so no more than the limit get through
-however many arrive at once. (A counter read and written back, which is what `cache.incr` does on the
-database cache, would lose counts under concurrency.) The slot last claimed is kept as a hint of where to
-start; it may lag behind, never run ahead, so the worst it costs is a few more `add`s.
+The count lives in the database (SubmitCount: one row per submitter and window), which every server process
+and instance already shares, with Redis or without. A submit takes one conditional UPDATE, `count = count + 1
+WHERE count < limit`, whose row count says whether it got through: the database does the check and the
+increment in one step, so however many submits arrive at once, no more than the limit get through. When it
+changes no row, the window's row either is full (a refused submit reads that it exists) or is not there yet:
+the first submit of a window inserts it (two first submits at once: one INSERT wins, the other meets the
+unique constraint and runs the UPDATE again). Rows of ended windows are deleted by the retention job, not by
+submits.
 
 Windows are fixed (a minute for `/min`, from the start of the minute), so a burst at the end of one and the
 start of the next may pass twice the rate; a refused submit is told when its window ends (Retry-After).
@@ -19,12 +20,13 @@ import math
 from datetime import datetime
 
 from django.conf import settings
-from django.core.cache import cache
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from generation.cache_slots import CACHE_ERRORS
 from generation.client_address import parse
 from generation.exceptions import Throttled, Unavailable
+from generation.models import SubmitCount
 
 logger = logging.getLogger(__name__)
 
@@ -33,28 +35,45 @@ PERIOD_WORDS = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
 
 def submit_claim(*, user, address: str, now: datetime | None = None) -> None:
     """Count one submit by `user` (or, anonymous, from `address`); Throttled when the window's limit is
-    reached, Unavailable when the shared cache does not answer (the submit is refused rather than let
-    through uncounted)."""
+    reached, Unavailable when the database does not answer (the submit is refused rather than let through
+    uncounted)."""
     limit, period = settings.T2I["SUBMIT_RATE"]
     seconds = (now or timezone.now()).timestamp()
-    window = int(seconds // period)
-    left = (window + 1) * period - seconds
-    key = f"t2i:submit:{submitter_key(user, address)}:{window}"
-    timeout = math.ceil(left) + 1  # the slots outlive their window by a little, never less
+    window_end = (int(seconds // period) + 1) * period
     try:
-        claimed = cache.get(f"{key}:n") or 0
-        for slot in range(claimed + 1, limit + 1):
-            if cache.add(f"{key}:{slot}", 1, timeout):
-                cache.set(f"{key}:n", slot, timeout)
-                return
-    except CACHE_ERRORS as exc:
-        logger.warning("submit limit: the shared cache did not answer: %s", str(exc).strip()[:200])
+        allowed = _count_one(submitter_key(user, address), window_end, limit)
+    except DatabaseError as exc:
+        logger.warning("submit limit: the database did not answer: %s", str(exc).strip()[:200])
         raise Unavailable("The submit limit cannot be checked just now; retry shortly.", retry_after=2)
-    wait = math.ceil(left)
+    if allowed:
+        return
+    wait = math.ceil(window_end - seconds)
     raise Throttled(
         f"At most {limit} submits per {PERIOD_WORDS.get(period, f'{period} s')}; retry in {wait} s.",
         retry_after=wait,
     )
+
+
+def _count_one(submitter: str, window_end: int, limit: int) -> bool:
+    """Add one to the window's count if it is below `limit`; whether it was."""
+    window = SubmitCount.objects.filter(submitter=submitter, window_end=window_end)  # submit_count_unique
+    below = window.filter(count__lt=limit)
+    if below.update(count=F("count") + 1):
+        return True
+    if window.exists():  # full (a count never goes down): refused without an INSERT meeting the constraint
+        return False
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction survives a lost race
+            SubmitCount.objects.create(submitter=submitter, window_end=window_end, count=1)
+        return True
+    except IntegrityError:  # a concurrent first submit made the row meanwhile
+        return bool(below.update(count=F("count") + 1))
+
+
+def submit_counts_delete_ended(*, now: datetime | None = None) -> int:
+    """Delete the counts of windows that have ended (the retention job); how many."""
+    ended = SubmitCount.objects.filter(window_end__lte=(now or timezone.now()).timestamp())
+    return ended.delete()[0]
 
 
 def submitter_key(user, address: str) -> str:
@@ -65,4 +84,4 @@ def submitter_key(user, address: str) -> str:
     parsed = parse(address)
     if isinstance(parsed, ipaddress.IPv6Address):
         return f"net:{ipaddress.IPv6Network((parsed, 64), strict=False)}"
-    return f"addr:{parsed or address}"
+    return f"addr:{parsed or address}"[:100]

@@ -1,7 +1,9 @@
-"""One submit limit for the web form, the REST API and the seed's POST /generate, counted in the shared cache
-(so that it holds across server processes), keyed on the user or on a client address that a client cannot
-choose, and the login lockout on the same address (SECURITY.md, "Floods" and "Login rate limiting")."""
+"""One submit limit for the web form, the REST API and the seed's POST /generate, counted in the database
+(so that it holds across server processes; one conditional UPDATE per submit), keyed on the user or on a
+client address that a client cannot choose, and the login lockout on the same address (SECURITY.md, "Floods"
+and "Login rate limiting")."""
 
+import contextlib
 import json
 import os
 import socket
@@ -17,15 +19,17 @@ from django.conf import settings as django_settings
 from django.core.cache import caches
 from django.core.cache.backends.db import DatabaseCache
 from django.core.management import call_command
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test import Client, RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django_redis.cache import RedisCache
 from rest_framework.test import APIClient
 
+from generation import jobs
 from generation.client_address import client_address
 from generation.exceptions import Throttled
-from generation.models import Task
+from generation.models import SubmitCount, Task
 from generation.services import submit_limit
 from tests.security.test_controls import PASSWORD, settings_in_subprocess, sign_in
 from tests.web.test_generate import form_data
@@ -42,7 +46,6 @@ def limit(settings, clock):
     """At most LIMIT submits a minute, the clock frozen inside one window, and no counts from before."""
     settings.T2I = {**settings.T2I, "SUBMIT_RATE": (LIMIT, 60), "TRUSTED_PROXIES": 0}
     clock.now = NOON
-    caches["default"].clear()  # in this test's transaction: rolled back after it
 
 
 @pytest.fixture
@@ -125,11 +128,65 @@ def test_reads_are_not_counted(limit, user):
     assert api.post("/api/v1/tasks/", BODY, format="json").status_code == HTTPStatus.CREATED
 
 
-# --- The count is in the shared cache, not in a process's memory ---------------------------------------
+# --- The count is a row in the database, not in a process's memory -------------------------------------
+
+
+def test_the_count_is_one_row_per_submitter_and_window(limit, user, clock):
+    api = api_for(user)
+    for _ in range(LIMIT + 1):
+        api.post("/api/v1/tasks/", BODY, format="json")
+    clock.advance(50)  # the next minute
+    api.post("/api/v1/tasks/", BODY, format="json")
+    noon = int(NOON.timestamp()) // 60 * 60
+    assert list(
+        SubmitCount.objects.order_by("window_end").values_list("submitter", "window_end", "count")
+    ) == [
+        (f"user:{user.pk}", noon + 60, LIMIT),  # the refused submit is not counted
+        (f"user:{user.pk}", noon + 120, 1),
+    ]
+
+
+def test_a_counted_submit_is_one_update_and_a_refused_one_two_statements(limit):
+    def statements() -> list[str]:
+        with CaptureQueriesContext(connection) as queries, contextlib.suppress(Throttled):
+            submit_limit.submit_claim(user=None, address="10.0.0.9")
+        return [q["sql"].split()[0] for q in queries if "submitcount" in q["sql"]]
+
+    assert statements()[-1] == "INSERT"  # the window's first submit makes its row
+    for _ in range(LIMIT - 1):
+        assert statements() == ["UPDATE"]
+    assert statements() == ["UPDATE", "SELECT"]  # full: refused without an INSERT
+
+
+def test_two_first_submits_at_once_make_one_row(limit, monkeypatch):
+    """A first submit whose INSERT meets the row a concurrent one made counts itself with the UPDATE."""
+    made = []
+
+    def concurrent_first_submit(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith("SELECT") and "submitcount" in sql and not made:  # no row yet: now there is one
+            made.append(True)
+            window_end = int(NOON.timestamp()) // 60 * 60 + 60
+            SubmitCount.objects.create(submitter="addr:10.0.0.9", window_end=window_end, count=1)
+        return result
+
+    with connection.execute_wrapper(concurrent_first_submit):
+        submit_limit.submit_claim(user=None, address="10.0.0.9")
+    assert made and SubmitCount.objects.get().count == 2
+
+
+def test_the_retention_job_deletes_the_counts_of_ended_windows(limit, clock):
+    submit_limit.submit_claim(user=None, address="10.0.0.9")
+    clock.advance(50)  # the next minute
+    submit_limit.submit_claim(user=None, address="10.0.0.10")
+    assert jobs.retention_job() == "0 task(s) purged, 1 ended submit count(s) deleted"
+    assert list(SubmitCount.objects.values_list("submitter", flat=True)) == ["addr:10.0.0.10"]
+    assert jobs.retention_job() == "0 task(s) purged"
 
 
 def test_the_cache_is_shared_by_every_process():
-    """Redis when a URL is set, else the database: never a process's memory (Django's default)."""
+    """Redis when a URL is set, else the database: never a process's memory (Django's default). The submit
+    limit no longer counts there, but the completion slots do (generation.cache_slots)."""
     assert isinstance(caches["default"], DatabaseCache | RedisCache)
 
 
@@ -139,15 +196,6 @@ def test_migrate_makes_the_cache_table():
     assert "t2i_cache" not in connection.introspection.table_names()
     call_command("migrate", verbosity=0)
     assert "t2i_cache" in connection.introspection.table_names()
-
-
-def test_a_second_cache_client_sees_the_first_ones_count(limit, monkeypatch):
-    """Two processes are two cache clients: what one counted, the other sees."""
-    for _ in range(LIMIT):
-        submit_limit.submit_claim(user=None, address="10.0.0.9")
-    monkeypatch.setattr(submit_limit, "cache", caches.create_connection("default"))
-    with pytest.raises(Throttled):
-        submit_limit.submit_claim(user=None, address="10.0.0.9")
 
 
 # A submitting process: opens the parent's test database, says "ready", waits for "go" so that all start
@@ -179,8 +227,8 @@ print(json.dumps(allowed), flush=True)
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_limit_holds_across_processes():
-    """Four processes submitting at once for one client get exactly the limit through between them."""
-    caches["default"].clear()
+    """Four processes submitting at once for one client get exactly the limit through between them (on
+    SQLite and, in the PostgreSQL pass, on PostgreSQL)."""
     env = os.environ | {
         "DJANGO_SETTINGS_MODULE": "t2i_project.settings_test",
         "T2I_CHILD_DB_NAME": str(connection.settings_dict["NAME"]),
@@ -209,13 +257,11 @@ def test_the_limit_holds_across_processes():
     finally:
         for child in children:
             child.kill()
-        caches["default"].clear()
+        SubmitCount.objects.all().delete()
     assert sum(allowed) == 7, allowed
 
 
 # --- Redis ----------------------------------------------------------------------------------------------
-
-REDIS = ("127.0.0.1", 6379)
 
 
 def redis_cache(location: str) -> dict:
@@ -229,41 +275,37 @@ def redis_cache(location: str) -> dict:
     }
 
 
-@pytest.fixture
-def redis_up():
-    try:
-        socket.create_connection(REDIS, timeout=1).close()
-    except OSError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("Redis is unreachable on 127.0.0.1:6379; CI=true requires the Redis tests to run.")
-        pytest.skip("Redis is not running on 127.0.0.1:6379.")
-
-
-def test_two_redis_clients_share_one_count(limit, settings, redis_up, monkeypatch):
-    settings.CACHES = redis_cache("redis://127.0.0.1:6379/15")
-    first, second = caches.create_connection("default"), caches.create_connection("default")
-    try:
-        monkeypatch.setattr(submit_limit, "cache", first)
-        for _ in range(LIMIT - 1):
-            submit_limit.submit_claim(user=None, address="10.0.0.9")
-        monkeypatch.setattr(submit_limit, "cache", second)
-        submit_limit.submit_claim(user=None, address="10.0.0.9")
-        with pytest.raises(Throttled):
-            submit_limit.submit_claim(user=None, address="10.0.0.9")
-    finally:
-        first.delete_pattern("*")  # this test's keys (its own prefix)
-
-
-def test_a_cache_that_does_not_answer_refuses_the_submit(limit, settings, user):
+def test_with_redis_the_count_is_still_in_the_database(limit, settings, user):
+    """Redis is the broker (and the completion slots' cache), not where submits are counted: a silent Redis
+    does not stop submits."""
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     settings.CACHES = redis_cache(f"redis://127.0.0.1:{port}/0")  # nothing listens there
+    api = api_for(user)
+    for _ in range(LIMIT):
+        assert api.post("/api/v1/tasks/", BODY, format="json").status_code == HTTPStatus.CREATED
+    assert_throttled(api.post("/api/v1/tasks/", BODY, format="json"))
+    assert SubmitCount.objects.get().count == LIMIT
 
-    response = api_for(user).post("/api/v1/tasks/", BODY, format="json")
+
+@pytest.mark.django_db(transaction=True)  # autocommit, as in a server: one failed statement spoils no other
+def test_a_database_that_does_not_answer_the_count_refuses_the_submit(limit, user, client_for):
+    def count_fails(execute, sql, params, many, context):
+        if "submitcount" in sql:
+            raise OperationalError("canceling statement due to statement timeout")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(count_fails):
+        response = api_for(user).post("/api/v1/tasks/", BODY, format="json")
+        page = client_for(user).post(reverse("web:generate"), form_data())
 
     assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
     assert response.json()["error"] == "unavailable" and response["Retry-After"] == "2"
+    assert page.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert page.context["form"].non_field_errors() == [
+        "The submit limit cannot be checked just now; retry shortly."
+    ]
     assert Task.objects.count() == 0
 
 
