@@ -1,7 +1,8 @@
 """Numbered slots in the shared cache (settings.CACHES): at most `limit` holders of one name at once, counted
 across every server and job process. A slot is claimed with `cache.add` (atomic on Redis and the database
-cache, as the submit limit's counts are) and freed by deleting it; one left by a killed process expires
-after `seconds`. Cache errors (CACHE_ERRORS) reach the caller, which decides what a silent cache means."""
+cache: Redis SET NX, an INSERT on the cache table's primary key) and freed by deleting it; one left by a
+killed process expires after `seconds`. Cache errors (CACHE_ERRORS) reach the caller, which decides what a
+silent cache means."""
 
 from django.core.cache import cache
 from django.db import DatabaseError

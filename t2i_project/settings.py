@@ -290,7 +290,8 @@ if T2I["SIZE_MIN"] > T2I["SIZE_MAX"]:
     raise ImproperlyConfigured("T2I_SIZE_MIN must not exceed T2I_SIZE_MAX.")
 
 # --- The shared cache and the job broker -----------------------------------------------------------------
-# Every server process and instance must see the same counts (the submit limit), so the cache is never a
+# Every server process and instance must see the same counts (the completion slots, slow webhook receivers;
+# the submit limit counts in the database, generation.services.submit_limit), so the cache is never a
 # process's memory: Redis when T2I_REDIS_URL is set (Q_REDIS_URL, its older name, still works), which is then
 # also django-q2's broker; otherwise the database, whose cache table `migrate` makes (generation.apps), and
 # django-q2's ORM broker. Nothing else needs to run.
@@ -314,8 +315,8 @@ else:
             "BACKEND": "django.core.cache.backends.db.DatabaseCache",
             "LOCATION": "t2i_cache",
             # Django counts the table's rows on every write, so it stays small: above this many rows the
-            # expired ones are deleted (then a third of the rest, which would forget submit counts: a farm
-            # with more submits than this in one window of T2I_SUBMIT_RATE wants Redis).
+            # expired ones are deleted, then a third of the rest (a completion slot among them would be
+            # freed early; a farm with this many completions in flight wants Redis).
             "OPTIONS": {"MAX_ENTRIES": 5000},
         }
     }
