@@ -5,10 +5,10 @@ The count lives in the database (SubmitCount: one row per submitter and window),
 and instance already shares, with Redis or without. A submit takes one conditional UPDATE, `count = count + 1
 WHERE count < limit`, whose row count says whether it got through: the database does the check and the
 increment in one step, so however many submits arrive at once, no more than the limit get through. When it
-changes no row, the window's row either is full (a refused submit reads that it exists) or is not there yet:
-the first submit of a window inserts it (two first submits at once: one INSERT wins, the other meets the
-unique constraint and runs the UPDATE again). Rows of ended windows are deleted by the retention job, not by
-submits.
+changes no row, the window's row is full (a refused submit reads its count), was not there yet (the window's
+first submit inserts it), or was made since by a concurrent first submit (read, or met as the unique
+constraint of the INSERT: then the UPDATE runs once more). Rows of ended windows are deleted by the
+retention job, not by submits.
 
 Windows are fixed (a minute for `/min`, from the start of the minute), so a burst at the end of one and the
 start of the next may pass twice the rate; a refused submit is told when its window ends (Retry-After).
@@ -60,13 +60,14 @@ def _count_one(submitter: str, window_end: int, limit: int) -> bool:
     below = window.filter(count__lt=limit)
     if below.update(count=F("count") + 1):
         return True
-    if window.exists():  # full (a count never goes down): refused without an INSERT meeting the constraint
-        return False
+    count = window.values_list("count", flat=True).first()
+    if count is not None:  # full, or made by a concurrent first submit since the UPDATE looked
+        return count < limit and bool(below.update(count=F("count") + 1))  # a count never goes down
     try:
         with transaction.atomic():  # a savepoint: the caller's transaction survives a lost race
             SubmitCount.objects.create(submitter=submitter, window_end=window_end, count=1)
         return True
-    except IntegrityError:  # a concurrent first submit made the row meanwhile
+    except IntegrityError:  # a concurrent first submit made the row since the SELECT looked
         return bool(below.update(count=F("count") + 1))
 
 

@@ -158,13 +158,15 @@ def test_a_counted_submit_is_one_update_and_a_refused_one_two_statements(limit):
     assert statements() == ["UPDATE", "SELECT"]  # full: refused without an INSERT
 
 
-def test_two_first_submits_at_once_make_one_row(limit, monkeypatch):
-    """A first submit whose INSERT meets the row a concurrent one made counts itself with the UPDATE."""
+@pytest.mark.parametrize("made_after", ["UPDATE", "SELECT"])
+def test_two_first_submits_at_once_make_one_row(limit, made_after):
+    """A first submit that meets the row a concurrent first submit made after its UPDATE looked (its SELECT
+    reads it) or after its SELECT looked (its INSERT meets it) counts itself with the UPDATE, not refused."""
     made = []
 
     def concurrent_first_submit(execute, sql, params, many, context):
         result = execute(sql, params, many, context)
-        if sql.startswith("SELECT") and "submitcount" in sql and not made:  # no row yet: now there is one
+        if sql.startswith(made_after) and "submitcount" in sql and not made:  # no row yet: now there is one
             made.append(True)
             window_end = int(NOON.timestamp()) // 60 * 60 + 60
             SubmitCount.objects.create(submitter="addr:10.0.0.9", window_end=window_end, count=1)
@@ -199,7 +201,9 @@ def test_migrate_makes_the_cache_table():
 
 
 # A submitting process: opens the parent's test database, says "ready", waits for "go" so that all start
-# together, then claims `tries` submits for one address at one instant and prints how many were allowed.
+# together, then claims `tries` submits for one address, `step` seconds apart (0: at one instant; 60: each in
+# a window of its own, so every one races the others' first submit of that window), and prints how many were
+# allowed.
 CHILD = """
 import json, os, sys
 from datetime import datetime
@@ -210,13 +214,14 @@ django.setup()
 from generation.exceptions import Throttled
 from generation.services.submit_limit import submit_claim
 
-now = datetime.fromisoformat(sys.argv[1])
+from datetime import timedelta
+start, step = datetime.fromisoformat(sys.argv[1]), timedelta(seconds=int(sys.argv[3]))
 print("ready", flush=True)
 sys.stdin.readline()
 allowed = 0
-for _ in range(int(sys.argv[2])):
+for n in range(int(sys.argv[2])):
     try:
-        submit_claim(user=None, address="10.0.0.77", now=now)
+        submit_claim(user=None, address="10.0.0.77", now=start + n * step)
         allowed += 1
     except Throttled:
         pass
@@ -226,18 +231,20 @@ print(json.dumps(allowed), flush=True)
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_the_limit_holds_across_processes():
-    """Four processes submitting at once for one client get exactly the limit through between them (on
-    SQLite and, in the PostgreSQL pass, on PostgreSQL)."""
+@pytest.mark.parametrize(("rate", "tries", "step", "expected"), [("7/min", 6, 0, 7), ("1/min", 30, 60, 30)])
+def test_the_limit_holds_across_processes(rate, tries, step, expected):
+    """Four processes submitting at once for one client get exactly the limit through between them: 7 of 24
+    in one window; one in each of 30 windows whose first submits all four race (none refused for meeting
+    another's new row, none let through twice). On SQLite and, in the PostgreSQL pass, on PostgreSQL."""
     env = os.environ | {
         "DJANGO_SETTINGS_MODULE": "t2i_project.settings_test",
         "T2I_CHILD_DB_NAME": str(connection.settings_dict["NAME"]),
-        "T2I_SUBMIT_RATE": "7/min",
+        "T2I_SUBMIT_RATE": rate,
         "LOG_LEVEL": "WARNING",
     }
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, NOON.isoformat(), "6"],
+            [sys.executable, "-c", CHILD, NOON.isoformat(), str(tries), str(step)],
             cwd=django_settings.BASE_DIR,
             env=env,
             stdin=subprocess.PIPE,
@@ -258,7 +265,7 @@ def test_the_limit_holds_across_processes():
         for child in children:
             child.kill()
         SubmitCount.objects.all().delete()
-    assert sum(allowed) == 7, allowed
+    assert sum(allowed) == expected, allowed
 
 
 # --- Redis ----------------------------------------------------------------------------------------------
