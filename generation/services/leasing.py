@@ -42,7 +42,7 @@ def worker_assert_live(*, worker: Worker) -> None:
 
 
 def task_lease_next(
-    *, worker: Worker, prefetch: bool = False, now: datetime | None = None
+    *, worker: Worker, prefetch: bool = False, now: datetime | None = None, may_wait: bool = False
 ) -> TaskLease | None:
     """Hand the best queued task this worker can run to it, or return None.
 
@@ -52,9 +52,15 @@ def task_lease_next(
     Either way the claim is one short transaction: on PostgreSQL the pick is locked with SKIP LOCKED, so
     concurrent workers pass over each other's picks; SQLite ignores row locks, but our transactions are
     BEGIN IMMEDIATE, so one writer at a time runs this block; the claim is a conditional UPDATE either way.
+    `may_wait`: the caller waits for work when this finds none (a long poll's first attempt, most often made
+    when the queue is empty): then an empty queue costs one read instead of a plan.
     """
     worker_assert_live(worker=worker)
     if worker.status == Worker.Status.DRAINING:
+        return None
+    if may_wait and not Task.objects.filter(status=Status.QUEUED).exists():
+        if not prefetch:
+            _check_depth(worker, Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count())
         return None
     templates = _templates_runnable_by(worker)
     needs = _queued_workflow_needs()
@@ -69,12 +75,9 @@ def task_lease_next(
     workers = [w for w in workers if w.pk != worker.pk] + [worker]
     farm = farm_snapshot.snapshot(now=now, workers=workers, workflow_needs=needs)
     held = len(farm.held.get(worker.pk, ()))
-    if held >= max(1, worker.prefetch):
-        if prefetch:
-            return None  # full: a prefetching request raced the lease it already got
-        raise TooManyLeases(
-            f"This worker already holds {held} task(s), its prefetch depth; finish or release one first."
-        )
+    if prefetch and held >= max(1, worker.prefetch):
+        return None  # full: a prefetching request raced the lease it already got
+    _check_depth(worker, held)
     if prefetch and held and not _prefetch_allowed(worker, runnable):
         return None
     choice = _place(worker, farm, runnable) if smart else None
@@ -124,6 +127,14 @@ def task_lease_next(
     if names:
         workflow = api_workflows.with_input_names(workflow, names)
     return TaskLease(task=task, attempt=attempt, workflow=workflow, filename_prefix=prefix, inputs=inputs)
+
+
+def _check_depth(worker: Worker, held: int) -> None:
+    """A lease asked without prefetch while the worker holds its depth would hoard the queue."""
+    if held >= max(1, worker.prefetch):
+        raise TooManyLeases(
+            f"This worker already holds {held} task(s), its prefetch depth; finish or release one first."
+        )
 
 
 def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -> placement.Choice:
