@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
+from django.db.models import prefetch_related_objects
 from django.http import HttpRequest
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import AuthenticationFailed
@@ -209,15 +210,14 @@ class Session:
         """A task of this space changed: its end frames if it is this client's and just ended, and a status
         frame when the queue count moved."""
         try:
-            task = (
-                comfy_selectors.space(self.user).prefetch_related("images").filter(public_id=task_id).first()
-            )
+            task = comfy_selectors.space(self.user).filter(public_id=task_id).first()
         except (ValidationError, ValueError):  # a malformed id from the event channel
             return []
         if task is None:
             return []
         frames = []
         if task.client_id == self.client_id and task.is_finished:
+            prefetch_related_objects([task], "images")  # only the end frames name them
             frames = self.end_frames(task)
         before = self.remaining
         status = self.status()
