@@ -175,7 +175,7 @@ class Task(models.Model):
             # Dashboard and metrics: WHERE status IN ('completed','failed') AND finished_at >= now - 1h;
             # retention: WHERE status IN (finished) AND finished_at < cutoff.
             models.Index(fields=["status", "finished_at"], name="task_finished_idx"),
-            # task_lease_next: SELECT DISTINCT requirements_key WHERE status='queued' AND template_id IS NULL
+            # task_lease_next: SELECT DISTINCT requirements_key WHERE status='queued'
             models.Index(fields=["status", "requirements_key"], name="task_requirements_idx"),
         ]
         constraints = [

@@ -231,9 +231,7 @@ def lease_once(request: Request, worker: Worker) -> services.TaskLease | Pending
     valid = _valid(LeaseInput, data)
     if "warm_checkpoint" in valid:
         worker_services.worker_note_warm(worker=worker, checkpoint=valid["warm_checkpoint"])
-    result = worker_services.worker_lease_next(
-        worker=worker, prefetch=valid["prefetch"], may_wait=valid["wait"] > 0
-    )
+    result = worker_services.worker_lease_next(worker=worker, prefetch=valid["prefetch"])
     if result is not None:
         return result
     return PendingWait(

@@ -237,11 +237,11 @@ def worker_note_warm(*, worker: Worker, checkpoint: str) -> None:
         worker.warm_checkpoint = checkpoint
 
 
-def worker_lease_next(*, worker: Worker, prefetch: bool = False, may_wait: bool = False) -> TaskLease | None:
+def worker_lease_next(*, worker: Worker, prefetch: bool = False) -> TaskLease | None:
     """The worker's next task (generation.services.task_lease_next), after the lazy liveness sweep."""
     if maybe_reap(timezone.now()):
         worker.refresh_from_db(fields=["status"])  # the sweep may just have found this worker silent
-    return task_lease_next(worker=worker, prefetch=prefetch, may_wait=may_wait)
+    return task_lease_next(worker=worker, prefetch=prefetch)
 
 
 _reap_lock = threading.Lock()

@@ -42,7 +42,7 @@ def worker_assert_live(*, worker: Worker) -> None:
 
 
 def task_lease_next(
-    *, worker: Worker, prefetch: bool = False, now: datetime | None = None, may_wait: bool = False
+    *, worker: Worker, prefetch: bool = False, now: datetime | None = None
 ) -> TaskLease | None:
     """Hand the best queued task this worker can run to it, or return None.
 
@@ -52,18 +52,19 @@ def task_lease_next(
     Either way the claim is one short transaction: on PostgreSQL the pick is locked with SKIP LOCKED, so
     concurrent workers pass over each other's picks; SQLite ignores row locks, but our transactions are
     BEGIN IMMEDIATE, so one writer at a time runs this block; the claim is a conditional UPDATE either way.
-    `may_wait`: the caller waits for work when this finds none (a long poll's first attempt, most often made
-    when the queue is empty): then an empty queue costs one read instead of a plan.
+    An empty queue costs the read that finds it empty (and, without prefetch, the depth check), not a plan:
+    a long poll's first attempt and a completion's lease_next on an idle farm.
     """
     worker_assert_live(worker=worker)
     if worker.status == Worker.Status.DRAINING:
         return None
-    if may_wait and not Task.objects.filter(status=Status.QUEUED).exists():
+    queued_keys = _queued_requirement_keys()
+    if not queued_keys:
         if not prefetch:
             _check_depth(worker, Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count())
         return None
     templates = _templates_runnable_by(worker)
-    needs = _queued_workflow_needs()
+    needs = _queued_workflow_needs(queued_keys - {""})
     requirement_keys = sorted(api_workflows.keys_runnable(needs, worker.capabilities))
     if not templates and not requirement_keys:
         return None
@@ -204,10 +205,16 @@ _requirements_seen: dict[str, api_workflows.Requirements] = {}
 _REQUIREMENTS_SEEN_MAX = 10_000
 
 
-def _queued_workflow_needs() -> dict[str, api_workflows.Requirements]:
-    """What the queued whole-workflow tasks need, by requirement key."""
+def _queued_requirement_keys() -> set[str]:
+    """The requirement keys of the queued tasks: "" for template tasks, a digest for each whole workflow's
+    needs; empty when nothing is queued."""
+    queued = Task.objects.filter(status=Status.QUEUED).order_by()
+    return set(queued.values_list("requirements_key", flat=True).distinct())
+
+
+def _queued_workflow_needs(keys: set[str]) -> dict[str, api_workflows.Requirements]:
+    """What the queued whole-workflow tasks with these requirement keys need, by key."""
     queued = Task.objects.filter(status=Status.QUEUED, template=None).order_by()
-    keys = set(queued.values_list("requirements_key", flat=True).distinct())
     unseen = keys - _requirements_seen.keys()
     if unseen:
         if len(_requirements_seen) + len(unseen) > _REQUIREMENTS_SEEN_MAX:
