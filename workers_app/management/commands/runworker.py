@@ -183,9 +183,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--prefetch-lead",
-            help="ask for the task behind the running one when that one is expected to end within this many "
-            f"seconds, so that tasks queued meanwhile can still go first (env {ENV['prefetch_lead']}, "
-            "default 2; 0: at once)",
+            help="ask for the task behind the running one just before that one ends (by what getting a task "
+            "takes here), at most this many seconds before, so that tasks queued meanwhile can still go "
+            f"first (env {ENV['prefetch_lead']}, default 2; 0: at once)",
         )
         parser.add_argument(
             "--grace", type=float, default=30.0, help="seconds the running task gets on shutdown"
