@@ -42,7 +42,7 @@ class ReferenceServer(Server):
     health = ("/lease", 405)  # no health page: GET on the POST-only lease view answers 405 once it is up
 
     def __init__(self, db_url: str, **kwargs) -> None:
-        super().__init__(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, **kwargs)
+        super().__init__(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, app="bench.reference_app.asgi", **kwargs)
 
 
 # --- client threads (run in the client processes; see bench.clients) -------------------------------------
