@@ -5,6 +5,6 @@ import os
 
 os.environ["REFERENCE_ASGI"] = "1"
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 application = get_asgi_application()
