@@ -132,6 +132,7 @@ def _store_and_finish(
                     sha256=image.sha256,
                 )
             )
+        thumbnails_later = any(not image.thumbnail for image in images)
         with transaction.atomic():
             lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
             started = Coalesce("started_at", now)
@@ -144,7 +145,8 @@ def _store_and_finish(
                 started_at=started,
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
-            freed = slot is not None and slot.held and slot.worker_id == worker.pk
+            # Counted off as it lands, unless an image still needs its thumbnail (decoded after the commit).
+            freed = slot is not None and slot.held and slot.worker_id == worker.pk and not thumbnails_later
             worker_count_outcome(
                 worker.pk,
                 completed=1,
@@ -170,7 +172,7 @@ def _store_and_finish(
     task.progress_value = task.progress_max
     task.started_at = task.started_at or now
     logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
-    if task.callback_url or any(not image.thumbnail for image in images):
+    if task.callback_url or thumbnails_later:
         after_finish(task)
     return Completion(task=task, images=images[::-1])
 

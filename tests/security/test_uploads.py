@@ -151,6 +151,24 @@ def test_a_worker_may_not_complete_more_at_once_than_the_limit(settings, worker,
     assert Worker.objects.get(pk=worker.pk).completing == 0
 
 
+@pytest.mark.django_db(transaction=True)  # on_commit runs at the completion's own commit, as in production
+def test_a_thumbnail_made_after_the_commit_is_still_inside_the_completions_slot(monkeypatch, worker, wapi):
+    """A completion counts itself off in its own transaction, except when an image still needs decoding for
+    its thumbnail after the commit: that decode stays inside the slot too."""
+    from generation import hooks
+
+    seen = []
+    monkeypatch.setattr(images, "_thumbnail_or_none", lambda img, name: b"")
+    monkeypatch.setattr(
+        hooks, "image_make_thumbnail", lambda image: seen.append(Worker.objects.get(pk=worker.pk).completing)
+    )
+    task, token = leased(worker, width=64, height=64)
+    response = complete(wapi, task, token, upload(png_bytes(64, 64)))
+    assert response.status_code == HTTPStatus.OK, response.content
+    assert seen == [1]
+    assert Worker.objects.get(pk=worker.pk).completing == 0
+
+
 def test_slots_left_by_a_killed_process_are_forgotten_after_slot_seconds(settings, worker, wapi):
     """A process killed mid-upload never counts its completion off: once no completion of the worker has begun
     for SLOT_SECONDS (none runs that long), the count starts again."""
