@@ -3,6 +3,7 @@ heartbeat fails here, on both databases. Each budget counts the token lookup, th
 each transaction (a test runs inside one) and, because the tests sweep on every lease (REAP_EVERY=0), the
 lazy liveness sweep's three reads."""
 
+import json
 from http import HTTPStatus
 
 import pytest
@@ -11,7 +12,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from generation import services
 from generation.models import Task
 from tests.conftest import png_bytes
-from workers_app.models import Worker
+from workers_app.models import Worker, hash_token
+from workers_app.worker_socket import Session
 
 pytestmark = pytest.mark.django_db
 
@@ -133,3 +135,21 @@ def test_busy_is_shown_from_the_leases_not_stored(wapi, worker, staff_api, staff
     assert listed[worker.name] == "busy"
     assert complete(wapi, job).status_code == HTTPStatus.OK
     assert Worker.objects.with_state().get(pk=worker.pk).state == Worker.Status.IDLE
+
+
+def test_reports_on_the_worker_socket_stay_within_their_query_budgets(
+    wapi, worker_and_token, django_assert_max_num_queries
+):
+    worker, token = worker_and_token
+    queue(1)
+    job = lease(wapi)
+    session = Session(worker, hash_token(token))
+    refs = {"task_id": job["task_id"], "lease_token": job["lease_token"]}
+    progress = json.dumps({"id": 1, "op": "progress", **refs, "value": 1, "max": 20})
+    with django_assert_max_num_queries(2):  # the fenced update, the event (PostgreSQL's NOTIFY)
+        assert session.answer(progress)["status"] == HTTPStatus.OK
+    beat = json.dumps({"id": 2, "op": "heartbeat", "tasks": [refs]})
+    # the worker's row read again, then the HTTP heartbeat's queries without its token lookup
+    with django_assert_max_num_queries(7):
+        answer = session.answer(beat)
+    assert answer["status"] == HTTPStatus.OK and answer["body"]["renewed"] == [job["task_id"]]

@@ -55,6 +55,10 @@ class WorkerLoopConfig:
     once: bool = False  # one lease attempt; run that task to the end, then exit
     lease_wait: float = 20.0  # long-poll when idle (a stop request does not wait for its end)
     prefetch_lease_wait: float = 3.0  # shorter long-poll while a task runs, so an idle worker re-asks soon
+    # Ask for the task behind the running one only when that one is expected to end within this many
+    # seconds (its sampler's pace), or has run this long with no pace known; 0: at once. Until then the
+    # queue keeps it, so a task that arrives meanwhile can still go first (fair share, priority).
+    prefetch_lead: float = 2.0
     abandoned_lease_wait: float = 0.5  # on shutdown: how long a lease request left open may take to answer
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
@@ -181,8 +185,10 @@ class WorkerLoop:
             return False
         self._watch_inventory()
         active = self.active_tasks()
-        if len(active) >= self.capacity or any(not c.submitted for c in active):
-            # Full, or the previous task is not in ComfyUI's queue yet (keeps order): wait for a change.
+        full = len(active) >= self.capacity
+        if full or any(not c.submitted for c in active) or not self._prefetch_due(active):
+            # Full, the previous task is not in ComfyUI's queue yet (keeps order), or the running one has
+            # long to go: wait for a change.
             self._changed.wait(SLICE)
             return False
         lease = self._lease(prefetch=bool(active))
@@ -193,6 +199,20 @@ class WorkerLoop:
             return True
         self._launch(lease)
         return True
+
+    def _prefetch_due(self, active: list[TaskControl], now: float | None = None) -> bool:
+        """Whether to ask for a task now: always with nothing held or another task already queued behind
+        the running one; else when the running one is expected to end within ``prefetch_lead`` seconds, or
+        has been held that long with no pace to go by."""
+        lead = self.config.prefetch_lead
+        if lead <= 0 or len(active) != 1:
+            return True
+        control = active[0]
+        now = time.monotonic() if now is None else now
+        left = control.time_left(now)
+        if left is not None:
+            return left <= lead
+        return now - (control.started_at or control.leased_at) >= lead
 
     def _lease(self, *, prefetch: bool) -> LeasedTask | None:
         wait = self.config.prefetch_lease_wait if prefetch else self.config.lease_wait
@@ -250,8 +270,9 @@ class WorkerLoop:
 
     def _lease_next_flag(self, control: TaskControl) -> bool | None:
         """At `control`'s completion: the prefetch flag for the lease its answer may carry, or None when
-        this worker should lease nothing then (stopping, one-shot, re-registering, ComfyUI in doubt, or a
-        task ahead not yet in ComfyUI's queue, whose place the carried one must not take)."""
+        this worker should lease nothing then (stopping, one-shot, re-registering, ComfyUI in doubt, a
+        task ahead not yet in ComfyUI's queue, whose place the carried one must not take, or a long task
+        just started, behind which the next is asked for just in time)."""
         if self.stop_requested or self.fatal_error or self.config.once:
             return None
         if self._need_register or not self._comfy_ok:
@@ -259,7 +280,15 @@ class WorkerLoop:
         others = [c for c in self.active_tasks() if c is not control]
         if any(not c.submitted for c in others):
             return None
+        if len(others) == 1 and not self._short(control):
+            return None  # the loop asks for it just in time, when the task now running nears its end
         return bool(others)
+
+    def _short(self, control: TaskControl) -> bool:
+        """Whether ``control``'s run (ComfyUI's start to now) took at most ``prefetch_lead``: then the next
+        one will be due about as soon as it starts, and a completion may as well carry it."""
+        lead = self.config.prefetch_lead
+        return lead <= 0 or (control.started_at is not None and time.monotonic() - control.started_at <= lead)
 
     def _run_one(self, control: TaskControl) -> None:
         try:
