@@ -36,11 +36,6 @@ ROOT_URLCONF = "bench.reference_app.urls"
 WSGI_APPLICATION = "t2i_project.wsgi.application"
 
 DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=600)}
-if os.environ.get("REFERENCE_ASGI"):
-    # Under ASGI every request runs on a thread of its own, so persistent connections would pile up (one per
-    # thread): the scheduler's pool instead, as t2i_project.settings sizes it.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 8, "timeout": 10.0}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"  # as the scheduler's migrations created the tables
 
 USE_TZ = True
