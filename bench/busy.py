@@ -3,17 +3,21 @@ task costs the scheduler and PostgreSQL.
 
     python -m bench.busy                                    # 200 workers x 10 s jobs (20 tasks/s), 120 s
     python -m bench.busy --workers 50 --job-seconds 5 --duration 40
-    python -m bench.busy --daemon-protocol 1                # the previous release's daemons
+    python -m bench.busy --daemon-protocol 2                # the previous release's daemons (HTTP only)
 
 One asyncio process simulates N daemons with exactly the requests a working `manage.py runworker` sends
-(workers_app/daemon/worker.py and runner.py, their default settings; docs/worker-api.md, protocol 2):
+(workers_app/daemon/worker.py and runner.py, their default settings; docs/worker-api.md, protocol 3):
 register; `POST lease` until it holds 2 tasks (prefetch depth 2: one running in ComfyUI, one queued behind
-it), with `wait=20` while it holds nothing and `prefetch: true`, `wait=3` while a task runs; for each task
+it), with `wait=20` while it holds nothing and `prefetch: true`, `wait=3` while a task runs, asking for the
+second when the running one is expected to end within the prefetch lead (4 x its recent prefetch answers'
+median, 0.25 to 2 s; the pace known from the second progress report); for each task
 `start` when ComfyUI begins it, `progress` at most once a second (the start counts as one) over a 20-step
 sampler spread over the job, then `complete` with a PNG of the task's size, asking for the next lease in the
 same answer (`lease_next=true`, `prefetch=true` while it holds another task); a heartbeat every 5 s with
 every lease it holds (protocol 2 skips it only while it holds nothing and a lease wait is open;
-`--daemon-protocol 1` never skips it). Each daemon's ComfyUI runs one prompt at a time, J seconds each, in
+`--daemon-protocol 1` never skips it). Protocol 3 sends start, progress and heartbeats on the worker socket
+(one WebSocket per daemon, as runworker's WorkerSocket: one call at a time, opened afresh after 30 s idle),
+the other calls over HTTP. Each daemon's ComfyUI runs one prompt at a time, J seconds each, in
 the order they were queued. Failed calls are retried as runworker retries them. A feeder submits through the
 REST API (a staff user's token): the whole run's worth of tasks at the ideal rate before the daemons start,
 then one more for each taken, so that the queue never runs dry. A probe reads a running task's status every
@@ -38,7 +42,7 @@ import random
 import signal
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 from bench.common import (
@@ -53,7 +57,15 @@ from bench.common import (
 from bench.lease import NODES, make_workers, postgres_cpu, since
 from bench.scale import HEARTBEAT_EVERY, LEASE_WAIT, png
 from workers_app.daemon.runner import RunnerSettings
-from workers_app.daemon.worker import WorkerLoopConfig
+from workers_app.daemon.scheduler import PROTOCOL_VERSION
+from workers_app.daemon.worker import (
+    MIN_PREFETCH_LEAD,
+    PREFETCH_MARGIN,
+    PREFETCH_SAMPLES,
+    WorkerLoopConfig,
+)
+from workers_app.daemon.worker_socket import IDLE_SECONDS as SOCKET_IDLE_SECONDS
+from workers_app.daemon.worker_socket import RETRY_SECONDS as SOCKET_RETRY_SECONDS
 
 RUNNER = RunnerSettings()  # runworker's task runner: progress every 1 s, upload attempts and their delays
 # runworker's loop: prefetch 2, 3 s lease waits while a task runs, 20 s when idle (bench.scale), backoff
@@ -124,7 +136,14 @@ class SchedulerCalls:
     def __init__(self, session, urls: list[str], token: str, protocol: int, stats: Stats) -> None:
         self.session, self.urls, self.stats = session, urls, stats
         self.current = 0
+        self.protocol = protocol
         self.headers = {"Authorization": f"Bearer {token}", "T2I-Protocol": str(protocol)}
+        self.socket = None  # protocol 3: the worker socket, opened on the first call (WorkerSocket)
+        self.socket_url = ""
+        self.socket_used_at = 0.0
+        self.socket_down_until = 0.0
+        self.socket_lock = asyncio.Lock()
+        self.next_id = 0
 
     @property
     def url(self) -> str:
@@ -163,6 +182,72 @@ class SchedulerCalls:
             raise Refused(status, code)
         self.stats.answered(f"{call} 204" if status == 204 else call, time.monotonic() - t0)
         return json.loads(body) if status != 204 and body else None
+
+    async def report(self, op: str, path: str, body: dict, *, task_id: str = "") -> dict | None:
+        """SchedulerClient._socket_post: `op` on the worker socket (protocol 3, as daemon/worker_socket.py:
+        opened on first use, afresh after IDLE_SECONDS, once more when a reused one fails, HTTP for
+        RETRY_SECONDS when it cannot be opened), else `POST path`."""
+        if self.protocol >= 3 and time.monotonic() >= self.socket_down_until:
+            message = {"op": op, **({"task_id": task_id} if task_id else {}), **body}
+            async with self.socket_lock:
+                answer = await self._socket_call(message)
+            if answer is not None:
+                return self._answer(f"{op} (socket)", *answer)
+        return await self.post(path, json_body=body)
+
+    async def _socket_call(self, message: dict) -> tuple[int, dict | None, float] | None:
+        import aiohttp
+
+        url = f"{self.url.replace('http', 'ws', 1)}/api/v1/worker/socket"
+        if self.socket is not None and (
+            self.socket_url != url or time.monotonic() - self.socket_used_at > SOCKET_IDLE_SECONDS
+        ):
+            await self.socket.close()
+            self.socket = None
+        for _ in range(2):
+            reused = self.socket is not None
+            t0 = time.monotonic()
+            try:
+                if self.socket is None:
+                    self.socket = await self.session.ws_connect(
+                        url, headers=self.headers, timeout=aiohttp.ClientWSTimeout(ws_close=1), autoping=True
+                    )
+                    self.socket_url = url
+                self.next_id += 1
+                await self.socket.send_str(json.dumps({"id": self.next_id, **message}))
+                while True:
+                    answer = json.loads(await asyncio.wait_for(self.socket.receive_str(), CALL_TIMEOUT))
+                    if answer.get("id") == self.next_id:
+                        break
+            except (aiohttp.ClientError, TimeoutError, TypeError, ValueError) as exc:
+                self.stats.error(f"socket {type(exc).__name__}")
+                if self.socket is not None:
+                    await self.socket.close()
+                    self.socket = None
+                if reused:
+                    continue
+                self.socket_down_until = time.monotonic() + SOCKET_RETRY_SECONDS
+                return None
+            self.socket_used_at = time.monotonic()
+            return int(answer["status"]), answer.get("body"), self.socket_used_at - t0
+        self.socket_down_until = time.monotonic() + SOCKET_RETRY_SECONDS
+        return None
+
+    def _answer(self, call: str, status: int, body: dict | None, seconds: float) -> dict | None:
+        if status in FAILOVER_STATUSES:
+            self.fail_over(self.current)
+        if status >= 400:
+            code = str((body or {}).get("error", ""))
+            self.stats.error(f"{call} {status} {code}")
+            if status >= 500 or status == 429:
+                raise Unavailable(call)
+            raise Refused(status, code)
+        self.stats.answered(call, seconds)
+        return body
+
+    async def close(self) -> None:
+        if self.socket is not None:
+            await self.socket.close()
 
     def fail_over(self, index: int) -> None:
         if len(self.urls) > 1 and self.current == index:
@@ -226,6 +311,7 @@ class Daemon:
         self.need_register = True
         self.heartbeat_interval = HEARTBEAT_EVERY
         self.tasks: set[asyncio.Task] = set()
+        self.prefetch_answers: deque[float] = deque(maxlen=PREFETCH_SAMPLES)
 
     async def run(self, delay: float = 0.0) -> None:
         """Start after `delay` seconds (a farm's daemons do not start in the same instant), then loop."""
@@ -260,6 +346,12 @@ class Daemon:
             self.changed.clear()
             await self.changed.wait()
             return
+        due = self.prefetch_due_at()
+        if due > time.monotonic():
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), due - time.monotonic())
+            return
         prefetch = bool(self.held)
         wait = LOOP.prefetch_lease_wait if prefetch else LEASE_WAIT
         asked = time.monotonic()
@@ -283,10 +375,34 @@ class Daemon:
         finally:
             self.lease_open = False
         self.backoff.reset()
+        if prefetch and lease is not None:
+            self.prefetch_answers.append(time.monotonic() - asked)
         if lease is None:  # as runworker: a scheduler that does not long-poll must not make the loop spin
             await asyncio.sleep(max(0.0, min(1.0, wait - (time.monotonic() - asked))))
             return
         self.launch(lease)
+
+    def prefetch_due_at(self) -> float:
+        """WorkerLoop._prefetch_due: with one task held, the next is asked for when the running one is
+        expected to end within LOOP.prefetch_lead seconds (its pace is known from its second progress
+        report, two steps in) or has run that long with no pace known; else at once."""
+        lead = self.prefetch_lead()
+        if len(self.held) != 1 or lead <= 0:
+            return 0.0
+        [job] = self.held.values()
+        paced = job.gpu_start + 2 * self.job_seconds / STEPS
+        if job.gpu_start + lead < paced:
+            return job.gpu_start + lead
+        return max(paced, job.gpu_end - lead)
+
+    def prefetch_lead(self) -> float:
+        """WorkerLoop.prefetch_lead: PREFETCH_MARGIN x the median of the recent prefetch answers, within
+        MIN_PREFETCH_LEAD and LOOP.prefetch_lead."""
+        if LOOP.prefetch_lead <= 0:
+            return 0.0
+        answers = sorted(self.prefetch_answers)
+        took = answers[len(answers) // 2] if answers else LOOP.prefetch_lead
+        return min(LOOP.prefetch_lead, max(MIN_PREFETCH_LEAD, PREFETCH_MARGIN * took))
 
     def launch(self, lease: dict) -> None:
         """The task goes to ComfyUI's queue at once: it runs when the prompts ahead of it are done."""
@@ -334,7 +450,7 @@ class Daemon:
             return
         body = {"lease_token": job.lease["lease_token"], "comfyui_prompt_id": job.prompt_id}
         try:
-            await self.calls.post(f"tasks/{job.task_id}/start", json_body=body)
+            await self.calls.report("start", f"tasks/{job.task_id}/start", body, task_id=job.task_id)
         except Refused:
             self.drop(job)
             return
@@ -351,7 +467,7 @@ class Daemon:
         await self.ensure_started(job)
         body = {"lease_token": job.lease["lease_token"], "value": step, "max": STEPS}
         try:
-            await self.calls.post(f"tasks/{job.task_id}/progress", json_body=body)
+            await self.calls.report("progress", f"tasks/{job.task_id}/progress", body, task_id=job.task_id)
         except Refused:
             self.drop(job)
         except Unavailable:
@@ -408,7 +524,10 @@ class Daemon:
         is held (every held task is in ComfyUI's queue at once here)."""
         if self.need_register:
             return None
-        return any(other is not job for other in self.held.values())
+        others = [other for other in self.held.values() if other is not job]
+        if len(others) == 1 and 0 < self.prefetch_lead() < self.job_seconds:
+            return None  # WorkerLoop._short: after a long task the next is asked for just in time
+        return bool(others)
 
     async def fail(self, job: Job, code: str, *, retryable: bool) -> None:
         body = {
@@ -442,7 +561,7 @@ class Daemon:
             jobs = list(self.held.values())
             body = {"tasks": [{"task_id": j.task_id, "lease_token": j.lease["lease_token"]} for j in jobs]}
             try:
-                reply = await self.calls.post("heartbeat", json_body=body)
+                reply = await self.calls.report("heartbeat", "heartbeat", body)
             except Refused as exc:
                 if exc.code == "register_required":
                     self.need_register = True
@@ -572,6 +691,7 @@ class BusyFarm:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*(d.calls.close() for d in self.daemons), return_exceptions=True)
         return window, [c for c in self.stats.completed if c[0] >= start], start
 
     def queue_depth(self) -> int:
@@ -753,7 +873,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=120.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring (not measured)")
     parser.add_argument(
-        "--daemon-protocol", type=int, default=2, choices=(1, 2), help="the daemons' protocol"
+        "--daemon-protocol",
+        type=int,
+        default=PROTOCOL_VERSION,
+        choices=(1, 2, 3),
+        help="the daemons' protocol (3: start, progress and heartbeats on the worker socket)",
     )
     add_suite_arguments(parser)
     args = parser.parse_args()

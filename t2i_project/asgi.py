@@ -63,11 +63,15 @@ class Handler(ASGIHandler):
 
 
 async def websocket(scope, receive, send) -> None:
-    """The one WebSocket route, the ComfyUI front door's socket (generation.comfy_ws); others are refused."""
+    """The WebSocket routes: the ComfyUI front door's socket (generation.comfy_ws) and the worker socket
+    (workers_app.worker_socket); others are refused."""
     from generation import comfy_ws
+    from workers_app import worker_socket
 
     if scope["path"] in comfy_ws.WS_PATHS:
         await comfy_ws.serve(scope, receive, send)
+    elif scope["path"] == worker_socket.PATH:
+        await worker_socket.serve(scope, receive, send)
     elif (await receive())["type"] == "websocket.connect":
         await send({"type": "websocket.close", "code": 1008})
 

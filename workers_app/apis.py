@@ -22,9 +22,9 @@ from workers_app.models import Worker
 from workers_app.parsers import ImageUploadParser
 
 PROTOCOL_HEADER = "T2I-Protocol"
-PROTOCOL_VERSION = 2
-# The previous daemon release keeps working for one release (README: rolling upgrades). 1 = no header.
-PROTOCOLS_SERVED = (1, 2)
+PROTOCOL_VERSION = 3  # 3: the worker socket (workers_app.worker_socket); docs/worker-api.md has the history
+# The previous daemon releases keep working (README: rolling upgrades). 1 = no header.
+PROTOCOLS_SERVED = (1, 2, 3)
 
 
 class ProtocolUnsupported(InvalidInput):
@@ -157,21 +157,19 @@ class HeartbeatOutput(serializers.Serializer):
     lost = serializers.ListField(child=serializers.UUIDField())
 
 
-def heartbeat(request: Request, worker: Worker) -> dict:
-    serializer = HeartbeatInput(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    leases = [(t["task_id"], t["lease_token"]) for t in serializer.validated_data["tasks"]]
-    if "warm_checkpoint" in serializer.validated_data:
-        worker_services.worker_note_warm(
-            worker=worker, checkpoint=serializer.validated_data["warm_checkpoint"]
-        )
+def heartbeat(worker: Worker, body) -> dict:
+    """The heartbeat call, over HTTP or the worker socket (workers_app.worker_socket)."""
+    data = _valid(HeartbeatInput, body)
+    leases = [(t["task_id"], t["lease_token"]) for t in data["tasks"]]
+    if "warm_checkpoint" in data:
+        worker_services.worker_note_warm(worker=worker, checkpoint=data["warm_checkpoint"])
     return HeartbeatOutput(worker_services.worker_heartbeat(worker=worker, leases=leases)).data
 
 
 class HeartbeatApi(WorkerApi):
     @extend_schema(request=HeartbeatInput, responses=HeartbeatOutput)
     def post(self, request: Request) -> Response:
-        return Response(heartbeat(request, self.worker))
+        return Response(heartbeat(self.worker, request.data))
 
 
 class LeaseInput(serializers.Serializer):
@@ -305,26 +303,35 @@ class CancelFlagOutput(serializers.Serializer):
     cancel = serializers.BooleanField()
 
 
+def start(worker: Worker, task_id, body) -> dict:
+    """The start report, over HTTP or the worker socket."""
+    services.task_start(worker=worker, task_id=task_id, **_valid(StartInput, body))
+    return {"cancel": False}
+
+
+def progress(worker: Worker, task_id, body) -> dict:
+    """A progress report, over HTTP or the worker socket."""
+    data = _valid(ProgressInput, body)
+    services.task_report_progress(
+        worker=worker,
+        task_id=task_id,
+        lease_token=data["lease_token"],
+        value=data["value"],
+        maximum=data["max"],
+    )
+    return {"cancel": False}
+
+
 class TaskStartApi(WorkerApi):
     @extend_schema(request=StartInput, responses=CancelFlagOutput)
     def post(self, request: Request, task_id) -> Response:
-        data = _valid(StartInput, request.data)
-        services.task_start(worker=self.worker, task_id=task_id, **data)
-        return Response({"cancel": False})
+        return Response(start(self.worker, task_id, request.data))
 
 
 class TaskProgressApi(WorkerApi):
     @extend_schema(request=ProgressInput, responses=CancelFlagOutput)
     def post(self, request: Request, task_id) -> Response:
-        data = _valid(ProgressInput, request.data)
-        services.task_report_progress(
-            worker=self.worker,
-            task_id=task_id,
-            lease_token=data["lease_token"],
-            value=data["value"],
-            maximum=data["max"],
-        )
-        return Response({"cancel": False})
+        return Response(progress(self.worker, task_id, request.data))
 
 
 class FramesInput(LeaseTokenInput):
@@ -343,14 +350,19 @@ class FramesOutput(serializers.Serializer):
     relayed = serializers.IntegerField()
 
 
+def frames(worker: Worker, task_id, body) -> dict:
+    """A batch of relayed ComfyUI frames, over HTTP or the worker socket."""
+    data = _valid(FramesInput, body)
+    relayed = services.task_relay_frames(
+        worker=worker, task_id=task_id, lease_token=data["lease_token"], frames=data["frames"]
+    )
+    return {"relayed": relayed}
+
+
 class TaskFramesApi(WorkerApi):
     @extend_schema(request=FramesInput, responses=FramesOutput)
     def post(self, request: Request, task_id) -> Response:
-        data = _valid(FramesInput, request.data)
-        relayed = services.task_relay_frames(
-            worker=self.worker, task_id=task_id, lease_token=data["lease_token"], frames=data["frames"]
-        )
-        return Response({"relayed": relayed})
+        return Response(frames(self.worker, task_id, request.data))
 
 
 class TaskInputApi(WorkerApi):
@@ -395,11 +407,11 @@ class CompleteOutput(serializers.Serializer):
 def complete(request: Request, worker: Worker, task_id, lease_token: str | None = None) -> dict:
     """Shared by the worker API and the seed's POST /complete (which may name the lease another way). Holds
     one of the worker's completion slots (services.completion_slot) from before the body is read."""
-    with services.completion_slot(worker_id=worker.pk):
-        return _complete(request, worker, task_id, lease_token)
+    with services.completion_slot(worker_id=worker.pk) as slot:
+        return _complete(request, worker, task_id, lease_token, slot)
 
 
-def _complete(request: Request, worker: Worker, task_id, lease_token: str | None) -> dict:
+def _complete(request: Request, worker: Worker, task_id, lease_token: str | None, slot) -> dict:
     body = request.data
     data = {
         "lease_token": lease_token or body.get("lease_token"),
@@ -416,6 +428,7 @@ def _complete(request: Request, worker: Worker, task_id, lease_token: str | None
         "files": valid["images"],
         "comfyui_prompt_id": valid["comfyui_prompt_id"],
         "node_ids": valid["node_ids"],
+        "slot": slot,
     }
     if valid["lease_next"]:
         done = services.task_complete_and_lease(**arguments, prefetch=valid["prefetch"])

@@ -43,7 +43,7 @@ class SeedRegisterApi(WorkerApi):
 class SeedHeartbeatApi(WorkerApi):
     @extend_schema(request=HeartbeatInput, responses=HeartbeatOutput)
     def post(self, request: Request) -> Response:
-        return Response({"status": "ok", **heartbeat(request, self.worker)})
+        return Response({"status": "ok", **heartbeat(self.worker, request.data)})
 
 
 class SeedTaskApi(LeaseApi):

@@ -226,8 +226,8 @@ def test_every_request_carries_the_protocol_version(server, client):
     client.complete(TASK, "lt", [("a.png", png_bytes())])
     client.release(TASK, "lt")
     client.offline()
-    assert PROTOCOL_VERSION == 2
-    assert [r["headers"]["T2I-Protocol"] for r in server.requests] == ["2"] * 6
+    assert PROTOCOL_VERSION == 3
+    assert [r["headers"]["T2I-Protocol"] for r in server.requests] == ["3"] * 6
 
 
 @pytest.mark.parametrize("header,expected", [("2", 2), ("3", 3), (None, None), ("two", None)])
@@ -240,19 +240,19 @@ def test_the_scheduler_protocol_is_read_from_its_answers(server, client, header,
 @pytest.mark.parametrize(
     "header,words",
     [
-        ("1", "scheduler speaks protocol 1; this daemon needs 2 — upgrade the scheduler first"),
-        ("3", "scheduler speaks protocol 3; this daemon needs 2 — upgrade this worker first"),
-        (None, "scheduler speaks another protocol; this daemon needs 2 — upgrade the scheduler first"),
+        ("2", "scheduler speaks protocol 2; this daemon needs 3 — upgrade the scheduler first"),
+        ("4", "scheduler speaks protocol 4; this daemon needs 3 — upgrade this worker first"),
+        (None, "scheduler speaks another protocol; this daemon needs 3 — upgrade the scheduler first"),
     ],
 )
 def test_protocol_unsupported_is_a_fatal_error_that_names_both_versions(server, client, header, words):
     server.protocol = header
     server.answers["register"] = [
-        (400, {"error": "protocol_unsupported", "detail": "not '2'", "fields": {"T2I-Protocol": ["?"]}})
+        (400, {"error": "protocol_unsupported", "detail": "not '3'", "fields": {"T2I-Protocol": ["?"]}})
     ]
     with pytest.raises(ProtocolUnsupported) as caught:
         client.register(name="w", prefetch=1, capabilities={})
-    assert caught.value.message == f"{words} (not '2')"
+    assert caught.value.message == f"{words} (not '3')"
     assert not caught.value.retryable and caught.value.code == "protocol_unsupported"
 
 

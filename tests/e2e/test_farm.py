@@ -28,6 +28,9 @@ def test_three_workers_complete_thirty_tasks_exactly_once(farm):
         lambda: all(w.refresh().status == Worker.Status.IDLE for w in workers), timeout=5, what="idle workers"
     )
     assert all(not w.daemon.active_tasks() for w in workers)
+    # Protocol 3: the daemons' reports went on their worker sockets (a refused or failed socket is closed
+    # and the calls go over HTTP).
+    assert all(w.daemon.scheduler.socket_open for w in workers)
 
 
 def test_tasks_only_go_to_workers_that_have_their_checkpoint(farm):

@@ -86,7 +86,7 @@ def test_a_waiting_lease_is_answered_as_soon_as_a_task_is_queued(pool):
     assert response.status_code == 200
     assert response.json()["task_id"] == str(task.public_id)
     assert time.monotonic() - asked < 5  # woken, not timed out (the wait was 20 s)
-    assert response["T2I-Protocol"] == "2"
+    assert response["T2I-Protocol"] == "3"
     assert waiting_workers() == []
 
 
@@ -225,7 +225,7 @@ def _only_fallback_wakes(wake):
     return filtered
 
 
-@pytest.mark.parametrize("header", ["3", "two", ""])
+@pytest.mark.parametrize("header", ["4", "two", ""])
 def test_an_unknown_protocol_version_is_refused_with_its_own_code(header):
     _, token = make_worker()
     client = worker_client(token)
@@ -236,13 +236,13 @@ def test_an_unknown_protocol_version_is_refused_with_its_own_code(header):
     assert "T2I-Protocol" in body["fields"]
 
 
-@pytest.mark.parametrize("header", [None, "1", "2"])
-def test_both_protocol_versions_are_served_and_answers_name_the_schedulers(header):
+@pytest.mark.parametrize("header", [None, "1", "2", "3"])
+def test_every_protocol_version_served_is_served_and_answers_name_the_schedulers(header):
     _, token = make_worker()
     extra = {} if header is None else {"HTTP_T2I_PROTOCOL": header}
     response = worker_client(token).post("/api/v1/worker/heartbeat", {}, format="json", **extra)
     assert response.status_code == 200
-    assert response["T2I-Protocol"] == "2"
+    assert response["T2I-Protocol"] == "3"
 
 
 def test_threads_stay_out_of_the_waiting_room():

@@ -13,12 +13,15 @@ from urllib.parse import urlsplit
 import requests
 
 from .http import environment_session
+from .worker_socket import SocketDown, WorkerSocket
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/worker/"
-PROTOCOL_VERSION = 2  # sent on every request; docs/worker-api.md has the history
+PROTOCOL_VERSION = 3  # sent on every request; docs/worker-api.md has the history
 PROTOCOL_HEADER = "T2I-Protocol"
+SOCKET_PROTOCOL = 3  # a scheduler that speaks it has the worker socket
+SOCKET_PATH = "socket"
 # Answers that say "this instance cannot serve you now": the next call goes to the next URL.
 FAILOVER_STATUSES = frozenset({502, 503, 504})
 
@@ -195,6 +198,7 @@ class SchedulerClient:
             each.headers["Authorization"] = f"Bearer {token}"
             each.headers[PROTOCOL_HEADER] = str(PROTOCOL_VERSION)
         self._protocols: list[int | None] = [None] * len(self.base_urls)
+        self._sockets: list[WorkerSocket | None] = [None] * len(self.base_urls)
         self._current = 0
         self._lock = threading.Lock()
 
@@ -208,12 +212,21 @@ class SchedulerClient:
         """The protocol version the current URL's last answer declared (None: no header, protocol 1)."""
         return self._protocols[self._current]
 
+    @property
+    def socket_open(self) -> bool:
+        """Whether the current URL's worker socket (protocol 3) is open now."""
+        socket = self._sockets[self._current]
+        return socket is not None and socket.is_open
+
     def __repr__(self) -> str:
         return f"SchedulerClient({self.base_url!r})"
 
     def close(self) -> None:
         for each in self._sessions:
             each.close()
+        for socket in self._sockets:
+            if socket is not None:
+                socket.close()
 
     # -- transport ------------------------------------------------------------------------------------
     def _call(
@@ -234,6 +247,38 @@ class SchedulerClient:
         if response.status_code >= 400:
             raise _error_for(path, response)
         return response
+
+    def _socket_post(self, op: str, path: str, body: dict[str, Any], *, task_id: str = "") -> dict[str, Any]:
+        """``op`` on the worker socket when the scheduler has one (protocol 3), else ``POST path``; the same
+        answers and errors either way."""
+        index = self._current
+        socket = self._socket(index)
+        if socket is not None:
+            try:
+                status, answer = socket.call(op, {"task_id": task_id, **body} if task_id else body)
+            except SocketDown:
+                pass
+            else:
+                if status in FAILOVER_STATUSES:
+                    self._fail_over(index)
+                if status >= 400:
+                    raise _error(path, status, answer, protocol=self._protocols[index])
+                return answer if isinstance(answer, dict) else {}
+        return self._post(path, body)
+
+    def _socket(self, index: int) -> WorkerSocket | None:
+        if (self._protocols[index] or 1) < SOCKET_PROTOCOL:
+            return None
+        with self._lock:
+            if self._sockets[index] is None:
+                session = self._sessions[index]
+                self._sockets[index] = WorkerSocket(
+                    "ws" + self.base_urls[index].removeprefix("http") + API_PREFIX + SOCKET_PATH,
+                    {name: session.headers[name] for name in ("Authorization", PROTOCOL_HEADER)},
+                    timeout=self.timeout,
+                    ca_bundle=session.verify if isinstance(session.verify, str) else None,
+                )
+            return self._sockets[index]
 
     def _fail_over(self, index: int) -> None:
         """Move on from URL ``index``, unless another call already did."""
@@ -275,7 +320,7 @@ class SchedulerClient:
         self, leases: Iterable[tuple[str, str]], *, warm_checkpoint: str | None = None
     ) -> HeartbeatReply:
         tasks = [{"task_id": task_id, "lease_token": token} for task_id, token in leases]
-        body = self._post("heartbeat", {"tasks": tasks, **_warm(warm_checkpoint)})
+        body = self._socket_post("heartbeat", "heartbeat", {"tasks": tasks, **_warm(warm_checkpoint)})
         return HeartbeatReply(
             worker_status=str(body.get("worker_status") or ""),
             renewed=[str(t) for t in body.get("renewed") or []],
@@ -300,21 +345,28 @@ class SchedulerClient:
 
     def start(self, task_id: str, lease_token: str, prompt_id: str) -> bool:
         """Mark the task running; returns True when the user already cancelled it."""
-        body = self._post(
-            f"tasks/{task_id}/start", {"lease_token": lease_token, "comfyui_prompt_id": prompt_id}
+        body = self._socket_post(
+            "start",
+            f"tasks/{task_id}/start",
+            {"lease_token": lease_token, "comfyui_prompt_id": prompt_id},
+            task_id=task_id,
         )
         return bool(body.get("cancel"))
 
     def progress(self, task_id: str, lease_token: str, value: float, maximum: float) -> bool:
         """Report progress; returns True when the user cancelled the task."""
-        body = self._post(
-            f"tasks/{task_id}/progress", {"lease_token": lease_token, "value": value, "max": maximum}
+        body = self._socket_post(
+            "progress",
+            f"tasks/{task_id}/progress",
+            {"lease_token": lease_token, "value": value, "max": maximum},
+            task_id=task_id,
         )
         return bool(body.get("cancel"))
 
     def frames(self, task_id: str, lease_token: str, frames: list[list[Any]]) -> None:
         """Relay ComfyUI socket frames ``[type, data]`` of this task to its front-door client."""
-        self._post(f"tasks/{task_id}/frames", {"lease_token": lease_token, "frames": frames})
+        body = {"lease_token": lease_token, "frames": frames}
+        self._socket_post("frames", f"tasks/{task_id}/frames", body, task_id=task_id)
 
     def input_image(self, task_id: str, lease_token: str, sha256: str) -> bytes:
         """The bytes of one of the task's uploaded input images (LeaseLost once the lease is not ours)."""
@@ -398,18 +450,22 @@ class SchedulerClient:
 
 def _error_for(path: str, response: requests.Response) -> SchedulerError:
     """Map an error answer (``{"error", "detail", "fields"}``) to one exception type."""
-    status = response.status_code
     try:
         body = response.json()
     except ValueError:
         body = {}
+    return _error(path, response.status_code, body, reason=response.reason, protocol=_protocol_of(response))
+
+
+def _error(path: str, status: int, body: Any, *, reason: str = "", protocol: int | None) -> SchedulerError:
+    """An error answer's exception, from the HTTP call or the worker socket."""
     body = body if isinstance(body, dict) else {}
     code = str(body.get("error") or f"http_{status}")
-    detail = str(body.get("detail") or response.reason or "")
+    detail = str(body.get("detail") or reason or "")
     message = f"POST {path}: {status} {code}" + (f" ({detail})" if detail else "")
     kwargs = {"code": code, "status": status, "fields": body.get("fields")}
     if code == "protocol_unsupported" and status < 500:
-        return ProtocolUnsupported(_protocol_message(response, detail), **kwargs)
+        return ProtocolUnsupported(_protocol_message(protocol, detail), **kwargs)
     if status >= 500 or status == 429:
         return SchedulerUnavailable(message, **kwargs)
     if status == 401:
@@ -432,8 +488,7 @@ def _protocol_of(response: requests.Response) -> int | None:
         return None
 
 
-def _protocol_message(response: requests.Response, detail: str) -> str:
-    theirs = _protocol_of(response)
+def _protocol_message(theirs: int | None, detail: str) -> str:
     spoken = "another protocol" if theirs is None else f"protocol {theirs}"
     upgrade = "this worker" if theirs is not None and theirs > PROTOCOL_VERSION else "the scheduler"
     message = f"scheduler speaks {spoken}; this daemon needs {PROTOCOL_VERSION} — upgrade {upgrade} first"
