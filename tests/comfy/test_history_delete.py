@@ -213,3 +213,20 @@ def test_the_service_counts_what_it_took_out(user, other_user, worker_and_token)
     assert services.comfy_history_hide(user=user, prompt_ids=[]) == 0
     assert services.comfy_history_hide(user=user, clear=True) == 1
     assert hidden() == {"a1", "a2"}
+
+
+def test_a_retried_prompt_shows_in_history_again_when_it_ends(api, worker_and_token):
+    wapi = worker_client(worker_and_token[1])
+    prompt(api, prompt_id="flaky")
+    job = wapi.post("/api/v1/worker/lease", {}, format="json").json()
+    wapi.post(
+        f"/api/v1/worker/tasks/{job['task_id']}/fail",
+        {"lease_token": job["lease_token"], "code": "execution_error", "message": "boom", "retryable": False},
+        format="json",
+    )
+    assert post_history(api, {"delete": ["flaky"]}).status_code == HTTPStatus.OK
+    assert hidden() == {"flaky"}
+    task = services.task_retry(task=Task.objects.get())
+    assert task.comfy_history_hidden_at is None and api.get("/comfy/history").json() == {}  # queued again
+    run(wapi, task, [("3", png_bytes())])
+    assert api.get("/comfy/history/flaky").json()["flaky"]["status"]["status_str"] == "success"

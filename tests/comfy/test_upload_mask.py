@@ -206,3 +206,13 @@ def test_anonymous_masks_only_when_allowed(settings, api):
     upload(anon, png_bytes(8, 6), name="photo.png")
     assert upload_mask(anon, ref).status_code == HTTPStatus.OK
     assert InputImage.objects.get(name="clipspace-mask-1.png").owner is None
+
+
+def test_an_unreadable_original_is_a_400_not_a_500(api):
+    upload(api, png_bytes(8, 6), name="photo.png")
+    row = InputImage.objects.get()
+    with row.file.open("wb") as f:  # the stored file went bad after its upload
+        f.write(b"garbage")
+    answer = upload_mask(api, {"filename": "photo.png", "type": "input"})
+    assert answer.status_code == HTTPStatus.BAD_REQUEST and "image" in answer.json()["fields"]
+    assert InputImage.objects.count() == 1
