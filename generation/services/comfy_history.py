@@ -6,6 +6,8 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -14,7 +16,9 @@ from generation import comfy_selectors
 from generation.models import Task
 
 
-def comfy_history_hide(*, user, prompt_ids: Sequence[str] = (), clear: bool = False) -> int:
+def comfy_history_hide(
+    *, user: AbstractBaseUser | AnonymousUser, prompt_ids: Sequence[str] = (), clear: bool = False
+) -> int:
     """Take finished prompts of `user`'s space (generation.comfy_selectors.space) out of its ComfyUI history:
     all of them (`clear`), else those `prompt_ids` name (the client's ids or the farm's; unknown ones are
     ignored, as ComfyUI ignores them). A queued or running prompt is not touched: it gets its entry when it
