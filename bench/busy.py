@@ -8,7 +8,9 @@ task costs the scheduler and PostgreSQL.
 One asyncio process simulates N daemons with exactly the requests a working `manage.py runworker` sends
 (workers_app/daemon/worker.py and runner.py, their default settings; docs/worker-api.md, protocol 3):
 register; `POST lease` until it holds 2 tasks (prefetch depth 2: one running in ComfyUI, one queued behind
-it), with `wait=20` while it holds nothing and `prefetch: true`, `wait=3` while a task runs; for each task
+it), with `wait=20` while it holds nothing and `prefetch: true`, `wait=3` while a task runs, asking for the
+second when the running one is expected to end within the prefetch lead (4 x its recent prefetch answers'
+median, 0.25 to 2 s; the pace known from the second progress report); for each task
 `start` when ComfyUI begins it, `progress` at most once a second (the start counts as one) over a 20-step
 sampler spread over the job, then `complete` with a PNG of the task's size, asking for the next lease in the
 same answer (`lease_next=true`, `prefetch=true` while it holds another task); a heartbeat every 5 s with
@@ -40,7 +42,7 @@ import random
 import signal
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 from bench.common import (
@@ -56,7 +58,12 @@ from bench.lease import NODES, make_workers, postgres_cpu, since
 from bench.scale import HEARTBEAT_EVERY, LEASE_WAIT, png
 from workers_app.daemon.runner import RunnerSettings
 from workers_app.daemon.scheduler import PROTOCOL_VERSION
-from workers_app.daemon.worker import WorkerLoopConfig
+from workers_app.daemon.worker import (
+    MIN_PREFETCH_LEAD,
+    PREFETCH_MARGIN,
+    PREFETCH_SAMPLES,
+    WorkerLoopConfig,
+)
 from workers_app.daemon.worker_socket import IDLE_SECONDS as SOCKET_IDLE_SECONDS
 from workers_app.daemon.worker_socket import RETRY_SECONDS as SOCKET_RETRY_SECONDS
 
@@ -304,6 +311,7 @@ class Daemon:
         self.need_register = True
         self.heartbeat_interval = HEARTBEAT_EVERY
         self.tasks: set[asyncio.Task] = set()
+        self.prefetch_answers: deque[float] = deque(maxlen=PREFETCH_SAMPLES)
 
     async def run(self, delay: float = 0.0) -> None:
         """Start after `delay` seconds (a farm's daemons do not start in the same instant), then loop."""
@@ -338,6 +346,12 @@ class Daemon:
             self.changed.clear()
             await self.changed.wait()
             return
+        due = self.prefetch_due_at()
+        if due > time.monotonic():
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), due - time.monotonic())
+            return
         prefetch = bool(self.held)
         wait = LOOP.prefetch_lease_wait if prefetch else LEASE_WAIT
         asked = time.monotonic()
@@ -361,10 +375,34 @@ class Daemon:
         finally:
             self.lease_open = False
         self.backoff.reset()
+        if prefetch and lease is not None:
+            self.prefetch_answers.append(time.monotonic() - asked)
         if lease is None:  # as runworker: a scheduler that does not long-poll must not make the loop spin
             await asyncio.sleep(max(0.0, min(1.0, wait - (time.monotonic() - asked))))
             return
         self.launch(lease)
+
+    def prefetch_due_at(self) -> float:
+        """WorkerLoop._prefetch_due: with one task held, the next is asked for when the running one is
+        expected to end within LOOP.prefetch_lead seconds (its pace is known from its second progress
+        report, two steps in) or has run that long with no pace known; else at once."""
+        lead = self.prefetch_lead()
+        if len(self.held) != 1 or lead <= 0:
+            return 0.0
+        [job] = self.held.values()
+        paced = job.gpu_start + 2 * self.job_seconds / STEPS
+        if job.gpu_start + lead < paced:
+            return job.gpu_start + lead
+        return max(paced, job.gpu_end - lead)
+
+    def prefetch_lead(self) -> float:
+        """WorkerLoop.prefetch_lead: PREFETCH_MARGIN x the median of the recent prefetch answers, within
+        MIN_PREFETCH_LEAD and LOOP.prefetch_lead."""
+        if LOOP.prefetch_lead <= 0:
+            return 0.0
+        answers = sorted(self.prefetch_answers)
+        took = answers[len(answers) // 2] if answers else LOOP.prefetch_lead
+        return min(LOOP.prefetch_lead, max(MIN_PREFETCH_LEAD, PREFETCH_MARGIN * took))
 
     def launch(self, lease: dict) -> None:
         """The task goes to ComfyUI's queue at once: it runs when the prompts ahead of it are done."""
@@ -486,7 +524,10 @@ class Daemon:
         is held (every held task is in ComfyUI's queue at once here)."""
         if self.need_register:
             return None
-        return any(other is not job for other in self.held.values())
+        others = [other for other in self.held.values() if other is not job]
+        if len(others) == 1 and 0 < self.prefetch_lead() < self.job_seconds:
+            return None  # WorkerLoop._short: after a long task the next is asked for just in time
+        return bool(others)
 
     async def fail(self, job: Job, code: str, *, retryable: bool) -> None:
         body = {

@@ -6,7 +6,9 @@
 One asyncio process simulates N worker daemons with exactly the requests an idle `manage.py runworker` sends
 (docs/worker-api.md, protocol 2): register, `POST lease` with `wait=20` in a loop, and a heartbeat every 5 s
 unless an idle lease wait is open (the open wait is the heartbeat; register again on 409 register_required).
-`--daemon-protocol 1` sends what the previous release's daemon sent: a heartbeat every 5 s whatever it does.
+`--daemon-protocol 1` sends what the oldest daemons sent: a heartbeat every 5 s whatever it does. Protocol 3
+(today's runworker) idles as 2 does: its worker socket carries the calls of a task it runs, and the rare
+heartbeat between two waits goes over HTTP here.
 A probe submits a small task every second through the REST API and reads its
 status; the simulated worker that gets it completes it at once with a tiny PNG of the right size, so the farm
 stays idle. The scheduler runs under its production configuration (gunicorn, t2i_project/gunicorn.conf.py).
@@ -34,6 +36,7 @@ from bench.common import (
     staff_api_token,
 )
 from bench.lease import NODES, make_workers, postgres_cpu, since
+from workers_app.daemon.scheduler import PROTOCOL_VERSION
 
 HEARTBEAT_EVERY = 5.0  # runworker's default
 LEASE_WAIT = 20.0  # runworker's default long poll when it holds nothing
@@ -290,7 +293,11 @@ def main() -> None:
         "--warmup", type=float, default=10.0, help="seconds for the workers to register, not measured"
     )
     parser.add_argument(
-        "--daemon-protocol", type=int, default=2, choices=(1, 2), help="the daemons' protocol"
+        "--daemon-protocol",
+        type=int,
+        default=PROTOCOL_VERSION,
+        choices=(1, 2, 3),
+        help="the daemons' protocol (an idle farm sends the same calls with 2 and 3)",
     )
     add_suite_arguments(parser)
     args = parser.parse_args()

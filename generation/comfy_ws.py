@@ -133,9 +133,13 @@ async def serve(scope: dict, receive, send) -> None:
             connection.wake.clear()
             while connection.items and not reader.done():
                 kind, value = connection.items.popleft()
-                frames = (
-                    session.relayed(value) if kind == "frames" else await step(session.task_changed)(value)
-                )
+                if kind == "frames":
+                    frames = session.relayed(value)
+                else:
+                    # The task is read as it is now, maybe ended since this event: the worker's frames that
+                    # came meanwhile go first, before its end frames close the prompt.
+                    frames = [f for batch in _take_frames(connection.items) for f in session.relayed(batch)]
+                    frames += await step(session.task_changed)(value)
                 for frame in frames:
                     await _send(send, frame)
     except OSError:
@@ -143,6 +147,16 @@ async def serve(scope: dict, receive, send) -> None:
     finally:
         hub.remove(connection)
         reader.cancel()
+
+
+def _take_frames(items: deque) -> list[list[list[Any]]]:
+    """Remove the frame batches from `items`, in order, leaving the rest as they were."""
+    batches = [value for kind, value in items if kind == "frames"]
+    if batches:
+        rest = [item for item in items if item[0] != "frames"]
+        items.clear()
+        items.extend(rest)
+    return batches
 
 
 async def _until_disconnect(receive) -> None:

@@ -62,15 +62,18 @@ async def serve(scope: dict, receive, send) -> None:
     )
     logger.debug("worker socket open", extra={"worker": worker.name})
     session = Session(worker, token_hash)
-    while True:
-        message = await receive()
-        if message["type"] != "websocket.receive":
-            break
-        answer = await step(session.answer)(message.get("text") or message.get("bytes") or "")
-        await send({"type": "websocket.send", "text": json.dumps(answer, separators=(",", ":"))})
-        if session.closed:
-            await send({"type": "websocket.close", "code": CLOSE_WORKER_CHANGED})
-            break
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                break
+            answer = await step(session.answer)(message.get("text") or message.get("bytes") or "")
+            await send({"type": "websocket.send", "text": json.dumps(answer, separators=(",", ":"))})
+            if session.closed:
+                await send({"type": "websocket.close", "code": CLOSE_WORKER_CHANGED})
+                break
+    except OSError:
+        pass  # the daemon went away while its answer was on the way; it sends the call again
     logger.debug("worker socket closed", extra={"worker": worker.name})
 
 

@@ -145,9 +145,11 @@ def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -
 
 def _pick(runnable: QuerySet[Task], choice: placement.Choice | None) -> tuple[Task | None, str]:
     """Lock and return the first of the chosen tasks still queued, else the head of the queue (another
-    worker took them meanwhile); inside the claim's transaction."""
+    worker took them meanwhile); inside the claim's transaction. A chosen task was read from `runnable`, and
+    what makes a task runnable here (template, checkpoint, requirements) never changes after submit: its
+    status is all there is to check again."""
     for pk in choice.job_ids if choice else ():
-        task = runnable.filter(pk=pk).select_for_update(skip_locked=True).first()
+        task = Task.objects.filter(pk=pk, status=Status.QUEUED).select_for_update(skip_locked=True).first()
         if task is not None:
             return task, choice.reason
     task = runnable.select_for_update(skip_locked=True).order_by("-priority", "id").first()

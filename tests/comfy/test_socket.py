@@ -3,9 +3,11 @@ happen on other threads through the services, as the worker's requests would mak
 
 import asyncio
 import json
+import threading
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 
 from generation import comfy_ws, services
 from t2i_project.asgi import application
@@ -138,8 +140,10 @@ def test_other_clients_and_users_get_none_of_it():
             client_prompt_id="p1",
             client_id="c1",
         )
+        # The queue count moved (the task waits until it is leased below, so the count is 1 when the
+        # socket looks, however slowly its event is handled).
+        seen_other_client = [await other_client.frame()]
         await in_thread(relay_and_complete, worker, task)
-        seen_other_client = []
         with pytest.raises(asyncio.TimeoutError):
             while True:
                 seen_other_client.append(await other_client.frame(timeout=0.5))
@@ -150,7 +154,8 @@ def test_other_clients_and_users_get_none_of_it():
         return seen_other_client
 
     seen = asyncio.run(watch())
-    assert seen and {f["type"] for f in seen} == {"status"}  # the same user's queue count, nothing else
+    assert seen[0]["data"]["status"]["exec_info"]["queue_remaining"] == 1
+    assert {f["type"] for f in seen} == {"status"}  # the same user's queue count, nothing else
 
 
 def test_without_credentials_the_handshake_is_refused_unless_anonymous_is_on(settings):
@@ -176,3 +181,43 @@ def test_a_client_id_too_long_is_refused(settings):
         return await Socket("clientId=" + "x" * 101).connect()
 
     assert asyncio.run(connect())["type"] == "websocket.close"
+
+
+def test_frames_that_came_before_the_end_are_sent_even_when_the_socket_looks_late():
+    """Under load the socket may read a task event only after the task has ended: the worker's frames that
+    came meanwhile still go out, before the end frames."""
+    user = UserFactory(username="ann")
+    token = api_token_for(user)
+    worker, _ = make_worker()
+
+    async def follow():
+        socket = Socket("clientId=c1", token)
+        await socket.connect()
+        await socket.frame()  # status
+        task, _ = await in_thread(
+            services.comfy_prompt_submit,
+            owner=user,
+            workflow=two_outputs(),
+            client_prompt_id="p1",
+            client_id="c1",
+        )
+        await socket.frame()  # status: queued 1
+        # Lease, relay and complete while this loop is blocked: every event is queued before the socket
+        # reads the first, which then finds the task ended.
+        thread = threading.Thread(target=lambda: _closing(relay_and_complete, worker, task))
+        thread.start()
+        thread.join(10)
+        frames = await socket.until_done()
+        await socket.close()
+        return frames
+
+    kinds = [f["type"] for f in asyncio.run(follow())]
+    assert kinds[:4] == ["execution_start", "execution_cached", "executing", "progress"]
+    assert kinds[-1] == "executing"
+
+
+def _closing(function, *args) -> None:
+    try:
+        function(*args)
+    finally:
+        connection.close()

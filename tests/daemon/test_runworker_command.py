@@ -31,7 +31,9 @@ def test_everything_can_come_from_the_environment():
     assert (config.scheduler_url, config.token, config.comfyui_url, config.name, config.prefetch) == (
         "http://sched.env:8000", "env-token", "http://comfy.env:8188", "env-name", 3,
     )  # fmt: skip
-    assert (config.grace, config.once) == (30.0, False)
+    assert (config.grace, config.once, config.prefetch_lead) == (30.0, False, 2.0)
+    assert build_config(parse(), {**ENV, "T2I_PREFETCH_LEAD": "0"}).prefetch_lead == 0.0
+    assert build_config(parse("--prefetch-lead", "5"), ENV).prefetch_lead == 5.0
 
 
 def test_options_win_over_the_environment():
@@ -56,6 +58,8 @@ def test_options_win_over_the_environment():
         ({"T2I_SCHEDULER_URL": "http://s"}, "--token"),
         ({**ENV, "T2I_PREFETCH": "two"}, "must be an integer"),
         ({**ENV, "T2I_PREFETCH": "0"}, "at least 1"),
+        ({**ENV, "T2I_PREFETCH_LEAD": "soon"}, "--prefetch-lead"),
+        ({**ENV, "T2I_PREFETCH_LEAD": "-1"}, "0 to 3600 seconds"),
     ],
 )
 def test_missing_or_bad_values_fail_loudly(env, message):

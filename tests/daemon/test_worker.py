@@ -14,7 +14,7 @@ import pytest
 from tests.daemon.fakes import FakeComfy, FakeScheduler, make_lease, wait_until
 from workers_app.daemon import worker as worker_module
 from workers_app.daemon.comfyui import ComfyUIError
-from workers_app.daemon.runner import RunnerSettings
+from workers_app.daemon.runner import RunnerSettings, TaskControl
 from workers_app.daemon.scheduler import (
     AuthError,
     ProtocolUnsupported,
@@ -32,6 +32,7 @@ def make_worker(comfy: FakeComfy, sched: FakeScheduler, **overrides) -> WorkerLo
         "backoff_max": 0.05,
         "lease_wait": 0,
         "prefetch_lease_wait": 0,
+        "prefetch_lead": 0,  # the task behind the running one is asked for at once (its own tests set it)
         "interrupt_wait": 2,
         "abandoned_lease_wait": 0.05,
         **overrides,
@@ -480,3 +481,81 @@ def test_comfyui_coming_back_clears_the_warm_checkpoint():
     assert worker.warm_checkpoint == ""  # it was unreachable: a restart unloads every model
     worker.warm_checkpoint = "sd15.safetensors"
     assert worker._check_comfyui() and worker.warm_checkpoint == "sd15.safetensors"  # was up all along
+
+
+# -- the task behind the running one is asked for just in time (prefetch_lead) ---------------------------
+def test_the_pace_of_the_sampler_foresees_its_end():
+    control = TaskControl(make_lease(1))
+    control.note_start(now=100.0)
+    assert control.time_left(now=100.0) is None
+    control.note_progress(1, 20, now=101.0)
+    assert control.time_left(now=101.0) is None  # one report: no pace yet
+    control.note_progress(5, 20, now=103.0)  # 4 steps in 2 s: 15 to go, 7.5 s
+    assert control.time_left(now=103.0) == pytest.approx(7.5)
+    assert control.time_left(now=111.0) == 0.0
+    control.note_progress(1, 10, now=112.0)  # the next sampler begins: no pace until it has one
+    assert control.time_left(now=112.0) is None
+
+
+@pytest.mark.parametrize(
+    "reports,now,due",
+    [
+        ([], 100.5, False),  # started half a second ago, no pace yet
+        ([], 102.5, True),  # no pace after the lead: ask (a prompt without a sampler)
+        ([(1, 20, 100.5), (3, 20, 101.5)], 101.5, False),  # 8.5 s to go
+        ([(1, 20, 100.5), (17, 20, 108.5)], 108.5, True),  # 1.5 s to go
+    ],
+)
+def test_the_next_task_is_asked_for_when_the_running_one_ends_within_the_lead(reports, now, due):
+    worker = make_worker(FakeComfy(), FakeScheduler(), prefetch_lead=2.0)
+    control = TaskControl(make_lease(1))
+    control.note_start(now=100.0)
+    for value, maximum, at in reports:
+        control.note_progress(value, maximum, now=at)
+    assert worker._prefetch_due([control], now=now) is due
+    assert worker._prefetch_due([], now=now) is True  # nothing held: always
+    assert worker._prefetch_due([control, TaskControl(make_lease(2))], now=now) is True  # one queued already
+
+
+def test_a_running_task_without_pace_gets_the_next_one_asked_for_after_the_lead():
+    comfy = FakeComfy(auto_finish=False)
+    sched = FakeScheduler([make_lease(1), make_lease(2)])
+    with running(make_worker(comfy, sched, prefetch_lead=0.5)):
+        assert wait_until(lambda: comfy.started == ["p1"])
+        started = time.monotonic()
+        assert wait_until(lambda: len(sched.calls_of("lease")) >= 2, timeout=5)
+        assert time.monotonic() - started >= 0.3  # not at once
+        assert sched.calls_of("lease")[1]["prefetch"] is True
+        assert wait_until(lambda: len(comfy.submitted) == 2)
+        comfy.finish("p1")
+        comfy.finish("p2")
+        assert wait_until(lambda: len(sched.calls_of("complete")) == 2)
+
+
+@pytest.mark.parametrize("ran,flag", [(0.5, True), (5.0, None)])
+def test_a_completion_carries_the_next_lease_only_after_a_short_task(ran, flag):
+    worker = make_worker(FakeComfy(), FakeScheduler(), prefetch_lead=2.0)
+    worker._need_register, worker._comfy_ok = False, True  # registered, ComfyUI answering
+    done, running_next = TaskControl(make_lease(1)), TaskControl(make_lease(2))
+    done.note_start(now=time.monotonic() - ran)
+    running_next.mark_submitted()
+    worker._tasks = {"1": (done, threading.current_thread()), "2": (running_next, threading.current_thread())}
+    assert worker._lease_next_flag(done) is flag  # after a long one, the loop asks just in time
+    worker._tasks = {"1": (done, threading.current_thread())}
+    assert worker._lease_next_flag(done) is False  # nothing else held: the idle GPU's next task, at once
+
+
+@pytest.mark.parametrize(
+    "answers,most,lead",
+    [
+        ([], 2.0, 2.0),  # nothing measured yet: the most
+        ([0.02, 0.03, 0.05], 2.0, 0.25),  # a fast scheduler: the shortest lead
+        ([0.3, 0.25, 9.0], 2.0, 1.2),  # four times the median (a long poll's 9 s is not it)
+        ([1.0, 1.5, 2.0], 2.0, 2.0),  # a slow scheduler: never more than the most
+        ([0.3], 0.0, 0.0),  # off
+    ],
+)
+def test_the_prefetch_lead_is_what_getting_a_task_takes_here_with_a_margin(answers, most, lead):
+    worker = make_worker(FakeComfy(), FakeScheduler(), prefetch_lead=most)
+    worker._prefetch_answers.extend(answers)
+    assert worker.prefetch_lead == pytest.approx(lead)

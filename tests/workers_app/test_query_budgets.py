@@ -3,6 +3,7 @@ heartbeat fails here, on both databases. Each budget counts the token lookup, th
 each transaction (a test runs inside one) and, because the tests sweep on every lease (REAP_EVERY=0), the
 lazy liveness sweep's three reads."""
 
+import json
 from http import HTTPStatus
 
 import pytest
@@ -11,7 +12,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from generation import services
 from generation.models import Task
 from tests.conftest import png_bytes
-from workers_app.models import Worker
+from workers_app.models import Worker, hash_token
+from workers_app.worker_socket import Session
 
 pytestmark = pytest.mark.django_db
 
@@ -69,9 +71,9 @@ def test_a_completion_stays_within_its_query_budget(wapi, django_assert_max_num_
     job = lease(wapi)
     # token, attempt with its task, savepoint, fence, images, attempt, the worker's counters and warm
     # checkpoint, release (an attempt that never reported its start teaches no speed); and the worker's
-    # completion slot in the shared cache (services.completion_slot), here the database cache: its add
-    # (savepoint, count, read, insert, release) and the delete. With Redis those are two round trips.
-    with django_assert_max_num_queries(14):
+    # completion slot on its row (services.completion_slot): a conditional UPDATE claims it, the counters'
+    # UPDATE frees it.
+    with django_assert_max_num_queries(9):
         response = complete(wapi, job)
     assert response.status_code == HTTPStatus.OK, response.content
     assert Task.objects.get(public_id=job["task_id"]).status == Task.Status.COMPLETED
@@ -82,8 +84,8 @@ def test_a_completion_carrying_the_next_lease_stays_within_its_query_budget(
 ):
     queue(2)
     job = lease(wapi)
-    # The completion's 14 and a lease without the token lookup and the sweep (8).
-    with django_assert_max_num_queries(22 + scheduler):
+    # The completion's 9 and a lease without the token lookup and the sweep (8).
+    with django_assert_max_num_queries(17 + scheduler):
         response = complete(wapi, job, lease_next=True)
     assert response.status_code == HTTPStatus.OK, response.content
     assert response.json()["next"] is not None
@@ -100,8 +102,8 @@ def test_a_started_completion_adds_the_learned_costs_and_the_usage(wapi, user, d
         services.task_submit(owner=user, data={"prompt": "a red fox", "width": 64, "height": 64})
     assert complete(wapi, started_lease()).status_code == HTTPStatus.OK  # makes the speed and share rows
     job = started_lease()
-    # The completion's 14; the speed (read, write), the owner's share (read, write)
-    with django_assert_max_num_queries(18):
+    # The completion's 9; the speed (read, write), the owner's share (read, write)
+    with django_assert_max_num_queries(13):
         response = complete(wapi, job)
     assert response.status_code == HTTPStatus.OK, response.content
 
@@ -133,3 +135,21 @@ def test_busy_is_shown_from_the_leases_not_stored(wapi, worker, staff_api, staff
     assert listed[worker.name] == "busy"
     assert complete(wapi, job).status_code == HTTPStatus.OK
     assert Worker.objects.with_state().get(pk=worker.pk).state == Worker.Status.IDLE
+
+
+def test_reports_on_the_worker_socket_stay_within_their_query_budgets(
+    wapi, worker_and_token, django_assert_max_num_queries
+):
+    worker, token = worker_and_token
+    queue(1)
+    job = lease(wapi)
+    session = Session(worker, hash_token(token))
+    refs = {"task_id": job["task_id"], "lease_token": job["lease_token"]}
+    progress = json.dumps({"id": 1, "op": "progress", **refs, "value": 1, "max": 20})
+    with django_assert_max_num_queries(2):  # the fenced update, the event (PostgreSQL's NOTIFY)
+        assert session.answer(progress)["status"] == HTTPStatus.OK
+    beat = json.dumps({"id": 2, "op": "heartbeat", "tasks": [refs]})
+    # the worker's row read again, then the HTTP heartbeat's queries without its token lookup
+    with django_assert_max_num_queries(7):
+        answer = session.answer(beat)
+    assert answer["status"] == HTTPStatus.OK and answer["body"]["renewed"] == [job["task_id"]]

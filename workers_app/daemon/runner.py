@@ -56,9 +56,15 @@ class TaskControl:
         self.lease = lease
         self.prompt_id: str | None = None
         self.started = False  # ComfyUI started executing it
+        self.started_at: float | None = None  # when (time.monotonic)
         self.submitted = False  # sent to ComfyUI (or given up before that)
         self.failure_code: str | None = None
         self.leased_at = time.monotonic()
+        # The sampler now counting: (value, when) of its first progress report, its max, and the end its
+        # pace foresees (time.monotonic; None until two reports of one sampler).
+        self._pace_origin: tuple[float, float] | None = None
+        self._pace_max = 0.0
+        self._expected_end: float | None = None
         # Set by WorkerLoop._launch: the loop's wake-up, and what wakes the wait for ComfyUI.
         self.on_change: Callable[[], None] | None = None
         self.on_stop: Callable[[], None] | None = None
@@ -88,6 +94,30 @@ class TaskControl:
 
     def should_stop(self) -> bool:
         return self._stop is not None
+
+    def note_start(self, now: float | None = None) -> None:
+        """ComfyUI began executing the prompt."""
+        self.started_at = time.monotonic() if now is None else now
+        self.started = True
+
+    def note_progress(self, value: float, maximum: float, now: float | None = None) -> None:
+        """A progress report of ComfyUI's: the pace of the sampler counting so far foresees its end."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            origin = self._pace_origin
+            if origin is None or value < origin[0] or maximum != self._pace_max:  # another node counting
+                self._pace_origin, self._pace_max, self._expected_end = (value, now), maximum, None
+                return
+            done, elapsed = value - origin[0], now - origin[1]
+            if done > 0 and elapsed > 0:
+                self._expected_end = now + (maximum - value) * elapsed / done
+
+    def time_left(self, now: float | None = None) -> float | None:
+        """Seconds until the sampler counting now ends, as its pace foresees; None when unknown (no two
+        reports of one sampler yet). Nodes after it (decoding, saving) are not in it."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return None if self._expected_end is None else max(0.0, self._expected_end - now)
 
     def mark_submitted(self) -> None:
         """The prompt is in ComfyUI's queue (or was given up): the loop may lease the next task now."""
@@ -399,7 +429,7 @@ class _TaskRun:
 
     # -- callbacks from ComfyUIClient.wait (task thread) ------------------------------------------------
     def _on_start(self) -> None:
-        self.control.started = True
+        self.control.note_start()
         self.activity.started(self.task_id)
         self._queue_start()
 
@@ -412,6 +442,7 @@ class _TaskRun:
         self.reports.put("start", self.control.prompt_id or "")
 
     def _on_progress(self, value: float, maximum: float) -> None:
+        self.control.note_progress(value, maximum)
         self._log_quarter(value, maximum)
         self.activity.progress(self.task_id, value, maximum)
         now = time.monotonic()

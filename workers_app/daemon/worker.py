@@ -17,6 +17,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 SLICE = 0.1  # seconds: how often sleeps re-check the stop flag
 PROBE_TIMEOUT = 2.0  # seconds: the surface's /healthz probes of the scheduler and ComfyUI
 EMPTY_ANSWER_PAUSE = 1.0  # seconds: the longest pause after an empty lease answer that came at once
+MIN_PREFETCH_LEAD = 0.25  # seconds: the shortest lead of a just-in-time prefetch (WorkerLoopConfig)
+PREFETCH_MARGIN = 4  # the lead is this many times what a prefetch lease answer took lately (its median)
+PREFETCH_SAMPLES = 9  # answers that median is taken over
 
 
 @dataclass
@@ -55,6 +59,12 @@ class WorkerLoopConfig:
     once: bool = False  # one lease attempt; run that task to the end, then exit
     lease_wait: float = 20.0  # long-poll when idle (a stop request does not wait for its end)
     prefetch_lease_wait: float = 3.0  # shorter long-poll while a task runs, so an idle worker re-asks soon
+    # Ask for the task behind the running one only when that one is expected to end within the lead (its
+    # sampler's pace), or has run that long with no pace known. Until then the queue keeps it, so a task
+    # that arrives meanwhile can still go first (fair share, priority). The lead is what getting a task
+    # takes here (PREFETCH_MARGIN x the recent prefetch answers' median), at least MIN_PREFETCH_LEAD and at
+    # most this; 0: ask at once.
+    prefetch_lead: float = 2.0
     abandoned_lease_wait: float = 0.5  # on shutdown: how long a lease request left open may take to answer
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
@@ -115,6 +125,7 @@ class WorkerLoop:
         self._comfy_backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._scheduler_backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._heartbeat_stop = threading.Event()
+        self._prefetch_answers: deque[float] = deque(maxlen=PREFETCH_SAMPLES)  # seconds each took
         self._heartbeat_thread: threading.Thread | None = None
         self._lease_call: LeaseCall | None = None  # the lease request the loop waits for
         self._abandoned: LeaseCall | None = None  # one it stopped waiting for (stop request)
@@ -181,8 +192,10 @@ class WorkerLoop:
             return False
         self._watch_inventory()
         active = self.active_tasks()
-        if len(active) >= self.capacity or any(not c.submitted for c in active):
-            # Full, or the previous task is not in ComfyUI's queue yet (keeps order): wait for a change.
+        full = len(active) >= self.capacity
+        if full or any(not c.submitted for c in active) or not self._prefetch_due(active):
+            # Full, the previous task is not in ComfyUI's queue yet (keeps order), or the running one has
+            # long to go: wait for a change.
             self._changed.wait(SLICE)
             return False
         lease = self._lease(prefetch=bool(active))
@@ -193,6 +206,31 @@ class WorkerLoop:
             return True
         self._launch(lease)
         return True
+
+    @property
+    def prefetch_lead(self) -> float:
+        """Seconds before the running task's end to ask for the next: what getting one takes here, with a
+        margin (0: just-in-time prefetch is off)."""
+        most = self.config.prefetch_lead
+        if most <= 0:
+            return 0.0
+        answers = sorted(self._prefetch_answers)
+        took = answers[len(answers) // 2] if answers else most
+        return min(most, max(MIN_PREFETCH_LEAD, PREFETCH_MARGIN * took))
+
+    def _prefetch_due(self, active: list[TaskControl], now: float | None = None) -> bool:
+        """Whether to ask for a task now: always with nothing held or another task already queued behind
+        the running one; else when the running one is expected to end within the prefetch lead, or
+        has been held that long with no pace to go by."""
+        lead = self.prefetch_lead
+        if lead <= 0 or len(active) != 1:
+            return True
+        control = active[0]
+        now = time.monotonic() if now is None else now
+        left = control.time_left(now)
+        if left is not None:
+            return left <= lead
+        return now - (control.started_at or control.leased_at) >= lead
 
     def _lease(self, *, prefetch: bool) -> LeasedTask | None:
         wait = self.config.prefetch_lease_wait if prefetch else self.config.lease_wait
@@ -215,6 +253,8 @@ class WorkerLoop:
             self._lease_call = None
         self._scheduler_backoff.reset()
         held = time.monotonic() - asked_at
+        if prefetch and lease is not None:
+            self._prefetch_answers.append(held)
         if lease is None and held < EMPTY_ANSWER_PAUSE:
             # Answered at once with nothing: a scheduler that does not long-poll must not make this loop
             # spin. One that held the request asks again at once, also when it ended the wait before `wait`
@@ -250,8 +290,9 @@ class WorkerLoop:
 
     def _lease_next_flag(self, control: TaskControl) -> bool | None:
         """At `control`'s completion: the prefetch flag for the lease its answer may carry, or None when
-        this worker should lease nothing then (stopping, one-shot, re-registering, ComfyUI in doubt, or a
-        task ahead not yet in ComfyUI's queue, whose place the carried one must not take)."""
+        this worker should lease nothing then (stopping, one-shot, re-registering, ComfyUI in doubt, a
+        task ahead not yet in ComfyUI's queue, whose place the carried one must not take, or a long task
+        just started, behind which the next is asked for just in time)."""
         if self.stop_requested or self.fatal_error or self.config.once:
             return None
         if self._need_register or not self._comfy_ok:
@@ -259,7 +300,15 @@ class WorkerLoop:
         others = [c for c in self.active_tasks() if c is not control]
         if any(not c.submitted for c in others):
             return None
+        if len(others) == 1 and not self._short(control):
+            return None  # the loop asks for it just in time, when the task now running nears its end
         return bool(others)
+
+    def _short(self, control: TaskControl) -> bool:
+        """Whether ``control``'s run (ComfyUI's start to now) took at most the prefetch lead: then the next
+        one will be due about as soon as it starts, and a completion may as well carry it."""
+        lead = self.prefetch_lead
+        return lead <= 0 or (control.started_at is not None and time.monotonic() - control.started_at <= lead)
 
     def _run_one(self, control: TaskControl) -> None:
         try:

@@ -22,6 +22,7 @@ ENV = {
     "comfyui": "T2I_COMFYUI_URL",
     "name": "T2I_WORKER_NAME",
     "prefetch": "T2I_PREFETCH",
+    "prefetch_lead": "T2I_PREFETCH_LEAD",
     "port": "T2I_WORKER_PORT",
     "listen": "T2I_WORKER_LISTEN",
     "images_dir": "T2I_WORKER_IMAGES_DIR",
@@ -54,6 +55,15 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
         raise CommandError(f"{ENV['prefetch']} must be an integer, got {prefetch_raw!r}")
     if prefetch < 1:
         raise CommandError("--prefetch must be at least 1")
+    lead_raw = pick("prefetch_lead") or "2"
+    try:
+        prefetch_lead = float(lead_raw)
+    except ValueError:
+        prefetch_lead = -1.0
+    if not 0 <= prefetch_lead <= 3600:
+        raise CommandError(
+            f"--prefetch-lead (or {ENV['prefetch_lead']}) must be 0 to 3600 seconds, got {lead_raw!r}"
+        )
     grace = float(options.get("grace") if options.get("grace") is not None else 30.0)
     interval_raw = pick("inventory_interval") or "300"
     try:
@@ -70,6 +80,7 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
         token=str(token),
         comfyui_url=str(pick("comfyui") or "http://127.0.0.1:8188"),
         prefetch=prefetch,
+        prefetch_lead=prefetch_lead,
         grace=grace,
         once=bool(options.get("once")),
         inventory_interval=inventory_interval,
@@ -169,6 +180,12 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--prefetch", type=int, help=f"tasks held at once (env {ENV['prefetch']}, default 2)"
+        )
+        parser.add_argument(
+            "--prefetch-lead",
+            help="ask for the task behind the running one just before that one ends (by what getting a task "
+            "takes here), at most this many seconds before, so that tasks queued meanwhile can still go "
+            f"first (env {ENV['prefetch_lead']}, default 2; 0: at once)",
         )
         parser.add_argument(
             "--grace", type=float, default=30.0, help="seconds the running task gets on shutdown"
