@@ -50,6 +50,13 @@ class Socket:
 in_thread = off_thread
 
 
+async def submit_p1(owner):
+    """The two-output workflow as prompt p1 of client c1."""
+    fields = {"workflow": two_outputs(), "client_prompt_id": "p1", "client_id": "c1"}
+    task, _ = await in_thread(services.comfy_prompt_submit, owner=owner, **fields)
+    return task
+
+
 def relay_and_complete(worker, task) -> None:
     lease = services.task_lease_next(worker=worker)
     assert lease.task.pk == task.pk
@@ -92,13 +99,7 @@ def test_a_client_gets_its_prompts_frames_in_comfyuis_order():
             "type": "status",
             "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "c1"},
         }
-        task, _ = await in_thread(
-            services.comfy_prompt_submit,
-            owner=user,
-            workflow=two_outputs(),
-            client_prompt_id="p1",
-            client_id="c1",
-        )
+        task = await submit_p1(user)
         assert await socket.frame() == {
             "type": "status",
             "data": {"status": {"exec_info": {"queue_remaining": 1}}},
@@ -133,13 +134,7 @@ def test_other_clients_and_users_get_none_of_it():
         for socket in (other_client, other_user):
             await socket.connect()
             await socket.frame()  # status
-        task, _ = await in_thread(
-            services.comfy_prompt_submit,
-            owner=ann,
-            workflow=two_outputs(),
-            client_prompt_id="p1",
-            client_id="c1",
-        )
+        task = await submit_p1(ann)
         # The queue count moved (the task waits until it is leased below, so the count is 1 when the
         # socket looks, however slowly its event is handled).
         seen_other_client = [await other_client.frame()]
@@ -194,13 +189,7 @@ def test_frames_that_came_before_the_end_are_sent_even_when_the_socket_looks_lat
         socket = Socket("clientId=c1", token)
         await socket.connect()
         await socket.frame()  # status
-        task, _ = await in_thread(
-            services.comfy_prompt_submit,
-            owner=user,
-            workflow=two_outputs(),
-            client_prompt_id="p1",
-            client_id="c1",
-        )
+        task = await submit_p1(user)
         await socket.frame()  # status: queued 1
         # Lease, relay and complete while this loop is blocked: every event is queued before the socket
         # reads the first, which then finds the task ended.
