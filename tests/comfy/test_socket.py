@@ -110,11 +110,14 @@ def test_a_client_gets_its_prompts_frames_in_comfyuis_order():
         return frames
 
     frames = asyncio.run(follow())
-    kinds = [f["type"] for f in frames]
+    # A status frame comes whenever the queue count moved as the socket saw it; under load the socket may
+    # look at an event late and send one more. The prompt's own frames keep ComfyUI's order.
+    kinds = [f["type"] for f in frames if f["type"] != "status"]
     assert kinds == [
         "execution_start", "execution_cached", "executing", "progress",
-        "executed", "executed", "execution_success", "status", "executing",
+        "executed", "executed", "execution_success", "executing",
     ]  # fmt: skip
+    assert frames[-2]["type"] == "status"
     assert all(f["data"]["prompt_id"] == "p1" for f in frames if f["type"] != "status")
     executed = {
         f["data"]["node"]: f["data"]["output"]["images"][0] for f in frames if f["type"] == "executed"
