@@ -10,7 +10,7 @@ One asyncio process simulates N daemons with exactly the requests a working `man
 register; `POST lease` until it holds 2 tasks (prefetch depth 2: one running in ComfyUI, one queued behind
 it), with `wait=20` while it holds nothing and `prefetch: true`, `wait=3` while a task runs, asking for the
 second when the running one is expected to end within the prefetch lead (4 x its recent prefetch answers'
-median, 0.25 to 2 s; the pace known from the second progress report); for each task
+median, failures included, 0.25 to 30 s; the pace known from the second progress report); for each task
 `start` when ComfyUI begins it, `progress` at most once a second (the start counts as one) over a 20-step
 sampler spread over the job, then `complete` with a PNG of the task's size, asking for the next lease in the
 same answer (`lease_next=true`, `prefetch=true` while it holds another task); a heartbeat every 5 s with
@@ -370,6 +370,8 @@ class Daemon:
                 await asyncio.sleep(self.backoff.next())
             return
         except Unavailable:
+            if prefetch:  # as WorkerLoop._lease: a failed prefetch counts, with the time it took
+                self.prefetch_answers.append(time.monotonic() - asked)
             await asyncio.sleep(self.backoff.next())
             return
         finally:

@@ -552,6 +552,7 @@ def test_a_completion_carries_the_next_lease_only_after_a_short_task(ran, flag):
         ([0.02, 0.03, 0.05], 2.0, 0.25),  # a fast scheduler: the shortest lead
         ([0.3, 0.25, 9.0], 2.0, 1.2),  # four times the median (a long poll's 9 s is not it)
         ([1.0, 1.5, 2.0], 2.0, 2.0),  # a slow scheduler: never more than the most
+        ([1.0, 1.5, 18.0], 30.0, 6.0),  # an overloaded one (a timed-out call counts): asks well ahead
         ([0.3], 0.0, 0.0),  # off
     ],
 )

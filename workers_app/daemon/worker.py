@@ -62,9 +62,9 @@ class WorkerLoopConfig:
     # Ask for the task behind the running one only when that one is expected to end within the lead (its
     # sampler's pace), or has run that long with no pace known. Until then the queue keeps it, so a task
     # that arrives meanwhile can still go first (fair share, priority). The lead is what getting a task
-    # takes here (PREFETCH_MARGIN x the recent prefetch answers' median), at least MIN_PREFETCH_LEAD and at
-    # most this; 0: ask at once.
-    prefetch_lead: float = 2.0
+    # takes here (PREFETCH_MARGIN x the recent prefetch answers' median, failures included), at least
+    # MIN_PREFETCH_LEAD and at most this: a busy scheduler makes the daemon ask early again; 0: at once.
+    prefetch_lead: float = 30.0
     abandoned_lease_wait: float = 0.5  # on shutdown: how long a lease request left open may take to answer
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
@@ -247,6 +247,8 @@ class WorkerLoop:
             self._need_register = True
             return None
         except SchedulerError as exc:
+            if prefetch and exc.retryable:  # a timeout or an overloaded scheduler: ask earlier next time
+                self._prefetch_answers.append(time.monotonic() - asked_at)
             self._scheduler_trouble(exc)
             return None
         finally:

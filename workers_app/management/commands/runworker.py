@@ -55,7 +55,7 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
         raise CommandError(f"{ENV['prefetch']} must be an integer, got {prefetch_raw!r}")
     if prefetch < 1:
         raise CommandError("--prefetch must be at least 1")
-    prefetch_lead = _seconds(pick, "prefetch_lead", default="2", most=3600)
+    prefetch_lead = _seconds(pick, "prefetch_lead", default="30", most=3600)
     grace = float(options.get("grace") if options.get("grace") is not None else 30.0)
     inventory_interval = _seconds(pick, "inventory_interval", default="300", most=86400)
     config = WorkerLoopConfig(
@@ -179,9 +179,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--prefetch-lead",
-            help="ask for the task behind the running one just before that one ends (by what getting a task "
-            "takes here), at most this many seconds before, so that tasks queued meanwhile can still go "
-            f"first (env {ENV['prefetch_lead']}, default 2; 0: at once)",
+            help="ask for the task behind the running one just before that one ends (four times what getting "
+            "a task takes here lately), at most this many seconds before, so that tasks queued meanwhile can "
+            f"still go first (env {ENV['prefetch_lead']}, default 30; 0: at once)",
         )
         parser.add_argument(
             "--grace", type=float, default=30.0, help="seconds the running task gets on shutdown"
