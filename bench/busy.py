@@ -9,8 +9,8 @@ One asyncio process simulates N daemons with exactly the requests a working `man
 (workers_app/daemon/worker.py and runner.py, their default settings; docs/worker-api.md, protocol 3):
 register; `POST lease` until it holds 2 tasks (prefetch depth 2: one running in ComfyUI, one queued behind
 it), with `wait=20` while it holds nothing and `prefetch: true`, `wait=3` while a task runs, asking for the
-second when the running one is expected to end within 2 s (`prefetch_lead`, its pace known from its second
-progress report); for each task
+second when the running one is expected to end within the prefetch lead (4 x its recent prefetch answers'
+median, failures included, 0.25 to 30 s; the pace known from the second progress report); for each task
 `start` when ComfyUI begins it, `progress` at most once a second (the start counts as one) over a 20-step
 sampler spread over the job, then `complete` with a PNG of the task's size, asking for the next lease in the
 same answer (`lease_next=true`, `prefetch=true` while it holds another task); a heartbeat every 5 s with
@@ -42,7 +42,7 @@ import random
 import signal
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 from bench.common import (
@@ -58,7 +58,12 @@ from bench.lease import NODES, make_workers, postgres_cpu, since
 from bench.scale import HEARTBEAT_EVERY, LEASE_WAIT, png
 from workers_app.daemon.runner import RunnerSettings
 from workers_app.daemon.scheduler import PROTOCOL_VERSION
-from workers_app.daemon.worker import WorkerLoopConfig
+from workers_app.daemon.worker import (
+    MIN_PREFETCH_LEAD,
+    PREFETCH_MARGIN,
+    PREFETCH_SAMPLES,
+    WorkerLoopConfig,
+)
 from workers_app.daemon.worker_socket import IDLE_SECONDS as SOCKET_IDLE_SECONDS
 from workers_app.daemon.worker_socket import RETRY_SECONDS as SOCKET_RETRY_SECONDS
 
@@ -306,6 +311,7 @@ class Daemon:
         self.need_register = True
         self.heartbeat_interval = HEARTBEAT_EVERY
         self.tasks: set[asyncio.Task] = set()
+        self.prefetch_answers: deque[float] = deque(maxlen=PREFETCH_SAMPLES)
 
     async def run(self, delay: float = 0.0) -> None:
         """Start after `delay` seconds (a farm's daemons do not start in the same instant), then loop."""
@@ -364,11 +370,15 @@ class Daemon:
                 await asyncio.sleep(self.backoff.next())
             return
         except Unavailable:
+            if prefetch:  # as WorkerLoop._lease: a failed prefetch counts, with the time it took
+                self.prefetch_answers.append(time.monotonic() - asked)
             await asyncio.sleep(self.backoff.next())
             return
         finally:
             self.lease_open = False
         self.backoff.reset()
+        if prefetch and lease is not None:
+            self.prefetch_answers.append(time.monotonic() - asked)
         if lease is None:  # as runworker: a scheduler that does not long-poll must not make the loop spin
             await asyncio.sleep(max(0.0, min(1.0, wait - (time.monotonic() - asked))))
             return
@@ -378,13 +388,23 @@ class Daemon:
         """WorkerLoop._prefetch_due: with one task held, the next is asked for when the running one is
         expected to end within LOOP.prefetch_lead seconds (its pace is known from its second progress
         report, two steps in) or has run that long with no pace known; else at once."""
-        if len(self.held) != 1 or LOOP.prefetch_lead <= 0:
+        lead = self.prefetch_lead()
+        if len(self.held) != 1 or lead <= 0:
             return 0.0
         [job] = self.held.values()
         paced = job.gpu_start + 2 * self.job_seconds / STEPS
-        if job.gpu_start + LOOP.prefetch_lead < paced:
-            return job.gpu_start + LOOP.prefetch_lead
-        return max(paced, job.gpu_end - LOOP.prefetch_lead)
+        if job.gpu_start + lead < paced:
+            return job.gpu_start + lead
+        return max(paced, job.gpu_end - lead)
+
+    def prefetch_lead(self) -> float:
+        """WorkerLoop.prefetch_lead: PREFETCH_MARGIN x the median of the recent prefetch answers, within
+        MIN_PREFETCH_LEAD and LOOP.prefetch_lead."""
+        if LOOP.prefetch_lead <= 0:
+            return 0.0
+        answers = sorted(self.prefetch_answers)
+        took = answers[len(answers) // 2] if answers else LOOP.prefetch_lead
+        return min(LOOP.prefetch_lead, max(MIN_PREFETCH_LEAD, PREFETCH_MARGIN * took))
 
     def launch(self, lease: dict) -> None:
         """The task goes to ComfyUI's queue at once: it runs when the prompts ahead of it are done."""
@@ -507,7 +527,7 @@ class Daemon:
         if self.need_register:
             return None
         others = [other for other in self.held.values() if other is not job]
-        if len(others) == 1 and 0 < LOOP.prefetch_lead < self.job_seconds:
+        if len(others) == 1 and 0 < self.prefetch_lead() < self.job_seconds:
             return None  # WorkerLoop._short: after a long task the next is asked for just in time
         return bool(others)
 

@@ -95,7 +95,7 @@ class Server:
     """The scheduler under gunicorn, started as the README tells a deployment to: with
     t2i_project/gunicorn.conf.py (uvicorn workers, ASGI), its address and size given as flags. With `threads`,
     the WSGI application under threaded workers instead (gthread, the configuration before the scale work), as
-    the reference design (bench.reference) needs."""
+    the reference design (bench.reference) needs; `app`, another ASGI application (the reference's own)."""
 
     health = ("/healthz", 200)  # the page and status that say the server is up
 
@@ -106,6 +106,7 @@ class Server:
         processes: int = 2,
         threads: int | None = None,
         log: Path | None = None,
+        app: str | None = None,
         **extra: str,
     ) -> None:
         self.port = free_port()
@@ -117,6 +118,8 @@ class Server:
         ]  # fmt: skip
         if threads:
             cmd += ["--worker-class", "gthread", "--threads", str(threads), "t2i_project.wsgi"]
+        elif app:
+            cmd.append(app)  # another ASGI application under the same configuration
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=bench_env(db_url, **extra), stdout=self.log, stderr=self.log
         )

@@ -33,7 +33,8 @@ def measure(args) -> list:
     config = dict(processes=args.processes, threads=args.threads)
     print(
         f"ratio: server CPU per lease+complete cycle, {args.workers} workers, no think; gunicorn "
-        f"{args.processes} x {args.threads} (gthread), PostgreSQL, {args.rounds} rounds of "
+        f"{args.processes} x " + (f"{args.threads} (gthread)" if args.threads else "uvicorn (ASGI)") + ", "
+        f"PostgreSQL, {args.rounds} rounds of "
         f"{args.duration:.0f} s",
         flush=True,
     )

@@ -30,7 +30,7 @@ from bench.clients import ClientResult, run_clients
 from bench.common import Server, database_url, setup_django
 from bench.lease import client_processes, row, run_raw_sql, seed_tasks
 
-SETTINGS = "bench.reference_app.settings"
+SETTINGS = "bench.reference_served"  # bench.reference_app's settings, served as the scheduler is
 REFERENCE = {"orm": 215, "raw": 2500}  # cycles/s at 50 workers, the reference machine
 RAW_AT = 50
 
@@ -42,7 +42,7 @@ class ReferenceServer(Server):
     health = ("/lease", 405)  # no health page: GET on the POST-only lease view answers 405 once it is up
 
     def __init__(self, db_url: str, **kwargs) -> None:
-        super().__init__(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, **kwargs)
+        super().__init__(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, app="bench.reference_asgi", **kwargs)
 
 
 # --- client threads (run in the client processes; see bench.clients) -------------------------------------

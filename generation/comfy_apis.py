@@ -3,9 +3,11 @@ farm, each client seeing its own space (generation.comfy_selectors). Shapes: gen
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import platform
 import sys
+from typing import Any
 
 from django.conf import settings
 from django.http import FileResponse, HttpResponse
@@ -28,6 +30,7 @@ from generation.upload_parsers import InputUploadParser
 
 HISTORY_DEFAULT_ITEMS = 200
 HISTORY_MAX_ITEMS = 1000
+HISTORY_MAX_DELETE = 1000
 
 
 class AnyJsonParser(JSONParser):
@@ -117,10 +120,42 @@ class UploadImageApi(ComfyApi):
         return Response({"name": row.name, "subfolder": row.subfolder, "type": row.kind})
 
 
+class UploadMaskApi(ComfyApi):
+    """ComfyUI's POST /upload/mask: /upload/image's form plus `original_ref` (JSON {filename, subfolder,
+    type}); stores the original's RGB with the mask's alpha under the mask's name (services.inputs)."""
+
+    parser_classes = [InputUploadParser]
+
+    def post(self, request: Request) -> Response:
+        upload = request.FILES.get("image")
+        if upload is None:
+            raise InvalidInput("No image in the form.", fields={"image": ["Send the mask as `image`."]})
+        data = request.data
+        row = services.input_image_mask_upload(
+            owner=request.user,
+            upload=upload,
+            original_ref=_json_field(data.get("original_ref"), "original_ref"),
+            subfolder=str(data.get("subfolder") or ""),
+            kind=str(data.get("type") or "input"),
+            overwrite=str(data.get("overwrite") or "").lower() in ("true", "1"),
+        )
+        return Response({"name": row.name, "subfolder": row.subfolder, "type": row.kind})
+
+
+def _json_field(raw: Any, name: str) -> Any:
+    if not isinstance(raw, str):
+        raise InvalidInput(f"{name} is required.", fields={name: ["Send it as JSON text."]})
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} is not valid JSON.", fields={name: ["Not valid JSON."]})
+
+
 class HistoryApi(ComfyApi):
     def get(self, request: Request, prompt_id: str | None = None) -> Response:
         if prompt_id is not None:
-            tasks = list(comfy_selectors.by_prompt_id(request.user, prompt_id).prefetch_related("images")[:1])
+            task = comfy_selectors.history_entry(request.user, prompt_id)
+            tasks = [task] if task is not None else []
         else:
             max_items = _int_param(request, "max_items", HISTORY_DEFAULT_ITEMS, most=HISTORY_MAX_ITEMS)
             offset = request.query_params.get("offset")
@@ -131,6 +166,27 @@ class HistoryApi(ComfyApi):
             )
         entries = ((comfy_shapes.prompt_id_of(task), comfy_shapes.history_entry(task)) for task in tasks)
         return Response({pid: entry for pid, entry in entries if entry is not None})
+
+    def post(self, request: Request, prompt_id: str | None = None) -> HttpResponse:
+        """{"clear": true} and/or {"delete": [ids]}: finished prompts leave this client's history (ComfyUI
+        3.4); their images stay. ComfyUI answers bad input with a 500; the farm with a 400 in its shape."""
+        if prompt_id is not None:
+            return HttpResponse(status=405)
+        try:
+            body = request.data
+        except ParseError:
+            return comfy_error("invalid_request", "The body is not valid JSON.")
+        if not isinstance(body, dict):
+            return comfy_error("invalid_request", "The body must be a JSON object.")
+        clear, delete = body.get("clear", False), body.get("delete", [])
+        if not isinstance(clear, bool):
+            return comfy_error("invalid_request", "clear must be true or false.")
+        if not isinstance(delete, list) or not all(isinstance(i, str) for i in delete):
+            return comfy_error("invalid_request", "delete must be a list of prompt ids.")
+        if len(delete) > HISTORY_MAX_DELETE:
+            return comfy_error("invalid_request", f"delete takes at most {HISTORY_MAX_DELETE} ids at once.")
+        services.comfy_history_hide(user=request.user, prompt_ids=delete, clear=clear)
+        return empty_ok()
 
 
 def _int_param(request: Request, name: str, default: int, *, most: int | None = None) -> int:

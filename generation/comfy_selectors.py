@@ -25,9 +25,21 @@ def by_prompt_id(user, prompt_id: str) -> QuerySet[Task]:
     return space(user).filter(named)
 
 
+def in_history(user) -> QuerySet[Task]:
+    """The finished tasks of the client's space its ComfyUI history shows: all but those a POST /history
+    took out (generation.services.comfy_history)."""
+    return space(user).filter(status__in=Task.FINISHED_STATUSES, comfy_history_hidden_at=None)
+
+
+def history_entry(user, prompt_id: str) -> Task | None:
+    """The finished task that GET /history/{prompt_id} shows, if any."""
+    tasks = by_prompt_id(user, prompt_id) & in_history(user)
+    return tasks.prefetch_related("images").first()
+
+
 def history(user, *, max_items: int, offset: int | None) -> list[Task]:
     """Finished tasks, oldest first: the newest `max_items`, or `max_items` from `offset` (ComfyUI 3.4)."""
-    finished = space(user).filter(status__in=Task.FINISHED_STATUSES).prefetch_related("images")
+    finished = in_history(user).prefetch_related("images")
     if offset is None:
         return list(finished.order_by("-finished_at", "-id")[:max_items])[::-1]
     return list(finished.order_by("finished_at", "id")[offset : offset + max_items])

@@ -7,6 +7,7 @@ from generation import comfy_apis
 urlpatterns = [
     path("prompt", comfy_apis.PromptApi.as_view(), name="prompt"),
     path("upload/image", comfy_apis.UploadImageApi.as_view(), name="upload-image"),
+    path("upload/mask", comfy_apis.UploadMaskApi.as_view(), name="upload-mask"),
     path("history", comfy_apis.HistoryApi.as_view(), name="history"),
     path("history/<str:prompt_id>", comfy_apis.HistoryApi.as_view(), name="history-one"),
     path("view", comfy_apis.ViewApi.as_view(), name="view"),

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
+from django.db.models import prefetch_related_objects
 from django.http import HttpRequest
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import AuthenticationFailed
@@ -133,9 +134,13 @@ async def serve(scope: dict, receive, send) -> None:
             connection.wake.clear()
             while connection.items and not reader.done():
                 kind, value = connection.items.popleft()
-                frames = (
-                    session.relayed(value) if kind == "frames" else await step(session.task_changed)(value)
-                )
+                if kind == "frames":
+                    frames = session.relayed(value)
+                else:
+                    # The task is read as it is now, maybe ended since this event: the worker's frames that
+                    # came meanwhile go first, before its end frames close the prompt.
+                    frames = [f for batch in _take_frames(connection.items) for f in session.relayed(batch)]
+                    frames += await step(session.task_changed)(value)
                 for frame in frames:
                     await _send(send, frame)
     except OSError:
@@ -143,6 +148,16 @@ async def serve(scope: dict, receive, send) -> None:
     finally:
         hub.remove(connection)
         reader.cancel()
+
+
+def _take_frames(items: deque) -> list[list[list[Any]]]:
+    """Remove the frame batches from `items`, in order, leaving the rest as they were."""
+    batches = [value for kind, value in items if kind == "frames"]
+    if batches:
+        rest = [item for item in items if item[0] != "frames"]
+        items.clear()
+        items.extend(rest)
+    return batches
 
 
 async def _until_disconnect(receive) -> None:
@@ -209,15 +224,14 @@ class Session:
         """A task of this space changed: its end frames if it is this client's and just ended, and a status
         frame when the queue count moved."""
         try:
-            task = (
-                comfy_selectors.space(self.user).prefetch_related("images").filter(public_id=task_id).first()
-            )
+            task = comfy_selectors.space(self.user).filter(public_id=task_id).first()
         except (ValidationError, ValueError):  # a malformed id from the event channel
             return []
         if task is None:
             return []
         frames = []
         if task.client_id == self.client_id and task.is_finished:
+            prefetch_related_objects([task], "images")  # only the end frames name them
             frames = self.end_frames(task)
         before = self.remaining
         status = self.status()

@@ -11,6 +11,7 @@ from typing import IO
 from django.conf import settings
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from generation.exceptions import InvalidInput
 
@@ -230,4 +231,27 @@ def _thumbnail_of(img: PILImage.Image, *, size: int = THUMBNAIL_SIZE) -> bytes:
         img = img.resize(target, PILImage.Resampling.BILINEAR, reducing_gap=2.0)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=82)
+    return out.getvalue()
+
+
+def with_mask_alpha(original: IO[bytes], mask: IO[bytes], *, name: str) -> bytes:
+    """ComfyUI's /upload/mask: a PNG of the original's RGB with the mask's alpha, the original's PNG text
+    chunks (ComfyUI's workflow metadata) kept. Both must be the same size (InvalidInput names `image`)."""
+    try:
+        with PILImage.open(original) as source, PILImage.open(mask) as alpha:
+            metadata = PngInfo()
+            for key, value in (getattr(source, "text", None) or {}).items():
+                metadata.add_text(key, value)
+            if alpha.size != source.size:
+                width, height = source.size
+                raise InvalidInput(
+                    f"{name}: {alpha.size[0]}x{alpha.size[1]}, the original is {width}x{height}.",
+                    fields={"image": [f"{name}: the mask must be {width}x{height}, as the original."]},
+                )
+            combined = source.convert("RGBA")
+            combined.putalpha(alpha.convert("RGBA").getchannel("A"))
+        out = io.BytesIO()
+        combined.save(out, format="PNG", compress_level=4, pnginfo=metadata)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:
+        raise InvalidInput(f"{name}: cannot be combined ({exc}).", fields={"image": [f"{name}: not usable."]})
     return out.getvalue()

@@ -129,6 +129,9 @@ class Task(models.Model):
     # and the clientId whose socket gets this task's frames.
     client_prompt_id = models.CharField(max_length=100, blank=True)
     client_id = models.CharField(max_length=100, blank=True)
+    # When a front-door client took it out of its ComfyUI history (POST /comfy/history, delete or clear). Only
+    # that history stops showing it: the task, its images and files stay for the web pages and the REST API.
+    comfy_history_hidden_at = models.DateTimeField(null=True, blank=True)
     # The uploaded images its LoadImage nodes name (POST /comfy/upload/image): the worker fetches each one.
     input_images = models.ManyToManyField("InputImage", blank=True, related_name="tasks")
     priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
@@ -175,7 +178,7 @@ class Task(models.Model):
             # Dashboard and metrics: WHERE status IN ('completed','failed') AND finished_at >= now - 1h;
             # retention: WHERE status IN (finished) AND finished_at < cutoff.
             models.Index(fields=["status", "finished_at"], name="task_finished_idx"),
-            # task_lease_next: SELECT DISTINCT requirements_key WHERE status='queued' AND template_id IS NULL
+            # task_lease_next: SELECT DISTINCT requirements_key WHERE status='queued'
             models.Index(fields=["status", "requirements_key"], name="task_requirements_idx"),
         ]
         constraints = [

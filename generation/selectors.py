@@ -5,11 +5,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from generation.exceptions import NotFound
-from generation.models import Task, TaskAttempt
+from generation.models import Image, Task, TaskAttempt
 from workers_app.models import Worker
 
 
@@ -50,19 +50,21 @@ def task_for(user, public_id) -> Task:
 def task_status_for(user, public_id, *, with_attempts: bool = True) -> Task:
     """The task with this id, with its images (newest first) and, if asked, its attempts (with their
     workers) prefetched, if `user` may see it; NotFound otherwise."""
-    related: list = ["images"]
-    if with_attempts:
-        related.append(Prefetch("attempt_set", queryset=TaskAttempt.objects.select_related("worker")))
     try:
-        task = (
-            Task.objects.select_related("template", "worker", "owner")
-            .prefetch_related(*related)
-            .get(public_id=public_id)
-        )
+        task = Task.objects.select_related("template", "worker", "owner").get(public_id=public_id)
     except (Task.DoesNotExist, ValueError, TypeError, ValidationError):
         raise NotFound("No such task.")
     if not task_visible_to(task, user):
         raise NotFound("No such task.")
+    # Reads that cannot find anything are skipped (an empty queryset runs no query): a task never leased has
+    # no attempt, and images are stored in the transaction that completes a task, which stays completed.
+    leased = task.lease_count > 0
+    images = Image.objects.all() if task.status == Task.Status.COMPLETED else Image.objects.none()
+    related = [Prefetch("images", queryset=images)]
+    if with_attempts:
+        attempts = TaskAttempt.objects.select_related("worker") if leased else TaskAttempt.objects.none()
+        related.append(Prefetch("attempt_set", queryset=attempts))
+    prefetch_related_objects([task], *related)
     return task
 
 

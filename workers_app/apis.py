@@ -407,11 +407,11 @@ class CompleteOutput(serializers.Serializer):
 def complete(request: Request, worker: Worker, task_id, lease_token: str | None = None) -> dict:
     """Shared by the worker API and the seed's POST /complete (which may name the lease another way). Holds
     one of the worker's completion slots (services.completion_slot) from before the body is read."""
-    with services.completion_slot(worker_id=worker.pk):
-        return _complete(request, worker, task_id, lease_token)
+    with services.completion_slot(worker_id=worker.pk) as slot:
+        return _complete(request, worker, task_id, lease_token, slot)
 
 
-def _complete(request: Request, worker: Worker, task_id, lease_token: str | None) -> dict:
+def _complete(request: Request, worker: Worker, task_id, lease_token: str | None, slot) -> dict:
     body = request.data
     data = {
         "lease_token": lease_token or body.get("lease_token"),
@@ -428,6 +428,7 @@ def _complete(request: Request, worker: Worker, task_id, lease_token: str | None
         "files": valid["images"],
         "comfyui_prompt_id": valid["comfyui_prompt_id"],
         "node_ids": valid["node_ids"],
+        "slot": slot,
     }
     if valid["lease_next"]:
         done = services.task_complete_and_lease(**arguments, prefetch=valid["prefetch"])

@@ -49,6 +49,10 @@ class Worker(models.Model):
     switch_samples = models.PositiveIntegerField(default=0)
     tasks_completed = models.PositiveIntegerField(default=0)
     tasks_failed = models.PositiveIntegerField(default=0)
+    # This worker's completions under way, across server processes, and when the last of them began
+    # (generation.services.completion_slots); written only by conditional UPDATEs, never by save().
+    completing = models.PositiveSmallIntegerField(default=0, editable=False)
+    completing_since = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = WorkerQuerySet.as_manager()

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0020_apitoken_kind'),
+        ('generation', '0021_task_comfy_history_hidden_at'),
     ]
 
     operations = [

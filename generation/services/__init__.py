@@ -9,6 +9,7 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
 - inputs: images uploaded for LoadImage nodes (stored per owner, needed by a workflow, fetched by a worker);
 - frames: ComfyUI socket frames a worker relays for a front-door client;
+- comfy_history: finished prompts taken out of a front-door client's ComfyUI history (POST /comfy/history);
 - missing_model: a prompt refused for a model the worker lacks (requeued elsewhere, not counted);
 - maintenance: leases that outlived their worker;
 - deletion: tasks deleted for good with their files (retention, an account's deletion);
@@ -17,6 +18,7 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 """
 
 from generation.services.api_tokens import api_token_create, api_token_revoke, api_token_user
+from generation.services.comfy_history import comfy_history_hide
 from generation.services.completion import (
     Completion,
     task_complete,
@@ -27,7 +29,12 @@ from generation.services.completion import (
 from generation.services.completion_slots import completion_slot
 from generation.services.deletion import files_delete, tasks_delete, user_delete
 from generation.services.frames import task_relay_frames
-from generation.services.inputs import input_image_for_worker, input_image_upload, workflow_with_uploads
+from generation.services.inputs import (
+    input_image_for_worker,
+    input_image_mask_upload,
+    input_image_upload,
+    workflow_with_uploads,
+)
 from generation.services.leasing import (
     TaskLease,
     task_lease_next,
@@ -59,6 +66,7 @@ __all__ = [
     "api_token_create",
     "api_token_revoke",
     "api_token_user",
+    "comfy_history_hide",
     "comfy_prompt_submit",
     "completion_slot",
     "farm_setting",
@@ -66,6 +74,7 @@ __all__ = [
     "image_deletable_by",
     "image_delete",
     "input_image_for_worker",
+    "input_image_mask_upload",
     "input_image_upload",
     "submit_claim",
     "task_cancel",

@@ -15,6 +15,7 @@ from generation import storage_space
 from generation.exceptions import InvalidInput, LeaseLost, TooLarge
 from generation.images import THUMBNAIL_EXTENSION, VerifiedImage, verify_image
 from generation.models import Image, Task, TaskAttempt
+from generation.services.completion_slots import Slot, slot_release
 from generation.services.learning import attempt_learn
 from generation.services.leasing import TaskLease, task_lease_next
 from generation.services.transitions import (
@@ -53,6 +54,7 @@ def task_complete(
     files: list,
     comfyui_prompt_id: str = "",
     node_ids: list[str] | None = None,
+    slot: Slot | None = None,
 ) -> Completion:
     """Verify and store the images and their thumbnails, then mark the task completed, in that order.
 
@@ -62,6 +64,7 @@ def task_complete(
     a 507 the daemon retries), and storage below T2I_MEDIA_MIN_FREE_BYTES refuses before writing.
     A retry of a completion that already landed for this same lease returns the task unchanged. A task whose
     start report has not landed (the daemon does not hold its completion back for it) is marked started now.
+    The completion's `slot` (services.completion_slot), when it holds one, is counted off as it lands.
     """
     try:
         attempt = TaskAttempt.objects.select_related("task").get(
@@ -83,6 +86,7 @@ def task_complete(
             worker=worker,
             comfyui_prompt_id=comfyui_prompt_id,
             node_ids=_node_ids(node_ids, len(verified)),
+            slot=slot,
         )
     finally:
         for image in verified:
@@ -97,6 +101,7 @@ def _store_and_finish(
     worker: Worker,
     comfyui_prompt_id: str,
     node_ids: list[str],
+    slot: Slot | None,
 ) -> Completion:
     task_id, lease_token = task.public_id, attempt.lease_token
     storage_space.storage_assert_room(sum(image.size + len(image.thumbnail) for image in verified))
@@ -127,6 +132,7 @@ def _store_and_finish(
                     sha256=image.sha256,
                 )
             )
+        thumbnails_later = any(not image.thumbnail for image in images)
         with transaction.atomic():
             lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
             started = Coalesce("started_at", now)
@@ -139,11 +145,20 @@ def _store_and_finish(
                 started_at=started,
                 comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
             )
-            worker_count_outcome(worker.pk, completed=1, warm_checkpoint=task.checkpoint)
+            # Counted off as it lands, unless an image still needs its thumbnail (decoded after the commit).
+            freed = slot is not None and slot.held and slot.worker_id == worker.pk and not thumbnails_later
+            worker_count_outcome(
+                worker.pk,
+                completed=1,
+                warm_checkpoint=task.checkpoint,
+                also=slot_release() if freed else None,
+            )
             attempt_learn(
                 worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now
             )
             task_changed(task.public_id, task.owner_id)
+        if freed:
+            slot.held = False
     except BaseException as exc:
         for image in images:
             default_storage.delete(image.file.name)
@@ -157,7 +172,7 @@ def _store_and_finish(
     task.progress_value = task.progress_max
     task.started_at = task.started_at or now
     logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
-    if task.callback_url or any(not image.thumbnail for image in images):
+    if task.callback_url or thumbnails_later:
         after_finish(task)
     return Completion(task=task, images=images[::-1])
 
@@ -185,6 +200,7 @@ def task_complete_and_lease(
     comfyui_prompt_id: str = "",
     node_ids: list[str] | None = None,
     prefetch: bool = False,
+    slot: Slot | None = None,
 ) -> Completion:
     """`task_complete`, then the worker's next lease as `task_lease_next(prefetch=...)` gives it: one
     round trip per task for a busy worker instead of two.
@@ -200,6 +216,7 @@ def task_complete_and_lease(
         files=files,
         comfyui_prompt_id=comfyui_prompt_id,
         node_ids=node_ids,
+        slot=slot,
     )
     if not done.landed:
         return done

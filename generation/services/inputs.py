@@ -12,10 +12,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.db.models.fields.files import FieldFile
 
-from generation import api_workflows, images
+from generation import api_workflows, comfy_selectors, images
 from generation.api_workflows import Inventory
 from generation.exceptions import InvalidInput, LeaseLost, NotFound, TooLarge, WorkflowRejected
 from generation.models import InputImage, Task
@@ -107,6 +110,77 @@ def input_image_upload(
     if row.file.name != stored:
         default_storage.delete(stored)  # an identical upload: the earlier file stays
     return row
+
+
+def input_image_mask_upload(
+    *,
+    owner: AbstractBaseUser | None,
+    upload: Any,
+    original_ref: Any,
+    subfolder: str = "",
+    kind: str = "input",
+    overwrite: bool = False,
+) -> InputImage:
+    """ComfyUI's /upload/mask: the image `original_ref` names with the alpha of the uploaded mask, stored as
+    input_image_upload stores an upload of the mask's file name. `original_ref` ({filename, subfolder, type})
+    names one of the owner's uploads (type input or temp) or an image of their front-door history (output,
+    ComfyUI's default): nothing else, no path out of its folder (InvalidInput)."""
+    name = getattr(upload, "name", "") or ""
+    clean_upload_name(name, subfolder, kind)
+    max_bytes = settings.T2I["MAX_IMAGE_BYTES"]
+    if getattr(upload, "size", 0) > max_bytes:
+        raise TooLarge(f"The image is larger than {max_bytes} bytes.", fields={"image": ["Too large."]})
+    original = _original_file(owner, original_ref)
+    mask = images.verify_image(upload, width=None, height=None, max_bytes=max_bytes, field="image")
+    try:
+        with original.open("rb") as source:
+            data = images.with_mask_alpha(source, mask.file, name=name)
+    finally:
+        mask.close()
+    combined = ContentFile(data, name=name)
+    return input_image_upload(
+        owner=owner, upload=combined, subfolder=subfolder, kind=kind, overwrite=overwrite
+    )
+
+
+def _original_file(owner: AbstractBaseUser | None, ref: Any) -> FieldFile:
+    """The stored file of the image an /upload/mask `original_ref` names, if it is the owner's."""
+    if not isinstance(ref, dict):
+        raise _bad_ref("original_ref must be an object: {filename, subfolder, type}.")
+    filename, subfolder, kind = ref.get("filename"), ref.get("subfolder") or "", ref.get("type") or "output"
+    if not (isinstance(filename, str) and isinstance(subfolder, str) and isinstance(kind, str)):
+        raise _bad_ref("filename, subfolder and type must be text.")
+    filename, annotated = _annotated(filename)
+    kind = annotated or kind
+    subfolder = subfolder.rstrip("/")
+    parts = [*subfolder.split("/"), *filename.split("/")] if subfolder else filename.split("/")
+    if not filename or any(part in ("", ".", "..") for part in parts) or "\\" in subfolder + filename:
+        raise _bad_ref("original_ref must name a file inside its folder.")
+    subfolder, name = "/".join(parts[:-1]), parts[-1]
+    if kind in api_workflows.INPUT_KINDS:
+        rows = InputImage.objects.filter(owner=_owner(owner), kind=kind, subfolder=subfolder, name=name)
+        row = rows.first()
+        found = row.file if row is not None else None
+    elif kind == "output":
+        image = comfy_selectors.image_named(owner or AnonymousUser(), subfolder, name)
+        found = image.file if image is not None else None
+    else:
+        raise _bad_ref("type must be input, temp or output.")
+    if found is None:
+        raise _bad_ref(f"No image of yours is named {ref.get('filename')!r} in {kind}.")
+    return found
+
+
+def _annotated(filename: str) -> tuple[str, str]:
+    """ComfyUI's annotated names (folder_paths.annotated_filepath): `name [output]` is `name` in output."""
+    for kind in (*api_workflows.INPUT_KINDS, "output"):
+        if filename.endswith(f" [{kind}]"):
+            return filename[: -len(kind) - 3], kind
+    return filename, ""
+
+
+def _bad_ref(detail: str) -> InvalidInput:
+    return InvalidInput(detail, fields={"original_ref": [detail]})
 
 
 def _place(owner, kind, subfolder, name, checked, stored, overwrite) -> tuple[InputImage, str]:

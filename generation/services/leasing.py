@@ -52,12 +52,19 @@ def task_lease_next(
     Either way the claim is one short transaction: on PostgreSQL the pick is locked with SKIP LOCKED, so
     concurrent workers pass over each other's picks; SQLite ignores row locks, but our transactions are
     BEGIN IMMEDIATE, so one writer at a time runs this block; the claim is a conditional UPDATE either way.
+    An empty queue costs the read that finds it empty (and, without prefetch, the depth check), not a plan:
+    a long poll's first attempt and a completion's lease_next on an idle farm.
     """
     worker_assert_live(worker=worker)
     if worker.status == Worker.Status.DRAINING:
         return None
+    queued_keys = _queued_requirement_keys()
+    if not queued_keys:
+        if not prefetch:
+            _check_depth(worker, Task.objects.filter(worker=worker, status__in=Task.ACTIVE_STATUSES).count())
+        return None
     templates = _templates_runnable_by(worker)
-    needs = _queued_workflow_needs()
+    needs = _queued_workflow_needs(queued_keys - {""})
     requirement_keys = sorted(api_workflows.keys_runnable(needs, worker.capabilities))
     if not templates and not requirement_keys:
         return None
@@ -69,12 +76,9 @@ def task_lease_next(
     workers = [w for w in workers if w.pk != worker.pk] + [worker]
     farm = farm_snapshot.snapshot(now=now, workers=workers, workflow_needs=needs)
     held = len(farm.held.get(worker.pk, ()))
-    if held >= max(1, worker.prefetch):
-        if prefetch:
-            return None  # full: a prefetching request raced the lease it already got
-        raise TooManyLeases(
-            f"This worker already holds {held} task(s), its prefetch depth; finish or release one first."
-        )
+    if prefetch and held >= max(1, worker.prefetch):
+        return None  # full: a prefetching request raced the lease it already got
+    _check_depth(worker, held)
     if prefetch and held and not _prefetch_allowed(worker, runnable):
         return None
     choice = _place(worker, farm, runnable) if smart else None
@@ -126,6 +130,14 @@ def task_lease_next(
     return TaskLease(task=task, attempt=attempt, workflow=workflow, filename_prefix=prefix, inputs=inputs)
 
 
+def _check_depth(worker: Worker, held: int) -> None:
+    """A lease asked without prefetch while the worker holds its depth would hoard the queue."""
+    if held >= max(1, worker.prefetch):
+        raise TooManyLeases(
+            f"This worker already holds {held} task(s), its prefetch depth; finish or release one first."
+        )
+
+
 def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -> placement.Choice:
     """The plan's tasks for this worker, best first (generation.placement)."""
     window = farm_snapshot.queue_window(runnable, size=placement.window_size(len(farm.nodes)))
@@ -145,9 +157,11 @@ def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -
 
 def _pick(runnable: QuerySet[Task], choice: placement.Choice | None) -> tuple[Task | None, str]:
     """Lock and return the first of the chosen tasks still queued, else the head of the queue (another
-    worker took them meanwhile); inside the claim's transaction."""
+    worker took them meanwhile); inside the claim's transaction. A chosen task was read from `runnable`, and
+    what makes a task runnable here (template, checkpoint, requirements) never changes after submit: its
+    status is all there is to check again."""
     for pk in choice.job_ids if choice else ():
-        task = runnable.filter(pk=pk).select_for_update(skip_locked=True).first()
+        task = Task.objects.filter(pk=pk, status=Status.QUEUED).select_for_update(skip_locked=True).first()
         if task is not None:
             return task, choice.reason
     task = runnable.select_for_update(skip_locked=True).order_by("-priority", "id").first()
@@ -193,10 +207,16 @@ _requirements_seen: dict[str, api_workflows.Requirements] = {}
 _REQUIREMENTS_SEEN_MAX = 10_000
 
 
-def _queued_workflow_needs() -> dict[str, api_workflows.Requirements]:
-    """What the queued whole-workflow tasks need, by requirement key."""
+def _queued_requirement_keys() -> set[str]:
+    """The requirement keys of the queued tasks: "" for template tasks, a digest for each whole workflow's
+    needs; empty when nothing is queued."""
+    queued = Task.objects.filter(status=Status.QUEUED).order_by()
+    return set(queued.values_list("requirements_key", flat=True).distinct())
+
+
+def _queued_workflow_needs(keys: set[str]) -> dict[str, api_workflows.Requirements]:
+    """What the queued whole-workflow tasks with these requirement keys need, by key."""
     queued = Task.objects.filter(status=Status.QUEUED, template=None).order_by()
-    keys = set(queued.values_list("requirements_key", flat=True).distinct())
     unseen = keys - _requirements_seen.keys()
     if unseen:
         if len(_requirements_seen) + len(unseen) > _REQUIREMENTS_SEEN_MAX:

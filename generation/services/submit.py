@@ -211,7 +211,8 @@ def tasks_cancel(*, tasks: list[Task]) -> int:
 
 
 def task_retry(*, task: Task) -> Task:
-    """Put a failed or cancelled task back in the queue with a fresh set of attempts."""
+    """Put a failed or cancelled task back in the queue with a fresh set of attempts. It runs again, so a
+    front-door client that took it out of its ComfyUI history sees its new end there."""
     with transaction.atomic():
         updated = Task.objects.filter(pk=task.pk, status__in=Task.RETRYABLE_STATUSES).update(
             status=Status.QUEUED,
@@ -222,6 +223,7 @@ def task_retry(*, task: Task) -> Task:
             progress_max=0,
             error_code="",
             error_message="",
+            comfy_history_hidden_at=None,
         )
         if not updated:
             raise Conflict("Only failed or cancelled tasks can be retried.", code="not_retryable")

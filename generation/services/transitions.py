@@ -117,14 +117,25 @@ def storable(text: str) -> str:
 
 
 def worker_count_outcome(
-    worker_id: int, *, completed: int = 0, failed: int = 0, warm_checkpoint: str | None = None
+    worker_id: int,
+    *,
+    completed: int = 0,
+    failed: int = 0,
+    warm_checkpoint: str | None = None,
+    also: dict | None = None,
 ) -> None:
     """Add to the worker's counters of completed and failed attempts; a completion also records the
-    checkpoint it leaves loaded (placement's warm set), in the same UPDATE."""
-    warm = {} if warm_checkpoint is None else {"warm_checkpoint": warm_checkpoint}
-    Worker.objects.filter(pk=worker_id).update(
-        tasks_completed=F("tasks_completed") + completed, tasks_failed=F("tasks_failed") + failed, **warm
-    )
+    checkpoint it leaves loaded (placement's warm set) and counts off its completion slot (`also`), in the
+    same UPDATE."""
+    changes = dict(also or {})
+    if completed:
+        changes["tasks_completed"] = F("tasks_completed") + completed
+    if failed:
+        changes["tasks_failed"] = F("tasks_failed") + failed
+    if warm_checkpoint is not None:
+        changes["warm_checkpoint"] = warm_checkpoint
+    if changes:
+        Worker.objects.filter(pk=worker_id).update(**changes)
 
 
 def after_finish(task: Task) -> None:

@@ -32,6 +32,17 @@ def test_frames_go_out_in_order_and_others_stay_on_the_worker():
     assert "current_inputs" not in frames[-1][1]
 
 
+def test_the_prompts_end_is_not_relayed_the_scheduler_sends_it_after_the_images():
+    sent: list[list] = []
+    relay = FrameRelay(sent.append)
+    relay.put({"type": "executing", "data": {"node": "9", "prompt_id": "p"}})
+    relay.put({"type": "executed", "data": {"node": "9", "output": {"images": []}, "prompt_id": "p"}})
+    relay.put({"type": "execution_success", "data": {"prompt_id": "p"}})
+    relay.put({"type": "executing", "data": {"node": None, "prompt_id": "p"}})
+    assert relay.join(5)
+    assert [frame for batch in sent for frame in batch] == [["executing", {"node": "9", "prompt_id": "p"}]]
+
+
 def test_progress_is_coalesced_to_at_most_ten_batches_a_second():
     clock = Clock()
     sent: list[list] = []

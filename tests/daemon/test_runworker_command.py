@@ -31,7 +31,7 @@ def test_everything_can_come_from_the_environment():
     assert (config.scheduler_url, config.token, config.comfyui_url, config.name, config.prefetch) == (
         "http://sched.env:8000", "env-token", "http://comfy.env:8188", "env-name", 3,
     )  # fmt: skip
-    assert (config.grace, config.once, config.prefetch_lead) == (30.0, False, 2.0)
+    assert (config.grace, config.once, config.prefetch_lead) == (30.0, False, 30.0)
     assert build_config(parse(), {**ENV, "T2I_PREFETCH_LEAD": "0"}).prefetch_lead == 0.0
     assert build_config(parse("--prefetch-lead", "5"), ENV).prefetch_lead == 5.0
 

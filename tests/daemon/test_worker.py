@@ -543,3 +543,20 @@ def test_a_completion_carries_the_next_lease_only_after_a_short_task(ran, flag):
     assert worker._lease_next_flag(done) is flag  # after a long one, the loop asks just in time
     worker._tasks = {"1": (done, threading.current_thread())}
     assert worker._lease_next_flag(done) is False  # nothing else held: the idle GPU's next task, at once
+
+
+@pytest.mark.parametrize(
+    "answers,most,lead",
+    [
+        ([], 2.0, 2.0),  # nothing measured yet: the most
+        ([0.02, 0.03, 0.05], 2.0, 0.25),  # a fast scheduler: the shortest lead
+        ([0.3, 0.25, 9.0], 2.0, 1.2),  # four times the median (a long poll's 9 s is not it)
+        ([1.0, 1.5, 2.0], 2.0, 2.0),  # a slow scheduler: never more than the most
+        ([1.0, 1.5, 18.0], 30.0, 6.0),  # an overloaded one (a timed-out call counts): asks well ahead
+        ([0.3], 0.0, 0.0),  # off
+    ],
+)
+def test_the_prefetch_lead_is_what_getting_a_task_takes_here_with_a_margin(answers, most, lead):
+    worker = make_worker(FakeComfy(), FakeScheduler(), prefetch_lead=most)
+    worker._prefetch_answers.extend(answers)
+    assert worker.prefetch_lead == pytest.approx(lead)

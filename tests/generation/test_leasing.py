@@ -814,6 +814,25 @@ def test_submit_without_checkpoint_or_default_takes_the_one_most_online_workers_
     assert task.checkpoint == "common.safetensors" and task.warning == ""
 
 
+def test_a_lease_on_an_empty_queue_is_two_reads(worker, django_assert_num_queries):
+    """An idle farm's leases (a long poll's first attempt, a completion's lease_next after the last task)
+    plan nothing when nothing is queued; a full worker asking without prefetch is still told to back off."""
+    with django_assert_num_queries(2):  # the queued requirement keys (none); what the worker holds
+        assert services.task_lease_next(worker=worker) is None
+    with django_assert_num_queries(1):
+        assert services.task_lease_next(worker=worker, prefetch=True) is None
+    for _ in range(2):
+        submit_task()
+    held = [lease(worker), lease(worker)]  # the fixture's depth is 2
+    assert all(held)
+    with pytest.raises(TooManyLeases):
+        services.task_lease_next(worker=worker)
+    submit_task()
+    assert services.task_lease_next(worker=worker, prefetch=True) is None  # full
+    worker.prefetch = 3
+    assert services.task_lease_next(worker=worker) is not None  # queued work: the plan
+
+
 def test_a_worker_that_asks_for_more_than_its_prefetch_depth_is_told_to_back_off(worker):
     """A daemon that keeps asking without prefetch while it holds its depth would hoard the queue: 429."""
     for _ in range(3):

@@ -138,3 +138,18 @@ def test_the_submit_answer_is_the_task_output_of_the_new_task(api, user):
     task = Task.objects.get(public_id=response.json()["id"])
     assert task.owner == user
     assert response.json() == expected(task)
+
+
+def test_a_status_read_skips_what_the_task_cannot_have_yet(api, user, django_assert_num_queries):
+    """A task never leased has no attempt and no image, one not completed has no image: no read for them."""
+    worker, _ = make_worker("gpu-budget")
+    task = TaskFactory(owner=user, prompt="soon")
+    answer = expected(task)  # also makes the farm's ETA estimate, which is then reused for a moment
+    with django_assert_num_queries(3):  # task, and its queue position (two counts)
+        queued = api.get(f"/api/v1/tasks/{task.public_id}/")
+    assert queued.json() == answer and queued.json()["attempt_history"] == []
+    assert services.task_lease_next(worker=worker) is not None
+    answer = expected(task)
+    with django_assert_num_queries(2):  # task, attempts
+        leased = api.get(f"/api/v1/tasks/{task.public_id}/")
+    assert leased.json() == answer and len(leased.json()["attempt_history"]) == 1

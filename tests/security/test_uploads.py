@@ -7,18 +7,24 @@ import errno
 import hashlib
 import io
 import tracemalloc
+import uuid
+from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
 from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import TemporaryUploadedFile
+from django.utils import timezone
 from PIL import Image as PILImage
 from PIL.PngImagePlugin import PngInfo
 
 from generation import api_errors, images, services, storage_space
 from generation.models import Image, Task
+from generation.services import completion_slots
 from tests.conftest import png_bytes
 from tests.security.test_limits import assert_refused, assert_still_leased, complete, leased, upload
+from workers_app import services as worker_services
+from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db
 
@@ -123,20 +129,60 @@ def test_the_task_cap_also_bounds_the_body_before_it_is_read(settings, worker, w
 
 
 def test_a_worker_may_not_complete_more_at_once_than_the_limit(settings, worker, wapi):
-    """The slots live in the shared cache, so every server process counts the same ones."""
+    """The slots are counted on the worker's row, so every server process counts the same ones."""
     settings.T2I = settings.T2I | {"MAX_CONCURRENT_COMPLETIONS": 2}
     task, token = leased(worker, width=64, height=64)
+    other, _ = worker_services.worker_create(name="other")
     with services.completion_slot(worker_id=worker.pk), services.completion_slot(worker_id=worker.pk):
+        assert Worker.objects.get(pk=worker.pk).completing == 2
         response = complete(wapi, task, token, upload(png_bytes(64, 64)))
         assert_refused(response, HTTPStatus.TOO_MANY_REQUESTS, "too_many_completions", None)
         assert response["Retry-After"] == "1"
         assert_still_leased(task)
-        with services.completion_slot(worker_id=worker.pk + 1):  # another worker's slots are its own
+        with services.completion_slot(worker_id=other.pk):  # another worker's slots are its own
             pass
+    assert Worker.objects.get(pk=worker.pk).completing == 0
     response = complete(wapi, task, token, upload(png_bytes(64, 64)))  # both slots are free again
     assert response.status_code == HTTPStatus.OK, response.content
     response = complete(wapi, task, token, upload(png_bytes(64, 64)))  # a retry does not keep a slot
     assert response.status_code == HTTPStatus.OK
+    response = complete(wapi, task, str(uuid.uuid4()), upload(png_bytes(64, 64)))  # nor a refused one
+    assert response.status_code == HTTPStatus.CONFLICT
+    assert Worker.objects.get(pk=worker.pk).completing == 0
+
+
+@pytest.mark.django_db(transaction=True)  # on_commit runs at the completion's own commit, as in production
+def test_a_thumbnail_made_after_the_commit_is_still_inside_the_completions_slot(monkeypatch, worker, wapi):
+    """A completion counts itself off in its own transaction, except when an image still needs decoding for
+    its thumbnail after the commit: that decode stays inside the slot too."""
+    from generation import hooks
+
+    seen = []
+    monkeypatch.setattr(images, "_thumbnail_or_none", lambda img, name: b"")
+    monkeypatch.setattr(
+        hooks, "image_make_thumbnail", lambda image: seen.append(Worker.objects.get(pk=worker.pk).completing)
+    )
+    task, token = leased(worker, width=64, height=64)
+    response = complete(wapi, task, token, upload(png_bytes(64, 64)))
+    assert response.status_code == HTTPStatus.OK, response.content
+    assert seen == [1]
+    assert Worker.objects.get(pk=worker.pk).completing == 0
+
+
+def test_slots_left_by_a_killed_process_are_forgotten_after_slot_seconds(settings, worker, wapi):
+    """A process killed mid-upload never counts its completion off: once no completion of the worker has begun
+    for SLOT_SECONDS (none runs that long), the count starts again."""
+    settings.T2I = settings.T2I | {"MAX_CONCURRENT_COMPLETIONS": 2}
+    task, token = leased(worker, width=64, height=64)
+    recent = timezone.now() - timedelta(seconds=completion_slots.SLOT_SECONDS - 5)
+    Worker.objects.filter(pk=worker.pk).update(completing=2, completing_since=recent)
+    response = complete(wapi, task, token, upload(png_bytes(64, 64)))
+    assert_refused(response, HTTPStatus.TOO_MANY_REQUESTS, "too_many_completions", None)
+
+    Worker.objects.filter(pk=worker.pk).update(completing_since=recent - timedelta(seconds=10))
+    response = complete(wapi, task, token, upload(png_bytes(64, 64)))
+    assert response.status_code == HTTPStatus.OK, response.content
+    assert Worker.objects.get(pk=worker.pk).completing == 0  # counted again from one, then off
 
 
 def test_storage_below_the_free_space_floor_refuses_the_completion_with_507(monkeypatch, worker, wapi):

@@ -68,9 +68,9 @@ def count_attempts(monkeypatch) -> list[int]:
     seen: list[int] = []
     real = worker_services.worker_lease_next
 
-    def counting(*, worker, prefetch=False):
+    def counting(*, worker, **kwargs):
         seen.append(worker.pk)
-        return real(worker=worker, prefetch=prefetch)
+        return real(worker=worker, **kwargs)
 
     monkeypatch.setattr(worker_services, "worker_lease_next", counting)
     return seen

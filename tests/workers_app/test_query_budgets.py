@@ -71,9 +71,9 @@ def test_a_completion_stays_within_its_query_budget(wapi, django_assert_max_num_
     job = lease(wapi)
     # token, attempt with its task, savepoint, fence, images, attempt, the worker's counters and warm
     # checkpoint, release (an attempt that never reported its start teaches no speed); and the worker's
-    # completion slot in the shared cache (services.completion_slot), here the database cache: its add
-    # (savepoint, count, read, insert, release) and the delete. With Redis those are two round trips.
-    with django_assert_max_num_queries(14):
+    # completion slot on its row (services.completion_slot): a conditional UPDATE claims it, the counters'
+    # UPDATE frees it.
+    with django_assert_max_num_queries(9):
         response = complete(wapi, job)
     assert response.status_code == HTTPStatus.OK, response.content
     assert Task.objects.get(public_id=job["task_id"]).status == Task.Status.COMPLETED
@@ -84,8 +84,8 @@ def test_a_completion_carrying_the_next_lease_stays_within_its_query_budget(
 ):
     queue(2)
     job = lease(wapi)
-    # The completion's 14 and a lease without the token lookup and the sweep (8).
-    with django_assert_max_num_queries(22 + scheduler):
+    # The completion's 9 and a lease without the token lookup and the sweep (8).
+    with django_assert_max_num_queries(17 + scheduler):
         response = complete(wapi, job, lease_next=True)
     assert response.status_code == HTTPStatus.OK, response.content
     assert response.json()["next"] is not None
@@ -102,8 +102,8 @@ def test_a_started_completion_adds_the_learned_costs_and_the_usage(wapi, user, d
         services.task_submit(owner=user, data={"prompt": "a red fox", "width": 64, "height": 64})
     assert complete(wapi, started_lease()).status_code == HTTPStatus.OK  # makes the speed and share rows
     job = started_lease()
-    # The completion's 14; the speed (read, write), the owner's share (read, write)
-    with django_assert_max_num_queries(18):
+    # The completion's 9; the speed (read, write), the owner's share (read, write)
+    with django_assert_max_num_queries(13):
         response = complete(wapi, job)
     assert response.status_code == HTTPStatus.OK, response.content
 

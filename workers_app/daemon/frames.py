@@ -15,15 +15,16 @@ from typing import Any
 from .prompt_tracker import sanitize_error
 from .reports import Outbox
 
-# The frames a ComfyUI client follows a prompt by (protocol section 4); the rest stay on the worker.
+# The frames a ComfyUI client follows a prompt by (protocol section 4) that the scheduler relays; the rest
+# stay on the worker. The prompt's end (`executed`, `execution_success`, `executing` with node null) reaches
+# the client from the scheduler once the images are stored (docs/worker-api.md): sending it would cost a
+# request beside the completion, for nothing.
 RELAYED = frozenset(
     {
         "execution_start",
         "execution_cached",
         "executing",
         "progress",
-        "executed",
-        "execution_success",
         "execution_error",
         "execution_interrupted",
     }
@@ -54,6 +55,8 @@ class FrameRelay(Outbox):
     def put(self, message: dict[str, Any]) -> None:
         kind, data = message.get("type"), message.get("data")
         if kind not in RELAYED or not isinstance(data, dict):
+            return
+        if kind == "executing" and data.get("node") is None:
             return
         if kind == "execution_error":
             data = sanitize_error(data)

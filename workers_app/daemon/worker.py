@@ -17,6 +17,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 SLICE = 0.1  # seconds: how often sleeps re-check the stop flag
 PROBE_TIMEOUT = 2.0  # seconds: the surface's /healthz probes of the scheduler and ComfyUI
 EMPTY_ANSWER_PAUSE = 1.0  # seconds: the longest pause after an empty lease answer that came at once
+MIN_PREFETCH_LEAD = 0.25  # seconds: the shortest lead of a just-in-time prefetch (WorkerLoopConfig)
+PREFETCH_MARGIN = 4  # the lead is this many times what a prefetch lease answer took lately (its median)
+PREFETCH_SAMPLES = 9  # answers that median is taken over
 
 
 @dataclass
@@ -55,10 +59,12 @@ class WorkerLoopConfig:
     once: bool = False  # one lease attempt; run that task to the end, then exit
     lease_wait: float = 20.0  # long-poll when idle (a stop request does not wait for its end)
     prefetch_lease_wait: float = 3.0  # shorter long-poll while a task runs, so an idle worker re-asks soon
-    # Ask for the task behind the running one only when that one is expected to end within this many
-    # seconds (its sampler's pace), or has run this long with no pace known; 0: at once. Until then the
-    # queue keeps it, so a task that arrives meanwhile can still go first (fair share, priority).
-    prefetch_lead: float = 2.0
+    # Ask for the task behind the running one only when that one is expected to end within the lead (its
+    # sampler's pace), or has run that long with no pace known. Until then the queue keeps it, so a task
+    # that arrives meanwhile can still go first (fair share, priority). The lead is what getting a task
+    # takes here (PREFETCH_MARGIN x the recent prefetch answers' median, failures included), at least
+    # MIN_PREFETCH_LEAD and at most this: a busy scheduler makes the daemon ask early again; 0: at once.
+    prefetch_lead: float = 30.0
     abandoned_lease_wait: float = 0.5  # on shutdown: how long a lease request left open may take to answer
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
@@ -119,6 +125,7 @@ class WorkerLoop:
         self._comfy_backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._scheduler_backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._heartbeat_stop = threading.Event()
+        self._prefetch_answers: deque[float] = deque(maxlen=PREFETCH_SAMPLES)  # seconds each took
         self._heartbeat_thread: threading.Thread | None = None
         self._lease_call: LeaseCall | None = None  # the lease request the loop waits for
         self._abandoned: LeaseCall | None = None  # one it stopped waiting for (stop request)
@@ -200,11 +207,22 @@ class WorkerLoop:
         self._launch(lease)
         return True
 
+    @property
+    def prefetch_lead(self) -> float:
+        """Seconds before the running task's end to ask for the next: what getting one takes here, with a
+        margin (0: just-in-time prefetch is off)."""
+        most = self.config.prefetch_lead
+        if most <= 0:
+            return 0.0
+        answers = sorted(self._prefetch_answers)
+        took = answers[len(answers) // 2] if answers else most
+        return min(most, max(MIN_PREFETCH_LEAD, PREFETCH_MARGIN * took))
+
     def _prefetch_due(self, active: list[TaskControl], now: float | None = None) -> bool:
         """Whether to ask for a task now: always with nothing held or another task already queued behind
-        the running one; else when the running one is expected to end within ``prefetch_lead`` seconds, or
+        the running one; else when the running one is expected to end within the prefetch lead, or
         has been held that long with no pace to go by."""
-        lead = self.config.prefetch_lead
+        lead = self.prefetch_lead
         if lead <= 0 or len(active) != 1:
             return True
         control = active[0]
@@ -229,12 +247,16 @@ class WorkerLoop:
             self._need_register = True
             return None
         except SchedulerError as exc:
+            if prefetch and exc.retryable:  # a timeout or an overloaded scheduler: ask earlier next time
+                self._prefetch_answers.append(time.monotonic() - asked_at)
             self._scheduler_trouble(exc)
             return None
         finally:
             self._lease_call = None
         self._scheduler_backoff.reset()
         held = time.monotonic() - asked_at
+        if prefetch and lease is not None:
+            self._prefetch_answers.append(held)
         if lease is None and held < EMPTY_ANSWER_PAUSE:
             # Answered at once with nothing: a scheduler that does not long-poll must not make this loop
             # spin. One that held the request asks again at once, also when it ended the wait before `wait`
@@ -285,9 +307,9 @@ class WorkerLoop:
         return bool(others)
 
     def _short(self, control: TaskControl) -> bool:
-        """Whether ``control``'s run (ComfyUI's start to now) took at most ``prefetch_lead``: then the next
+        """Whether ``control``'s run (ComfyUI's start to now) took at most the prefetch lead: then the next
         one will be due about as soon as it starts, and a completion may as well carry it."""
-        lead = self.config.prefetch_lead
+        lead = self.prefetch_lead
         return lead <= 0 or (control.started_at is not None and time.monotonic() - control.started_at <= lead)
 
     def _run_one(self, control: TaskControl) -> None:

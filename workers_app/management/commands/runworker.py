@@ -55,26 +55,9 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
         raise CommandError(f"{ENV['prefetch']} must be an integer, got {prefetch_raw!r}")
     if prefetch < 1:
         raise CommandError("--prefetch must be at least 1")
-    lead_raw = pick("prefetch_lead") or "2"
-    try:
-        prefetch_lead = float(lead_raw)
-    except ValueError:
-        prefetch_lead = -1.0
-    if not 0 <= prefetch_lead <= 3600:
-        raise CommandError(
-            f"--prefetch-lead (or {ENV['prefetch_lead']}) must be 0 to 3600 seconds, got {lead_raw!r}"
-        )
+    prefetch_lead = _seconds(pick, "prefetch_lead", default="30", most=3600)
     grace = float(options.get("grace") if options.get("grace") is not None else 30.0)
-    interval_raw = pick("inventory_interval") or "300"
-    try:
-        inventory_interval = float(interval_raw)
-    except ValueError:
-        inventory_interval = -1.0
-    if not 0 <= inventory_interval <= 86400:
-        raise CommandError(
-            f"--inventory-interval (or {ENV['inventory_interval']}) must be 0 to 86400 seconds, "
-            f"got {interval_raw!r}"
-        )
+    inventory_interval = _seconds(pick, "inventory_interval", default="300", most=86400)
     config = WorkerLoopConfig(
         scheduler_url=",".join(urls),
         token=str(token),
@@ -89,6 +72,19 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str] = os.env
         config.name = str(name)
     config.surface = _surface_config(pick)
     return config
+
+
+def _seconds(pick: Any, key: str, *, default: str, most: float) -> float:
+    """A number of seconds from 0 to `most` (option or environment), or a CommandError naming both."""
+    raw = pick(key) or default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= most:
+        flag = f"--{key.replace('_', '-')} (or {ENV[key]})"
+        raise CommandError(f"{flag} must be 0 to {most:g} seconds, got {raw!r}")
+    return value
 
 
 def _surface_config(pick: Any) -> SurfaceConfig | None:
@@ -183,9 +179,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--prefetch-lead",
-            help="ask for the task behind the running one when that one is expected to end within this many "
-            f"seconds, so that tasks queued meanwhile can still go first (env {ENV['prefetch_lead']}, "
-            "default 2; 0: at once)",
+            help="ask for the task behind the running one just before that one ends (four times what getting "
+            "a task takes here lately), at most this many seconds before, so that tasks queued meanwhile can "
+            f"still go first (env {ENV['prefetch_lead']}, default 30; 0: at once)",
         )
         parser.add_argument(
             "--grace", type=float, default=30.0, help="seconds the running task gets on shutdown"
