@@ -106,17 +106,7 @@ class UploadImageApi(ComfyApi):
     parser_classes = [InputUploadParser]
 
     def post(self, request: Request) -> Response:
-        upload = request.FILES.get("image")
-        if upload is None:
-            raise InvalidInput("No image in the form.", fields={"image": ["Send the file as `image`."]})
-        data = request.data
-        row = services.input_image_upload(
-            owner=request.user,
-            upload=upload,
-            subfolder=str(data.get("subfolder") or ""),
-            kind=str(data.get("type") or "input"),
-            overwrite=str(data.get("overwrite") or "").lower() in ("true", "1"),
-        )
+        row = services.input_image_upload(owner=request.user, **_upload_form(request, "file"))
         return Response({"name": row.name, "subfolder": row.subfolder, "type": row.kind})
 
 
@@ -127,19 +117,25 @@ class UploadMaskApi(ComfyApi):
     parser_classes = [InputUploadParser]
 
     def post(self, request: Request) -> Response:
-        upload = request.FILES.get("image")
-        if upload is None:
-            raise InvalidInput("No image in the form.", fields={"image": ["Send the mask as `image`."]})
-        data = request.data
+        original_ref = _json_field(request.data.get("original_ref"), "original_ref")
         row = services.input_image_mask_upload(
-            owner=request.user,
-            upload=upload,
-            original_ref=_json_field(data.get("original_ref"), "original_ref"),
-            subfolder=str(data.get("subfolder") or ""),
-            kind=str(data.get("type") or "input"),
-            overwrite=str(data.get("overwrite") or "").lower() in ("true", "1"),
+            owner=request.user, original_ref=original_ref, **_upload_form(request, "mask")
         )
         return Response({"name": row.name, "subfolder": row.subfolder, "type": row.kind})
+
+
+def _upload_form(request: Request, what: str) -> dict[str, Any]:
+    """/upload/image's form (ComfyUI's fields): the file in `image`, `subfolder`, `type`, `overwrite`."""
+    upload = request.FILES.get("image")
+    if upload is None:
+        raise InvalidInput("No image in the form.", fields={"image": [f"Send the {what} as `image`."]})
+    data = request.data
+    return {
+        "upload": upload,
+        "subfolder": str(data.get("subfolder") or ""),
+        "kind": str(data.get("type") or "input"),
+        "overwrite": str(data.get("overwrite") or "").lower() in ("true", "1"),
+    }
 
 
 def _json_field(raw: Any, name: str) -> Any:

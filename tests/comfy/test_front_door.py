@@ -17,11 +17,6 @@ from tests.factories import api_token_for
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(params=["/comfy", "/comfy/api"])
-def base(request) -> str:
-    return request.param
-
-
 def prompt(client, workflow=NOISE, base="/comfy", **fields):
     return client.post(f"{base}/prompt", {"prompt": workflow, **fields}, format="json")
 

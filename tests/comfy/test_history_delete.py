@@ -18,18 +18,6 @@ from tests.conftest import media_files, png_bytes, worker_client
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(params=["/comfy", "/comfy/api"])
-def base(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def bob(other_user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(other_user)
-    return client
-
-
 def finished(client, wapi, prompt_id: str, color=(200, 30, 30)) -> Task:
     """A prompt of `client` run to completion with one image."""
     answer = prompt(client, prompt_id=prompt_id)

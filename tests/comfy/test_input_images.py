@@ -31,11 +31,6 @@ def loader_worker(db):
     return worker, worker_client(token)
 
 
-@pytest.fixture(params=["/comfy", "/comfy/api"])
-def base(request) -> str:
-    return request.param
-
-
 def upload(client, data: bytes, name: str = "cat.png", base: str = "/comfy", **fields):
     image = SimpleUploadedFile(name, data, "image/png")
     return client.post(f"{base}/upload/image", {"image": image, **fields}, format="multipart")

@@ -19,18 +19,6 @@ from tests.conftest import capabilities, make_worker, png_bytes, worker_client
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(params=["/comfy", "/comfy/api"])
-def base(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def bob(other_user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(other_user)
-    return client
-
-
 def rgb_with_text(width=8, height=6) -> bytes:
     """A PNG whose pixels differ (so the RGB can be checked) and which carries ComfyUI's `prompt` chunk."""
     img = PILImage.new("RGB", (width, height))
