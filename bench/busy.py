@@ -58,12 +58,7 @@ from bench.lease import NODES, make_workers, postgres_cpu, since
 from bench.scale import HEARTBEAT_EVERY, LEASE_WAIT, png
 from workers_app.daemon.runner import RunnerSettings
 from workers_app.daemon.scheduler import PROTOCOL_VERSION
-from workers_app.daemon.worker import (
-    MIN_PREFETCH_LEAD,
-    PREFETCH_MARGIN,
-    PREFETCH_SAMPLES,
-    WorkerLoopConfig,
-)
+from workers_app.daemon.worker import PREFETCH_SAMPLES, WorkerLoopConfig, prefetch_lead
 from workers_app.daemon.worker_socket import IDLE_SECONDS as SOCKET_IDLE_SECONDS
 from workers_app.daemon.worker_socket import RETRY_SECONDS as SOCKET_RETRY_SECONDS
 
@@ -398,13 +393,8 @@ class Daemon:
         return max(paced, job.gpu_end - lead)
 
     def prefetch_lead(self) -> float:
-        """WorkerLoop.prefetch_lead: PREFETCH_MARGIN x the median of the recent prefetch answers, within
-        MIN_PREFETCH_LEAD and LOOP.prefetch_lead."""
-        if LOOP.prefetch_lead <= 0:
-            return 0.0
-        answers = sorted(self.prefetch_answers)
-        took = answers[len(answers) // 2] if answers else LOOP.prefetch_lead
-        return min(LOOP.prefetch_lead, max(MIN_PREFETCH_LEAD, PREFETCH_MARGIN * took))
+        """WorkerLoop.prefetch_lead, from this daemon's recent prefetch answers."""
+        return prefetch_lead(self.prefetch_answers, most=LOOP.prefetch_lead)
 
     def launch(self, lease: dict) -> None:
         """The task goes to ComfyUI's queue at once: it runs when the prompts ahead of it are done."""

@@ -134,12 +134,13 @@ class Session:
 
     def _refresh(self) -> None:
         """The worker's row as it is now; the socket ends when its token or its enabled state changed."""
-        worker = _live_worker(self.token_hash)
+        worker = Worker.objects.filter(token_hash=self.token_hash).first()
         if worker is None or worker.pk != self.worker.pk:
             self.closed = True
-            if Worker.objects.filter(token_hash=self.token_hash).exists():
-                raise WorkerDisabled("This worker is disabled by an operator.")
             raise AuthenticationFailed("Unknown worker token.")
+        if worker.status == Worker.Status.DISABLED:
+            self.closed = True
+            raise WorkerDisabled("This worker is disabled by an operator.")
         self.worker = worker
 
 

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .activity import WorkerActivity
@@ -72,6 +72,17 @@ class WorkerLoopConfig:
     task_timeout: float | None = 3600.0
     inventory_interval: float = 300.0  # seconds between re-reads of ComfyUI's inventory (0: only on events)
     surface: SurfaceConfig | None = None  # the worker's own HTTP server (runworker --port); off when None
+
+
+def prefetch_lead(answers: Iterable[float], *, most: float) -> float:
+    """What getting a task takes here, with a margin: PREFETCH_MARGIN x the median of the recent prefetch
+    answers (`most` while none is known), within MIN_PREFETCH_LEAD and `most`; 0 when `most` is (just-in-time
+    prefetch off)."""
+    if most <= 0:
+        return 0.0
+    took = sorted(answers)
+    median = took[len(took) // 2] if took else most
+    return min(most, max(MIN_PREFETCH_LEAD, PREFETCH_MARGIN * median))
 
 
 class Backoff:
@@ -209,14 +220,8 @@ class WorkerLoop:
 
     @property
     def prefetch_lead(self) -> float:
-        """Seconds before the running task's end to ask for the next: what getting one takes here, with a
-        margin (0: just-in-time prefetch is off)."""
-        most = self.config.prefetch_lead
-        if most <= 0:
-            return 0.0
-        answers = sorted(self._prefetch_answers)
-        took = answers[len(answers) // 2] if answers else most
-        return min(most, max(MIN_PREFETCH_LEAD, PREFETCH_MARGIN * took))
+        """Seconds before the running task's end to ask for the next (prefetch_lead below)."""
+        return prefetch_lead(self._prefetch_answers, most=self.config.prefetch_lead)
 
     def _prefetch_due(self, active: list[TaskControl], now: float | None = None) -> bool:
         """Whether to ask for a task now: always with nothing held or another task already queued behind
