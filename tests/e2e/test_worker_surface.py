@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from generation.models import TaskAttempt
 from tests.e2e.helpers import all_finished, assert_completed_once, sha256_of, wait_until
+from workers_app.daemon.activity import ACTIVE_STATES
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +32,14 @@ def test_runworker_with_a_port_serves_its_view_of_a_task_the_image_health_and_me
     prompt_id = TaskAttempt.objects.get(task=task).comfyui_prompt_id  # as the scheduler recorded it
     assert prompt_id
 
+    # The scheduler marks the task completed before its answer reaches the daemon, which records the end when
+    # it reads that answer: the daemon's view may lag the database by that round trip.
+    own_status = f"{url}/status/{task.public_id}"
+    wait_until(
+        lambda: requests.get(own_status, timeout=5).json()["state"] not in ACTIVE_STATES,
+        timeout=10,
+        what="the worker to read its completion's answer",
+    )
     for key in (str(task.public_id), prompt_id):
         status = requests.get(f"{url}/status/{key}", timeout=5).json()
         assert (status["task_id"], status["prompt_id"]) == (str(task.public_id), prompt_id)
