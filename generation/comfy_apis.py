@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from generation import comfy_selectors, comfy_shapes, services
+from generation import comfy_selectors, comfy_shapes, node_specs, services
 from generation.api_workflows import WorkflowProblem
 from generation.apis import CanSubmit
 from generation.authentication import ComfyKeyAuthentication
@@ -251,12 +251,18 @@ def _cancel_all(tasks) -> None:
 
 
 class ObjectInfoApi(ComfyApi):
-    def get(self, request: Request, node_class: str | None = None) -> Response:
-        info = comfy_shapes.object_info(farm_inventory(registered_workers()))
-        if node_class is not None:
-            info = {node_class: info[node_class]} if node_class in info else {}
-        response = Response(info)
-        response["X-T2I-Partial"] = "node classes, output flags and model file choices only"
+    def get(self, request: Request, node_class: str | None = None) -> HttpResponse:
+        """The online workers' /object_info merged (generation.node_specs), rendered once per set of specs.
+        `X-T2I-Partial` while some worker has reported only its node classes, output flags and model files."""
+        farm = node_specs.farm_object_info(registered_workers())
+        if node_class is None:
+            body = farm.body
+        else:
+            entry = farm.info.get(node_class)
+            body = json.dumps({node_class: entry} if entry is not None else {}, ensure_ascii=False).encode()
+        response = HttpResponse(body, content_type="application/json")
+        if farm.partial:
+            response["X-T2I-Partial"] = "some workers report node classes, output flags and model files only"
         return response
 
 

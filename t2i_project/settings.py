@@ -269,6 +269,9 @@ T2I = {
     "MAX_CONCURRENT_COMPLETIONS": env_int("T2I_MAX_CONCURRENT_COMPLETIONS", 2, minimum=1, maximum=64),
     # Below this much free space on the media storage, completions are refused (507) rather than fill it.
     "MEDIA_MIN_FREE_BYTES": env_int("T2I_MEDIA_MIN_FREE_BYTES", 512 * 1024 * 1024, minimum=0),
+    # A worker's ComfyUI /object_info (workers_app.models.ObjectInfoSpec), as sent and once unpacked: real
+    # installs answer 1-5 MB, with many custom nodes more.
+    "OBJECT_INFO_MAX_BYTES": env_int("T2I_OBJECT_INFO_MAX_BYTES", 32 * 1024 * 1024, minimum=1024),
     "SIGNUP_ENABLED": env_bool("T2I_SIGNUP_ENABLED", True),
     # Submits per user (per address for anonymous submits) in each window, as (count, seconds): one count for
     # the web form, the REST API and the seed's POST /generate, kept in the shared cache (CACHES below).

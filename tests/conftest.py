@@ -16,7 +16,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
-from generation import eta, farm_snapshot, services
+from generation import eta, farm_snapshot, node_specs, services
 from generation.models import Task, WorkflowTemplate
 from generation.workflows import SHIPPED_TEMPLATES
 from tests.factories import UserFactory, registered_capabilities, worker_with_token
@@ -95,8 +95,10 @@ def _fresh_placement_cache():
     """Placement caches workers' learned costs and the queue's users per process; tests reuse row ids."""
     farm_snapshot.clear_cache()
     eta.clear_cache()
+    node_specs.clear_caches()
     yield
     farm_snapshot.clear_cache()
+    node_specs.clear_caches()
     eta.clear_cache()
 
 

@@ -6,14 +6,14 @@ from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.parsers import FormParser
+from rest_framework.parsers import BaseParser, FormParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from generation import services
-from generation.exceptions import InvalidInput, WorkerDisabled
+from generation.exceptions import InvalidInput, TooLarge, WorkerDisabled
 from generation.negotiation import JsonAnswers
 from generation.serializers import ImageOutput
 from workers_app import services as worker_services
@@ -94,12 +94,24 @@ class CapabilitiesInput(serializers.Serializer):
         required=False,
         help_text="{class_type: {input name: [file, …]}}: the file choices of model inputs in /object_info.",
     )
+    object_info_sha256 = serializers.RegexField(
+        r"^[0-9a-f]{64}$",
+        required=False,
+        help_text="SHA-256 of the JSON bytes of ComfyUI's /object_info as read; the answer's `object_info` "
+        "says whether to send them (POST object_info/<sha256>).",
+    )
 
 
 class RegisterInput(serializers.Serializer):
     name = serializers.CharField(required=False, max_length=100)
     prefetch = serializers.IntegerField(required=False, min_value=1, max_value=8, default=2)
     capabilities = CapabilitiesInput(required=False, default=dict)
+
+
+OBJECT_INFO_HELP = (
+    '"have": the scheduler stores the /object_info that `object_info_sha256` names; "send": POST it to '
+    "object_info/<sha256>; null: no digest was sent."
+)
 
 
 class RegisterOutput(serializers.Serializer):
@@ -114,6 +126,11 @@ class RegisterOutput(serializers.Serializer):
 
     def get_lease_seconds(self, worker: Worker) -> float:
         return settings.T2I["LEASE_SECONDS"]
+
+    object_info = serializers.SerializerMethodField(help_text=OBJECT_INFO_HELP)
+
+    def get_object_info(self, worker: Worker) -> str | None:
+        return worker_services.object_info_wanted(worker=worker)
 
 
 def register(request: Request, worker: Worker) -> Worker:
@@ -272,6 +289,7 @@ class InventoryInput(serializers.Serializer):
 
 class InventoryOutput(serializers.Serializer):
     changed = serializers.BooleanField()
+    object_info = serializers.CharField(allow_null=True, help_text=OBJECT_INFO_HELP)
 
 
 class InventoryApi(WorkerApi):
@@ -283,7 +301,52 @@ class InventoryApi(WorkerApi):
         changed = worker_services.worker_update_inventory(
             worker=self.worker, capabilities=data["capabilities"]
         )
-        return Response({"changed": changed})
+        wanted = worker_services.object_info_wanted(worker=self.worker)
+        return Response({"changed": changed, "object_info": wanted})
+
+
+class RawBodyParser(BaseParser):
+    """The body as bytes, refused (413) from its Content-Length before a byte is read when it is larger than
+    T2I_OBJECT_INFO_MAX_BYTES; read past Django's DATA_UPLOAD_MAX_MEMORY_SIZE, which caps form fields."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None) -> bytes:
+        most = settings.T2I["OBJECT_INFO_MAX_BYTES"]
+        meta = parser_context["request"].META
+        try:
+            length = int(meta.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > most:
+            raise TooLarge(f"/object_info may be at most {most} bytes.", fields={"body": ["Too large."]})
+        return stream.read(most + 1) if stream is not None else b""
+
+
+class ObjectInfoOutput(serializers.Serializer):
+    sha256 = serializers.CharField()
+    stored = serializers.BooleanField(help_text="False when the scheduler had it already.")
+
+
+class ObjectInfoApi(WorkerApi):
+    """The body of this worker's ComfyUI /object_info, sent when register or inventory answered
+    `"object_info": "send"` (docs/worker-api.md). `Content-Encoding: gzip` is welcome."""
+
+    parser_classes = [RawBodyParser]
+
+    @extend_schema(request={"application/json": dict}, responses=ObjectInfoOutput)
+    def post(self, request: Request, sha256: str) -> Response:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            raise InvalidInput(
+                "Content-Encoding must be gzip or identity.",
+                fields={"Content-Encoding": ["gzip or identity."]},
+            )
+        data = request.data if isinstance(request.data, bytes) else b""
+        stored = worker_services.worker_store_object_info(
+            worker=self.worker, sha256=sha256, data=data, gzipped=encoding == "gzip"
+        )
+        return Response({"sha256": sha256, "stored": stored})
 
 
 class LeaseTokenInput(serializers.Serializer):

@@ -6,7 +6,7 @@ from django.db.models import Exists, OuterRef
 from generation.models import Task
 from generation.tokens import hash_token, new_token
 
-__all__ = ["Worker", "hash_token", "new_token"]
+__all__ = ["ObjectInfoSpec", "Worker", "hash_token", "new_token"]
 
 
 class WorkerQuerySet(models.QuerySet):
@@ -115,3 +115,26 @@ class WorkerSpeed(models.Model):
 
     def __str__(self) -> str:
         return f"{self.worker_id}/{self.checkpoint}: {self.seconds_per_unit:.3g} s/unit"
+
+
+class ObjectInfoSpec(models.Model):
+    """One distinct ComfyUI `/object_info` answer, as a worker's daemon read it: stored once however many
+    workers report it (the same install and model files answer the same bytes). A worker names its spec by
+    `capabilities["object_info_sha256"]`; the daemon sends the body only when the scheduler lacks it
+    (docs/worker-api.md, `POST object_info/<sha256>`)."""
+
+    sha256 = models.CharField(max_length=64, primary_key=True, help_text="Of the unpacked JSON bytes.")
+    body = models.BinaryField(help_text="The JSON bytes as ComfyUI answered them, gzip-compressed.")
+    size = models.PositiveIntegerField(help_text="Bytes of the unpacked JSON.")
+    classes = models.PositiveIntegerField(help_text="Node classes in it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    # When a worker last named it (register, inventory, upload): specs no worker names are deleted an hour
+    # after that (workers_app.services.object_info_specs_prune).
+    named_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-named_at"]
+        verbose_name = "object_info spec"
+
+    def __str__(self) -> str:
+        return f"{self.sha256[:12]} ({self.classes} classes)"

@@ -8,6 +8,7 @@ app_name = "worker-api"
 urlpatterns = [
     path("register", apis.RegisterApi.as_view(), name="register"),
     path("inventory", apis.InventoryApi.as_view(), name="inventory"),
+    path("object_info/<str:sha256>", apis.ObjectInfoApi.as_view(), name="object-info"),
     path("heartbeat", apis.HeartbeatApi.as_view(), name="heartbeat"),
     path("lease", long_poll(apis.LeaseApi), name="lease"),
     path("offline", apis.OfflineApi.as_view(), name="offline"),

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
-from generation import api_workflows, callback_targets, dispatch, limits
+from generation import api_workflows, callback_targets, dispatch, limits, node_specs, spec_checks
 from generation.api_workflows import Inventory, Requirements, WorkflowProblem
 from generation.exceptions import InvalidInput, WorkflowRejected
 from generation.models import SEED_MAX, Task
@@ -25,7 +25,9 @@ SUMMARY_CLASSES = ("CLIPTextEncode",)
 
 
 def registered_workers() -> list[Worker]:
-    return list(Worker.objects.exclude(registered_at=None).only("status", "capabilities"))
+    return list(
+        Worker.objects.exclude(registered_at=None).only("name", "status", "capabilities", "inventory_at")
+    )
 
 
 def farm_inventory(workers: list[Worker]) -> Inventory:
@@ -46,9 +48,12 @@ def workflow_check(workflow: Any, workers: list[Worker]) -> tuple[Requirements, 
     needs = api_workflows.requirements(workflow, farm)
     if not workers:
         return needs, ""
-    if any(api_workflows.missing_on(needs, w.capabilities) is None for w in workers if w.is_online):
-        return needs, ""
-    if any(api_workflows.missing_on(needs, w.capabilities) is None for w in workers):
+    capable = [w for w in workers if api_workflows.missing_on(needs, w.capabilities) is None]
+    online = [w for w in capable if w.is_online]
+    if capable:
+        _check_specs(workflow, online or capable)
+        if online:
+            return needs, ""
         return needs, "Only offline workers can run this task; it waits until one of them is back."
     why = "; ".join(f"{w.name}: {api_workflows.missing_on(needs, w.capabilities)}" for w in workers[:10])
     raise WorkflowRejected(
@@ -61,6 +66,22 @@ def workflow_check(workflow: Any, workers: list[Worker]) -> tuple[Requirements, 
             }
         )
     )
+
+
+def _check_specs(workflow: dict[str, Any], capable: list[Worker]) -> None:
+    """Refuse, in ComfyUI's shapes (generation.spec_checks), a workflow that the ComfyUI of none of the
+    `capable` workers would accept, when every one of them reported its whole /object_info; the specs most
+    workers share answer first, and theirs is the refusal shown."""
+    specs = node_specs.capable_specs(capable)
+    if not specs:
+        return
+    first = None
+    for _, (spec, _count) in sorted(specs.items(), key=lambda item: (-item[1][1], item[0])):
+        problem = spec_checks.check(workflow, spec)
+        if problem is None:
+            return
+        first = first or problem
+    raise WorkflowRejected(first)
 
 
 def task_submit_workflow(

@@ -6,6 +6,7 @@ Plain module (not a conftest) so the daemon tests need neither Django nor the sh
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import threading
@@ -20,7 +21,13 @@ from PIL import Image
 
 from workers_app.daemon.comfyui import ComfyUIError
 from workers_app.daemon.prompt_tracker import ImageRef, OutcomeStatus, PromptOutcome
-from workers_app.daemon.scheduler import PROTOCOL_HEADER, HeartbeatReply, LeasedTask, Registration
+from workers_app.daemon.scheduler import (
+    PROTOCOL_HEADER,
+    HeartbeatReply,
+    InventoryReply,
+    LeasedTask,
+    Registration,
+)
 
 TRACES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui_traces"
 
@@ -305,6 +312,7 @@ class FakeComfy:
         }
         self.capability_errors: list[ComfyUIError] = []
         self.capability_reads = 0
+        self.spec: bytes | None = None  # an /object_info body: capabilities then name its digest
 
     @staticmethod
     def success(prompt_id: str) -> PromptOutcome:
@@ -325,7 +333,16 @@ class FakeComfy:
         self.capability_reads += 1
         if self.capability_errors:
             raise self.capability_errors.pop(0)
-        return json.loads(json.dumps(self.inventory))  # a copy, as a fresh /object_info read would be
+        caps = json.loads(json.dumps(self.inventory))  # a copy, as a fresh /object_info read would be
+        if self.spec is not None:
+            caps["object_info_sha256"] = hashlib.sha256(self.spec).hexdigest()
+        return caps
+
+    def object_info_body(self, sha256: str) -> bytes | None:
+        """The spec of the last capabilities read (ComfyUIClient.object_info_body)."""
+        if self.spec is None or hashlib.sha256(self.spec).hexdigest() != sha256:
+            return None
+        return self.spec
 
     def submit(self, workflow: dict[str, Any]) -> str:
         with self.cond:
@@ -478,6 +495,7 @@ class FakeScheduler:
         self.lease_gate.set()
         self.open_leases = 0
         self.probe_error: str | None = None  # what probe() (the surface's /healthz) answers
+        self.specs_stored: dict[str, bytes] = {}  # object_info bodies it holds, by sha256
 
     def _call(self, method: str, **kwargs: Any) -> None:
         with self.lock:
@@ -496,11 +514,19 @@ class FakeScheduler:
 
     def register(self, *, name: str, prefetch: int, capabilities: dict[str, Any]) -> Registration:
         self._call("register", name=name, prefetch=prefetch, capabilities=capabilities)
-        return Registration(1, name, "idle", self.heartbeat_interval, 30.0)
+        stored = self.specs_stored.get(capabilities.get("object_info_sha256") or "")
+        return Registration(1, name, "idle", self.heartbeat_interval, 30.0, _wanted(capabilities, stored))
 
-    def inventory(self, capabilities: dict[str, Any]) -> bool:
+    def inventory(self, capabilities: dict[str, Any]) -> InventoryReply:
         self._call("inventory", capabilities=capabilities)
-        return True
+        stored = self.specs_stored.get(capabilities.get("object_info_sha256") or "")
+        return InventoryReply(True, _wanted(capabilities, stored))
+
+    def object_info(self, sha256: str, body: bytes) -> bool:
+        self._call("object_info", sha256=sha256, body=body)
+        known = sha256 in self.specs_stored
+        self.specs_stored[sha256] = body
+        return not known
 
     def heartbeat(
         self, leases: list[tuple[str, str]], *, warm_checkpoint: str | None = None
@@ -584,3 +610,9 @@ def make_lease(n: int = 1, **overrides: Any) -> LeasedTask:
         **overrides,
     }
     return LeasedTask.from_json(body)
+
+
+def _wanted(capabilities: dict[str, Any], stored: bytes | None) -> str | None:
+    if not capabilities.get("object_info_sha256"):
+        return None
+    return "have" if stored is not None else "send"

@@ -36,7 +36,7 @@ def test_inventory_stores_a_change_and_keeps_the_leases(user):
     assert services.task_lease_next(worker=worker).task.pk == task.pk
     client = worker_client(token)
     answer = client.post(INVENTORY, {"capabilities": with_models([SIM, "new.safetensors"])}, format="json")
-    assert answer.status_code == HTTPStatus.OK and answer.json() == {"changed": True}
+    assert answer.status_code == HTTPStatus.OK and answer.json() == {"changed": True, "object_info": None}
     worker.refresh_from_db()
     assert worker.checkpoints == ["new.safetensors", SIM]
     assert worker.capabilities["model_inputs"]["CheckpointLoaderSimple"]["ckpt_name"] == [
@@ -46,7 +46,7 @@ def test_inventory_stores_a_change_and_keeps_the_leases(user):
     task.refresh_from_db()
     assert task.status == Task.Status.LEASED and task.worker_id == worker.pk  # register would requeue it
     again = client.post(INVENTORY, {"capabilities": with_models([SIM, "new.safetensors"])}, format="json")
-    assert again.json() == {"changed": False}
+    assert again.json() == {"changed": False, "object_info": None}
 
 
 def test_inventory_is_validated_and_bounded_as_register(worker, wapi):

@@ -8,6 +8,8 @@ when the socket is down or silent, so a dropped socket never strands a prompt. E
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import re
@@ -276,6 +278,37 @@ def fit_model_inputs(
     }
 
 
+def object_info_spec(object_info: dict[str, Any]) -> bytes:
+    """``/object_info`` as the scheduler stores it (workers_app.models.ObjectInfoSpec): compact JSON in
+    ComfyUI's order, with the choices of upload inputs (``LoadImage``'s ``image``, options with
+    ``image_upload`` and the like) emptied. Those list ComfyUI's input folder, which changes with every
+    uploaded task input: they would make every worker's spec its own and change it after each image task,
+    and the farm serves each user their own uploads instead."""
+    info = copy.deepcopy(object_info)
+    for node in info.values():
+        declared = node.get("input") if isinstance(node, dict) else None
+        for category in ("required", "optional"):
+            inputs = declared.get(category) if isinstance(declared, dict) else None
+            for name, spec in (inputs or {}).items() if isinstance(inputs, dict) else ():
+                if not is_upload_input(spec):
+                    continue
+                if isinstance(spec[0], list):
+                    inputs[name] = [[], *spec[1:]]
+                elif isinstance(spec[1].get("options"), list):
+                    inputs[name] = [spec[0], {**spec[1], "options": []}]
+    return json.dumps(info, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def is_upload_input(spec: Any) -> bool:
+    """A combo input whose choices are ComfyUI's input folder (an upload widget: ``image_upload``,
+    ``video_upload``, ``audio_upload``, …)."""
+    if not (isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict)):
+        return False
+    return (isinstance(spec[0], list) or spec[0] == "COMBO") and any(
+        isinstance(k, str) and k.endswith("_upload") and v for k, v in spec[1].items()
+    )
+
+
 def _required_input(object_info: dict[str, Any], class_type: str, name: str) -> Any:
     return (((object_info.get(class_type) or {}).get("input") or {}).get("required") or {}).get(name)
 
@@ -321,6 +354,7 @@ class ComfyUIClient:
         self._closing = threading.Event()
         self._ws: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
+        self._object_info: tuple[str, bytes] | None = None  # (sha256, body) of the last capabilities read
 
     def __repr__(self) -> str:
         return f"ComfyUIClient({self.base_url!r}, client_id={self.client_id!r})"
@@ -379,9 +413,15 @@ class ComfyUIClient:
         return self._get_json("/object_info", timeout=max(self.timeout, 30.0))
 
     def capabilities(self) -> dict[str, Any]:
-        """The ``capabilities`` object of the scheduler's ``register`` call."""
+        """The ``capabilities`` object of the scheduler's ``register`` call. Keeps the read's
+        ``/object_info`` as the scheduler stores it (``object_info_spec``) for ``object_info_body``."""
         stats = self.system_stats()
         info = self.object_info()
+        if not isinstance(info, dict):
+            raise ComfyUIError("GET /object_info is not a JSON object", retryable=True, code="bad_response")
+        body = object_info_spec(info)
+        digest = hashlib.sha256(body).hexdigest()
+        self._object_info = (digest, body)
         devices = stats.get("devices") or [{}]
         return {
             "comfyui_version": (stats.get("system") or {}).get("comfyui_version"),
@@ -393,7 +433,13 @@ class ComfyUIClient:
             "schedulers": _combo_options(_required_input(info, "KSampler", "scheduler")),
             "output_nodes": sorted(name for name, node in info.items() if (node or {}).get("output_node")),
             "model_inputs": fit_model_inputs(model_inputs(info)),
+            "object_info_sha256": digest,
         }
+
+    def object_info_body(self, sha256: str) -> bytes | None:
+        """The JSON bytes of the last `capabilities` read's `/object_info`, if its digest is `sha256`."""
+        held = self._object_info
+        return held[1] if held is not None and held[0] == sha256 else None
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The history entry of a finished prompt, or None (unknown, pending and running give ``{}``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import threading
@@ -114,6 +115,15 @@ class Registration:
     status: str
     heartbeat_interval: float
     lease_seconds: float
+    # "have": the scheduler stores the /object_info the capabilities named; "send": object_info() it;
+    # None: a scheduler older than this, or no digest was sent.
+    object_info: str | None = None
+
+
+@dataclass(frozen=True)
+class InventoryReply:
+    changed: bool
+    object_info: str | None = None  # as Registration.object_info
 
 
 @dataclass(frozen=True)
@@ -310,11 +320,26 @@ class SchedulerClient:
             status=str(body.get("status") or "idle"),
             heartbeat_interval=float(body.get("heartbeat_interval") or 5.0),
             lease_seconds=float(body.get("lease_seconds") or 30.0),
+            object_info=_wanted(body),
         )
 
-    def inventory(self, capabilities: dict[str, Any]) -> bool:
-        """Send what this worker's ComfyUI has now (register's ``capabilities``); True when it changed."""
-        return bool(self._post("inventory", {"capabilities": capabilities}).get("changed"))
+    def inventory(self, capabilities: dict[str, Any]) -> InventoryReply:
+        """Send what this worker's ComfyUI has now (register's ``capabilities``)."""
+        body = self._post("inventory", {"capabilities": capabilities})
+        return InventoryReply(changed=bool(body.get("changed")), object_info=_wanted(body))
+
+    def object_info(self, sha256: str, body: bytes) -> bool:
+        """Send the JSON bytes of ComfyUI's ``/object_info`` (gzip-compressed) that ``sha256`` names; True
+        when the scheduler stored them now, False when it had them already."""
+        packed = gzip.compress(body, compresslevel=5, mtime=0)
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        response = self._call(
+            f"object_info/{sha256}", data=packed, headers=headers, timeout=max(self.timeout, 60.0)
+        )
+        try:
+            return bool(response.json().get("stored"))
+        except (ValueError, AttributeError):
+            return False
 
     def heartbeat(
         self, leases: Iterable[tuple[str, str]], *, warm_checkpoint: str | None = None
@@ -493,6 +518,11 @@ def _protocol_message(theirs: int | None, detail: str) -> str:
     upgrade = "this worker" if theirs is not None and theirs > PROTOCOL_VERSION else "the scheduler"
     message = f"scheduler speaks {spoken}; this daemon needs {PROTOCOL_VERSION} — upgrade {upgrade} first"
     return message + (f" ({detail})" if detail else "")
+
+
+def _wanted(body: dict[str, Any]) -> str | None:
+    wanted = body.get("object_info")
+    return wanted if wanted in ("have", "send") else None
 
 
 def _warm(checkpoint: str | None) -> dict[str, str]:

@@ -407,7 +407,7 @@ class WorkerLoop:
         self._registered = True
         self._scheduler_backoff.reset()
         self.heartbeat_interval = registration.heartbeat_interval
-        self.inventory.registered(capabilities)
+        self.inventory.registered(capabilities, object_info=registration.object_info)
         logger.info(
             "registered as %s (worker %s, %d checkpoint(s), heartbeat every %gs, scheduler protocol %s)",
             registration.name,
