@@ -19,7 +19,7 @@ from generation import dashboard, placement, unrunnable
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
 from workers_app import services
-from workers_app.models import Worker
+from workers_app.models import ObjectInfoSpec, Worker
 
 STATUS_COLOURS = {
     Worker.Status.IDLE: "#2e7d32",
@@ -326,6 +326,7 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
                 for name, files in sorted(inputs.items())
             ),
             ("Node classes", len(caps.get("node_classes") or ()), "listed below"),
+            ("/object_info", *_spec_row(caps.get("object_info_sha256"))),
         ]
         return format_html(
             "<table><tr><th>list</th><th>files</th><th>names</th></tr>{}</table>"
@@ -454,3 +455,20 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
     def rotate_token(self, request, queryset):
         tokens = [(worker, services.worker_rotate_token(worker=worker)) for worker in queryset]
         return token_page(request, self, tokens, "New worker tokens")
+
+
+def _spec_row(digest: str | None) -> tuple[str, str]:
+    """(size, what) of the whole /object_info a worker names (workers_app.models.ObjectInfoSpec)."""
+    if not digest:
+        return (
+            "—",
+            "not reported (an older daemon): the front door lists its node classes and model files only",
+        )
+    spec = ObjectInfoSpec.objects.filter(sha256=digest).only("size", "classes").first()
+    if spec is None:
+        return "—", f"sha256 {digest[:16]}…, not received yet"
+    shared = Worker.objects.filter(capabilities__object_info_sha256=digest).count()
+    return (
+        f"{spec.size:,} bytes",
+        f"sha256 {digest[:16]}…, {spec.classes} classes, shared by {shared} worker(s)",
+    )

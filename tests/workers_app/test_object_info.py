@@ -121,3 +121,19 @@ def test_specs_no_worker_names_are_pruned_after_an_hour():
     assert worker_services.object_info_specs_prune() == 0  # still named by gpu-1
     client.post(INVENTORY, {"capabilities": with_digest("1" * 64)}, format="json")  # its install changed
     assert not ObjectInfoSpec.objects.exists()
+
+
+def test_the_admin_shows_the_spec_a_worker_names(admin_client):
+    from django.urls import reverse
+
+    worker, token = make_worker("gpu-1")
+    page = admin_client.get(reverse("admin:workers_app_worker_change", args=[worker.pk])).content.decode()
+    assert "not reported (an older daemon)" in page
+    client = worker_client(token)
+    client.post(INVENTORY, {"capabilities": with_digest()}, format="json")
+    page = admin_client.get(reverse("admin:workers_app_worker_change", args=[worker.pk])).content.decode()
+    assert f"sha256 {DIGEST[:16]}…, not received yet" in page
+    send(client)
+    page = admin_client.get(reverse("admin:workers_app_worker_change", args=[worker.pk])).content.decode()
+    assert f"sha256 {DIGEST[:16]}…, {len(subset())} classes, shared by 1 worker(s)" in page
+    assert f"{len(BODY):,} bytes" in page
