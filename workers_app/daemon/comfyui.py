@@ -8,7 +8,6 @@ when the socket is down or silent, so a dropped socket never strands a prompt. E
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -284,18 +283,23 @@ def object_info_spec(object_info: dict[str, Any]) -> bytes:
     ``image_upload`` and the like) emptied. Those list ComfyUI's input folder, which changes with every
     uploaded task input: they would make every worker's spec its own and change it after each image task,
     and the farm serves each user their own uploads instead."""
-    info = copy.deepcopy(object_info)
-    for node in info.values():
+    info = dict(object_info)  # entries with an upload input are copied before they change
+    for class_type, node in object_info.items():
         declared = node.get("input") if isinstance(node, dict) else None
         for category in ("required", "optional"):
             inputs = declared.get(category) if isinstance(declared, dict) else None
-            for name, spec in (inputs or {}).items() if isinstance(inputs, dict) else ():
+            for name, spec in list(inputs.items()) if isinstance(inputs, dict) else ():
                 if not is_upload_input(spec):
                     continue
                 if isinstance(spec[0], list):
-                    inputs[name] = [[], *spec[1:]]
+                    emptied = [[], *spec[1:]]
                 elif isinstance(spec[1].get("options"), list):
-                    inputs[name] = [spec[0], {**spec[1], "options": []}]
+                    emptied = [spec[0], {**spec[1], "options": []}]
+                else:
+                    continue
+                copied = info[class_type] = {**info[class_type]}
+                copied["input"] = {**copied["input"]}
+                copied["input"][category] = {**copied["input"][category], name: emptied}
     return json.dumps(info, separators=(",", ":"), ensure_ascii=False).encode()
 
 
