@@ -142,7 +142,7 @@ def _link(
     returns = spec[workflow[source]["class_type"]].get("output")
     try:
         received = returns[index] if isinstance(index, int) and not isinstance(index, bool) else None
-    except (IndexError, TypeError):
+    except (LookupError, TypeError):  # not a list of the class's outputs: leave it to the worker
         received = None
     input_type = info[0]
     if isinstance(received, str) and isinstance(input_type, str) and not types_match(received, input_type):

@@ -156,3 +156,18 @@ def test_existing_checks_answer_first(api, worker):
         error["type"] == "value_not_in_list"
         and error["extra_info"]["received_value"] == "missing.safetensors"
     )
+
+
+def test_odd_specs_and_values_never_raise():
+    spec = subset()
+    spec["ImageAddNoise"]["output"] = {"weird": True}
+    spec["EmptyImage"]["input"]["required"]["width"] = ["INT", {"min": "x"}]
+    workflow = copy.deepcopy(NOISE)
+    workflow["2"]["inputs"]["strength"] = {"__value__": [1]}
+    workflow["3"]["inputs"]["images"] = ["2", "0"]
+    workflow["1"]["inputs"]["color"] = 10**400
+    problem = spec_checks.check(workflow, spec)
+    assert {n: [e["type"] for e in entry["errors"]] for n, entry in problem.node_errors.items()} == {
+        "1": ["value_bigger_than_max"],  # color; width's "min" cannot be compared: left to the worker
+        "2": ["invalid_input_type"],  # float([1])
+    }
