@@ -129,6 +129,9 @@ class Task(models.Model):
     # and the clientId whose socket gets this task's frames.
     client_prompt_id = models.CharField(max_length=100, blank=True)
     client_id = models.CharField(max_length=100, blank=True)
+    # The front-door client's `extra_data.preview_method` ("auto", "taesd", …): the worker's ComfyUI sends
+    # latent previews, which reach the client's socket. Blank leaves the worker's ComfyUI its own setting.
+    preview_method = models.CharField(max_length=16, blank=True)
     # When a front-door client took it out of its ComfyUI history (POST /comfy/history, delete or clear). Only
     # that history stops showing it: the task, its images and files stay for the web pages and the REST API.
     comfy_history_hidden_at = models.DateTimeField(null=True, blank=True)
@@ -392,6 +395,23 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return self.file.name
+
+
+class TaskPreview(models.Model):
+    """The newest latent preview of a running task whose front-door client asked for previews: the worker
+    sends it, the client's socket (generation.comfy_ws) reads it when the event channel says it changed, as
+    the channel carries ids, not images. One row per task, replaced by each preview; the maintenance job
+    deletes it once the task has ended."""
+
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, primary_key=True, related_name="preview")
+    seq = models.PositiveIntegerField(default=1, help_text="Bumped by each preview.")
+    node_id = models.CharField(max_length=64)
+    image_format = models.CharField(max_length=8, help_text="png or jpeg")
+    data = models.BinaryField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"preview {self.seq} of task {self.task_id}"
 
 
 class WebhookDelivery(models.Model):

@@ -71,6 +71,7 @@ def task_submit_workflow(
     callback_url: str = "",
     client_prompt_id: str = "",
     client_id: str = "",
+    preview_method: str = "",
 ) -> Task:
     """Check a whole workflow and queue it as a task that runs it as given (file names aside: each attempt
     writes under its own prefix, api_workflows). Use `comfy_prompt_submit` for a client prompt id."""
@@ -83,6 +84,7 @@ def task_submit_workflow(
         owner=_owner(owner),
         client_prompt_id=client_prompt_id,
         client_id=client_id,
+        preview_method=preview_method,
         workflow=workflow,
         requirements=needs.as_json(),
         requirements_key=needs.key,
@@ -104,11 +106,18 @@ def task_submit_workflow(
 
 
 def comfy_prompt_submit(
-    *, owner: AbstractBaseUser | None, workflow: Any, client_prompt_id: str = "", client_id: str = ""
+    *,
+    owner: AbstractBaseUser | None,
+    workflow: Any,
+    client_prompt_id: str = "",
+    client_id: str = "",
+    extra_data: Any = None,
 ) -> tuple[Task, bool]:
     """ComfyUI's POST /prompt: queue the workflow, or, when this owner (the anonymous space counts as one)
-    already sent `client_prompt_id`, return that task unchanged. (task, True when it was queued now)."""
+    already sent `client_prompt_id`, return that task unchanged. (task, True when it was queued now).
+    Of `extra_data`, only `preview_method` reaches the worker's ComfyUI."""
     _check_client_ids(client_prompt_id, client_id)
+    preview_method = _preview_method(extra_data)
     if client_prompt_id:
         earlier = _task_named(owner, client_prompt_id)
         if earlier is not None:
@@ -116,7 +125,11 @@ def comfy_prompt_submit(
     try:
         with transaction.atomic():
             task = task_submit_workflow(
-                owner=owner, workflow=workflow, client_prompt_id=client_prompt_id, client_id=client_id
+                owner=owner,
+                workflow=workflow,
+                client_prompt_id=client_prompt_id,
+                client_id=client_id,
+                preview_method=preview_method,
             )
     except IntegrityError:
         earlier = _task_named(owner, client_prompt_id) if client_prompt_id else None
@@ -146,6 +159,28 @@ def _check_client_ids(client_prompt_id: Any, client_id: Any) -> None:
             errors[name] = ["Control characters are not allowed."]
     if errors:
         raise InvalidInput("Some fields are not valid.", fields=errors)
+
+
+# ComfyUI's LatentPreviewMethod values, and "default" (the server's own setting), as `set_preview_method`
+# takes them from a prompt's extra_data.
+PREVIEW_METHODS = frozenset({"none", "auto", "latent2rgb", "taesd", "default"})
+
+
+def _preview_method(extra_data: Any) -> str:
+    """`extra_data.preview_method`, checked; "" when absent."""
+    if extra_data is None:
+        return ""
+    if not isinstance(extra_data, dict):
+        raise InvalidInput("Some fields are not valid.", fields={"extra_data": ["Must be an object."]})
+    value = extra_data.get("preview_method")
+    if value is None:
+        return ""
+    if value not in PREVIEW_METHODS:
+        choices = ", ".join(sorted(PREVIEW_METHODS))
+        raise InvalidInput(
+            "Some fields are not valid.", fields={"extra_data.preview_method": [f"Must be one of {choices}."]}
+        )
+    return value
 
 
 def _check_options(priority: int, callback_url: str) -> None:
