@@ -129,6 +129,9 @@ class Task(models.Model):
     # and the clientId whose socket gets this task's frames.
     client_prompt_id = models.CharField(max_length=100, blank=True)
     client_id = models.CharField(max_length=100, blank=True)
+    # A whole workflow's graph without its input values (workflows.workflow_shape): workers learn their speed
+    # per shape, as a workflow's cost depends on its graph, not only its size. Blank for template tasks.
+    shape = models.CharField(max_length=32, blank=True)
     # The front-door client's `extra_data.preview_method` ("auto", "taesd", …): the worker's ComfyUI sends
     # latent previews, which reach the client's socket. Blank leaves the worker's ComfyUI its own setting.
     preview_method = models.CharField(max_length=16, blank=True)

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
-from generation import api_workflows, callback_targets, dispatch, limits
+from generation import api_workflows, callback_targets, dispatch, limits, workflows
 from generation.api_workflows import Inventory, Requirements, WorkflowProblem
 from generation.exceptions import InvalidInput, WorkflowRejected
 from generation.models import SEED_MAX, Task
@@ -92,6 +92,7 @@ def task_submit_workflow(
         callback_url=callback_url,
         warning=warning,
         max_attempts=farm_setting("MAX_ATTEMPTS"),
+        shape=workflows.workflow_shape(workflow),
         **_summary(workflow),
     )
     with transaction.atomic():
@@ -199,7 +200,8 @@ def _check_options(priority: int, callback_url: str) -> None:
 
 def _summary(workflow: dict[str, Any]) -> dict[str, Any]:
     """Task fields that lists and pages show, read from the workflow where it has them: the first prompt
-    text, the first seed, the first image size."""
+    text, the first seed, the first image size and its batch, the first sampler's steps (size, batch and
+    steps are also the work that placement and the learned speeds count)."""
     found: dict[str, Any] = {}
     longest = limits.lengths()["prompt"].high
     for node in workflow.values():
@@ -215,6 +217,12 @@ def _summary(workflow: dict[str, Any]) -> dict[str, Any]:
             width, height = inputs.get("width"), inputs.get("height")
             if type(width) is int and type(height) is int and 0 < width <= 16384 and 0 < height <= 16384:
                 found["width"], found["height"] = width, height
+                batch = inputs.get("batch_size")
+                if type(batch) is int and 0 < batch <= 4096:
+                    found["batch_size"] = batch
+        steps = inputs.get("steps")
+        if "steps" not in found and type(steps) is int and 0 < steps <= 10000:
+            found["steps"] = steps
     found.setdefault("prompt", "(workflow)")
     found.setdefault("seed", secrets.randbelow(SEED_MAX + 1))
     return found
