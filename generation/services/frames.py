@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from generation import dispatch
 from generation.exceptions import InvalidInput, LeaseLost
-from generation.models import Task, TaskPreview
+from generation.models import PREVIEWING, Task, TaskPreview
 from generation.services.transitions import LEASE_LOST, fenced, lease_completed
 from workers_app.models import Worker
 
@@ -38,7 +38,6 @@ RELAYED = frozenset(
 # reads the image and sends ComfyUI's binary frame).
 PREVIEW = "t2i_preview"
 PREVIEW_FORMATS = frozenset({"png", "jpeg"})
-PREVIEWING = frozenset({"auto", "latent2rgb", "taesd"})  # preview methods under which ComfyUI sends previews
 MAX_PREVIEW_BYTES = 512 * 1024
 EVENT = "comfy_frames"
 EVENT_BUDGET = dispatch.MAX_PAYLOAD_BYTES - 600  # room for the envelope
@@ -57,13 +56,15 @@ def task_relay_frames(
         if lease_completed(task_id=task_id, lease_token=lease_token, worker_id=worker.pk):
             return 0
         raise LeaseLost(LEASE_LOST)
-    if not row["client_id"]:
-        return 0
-    prompt_id = row["client_prompt_id"] or str(task_id)
-    kept = [[kind, {**data, "prompt_id": prompt_id}] for kind, data in frames if _relayed(kind, data)]
     previews = [data for kind, data in frames if kind == PREVIEW]
+    node_id = None
     if previews and row["preview_method"] in PREVIEWING:
         node_id = task_preview_store(task_pk=row["id"], data=previews[-1])  # only the newest counts
+    if not row["client_id"]:
+        return 0  # no socket follows it: the task page reads the preview (GET tasks/{id}/preview)
+    prompt_id = row["client_prompt_id"] or str(task_id)
+    kept = [[kind, {**data, "prompt_id": prompt_id}] for kind, data in frames if _relayed(kind, data)]
+    if node_id is not None:
         kept.append([PREVIEW, {"node": node_id, "prompt_id": prompt_id, "task": str(task_id)}])
     envelope = {"task": str(task_id), "owner": row["owner_id"], "client_id": row["client_id"]}
     sent = 0

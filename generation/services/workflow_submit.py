@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from generation import api_workflows, callback_targets, dispatch, limits, workflows
 from generation.api_workflows import Inventory, Requirements, WorkflowProblem
 from generation.exceptions import InvalidInput, WorkflowRejected
-from generation.models import SEED_MAX, Task
+from generation.models import SEED_MAX, PreviewMethod, Task
 from generation.services.inputs import inputs_needed
 from generation.services.queue_rules import check_priority, check_queued_cap
 from generation.services.transitions import farm_setting, task_changed
@@ -164,7 +164,7 @@ def _check_client_ids(client_prompt_id: Any, client_id: Any) -> None:
 
 # ComfyUI's LatentPreviewMethod values, and "default" (the server's own setting), as `set_preview_method`
 # takes them from a prompt's extra_data.
-PREVIEW_METHODS = frozenset({"none", "auto", "latent2rgb", "taesd", "default"})
+PREVIEW_METHODS = frozenset(PreviewMethod.values) - {PreviewMethod.OFF}
 
 
 def _preview_method(extra_data: Any) -> str:

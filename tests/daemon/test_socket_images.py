@@ -187,10 +187,30 @@ def test_previews_go_to_a_front_door_client_that_asked_for_them():
     assert [name for name, _, _ in sched.calls_of("complete")[0]["images"]] == ["p1.png"]
 
 
-@pytest.mark.parametrize("overrides", [{"relay_frames": True}, {"preview_method": "auto"}])
-def test_previews_go_nowhere_unless_a_client_follows_the_task_and_asked(overrides):
+def test_previews_go_nowhere_unless_the_task_asked_for_them():
     comfy = FakeComfy()
     comfy.socket_images = [("3", SocketImage("jpeg", b"\xff\xd8preview"))]
     sched = FakeScheduler()
-    assert run(comfy, sched, make_lease(workflow=SOCKET_WORKFLOW, **overrides)) is TaskResult.COMPLETED
+    lease = make_lease(workflow=SOCKET_WORKFLOW, relay_frames=True)
+    assert run(comfy, sched, lease) is TaskResult.COMPLETED
     assert not sched.calls_of("frames")
+
+
+def test_a_task_that_asked_for_previews_without_a_socket_client_sends_them_for_its_page():
+    comfy = FakeComfy(auto_finish=False)
+    comfy.socket_images = [
+        ("3", SocketImage("jpeg", b"\xff\xd8preview")),
+        ("3", SocketImage("jpeg", b"\xff\xd8x")),
+    ]
+    sched = FakeScheduler()
+    lease = make_lease(workflow=SOCKET_WORKFLOW, preview_method="auto")
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, lease)))
+    thread.start()
+    assert wait_until(lambda: sched.calls_of("frames"))
+    comfy.finish("p1")
+    thread.join(5)
+    assert results == [TaskResult.COMPLETED]
+    assert "on_frame" not in comfy.submit_options["p1"]  # no socket client: ComfyUI's text frames stay here
+    sent = [f for call in sched.calls_of("frames") for f in call["frames"]]
+    assert [kind for kind, _ in sent] == ["t2i_preview"]  # the second came too soon after the first

@@ -33,12 +33,13 @@ RELAYED = frozenset(
 )
 PROGRESS_PER_SECOND = 10
 MAX_PENDING = 200
-# A latent preview a sampler sent, for a client that asked for previews (the prompt's
-# `extra_data.preview_method`): `["t2i_preview", {"node", "format", "image": base64}]`. Only the newest
-# pending one is sent, paced with progress; the scheduler stores it and sends the client ComfyUI's binary
-# frame.
+# A latent preview a sampler sent, for a task that asked for previews (its `preview_method`):
+# `["t2i_preview", {"node", "format", "image": base64}]`. At most PREVIEWS_PER_SECOND are taken (ComfyUI sends
+# one per step), only the newest pending one is sent; the scheduler keeps it for the client's socket (as
+# ComfyUI's binary frame) and the task page.
 PREVIEW = "t2i_preview"
-MAX_PREVIEW_BYTES = 1024 * 1024
+PREVIEWS_PER_SECOND = 4
+MAX_PREVIEW_BYTES = 512 * 1024  # the scheduler's limit (generation.services.frames)
 PACED = frozenset({"progress", PREVIEW})
 
 
@@ -61,6 +62,7 @@ class FrameRelay(Outbox):
         self._clock = clock
         self._sleep = sleep
         self._progress_sent_at = float("-inf")
+        self._preview_at = float("-inf")
 
     def put(self, message: dict[str, Any]) -> None:
         kind, data = message.get("type"), message.get("data")
@@ -73,9 +75,12 @@ class FrameRelay(Outbox):
         self._put(kind, [kind, data])
 
     def put_preview(self, node_id: str, image: SocketImage) -> None:
-        """A preview image; one over ``MAX_PREVIEW_BYTES`` is dropped."""
-        if len(image.data) > MAX_PREVIEW_BYTES:
+        """A preview image; one over ``MAX_PREVIEW_BYTES``, or sooner than PREVIEWS_PER_SECOND allows after
+        the last one taken, is dropped."""
+        now = self._clock()
+        if len(image.data) > MAX_PREVIEW_BYTES or now - self._preview_at < 1 / PREVIEWS_PER_SECOND:
             return
+        self._preview_at = now
         encoded = base64.b64encode(image.data).decode("ascii")
         self._put(PREVIEW, [PREVIEW, {"node": node_id, "format": image.format, "image": encoded}])
 

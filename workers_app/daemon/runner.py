@@ -223,16 +223,19 @@ class _TaskRun:
         self.task_id = lease.task_id
         # Start and progress reports go out on a thread of their own: nothing here waits for them.
         self.reports = Reports(self._send_report, name=f"reports-{lease.task_id[:8]}")
-        # The socket frames of a task a ComfyUI front-door client follows, relayed as they come.
+        # Latent previews, when the task asked for them: its front-door client socket and its page show them.
+        self.previews = lease.preview_method in PREVIEW_METHODS
+        # The socket frames of a task a ComfyUI front-door client follows, and its previews, relayed as they
+        # come.
         self.frames = (
-            FrameRelay(self._send_frames, name=f"frames-{lease.task_id[:8]}") if lease.relay_frames else None
+            FrameRelay(self._send_frames, name=f"frames-{lease.task_id[:8]}")
+            if lease.relay_frames or self.previews
+            else None
         )
         # Images that nodes such as SaveImageWebsocket send only on ComfyUI's socket; the task's outputs.
         self.socket_nodes = socket_image_nodes(lease.workflow)
         self.socket_images: list[tuple[str, SocketImage]] = []
         self.socket_bytes = 0
-        # Latent previews go to a front-door client that asked for them.
-        self.previews = self.frames is not None and lease.preview_method in PREVIEW_METHODS
         self.start_queued = False
         self.last_progress_at = 0.0
         self.last_quarter = 0
@@ -250,7 +253,7 @@ class _TaskRun:
             if stopped is not None:
                 return stopped
         options: dict[str, Any] = {}
-        if self.frames is not None:
+        if self.frames is not None and self.lease.relay_frames:
             options["on_frame"] = self.frames.put
         if self.socket_nodes or self.previews:
             options["on_image"] = self._on_image
