@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workers_app', '0006_worker_completing'),
+        ('workers_app', '0007_workerspeed_shape'),
     ]
 
     operations = [
