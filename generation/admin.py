@@ -302,11 +302,19 @@ class TaskAdmin(ObjectActionsMixin, ViewOnlyMixin, admin.ModelAdmin):
     @admin.display(description="Created", ordering="created_at")
     def created_column(self, task: Task):
         local = timezone.localtime(task.created_at)
-        today = local.date() == timezone.localdate()
+        if local.date() == timezone.localdate():
+            return format_html(
+                '<span class="console-nowrap" title="{}">{}</span>',
+                local.isoformat(timespec="seconds"),
+                local.strftime("%H:%M:%S"),
+            )
+        # An older day on two short lines, so the column is no wider than today's times (the list's columns
+        # fit 1280 px however old the tasks on the page are).
         return format_html(
-            '<span class="console-nowrap" title="{}">{}</span>',
+            '<span title="{}">{}<br>{}</span>',
             local.isoformat(timespec="seconds"),
-            local.strftime("%H:%M:%S" if today else "%b %d %H:%M"),
+            local.strftime("%b %d"),
+            local.strftime("%H:%M"),
         )
 
     @admin.display(description="Prio", ordering="priority")
