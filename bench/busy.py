@@ -759,7 +759,7 @@ class BusyFarm:
 
 
 def measure(args) -> list:
-    database = "t2i_bench_busy"
+    database = args.db_name
     db_url = database_url("postgres", database)
     setup_django(db_url)
 
@@ -871,6 +871,7 @@ def main() -> None:
         choices=(1, 2, 3),
         help="the daemons' protocol (3: start, progress and heartbeats on the worker socket)",
     )
+    parser.add_argument("--db-name", default="t2i_bench_busy", help="the PostgreSQL database (made afresh)")
     add_suite_arguments(parser)
     args = parser.parse_args()
     save_figures(args.json, measure(args))

@@ -26,7 +26,7 @@ RATIO_TARGET = 2.0  # issue 11: ours at most twice the reference
 def measure(args) -> list:
     from bench.report import Figure
 
-    db_url = database_url("postgres", "t2i_bench_ratio")
+    db_url = database_url("postgres", args.db_name)
     setup_django(db_url)
     lease.seed_tasks(int(args.rounds * 3 * args.duration * 400) + 5000)
     procs = lease.client_processes(args.workers, args.client_procs)
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--client-procs", type=int, default=0, help="client processes (0: by N, up to 4)")
+    parser.add_argument("--db-name", default="t2i_bench_ratio", help="the PostgreSQL database (made afresh)")
     add_suite_arguments(parser)
     args = parser.parse_args()
     save_figures(args.json, measure(args))

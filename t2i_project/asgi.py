@@ -7,8 +7,10 @@ import re
 import uuid
 
 import django
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
-from django.urls import reverse
+from django.core.handlers.base import BaseHandler
+from django.urls import Resolver404, get_resolver, reverse
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "t2i_project.settings")
 django.setup(set_prefix=False)
@@ -42,6 +44,17 @@ def on_shared_thread(path: str) -> bool:
     return _shared_thread_paths().fullmatch(path) is not None
 
 
+@functools.lru_cache(maxsize=1024)
+def synchronous_view(path: str) -> bool:
+    """Whether `path` names a synchronous view (the URLconf is fixed for the process's life). A path that
+    names no view (a static file, a 404) is False: Django's own path serves it."""
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return False
+    return not iscoroutinefunction(match.func)
+
+
 class Handler(ASGIHandler):
     """Django's ASGI handler, but waiting requests and short worker calls share one thread per process.
 
@@ -49,7 +62,24 @@ class Handler(ASGIHandler):
     a worker's lease wait or a client's event stream would hold one for minutes. Outside that per-request
     context asgiref runs them on its single shared thread, so hundreds of waits and streams cost no thread
     at all (workers_app.long_poll, generation.streams), and a heartbeat or a progress report does not make
-    and join a thread."""
+    and join a thread.
+
+    A request for a synchronous view (the DRF views, the pages, the admin; not the long polls, the event
+    streams or the front door's async views) runs its middleware and its view in Django's synchronous mode,
+    in one hop to that thread. In Django's async mode each synchronous middleware (SecurityMiddleware,
+    sessions, CSRF, ...) hops to the thread and back for its request half and again for its response half: a
+    dozen hops per request, which cost more CPU than a heartbeat's view (bench/README.md, "Per-request
+    overhead"). The same middleware in the same order: the answers are the same; only the hops change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.synchronous = BaseHandler()  # settings.MIDDLEWARE again, loaded for synchronous views
+        self.synchronous.load_middleware(is_async=False)
+
+    async def get_response_async(self, request):
+        if synchronous_view(request.path_info):
+            return await sync_to_async(self.synchronous.get_response)(request)
+        return await super().get_response_async(request)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket") and scope["path"].startswith("/comfy/"):

@@ -71,7 +71,7 @@ MIDDLEWARE = [
     # First: a ComfyUI URL key leaves the path before URL resolution and any log line (generation.comfy_keys).
     "generation.comfy_keys.ComfyKeyMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "servestatic.middleware.ServeStaticMiddleware",
+    "t2i_project.static_files.StaticFilesMiddleware",  # servestatic's, in either mode
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
