@@ -118,6 +118,23 @@ def test_finish_estimates_count_held_work_and_switches():
     assert done == {1: 5.0, 2: 6.0, 3: 11.0}
 
 
+def test_finish_estimates_place_the_head_as_the_lease_path_does():
+    nodes = [node(1, warm="a"), node(2, warm="b")]
+    jobs = [job(1, "a"), job(2, "a"), job(3, "a"), job(4, "b")]
+    # Node 2 asks at 0 and `plan` gives it the first job it finishes no later than anyone: job 3 (a switch,
+    # done at 6, as node 1 would); node 1 runs jobs 1 and 2, then job 4 with a switch: 4+4+2 = 10.
+    assert placement.finish_estimates(nodes, jobs, now=0.0) == {1: 2.0, 2: 4.0, 3: 6.0, 4: 10.0}
+    # An ideal list schedule (each job in turn to whoever finishes it first) would say 2 for job 4: what
+    # the estimate falls back to beyond its budget
+    assert placement.finish_estimates(nodes, jobs, now=0.0, budget=0)[4] == 2.0
+
+
+def test_finish_estimates_leave_out_jobs_nobody_can_run():
+    nodes = [node(1, ckpts=("a",)), node(2, ckpts=("a",), free_at=1.0)]
+    done = placement.finish_estimates(nodes, [job(1, "b"), job(2, "a"), job(3, "a"), job(4, "b")], now=0.0)
+    assert done == {2: 2.0, 3: 3.0}
+
+
 def test_an_unknown_loaded_model_costs_the_learned_switch_else_nothing():
     fresh, warm = node(1, warm=""), node(2, warm="a", free_at=0.1)
     assert plan(fresh, [fresh, warm], [job(1)], now=0.0).job_ids == [1]  # nothing learned: no penalty
