@@ -21,7 +21,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db.models import QuerySet
 
-from generation import api_workflows, placement, workflows
+from generation import api_workflows, dispatch, placement, workflows
 from generation.models import Task, UserShare, WorkflowTemplate
 from generation.placement import Job, Node
 from workers_app.models import Worker, WorkerSpeed
@@ -73,6 +73,7 @@ class _Cache:
     statics_at: float = -1e9
     owners: list[int | None] = field(default_factory=list)
     owners_at: float = -1e9
+    announced: dict[int, float] = field(default_factory=dict)  # user -> when work of theirs was queued
     live: list[LiveWorker] = field(default_factory=list)
     live_at: float = -1e9
 
@@ -169,20 +170,42 @@ def queue_window(queued: QuerySet[Task], *, size: int = WINDOW) -> list[Job]:
 
 
 def queued_owners() -> list[int | None]:
-    """The users with queued tasks (None: anonymous), cached OWNERS_SECONDS per process."""
+    """The users with queued tasks (None: anonymous), read at most every OWNERS_SECONDS per process, with
+    those whose work was queued since (the `work` events: `owner_queued`), so that a user's first task is in
+    the next lease's window, not a second later."""
+    cache = _cache
+    now = time.monotonic()
+    with cache.lock:
+        fresh = now - cache.owners_at < OWNERS_SECONDS
+        owners = cache.owners
+    if not fresh:
+        read_at = time.monotonic()
+        owners = list(
+            Task.objects.filter(status=Task.Status.QUEUED)
+            .order_by()
+            .values_list("owner_id", flat=True)
+            .distinct()
+        )
+        with cache.lock:
+            cache.owners, cache.owners_at = owners, read_at
+    with cache.lock:
+        # An owner announced just before the read began may be missing from it (the read's snapshot can
+        # predate the commit): keep announcements a little longer than the read they could have missed.
+        cache.announced = {o: at for o, at in cache.announced.items() if now - at < 2 * OWNERS_SECONDS}
+        extra = [o for o in cache.announced if o not in owners]
+    return owners + extra if extra else owners
+
+
+def owner_queued(owner: int | None) -> None:
+    """Work of `owner` was queued (in this process or another: the `work` event)."""
+    if owner is None:
+        return
     cache = _cache
     with cache.lock:
-        if time.monotonic() - cache.owners_at < OWNERS_SECONDS:
-            return cache.owners
-    owners = list(
-        Task.objects.filter(status=Task.Status.QUEUED)
-        .order_by()
-        .values_list("owner_id", flat=True)
-        .distinct()
-    )
-    with cache.lock:
-        cache.owners, cache.owners_at = owners, time.monotonic()
-    return owners
+        cache.announced[owner] = time.monotonic()
+
+
+dispatch.subscribe("work", lambda data: owner_queued(data.get("owner")))
 
 
 @dataclass

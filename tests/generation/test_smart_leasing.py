@@ -93,6 +93,20 @@ def test_fair_share_puts_a_light_users_single_task_before_a_flood():
     assert TaskAttempt.objects.get(task=single).placement == placement.FAIR
 
 
+def test_a_users_first_task_is_in_the_next_leases_window_though_the_queues_users_are_cached(
+    django_capture_on_commit_callbacks,
+):
+    first, second = workers(CHECKPOINT, CHECKPOINT)
+    flood_user, light_user = UserFactory(), UserFactory()
+    UserShare.objects.create(user=flood_user, usage_seconds=500.0)
+    for _ in range(60):  # beyond the window: the light user's task is seen only as a user the head lacks
+        submit_task(owner=flood_user, checkpoint=CHECKPOINT)
+    assert lease(first).task.owner_id == flood_user.pk  # reads (and caches) the users with queued work
+    with django_capture_on_commit_callbacks(execute=True):  # the `work` event names the owner
+        single = submit_task(owner=light_user, checkpoint=CHECKPOINT)
+    assert lease(second).task.pk == single.pk
+
+
 def test_fifo_setting_keeps_the_old_rule(settings):
     settings.T2I = {**settings.T2I, "SCHEDULER": "fifo"}
     on_a, _ = workers(CHECKPOINT, OTHER)
