@@ -34,8 +34,9 @@ NEIGHBOURS = 32  # other workers (those that free soonest) that compete with the
 # time, at most DEFER_MARGIN_MAX seconds: more than the noise of learned speeds on short jobs.
 DEFER_MARGIN, DEFER_MARGIN_MAX = 0.2, 0.25
 # Queued tasks a plan looks at from the head of the queue (and as many from users it does not show): two per
-# live worker, so that each can find its warm model's work, within these bounds.
-WINDOW, WINDOW_MAX = 48, 128
+# worker that competes in the plan (the asker and its NEIGHBOURS), so that each can find its warm model's
+# work, at least WINDOW.
+WINDOW = 48
 EXACT_BUDGET = 20_000  # node comparisons an ETA estimate spends list-scheduling the head of the queue
 ARRIVAL_WINDOW = 120.0  # seconds of recent submissions an ETA reads the users' arrival rates from
 
@@ -47,7 +48,7 @@ FIFO = "first in line"
 
 
 def window_size(live_workers: int) -> int:
-    return min(WINDOW_MAX, max(WINDOW, 2 * live_workers))
+    return max(WINDOW, 2 * min(live_workers, NEIGHBOURS + 1))
 
 
 def work_units(width: int, height: int, steps: int, batch: int) -> float:
@@ -198,12 +199,21 @@ def plan(
     and a worker that stops asking stops beating and drops out of the live set (WORKER_OFFLINE_AFTER).
     `defer_to_idle=False` (where that wake cannot reach other processes) leaves idle workers out: the asker
     competes only with workers that will ask when their work is done."""
-    others = sorted(
-        (n for n in nodes if n.id != asker.id and (defer_to_idle or n.free_at > now)), key=lambda n: n.free_at
-    )[:NEIGHBOURS]
+    by_id = {n.id: n for n in nodes}
+    chosen = competitors(asker.id, {n.id: n.free_at for n in nodes}, now=now, defer_to_idle=defer_to_idle)
+    others = [by_id[pk] for pk in chosen]
     free = {n.id: max(now, n.free_at) for n in others}
     warm = {n.id: n.warm for n in others}
     return _plan(asker, max(now, asker.free_at), asker.warm, others, free, warm, ordered, want)
+
+
+def competitors(
+    asker: int, free_at: Mapping[int, float], *, now: float, defer_to_idle: bool = True
+) -> list[int]:
+    """The workers that compete with `asker` in a plan, soonest free first: the NEIGHBOURS others that free
+    soonest (`free_at`: when each frees; equals in its order), only busy ones unless `defer_to_idle`."""
+    others = (pk for pk, at in free_at.items() if pk != asker and (defer_to_idle or at > now))
+    return sorted(others, key=free_at.__getitem__)[:NEIGHBOURS]
 
 
 def _plan(

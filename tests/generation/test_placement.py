@@ -118,6 +118,20 @@ def test_finish_estimates_count_held_work_and_switches():
     assert done == {1: 5.0, 2: 6.0, 3: 11.0}
 
 
+def test_the_competitors_are_the_workers_that_free_soonest(monkeypatch):
+    monkeypatch.setattr(placement, "NEIGHBOURS", 2)
+    free_at = {1: 0.0, 2: 5.0, 3: 0.0, 4: 1.0, 5: 9.0}  # now = 0: workers 1 and 3 are idle
+    assert placement.competitors(1, free_at, now=0.0) == [3, 4]  # the asker is not one; equals in order
+    assert placement.competitors(1, free_at, now=0.0, defer_to_idle=False) == [4, 2]
+    # plan lets only them take jobs from the asker: worker 5, free last but fast and warm, would finish this
+    # b job first (3.2 s; the others 24-26 s)
+    slow = [node(1, speed=0.1), node(3, speed=0.1, free_at=1.0), node(4, speed=0.1, free_at=2.0)]
+    nodes = [*slow, node(5, warm="b", speed=10, free_at=3.0)]
+    assert plan(nodes[0], nodes, [job(1, "b")], now=0.0).planned == {1: 1}
+    monkeypatch.setattr(placement, "NEIGHBOURS", 3)
+    assert plan(nodes[0], nodes, [job(1, "b")], now=0.0).planned == {1: 5}
+
+
 def test_finish_estimates_place_the_head_as_the_lease_path_does():
     nodes = [node(1, warm="a"), node(2, warm="b")]
     jobs = [job(1, "a"), job(2, "a"), job(3, "a"), job(4, "b")]
