@@ -307,10 +307,11 @@ def simulate_leases(
     nodes: Sequence[Node], ordered: Sequence[Job], *, now: float, budget: int = EXACT_BUDGET
 ) -> tuple[dict[int, float], dict[int, float], dict[int, str], list[Job]]:
     """The lease path played forward: the node that frees first asks, `plan` (want=1) over the head of the
-    jobs left (as many as a lease's window) gives it a job or nothing (another node frees in time to finish
-    the head sooner: the asker asks again when the next node frees). Stops when about `budget` node
-    comparisons are spent. Returns each placed job's finish, when each node frees after them, and the jobs
-    not placed, in order (less those found that no node can run)."""
+    jobs left that it can run (as many as a lease's window) gives it a job or nothing (another node frees in
+    time to finish them sooner: the asker asks again at the next event, when a node frees). Stops when
+    about `budget` node comparisons are spent. Returns each placed job's finish, when each node frees after
+    them, what each has warm then, and the jobs not placed, in order (less those found that no node can
+    run)."""
     free = {n.id: max(now, n.free_at) for n in nodes}
     warm = {n.id: n.warm for n in nodes}
     asks = [(at, n.id) for n, at in zip(nodes, free.values(), strict=True)]
@@ -320,30 +321,35 @@ def simulate_leases(
     size = window_size(len(nodes))
     runnable: set[int] = set()
     done: dict[int, float] = {}
-    spent, idle = 0, 0
-    while left and asks and spent < budget and idle <= len(nodes):
+    waiting: list[int] = []  # nodes that stood back with no later event to ask again at
+    stood: set[int] = set()  # nodes that stood back since the last job was placed
+    spent = 0
+    while left and asks and spent < budget and len(stood) < len(nodes):
         at, asker_id = heapq.heappop(asks)
-        window = _runnable_head(left, size, nodes, runnable)
-        if not window:
-            break
         asker = by_id[asker_id]
-        others = sorted((n for n in nodes if n.id != asker_id), key=lambda n: free[n.id])[:NEIGHBOURS]
+        window = _head_for(asker, left, size, nodes, runnable)
+        others = [by_id[pk] for pk in competitors(asker_id, free, now=at)]
         their_free = {n.id: max(at, free[n.id]) for n in others}
         choice = _plan(asker, max(at, free[asker_id]), warm[asker_id], others, their_free,
                        {n.id: warm[n.id] for n in others}, window, 1)  # fmt: skip
-        spent += max(1, len(choice.planned)) * (len(others) + 1) + len(nodes)
+        spent += max(1, len(choice.planned)) * (len(others) + 1) + len(nodes) + len(window)
         if not choice.job_ids:
-            idle += 1  # it stands back: it asks again when the next node frees (if one frees later)
+            stood.add(asker_id)  # it stands back: it asks again at the next event (a node freeing later)
             later = [t for t, _ in asks if t > at]
             if later:
                 heapq.heappush(asks, (min(later), asker_id))
+            else:
+                waiting.append(asker_id)
             continue
-        idle = 0
+        stood.clear()
         index = next(i for i, job in enumerate(left) if job.id == choice.job_ids[0])
         job = left.pop(index)
         end = max(at, free[asker_id]) + asker.run_seconds(job, warm[asker_id])
         done[job.id], free[asker_id], warm[asker_id] = end, end, job.checkpoint or warm[asker_id]
         heapq.heappush(asks, (end, asker_id))
+        for pk in waiting:  # this job's end is an event they ask again at, if none comes sooner
+            heapq.heappush(asks, (min(t for t, _ in asks if t > at), pk))
+        waiting.clear()
     return done, free, warm, left
 
 
@@ -373,18 +379,23 @@ def _list_schedule(
     return jobs[most:]
 
 
-def _runnable_head(left: list[Job], size: int, nodes: Sequence[Node], runnable: set[int]) -> list[Job]:
-    """The first `size` jobs of `left` that some node can run (those no node can run are dropped from it)."""
+def _head_for(
+    asker: Node, left: list[Job], size: int, nodes: Sequence[Node], runnable: set[int]
+) -> list[Job]:
+    """The first `size` jobs of `left` that `asker` can run, as its lease's window holds only those (jobs no
+    node can run are dropped from `left` on the way; `runnable` remembers those some node can run)."""
     head: list[Job] = []
     index = 0
     while len(head) < size and index < len(left):
         job = left[index]
-        if job.id in runnable or _anyone_runs(job, nodes):
+        if job.id not in runnable:
+            if not _anyone_runs(job, nodes):
+                del left[index]
+                continue
             runnable.add(job.id)
+        if asker.can_run(job):
             head.append(job)
-            index += 1
-        else:
-            del left[index]
+        index += 1
     return head
 
 

@@ -1,5 +1,7 @@
 """Placement rules as plain functions (generation.placement): no database."""
 
+import random
+
 import pytest
 
 from generation import placement
@@ -141,6 +143,29 @@ def test_finish_estimates_place_the_head_as_the_lease_path_does():
     # An ideal list schedule (each job in turn to whoever finishes it first) would say 2 for job 4: what
     # the estimate falls back to beyond its budget
     assert placement.finish_estimates(nodes, jobs, now=0.0, budget=0)[4] == 2.0
+
+
+def test_finish_estimates_give_a_worker_what_its_own_window_holds():
+    # gpu 1 runs only b; 50 a jobs for the fast gpu 2 come first, but gpu 1's lease sees only b jobs
+    nodes = [node(1, warm="b", ckpts=("b",)), node(2, warm="a", speed=2)]
+    jobs = [job(i, "a") for i in range(1, 51)] + [job(51, "b")]
+    done = placement.finish_estimates(nodes, jobs, now=0.0)
+    assert done[51] == 2.0 and done[50] == 50.0
+
+
+def test_the_lease_path_played_forward_places_every_job_some_worker_can_run():
+    rng = random.Random(1)
+    for _ in range(500):
+        nodes = [
+            node(i, warm=rng.choice("ab"), free_at=rng.choice([0.0, 0.0, 1.0, 3.0]),
+                 speed=rng.choice([0.25, 1, 2, 4]), ckpts=rng.sample("ab", rng.randint(1, 2)))
+            for i in range(1, rng.randint(2, 3) + 1)
+        ]  # fmt: skip
+        jobs = [job(i, rng.choice("ab")) for i in range(1, rng.randint(2, 8) + 1)]
+        done, _free, _warm, rest = placement.simulate_leases(nodes, jobs, now=0.0)
+        # a worker that stands back asks again at the next event, until every worker has stood back
+        # with nothing placed meanwhile
+        assert set(done) == {j.id for j in jobs if any(n.can_run(j) for n in nodes)} and not rest
 
 
 def test_finish_estimates_leave_out_jobs_nobody_can_run():
