@@ -1,6 +1,8 @@
 """REST API for people and programs: submit, follow, list and cancel tasks; templates; workers summary."""
 
 from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound as CursorNotFound
@@ -108,6 +110,21 @@ def task_event(request, user, task_id: str) -> dict | None:
     except NotFound:
         return None
     return TaskOutput(task, context={"request": request}).data
+
+
+class TaskPreviewApi(APIView):
+    """The newest latent preview of a running task that asked for previews (its `preview_url`)."""
+
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(
+        responses={(200, "image/jpeg"): OpenApiTypes.BINARY, (200, "image/png"): OpenApiTypes.BINARY}
+    )
+    def get(self, request: Request, task_id) -> HttpResponse:
+        preview = selectors.task_preview_for(request.user, task_id)
+        response = HttpResponse(bytes(preview.data), content_type=f"image/{preview.image_format}")
+        response["Cache-Control"] = "no-store"  # the next one replaces it
+        return response
 
 
 class TaskEventsApi(APIView):

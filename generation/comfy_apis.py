@@ -82,6 +82,7 @@ class PromptApi(ComfyApi):
                 workflow=body["prompt"],
                 client_prompt_id=_text(body.get("prompt_id")),
                 client_id=_text(body.get("client_id")),
+                extra_data=body.get("extra_data"),
             )
         except WorkflowRejected as exc:
             return _rejected(exc.problem)

@@ -27,6 +27,11 @@ MODEL_FOLDERS = {
     "upscale_model_name": "upscale_models",
 }
 _NUMBERED = re.compile(r"(.*_name)\d+")
+# Output nodes whose images reach a ComfyUI client only as binary socket frames, never as files
+# (workers_app.daemon.socket_images names the same classes); of these, the tooling nodes' one still lists
+# each image in history and `executed`, as {"source": "websocket", …}.
+SOCKET_IMAGE_CLASSES = frozenset({"SaveImageWebsocket", "ETN_SendImageWebSocket"})
+SOCKET_IMAGES_LISTED = frozenset({"ETN_SendImageWebSocket"})
 
 
 def prompt_id_of(task: Task) -> str:
@@ -60,8 +65,17 @@ def history_entry(task: Task) -> dict[str, Any] | None:
     messages: list[list[Any]] = [["execution_start", {"prompt_id": prompt_id, "timestamp": start}]]
     outputs: dict[str, Any] = {}
     if task.status == Task.Status.COMPLETED:
+        socket_nodes = socket_image_nodes(task)
         for image in sorted(task.images.all(), key=lambda i: i.index):
-            outputs.setdefault(image.node_id or "", {"images": []})["images"].append(image_ref(image))
+            socket_class = socket_nodes.get(image.node_id)
+            if socket_class is None:
+                ref = image_ref(image)
+            elif socket_class in SOCKET_IMAGES_LISTED:
+                ref = {"source": "websocket", "content-type": f"image/{image_format(image)}"}
+                ref["type"] = "output"
+            else:
+                continue
+            outputs.setdefault(image.node_id or "", {"images": []})["images"].append(ref)
         messages.append(["execution_success", {"prompt_id": prompt_id, "timestamp": _ms(task.finished_at)}])
     elif task.status == Task.Status.CANCELLED:
         messages.append(["execution_interrupted", _interrupted(task, prompt_id)])
@@ -86,6 +100,27 @@ def history_entry(task: Task) -> dict[str, Any] | None:
             for node_id in outputs
         },
     }
+
+
+def socket_image_nodes(task: Task) -> dict[str, str]:
+    """{node id: class} of the task's nodes whose images ComfyUI sends only on its socket."""
+    return {
+        node_id: node["class_type"]
+        for node_id, node in (task.workflow or {}).items()
+        if isinstance(node, dict) and node.get("class_type") in SOCKET_IMAGE_CLASSES
+    }
+
+
+def socket_images(task: Task) -> list[Image]:
+    """The task's images that its client gets as binary socket frames, in order."""
+    nodes = socket_image_nodes(task)
+    return [image for image in sorted(task.images.all(), key=lambda i: i.index) if image.node_id in nodes]
+
+
+def image_format(image: Image) -> str:
+    """png, jpeg or webp, from the stored file's name (the completion checked the bytes with Pillow)."""
+    extension = posixpath.splitext(image.file.name)[1].lower().lstrip(".")
+    return {"jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}.get(extension, "png")
 
 
 def _ms(moment) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import threading
 import uuid
 from collections import deque
@@ -39,10 +40,12 @@ from rest_framework.settings import api_settings
 from generation import comfy_keys, comfy_selectors, comfy_shapes, dispatch
 from generation.models import ApiToken, Task
 from generation.services.api_tokens import api_token_user
-from generation.services.frames import EVENT
+from generation.services.frames import EVENT, PREVIEW, task_preview
 from generation.steps import step
 
 WS_PATHS = frozenset({"/comfy/ws", "/comfy/api/ws"})
+PREVIEW_IMAGE = 1
+FORMAT_CODES = {"jpeg": 1, "png": 2}
 CLIENT_ID_MAX = 100
 MAX_QUEUED = 1000  # items waiting for a slow client; the oldest go first
 
@@ -142,6 +145,10 @@ async def serve(scope: dict, receive, send) -> None:
                     frames = [f for batch in _take_frames(connection.items) for f in session.relayed(batch)]
                     frames += await step(session.task_changed)(value)
                 for frame in frames:
+                    if isinstance(frame, dict) and frame["type"] == PREVIEW:  # stored by the worker: read it
+                        frame = await step(session.preview)(frame["data"])
+                        if frame is None:
+                            continue
                     await _send(send, frame)
     except OSError:
         pass  # the client went away mid-send
@@ -166,8 +173,17 @@ async def _until_disconnect(receive) -> None:
         pass
 
 
-async def _send(send, frame: dict[str, Any]) -> None:
-    await send({"type": "websocket.send", "text": json.dumps(frame, separators=(",", ":"))})
+async def _send(send, frame: dict[str, Any] | bytes) -> None:
+    if isinstance(frame, bytes):
+        await send({"type": "websocket.send", "bytes": frame})
+    else:
+        await send({"type": "websocket.send", "text": json.dumps(frame, separators=(",", ":"))})
+
+
+def binary_image_frame(image_format: str, data: bytes) -> bytes:
+    """ComfyUI's PREVIEW_IMAGE frame (protocol 4.6) as it sends one to a socket that did not announce
+    preview metadata, as the farm's /features says: JPEG (1) or PNG (2), then the file."""
+    return struct.pack(">II", PREVIEW_IMAGE, FORMAT_CODES.get(image_format, 2)) + data
 
 
 def authenticate(scope: dict) -> Any:
@@ -204,6 +220,22 @@ class Session:
         self.client_id = client_id
         self.ended: set[str] = set()  # prompt ids whose end was sent: late worker frames are dropped
         self.remaining: int | None = None
+        self.previews: dict[str, int] = {}  # task id -> the seq of the last preview sent
+
+    def preview(self, marker: dict[str, Any]) -> bytes | None:
+        """The binary frame of the task's newest preview, unless it was sent already (markers of previews
+        replaced meanwhile find it sent) or the prompt has ended."""
+        task_id = str(marker.get("task") or "")
+        if marker.get("prompt_id") in self.ended:
+            return None
+        try:
+            row = task_preview(task_id=task_id, after=self.previews.get(task_id, 0))
+        except (ValidationError, ValueError):  # a malformed id from the event channel
+            return None
+        if row is None:
+            return None
+        self.previews[task_id] = row.seq
+        return binary_image_frame(row.image_format, bytes(row.data))
 
     def relayed(self, frames: list[list[Any]]) -> list[dict[str, Any]]:
         return [
@@ -220,7 +252,7 @@ class Session:
             data["sid"] = self.client_id
         return {"type": "status", "data": data}
 
-    def task_changed(self, task_id: str) -> list[dict[str, Any]]:
+    def task_changed(self, task_id: str) -> list[dict[str, Any] | bytes]:
         """A task of this space changed: its end frames if it is this client's and just ended, and a status
         frame when the queue count moved."""
         try:
@@ -229,7 +261,7 @@ class Session:
             return []
         if task is None:
             return []
-        frames = []
+        frames: list[dict[str, Any] | bytes] = []
         if task.client_id == self.client_id and task.is_finished:
             prefetch_related_objects([task], "images")  # only the end frames name them
             frames = self.end_frames(task)
@@ -239,15 +271,21 @@ class Session:
             frames.insert(len(frames) - 1 if frames else 0, status)
         return frames
 
-    def end_frames(self, task: Task) -> list[dict[str, Any]]:
-        """executed per output node, the terminal frame and executing null, once per prompt (history's rule:
-        a prompt deleted before it ran ends without a trace)."""
+    def end_frames(self, task: Task) -> list[dict[str, Any] | bytes]:
+        """The images of its socket image nodes (SaveImageWebsocket) as binary frames, executed per output
+        node, the terminal frame and executing null, once per prompt (history's rule: a prompt deleted before
+        it ran ends without a trace)."""
         prompt_id = comfy_shapes.prompt_id_of(task)
         entry = comfy_shapes.history_entry(task)
         if prompt_id in self.ended or entry is None:
             return []
         self.ended.add(prompt_id)
-        frames = [
+        self.previews.pop(str(task.public_id), None)
+        frames: list[dict[str, Any] | bytes] = [
+            binary_image_frame(comfy_shapes.image_format(image), _read(image))
+            for image in comfy_shapes.socket_images(task)
+        ]
+        frames += [
             {
                 "type": "executed",
                 "data": {"node": node, "display_node": node, "output": output, "prompt_id": prompt_id},
@@ -260,3 +298,8 @@ class Session:
             {"type": "executing", "data": {"node": None, "display_node": None, "prompt_id": prompt_id}}
         )
         return frames
+
+
+def _read(image) -> bytes:
+    with image.file.open("rb") as stored:
+        return stored.read()

@@ -44,6 +44,7 @@ JOB_FIELDS = (
     "batch_size",
     "template_id",
     "requirements_key",
+    "shape",
 )
 
 
@@ -138,10 +139,10 @@ def _static_key(worker: LiveWorker | Worker) -> tuple[int, datetime | None, date
 def _load_statics() -> dict[tuple[int, datetime | None, datetime | None], WorkerStatic]:
     templates = [(t.pk, workflows.node_classes(t.workflow)) for t in WorkflowTemplate.objects.order_by()]
     speeds: dict[int, dict[str, float]] = defaultdict(dict)
-    for worker_id, checkpoint, rate in WorkerSpeed.objects.values_list(
-        "worker_id", "checkpoint", "seconds_per_unit"
+    for worker_id, checkpoint, shape, rate in WorkerSpeed.objects.values_list(
+        "worker_id", "checkpoint", "shape", "seconds_per_unit"
     ):
-        speeds[worker_id][checkpoint] = rate
+        speeds[worker_id][placement.speed_key(checkpoint, shape)] = rate
     every = [rate for rates in speeds.values() for rate in rates.values()]
     farm_default = sum(every) / len(every) if every else placement.DEFAULT_SECONDS_PER_UNIT
     registered = list(
@@ -170,7 +171,7 @@ def _load_statics() -> dict[tuple[int, datetime | None, datetime | None], Worker
 
 
 def job_of(row: tuple, queued_at: float) -> Job:
-    pk, owner, checkpoint, priority, width, height, steps, batch, template, requirements = row
+    pk, owner, checkpoint, priority, width, height, steps, batch, template, requirements, shape = row
     return Job(
         id=pk,
         user=owner,
@@ -180,6 +181,7 @@ def job_of(row: tuple, queued_at: float) -> Job:
         queued_at=queued_at,
         template=template,
         requirements=requirements,
+        shape=shape,
     )
 
 

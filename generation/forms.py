@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
 
 from generation.exceptions import InvalidInput
-from generation.models import TASK_INPUT_FIELDS, ApiToken, Task
+from generation.models import TASK_INPUT_FIELDS, ApiToken, PreviewMethod, Task
 from generation.web_selectors import GalleryFilters
 
 CUSTOM = "custom"
@@ -29,8 +29,16 @@ class GenerateForm(forms.Form):
     template = forms.ChoiceField(label="Workflow template")
 
     TASK_FIELDS = [f for f in TASK_INPUT_FIELDS if f not in ("priority", "callback_url")]
-    LABELS = {"negative_prompt": "Negative prompt", "cfg": "CFG scale", "batch_size": "Batch size"}
-    HELP_TEXTS = {"seed": "Leave blank for a random seed."}
+    LABELS = {
+        "negative_prompt": "Negative prompt",
+        "cfg": "CFG scale",
+        "batch_size": "Batch size",
+        "preview_method": "Live preview",
+    }
+    HELP_TEXTS = {
+        "seed": "Leave blank for a random seed.",
+        "preview_method": "Watch the image form on the task page while it renders.",
+    }
     WIDGETS = {
         "prompt": forms.Textarea(
             attrs={
@@ -79,6 +87,12 @@ class GenerateForm(forms.Form):
         self.fields["template"].initial = farm["DEFAULT_TEMPLATE"]
         self.fields["sampler"].choices = [(name, name) for name in samplers]
         self.fields["scheduler"].choices = [(name, name) for name in schedulers]
+        # People choose off or on (and how detailed); "none" and "default" are ComfyUI clients' words.
+        self.fields["preview_method"].choices = [
+            (value, label)
+            for value, label in PreviewMethod.choices
+            if value not in (PreviewMethod.NONE, PreviewMethod.DEFAULT)
+        ]
         # Browser hints only; the service decides.
         for name in ("width", "height"):
             self.fields[name].widget.attrs |= {

@@ -82,8 +82,23 @@ class WorkflowTemplate(models.Model):
 # is given by name. Their types, limits of length and defaults come from the fields below.
 TASK_INPUT_FIELDS = (
     "prompt", "negative_prompt", "width", "height", "steps", "cfg", "sampler", "scheduler", "seed",
-    "batch_size", "checkpoint", "priority", "callback_url",
+    "batch_size", "checkpoint", "preview_method", "priority", "callback_url",
 )  # fmt: skip
+
+
+class PreviewMethod(models.TextChoices):
+    """ComfyUI's latent preview methods as a prompt's `extra_data.preview_method` takes them (its
+    `set_preview_method`): the worker's ComfyUI sends previews under the last three."""
+
+    OFF = "", "Off"
+    NONE = "none", "None (ComfyUI's word for off)"
+    DEFAULT = "default", "The worker's own setting"
+    AUTO = "auto", "On"
+    LATENT2RGB = "latent2rgb", "On, fast and coarse (latent2rgb)"
+    TAESD = "taesd", "On, detailed (TAESD)"
+
+
+PREVIEWING = frozenset({PreviewMethod.AUTO, PreviewMethod.LATENT2RGB, PreviewMethod.TAESD})
 
 
 class Task(models.Model):
@@ -129,6 +144,20 @@ class Task(models.Model):
     # and the clientId whose socket gets this task's frames.
     client_prompt_id = models.CharField(max_length=100, blank=True)
     client_id = models.CharField(max_length=100, blank=True)
+    # A whole workflow's graph without its input values (workflows.workflow_shape): workers learn their speed
+    # per shape, as a workflow's cost depends on its graph, not only its size. Blank for template tasks.
+    shape = models.CharField(max_length=32, blank=True)
+    # Latent previews while it runs (a front-door client's `extra_data.preview_method`, or the REST field and
+    # the web form's "Live preview"): the worker's ComfyUI makes them, the worker sends them, the task keeps
+    # the newest (TaskPreview) for the client's socket and the task page. Blank leaves the worker's ComfyUI
+    # its own setting, and nothing is relayed.
+    preview_method = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=PreviewMethod.choices,
+        default=PreviewMethod.OFF,
+        help_text="Live previews while the task runs: auto, latent2rgb or taesd.",
+    )
     # When a front-door client took it out of its ComfyUI history (POST /comfy/history, delete or clear). Only
     # that history stops showing it: the task, its images and files stay for the web pages and the REST API.
     comfy_history_hidden_at = models.DateTimeField(null=True, blank=True)
@@ -213,6 +242,11 @@ class Task(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED_STATUSES
+
+    @property
+    def wants_previews(self) -> bool:
+        """The worker's ComfyUI makes latent previews for it, and the worker sends them."""
+        return self.preview_method in PREVIEWING
 
     @property
     def is_retryable(self) -> bool:
@@ -392,6 +426,23 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return self.file.name
+
+
+class TaskPreview(models.Model):
+    """The newest latent preview of a running task whose front-door client asked for previews: the worker
+    sends it, the client's socket (generation.comfy_ws) reads it when the event channel says it changed, as
+    the channel carries ids, not images. One row per task, replaced by each preview; the maintenance job
+    deletes it once the task has ended."""
+
+    task = models.OneToOneField(Task, on_delete=models.CASCADE, primary_key=True, related_name="preview")
+    seq = models.PositiveIntegerField(default=1, help_text="Bumped by each preview.")
+    node_id = models.CharField(max_length=64)
+    image_format = models.CharField(max_length=8, help_text="png or jpeg")
+    data = models.BinaryField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"preview {self.seq} of task {self.task_id}"
 
 
 class WebhookDelivery(models.Model):

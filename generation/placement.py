@@ -56,6 +56,12 @@ def work_units(width: int, height: int, steps: int, batch: int) -> float:
     return float(width * height * max(1, steps) * max(1, batch))
 
 
+def speed_key(checkpoint: str, shape: str = "") -> str:
+    """Where a learned speed sits in Node.seconds_per_unit: by checkpoint, and for a whole workflow by
+    checkpoint and shape (a workflow of a shape not seen yet goes by its checkpoint's speed)."""
+    return f"{checkpoint}\n{shape}" if shape else checkpoint
+
+
 class Job(NamedTuple):
     """A queued task as placement sees it (a named tuple: a lease builds hundreds, at a quarter of a frozen
     dataclass's cost)."""
@@ -68,6 +74,7 @@ class Job(NamedTuple):
     queued_at: float
     template: int | None = 0  # None: a whole-workflow task, runnable by its requirements
     requirements: str = ""  # a whole-workflow task's requirement key
+    shape: str = ""  # a whole-workflow task's graph (workflows.workflow_shape): its speeds are learned apart
 
 
 @dataclass
@@ -78,7 +85,7 @@ class Node:
     checkpoints: frozenset[str] = frozenset()  # empty: any
     warm: str = ""  # the checkpoint it will have loaded once its held work is done
     free_at: float = 0.0  # when its held (running and prefetched) work should be done
-    seconds_per_unit: Mapping[str, float] = field(default_factory=dict)  # learned, by checkpoint
+    seconds_per_unit: Mapping[str, float] = field(default_factory=dict)  # learned, by speed_key
     default_seconds_per_unit: float = DEFAULT_SECONDS_PER_UNIT
     switch_seconds: float = (
         DEFAULT_SWITCH_SECONDS  # from one checkpoint to another: learned, else the default
@@ -100,7 +107,10 @@ class Node:
     def run_seconds(self, job: Job, warm: str | None = None) -> float:
         """Expected seconds for `job` here, with a model switch when it is not the warm checkpoint."""
         warm = self.warm if warm is None else warm
-        spu = self.seconds_per_unit.get(job.checkpoint, self.default_seconds_per_unit)
+        rates = self.seconds_per_unit
+        spu = (job.shape and rates.get(speed_key(job.checkpoint, job.shape))) or rates.get(
+            job.checkpoint, self.default_seconds_per_unit
+        )
         switch = 0.0
         if job.checkpoint and job.checkpoint != warm:
             switch = self.switch_seconds if warm else self.cold_seconds

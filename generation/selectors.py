@@ -9,7 +9,7 @@ from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from generation.exceptions import NotFound
-from generation.models import Image, Task, TaskAttempt
+from generation.models import Image, Task, TaskAttempt, TaskPreview
 from workers_app.models import Worker
 
 
@@ -37,6 +37,17 @@ def task_get(*, public_id) -> Task:
         return Task.objects.select_related("template", "worker", "owner").get(public_id=public_id)
     except (Task.DoesNotExist, ValueError, TypeError, ValidationError):
         raise NotFound("No such task.")
+
+
+def task_preview_for(user, public_id) -> TaskPreview:
+    """The newest latent preview of a task `user` may see; NotFound when there is none (yet, or any more)."""
+    try:
+        preview = TaskPreview.objects.select_related("task").filter(task__public_id=public_id).first()
+    except (ValueError, TypeError, ValidationError):
+        preview = None
+    if preview is None or not task_visible_to(preview.task, user):
+        raise NotFound("No preview of this task.")
+    return preview
 
 
 def task_for(user, public_id) -> Task:

@@ -4,10 +4,18 @@ the rules."""
 import copy
 
 from django.core.validators import URLValidator
+from django.urls import reverse
 from rest_framework import serializers
 
 from generation import eta, limits, selectors
-from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
+from generation.models import (
+    SEED_MAX,
+    TASK_INPUT_FIELDS,
+    Image,
+    Task,
+    TaskAttempt,
+    WorkflowTemplate,
+)
 
 
 class TaskSubmitInput(serializers.ModelSerializer):
@@ -127,6 +135,11 @@ class TaskOutput(ModelOutput):
         "workers hold); null when finished or no live worker can run it."
     )
     error = serializers.SerializerMethodField()
+    preview_url = serializers.SerializerMethodField(
+        help_text="While a task that asked for previews (preview_method) runs: its newest latent preview "
+        "(GET tasks/{id}/preview; 404 until the first comes). It changes with the progress, so a page that "
+        "follows the task's events shows each new one."
+    )
     images = ImageOutput(many=True, read_only=True)
     attempt_history = AttemptOutput(many=True, read_only=True, source="attempt_set")
 
@@ -135,12 +148,20 @@ class TaskOutput(ModelOutput):
         # The submitted fields (but the callback, which stays private), then the task's state.
         fields = [
             "id", "status", "owner", *(f for f in TASK_INPUT_FIELDS if f != "callback_url"), "template",
-            "progress", "queue_position", "eta_seconds", "worker", "attempts", "max_attempts", "error",
+            "progress", "preview_url", "queue_position", "eta_seconds", "worker", "attempts", "max_attempts",
+            "error",
             "warning", "created_at", "leased_at", "started_at", "finished_at", "images", "attempt_history",
         ]  # fmt: skip
 
     def get_progress(self, task: Task) -> dict:
         return {"value": task.progress_value, "max": task.progress_max, "percent": task.progress_percent}
+
+    def get_preview_url(self, task: Task) -> str | None:
+        if task.status != Task.Status.RUNNING or not task.wants_previews:
+            return None
+        url = reverse("api:task-preview", args=[task.public_id]) + f"?at={task.progress_value:g}"
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request else url
 
     def get_queue_position(self, task: Task) -> int | None:
         return selectors.task_queue_position(task)

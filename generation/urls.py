@@ -10,6 +10,7 @@ urlpatterns = [
     path("tasks/events", event_stream(apis.MyTaskEventsApi), name="task-events-mine"),
     path("tasks/<uuid:task_id>/", apis.TaskDetailApi.as_view(), name="task-detail"),
     path("tasks/<uuid:task_id>/events", event_stream(apis.TaskEventsApi), name="task-events"),
+    path("tasks/<uuid:task_id>/preview", apis.TaskPreviewApi.as_view(), name="task-preview"),
     path("tasks/<uuid:task_id>/cancel/", apis.TaskCancelApi.as_view(), name="task-cancel"),
     path("templates/", apis.TemplateListCreateApi.as_view(), name="template-list"),
     path("templates/<slug:name>/", apis.TemplateDetailApi.as_view(), name="template-detail"),

@@ -1,7 +1,10 @@
 """ComfyUI API-format workflows: template validation and building a task's workflow. Pure functions."""
 
 import copy
+import hashlib
+import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 # Task fields a template can bind to a node input; a lease fills each in from the task.
@@ -23,6 +26,28 @@ def node_classes(workflow: Any) -> set[str]:
     return {
         node["class_type"] for node in workflow.values() if isinstance(node, dict) and "class_type" in node
     }
+
+
+def workflow_shape(workflow: Mapping[str, Any]) -> str:
+    """A digest of a workflow's graph without its input values: node ids, classes, input names and links.
+    Runs of one workflow with other prompts, seeds, sizes, steps or files share it, so what a worker learns
+    from one run (services.learning) is used for the next."""
+    graph = {
+        str(node_id): [
+            node.get("class_type"),
+            sorted(
+                [name, value if _is_link(value) else None]
+                for name, value in (node.get("inputs") or {}).items()
+            ),
+        ]
+        for node_id, node in workflow.items()
+        if isinstance(node, dict)
+    }
+    return hashlib.sha256(json.dumps(graph, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
 def validate_template(workflow: Any, bindings: Any) -> dict[str, list[str]]:

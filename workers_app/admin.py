@@ -284,10 +284,11 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
         job = placement.work_units(512, 512, 20, 1)
         rows = format_html_join(
             "",
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     s.checkpoint or "(template's own)",
+                    f"workflow {s.shape[:8]}" if s.shape else "templates",
                     f"{s.seconds_per_unit:.3g}",
                     seconds_text(s.seconds_per_unit * job),
                     s.samples,
@@ -301,7 +302,8 @@ class WorkerAdmin(ObjectActionsMixin, admin.ModelAdmin):
             else (f"{seconds_text(worker.switch_seconds)} ({worker.switch_samples} switches)")
         )
         return format_html(
-            "<table><tr><th>checkpoint</th><th>s/unit</th><th>512×512×20</th><th>runs</th></tr>{}</table>"
+            "<table><tr><th>checkpoint</th><th>tasks</th><th>s/unit</th><th>512×512×20</th><th>runs</th></tr>"
+            "{}</table>"
             "<p>Model switch: {}</p>",
             rows or mark_safe("<tr><td colspan=4>Nothing learned yet.</td></tr>"),
             switch,

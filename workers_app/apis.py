@@ -197,6 +197,11 @@ class LeaseOutput(serializers.Serializer):
     relay_frames = serializers.SerializerMethodField(
         help_text="A ComfyUI front-door client follows this task: send its socket frames (POST …/frames)."
     )
+    preview_method = serializers.CharField(
+        source="task.preview_method",
+        help_text="The client's `extra_data.preview_method`: pass it to ComfyUI with the prompt and, unless "
+        "it is none or default, relay the latent previews (`t2i_preview` frames). Empty: send no extra_data.",
+    )
 
     inputs = serializers.ListField(
         child=serializers.DictField(child=serializers.CharField()),

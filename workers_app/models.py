@@ -96,22 +96,24 @@ class Worker(models.Model):
 
 
 class WorkerSpeed(models.Model):
-    """A worker's learned speed on one checkpoint: seconds per unit of work (pixels x steps x batch), an
-    exponentially weighted mean of its finished attempts that ran without a model switch
-    (generation.services.learning)."""
+    """A worker's learned speed on one checkpoint, for template tasks (blank `shape`) or one whole-workflow
+    shape (Task.shape): seconds per unit of work (pixels x steps x batch), an exponentially weighted mean of
+    its finished attempts that ran without a model switch (generation.services.learning)."""
 
     worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="speeds")
     checkpoint = models.CharField(max_length=255, blank=True)
+    shape = models.CharField(max_length=32, blank=True)
     seconds_per_unit = models.FloatField()
     samples = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["worker", "checkpoint"]
+        ordering = ["worker", "checkpoint", "shape"]
         constraints = [
             # The lease path reads all of them for the live workers; completion updates one by this key.
-            models.UniqueConstraint(fields=["worker", "checkpoint"], name="worker_speed_unique"),
+            models.UniqueConstraint(fields=["worker", "checkpoint", "shape"], name="worker_speed_unique"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.worker_id}/{self.checkpoint}: {self.seconds_per_unit:.3g} s/unit"
+        shape = f" shape {self.shape[:8]}" if self.shape else ""
+        return f"{self.worker_id}/{self.checkpoint}{shape}: {self.seconds_per_unit:.3g} s/unit"

@@ -26,9 +26,13 @@ def attempt_learn(
         user_charge(user_id=task.owner_id, seconds=max(0.0, run), at=finished)
     if run <= 0 or work <= 0:
         return
-    speed = WorkerSpeed.objects.select_for_update().filter(worker=worker, checkpoint=task.checkpoint).first()
+    speed = (
+        WorkerSpeed.objects.select_for_update()
+        .filter(worker=worker, checkpoint=task.checkpoint, shape=task.shape)
+        .first()
+    )
     if attempt.switched:
-        known = speed.seconds_per_unit if speed else _mean_speed(worker)
+        known = speed.seconds_per_unit if speed else _mean_speed(worker, task.checkpoint)
         if known is None:
             return  # nothing to tell the switch apart from the work yet
         row = Worker.objects.select_for_update().only("switch_seconds", "switch_samples").get(pk=worker.pk)
@@ -40,7 +44,11 @@ def attempt_learn(
         return
     if speed is None:
         WorkerSpeed.objects.create(
-            worker=worker, checkpoint=task.checkpoint, seconds_per_unit=run / work, samples=1
+            worker=worker,
+            checkpoint=task.checkpoint,
+            shape=task.shape,
+            seconds_per_unit=run / work,
+            samples=1,
         )
         return
     speed.seconds_per_unit = placement.ewma(speed.seconds_per_unit, run / work, speed.samples)
@@ -48,8 +56,10 @@ def attempt_learn(
     speed.save(update_fields=["seconds_per_unit", "samples", "updated_at"])
 
 
-def _mean_speed(worker: Worker) -> float | None:
-    rates = list(WorkerSpeed.objects.filter(worker=worker).values_list("seconds_per_unit", flat=True))
+def _mean_speed(worker: Worker, checkpoint: str) -> float | None:
+    """What the worker is known to take per unit: on this checkpoint (any shape), else on any."""
+    rows = list(WorkerSpeed.objects.filter(worker=worker).values_list("checkpoint", "seconds_per_unit"))
+    rates = [rate for name, rate in rows if name == checkpoint] or [rate for _, rate in rows]
     return sum(rates) / len(rates) if rates else None
 
 

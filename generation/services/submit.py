@@ -14,7 +14,15 @@ from django.utils import timezone
 
 from generation import callback_targets, dispatch, limits, workflows
 from generation.exceptions import Conflict, Forbidden, InvalidInput, NoCapableWorker
-from generation.models import SEED_MAX, TASK_INPUT_FIELDS, Image, Task, TaskAttempt, WorkflowTemplate
+from generation.models import (
+    SEED_MAX,
+    TASK_INPUT_FIELDS,
+    Image,
+    PreviewMethod,
+    Task,
+    TaskAttempt,
+    WorkflowTemplate,
+)
 from generation.services.queue_rules import check_priority, check_queued_cap
 from generation.services.transitions import farm_setting, task_changed
 from generation.services.workflow_submit import task_submit_workflow
@@ -89,6 +97,8 @@ def _validate(task: Task) -> None:
             errors[field] = ["Control characters are not allowed."]
     if task.seed is not None and not 0 <= task.seed <= SEED_MAX:
         errors["seed"] = [f"Must be from 0 to {SEED_MAX}."]
+    if task.preview_method not in PreviewMethod.values:
+        errors["preview_method"] = [f"Must be one of {', '.join(v for v in PreviewMethod.values if v)}."]
     if task.callback_url:
         try:
             callback_targets.check_url(task.callback_url)

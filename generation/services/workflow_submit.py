@@ -8,10 +8,10 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
-from generation import api_workflows, callback_targets, dispatch, limits
+from generation import api_workflows, callback_targets, dispatch, limits, workflows
 from generation.api_workflows import Inventory, Requirements, WorkflowProblem
 from generation.exceptions import InvalidInput, WorkflowRejected
-from generation.models import SEED_MAX, Task
+from generation.models import SEED_MAX, PreviewMethod, Task
 from generation.services.inputs import inputs_needed
 from generation.services.queue_rules import check_priority, check_queued_cap
 from generation.services.transitions import farm_setting, task_changed
@@ -71,6 +71,7 @@ def task_submit_workflow(
     callback_url: str = "",
     client_prompt_id: str = "",
     client_id: str = "",
+    preview_method: str = "",
 ) -> Task:
     """Check a whole workflow and queue it as a task that runs it as given (file names aside: each attempt
     writes under its own prefix, api_workflows). Use `comfy_prompt_submit` for a client prompt id."""
@@ -83,6 +84,7 @@ def task_submit_workflow(
         owner=_owner(owner),
         client_prompt_id=client_prompt_id,
         client_id=client_id,
+        preview_method=preview_method,
         workflow=workflow,
         requirements=needs.as_json(),
         requirements_key=needs.key,
@@ -90,6 +92,7 @@ def task_submit_workflow(
         callback_url=callback_url,
         warning=warning,
         max_attempts=farm_setting("MAX_ATTEMPTS"),
+        shape=workflows.workflow_shape(workflow),
         **_summary(workflow),
     )
     with transaction.atomic():
@@ -104,11 +107,18 @@ def task_submit_workflow(
 
 
 def comfy_prompt_submit(
-    *, owner: AbstractBaseUser | None, workflow: Any, client_prompt_id: str = "", client_id: str = ""
+    *,
+    owner: AbstractBaseUser | None,
+    workflow: Any,
+    client_prompt_id: str = "",
+    client_id: str = "",
+    extra_data: Any = None,
 ) -> tuple[Task, bool]:
     """ComfyUI's POST /prompt: queue the workflow, or, when this owner (the anonymous space counts as one)
-    already sent `client_prompt_id`, return that task unchanged. (task, True when it was queued now)."""
+    already sent `client_prompt_id`, return that task unchanged. (task, True when it was queued now).
+    Of `extra_data`, only `preview_method` reaches the worker's ComfyUI."""
     _check_client_ids(client_prompt_id, client_id)
+    preview_method = _preview_method(extra_data)
     if client_prompt_id:
         earlier = _task_named(owner, client_prompt_id)
         if earlier is not None:
@@ -116,7 +126,11 @@ def comfy_prompt_submit(
     try:
         with transaction.atomic():
             task = task_submit_workflow(
-                owner=owner, workflow=workflow, client_prompt_id=client_prompt_id, client_id=client_id
+                owner=owner,
+                workflow=workflow,
+                client_prompt_id=client_prompt_id,
+                client_id=client_id,
+                preview_method=preview_method,
             )
     except IntegrityError:
         earlier = _task_named(owner, client_prompt_id) if client_prompt_id else None
@@ -148,6 +162,28 @@ def _check_client_ids(client_prompt_id: Any, client_id: Any) -> None:
         raise InvalidInput("Some fields are not valid.", fields=errors)
 
 
+# ComfyUI's LatentPreviewMethod values, and "default" (the server's own setting), as `set_preview_method`
+# takes them from a prompt's extra_data.
+PREVIEW_METHODS = frozenset(PreviewMethod.values) - {PreviewMethod.OFF}
+
+
+def _preview_method(extra_data: Any) -> str:
+    """`extra_data.preview_method`, checked; "" when absent."""
+    if extra_data is None:
+        return ""
+    if not isinstance(extra_data, dict):
+        raise InvalidInput("Some fields are not valid.", fields={"extra_data": ["Must be an object."]})
+    value = extra_data.get("preview_method")
+    if value is None:
+        return ""
+    if value not in PREVIEW_METHODS:
+        choices = ", ".join(sorted(PREVIEW_METHODS))
+        raise InvalidInput(
+            "Some fields are not valid.", fields={"extra_data.preview_method": [f"Must be one of {choices}."]}
+        )
+    return value
+
+
 def _check_options(priority: int, callback_url: str) -> None:
     errors: dict[str, list[str]] = {}
     limit = limits.numbers()["priority"]
@@ -164,7 +200,8 @@ def _check_options(priority: int, callback_url: str) -> None:
 
 def _summary(workflow: dict[str, Any]) -> dict[str, Any]:
     """Task fields that lists and pages show, read from the workflow where it has them: the first prompt
-    text, the first seed, the first image size."""
+    text, the first seed, the first image size and its batch, the first sampler's steps (size, batch and
+    steps are also the work that placement and the learned speeds count)."""
     found: dict[str, Any] = {}
     longest = limits.lengths()["prompt"].high
     for node in workflow.values():
@@ -180,6 +217,12 @@ def _summary(workflow: dict[str, Any]) -> dict[str, Any]:
             width, height = inputs.get("width"), inputs.get("height")
             if type(width) is int and type(height) is int and 0 < width <= 16384 and 0 < height <= 16384:
                 found["width"], found["height"] = width, height
+                batch = inputs.get("batch_size")
+                if type(batch) is int and 0 < batch <= 4096:
+                    found["batch_size"] = batch
+        steps = inputs.get("steps")
+        if "steps" not in found and type(steps) is int and 0 < steps <= 10000:
+            found["steps"] = steps
     found.setdefault("prompt", "(workflow)")
     found.setdefault("seed", secrets.randbelow(SEED_MAX + 1))
     return found

@@ -1,7 +1,8 @@
 /* Live task status: follows the task's event stream (GET /api/v1/tasks/<id>/events, server-sent events,
  * session auth) while it is queued or running, and falls back to polling its JSON (GET /api/v1/tasks/<id>/)
  * about once a second where streams are unavailable. Updates the badge, the bar, the position and the ETA,
- * and stops when it ends. On the task page ([data-reload-on-finish]) the finished page is then loaded, with
+ * the live preview of a task that asked for one (its preview_url changes with the progress), and stops when
+ * it ends. On the task page ([data-reload-on-finish]) the finished page is then loaded, with
  * its images or error. The queue page streams its first rows and polls the rest slowly. */
 (function () {
   "use strict";
@@ -82,6 +83,14 @@
     if (text) text.textContent = percent + " %";
     var detail = field(block, "detail");
     if (detail) detail.textContent = detailText(block, data);
+    var preview = field(block, "preview");
+    if (preview && data.preview_url && preview.dataset.src !== data.preview_url) {
+      // 404 until the first preview comes: shown once one loads, kept until the next one has loaded.
+      var next = new Image();
+      next.onload = function () { preview.src = next.src; preview.hidden = false; };
+      next.src = preview.dataset.src = data.preview_url;
+    }
+    if (preview && FINISHED.indexOf(data.status) >= 0) preview.hidden = true;
     var worker = document.querySelector('[data-field="worker"]');
     if (worker && block.hasAttribute("data-reload-on-finish") && data.worker) worker.textContent = data.worker;
   }

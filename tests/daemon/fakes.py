@@ -70,6 +70,7 @@ class FakeComfyUIServer:
         self.requests: list[tuple[str, str, Any]] = []
         self.sockets: list[web.WebSocketResponse] = []
         self.ws_connects = 0
+        self.ws_received: list[Any] = []  # text messages the client sent on its socket
         self.max_open_sockets = 0
         self.sockets_open_at_post: list[int] = []
         self.refuse_ws = False
@@ -157,10 +158,13 @@ class FakeComfyUIServer:
         while self.ws_connects < count:
             await asyncio.sleep(0.01)
 
-    async def _broadcast(self, msg: dict[str, Any]) -> None:
+    async def _broadcast(self, msg: dict[str, Any] | bytes) -> None:
         for ws in list(self.sockets):
             if not ws.closed:
-                await ws.send_str(json.dumps(msg))
+                if isinstance(msg, bytes):
+                    await ws.send_bytes(msg)
+                else:
+                    await ws.send_str(json.dumps(msg))
 
     async def drop_sockets(self) -> None:
         for ws in list(self.sockets):
@@ -196,6 +200,8 @@ class FakeComfyUIServer:
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
                     break
+                if msg.type == WSMsgType.TEXT:
+                    self.ws_received.append(json.loads(msg.data))
         finally:
             self.sockets.remove(ws)
         return ws
@@ -305,6 +311,8 @@ class FakeComfy:
         }
         self.capability_errors: list[ComfyUIError] = []
         self.capability_reads = 0
+        self.submit_options: dict[str, dict[str, Any]] = {}  # prompt id -> submit()'s keyword arguments
+        self.socket_images: list[tuple[str, Any]] = []  # (node id, SocketImage) each prompt sends on start
 
     @staticmethod
     def success(prompt_id: str) -> PromptOutcome:
@@ -327,12 +335,13 @@ class FakeComfy:
             raise self.capability_errors.pop(0)
         return json.loads(json.dumps(self.inventory))  # a copy, as a fresh /object_info read would be
 
-    def submit(self, workflow: dict[str, Any]) -> str:
+    def submit(self, workflow: dict[str, Any], **options: Any) -> str:
         with self.cond:
             if self.submit_errors:
                 raise self.submit_errors.pop(0)
             pid = f"p{len(self.submitted) + 1}"
             self.submitted.append((pid, workflow))
+            self.submit_options[pid] = options
             self.queue.append(pid)
             self.cond.notify_all()
             return pid
@@ -383,6 +392,10 @@ class FakeComfy:
                 self.started.append(prompt_id)
             if on_start:
                 on_start()
+            on_image = self.submit_options.get(prompt_id, {}).get("on_image")
+            for node_id, image in self.socket_images:
+                if on_image:
+                    on_image(node_id, image)
             for value, maximum in self.progress:
                 if on_progress:
                     on_progress(value, maximum)
@@ -530,6 +543,10 @@ class FakeScheduler:
     def progress(self, task_id: str, lease_token: str, value: float, maximum: float) -> bool:
         self._call("progress", task_id=task_id, value=value, max=maximum)
         return False
+
+    def frames(self, task_id: str, lease_token: str, frames: list) -> int:
+        self._call("frames", task_id=task_id, frames=frames)
+        return len(frames)
 
     def input_image(self, task_id: str, lease_token: str, sha256: str) -> bytes:
         self._call("input_image", task_id=task_id, lease_token=lease_token, sha256=sha256)

@@ -122,6 +122,55 @@ def test_the_socket_relays_the_workers_frames_and_ends_with_executing_null(farm)
     assert view.status_code == 200 and view.content.startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("farm", [{"workers": 1}], indirect=True)
+def test_socket_images_and_asked_for_previews_reach_the_client_as_binary_frames(farm):
+    """Krita-style: the images come only as binary frames (SaveImageWebsocket), with latent previews on
+    the way; the farm stores the images as the task's and sends them before the prompt's end."""
+    farm.wait_registered(farm.worker(farm.simulator(job_time=1.0)))
+    url = farm.scheduler.url
+    workflow = copy.deepcopy(SD15)
+    workflow["3"]["inputs"]["steps"] = 8
+    workflow["9"] = {"class_type": "SaveImageWebsocket", "inputs": {"images": ["8", 0]}}
+    ws = websocket.create_connection(
+        f"ws{url[4:]}/comfy/ws?clientId=e2e-binary",
+        header=[f"Authorization: {farm.api.headers['Authorization']}"],
+        timeout=20,
+    )
+    messages: list = []
+    try:
+        json.loads(ws.recv())  # status
+        body = {
+            "prompt": workflow,
+            "client_id": "e2e-binary",
+            "prompt_id": "bin-1",
+            "extra_data": {"preview_method": "latent2rgb"},
+        }
+        assert farm.api.post(f"{url}/comfy/prompt", json=body, timeout=30).status_code == 200
+        while not (
+            messages
+            and isinstance(messages[-1], dict)
+            and messages[-1]["type"] == "executing"
+            and messages[-1]["data"]["node"] is None
+        ):
+            opcode, data = ws.recv_data()
+            messages.append(data if opcode == websocket.ABNF.OPCODE_BINARY else json.loads(data))
+    finally:
+        ws.close()
+    binary = [m for m in messages if isinstance(m, bytes)]
+    previews = [m for m in binary if m[:8] == b"\0\0\0\x01\0\0\0\x01"]  # type 1, JPEG
+    images = [m for m in binary if m[:8] == b"\0\0\0\x01\0\0\0\x02"]  # type 1, PNG
+    assert previews and all(p[8:10] == b"\xff\xd8" for p in previews)
+    task = Task.objects.get(client_prompt_id="bin-1")
+    assert task.status == Task.Status.COMPLETED
+    [stored] = task.images.all()
+    [image] = images
+    assert hashlib.sha256(image[8:]).hexdigest() == stored.sha256  # the bytes ComfyUI sent, stored
+    kinds = [m if isinstance(m, bytes) else m["type"] for m in messages]
+    end = kinds.index("execution_success")
+    assert kinds.index(images[0]) < end and max(kinds.index(p) for p in previews) < end
+    assert farm.api.get(f"{url}/comfy/history/bin-1", timeout=30).json()["bin-1"]["outputs"] == {}
+
+
 def with_lora(name: str, seed: int = 1) -> dict:
     """SD15 with a LoraLoader between the checkpoint and the sampler and text encoders."""
     workflow = copy.deepcopy(SD15)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from generation import placement, services
+from generation import placement, services, workflows
 from generation.models import TaskAttempt, UserShare
 from tests.conftest import CHECKPOINT, submit_task
 from tests.generation.test_leasing import lease, upload
@@ -59,3 +59,66 @@ def test_a_completion_teaches_speed_switch_cost_usage_and_the_warm_model(worker,
     assert worker.warm_checkpoint == CHECKPOINT
     share = UserShare.objects.get(user=user)
     assert share.usage_seconds == pytest.approx(2.0 * 0.5 ** (4 / placement.USAGE_HALF_LIFE) + 4.0)
+
+
+def noise_workflow(*, width: int = 64, seed: int = 7, blur: bool = False) -> dict:
+    workflow = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": 64, "batch_size": 2, "color": 1},
+        },
+        "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": seed, "strength": 0.5}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+    }
+    if blur:
+        workflow["4"] = {"class_type": "ImageBlur", "inputs": {"image": ["2", 0], "blur_radius": 3}}
+        workflow["3"]["inputs"]["images"] = ["4", 0]
+    return workflow
+
+
+def test_a_workflows_shape_is_its_graph_without_its_values():
+    shape = workflows.workflow_shape
+    assert shape(noise_workflow()) == shape(noise_workflow(width=512, seed=99))
+    assert shape(noise_workflow()) != shape(noise_workflow(blur=True))
+    relinked = noise_workflow()
+    relinked["3"]["inputs"]["images"] = ["1", 0]
+    assert shape(relinked) != shape(noise_workflow())
+
+
+@pytest.mark.django_db
+def test_a_workflow_task_learns_its_shapes_speed_and_is_estimated_by_it(worker, user, clock):
+    task = services.task_submit_workflow(owner=user, workflow=noise_workflow())
+    assert (task.width, task.height, task.batch_size, task.shape) == (
+        64, 64, 2, workflows.workflow_shape(noise_workflow()),
+    )  # fmt: skip
+    held = lease(worker)
+    services.task_start(worker=worker, task_id=held.task.public_id, lease_token=held.attempt.lease_token)
+    clock.advance(6.0)
+    services.task_complete(
+        worker=worker,
+        task_id=held.task.public_id,
+        lease_token=held.attempt.lease_token,
+        files=[upload(), upload()],
+    )
+    work = placement.work_units(64, 64, task.steps, 2)
+    learned = WorkerSpeed.objects.get(worker=worker, shape=task.shape)
+    assert learned.seconds_per_unit == pytest.approx(6.0 / work)
+    node = placement.Node(
+        id=worker.pk,
+        seconds_per_unit={
+            task.checkpoint: 1.0,  # what the checkpoint's other tasks taught
+            placement.speed_key(task.checkpoint, task.shape): learned.seconds_per_unit,
+        },
+    )
+    same_shape = placement.Job(1, None, task.checkpoint, 0, work * 2, 0.0, None, "key", task.shape)
+    assert node.run_seconds(same_shape, warm=task.checkpoint) == pytest.approx(12.0)  # twice the work
+    other_shape = same_shape._replace(shape="another")
+    assert node.run_seconds(other_shape, warm=task.checkpoint) == pytest.approx(work * 2 * 1.0)
+
+
+@pytest.mark.django_db
+def test_the_summary_takes_steps_and_batch_from_the_workflow(user):
+    workflow = noise_workflow()
+    workflow["5"] = {"class_type": "KSampler", "inputs": {"steps": 8, "seed": 1}}
+    task = services.task_submit_workflow(owner=user, workflow=workflow)
+    assert (task.steps, task.batch_size) == (8, 2)

@@ -117,3 +117,28 @@ def test_save_image_websocket_sends_each_image_as_a_frame(
     progress = [(m["data"]["value"], m["data"]["max"]) for m in recorder.events() if m["type"] == "progress"]
     assert progress == [(0, 3), (1, 3), (2, 3)]
     assert not [m for m in recorder.events() if m["type"] == "executed"]
+
+
+@pytest.mark.parametrize(
+    ("server", "asked", "previews"), [("none", None, 0), ("none", "auto", 3), ("taesd", "none", 0)]
+)
+def test_samplers_send_latent_previews_when_the_prompt_or_the_server_asks(
+    make_simulator: Factory,
+    make_recorder: Callable[[SimulatorHandle], Recorder],
+    server: str,
+    asked: str | None,
+    previews: int,
+) -> None:
+    """As ComfyUI's set_preview_method: the prompt's `extra_data.preview_method`, else the server's."""
+    sim = make_simulator(checkpoints=(CKPT,), preview_method=server)
+    recorder = make_recorder(sim)
+    recorder.connect("ws", client_id="sd")
+    extra = {"extra_data": {"preview_method": asked}} if asked else {}
+    workflow = sd15_workflow(width=128, height=64, steps=3)
+    prompt_id = submit(sim.url, workflow, client_id="sd", **extra)["prompt_id"]
+    recorder.wait_event("executing", node=None, prompt_id=prompt_id)
+    frames = recorder.binaries()
+    assert [(f["event_type"], f["image_format"], f["image"]["png_size"]) for f in frames] == [
+        (1, 1, [16, 8])
+    ] * previews
+    assert all(f["raw_image"].startswith(b"\xff\xd8") for f in frames)  # JPEG, as ComfyUI's previews

@@ -152,15 +152,19 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
             assert page.is_checked("#id_size_1")
             page.fill("#id_steps", "12")
             page.fill("#id_seed", "1234")
+            page.select_option("#id_preview_method", "auto")  # watch it form
             shot("generate")
             page.click("button[type=submit]:has-text('Generate')")
             page.wait_for_url("**/tasks/*/")
             task = Task.objects.get(owner=alice)
             bar = page.locator("[role=progressbar]")
-            seen, taken = set(), set()
+            seen, taken, previewed = set(), set(), []
+            preview = "img.live-preview:not([hidden])"
 
             def progress_done() -> bool:
                 seen.add(int(bar.get_attribute("aria-valuenow") or 0))
+                if not previewed and page.locator(preview).count():
+                    previewed.append(page.evaluate("s => document.querySelector(s).naturalWidth", preview))
                 if 0 < max(seen) < 100 and "running" not in taken:
                     taken.add("running")
                     shot("task-running")
@@ -168,6 +172,8 @@ def test_generate_watch_browse_reuse_cancel(farm, live_server, django_user_model
 
             wait_for(progress_done, timeout=30, what="the task to complete in the browser")
             assert any(0 < value < 100 for value in seen), f"the bar never moved between 0 and 100: {seen}"
+            assert previewed == [96], previewed  # the sampler's latent preview (768 / 8) showed while it ran
+            assert page.locator(preview).count() == 0  # and gave way to the image
             assert bar.get_attribute("aria-valuenow") == "100"
             page.locator(".task-image img").first.wait_for()
             assert (

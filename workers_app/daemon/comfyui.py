@@ -8,6 +8,7 @@ when the socket is down or silent, so a dropped socket never strands a prompt. E
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -22,6 +23,7 @@ from urllib.parse import quote
 import requests
 import websocket
 
+from . import socket_images
 from .http import environment_session
 from .prompt_tracker import (
     OutcomeStatus,
@@ -32,6 +34,7 @@ from .prompt_tracker import (
     queue_position,
     sanitize_error,
 )
+from .socket_images import SocketImage
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +320,7 @@ class ComfyUIClient:
         self._cond = threading.Condition(self._lock)  # socket state changes (wait_connected)
         self._waiters: dict[str, threading.Condition] = {}  # prompt id -> its wait(), same lock
         self._relays: dict[str, Callable[[dict[str, Any]], None]] = {}  # prompt id -> its frames' taker
+        self._image_takers: dict[str, Callable[[str, SocketImage], None]] = {}  # prompt id -> its images'
         self._wakes = 0  # bumped by wake(): waiters re-check should_cancel
         self._closing = threading.Event()
         self._ws: websocket.WebSocket | None = None
@@ -451,19 +455,27 @@ class ComfyUIClient:
 
     # -- submit ---------------------------------------------------------------------------------------
     def submit(
-        self, workflow: dict[str, Any], *, on_frame: Callable[[dict[str, Any]], None] | None = None
+        self,
+        workflow: dict[str, Any],
+        *,
+        on_frame: Callable[[dict[str, Any]], None] | None = None,
+        on_image: Callable[[str, SocketImage], None] | None = None,
+        extra_data: dict[str, Any] | None = None,
     ) -> str:
         """Queue a workflow and return its prompt id; the socket is connected first (protocol 5). Each
-        socket message about the prompt is also given to ``on_frame`` (on the socket's thread: be quick)."""
+        socket message about the prompt is also given to ``on_frame``, and each image its nodes send as a
+        binary frame to ``on_image(node_id, image)`` (both on the socket's thread: be quick). ``extra_data``
+        goes with the prompt (e.g. ``preview_method``)."""
         self.connect()
         if not self.wait_connected(self.connect_wait):
             logger.warning("ComfyUI socket not connected; submitting anyway, progress comes from polling")
         prompt_id = str(uuid.uuid4())
         with self._cond:
             self.tracker.track(prompt_id)  # before the POST: events may beat its answer (protocol 13.5)
-            if on_frame is not None:
-                self._relays[prompt_id] = on_frame
-        body = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
+            self._take_frames(prompt_id, on_frame, on_image)
+        body: dict[str, Any] = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
+        if extra_data:
+            body["extra_data"] = extra_data
         try:
             response = self._request("POST", "/prompt", json=body)
         except ComfyUIError:
@@ -481,15 +493,26 @@ class ComfyUIClient:
             self._forget(prompt_id)
             with self._cond:
                 self.tracker.track(real_id)
-                if on_frame is not None:
-                    self._relays[real_id] = on_frame
+                self._take_frames(real_id, on_frame, on_image)
         logger.debug("ComfyUI queued prompt %s (number %s)", real_id, answer.get("number"))
         return real_id
+
+    def _take_frames(
+        self,
+        prompt_id: str,
+        on_frame: Callable[[dict[str, Any]], None] | None,
+        on_image: Callable[[str, SocketImage], None] | None,
+    ) -> None:
+        if on_frame is not None:
+            self._relays[prompt_id] = on_frame
+        if on_image is not None:
+            self._image_takers[prompt_id] = on_image
 
     def _forget(self, prompt_id: str) -> None:
         with self._cond:
             self.tracker.forget(prompt_id)
             self._relays.pop(prompt_id, None)
+            self._image_takers.pop(prompt_id, None)
 
     def _cancel_quietly(self, prompt_id: str) -> None:
         try:
@@ -518,7 +541,11 @@ class ComfyUIClient:
             self.tracker.track(prompt_id)
             self._waiters[prompt_id] = threading.Condition(self._lock)
         try:
-            return watch.run()
+            outcome = watch.run()
+            with self._cond:
+                state = self.tracker.get(prompt_id)
+                gap = state is not None and state.socket_gap
+            return replace(outcome, socket_gap=True) if gap else outcome
         finally:
             with self._cond:
                 self._waiters.pop(prompt_id, None)
@@ -636,6 +663,7 @@ class ComfyUIClient:
             self._notify_all()
         try:
             if not self._closing.is_set():  # close() may have run before self._ws was set
+                self._announce_features(ws)
                 self._read_until_closed(ws)
         finally:
             with self._cond:
@@ -659,6 +687,25 @@ class ComfyUIClient:
                 return
             if opcode == websocket.ABNF.OPCODE_TEXT:
                 self._on_text(payload)
+            elif opcode == websocket.ABNF.OPCODE_BINARY:
+                self._on_binary(payload)
+
+    @staticmethod
+    def _announce_features(ws: websocket.WebSocket) -> None:
+        """Ask for binary image frames that name their node and prompt (protocol 4.2, 4.6); a ComfyUI that
+        does not know the message ignores it and sends frames that name neither."""
+        with contextlib.suppress(websocket.WebSocketException, OSError):  # the read sees a dropped socket
+            ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+
+    def _on_binary(self, payload: bytes) -> None:
+        image = socket_images.parse(payload)
+        if image is None:
+            return
+        with self._cond:
+            source = self.tracker.image_source(image.prompt_id, image.node_id)
+            taker = self._image_takers.get(source[0]) if source is not None else None
+            if taker is not None:
+                taker(source[1], image)
 
     def _on_text(self, payload: bytes) -> None:
         try:

@@ -51,6 +51,8 @@ class PromptOutcome:
     exception_type: str | None = None
     exception_message: str | None = None
     source: str = "history"  # "history", "websocket" or "poll"
+    # The socket dropped while the prompt ran: frames (socket images included) may be missing.
+    socket_gap: bool = field(default=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +74,7 @@ class PromptState:
     terminal_data: dict[str, Any] = field(default_factory=dict)
     finished: bool = False  # `executing` null after the terminal event: history is written
     last_event_at: float = 0.0
+    socket_gap: bool = False  # the socket dropped before the prompt finished: frames may be missing
     seq: int = 0  # bumped when something a waiter acts on changes (start, progress, image, end)
 
     def ws_outcome(self) -> PromptOutcome | None:
@@ -136,6 +139,19 @@ class PromptTracker:
 
     def on_disconnect(self) -> None:
         self.connected = False
+        for state in self._states.values():
+            if state.tracked and not state.finished:
+                state.socket_gap = True
+
+    def image_source(self, prompt_id: str | None, node_id: str | None) -> tuple[str, str] | None:
+        """(prompt id, node id) of a binary image frame: what a type 4 frame names, else the prompt running
+        and its node (a type 1 frame names neither; it comes while its node executes)."""
+        prompt_id = prompt_id or self.running
+        state = self._states.get(prompt_id) if prompt_id else None
+        if state is None:
+            return None
+        node_id = node_id or state.node
+        return (state.prompt_id, node_id) if node_id else None
 
     # -- message handling ---------------------------------------------------------------------------
     def feed(self, msg: dict[str, Any]) -> str | None:

@@ -22,6 +22,7 @@ class Outbox:
     never blocks. Subclasses say how the thread sends (``_drain``)."""
 
     max_pending: int | None = None  # beyond it new items are dropped (progress still replaces progress)
+    replaced: frozenset[str] = frozenset()  # kinds of which only the newest pending item is kept
 
     def __init__(self, *, name: str) -> None:
         self._name = name
@@ -36,6 +37,9 @@ class Outbox:
                 return
             if kind == "progress" and self._pending and self._pending[-1][0] == "progress":
                 self._pending[-1] = item
+            elif kind in self.replaced:
+                self._pending = [pending for pending in self._pending if pending[0] != kind]
+                self._pending.append(item)
             elif self.max_pending is None or len(self._pending) < self.max_pending:
                 self._pending.append(item)
             if self._thread is not None:

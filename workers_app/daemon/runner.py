@@ -23,10 +23,14 @@ from .scheduler import (
     SchedulerError,
     SchedulerUnavailable,
 )
+from .socket_images import SocketImage, socket_image_nodes
 
 logger = logging.getLogger(__name__)
 
 MODEL_MISSING = "model_missing"  # the failure code of a prompt refused for a model this ComfyUI lacks
+# `extra_data.preview_method` values that make ComfyUI send latent previews (the others: "none", "default").
+PREVIEW_METHODS = frozenset({"auto", "latent2rgb", "taesd"})
+MAX_SOCKET_IMAGE_BYTES = 512 * 1024 * 1024  # a task's images sent on the socket, held until uploaded
 
 # Words in exception types/messages of failures that another attempt (or another GPU) can fix.
 _RETRYABLE_MARKERS = ("outofmemory", "out of memory", "oom", "allocation on device", "cuda error")
@@ -219,10 +223,19 @@ class _TaskRun:
         self.task_id = lease.task_id
         # Start and progress reports go out on a thread of their own: nothing here waits for them.
         self.reports = Reports(self._send_report, name=f"reports-{lease.task_id[:8]}")
-        # The socket frames of a task a ComfyUI front-door client follows, relayed as they come.
+        # Latent previews, when the task asked for them: its front-door client socket and its page show them.
+        self.previews = lease.preview_method in PREVIEW_METHODS
+        # The socket frames of a task a ComfyUI front-door client follows, and its previews, relayed as they
+        # come.
         self.frames = (
-            FrameRelay(self._send_frames, name=f"frames-{lease.task_id[:8]}") if lease.relay_frames else None
+            FrameRelay(self._send_frames, name=f"frames-{lease.task_id[:8]}")
+            if lease.relay_frames or self.previews
+            else None
         )
+        # Images that nodes such as SaveImageWebsocket send only on ComfyUI's socket; the task's outputs.
+        self.socket_nodes = socket_image_nodes(lease.workflow)
+        self.socket_images: list[tuple[str, SocketImage]] = []
+        self.socket_bytes = 0
         self.start_queued = False
         self.last_progress_at = 0.0
         self.last_quarter = 0
@@ -239,11 +252,15 @@ class _TaskRun:
             stopped = self._send_inputs()
             if stopped is not None:
                 return stopped
+        options: dict[str, Any] = {}
+        if self.frames is not None and self.lease.relay_frames:
+            options["on_frame"] = self.frames.put
+        if self.socket_nodes or self.previews:
+            options["on_image"] = self._on_image
+        if self.lease.preview_method:
+            options["extra_data"] = {"preview_method": self.lease.preview_method}
         try:
-            if self.frames is not None:
-                prompt_id = self.comfy.submit(self.lease.workflow, on_frame=self.frames.put)
-            else:
-                prompt_id = self.comfy.submit(self.lease.workflow)
+            prompt_id = self.comfy.submit(self.lease.workflow, **options)
         except ComfyUIError as exc:
             return self._submit_failed(exc)
         self.submitted_at = time.monotonic()
@@ -352,7 +369,21 @@ class _TaskRun:
 
     # -- success: fetch every image, then upload them -------------------------------------------------
     def _deliver(self, outcome: PromptOutcome) -> TaskResult:
-        if not outcome.images:
+        if self.socket_nodes and outcome.socket_gap:
+            return self.fail(
+                "comfyui_lost",
+                "the ComfyUI socket dropped while the workflow sent its images on it",
+                retryable=True,
+                details={"prompt_id": outcome.prompt_id},
+            )
+        if self.socket_bytes > MAX_SOCKET_IMAGE_BYTES:
+            return self.fail(
+                "workflow_invalid",
+                f"the workflow sent more than {MAX_SOCKET_IMAGE_BYTES} bytes of images on the socket",
+                retryable=False,
+                details={"prompt_id": outcome.prompt_id},
+            )
+        if not outcome.images and not self.socket_images:
             return self.fail(
                 "workflow_invalid",
                 "ComfyUI finished but the workflow saved no image",
@@ -368,6 +399,10 @@ class _TaskRun:
                 retryable=True,
                 details={"prompt_id": outcome.prompt_id},
             )
+        images += [
+            (f"socket_{node_id}_{index:05}.{image.extension}", image.data, node_id)
+            for index, (node_id, image) in enumerate(self.socket_images, start=1)
+        ]
         round_trip = time.monotonic() - self.submitted_at
         named = [(name, data) for name, data, _ in images]
         self.activity.images_fetched(self.task_id, named, round_trip=round_trip)
@@ -426,6 +461,15 @@ class _TaskRun:
             self.control.next_lease = LeasedTask.carried(answer) if isinstance(answer, dict) else None
         except SchedulerError as exc:  # its lease expires on the scheduler and the task is requeued
             logger.warning("task %s: unusable carried lease (%s)", self.task_id, exc.message)
+
+    # -- images from ComfyUI's socket (its thread) -----------------------------------------------------------
+    def _on_image(self, node_id: str, image: SocketImage) -> None:
+        if node_id in self.socket_nodes:
+            self.socket_bytes += len(image.data)
+            if self.socket_bytes <= MAX_SOCKET_IMAGE_BYTES:
+                self.socket_images.append((node_id, image))
+        elif self.previews and self.frames is not None:
+            self.frames.put_preview(node_id, image)
 
     # -- callbacks from ComfyUIClient.wait (task thread) ------------------------------------------------
     def _on_start(self) -> None:

@@ -139,6 +139,8 @@ class LeasedTask:
     lease_expires_at: str | None = None
     relay_frames: bool = False  # a ComfyUI front-door client follows it: send its socket frames (frames())
     checkpoint: str = ""
+    # The client's `extra_data.preview_method` for its ComfyUI ("" leaves ComfyUI's own setting).
+    preview_method: str = ""
     # Uploaded images its LoadImage nodes name: {sha256, name, subfolder} (fetch with input_image()).
     inputs: tuple[dict[str, str], ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -158,6 +160,7 @@ class LeasedTask:
                 lease_expires_at=body.get("lease_expires_at"),
                 relay_frames=body.get("relay_frames") is True,
                 checkpoint=str(body.get("checkpoint") or ""),
+                preview_method=str(body.get("preview_method") or ""),
                 inputs=tuple(
                     {k: str(item[k]) for k in ("sha256", "name", "subfolder")}
                     for item in body.get("inputs") or ()

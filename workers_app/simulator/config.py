@@ -9,6 +9,7 @@ from typing import Any
 
 DEFAULT_CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors",)
 ERROR_KINDS = ("oom", "exception")
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
 
 # Knobs that may change while the simulator runs (POST /simulator/faults, SimulatorHandle.set_faults).
 FAULT_FIELDS = (
@@ -48,6 +49,9 @@ class SimulatorConfig:
     - `speed_factor`: how fast this simulated GPU is: every node's time is divided by it (2 = twice as fast).
     - `switch_time`: extra seconds for `CheckpointLoaderSimple` when its checkpoint is not the one the last
       prompt loaded (a model switch); the first load after a start or restart counts as one.
+    - `preview_method`: the server's `--preview-method` (`none`, `auto`, `latent2rgb`, `taesd`); a prompt's
+      `extra_data.preview_method` overrides it for that prompt, as ComfyUI's `set_preview_method` does. With
+      previews on, a sampler sends a JPEG preview of 1/8 the image's size with each step (latent2rgb's size).
     - `output_dir`: where output/input/temp files go; None means a fresh temporary folder, removed when
       the simulator stops.
     - `check_origin`: the Origin/Host check of the real server (403 on a mismatch for a loopback host).
@@ -70,6 +74,7 @@ class SimulatorConfig:
     check_origin: bool = True
     speed_factor: float = 1.0
     switch_time: float = 0.0
+    preview_method: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoints", tuple(str(name) for name in self.checkpoints))
@@ -89,6 +94,8 @@ class SimulatorConfig:
             _check_seconds(f"class_delays[{class_type!r}]", seconds)
         for name in ("ws_drop_rate", "error_rate", "view_fail_rate"):
             _check_rate(name, getattr(self, name))
+        if self.preview_method not in PREVIEW_METHODS:
+            raise ValueError(f"preview_method must be one of {', '.join(PREVIEW_METHODS)}")
         if self.error_kind not in ERROR_KINDS:
             raise ValueError(f"error_kind must be one of {', '.join(ERROR_KINDS)}, not {self.error_kind!r}")
         if self.random_seed is not None and (

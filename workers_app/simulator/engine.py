@@ -31,7 +31,7 @@ from PIL import Image
 
 from . import images as imaging
 from . import nodes
-from .config import SimulatorConfig
+from .config import PREVIEW_METHODS, SimulatorConfig
 from .validation import full_type_name, input_info
 
 logger = logging.getLogger("workers_app.simulator")
@@ -43,6 +43,7 @@ SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
+JPEG_FORMAT = 1
 PNG_FORMAT = 2
 _TCP_CORK = getattr(socket, "TCP_CORK", None)
 
@@ -461,7 +462,12 @@ class PromptRun:
             raise Interrupted
 
     async def report_progress(
-        self, node_id: str, value: int, total: int, preview: Image.Image | None
+        self,
+        node_id: str,
+        value: int,
+        total: int,
+        preview: Image.Image | None,
+        preview_format: str = "PNG",
     ) -> None:
         """The progress hook: interrupt check, progress_state, `progress`, and a preview frame
         (type 4 before `progress` for a socket that announced metadata support, else type 1 after)."""
@@ -469,9 +475,11 @@ class PromptRun:
         entry = self.progress_nodes.setdefault(node_id, {"state": "running", "value": 0.0, "max": 1.0})
         entry["value"], entry["max"] = min(value, total), total
         await self._send_progress_state()
-        png = None
+        png = None  # the encoded preview, PNG or JPEG
+        jpeg = preview_format == "JPEG"
         if preview is not None:
-            png = await asyncio.get_running_loop().run_in_executor(None, imaging.encode_png, preview)
+            encode = imaging.encode_jpeg if jpeg else imaging.encode_png
+            png = await asyncio.get_running_loop().run_in_executor(None, encode, preview)
         with_metadata = self.sim.supports_preview_metadata(self.client_id)
         if png is not None and self.client_id is not None and with_metadata:
             metadata = json.dumps(
@@ -481,7 +489,7 @@ class PromptRun:
                     "display_node_id": node_id,
                     "parent_node_id": None,
                     "real_node_id": node_id,
-                    "image_type": "image/png",
+                    "image_type": "image/jpeg" if jpeg else "image/png",
                 }
             ).encode("utf-8")
             frame = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(metadata)) + metadata + png
@@ -489,7 +497,8 @@ class PromptRun:
         progress = {"value": value, "max": total, "prompt_id": self.prompt_id, "node": node_id}
         await self.sim.send("progress", progress, self.client_id)
         if png is not None and not with_metadata:
-            await self.sim.send_binary(struct.pack(">II", PREVIEW_IMAGE, PNG_FORMAT) + png, self.client_id)
+            image_format = JPEG_FORMAT if jpeg else PNG_FORMAT
+            await self.sim.send_binary(struct.pack(">II", PREVIEW_IMAGE, image_format) + png, self.client_id)
 
     # --- planning -------------------------------------------------------------------------------------
 
@@ -801,6 +810,11 @@ class _Context:
         self.duration = duration
         self.prompt = run.prompt
         self.extra_data = run.extra_data
+        # ComfyUI's set_preview_method: the prompt's choice, else (absent or "default") the server's.
+        method = run.extra_data.get("preview_method")
+        if method not in PREVIEW_METHODS or method == "default":
+            method = run.sim.config.preview_method
+        self.previews = method != "none"
         self.output_dir = run.sim.dirs["output"]
         self.temp_dir = run.sim.dirs["temp"]
         self.input_dir = run.sim.dirs["input"]
@@ -815,8 +829,10 @@ class _Context:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def progress(self, value: int, total: int, preview: Image.Image | None = None) -> None:
-        await self._run.report_progress(self.node_id, value, total, preview)
+    async def progress(
+        self, value: int, total: int, preview: Image.Image | None = None, preview_format: str = "PNG"
+    ) -> None:
+        await self._run.report_progress(self.node_id, value, total, preview, preview_format)
 
     async def compute(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

@@ -99,6 +99,13 @@ def gray(width: int, height: int) -> Image.Image:
     return Image.new("RGB", (width, height), (128, 128, 128))
 
 
+def encode_jpeg(image: Image.Image) -> bytes:
+    """JPEG bytes, as ComfyUI encodes its latent previews (quality 95)."""
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
 def encode_png(
     image: Image.Image, text_chunks: dict[str, str] | None = None, compress_level: int = 1
 ) -> bytes:

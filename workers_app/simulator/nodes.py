@@ -97,7 +97,11 @@ class NodeContext(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
-    async def progress(self, value: int, total: int, preview: Image.Image | None = None) -> None: ...
+    previews: bool  # the prompt's preview method is not "none": samplers send latent previews
+
+    async def progress(
+        self, value: int, total: int, preview: Image.Image | None = None, preview_format: str = "PNG"
+    ) -> None: ...
 
     async def compute(self, fn: Callable[..., Any], *args: Any) -> Any: ...
 
@@ -242,6 +246,13 @@ async def empty_latent_image(ctx: NodeContext, width: int, height: int, batch_si
     return NodeResult((Latent(width, height, batch_size),))
 
 
+def _latent_preview(latent: Latent, step: int, steps: int) -> Image.Image:
+    """A latent-sized image that brightens as the sampler goes (what a preview shows is not simulated)."""
+    size = (max(8, latent.width // 8), max(8, latent.height // 8))
+    level = 40 + 200 * step // steps
+    return Image.new("RGB", size, (level, level // 2, 255 - level))
+
+
 async def ksampler(
     ctx: NodeContext,
     model: ModelPart,
@@ -255,10 +266,12 @@ async def ksampler(
     latent_image: Latent,
     denoise: float,
 ) -> NodeResult:
-    """Reports `progress` 1..steps of steps, one step per slice of the node's time."""
+    """Reports `progress` 1..steps of steps, one step per slice of the node's time, each with a JPEG preview
+    of 1/8 the image's size (latent2rgb's) when previews are on."""
     for step in range(1, steps + 1):
         await ctx.sleep(ctx.duration / steps)
-        await ctx.progress(step, steps)
+        preview = _latent_preview(latent_image, step, steps) if ctx.previews else None
+        await ctx.progress(step, steps, preview, "JPEG")
     text = positive.text if isinstance(positive, Conditioning) else ""
     return NodeResult((Latent(latent_image.width, latent_image.height, latent_image.batch_size, text, seed),))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workers_app.simulator.config import ERROR_KINDS, SimulatorConfig
+from workers_app.simulator.config import ERROR_KINDS, PREVIEW_METHODS, SimulatorConfig
 from workers_app.simulator.runner import run_forever
 
 
@@ -46,6 +46,7 @@ def config_from_options(options: dict[str, Any]) -> SimulatorConfig:
         check_origin=not options["no_origin_check"],
         speed_factor=options["speed_factor"],
         switch_time=options["switch_time"],
+        preview_method=options.get("preview_method") or "none",
     )
 
 
@@ -104,6 +105,12 @@ class Command(BaseCommand):
             type=float,
             default=0.0,
             help="extra seconds to load a checkpoint other than the last one loaded (a model switch)",
+        )
+        parser.add_argument(
+            "--preview-method",
+            choices=PREVIEW_METHODS,
+            default="none",
+            help="latent previews from samplers, as ComfyUI's --preview-method (a prompt may override it)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

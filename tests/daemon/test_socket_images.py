@@ -1,0 +1,216 @@
+"""Images ComfyUI sends as binary socket frames: parsed (socket_images), routed to the prompt that sent them
+(ComfyUIClient), and kept as the task's outputs or relayed as previews (runner)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import threading
+
+import pytest
+
+from tests.daemon.fakes import FakeComfy, FakeComfyUIServer, FakeScheduler, make_lease, png_bytes, wait_until
+from tests.daemon.test_comfyui_client import FAST, WORKFLOW, events, history_entry
+from workers_app.daemon.comfyui import ComfyUIClient
+from workers_app.daemon.prompt_tracker import OutcomeStatus, PromptOutcome
+from workers_app.daemon.runner import RunnerSettings, TaskResult, run_task
+from workers_app.daemon.socket_images import SocketImage, parse, socket_image_nodes
+
+PNG = png_bytes()
+
+
+def type1(data: bytes, image_format: int = 2) -> bytes:
+    return struct.pack(">II", 1, image_format) + data
+
+
+def type4(data: bytes, **metadata) -> bytes:
+    encoded = json.dumps({"image_type": "image/png", **metadata}).encode()
+    return struct.pack(">II", 4, len(encoded)) + encoded + data
+
+
+# -- parsing ------------------------------------------------------------------------------------------------
+def test_both_image_frame_types_are_parsed():
+    assert parse(type1(PNG)) == SocketImage("png", PNG)
+    assert parse(type1(b"\xff\xd8jpeg", 1)) == SocketImage("jpeg", b"\xff\xd8jpeg")
+    assert parse(type4(PNG, node_id="3", prompt_id="p")) == SocketImage("png", PNG, "3", "p")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        struct.pack(">I", 1),
+        type1(PNG, 7),  # unknown image format
+        type1(b""),
+        struct.pack(">II", 3, 1) + b"3node text",  # TEXT frames carry no image
+        struct.pack(">II", 4, 100) + b"{}",  # metadata longer than the frame
+        struct.pack(">II", 4, 2) + b"[]" + PNG,  # metadata not an object
+        struct.pack(">II", 4, 4) + b"nope" + PNG,
+        type4(PNG, image_type="image/gif"),
+    ],
+)
+def test_other_and_malformed_frames_are_ignored(payload):
+    assert parse(payload) is None
+
+
+def test_the_socket_image_nodes_of_a_workflow():
+    workflow = {
+        **WORKFLOW,
+        "4": {"class_type": "SaveImageWebsocket", "inputs": {}},
+        "5": {"class_type": "ETN_SendImageWebSocket", "inputs": {}},
+    }
+    assert socket_image_nodes(workflow) == {"4", "5"}
+
+
+# -- ComfyUIClient ------------------------------------------------------------------------------------------
+@pytest.fixture
+def server():
+    fake = FakeComfyUIServer().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def client(server):
+    comfy = ComfyUIClient(server.url, client_id="test-client", **FAST)
+    comfy.connect()
+    assert comfy.wait_connected(2)
+    yield comfy
+    comfy.close()
+
+
+def test_the_client_asks_for_frames_that_name_their_node(server, client):
+    assert wait_until(lambda: server.ws_received)
+    assert server.ws_received[0] == {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+
+
+def test_image_frames_reach_the_prompt_that_sent_them(server, client):
+    """A type 4 frame names its prompt and node; a type 1 frame belongs to the node running now."""
+
+    def on_prompt(pid, body):
+        server.history[pid] = history_entry(pid)
+        run = events(pid)
+        server.play(
+            [
+                *run[:3],  # status, execution_start, executing node 3
+                type1(PNG),
+                type4(b"\x89PNG-second", node_id="7", prompt_id=pid),
+                type4(b"\x89PNG-not-ours", node_id="3", prompt_id="someone-else"),
+                *run[3:],
+            ]
+        )
+
+    server.on_prompt = on_prompt
+    got = []
+    prompt_id = client.submit(
+        WORKFLOW,
+        on_image=lambda node, image: got.append((node, image.data)),
+        extra_data={"preview_method": "auto"},
+    )
+    outcome = client.wait(prompt_id, timeout=5)
+    assert outcome.ok and not outcome.socket_gap
+    assert got == [("3", PNG), ("7", b"\x89PNG-second")]
+    assert server.bodies("/prompt")[0]["extra_data"] == {"preview_method": "auto"}
+
+
+def test_a_socket_drop_while_the_prompt_runs_is_told_with_its_outcome(server, client):
+    def on_prompt(pid, body):
+        server.queue["queue_running"] = [[1, pid, WORKFLOW, {}, ["3"]]]
+        run = events(pid)
+
+        def history_written():
+            server.queue["queue_running"] = []
+            server.history[pid] = history_entry(pid)
+
+        server.play(
+            [run[1], server.drop_sockets, lambda: server.until_connects(2), history_written, *run[-2:]]
+        )
+
+    server.on_prompt = on_prompt
+    outcome = client.wait(client.submit(WORKFLOW, on_image=lambda node, image: None), timeout=5)
+    assert outcome.ok and outcome.socket_gap
+
+
+# -- the runner ---------------------------------------------------------------------------------------------
+SOCKET_WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {}},
+    "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+    "3": {"class_type": "KSampler", "inputs": {}},
+}
+
+
+def run(comfy, sched, lease):
+    settings = RunnerSettings(sleep=lambda seconds: None, progress_interval=0.0)
+    return run_task(lease, comfy=comfy, scheduler=sched, settings=settings)
+
+
+def test_socket_images_are_uploaded_as_the_tasks_images_with_their_node():
+    comfy = FakeComfy()
+    comfy.outcome_for = lambda pid: PromptOutcome(OutcomeStatus.SUCCESS, pid, ())  # history has no file
+    comfy.socket_images = [("2", SocketImage("png", PNG)), ("2", SocketImage("jpeg", b"\xff\xd8j"))]
+    sched = FakeScheduler()
+    assert run(comfy, sched, make_lease(workflow=SOCKET_WORKFLOW)) is TaskResult.COMPLETED
+    (complete,) = sched.calls_of("complete")
+    assert complete["images"] == [("socket_2_00001.png", PNG, "2"), ("socket_2_00002.jpg", b"\xff\xd8j", "2")]
+    assert "extra_data" not in comfy.submit_options["p1"]
+
+
+def test_socket_images_missed_while_the_socket_was_down_fail_the_attempt_for_a_retry():
+    comfy = FakeComfy()
+    comfy.outcome_for = lambda pid: PromptOutcome(OutcomeStatus.SUCCESS, pid, (), socket_gap=True)
+    comfy.socket_images = [("2", SocketImage("png", PNG))]
+    sched = FakeScheduler()
+    assert run(comfy, sched, make_lease(workflow=SOCKET_WORKFLOW)) is TaskResult.FAILED
+    (failed,) = sched.calls_of("fail")
+    assert failed["code"] == "comfyui_lost" and failed["retryable"] is True
+    assert not sched.calls_of("complete")
+
+
+def test_previews_go_to_a_front_door_client_that_asked_for_them():
+    comfy = FakeComfy(auto_finish=False)
+    comfy.socket_images = [("3", SocketImage("jpeg", b"\xff\xd8preview"))]
+    sched = FakeScheduler()
+    lease = make_lease(workflow=SOCKET_WORKFLOW, relay_frames=True, preview_method="taesd")
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, lease)))
+    thread.start()
+    assert wait_until(lambda: sched.calls_of("frames"))
+    comfy.finish("p1")
+    thread.join(5)
+    assert results == [TaskResult.COMPLETED]
+    assert comfy.submit_options["p1"]["extra_data"] == {"preview_method": "taesd"}
+    (frame,) = [f for call in sched.calls_of("frames") for f in call["frames"]]
+    encoded = base64.b64encode(b"\xff\xd8preview").decode()
+    assert frame == ["t2i_preview", {"node": "3", "format": "jpeg", "image": encoded}]
+    # A preview is not an output: only the history's image was uploaded.
+    assert [name for name, _, _ in sched.calls_of("complete")[0]["images"]] == ["p1.png"]
+
+
+def test_previews_go_nowhere_unless_the_task_asked_for_them():
+    comfy = FakeComfy()
+    comfy.socket_images = [("3", SocketImage("jpeg", b"\xff\xd8preview"))]
+    sched = FakeScheduler()
+    lease = make_lease(workflow=SOCKET_WORKFLOW, relay_frames=True)
+    assert run(comfy, sched, lease) is TaskResult.COMPLETED
+    assert not sched.calls_of("frames")
+
+
+def test_a_task_that_asked_for_previews_without_a_socket_client_sends_them_for_its_page():
+    comfy = FakeComfy(auto_finish=False)
+    comfy.socket_images = [
+        ("3", SocketImage("jpeg", b"\xff\xd8preview")),
+        ("3", SocketImage("jpeg", b"\xff\xd8x")),
+    ]
+    sched = FakeScheduler()
+    lease = make_lease(workflow=SOCKET_WORKFLOW, preview_method="auto")
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, lease)))
+    thread.start()
+    assert wait_until(lambda: sched.calls_of("frames"))
+    comfy.finish("p1")
+    thread.join(5)
+    assert results == [TaskResult.COMPLETED]
+    assert "on_frame" not in comfy.submit_options["p1"]  # no socket client: ComfyUI's text frames stay here
+    sent = [f for call in sched.calls_of("frames") for f in call["frames"]]
+    assert [kind for kind, _ in sent] == ["t2i_preview"]  # the second came too soon after the first
