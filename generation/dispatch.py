@@ -9,9 +9,10 @@ own events on commit without the round trip (the listener skips its own echo). W
 `T2I_LISTEN_NOTIFY=0`) events reach only the publishing process; subscribers that must hear other processes
 poll slowly as a fallback (workers_app.waiting).
 
-Kinds in use: `work` (tasks were queued: `{"count": n, "checkpoint": name}`), `task` (a task changed:
-`{"id", "owner"}`, for event streams), `worker` (a worker went offline or was disabled: `{"id"}`, ends its
-lease waits) and `reconnected` (this process's listener is back: events may have been missed).
+Kinds in use: `work` (tasks were queued: `{"count": n, "checkpoint": name, "owner": user id}`), `task` (a
+task changed: `{"id", "owner"}`, for event streams), `worker` (a worker went offline or was disabled:
+`{"id"}`, ends its lease waits) and `reconnected` (this process's listener is back: events may have been
+missed).
 """
 
 from __future__ import annotations
@@ -59,10 +60,16 @@ def publish(kind: str, data: dict[str, Any] | None = None) -> None:
     transaction.on_commit(lambda: deliver(kind, data))
 
 
-def announce_work(count: int = 1, *, checkpoint: str = "") -> None:
+def announce_work(count: int = 1, *, checkpoint: str = "", owner: int | None = None) -> None:
     """Call inside the transaction that queued `count` task(s); waiting workers wake after it commits, one per
-    task, preferably one that has the task's `checkpoint`."""
-    publish("work", {"count": count, "checkpoint": checkpoint} if checkpoint else {"count": count})
+    task, preferably one that has the task's `checkpoint`. `owner`, the tasks' user: placement's list of
+    users with queued work (generation.farm_snapshot) adds them at once."""
+    data: dict[str, Any] = {"count": count}
+    if checkpoint:
+        data["checkpoint"] = checkpoint
+    if owner is not None:
+        data["owner"] = owner
+    publish("work", data)
 
 
 def deliver(kind: str, data: dict[str, Any]) -> None:

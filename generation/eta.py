@@ -1,4 +1,5 @@
-"""When a task should be done: placement's plan of the whole queue (generation.placement.finish_estimates)
+"""When a task should be done: placement's plan of the whole queue (generation.placement.finish_estimates:
+the lease path played forward for the head of the queue, then a list schedule and the farm's total speed)
 on the live workers, from their learned speeds, counting the work they hold (running and prefetched), with
 each user's wait stretched by the share of the farm that other users' recent arrivals take before them
 (placement.arrival_shares).

@@ -10,6 +10,7 @@ queue) is read each time.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import defaultdict
@@ -21,7 +22,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db.models import QuerySet
 
-from generation import api_workflows, placement, workflows
+from generation import api_workflows, dispatch, placement, workflows
 from generation.models import Task, UserShare, WorkflowTemplate
 from generation.placement import Job, Node
 from workers_app.models import Worker, WorkerSpeed
@@ -59,6 +60,34 @@ class WorkerStatic:
     models: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     runs: dict[str, bool] = field(default_factory=dict, compare=False)  # requirement key -> runnable here
 
+    @functools.cached_property
+    def costs(self) -> Node:
+        """A node with this worker's capabilities and learned costs (id, warm model and free time unset): for
+        the run time of its held work, without a node per worker and lease."""
+        return Node(
+            id=0,
+            checkpoints=self.checkpoints,
+            seconds_per_unit=self.speeds,
+            default_seconds_per_unit=self.default_seconds_per_unit,
+            switch_seconds=self.switch_seconds,
+            cold_seconds=self.cold_seconds,
+            templates=self.templates,
+        )
+
+    def node(self, pk: int, *, warm: str, free_at: float, workflows: frozenset[str] | None) -> Node:
+        return Node(
+            id=pk,
+            checkpoints=self.checkpoints,
+            warm=warm,
+            free_at=free_at,
+            seconds_per_unit=self.speeds,
+            default_seconds_per_unit=self.default_seconds_per_unit,
+            switch_seconds=self.switch_seconds,
+            cold_seconds=self.cold_seconds,
+            templates=self.templates,
+            workflows=workflows,
+        )
+
     def can_run_workflow(self, key: str, needs: api_workflows.Requirements) -> bool:
         """Whether this worker has what a whole workflow needs (remembered per requirement key, which names
         the needs' content)."""
@@ -74,6 +103,7 @@ class _Cache:
     statics_at: float = -1e9
     owners: list[int | None] = field(default_factory=list)
     owners_at: float = -1e9
+    announced: dict[int, float] = field(default_factory=dict)  # user -> when work of theirs was queued
     live: list[LiveWorker] = field(default_factory=list)
     live_at: float = -1e9
 
@@ -171,20 +201,42 @@ def queue_window(queued: QuerySet[Task], *, size: int = WINDOW) -> list[Job]:
 
 
 def queued_owners() -> list[int | None]:
-    """The users with queued tasks (None: anonymous), cached OWNERS_SECONDS per process."""
+    """The users with queued tasks (None: anonymous), read at most every OWNERS_SECONDS per process, with
+    those whose work was queued since (the `work` events: `owner_queued`), so that a user's first task is in
+    the next lease's window, not a second later."""
+    cache = _cache
+    now = time.monotonic()
+    with cache.lock:
+        fresh = now - cache.owners_at < OWNERS_SECONDS
+        owners = cache.owners
+    if not fresh:
+        read_at = time.monotonic()
+        owners = list(
+            Task.objects.filter(status=Task.Status.QUEUED)
+            .order_by()
+            .values_list("owner_id", flat=True)
+            .distinct()
+        )
+        with cache.lock:
+            cache.owners, cache.owners_at = owners, read_at
+    with cache.lock:
+        # An owner announced just before the read began may be missing from it (the read's snapshot can
+        # predate the commit): keep announcements a little longer than the read they could have missed.
+        cache.announced = {o: at for o, at in cache.announced.items() if now - at < 2 * OWNERS_SECONDS}
+        extra = [o for o in cache.announced if o not in owners]
+    return owners + extra if extra else owners
+
+
+def owner_queued(owner: int | None) -> None:
+    """Work of `owner` was queued (in this process or another: the `work` event)."""
+    if owner is None:
+        return
     cache = _cache
     with cache.lock:
-        if time.monotonic() - cache.owners_at < OWNERS_SECONDS:
-            return cache.owners
-    owners = list(
-        Task.objects.filter(status=Task.Status.QUEUED)
-        .order_by()
-        .values_list("owner_id", flat=True)
-        .distinct()
-    )
-    with cache.lock:
-        cache.owners, cache.owners_at = owners, time.monotonic()
-    return owners
+        cache.announced[owner] = time.monotonic()
+
+
+dispatch.subscribe("work", lambda data: owner_queued(data.get("owner")))
 
 
 @dataclass
@@ -192,19 +244,13 @@ class Farm:
     """The farm as placement sees it at `now` (epoch seconds)."""
 
     now: float
-    nodes: dict[int, Node]
+    nodes: dict[int, Node]  # every live worker, or those that compete with the asker (`snapshot`)
     usage: dict[int | None, float]
     weights: dict[int | None, float]
     served_at: dict[int | None, float]  # when each user last had a task running (now while one runs)
     held: dict[int, list[tuple[Job, float]]]  # worker id -> its held jobs with their expected end, in order
-
-    def job_seconds(self) -> float:
-        """The DEFAULT job's seconds on the farm's average worker: what a fair-share turn is charged."""
-        unit = placement.work_units(512, 512, 20, 1)
-        rates = [n.default_seconds_per_unit for n in self.nodes.values()] or [
-            placement.DEFAULT_SECONDS_PER_UNIT
-        ]
-        return unit * sum(rates) / len(rates)
+    live: int = 0  # live workers, in `nodes` or not
+    job_seconds: float = 2.0  # the DEFAULT job's seconds on the farm's average worker: a fair-share turn
 
 
 class LiveWorker(NamedTuple):
@@ -241,33 +287,24 @@ def snapshot(
     now: datetime,
     workers: list[LiveWorker | Worker],
     workflow_needs: Mapping[str, api_workflows.Requirements] | None = None,
+    asker: int | None = None,
+    defer_to_idle: bool = True,
 ) -> Farm:
     """The live `workers` with their held work (running work counts what is left of it), and the usage and
     weights of every user with held work (`add_users` adds others). `workflow_needs`, the queued whole
-    workflows' needs by requirement key, says which of them each worker can run (None: any)."""
+    workflows' needs by requirement key, says which of them each worker can run (None: any).
+
+    With `asker` (a lease), `nodes` holds only the workers `placement.plan` lets compete: the asker and the
+    NEIGHBOURS others that free soonest (busy ones only unless `defer_to_idle`), picked as plan picks them;
+    the usage counts every worker's held work all the same."""
     stamp = now.timestamp()
     statics = worker_statics(workers)
-    nodes: dict[int, Node] = {}
-    for worker in workers:
-        static = statics[worker.pk]
-        nodes[worker.pk] = Node(
-            id=worker.pk,
-            checkpoints=static.checkpoints,
-            warm=worker.warm_checkpoint,
-            free_at=stamp,
-            seconds_per_unit=static.speeds,
-            default_seconds_per_unit=static.default_seconds_per_unit,
-            switch_seconds=static.switch_seconds,
-            cold_seconds=static.cold_seconds,
-            templates=static.templates,
-            workflows=None
-            if workflow_needs is None
-            else frozenset(k for k, needs in workflow_needs.items() if static.can_run_workflow(k, needs)),
-        )
+    free = {w.pk: stamp for w in workers}
+    warm = {w.pk: w.warm_checkpoint for w in workers}
     held_rows = Task.objects.filter(status__in=Task.ACTIVE_STATUSES)
-    if len(nodes) <= NAMED_WORKERS_MOST:
-        held_rows = held_rows.filter(worker_id__in=list(nodes))
-    # Else every held task, those of workers not in `nodes` skipped below: cheaper than naming hundreds of
+    if len(workers) <= NAMED_WORKERS_MOST:
+        held_rows = held_rows.filter(worker_id__in=list(free))
+    # Else every held task, those of workers not in `workers` skipped below: cheaper than naming hundreds of
     # workers in the query (held tasks are at most the live workers' prefetch depth, plus a few of workers
     # that just went away and are not yet reaped).
     held_rows = held_rows.order_by("worker_id", "leased_at", "id").values_list(
@@ -276,17 +313,30 @@ def snapshot(
     running_seconds: dict[int | None, float] = defaultdict(float)
     held: dict[int, list[tuple[Job, float]]] = defaultdict(list)
     for row in held_rows:
-        node = nodes.get(row[0])
-        if node is None:
+        worker_id = row[0]
+        if worker_id not in free:
             continue
         job = job_of(row[1:-1], stamp)  # held: when it was queued no longer matters
-        seconds = node.run_seconds(job)
+        seconds = statics[worker_id].costs.run_seconds(job, warm[worker_id])
         if row[-1] is not None:
             seconds = max(0.0, seconds - (stamp - row[-1].timestamp()))
-        node.free_at += seconds
-        node.warm = job.checkpoint or node.warm
+        free[worker_id] += seconds
+        warm[worker_id] = job.checkpoint or warm[worker_id]
         running_seconds[job.user] += seconds
-        held[node.id].append((job, node.free_at))
+        held[worker_id].append((job, free[worker_id]))
+    keep = set(free)
+    if asker is not None:
+        keep = {asker, *placement.competitors(asker, free, now=stamp, defer_to_idle=defer_to_idle)}
+    nodes = {}
+    for pk in (pk for pk in free if pk in keep):  # in the workers' order: plan breaks ties by it
+        static = statics[pk]
+        runs = None
+        if workflow_needs is not None:
+            runs = frozenset(k for k, needs in workflow_needs.items() if static.can_run_workflow(k, needs))
+        nodes[pk] = static.node(pk, warm=warm[pk], free_at=free[pk], workflows=runs)
+    rates = [static.default_seconds_per_unit for static in statics.values()] or [
+        placement.DEFAULT_SECONDS_PER_UNIT
+    ]
     return Farm(
         now=stamp,
         nodes=nodes,
@@ -294,6 +344,8 @@ def snapshot(
         weights={},
         served_at=dict.fromkeys(running_seconds, stamp),
         held=dict(held),
+        live=len(workers),
+        job_seconds=placement.work_units(512, 512, 20, 1) * sum(rates) / len(rates),
     )
 
 
@@ -319,6 +371,6 @@ def ordered(farm: Farm, jobs: Iterable[Job]) -> list[Job]:
         now=farm.now,
         usage=farm.usage,
         weights=farm.weights,
-        job_seconds=farm.job_seconds(),
+        job_seconds=farm.job_seconds,
         served_at=farm.served_at,
     )

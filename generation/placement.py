@@ -34,8 +34,9 @@ NEIGHBOURS = 32  # other workers (those that free soonest) that compete with the
 # time, at most DEFER_MARGIN_MAX seconds: more than the noise of learned speeds on short jobs.
 DEFER_MARGIN, DEFER_MARGIN_MAX = 0.2, 0.25
 # Queued tasks a plan looks at from the head of the queue (and as many from users it does not show): two per
-# live worker, so that each can find its warm model's work, within these bounds.
-WINDOW, WINDOW_MAX = 48, 128
+# worker that competes in the plan (the asker and its NEIGHBOURS), so that each can find its warm model's
+# work, at least WINDOW.
+WINDOW = 48
 EXACT_BUDGET = 20_000  # node comparisons an ETA estimate spends list-scheduling the head of the queue
 ARRIVAL_WINDOW = 120.0  # seconds of recent submissions an ETA reads the users' arrival rates from
 
@@ -47,7 +48,7 @@ FIFO = "first in line"
 
 
 def window_size(live_workers: int) -> int:
-    return min(WINDOW_MAX, max(WINDOW, 2 * live_workers))
+    return max(WINDOW, 2 * min(live_workers, NEIGHBOURS + 1))
 
 
 def work_units(width: int, height: int, steps: int, batch: int) -> float:
@@ -208,12 +209,35 @@ def plan(
     and a worker that stops asking stops beating and drops out of the live set (WORKER_OFFLINE_AFTER).
     `defer_to_idle=False` (where that wake cannot reach other processes) leaves idle workers out: the asker
     competes only with workers that will ask when their work is done."""
-    others = sorted(
-        (n for n in nodes if n.id != asker.id and (defer_to_idle or n.free_at > now)), key=lambda n: n.free_at
-    )[:NEIGHBOURS]
+    by_id = {n.id: n for n in nodes}
+    chosen = competitors(asker.id, {n.id: n.free_at for n in nodes}, now=now, defer_to_idle=defer_to_idle)
+    others = [by_id[pk] for pk in chosen]
     free = {n.id: max(now, n.free_at) for n in others}
     warm = {n.id: n.warm for n in others}
-    my_free, my_warm = max(now, asker.free_at), asker.warm
+    return _plan(asker, max(now, asker.free_at), asker.warm, others, free, warm, ordered, want)
+
+
+def competitors(
+    asker: int, free_at: Mapping[int, float], *, now: float, defer_to_idle: bool = True
+) -> list[int]:
+    """The workers that compete with `asker` in a plan, soonest free first: the NEIGHBOURS others that free
+    soonest (`free_at`: when each frees; equals in its order), only busy ones unless `defer_to_idle`."""
+    others = (pk for pk, at in free_at.items() if pk != asker and (defer_to_idle or at > now))
+    return sorted(others, key=free_at.__getitem__)[:NEIGHBOURS]
+
+
+def _plan(
+    asker: Node,
+    my_free: float,
+    my_warm: str,
+    others: Sequence[Node],
+    free: dict[int, float],
+    warm: dict[int, str],
+    ordered: Sequence[Job],
+    want: int,
+) -> Choice:
+    """`plan` from when each node frees and what it has warm (`free` and `warm` are the others', and are
+    changed: the jobs planned onto them)."""
     mine: list[int] = []
     reason = ""
     planned: dict[int, int] = {}
@@ -259,25 +283,134 @@ def finish_estimates(
     ordered: Sequence[Job],
     *,
     now: float,
-    exact: int | None = None,
+    budget: int = EXACT_BUDGET,
     ahead: Mapping[int | None, float] | None = None,
 ) -> dict[int, float]:
     """When each job of `ordered` should be done if the farm follows the plan (the ETAs: generation.eta).
 
-    The first `exact` jobs are list-scheduled like `plan` (each to the node that finishes it first, counting
-    each node's held work, running and prefetched, and model switches); the rest flow through the farm's
-    total speed after that, in order (a fluid estimate: switches are few once placement groups them).
-    By default `exact` spends about EXACT_BUDGET node comparisons: the whole queue of a small farm.
+    The head of the queue is placed as the lease path places it (`simulate_leases`): each node, as it frees,
+    asks and gets what `plan` gives it from the head of what is left, so the estimate makes the switches and
+    the stand-backs placement makes, not those of an ideal schedule; about `budget` node comparisons. The
+    rest flow through the farm's total speed after that, in order (a fluid estimate: switches are few once
+    placement groups them). Jobs that no node can run get none.
 
     `ahead`: per user, the share of the farm's capacity that work still to come will take before theirs
     (`arrival_shares`); each of their jobs' wait is stretched by 1 / (1 - share)."""
-    done = _finish_estimates(nodes, ordered, now=now, exact=exact)
+    done, free, warm, rest = simulate_leases(nodes, ordered, now=now, budget=budget)
+    rest = _list_schedule(nodes, rest, free, warm, done, most=max(64, budget // max(1, len(nodes))))
+    if rest and nodes:
+        rates = {n.id: 1.0 / max(1e-12, n.default_seconds_per_unit) for n in nodes}  # units per second
+        total = sum(rates.values())
+        clock = sum(free[n] * rate for n, rate in rates.items()) / total  # when the farm's capacity is free
+        for job in rest:
+            done[job.id] = clock + job.work * len(nodes) / total  # starts as capacity frees; an average node
+            clock += job.work / total
     if ahead:
         for job in ordered:
             share = ahead.get(job.user, 0.0)
             if share > 0 and job.id in done:
                 done[job.id] = now + (done[job.id] - now) / (1.0 - share)
     return done
+
+
+def simulate_leases(
+    nodes: Sequence[Node], ordered: Sequence[Job], *, now: float, budget: int = EXACT_BUDGET
+) -> tuple[dict[int, float], dict[int, float], dict[int, str], list[Job]]:
+    """The lease path played forward: the node that frees first asks, `plan` (want=1) over the head of the
+    jobs left that it can run (as many as a lease's window) gives it a job or nothing (another node frees in
+    time to finish them sooner: the asker asks again at the next event, when a node frees). Stops when
+    about `budget` node comparisons are spent. Returns each placed job's finish, when each node frees after
+    them, what each has warm then, and the jobs not placed, in order (less those found that no node can
+    run)."""
+    free = {n.id: max(now, n.free_at) for n in nodes}
+    warm = {n.id: n.warm for n in nodes}
+    asks = [(at, n.id) for n, at in zip(nodes, free.values(), strict=True)]
+    heapq.heapify(asks)
+    by_id = {n.id: n for n in nodes}
+    left = list(ordered)
+    size = window_size(len(nodes))
+    runnable: set[int] = set()
+    done: dict[int, float] = {}
+    waiting: list[int] = []  # nodes that stood back with no later event to ask again at
+    stood: set[int] = set()  # nodes that stood back since the last job was placed
+    spent = 0
+    while left and asks and spent < budget and len(stood) < len(nodes):
+        at, asker_id = heapq.heappop(asks)
+        asker = by_id[asker_id]
+        window = _head_for(asker, left, size, nodes, runnable)
+        others = [by_id[pk] for pk in competitors(asker_id, free, now=at)]
+        their_free = {n.id: max(at, free[n.id]) for n in others}
+        choice = _plan(asker, max(at, free[asker_id]), warm[asker_id], others, their_free,
+                       {n.id: warm[n.id] for n in others}, window, 1)  # fmt: skip
+        spent += max(1, len(choice.planned)) * (len(others) + 1) + len(nodes) + len(window)
+        if not choice.job_ids:
+            stood.add(asker_id)  # it stands back: it asks again at the next event (a node freeing later)
+            later = [t for t, _ in asks if t > at]
+            if later:
+                heapq.heappush(asks, (min(later), asker_id))
+            else:
+                waiting.append(asker_id)
+            continue
+        stood.clear()
+        index = next(i for i, job in enumerate(left) if job.id == choice.job_ids[0])
+        job = left.pop(index)
+        end = max(at, free[asker_id]) + asker.run_seconds(job, warm[asker_id])
+        done[job.id], free[asker_id], warm[asker_id] = end, end, job.checkpoint or warm[asker_id]
+        heapq.heappush(asks, (end, asker_id))
+        for pk in waiting:  # this job's end is an event they ask again at, if none comes sooner
+            heapq.heappush(asks, (min(t for t, _ in asks if t > at), pk))
+        waiting.clear()
+    return done, free, warm, left
+
+
+def _list_schedule(
+    nodes: Sequence[Node],
+    jobs: list[Job],
+    free: dict[int, float],
+    warm: dict[int, str],
+    done: dict[int, float],
+    *,
+    most: int,
+) -> list[Job]:
+    """Earliest-finish list scheduling of the first `most` of `jobs` (each to the node that finishes it
+    first), into `done`, `free` and `warm`; returns the jobs after them."""
+    for job in jobs[:most]:
+        best, best_at = None, None
+        for node in nodes:
+            if (best_at is not None and free[node.id] >= best_at) or not node.can_run(job):
+                continue
+            at = free[node.id] + node.run_seconds(job, warm[node.id])
+            if best_at is None or at < best_at:
+                best, best_at = node, at
+        if best is None or best_at is None:
+            continue
+        done[job.id] = best_at
+        free[best.id], warm[best.id] = best_at, job.checkpoint or warm[best.id]
+    return jobs[most:]
+
+
+def _head_for(
+    asker: Node, left: list[Job], size: int, nodes: Sequence[Node], runnable: set[int]
+) -> list[Job]:
+    """The first `size` jobs of `left` that `asker` can run, as its lease's window holds only those (jobs no
+    node can run are dropped from `left` on the way; `runnable` remembers those some node can run)."""
+    head: list[Job] = []
+    index = 0
+    while len(head) < size and index < len(left):
+        job = left[index]
+        if job.id not in runnable:
+            if not _anyone_runs(job, nodes):
+                del left[index]
+                continue
+            runnable.add(job.id)
+        if asker.can_run(job):
+            head.append(job)
+        index += 1
+    return head
+
+
+def _anyone_runs(job: Job, nodes: Sequence[Node]) -> bool:
+    return any(node.can_run(job) for node in nodes)
 
 
 def arrival_shares(
@@ -309,37 +442,6 @@ def arrival_shares(
         if taken > 0:
             shares[user] = min(taken, 1.0 - 1.0 / len(users | {user}))
     return shares
-
-
-def _finish_estimates(
-    nodes: Sequence[Node], ordered: Sequence[Job], *, now: float, exact: int | None
-) -> dict[int, float]:
-    if exact is None:
-        exact = max(64, EXACT_BUDGET // max(1, len(nodes)))
-    free = {n.id: max(now, n.free_at) for n in nodes}
-    warm = {n.id: n.warm for n in nodes}
-    done: dict[int, float] = {}
-    for job in ordered[:exact]:
-        best, best_at = None, None
-        for node in nodes:
-            if (best_at is not None and free[node.id] >= best_at) or not node.can_run(job):
-                continue
-            at = free[node.id] + node.run_seconds(job, warm[node.id])
-            if best_at is None or at < best_at:
-                best, best_at = node, at
-        if best is None or best_at is None:
-            continue
-        done[job.id] = best_at
-        free[best.id], warm[best.id] = best_at, job.checkpoint or warm[best.id]
-    if len(ordered) <= exact or not nodes:
-        return done
-    rates = {n.id: 1.0 / max(1e-12, n.default_seconds_per_unit) for n in nodes}  # units per second
-    total = sum(rates.values())
-    clock = sum(free[n] * rate for n, rate in rates.items()) / total  # when the farm's capacity is free
-    for job in ordered[exact:]:
-        done[job.id] = clock + job.work * len(nodes) / total  # starts as capacity frees; an average node
-        clock += job.work / total
-    return done
 
 
 # --- Learned costs and recent usage: the arithmetic, shared by the services and the benchmark -------------

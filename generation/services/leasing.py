@@ -74,14 +74,19 @@ def task_lease_next(
     workers: list[farm_snapshot.LiveWorker | Worker] = [*farm_snapshot.live_workers(now)] if smart else []
     # The asker as its row is now (the live list is cached a moment): its inventory may just have changed.
     workers = [w for w in workers if w.pk != worker.pk] + [worker]
-    farm = farm_snapshot.snapshot(now=now, workers=workers, workflow_needs=needs)
+    # An idle worker another stands back for is woken by an event; without NOTIFY (SQLite) only this process
+    # would hear it, so then only busy workers (which ask again as they finish) compete.
+    defer_to_idle = dispatch.notify_enabled()
+    farm = farm_snapshot.snapshot(
+        now=now, workers=workers, workflow_needs=needs, asker=worker.pk, defer_to_idle=defer_to_idle
+    )
     held = len(farm.held.get(worker.pk, ()))
     if prefetch and held >= max(1, worker.prefetch):
         return None  # full: a prefetching request raced the lease it already got
     _check_depth(worker, held)
     if prefetch and held and not _prefetch_allowed(worker, runnable):
         return None
-    choice = _place(worker, farm, runnable) if smart else None
+    choice = _place(worker, farm, runnable, defer_to_idle=defer_to_idle) if smart else None
     if choice is not None and not choice.job_ids:
         _wake_passed_over(farm, choice)
         return None
@@ -138,9 +143,11 @@ def _check_depth(worker: Worker, held: int) -> None:
         )
 
 
-def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -> placement.Choice:
+def _place(
+    worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task], *, defer_to_idle: bool
+) -> placement.Choice:
     """The plan's tasks for this worker, best first (generation.placement)."""
-    window = farm_snapshot.queue_window(runnable, size=placement.window_size(len(farm.nodes)))
+    window = farm_snapshot.queue_window(runnable, size=placement.window_size(farm.live))
     farm_snapshot.add_users(farm, {job.user for job in window})
     ordered = farm_snapshot.ordered(farm, window)
     return placement.plan(
@@ -149,9 +156,7 @@ def _place(worker: Worker, farm: farm_snapshot.Farm, runnable: QuerySet[Task]) -
         ordered,
         now=farm.now,
         want=1,
-        # An idle worker another stands back for is woken by an event; without NOTIFY (SQLite) only this
-        # process would hear it, so then only busy workers (which ask again as they finish) compete.
-        defer_to_idle=dispatch.notify_enabled(),
+        defer_to_idle=defer_to_idle,
     )
 
 

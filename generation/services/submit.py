@@ -58,7 +58,7 @@ def task_submit(*, owner: AbstractBaseUser | None, data: Mapping[str, Any]) -> T
         check_queued_cap(task.owner_id)
         task.save()
         task_changed(task.public_id, task.owner_id)
-        dispatch.announce_work(checkpoint=task.checkpoint)
+        dispatch.announce_work(checkpoint=task.checkpoint, owner=task.owner_id)
     logger.info("task queued", extra={"task": task.public_id})
     return task
 
@@ -238,7 +238,7 @@ def task_retry(*, task: Task) -> Task:
         if not updated:
             raise Conflict("Only failed or cancelled tasks can be retried.", code="not_retryable")
         task_changed(task.public_id, task.owner_id)
-        dispatch.announce_work(checkpoint=task.checkpoint)
+        dispatch.announce_work(checkpoint=task.checkpoint, owner=task.owner_id)
     task.refresh_from_db()
     return task
 

@@ -95,7 +95,7 @@ def close_lease(
             worker_count_outcome(worker_id, failed=1)
         task_changed(task.public_id, task.owner_id)
         if requeue:
-            dispatch.announce_work(checkpoint=task.checkpoint)
+            dispatch.announce_work(checkpoint=task.checkpoint, owner=task.owner_id)
     task.refresh_from_db()
     logger.log(
         logging.INFO if requeue else logging.WARNING,

@@ -122,7 +122,7 @@ def task_submit_workflow(
         if uploads:
             task.input_images.set(uploads)
         task_changed(task.public_id, task.owner_id)
-        dispatch.announce_work(checkpoint=needs.checkpoint)
+        dispatch.announce_work(checkpoint=needs.checkpoint, owner=task.owner_id)
     logger.info("workflow task queued", extra={"task": task.public_id})
     return task
 

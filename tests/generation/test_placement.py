@@ -1,5 +1,7 @@
 """Placement rules as plain functions (generation.placement): no database."""
 
+import random
+
 import pytest
 
 from generation import placement
@@ -116,6 +118,60 @@ def test_finish_estimates_count_held_work_and_switches():
     # job 1: node 1 at 3+2=5, node 2 at 0+4+2=6 -> 5; job 2: node 1 at 7, node 2 at 6 -> 6 (switch);
     # job 3 (b): node 1 at 5+4+2=11, node 2 (now warm on a) at 6+4+2=12 -> 11
     assert done == {1: 5.0, 2: 6.0, 3: 11.0}
+
+
+def test_the_competitors_are_the_workers_that_free_soonest(monkeypatch):
+    monkeypatch.setattr(placement, "NEIGHBOURS", 2)
+    free_at = {1: 0.0, 2: 5.0, 3: 0.0, 4: 1.0, 5: 9.0}  # now = 0: workers 1 and 3 are idle
+    assert placement.competitors(1, free_at, now=0.0) == [3, 4]  # the asker is not one; equals in order
+    assert placement.competitors(1, free_at, now=0.0, defer_to_idle=False) == [4, 2]
+    # plan lets only them take jobs from the asker: worker 5, free last but fast and warm, would finish this
+    # b job first (3.2 s; the others 24-26 s)
+    slow = [node(1, speed=0.1), node(3, speed=0.1, free_at=1.0), node(4, speed=0.1, free_at=2.0)]
+    nodes = [*slow, node(5, warm="b", speed=10, free_at=3.0)]
+    assert plan(nodes[0], nodes, [job(1, "b")], now=0.0).planned == {1: 1}
+    monkeypatch.setattr(placement, "NEIGHBOURS", 3)
+    assert plan(nodes[0], nodes, [job(1, "b")], now=0.0).planned == {1: 5}
+
+
+def test_finish_estimates_place_the_head_as_the_lease_path_does():
+    nodes = [node(1, warm="a"), node(2, warm="b")]
+    jobs = [job(1, "a"), job(2, "a"), job(3, "a"), job(4, "b")]
+    # Node 2 asks at 0 and `plan` gives it the first job it finishes no later than anyone: job 3 (a switch,
+    # done at 6, as node 1 would); node 1 runs jobs 1 and 2, then job 4 with a switch: 4+4+2 = 10.
+    assert placement.finish_estimates(nodes, jobs, now=0.0) == {1: 2.0, 2: 4.0, 3: 6.0, 4: 10.0}
+    # An ideal list schedule (each job in turn to whoever finishes it first) would say 2 for job 4: what
+    # the estimate falls back to beyond its budget
+    assert placement.finish_estimates(nodes, jobs, now=0.0, budget=0)[4] == 2.0
+
+
+def test_finish_estimates_give_a_worker_what_its_own_window_holds():
+    # gpu 1 runs only b; 50 a jobs for the fast gpu 2 come first, but gpu 1's lease sees only b jobs
+    nodes = [node(1, warm="b", ckpts=("b",)), node(2, warm="a", speed=2)]
+    jobs = [job(i, "a") for i in range(1, 51)] + [job(51, "b")]
+    done = placement.finish_estimates(nodes, jobs, now=0.0)
+    assert done[51] == 2.0 and done[50] == 50.0
+
+
+def test_the_lease_path_played_forward_places_every_job_some_worker_can_run():
+    rng = random.Random(1)
+    for _ in range(500):
+        nodes = [
+            node(i, warm=rng.choice("ab"), free_at=rng.choice([0.0, 0.0, 1.0, 3.0]),
+                 speed=rng.choice([0.25, 1, 2, 4]), ckpts=rng.sample("ab", rng.randint(1, 2)))
+            for i in range(1, rng.randint(2, 3) + 1)
+        ]  # fmt: skip
+        jobs = [job(i, rng.choice("ab")) for i in range(1, rng.randint(2, 8) + 1)]
+        done, _free, _warm, rest = placement.simulate_leases(nodes, jobs, now=0.0)
+        # a worker that stands back asks again at the next event, until every worker has stood back
+        # with nothing placed meanwhile
+        assert set(done) == {j.id for j in jobs if any(n.can_run(j) for n in nodes)} and not rest
+
+
+def test_finish_estimates_leave_out_jobs_nobody_can_run():
+    nodes = [node(1, ckpts=("a",)), node(2, ckpts=("a",), free_at=1.0)]
+    done = placement.finish_estimates(nodes, [job(1, "b"), job(2, "a"), job(3, "a"), job(4, "b")], now=0.0)
+    assert done == {2: 2.0, 3: 3.0}
 
 
 def test_an_unknown_loaded_model_costs_the_learned_switch_else_nothing():

@@ -4,8 +4,9 @@ share, the wake of a worker another stood back for, the reasons recorded, and th
 import asyncio
 
 import pytest
+from django.utils import timezone
 
-from generation import dispatch, placement
+from generation import dispatch, farm_snapshot, placement
 from generation.models import TaskAttempt, UserShare
 from tests.conftest import CHECKPOINT, capabilities, make_worker, submit_task
 from tests.factories import UserFactory
@@ -91,6 +92,42 @@ def test_fair_share_puts_a_light_users_single_task_before_a_flood():
     got = lease(worker)
     assert got.task.pk == single.pk and got.task.pk != flood[0].pk
     assert TaskAttempt.objects.get(task=single).placement == placement.FAIR
+
+
+def test_a_users_first_task_is_in_the_next_leases_window_though_the_queues_users_are_cached(
+    django_capture_on_commit_callbacks,
+):
+    first, second = workers(CHECKPOINT, CHECKPOINT)
+    flood_user, light_user = UserFactory(), UserFactory()
+    UserShare.objects.create(user=flood_user, usage_seconds=500.0)
+    for _ in range(60):  # beyond the window: the light user's task is seen only as a user the head lacks
+        submit_task(owner=flood_user, checkpoint=CHECKPOINT)
+    assert lease(first).task.owner_id == flood_user.pk  # reads (and caches) the users with queued work
+    with django_capture_on_commit_callbacks(execute=True):  # the `work` event names the owner
+        single = submit_task(owner=light_user, checkpoint=CHECKPOINT)
+    assert lease(second).task.pk == single.pk
+
+
+def test_a_leases_farm_holds_the_asker_and_its_competitors_and_counts_everyones_held_work(monkeypatch):
+    monkeypatch.setattr(placement, "NEIGHBOURS", 3)
+    pool = workers(*([CHECKPOINT] * 6))
+    owner = UserFactory()
+    for _ in range(4):
+        submit_task(owner=owner, checkpoint=CHECKPOINT)
+    for busy in pool[:4]:
+        assert lease(busy) is not None
+    now = timezone.now()
+    live = farm_snapshot.live_workers(now)
+    everyone = farm_snapshot.snapshot(now=now, workers=live)
+    farm = farm_snapshot.snapshot(now=now, workers=live, asker=pool[0].pk)
+    busy, idle = {w.pk for w in pool[:4]}, {pool[4].pk, pool[5].pk}
+    # the asker, the two idle workers (free now, so sooner than any busy one) and one more
+    assert len(farm.nodes) == 4 and {pool[0].pk, *idle} < set(farm.nodes) < busy | idle
+    assert farm.nodes[pool[0].pk] == everyone.nodes[pool[0].pk]
+    assert farm.usage == everyone.usage and farm.usage[owner.pk] > 0  # every worker's held work counts
+    assert farm.live == 6 and farm.job_seconds == everyone.job_seconds
+    busy_only = farm_snapshot.snapshot(now=now, workers=live, asker=pool[4].pk, defer_to_idle=False)
+    assert len(busy_only.nodes) == 4 and set(busy_only.nodes) - {pool[4].pk} < busy  # 3 of the 4 busy ones
 
 
 def test_fifo_setting_keeps_the_old_rule(settings):
