@@ -20,6 +20,7 @@ from django.utils import timezone
 from generation.metrics import metrics_rollup
 from generation.models import Image, InputImage, Task
 from generation.services.deletion import files_delete, tasks_delete
+from generation.services.inputs import input_images_purge_temp
 from generation.services.submit_limit import submit_counts_delete_ended
 from generation.thumbnails import images_make_missing_thumbnails
 from generation.webhooks import webhooks_deliver_due
@@ -51,9 +52,15 @@ def metrics_job() -> str:
 
 
 def retention_job() -> str:
-    """Tasks past RETENTION_DAYS, and the submit limit's counts of ended windows (kept to one hour's)."""
+    """Tasks past RETENTION_DAYS, the submit limit's counts of ended windows (kept to one hour's), and temp
+    uploads past TEMP_UPLOAD_HOURS that no queued or running task needs."""
     purged, ended = tasks_purge_expired(), submit_counts_delete_ended()
-    return f"{purged} task(s) purged" + (f", {ended} ended submit count(s) deleted" if ended else "")
+    temp = input_images_purge_temp()
+    return (
+        f"{purged} task(s) purged"
+        + (f", {ended} ended submit count(s) deleted" if ended else "")
+        + (f", {temp} temp upload(s) deleted" if temp else "")
+    )
 
 
 def orphans_job() -> str:
