@@ -5,7 +5,6 @@ from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -13,35 +12,17 @@ from rest_framework.test import APIClient
 from generation import jobs, services
 from generation.exceptions import InputsDeleted, NotFound, UploadInUse, WorkflowRejected
 from generation.models import InputImage, Task
-from generation.services import inputs as inputs_service
 from generation.services import workflow_submit
-from tests.comfy.test_input_images import LOAD_NODES, load_image
-from tests.conftest import capabilities, make_worker, media_files, png_bytes
+from tests.comfy.test_input_images import load_image
+from tests.comfy.uploads import image_loader_worker, make_upload, task_using
+from tests.conftest import media_files
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def loader_worker(db):
-    """A worker that runs LoadImage workflows, so they can be submitted."""
-    return make_worker("gpu-load", capabilities(nodes=LOAD_NODES))
-
-
-def make_upload(owner, name="cat.png", *, kind="input", subfolder="", size=(16, 12), color=(200, 30, 30)):
-    image = SimpleUploadedFile(name, png_bytes(*size, color=color), "image/png")
-    return services.input_image_upload(owner=owner, upload=image, kind=kind, subfolder=subfolder)
-
-
-def task_using(owner, upload: InputImage, status=Task.Status.QUEUED) -> Task:
-    """A task submitted as the front door submits one, naming `upload`, then put in `status`."""
-    task = services.task_submit_workflow(owner=owner, workflow=load_image(upload.comfy_name))
-    assert list(task.input_images.all()) == [upload]
-    if status != Task.Status.QUEUED:
-        finished = timezone.now() if status in Task.FINISHED_STATUSES else None
-        lease = None if status == Task.Status.QUEUED or finished else "6d1f3c0e-0000-4000-8000-000000000001"
-        Task.objects.filter(pk=task.pk).update(status=status, finished_at=finished, lease_token=lease)
-        task.refresh_from_db()
-    return task
+def _loader(db):
+    image_loader_worker()
 
 
 # --- The service ---------------------------------------------------------------------------------------
@@ -64,11 +45,13 @@ def test_deleting_an_upload_removes_the_row_and_after_the_commit_its_file(
 
 def test_a_rolled_back_delete_keeps_the_row_and_the_file(user, django_capture_on_commit_callbacks):
     upload = make_upload(user)
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        with pytest.raises(RuntimeError):
-            with transaction.atomic():
-                services.input_image_delete(upload=upload)
-                raise RuntimeError("the caller's transaction fails after the delete")
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        services.input_image_delete(upload=upload)
+        raise RuntimeError("the caller's transaction fails after the delete")
     assert callbacks == []
     assert InputImage.objects.filter(pk=upload.pk).exists()
     assert media_files() == [upload.file.name]
@@ -81,9 +64,8 @@ def test_an_upload_an_unfinished_task_needs_is_kept_naming_the_tasks(
     upload = make_upload(user)
     tasks = [task_using(user, upload, status), task_using(user, upload, status)]
     task_using(user, upload, Task.Status.COMPLETED)
-    with django_capture_on_commit_callbacks(execute=True):
-        with pytest.raises(UploadInUse) as refused:
-            services.input_image_delete(upload=upload)
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(UploadInUse) as refused:
+        services.input_image_delete(upload=upload)
     error = refused.value
     assert error.status == HTTPStatus.CONFLICT and error.code == "upload_in_use"
     assert "cat.png is needed by 2 queued or running task(s)" in error.detail
@@ -176,7 +158,9 @@ def test_the_retention_job_deletes_old_temp_uploads_but_those_an_unfinished_task
     assert jobs.retention_job() == "0 task(s) purged"
 
 
-def test_temp_retention_works_in_batches_and_is_off_at_zero(user, settings, django_capture_on_commit_callbacks):
+def test_temp_retention_works_in_batches_and_is_off_at_zero(
+    user, settings, django_capture_on_commit_callbacks
+):
     uploads = [make_upload(user, f"t{i}.png", kind="temp") for i in range(5)]
     for upload in uploads:
         _age(upload, 48)
