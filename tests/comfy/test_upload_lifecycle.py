@@ -1,11 +1,12 @@
 """Uploads' lifecycle: deleting one (never while a queued or running task needs it; the file only after the
 commit), what finished tasks keep, the retention of temp uploads, and the REST API (/api/v1/uploads/)."""
 
+import threading
 from datetime import timedelta
 from http import HTTPStatus
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -302,3 +303,58 @@ def test_the_schema_documents_the_uploads_api(api):
     assert {"get", "delete"} <= set(schema["paths"]["/api/v1/uploads/{upload_id}/"])
     assert "409" in schema["paths"]["/api/v1/uploads/{upload_id}/"]["delete"]["responses"]
     assert "unfinished_task_count" in schema["components"]["schemas"]["UploadOutput"]["properties"]
+
+
+# --- At the same moment (PostgreSQL's row locks) -------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_delete_or_the_retention_meeting_a_submit_never_takes_the_upload_from_its_task(
+    user, settings, monkeypatch
+):
+    """A submit holds the upload's row from its check until its task is queued: a delete waits for it and
+    then refuses; the retention job skips the row (and takes it on a later run, once the task has ended)."""
+    settings.T2I = settings.T2I | {"TEMP_UPLOAD_HOURS": 1}
+    upload = make_upload(user, kind="temp")
+    _age(upload, 2)
+    held, release, results = threading.Event(), threading.Event(), {}
+    hold = workflow_submit.inputs_hold
+
+    def slow_hold(**kwargs):
+        rows = hold(**kwargs)
+        held.set()
+        release.wait(10)
+        return rows
+
+    def submit():
+        try:
+            results["task"] = services.task_submit_workflow(owner=user, workflow=load_image("cat.png [temp]"))
+        finally:
+            connection.close()
+
+    def delete():
+        try:
+            services.input_image_delete(upload=upload)
+        except UploadInUse as exc:
+            results["refused"] = exc
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(workflow_submit, "inputs_hold", slow_hold)
+    submitting = threading.Thread(target=submit)
+    submitting.start()
+    try:
+        assert held.wait(10)
+        assert services.input_images_purge_temp() == 0  # skipped, not waited for
+        deleting = threading.Thread(target=delete)
+        deleting.start()
+        deleting.join(0.5)
+        assert deleting.is_alive()  # waiting for the submit's lock
+    finally:
+        release.set()
+        submitting.join(10)
+    deleting.join(10)
+    assert "cat.png [temp] is needed by 1 queued" in results["refused"].detail
+    assert list(results["task"].input_images.all()) == [upload]
+    assert services.input_images_purge_temp() == 0  # its task is queued
