@@ -315,7 +315,8 @@ def inputs_hold(*, workflow: dict[str, Any], uploads: list[InputImage], farm: In
     for the task to be queued, and then sees it and refuses (input_image_delete)."""
     if not uploads:
         return []
-    held = list(InputImage.objects.select_for_update().filter(pk__in=[row.pk for row in uploads]))
+    rows = InputImage.objects.select_for_update().filter(pk__in=[row.pk for row in uploads])
+    held = list(rows.order_by("pk"))  # one lock order for every submit
     if len(held) < len(uploads):
         try:
             api_workflows.check_input_images(workflow, {row.ref for row in held}, farm)
