@@ -1,4 +1,5 @@
-"""The operations console: tasks, images, workflow templates, webhook deliveries and the farm dashboard.
+"""The operations console: tasks, images, uploads, workflow templates, webhook deliveries and the farm
+dashboard.
 
 Tasks, images and deliveries are view-only: every change is an action that calls a service (task_cancel,
 task_retry, task_set_priority, webhook_retry_now), and domain errors come back as messages.
@@ -14,6 +15,7 @@ from django.contrib.admin import DateFieldListFilter, RelatedFieldListFilter
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
+from django.db.models import Count, Q
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -32,7 +34,15 @@ from generation import (
 )
 from generation.admin_helpers import ObjectActionsMixin, seconds_text, status_badge
 from generation.exceptions import DomainError
-from generation.models import ApiToken, Image, Task, TaskAttempt, WebhookDelivery, WorkflowTemplate
+from generation.models import (
+    ApiToken,
+    Image,
+    InputImage,
+    Task,
+    TaskAttempt,
+    WebhookDelivery,
+    WorkflowTemplate,
+)
 from workers_app.models import Worker
 
 TASK_COLOURS = {
@@ -526,6 +536,72 @@ class ImageAdmin(ViewOnlyMixin, admin.ModelAdmin):
     @admin.display(description="Size")
     def size_column(self, image: Image):
         return f"{image.width}×{image.height}"
+
+
+# --- Uploads (input images) -----------------------------------------------------------------------------
+
+
+@admin.register(InputImage)
+class InputImageAdmin(ViewOnlyMixin, admin.ModelAdmin):
+    """Users' uploads for LoadImage. Deleting goes through services.input_image_delete (the "Delete" action):
+    one that a queued or running task needs is kept, with a message naming the tasks."""
+
+    list_display = [
+        "image_column", "name_column", "owner", "kind", "size_column", "size_bytes", "used_by_column",
+        "created_at",
+    ]  # fmt: skip
+    list_select_related = ["owner"]
+    list_filter = ["kind", ("created_at", DateFieldListFilter)]
+    search_fields = ["name", "subfolder", "owner__username", "=public_id", "=sha256"]
+    readonly_fields = ["image_column", "name_column", "used_by_column"]
+    fields = [
+        "image_column", "name_column", "owner", "public_id", "kind", "subfolder", "name", ("width", "height"),
+        "size_bytes", "sha256", "file", "used_by_column", "created_at",
+    ]  # fmt: skip
+    show_full_result_count = False
+    actions = ["delete_uploads"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                task_count=Count("tasks"),
+                unfinished_count=Count("tasks", filter=Q(tasks__status__in=Task.UNFINISHED_STATUSES)),
+            )
+        )
+
+    @admin.display(description="Image")
+    def image_column(self, upload: InputImage):
+        return format_html(
+            '<img src="{}" alt="" loading="lazy" style="max-width:64px;max-height:64px;border-radius:4px">',
+            upload.file.url,
+        )
+
+    @admin.display(description="ComfyUI name", ordering="name")
+    def name_column(self, upload: InputImage):
+        return upload.comfy_name
+
+    @admin.display(description="Size")
+    def size_column(self, upload: InputImage):
+        return f"{upload.width}×{upload.height}"
+
+    @admin.display(description="Used by", ordering="task_count")
+    def used_by_column(self, upload: InputImage):
+        text = f"{upload.task_count} task(s)"
+        return text + (f", {upload.unfinished_count} not finished" if upload.unfinished_count else "")
+
+    @admin.action(description="Delete (kept while a queued or running task needs it)", permissions=["change"])
+    def delete_uploads(self, request, queryset):
+        deleted = 0
+        for upload in queryset:
+            try:
+                services.input_image_delete(upload=upload)
+                deleted += 1
+            except DomainError as exc:
+                messages.error(request, exc.detail)
+        if deleted:
+            messages.success(request, f"{deleted} upload(s) deleted.")
 
 
 # --- Workflow templates ---------------------------------------------------------------------------------

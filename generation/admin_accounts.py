@@ -7,12 +7,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from generation import services
-from generation.models import Image, Task, TaskAttempt, UserShare, WebhookDelivery
+from generation.models import Image, InputImage, Task, TaskAttempt, UserShare, WebhookDelivery
 
 User = get_user_model()
 # Rows the admin only shows (no delete permission) but that an account's deletion takes with it.
 TAKEN_WITH_THE_ACCOUNT = {
-    model._meta.verbose_name for model in (Task, TaskAttempt, Image, WebhookDelivery, UserShare)
+    model._meta.verbose_name for model in (Task, TaskAttempt, Image, InputImage, WebhookDelivery, UserShare)
 }
 
 

@@ -1,9 +1,12 @@
-"""REST API for people and programs: submit, follow, list and cancel tasks; templates; workers summary."""
+"""REST API for people and programs: submit, follow, list and cancel tasks; your uploads; templates; workers
+summary."""
+
+import mimetypes
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import FileResponse, HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound as CursorNotFound
 from rest_framework.pagination import CursorPagination
@@ -24,6 +27,8 @@ from generation.serializers import (
     TaskSubmitInput,
     TemplateInput,
     TemplateOutput,
+    UploadOutput,
+    UploadPageOutput,
 )
 from workers_app.models import Worker
 
@@ -180,6 +185,84 @@ class TaskCancelApi(APIView):
             raise NotFound("No such task.")
         task = services.task_cancel(task=task)
         return Response(TaskOutput(task, context={"request": request}).data)
+
+
+class UploadListApi(APIView):
+    """Your uploads, newest first: what ComfyUI's POST /upload/image and /upload/mask stored for you (the
+    front door) and the files of the web form's "Run a workflow"."""
+
+    permission_classes = [permissions.IsAuthenticated]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("type", str, enum=["input", "temp"], description="Only uploads of this type."),
+            OpenApiParameter("cursor", str, description="From a page's `next` or `previous` link."),
+            OpenApiParameter("page_size", int, description=f"1 to {TaskPagination.max_page_size}."),
+        ],
+        responses=UploadPageOutput,
+        operation_id="api_v1_uploads_list",
+    )
+    def get(self, request: Request) -> Response:
+        kind = request.query_params.get("type") or None
+        if kind not in (None, "input", "temp"):
+            raise serializers.ValidationError({"type": ["One of input, temp."]})
+        paginator = TaskPagination()  # newest first by row, like the task list
+        page = paginator.paginate_queryset(selectors.uploads_for(request.user, kind=kind), request)
+        return paginator.get_paginated_response(
+            UploadOutput(page, many=True, context={"request": request}).data
+        )
+
+
+class UploadDetailApi(APIView):
+    """One of your uploads; another user's is a 404, as an unknown id is."""
+
+    permission_classes = [permissions.IsAuthenticated]
+
+    @extend_schema(responses=UploadOutput)
+    def get(self, request: Request, upload_id) -> Response:
+        upload = selectors.upload_for(request.user, upload_id)
+        return Response(UploadOutput(upload, context={"request": request}).data)
+
+    @extend_schema(
+        responses={
+            204: None,
+            404: OpenApiResponse(description="Not one of your uploads."),
+            409: OpenApiResponse(
+                description="`upload_in_use`: queued or running tasks need it; `detail` names them and "
+                "`fields.tasks` lists their ids. Delete it once they have ended, or cancel them."
+            ),
+        }
+    )
+    def delete(self, request: Request, upload_id) -> Response:
+        """Delete the upload and its file. Finished tasks that used it keep their workflow, history and
+        images; they can no longer be retried."""
+        upload = selectors.upload_for(request.user, upload_id)
+        services.input_image_delete(upload=upload)
+        return Response(status=204)
+
+
+class UploadFileApi(APIView):
+    """The stored image of one of your uploads."""
+
+    permission_classes = [permissions.IsAuthenticated]
+
+    @extend_schema(responses={(200, "image/*"): OpenApiTypes.BINARY})
+    def get(self, request: Request, upload_id) -> FileResponse:
+        upload = selectors.upload_for(request.user, upload_id)
+        return upload_file_response(upload)
+
+
+def upload_file_response(upload) -> FileResponse:
+    """The file of an upload, as the API and the "My uploads" page serve it to its owner (never cached by a
+    shared cache)."""
+    try:
+        handle = upload.file.open("rb")
+    except FileNotFoundError:
+        raise NotFound("The upload's file is missing.")
+    content_type = mimetypes.guess_type(upload.file.name)[0] or "application/octet-stream"
+    response = FileResponse(handle, content_type=content_type)
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 class TemplateListCreateApi(APIView):

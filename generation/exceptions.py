@@ -124,3 +124,15 @@ class InsufficientStorage(DomainError):
 
     status = HTTPStatus.INSUFFICIENT_STORAGE
     code = "insufficient_storage"
+
+
+class UploadInUse(Conflict):
+    """An upload that a queued or running task still needs: deleting it would break that task."""
+
+    code = "upload_in_use"
+
+
+class InputsDeleted(Conflict):
+    """A task cannot run again: an upload its workflow names was deleted after it ended."""
+
+    code = "inputs_deleted"

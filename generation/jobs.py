@@ -21,6 +21,7 @@ from generation.metrics import metrics_rollup
 from generation.models import Image, InputImage, Task
 from generation.services.deletion import files_delete, tasks_delete
 from generation.services.frames import task_previews_delete_ended
+from generation.services.inputs import input_images_purge_temp
 from generation.services.submit_limit import submit_counts_delete_ended
 from generation.thumbnails import images_make_missing_thumbnails
 from generation.webhooks import webhooks_deliver_due
@@ -52,13 +53,15 @@ def metrics_job() -> str:
 
 
 def retention_job() -> str:
-    """Tasks past RETENTION_DAYS, the submit limit's counts of ended windows (kept to one hour's), and the
-    latent previews of tasks no longer running."""
+    """Tasks past RETENTION_DAYS, the submit limit's counts of ended windows (kept to one hour's), temp
+    uploads past TEMP_UPLOAD_HOURS that no queued or running task needs, and the latent previews of tasks no
+    longer running."""
     purged, ended = tasks_purge_expired(), submit_counts_delete_ended()
-    previews = task_previews_delete_ended()
+    temp, previews = input_images_purge_temp(), task_previews_delete_ended()
     return (
         f"{purged} task(s) purged"
         + (f", {ended} ended submit count(s) deleted" if ended else "")
+        + (f", {temp} temp upload(s) deleted" if temp else "")
         + (f", {previews} preview(s) deleted" if previews else "")
     )
 

@@ -112,6 +112,8 @@ class Task(models.Model):
 
     ACTIVE_STATUSES = (Status.LEASED, Status.RUNNING)
     FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    # Not finished: such a task may still need its uploads (services.input_image_delete keeps them).
+    UNFINISHED_STATUSES = (Status.QUEUED, *ACTIVE_STATUSES)
     RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)  # services.task_retry puts these back in the queue
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -358,8 +360,11 @@ class UserShare(models.Model):
 class InputImage(models.Model):
     """An image a user uploaded for LoadImage (ComfyUI's POST /upload/image), under the name ComfyUI would
     give it. Each owner (the anonymous space counts as one) has their own names; the file's storage name is
-    unguessable. Written only after its file is stored."""
+    unguessable. Written only after its file is stored. Deleted only through services.input_image_delete (or
+    the temp retention, or an account's deletion), never while a queued or running task needs it."""
 
+    # What "My uploads" and /api/v1/uploads/ name an upload by: unguessable, unlike the row id.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="input_images"
     )
@@ -384,6 +389,12 @@ class InputImage(models.Model):
                 condition=Q(owner=None),
                 name="input_image_unique_anonymous_name",
             ),
+        ]
+        indexes = [
+            # "My uploads" and GET /api/v1/uploads/: WHERE owner_id = ? ORDER BY id DESC
+            models.Index(fields=["owner", "-id"], name="input_image_owner_idx"),
+            # The retention of temp uploads: WHERE kind = 'temp' AND created_at < cutoff
+            models.Index(fields=["kind", "created_at"], name="input_image_kind_age_idx"),
         ]
 
     def __str__(self) -> str:

@@ -5,11 +5,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models import Prefetch, Q, QuerySet, prefetch_related_objects
+from django.db.models import Count, Prefetch, Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from generation.exceptions import NotFound
-from generation.models import Image, Task, TaskAttempt, TaskPreview
+from generation.models import Image, InputImage, Task, TaskAttempt, TaskPreview
 from workers_app.models import Worker
 
 
@@ -134,3 +134,26 @@ def checkpoints_available() -> list[dict]:
                 online[name] += 1
     default = settings.T2I["DEFAULT_CHECKPOINT"]
     return [{"name": n, "online_workers": online[n], "default": n == default} for n in sorted(seen)]
+
+
+def uploads_for(user, *, kind: str | None = None) -> QuerySet[InputImage]:
+    """A signed-in user's uploads (POST /comfy/upload/image), newest first, each with how many tasks used it
+    (`task_count`) and how many of those have not finished (`unfinished_count`: while it is not 0 the
+    upload cannot be deleted). Nobody else's, and none for an anonymous visitor."""
+    if not user.is_authenticated:
+        return InputImage.objects.none()
+    uploads = InputImage.objects.filter(owner=user)  # input_image_owner_idx
+    if kind:
+        uploads = uploads.filter(kind=kind)
+    return uploads.annotate(
+        task_count=Count("tasks"),
+        unfinished_count=Count("tasks", filter=Q(tasks__status__in=Task.UNFINISHED_STATUSES)),
+    ).order_by("-id")
+
+
+def upload_for(user, public_id) -> InputImage:
+    """The user's upload with this public id; NotFound for another's, an unknown or malformed id alike."""
+    try:
+        return uploads_for(user).get(public_id=public_id)
+    except (InputImage.DoesNotExist, ValueError, TypeError, ValidationError):
+        raise NotFound("No such upload.")

@@ -12,6 +12,7 @@ from generation.models import (
     SEED_MAX,
     TASK_INPUT_FIELDS,
     Image,
+    InputImage,
     Task,
     TaskAttempt,
     WorkflowTemplate,
@@ -189,6 +190,45 @@ class TaskPageOutput(serializers.Serializer):
     next = serializers.URLField(allow_null=True, help_text="The next page (older tasks); null on the last.")
     previous = serializers.URLField(allow_null=True)
     results = TaskListOutput(many=True)
+
+
+class UploadOutput(ModelOutput):
+    """One of your uploads (ComfyUI's POST /upload/image or /upload/mask, or a file of the web form's
+    "Run a workflow"), as GET /api/v1/uploads/ lists it."""
+
+    id = serializers.UUIDField(source="public_id", help_text="Names the upload in /api/v1/uploads/<id>/.")
+    name = serializers.CharField(
+        source="comfy_name",
+        help_text="What a LoadImage node names it by: `subfolder/filename`, ` [temp]` after a temp upload.",
+    )
+    filename = serializers.CharField(source="name")
+    type = serializers.ChoiceField(source="kind", choices=["input", "temp"])
+    task_count = serializers.IntegerField(help_text="Tasks that used it and still record it.")
+    unfinished_task_count = serializers.IntegerField(
+        source="unfinished_count",
+        help_text="Of those, the queued or running ones: while this is not 0 the upload cannot be deleted.",
+    )
+    file_url = serializers.SerializerMethodField(help_text="The stored image (for you only).")
+
+    class Meta:
+        model = InputImage
+        fields = [
+            "id", "name", "filename", "subfolder", "type", "width", "height", "size_bytes", "sha256",
+            "created_at", "task_count", "unfinished_task_count", "file_url",
+        ]  # fmt: skip
+
+    def get_file_url(self, upload: InputImage) -> str:
+        path = reverse("api:upload-file", args=[upload.public_id])
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+
+class UploadPageOutput(serializers.Serializer):
+    """A page of GET /api/v1/uploads/ (newest first): follow `next` for older uploads."""
+
+    next = serializers.URLField(allow_null=True, help_text="The next page (older uploads); null on the last.")
+    previous = serializers.URLField(allow_null=True)
+    results = UploadOutput(many=True)
 
 
 class TemplateInput(serializers.Serializer):

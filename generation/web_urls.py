@@ -1,9 +1,9 @@
-"""Server-rendered pages (generate, task, gallery, image, my queue, accounts, legacy)."""
+"""Server-rendered pages (generate, task, gallery, image, my queue, my uploads, accounts, legacy)."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from generation import account_views, views
+from generation import account_views, upload_views, views
 
 app_name = "web"
 urlpatterns = [
@@ -16,6 +16,9 @@ urlpatterns = [
     path("images/<uuid:image_id>/", views.image_detail, name="image"),
     path("images/<uuid:image_id>/download/", views.image_download, name="image-download"),
     path("images/<uuid:image_id>/delete/", views.image_delete, name="image-delete"),
+    path("uploads/", upload_views.my_uploads, name="uploads"),
+    path("uploads/<uuid:upload_id>/image/", upload_views.upload_image, name="upload-image"),
+    path("uploads/<uuid:upload_id>/delete/", upload_views.upload_delete, name="upload-delete"),
     path("accounts/login/", views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/signup/", views.signup, name="signup"),

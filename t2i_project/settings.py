@@ -375,6 +375,10 @@ T2I.update(
         "MAINTENANCE_EVERY": env_float("T2I_MAINTENANCE_EVERY", 5.0, minimum=0.5, maximum=60),
         # Delete finished tasks with their images and thumbnails after this many days; 0 keeps them forever.
         "RETENTION_DAYS": env_int("T2I_RETENTION_DAYS", 0, minimum=0),
+        # Uploads of ComfyUI's `type=temp` (POST /comfy/upload/image) are deleted by the retention job once
+        # this old, unless a queued or running task needs them (ComfyUI empties its temp folder on restart);
+        # 0 keeps them.
+        "TEMP_UPLOAD_HOURS": env_float("T2I_TEMP_UPLOAD_HOURS", 24.0, minimum=0),
         # Stored files that no image row names (a completion killed between writing them and its commit) are
         # removed by the hourly orphaned-files job once this old.
         "ORPHAN_GRACE_SECONDS": env_int("T2I_ORPHAN_GRACE_SECONDS", 3600, minimum=60),

@@ -7,7 +7,8 @@ background jobs all call these functions: one rule, one place. By lifecycle:
 - leasing: handing tasks to workers, and what a worker reports while it runs one;
 - completion_slots: how many completions of one worker may run at once, across processes;
 - completion: how a lease ends from the worker's side (completed, failed, handed back);
-- inputs: images uploaded for LoadImage nodes (stored per owner, needed by a workflow, fetched by a worker);
+- inputs: images uploaded for LoadImage nodes (stored per owner, needed by a workflow, fetched by a worker,
+  deleted by their owner or, when temp, by the retention job; never while an unfinished task needs them);
 - frames: ComfyUI socket frames a worker relays for a front-door client;
 - comfy_history: finished prompts taken out of a front-door client's ComfyUI history (POST /comfy/history);
 - missing_model: a prompt refused for a model the worker lacks (requeued elsewhere, not counted);
@@ -30,9 +31,11 @@ from generation.services.completion_slots import completion_slot
 from generation.services.deletion import files_delete, tasks_delete, user_delete
 from generation.services.frames import task_relay_frames
 from generation.services.inputs import (
+    input_image_delete,
     input_image_for_worker,
     input_image_mask_upload,
     input_image_upload,
+    input_images_purge_temp,
     workflow_with_uploads,
 )
 from generation.services.leasing import (
@@ -73,9 +76,11 @@ __all__ = [
     "files_delete",
     "image_deletable_by",
     "image_delete",
+    "input_image_delete",
     "input_image_for_worker",
     "input_image_mask_upload",
     "input_image_upload",
+    "input_images_purge_temp",
     "submit_claim",
     "task_cancel",
     "task_complete",

@@ -1,5 +1,6 @@
 """Input images: what ComfyUI's POST /upload/image stores (per owner, the anonymous space counting as one),
-which uploads a workflow's LoadImage nodes need, and how a worker gets them (fenced by its lease)."""
+which uploads a workflow's LoadImage nodes need, how a worker gets them (fenced by its lease), and how they
+go (deleted by their owner, or by the retention job when temp) without breaking a task that needs them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -17,11 +20,21 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models.fields.files import FieldFile
+from django.utils import timezone
 
 from generation import api_workflows, comfy_selectors, images
 from generation.api_workflows import Inventory
-from generation.exceptions import InvalidInput, LeaseLost, NotFound, TooLarge, WorkflowRejected
+from generation.exceptions import (
+    InputsDeleted,
+    InvalidInput,
+    LeaseLost,
+    NotFound,
+    TooLarge,
+    UploadInUse,
+    WorkflowRejected,
+)
 from generation.models import InputImage, Task
+from generation.services.deletion import files_delete
 from generation.services.transitions import fenced
 from generation.upload_parsers import PATH_MARK
 
@@ -32,6 +45,8 @@ STORAGE_FOLDER = "inputs"
 # Where a worker puts the inputs on its ComfyUI: named by content, so two users' `cat.png` never meet there.
 WORKER_SUBFOLDER = "t2i_inputs"
 LEASE_LOST = "This lease is no longer yours."
+# A task in these states may still need its uploads: a worker fetches them under its lease.
+NEEDS_INPUTS = Task.UNFINISHED_STATUSES
 
 
 def _owner(owner: AbstractBaseUser | None) -> AbstractBaseUser | None:
@@ -292,3 +307,101 @@ def workflow_with_uploads(
             raise type(exc)(exc.detail, fields={f"input_{node_id}": [exc.detail]}) from exc
         built[node_id]["inputs"]["image"] = row.comfy_name
     return built
+
+
+def inputs_hold(*, workflow: dict[str, Any], uploads: list[InputImage], farm: Inventory) -> list[InputImage]:
+    """In the submit's transaction, before its task records `uploads` (from inputs_needed): lock their rows,
+    so that a delete either came first (the workflow is then refused as if the name were unknown) or waits
+    for the task to be queued, and then sees it and refuses (input_image_delete)."""
+    if not uploads:
+        return []
+    rows = InputImage.objects.select_for_update().filter(pk__in=[row.pk for row in uploads])
+    held = list(rows.order_by("pk"))  # one lock order for every submit
+    if len(held) < len(uploads):
+        try:
+            api_workflows.check_input_images(workflow, {row.ref for row in held}, farm)
+        except api_workflows.WorkflowProblem as problem:
+            raise WorkflowRejected(problem)
+    return held
+
+
+def task_inputs_hold(task: Task) -> None:
+    """In a retry's transaction: lock the uploads the task's workflow names, or InputsDeleted (409) if one of
+    them was deleted after the task ended (its record on the task went with it)."""
+    if task.workflow is None:
+        return
+    refs = api_workflows.input_image_refs(task.workflow)
+    wanted = {ref for ref in refs.values() if ref[0]}
+    if not wanted:
+        return
+    rows = InputImage.objects.select_for_update(of=("self",)).filter(tasks=task).order_by()
+    held = {row.ref for row in rows}
+    missing = sorted(
+        task.workflow[node_id]["inputs"]["image"] for node_id, ref in refs.items() if ref in wanted - held
+    )
+    if missing:
+        names = ", ".join(missing)
+        raise InputsDeleted(
+            f"This task cannot run again: its upload(s) {names} were deleted. Upload them again and submit "
+            "the workflow anew."
+        )
+
+
+def input_image_delete(*, upload: InputImage) -> None:
+    """Delete an upload, and its file once the transaction commits (a rollback keeps both). Refused with
+    UploadInUse (409), naming them, while queued, leased or running tasks need it: a worker fetches it under
+    its lease. A finished task that used it keeps its workflow, history and images (they name the upload by
+    its ComfyUI name); only its record of the upload (Task.input_images) goes, so it can no longer be retried
+    (task_inputs_hold)."""
+    with transaction.atomic():
+        row = InputImage.objects.select_for_update().filter(pk=upload.pk).first()
+        if row is None:
+            raise NotFound("No such upload.")
+        # Read after the lock: a submit that names the upload holds it (inputs_hold) until its task is queued.
+        needing = Task.objects.filter(input_images=row, status__in=NEEDS_INPUTS).order_by("id")
+        task_ids = [str(public_id) for public_id in needing.values_list("public_id", flat=True)]
+        if task_ids:
+            shown = ", ".join(task_ids[:5]) + (f" and {len(task_ids) - 5} more" if len(task_ids) > 5 else "")
+            raise UploadInUse(
+                f"{row.comfy_name} is needed by {len(task_ids)} queued or running task(s): {shown}. Delete "
+                "it once they have ended, or cancel them first.",
+                fields={"tasks": task_ids},
+            )
+        name = row.file.name
+        row.delete()  # with its rows in Task.input_images
+        transaction.on_commit(partial(files_delete, [name]))
+    logger.info("upload %s deleted", upload.public_id)
+
+
+def input_images_purge_temp(*, now: datetime | None = None, batch: int = 500) -> int:
+    """Delete `type=temp` uploads older than TEMP_UPLOAD_HOURS (ComfyUI empties its temp folder on restart),
+    but those a queued, leased or running task needs; their files once each batch commits. Off (0) while
+    TEMP_UPLOAD_HOURS is 0. Rows a submit holds (inputs_hold) are skipped, and taken by a later run."""
+    hours = settings.T2I["TEMP_UPLOAD_HOURS"]
+    if not hours:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(hours=hours)
+    expired = InputImage.objects.filter(kind="temp", created_at__lt=cutoff)  # input_image_kind_age_idx
+    expired = expired.exclude(tasks__status__in=NEEDS_INPUTS)
+    total, after = 0, 0
+    while True:
+        with transaction.atomic():
+            locked = expired.filter(pk__gt=after).order_by("pk").select_for_update(skip_locked=True)
+            ids = list(locked.values_list("pk", flat=True)[:batch])
+            if not ids:
+                break
+            after = ids[-1]
+            # Read after the lock, as input_image_delete does: a task queued meanwhile keeps its upload.
+            needed = Task.input_images.through.objects.filter(
+                inputimage_id__in=ids, task__status__in=NEEDS_INPUTS
+            ).values_list("inputimage_id", flat=True)
+            doomed = InputImage.objects.filter(pk__in=set(ids) - set(needed))
+            files = list(doomed.values_list("file", flat=True))
+            doomed.delete()
+            transaction.on_commit(partial(files_delete, files))
+        total += len(files)
+        if len(ids) < batch:
+            break
+    if total:
+        logger.info("retention: deleted %d temp upload(s) made before %s", total, cutoff.isoformat())
+    return total

@@ -23,6 +23,7 @@ from generation.models import (
     TaskAttempt,
     WorkflowTemplate,
 )
+from generation.services.inputs import task_inputs_hold
 from generation.services.queue_rules import check_priority, check_queued_cap
 from generation.services.transitions import farm_setting, task_changed
 from generation.services.workflow_submit import task_submit_workflow
@@ -222,8 +223,10 @@ def tasks_cancel(*, tasks: list[Task]) -> int:
 
 def task_retry(*, task: Task) -> Task:
     """Put a failed or cancelled task back in the queue with a fresh set of attempts. It runs again, so a
-    front-door client that took it out of its ComfyUI history sees its new end there."""
+    front-door client that took it out of its ComfyUI history sees its new end there. A workflow task whose
+    uploads were deleted since cannot run again (InputsDeleted, 409)."""
     with transaction.atomic():
+        task_inputs_hold(task)
         updated = Task.objects.filter(pk=task.pk, status__in=Task.RETRYABLE_STATUSES).update(
             status=Status.QUEUED,
             attempts=0,

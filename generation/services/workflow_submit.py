@@ -12,7 +12,7 @@ from generation import api_workflows, callback_targets, dispatch, limits, node_s
 from generation.api_workflows import Inventory, Requirements, WorkflowProblem
 from generation.exceptions import InvalidInput, WorkflowRejected
 from generation.models import SEED_MAX, PreviewMethod, Task
-from generation.services.inputs import inputs_needed
+from generation.services.inputs import inputs_hold, inputs_needed
 from generation.services.queue_rules import check_priority, check_queued_cap
 from generation.services.transitions import farm_setting, task_changed
 from workers_app.models import Worker
@@ -100,7 +100,8 @@ def task_submit_workflow(
     check_priority(priority, owner)
     workers = registered_workers()
     needs, warning = workflow_check(workflow, workers)
-    uploads = inputs_needed(owner=owner, workflow=workflow, farm=farm_inventory(workers))
+    farm = farm_inventory(workers)
+    uploads = inputs_needed(owner=owner, workflow=workflow, farm=farm)
     task = Task(
         owner=_owner(owner),
         client_prompt_id=client_prompt_id,
@@ -120,7 +121,7 @@ def task_submit_workflow(
         check_queued_cap(task.owner_id)
         task.save()
         if uploads:
-            task.input_images.set(uploads)
+            task.input_images.set(inputs_hold(workflow=workflow, uploads=uploads, farm=farm))
         task_changed(task.public_id, task.owner_id)
         dispatch.announce_work(checkpoint=needs.checkpoint, owner=task.owner_id)
     logger.info("workflow task queued", extra={"task": task.public_id})

@@ -519,6 +519,7 @@ def test_console_names_itself_and_lists_the_farm_first(admin_client):
         "Webhook deliveries",
         "Farm dashboard",
         "API tokens",  # people's things after the farm's
+        "Input images",
         "User shares",
     ]
     assert farm["models"][4]["admin_url"] == reverse("admin:generation_dashboard")

@@ -27,15 +27,16 @@ from http import HTTPStatus
 
 import pytest
 import schemathesis
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generation import services
-from generation.models import Task, WorkflowTemplate
+from generation.models import InputImage, Task, WorkflowTemplate
 from t2i_project.wsgi import application
-from tests.conftest import capabilities, make_worker, submit_task
+from tests.conftest import capabilities, make_worker, png_bytes, submit_task
 from tests.factories import api_token_for
 from workers_app import services as worker_services
 
@@ -139,6 +140,10 @@ class Farm:
     def owned_task(self) -> Task:
         return submit_task(self.user, prompt="a lighthouse")
 
+    def owned_upload(self) -> InputImage:
+        image = SimpleUploadedFile("fuzz.png", png_bytes(8, 8), "image/png")
+        return services.input_image_upload(owner=self.user, upload=image)
+
     def leased_task(self) -> tuple[Task, str]:
         """A fresh lease for the fuzzed worker (re-registered first: earlier examples may have sent it
         offline or replaced its capabilities)."""
@@ -170,7 +175,7 @@ def aim_at_real_task(case, farm: Farm) -> None:
     """Point about half the cases that name a task at a real one, chosen from the case itself so the run
     stays deterministic."""
     params = case.path_parameters or {}
-    key = next((k for k in ("task_id", "prompt_id") if k in params), None)
+    key = next((k for k in ("task_id", "prompt_id", "upload_id") if k in params), None)
     body_names_task = case.path == "/complete" and isinstance(case.body, dict)
     if key is None and not body_names_task and case.path != "/api/v1/templates/{name}/":
         return
@@ -188,6 +193,8 @@ def aim_at_real_task(case, farm: Farm) -> None:
                 case.body["prompt_id"] = str(task.public_id)
             if "lease_token" in case.body or case.path == "/complete":
                 case.body["lease_token"] = lease_token
+    elif key == "upload_id":
+        case.path_parameters[key] = str(farm.owned_upload().public_id)
     else:
         case.path_parameters[key] = str(farm.owned_task().public_id)
 
