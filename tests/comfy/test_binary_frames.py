@@ -80,6 +80,14 @@ def lease(worker, task: Task):
     return leased.attempt.lease_token
 
 
+def complete_one(worker, task: Task, lease_token) -> None:
+    """Complete the task with one image, saved by node 3."""
+    image = SimpleUploadedFile("a.png", png_bytes(), "image/png")
+    services.task_complete(
+        worker=worker, task_id=task.public_id, lease_token=lease_token, files=[image], node_ids=["3"]
+    )
+
+
 def test_socket_images_reach_the_client_as_binary_frames_before_the_end_and_stay_out_of_history():
     user = UserFactory(username="ann")
     token = api_token_for(user)
@@ -131,13 +139,7 @@ def test_tooling_nodes_socket_images_are_listed_as_websocket_images():
     workflow["3"] = {"class_type": "ETN_SendImageWebSocket", "inputs": {"images": ["2", 0], "format": "PNG"}}
     task = submit(user, workflow)
     lease_token = lease(worker, task)
-    services.task_complete(
-        worker=worker,
-        task_id=task.public_id,
-        lease_token=lease_token,
-        files=[SimpleUploadedFile("a.png", png_bytes(), "image/png")],
-        node_ids=["3"],
-    )
+    complete_one(worker, task, lease_token)
     task.refresh_from_db()
     outputs = comfy_shapes.history_entry(task)["outputs"]
     assert outputs == {
@@ -239,12 +241,6 @@ def test_the_retention_job_deletes_the_previews_of_tasks_no_longer_running():
         worker=worker, task_id=task.public_id, lease_token=lease_token, frames=[preview_frame(b"x")]
     )
     assert "preview" not in retention_job()  # still running: kept
-    services.task_complete(
-        worker=worker,
-        task_id=task.public_id,
-        lease_token=lease_token,
-        files=[SimpleUploadedFile("a.png", png_bytes(), "image/png")],
-        node_ids=["3"],
-    )
+    complete_one(worker, task, lease_token)
     assert "1 preview(s) deleted" in retention_job()
     assert not TaskPreview.objects.exists()

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import io
 import json
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -633,3 +634,13 @@ def _wanted(capabilities: dict[str, Any], stored: bytes | None) -> str | None:
     if not capabilities.get("object_info_sha256"):
         return None
     return "have" if stored is not None else "send"
+
+
+# Binary image frames as ComfyUI sends them (protocol 4.6).
+def type1(data: bytes, image_format: int = 2) -> bytes:
+    return struct.pack(">II", 1, image_format) + data
+
+
+def type4(data: bytes, **metadata) -> bytes:
+    encoded = json.dumps({"image_type": "image/png", **metadata}).encode()
+    return struct.pack(">II", 4, len(encoded)) + encoded + data

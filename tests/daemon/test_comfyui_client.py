@@ -6,7 +6,15 @@ import socket
 
 import pytest
 
-from tests.daemon.fakes import FakeComfyUIServer, load_trace, png_bytes, trace_exchange
+from tests.daemon.fakes import (
+    FakeComfyUIServer,
+    load_trace,
+    png_bytes,
+    trace_exchange,
+    type1,
+    type4,
+    wait_until,
+)
 from workers_app.daemon import comfyui
 from workers_app.daemon.comfyui import ComfyUIClient, ComfyUIError
 from workers_app.daemon.prompt_tracker import ImageRef, OutcomeStatus
@@ -375,3 +383,58 @@ def test_queue_interrupt_and_delete(server, client):
     assert client.queue()["queue_pending"] == []
     assert server.bodies("/interrupt") == [{"prompt_id": "a"}]
     assert client.history("unknown") is None
+
+
+# -- binary image frames (workers_app.daemon.socket_images) ---------------------------------------------
+
+
+def test_the_client_asks_for_frames_that_name_their_node(server, client):
+    assert wait_until(lambda: server.ws_received)
+    assert server.ws_received[0] == {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+
+
+def test_image_frames_reach_the_prompt_that_sent_them(server, client):
+    """A type 4 frame names its prompt and node; a type 1 frame belongs to the node running now."""
+
+    def on_prompt(pid, body):
+        server.history[pid] = history_entry(pid)
+        run = events(pid)
+        server.play(
+            [
+                *run[:3],  # status, execution_start, executing node 3
+                type1(png_bytes()),
+                type4(b"\x89PNG-second", node_id="7", prompt_id=pid),
+                type4(b"\x89PNG-not-ours", node_id="3", prompt_id="someone-else"),
+                *run[3:],
+            ]
+        )
+
+    server.on_prompt = on_prompt
+    got = []
+    prompt_id = client.submit(
+        WORKFLOW,
+        on_image=lambda node, image: got.append((node, image.data)),
+        extra_data={"preview_method": "auto"},
+    )
+    outcome = client.wait(prompt_id, timeout=5)
+    assert outcome.ok and not outcome.socket_gap
+    assert got == [("3", png_bytes()), ("7", b"\x89PNG-second")]
+    assert server.bodies("/prompt")[0]["extra_data"] == {"preview_method": "auto"}
+
+
+def test_a_socket_drop_while_the_prompt_runs_is_told_with_its_outcome(server, client):
+    def on_prompt(pid, body):
+        server.queue["queue_running"] = [[1, pid, WORKFLOW, {}, ["3"]]]
+        run = events(pid)
+
+        def history_written():
+            server.queue["queue_running"] = []
+            server.history[pid] = history_entry(pid)
+
+        server.play(
+            [run[1], server.drop_sockets, lambda: server.until_connects(2), history_written, *run[-2:]]
+        )
+
+    server.on_prompt = on_prompt
+    outcome = client.wait(client.submit(WORKFLOW, on_image=lambda node, image: None), timeout=5)
+    assert outcome.ok and outcome.socket_gap

@@ -4,29 +4,18 @@
 from __future__ import annotations
 
 import base64
-import json
 import struct
 import threading
 
 import pytest
 
-from tests.daemon.fakes import FakeComfy, FakeComfyUIServer, FakeScheduler, make_lease, png_bytes, wait_until
-from tests.daemon.test_comfyui_client import FAST, WORKFLOW, events, history_entry
-from workers_app.daemon.comfyui import ComfyUIClient
+from tests.daemon.fakes import FakeComfy, FakeScheduler, make_lease, png_bytes, type1, type4, wait_until
+from tests.daemon.test_comfyui_client import WORKFLOW
 from workers_app.daemon.prompt_tracker import OutcomeStatus, PromptOutcome
 from workers_app.daemon.runner import RunnerSettings, TaskResult, run_task
 from workers_app.daemon.socket_images import SocketImage, parse, socket_image_nodes
 
 PNG = png_bytes()
-
-
-def type1(data: bytes, image_format: int = 2) -> bytes:
-    return struct.pack(">II", 1, image_format) + data
-
-
-def type4(data: bytes, **metadata) -> bytes:
-    encoded = json.dumps({"image_type": "image/png", **metadata}).encode()
-    return struct.pack(">II", 4, len(encoded)) + encoded + data
 
 
 # -- parsing ------------------------------------------------------------------------------------------------
@@ -63,75 +52,6 @@ def test_the_socket_image_nodes_of_a_workflow():
     assert socket_image_nodes(workflow) == {"4", "5"}
 
 
-# -- ComfyUIClient ------------------------------------------------------------------------------------------
-@pytest.fixture
-def server():
-    fake = FakeComfyUIServer().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def client(server):
-    comfy = ComfyUIClient(server.url, client_id="test-client", **FAST)
-    comfy.connect()
-    assert comfy.wait_connected(2)
-    yield comfy
-    comfy.close()
-
-
-def test_the_client_asks_for_frames_that_name_their_node(server, client):
-    assert wait_until(lambda: server.ws_received)
-    assert server.ws_received[0] == {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
-
-
-def test_image_frames_reach_the_prompt_that_sent_them(server, client):
-    """A type 4 frame names its prompt and node; a type 1 frame belongs to the node running now."""
-
-    def on_prompt(pid, body):
-        server.history[pid] = history_entry(pid)
-        run = events(pid)
-        server.play(
-            [
-                *run[:3],  # status, execution_start, executing node 3
-                type1(PNG),
-                type4(b"\x89PNG-second", node_id="7", prompt_id=pid),
-                type4(b"\x89PNG-not-ours", node_id="3", prompt_id="someone-else"),
-                *run[3:],
-            ]
-        )
-
-    server.on_prompt = on_prompt
-    got = []
-    prompt_id = client.submit(
-        WORKFLOW,
-        on_image=lambda node, image: got.append((node, image.data)),
-        extra_data={"preview_method": "auto"},
-    )
-    outcome = client.wait(prompt_id, timeout=5)
-    assert outcome.ok and not outcome.socket_gap
-    assert got == [("3", PNG), ("7", b"\x89PNG-second")]
-    assert server.bodies("/prompt")[0]["extra_data"] == {"preview_method": "auto"}
-
-
-def test_a_socket_drop_while_the_prompt_runs_is_told_with_its_outcome(server, client):
-    def on_prompt(pid, body):
-        server.queue["queue_running"] = [[1, pid, WORKFLOW, {}, ["3"]]]
-        run = events(pid)
-
-        def history_written():
-            server.queue["queue_running"] = []
-            server.history[pid] = history_entry(pid)
-
-        server.play(
-            [run[1], server.drop_sockets, lambda: server.until_connects(2), history_written, *run[-2:]]
-        )
-
-    server.on_prompt = on_prompt
-    outcome = client.wait(client.submit(WORKFLOW, on_image=lambda node, image: None), timeout=5)
-    assert outcome.ok and outcome.socket_gap
-
-
 # -- the runner ---------------------------------------------------------------------------------------------
 SOCKET_WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {}},
@@ -143,6 +63,18 @@ SOCKET_WORKFLOW = {
 def run(comfy, sched, lease):
     settings = RunnerSettings(sleep=lambda seconds: None, progress_interval=0.0)
     return run_task(lease, comfy=comfy, scheduler=sched, settings=settings)
+
+
+def run_until_frames_sent(comfy, sched, lease):
+    """Run the task, its prompt (in a FakeComfy without auto_finish) ending once frames were sent: frames
+    not yet sent when a task ends are dropped."""
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, lease)))
+    thread.start()
+    assert wait_until(lambda: sched.calls_of("frames"))
+    comfy.finish("p1")
+    thread.join(5)
+    return results[0]
 
 
 def test_socket_images_are_uploaded_as_the_tasks_images_with_their_node():
@@ -172,13 +104,7 @@ def test_previews_go_to_a_front_door_client_that_asked_for_them():
     comfy.socket_images = [("3", SocketImage("jpeg", b"\xff\xd8preview"))]
     sched = FakeScheduler()
     lease = make_lease(workflow=SOCKET_WORKFLOW, relay_frames=True, preview_method="taesd")
-    results = []
-    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, lease)))
-    thread.start()
-    assert wait_until(lambda: sched.calls_of("frames"))
-    comfy.finish("p1")
-    thread.join(5)
-    assert results == [TaskResult.COMPLETED]
+    assert run_until_frames_sent(comfy, sched, lease) is TaskResult.COMPLETED
     assert comfy.submit_options["p1"]["extra_data"] == {"preview_method": "taesd"}
     (frame,) = [f for call in sched.calls_of("frames") for f in call["frames"]]
     encoded = base64.b64encode(b"\xff\xd8preview").decode()
@@ -204,13 +130,7 @@ def test_a_task_that_asked_for_previews_without_a_socket_client_sends_them_for_i
     ]
     sched = FakeScheduler()
     lease = make_lease(workflow=SOCKET_WORKFLOW, preview_method="auto")
-    results = []
-    thread = threading.Thread(target=lambda: results.append(run(comfy, sched, lease)))
-    thread.start()
-    assert wait_until(lambda: sched.calls_of("frames"))
-    comfy.finish("p1")
-    thread.join(5)
-    assert results == [TaskResult.COMPLETED]
+    assert run_until_frames_sent(comfy, sched, lease) is TaskResult.COMPLETED
     assert "on_frame" not in comfy.submit_options["p1"]  # no socket client: ComfyUI's text frames stay here
     sent = [f for call in sched.calls_of("frames") for f in call["frames"]]
     assert [kind for kind, _ in sent] == ["t2i_preview"]  # the second came too soon after the first

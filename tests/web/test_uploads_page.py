@@ -31,16 +31,6 @@ def image_url(upload) -> str:
     return reverse("web:upload-image", kwargs={"upload_id": upload.public_id})
 
 
-@pytest.fixture
-def alice(client_for, user) -> Client:
-    return client_for(user)
-
-
-@pytest.fixture
-def bob(client_for, other_user) -> Client:
-    return client_for(other_user)
-
-
 def test_the_page_lists_your_uploads_by_their_comfyui_names(alice, user, other_user):
     plain = make_upload(user, "cat.png", size=(40, 30))
     nested = make_upload(user, "dog.png", subfolder="pets/2024", kind="temp")
