@@ -8,7 +8,7 @@ import uuid
 
 from django.db.models import Q, QuerySet
 
-from generation.models import Image, Task
+from generation.models import Image, Task, TaskPreview
 
 
 def space(user) -> QuerySet[Task]:
@@ -60,3 +60,8 @@ def image_named(user, subfolder: str, filename: str) -> Image | None:
     name = f"{subfolder}/{filename}" if subfolder else filename
     owner = Q(task__owner=user) if user.is_authenticated else Q(task__owner=None)
     return Image.objects.filter(owner, file=name, task__template=None).select_related("task").first()
+
+
+def preview_after(task_id: str, after: int = 0) -> TaskPreview | None:
+    """A task's newest latent preview (by its public id), if its seq is past `after` (what a socket sent)."""
+    return TaskPreview.objects.filter(task__public_id=task_id, seq__gt=after).first()

@@ -40,7 +40,7 @@ from rest_framework.settings import api_settings
 from generation import comfy_keys, comfy_selectors, comfy_shapes, dispatch
 from generation.models import ApiToken, Task
 from generation.services.api_tokens import api_token_user
-from generation.services.frames import EVENT, PREVIEW, task_preview
+from generation.services.frames import EVENT, PREVIEW
 from generation.steps import step
 
 WS_PATHS = frozenset({"/comfy/ws", "/comfy/api/ws"})
@@ -229,7 +229,7 @@ class Session:
         if marker.get("prompt_id") in self.ended:
             return None
         try:
-            row = task_preview(task_id=task_id, after=self.previews.get(task_id, 0))
+            row = comfy_selectors.preview_after(task_id, self.previews.get(task_id, 0))
         except (ValidationError, ValueError):  # a malformed id from the event channel
             return None
         if row is None:

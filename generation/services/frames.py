@@ -99,11 +99,6 @@ def task_preview_store(*, task_pk: int, data: dict[str, Any]) -> str:
     return node_id
 
 
-def task_preview(*, task_id: str, after: int = 0) -> TaskPreview | None:
-    """The newest preview of a task (public id) if its seq is past `after`."""
-    return TaskPreview.objects.filter(task__public_id=task_id, seq__gt=after).first()
-
-
 def task_previews_delete_ended() -> int:
     """Delete the previews of tasks that are no longer running (a requeued task's too: its next attempt
     sends new ones); how many."""

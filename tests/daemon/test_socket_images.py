@@ -11,6 +11,7 @@ import pytest
 
 from tests.daemon.fakes import FakeComfy, FakeScheduler, make_lease, png_bytes, type1, type4, wait_until
 from tests.daemon.test_comfyui_client import WORKFLOW
+from workers_app.daemon.frames import MAX_PREVIEW_BYTES, FrameRelay
 from workers_app.daemon.prompt_tracker import OutcomeStatus, PromptOutcome
 from workers_app.daemon.runner import RunnerSettings, TaskResult, run_task
 from workers_app.daemon.socket_images import SocketImage, parse, socket_image_nodes
@@ -134,3 +135,14 @@ def test_a_task_that_asked_for_previews_without_a_socket_client_sends_them_for_i
     assert "on_frame" not in comfy.submit_options["p1"]  # no socket client: ComfyUI's text frames stay here
     sent = [f for call in sched.calls_of("frames") for f in call["frames"]]
     assert [kind for kind, _ in sent] == ["t2i_preview"]  # the second came too soon after the first
+
+
+def test_a_preview_the_scheduler_would_refuse_is_dropped_at_the_worker():
+    sent: list = []
+    relay = FrameRelay(sent.extend, clock=lambda: 100.0, sleep=lambda seconds: None)
+    relay.put_preview("3", SocketImage("webp", b"RIFF"))
+    relay.put_preview("3", SocketImage("jpeg", b"\xff" * (MAX_PREVIEW_BYTES + 1)))
+    relay.put_preview("3", SocketImage("jpeg", b"\xff\xd8"))
+    relay.put_preview("3", SocketImage("jpeg", b"\xff\xd8 too soon"))  # the same instant: over 4 a second
+    assert relay.join(2)
+    assert [data["image"] for _, data in sent] == [base64.b64encode(b"\xff\xd8").decode()]

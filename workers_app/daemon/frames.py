@@ -39,7 +39,8 @@ MAX_PENDING = 200
 # ComfyUI's binary frame) and the task page.
 PREVIEW = "t2i_preview"
 PREVIEWS_PER_SECOND = 4
-MAX_PREVIEW_BYTES = 512 * 1024  # the scheduler's limit (generation.services.frames)
+MAX_PREVIEW_BYTES = 512 * 1024  # the scheduler's limits (generation.services.frames)
+PREVIEW_FORMATS = frozenset({"png", "jpeg"})
 PACED = frozenset({"progress", PREVIEW})
 
 
@@ -75,10 +76,12 @@ class FrameRelay(Outbox):
         self._put(kind, [kind, data])
 
     def put_preview(self, node_id: str, image: SocketImage) -> None:
-        """A preview image; one over ``MAX_PREVIEW_BYTES``, or sooner than PREVIEWS_PER_SECOND allows after
-        the last one taken, is dropped."""
+        """A preview image; one the scheduler would refuse (size, format), or sooner than PREVIEWS_PER_SECOND
+        allows after the last one taken, is dropped."""
         now = self._clock()
-        if len(image.data) > MAX_PREVIEW_BYTES or now - self._preview_at < 1 / PREVIEWS_PER_SECOND:
+        if image.format not in PREVIEW_FORMATS or len(image.data) > MAX_PREVIEW_BYTES:
+            return
+        if now - self._preview_at < 1 / PREVIEWS_PER_SECOND:
             return
         self._preview_at = now
         encoded = base64.b64encode(image.data).decode("ascii")
