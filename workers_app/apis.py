@@ -16,6 +16,7 @@ from generation import services
 from generation.exceptions import InvalidInput, TooLarge, WorkerDisabled
 from generation.negotiation import JsonAnswers
 from generation.serializers import ImageOutput
+from workers_app import object_info_specs
 from workers_app import services as worker_services
 from workers_app.authentication import IsWorker, WorkerTokenAuthentication
 from workers_app.models import Worker
@@ -130,7 +131,7 @@ class RegisterOutput(serializers.Serializer):
     object_info = serializers.SerializerMethodField(help_text=OBJECT_INFO_HELP)
 
     def get_object_info(self, worker: Worker) -> str | None:
-        return worker_services.object_info_wanted(worker=worker)
+        return object_info_specs.object_info_wanted(worker=worker)
 
 
 def register(request: Request, worker: Worker) -> Worker:
@@ -306,7 +307,7 @@ class InventoryApi(WorkerApi):
         changed = worker_services.worker_update_inventory(
             worker=self.worker, capabilities=data["capabilities"]
         )
-        wanted = worker_services.object_info_wanted(worker=self.worker)
+        wanted = object_info_specs.object_info_wanted(worker=self.worker)
         return Response({"changed": changed, "object_info": wanted})
 
 
@@ -348,7 +349,7 @@ class ObjectInfoApi(WorkerApi):
                 fields={"Content-Encoding": ["gzip or identity."]},
             )
         data = request.data if isinstance(request.data, bytes) else b""
-        stored = worker_services.worker_store_object_info(
+        stored = object_info_specs.worker_store_object_info(
             worker=self.worker, sha256=sha256, data=data, gzipped=encoding == "gzip"
         )
         return Response({"sha256": sha256, "stored": stored})

@@ -131,7 +131,7 @@ class ObjectInfoSpec(models.Model):
     classes = models.PositiveIntegerField(help_text="Node classes in it.")
     created_at = models.DateTimeField(auto_now_add=True)
     # When a worker last named it (register, inventory, upload): specs no worker names are deleted an hour
-    # after that (workers_app.services.object_info_specs_prune).
+    # after that (workers_app.object_info_specs.object_info_specs_prune).
     named_at = models.DateTimeField()
 
     class Meta:

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from tests.comfy.specs import body_of, subset
 from tests.conftest import capabilities, make_worker, worker_client
-from workers_app import services as worker_services
+from workers_app import object_info_specs
 from workers_app.models import ObjectInfoSpec, Worker
 
 pytestmark = pytest.mark.django_db
@@ -118,7 +118,7 @@ def test_specs_no_worker_names_are_pruned_after_an_hour():
     client.post(INVENTORY, {"capabilities": with_digest()}, format="json")
     send(client)
     ObjectInfoSpec.objects.update(named_at=timezone.now() - timedelta(hours=2))
-    assert worker_services.object_info_specs_prune() == 0  # still named by gpu-1
+    assert object_info_specs.object_info_specs_prune() == 0  # still named by gpu-1
     client.post(INVENTORY, {"capabilities": with_digest("1" * 64)}, format="json")  # its install changed
     assert not ObjectInfoSpec.objects.exists()
 
