@@ -73,6 +73,11 @@ class ModelOutput(serializers.ModelSerializer):
             cls._built_fields = super().get_fields()
         return copy.deepcopy(cls._built_fields)
 
+    def _absolute(self, url: str) -> str:
+        """`url` as the request's host names it (the path alone without a request)."""
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request else url
+
 
 class ImageOutput(ModelOutput):
     id = serializers.UUIDField(source="public_id")
@@ -92,10 +97,6 @@ class ImageOutput(ModelOutput):
             "sha256",
             "created_at",
         ]
-
-    def _absolute(self, url: str) -> str:
-        request = self.context.get("request")
-        return request.build_absolute_uri(url) if request else url
 
     def get_url(self, image: Image) -> str:
         return self._absolute(image.file.url)
@@ -160,9 +161,9 @@ class TaskOutput(ModelOutput):
     def get_preview_url(self, task: Task) -> str | None:
         if task.status != Task.Status.RUNNING or not task.wants_previews:
             return None
-        url = reverse("api:task-preview", args=[task.public_id]) + f"?at={task.progress_value:g}"
-        request = self.context.get("request")
-        return request.build_absolute_uri(url) if request else url
+        return self._absolute(
+            reverse("api:task-preview", args=[task.public_id]) + f"?at={task.progress_value:g}"
+        )
 
     def get_queue_position(self, task: Task) -> int | None:
         return selectors.task_queue_position(task)
@@ -218,9 +219,7 @@ class UploadOutput(ModelOutput):
         ]  # fmt: skip
 
     def get_file_url(self, upload: InputImage) -> str:
-        path = reverse("api:upload-file", args=[upload.public_id])
-        request = self.context.get("request")
-        return request.build_absolute_uri(path) if request is not None else path
+        return self._absolute(reverse("api:upload-file", args=[upload.public_id]))
 
 
 class UploadPageOutput(serializers.Serializer):

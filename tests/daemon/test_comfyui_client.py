@@ -301,6 +301,7 @@ def test_reconnect_closes_the_old_socket_and_follows_the_prompt(server, client):
     server.on_prompt = on_prompt
     outcome = client.wait(client.submit(WORKFLOW), timeout=5)
     assert outcome.ok and outcome.images == (ImageRef("out_00001_.png", "t2i", "output"),)
+    assert outcome.socket_gap  # frames sent while the socket was down may be missing
     assert server.ws_connects == 2 and server.max_open_sockets == 1
     assert client.tracker.generation == 2
 
@@ -420,21 +421,3 @@ def test_image_frames_reach_the_prompt_that_sent_them(server, client):
     assert outcome.ok and not outcome.socket_gap
     assert got == [("3", png_bytes()), ("7", b"\x89PNG-second")]
     assert server.bodies("/prompt")[0]["extra_data"] == {"preview_method": "auto"}
-
-
-def test_a_socket_drop_while_the_prompt_runs_is_told_with_its_outcome(server, client):
-    def on_prompt(pid, body):
-        server.queue["queue_running"] = [[1, pid, WORKFLOW, {}, ["3"]]]
-        run = events(pid)
-
-        def history_written():
-            server.queue["queue_running"] = []
-            server.history[pid] = history_entry(pid)
-
-        server.play(
-            [run[1], server.drop_sockets, lambda: server.until_connects(2), history_written, *run[-2:]]
-        )
-
-    server.on_prompt = on_prompt
-    outcome = client.wait(client.submit(WORKFLOW, on_image=lambda node, image: None), timeout=5)
-    assert outcome.ok and outcome.socket_gap

@@ -69,11 +69,5 @@ def socket_image_nodes(workflow: dict[str, Any]) -> frozenset[str]:
     )
 
 
-def frame(image_format: str, data: bytes) -> bytes:
-    """A type 1 frame, as ComfyUI sends it to a socket that did not announce preview metadata."""
-    code = {name: code for code, name in FORMAT_CODES.items()}[image_format]
-    return struct.pack(">II", PREVIEW_IMAGE, code) + data
-
-
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
