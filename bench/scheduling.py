@@ -101,6 +101,8 @@ class Result:
     fair_trickle: float
     eta_p50: float
     eta_p95: float
+    eta_bias: float  # the signed median of (predicted - actual) / actual: < 0 when ETAs come early
+    eta_trickle_p50: float  # the trickle users' tasks alone
     shown_p50: float
     shown_p95: float
     choice_ms: float
@@ -349,10 +351,13 @@ def _measure(workers, flood_ids, t: Timings, switches: int, choice_seconds: list
     makespan = max(t.finished[j] for j in flood_ids)
     busy = sum(min(e, makespan) - s for w in workers for s, e, _, _ in w.busy if s < makespan)
     trickle = [t.started[j] - at for j, at in t.submitted.items() if j not in flood_ids and at < makespan]
-    errors = []
+    signed, trickle_errors = [], []
     for j, at in t.predicted.items():
         actual = t.finished[j] - t.submitted[j]
-        errors.append(abs((at - t.submitted[j]) - actual) / actual)
+        signed.append(((at - t.submitted[j]) - actual) / actual)
+        if j not in flood_ids:
+            trickle_errors.append(abs(signed[-1]))
+    errors = [abs(e) for e in signed]
     later = [
         abs(at - t.finished[j]) / (t.finished[j] - when) for j, when, at in t.shown if t.finished[j] > when
     ]
@@ -369,6 +374,8 @@ def _measure(workers, flood_ids, t: Timings, switches: int, choice_seconds: list
         fair_trickle=_fairness(workers, t, makespan, users={2, 3}),
         eta_p50=_pct(errors, 50),
         eta_p95=_pct(errors, 95),
+        eta_bias=_pct(signed, 50),
+        eta_trickle_p50=_pct(trickle_errors, 50),
         choice_ms=1000 * statistics.fmean(choice_seconds) if choice_seconds else 0.0,
     )
 
@@ -434,6 +441,8 @@ ROWS = [
     ("fair-share ratio, trickle users", "fair_trickle", "{:.2f}"),
     ("ETA error p50, at submit", "eta_p50", "{:.1%}"),
     ("ETA error p95, at submit", "eta_p95", "{:.1%}"),
+    ("ETA signed error p50", "eta_bias", "{:+.1%}"),
+    ("ETA error p50, trickle tasks", "eta_trickle_p50", "{:.1%}"),
     ("ETA error p50, as shown later", "shown_p50", "{:.1%}"),
     ("ETA error p95, as shown later", "shown_p95", "{:.1%}"),
     ("choice cost per ask (ms)", "choice_ms", "{:.3f}"),

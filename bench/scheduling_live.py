@@ -6,9 +6,11 @@ daemons, at half speed (1 s of simulated work = 0.5 s), so that this machine car
 The farm as bench.scheduling.mixed() describes it: 2 fast (x2), 4 normal, 2 slow (x0.5) simulators holding the
 3 checkpoints, each warm on one (2-3-3: a prompt run on it before its daemon starts, and the worker's warm
 checkpoint set to match); a 4 s switch (2 s real, given as --switch-time x speed because the simulator divides
-every node's time by its speed factor); one job = 2 s at x1 (1 s real). The farm has run before: each worker
-starts with the speeds and switch cost the replay's "learned costs" give it (10 samples each), which live
-learning then corrects (the daemons' overheads are in what they learn). User 1 queues the flood at once; users
+every node's time by its speed factor); one job = 2 s at x1 (1 s real). The farm has run before: FIFO's pass
+starts with the speeds and switch cost the replay's "learned costs" give each worker (10 samples each), which
+live learning then corrects (the daemons' and the scheduler's overheads per task are in what it learns); the
+smart pass starts with what the FIFO pass learned, as a farm that has run for a while would (`--mode smart`
+alone starts from the replay's). User 1 queues the flood at once; users
 2 and 3 one task every 3 s for the first 60 s (simulated), at the replay's seeded times, through the submit
 service. Each task's ETA at submit is generation.eta's answer right after it is queued (what the REST answer
 and /status show). The figures are computed from the database afterwards (task execution start and finish,
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=360.0, help="real seconds a mode may take at most")
     parser.add_argument("--mode", choices=["fifo", "smart"], help=argparse.SUPPRESS)  # one mode, in a child
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--costs-in", type=Path, help=argparse.SUPPRESS)  # learned costs to start from
+    parser.add_argument("--costs-out", type=Path, help=argparse.SUPPRESS)  # what this pass learned
     parser.add_argument("--json", type=Path, help="write both modes' results here")
     args = parser.parse_args(argv)
     if args.mode:
@@ -53,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = {}
     folder = Path(tempfile.mkdtemp(prefix="t2i-sched-live-"))
+    costs = folder / "learned.json"
     for mode in ("fifo", "smart"):
         out = folder / f"{mode}.json"
         started = time.monotonic()
         cmd = [sys.executable, "-m", "bench.scheduling_live", "--mode", mode, "--out", str(out)]
         cmd += ["--flood", str(args.flood), "--db-name", args.db_name, "--timeout", str(args.timeout)]
+        cmd += ["--costs-in", str(costs)] if costs.exists() else ["--costs-out", str(costs)]
         subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
         results[mode] = Result(**json.loads(out.read_text()))
         print(f"  ({mode} took {time.monotonic() - started:.0f} s real)", flush=True)
@@ -94,15 +100,34 @@ def run_mode(mode: str, args: argparse.Namespace) -> Result:
     farm_args = argparse.Namespace(db="postgres", processes=2, threads=0, size=512)
     farm = Farm(farm_args, db_name=f"{args.db_name}_{mode}")
     try:
-        workers = start_workers(farm)
-        return flood_and_trickle(farm, workers, args, TEMPLATE)
+        learned = json.loads(args.costs_in.read_text()) if args.costs_in else None
+        workers = start_workers(farm, learned)
+        result = flood_and_trickle(farm, workers, args, TEMPLATE)
+        if args.costs_out:
+            args.costs_out.write_text(json.dumps(learned_costs()))
+        return result
     finally:
         farm.close()
 
 
-def start_workers(farm) -> dict[int, str]:
-    """The mixed farm's simulators, warmed, and their daemons, registered with learned costs; worker pk ->
-    the checkpoint it starts warm on."""
+def learned_costs() -> dict[str, dict]:
+    """What each worker learned in this pass, by worker name: its switch cost and its speeds."""
+    from workers_app.models import Worker, WorkerSpeed
+
+    costs = {
+        w.name: {"switch_seconds": w.switch_seconds, "speeds": []}
+        for w in Worker.objects.filter(name__startswith="live-")
+    }
+    for name, checkpoint, shape, rate in WorkerSpeed.objects.filter(
+        worker__name__startswith="live-"
+    ).values_list("worker__name", "checkpoint", "shape", "seconds_per_unit"):
+        costs[name]["speeds"].append([checkpoint, shape, rate])
+    return costs
+
+
+def start_workers(farm, learned: dict[str, dict] | None = None) -> dict[int, str]:
+    """The mixed farm's simulators, warmed, and their daemons, registered with learned costs (`learned`, by
+    worker name, else the replay's); worker pk -> the checkpoint it starts warm on."""
     import requests
 
     from workers_app.models import Worker, WorkerSpeed
@@ -119,20 +144,24 @@ def start_workers(farm) -> dict[int, str]:
         response = requests.post(f"{url}/prompt", json={"prompt": warm_workflow(warm)}, timeout=10)
         response.raise_for_status()
         sims_wait(url, response.json()["prompt_id"])
-    procs = [farm.worker(url, name=f"live-{i}-x{speed:g}") for i, (url, speed, _) in enumerate(sims)]
+    names = [f"live-{i}-x{speed:g}" for i, (_, speed, _) in enumerate(sims)]
+    procs = [farm.worker(url, name=name) for name, (url, _, _) in zip(names, sims, strict=True)]
     farm.wait_registered(procs)
     warm_of = {}
-    for proc, (_, speed, warm) in zip(procs, sims, strict=True):
+    for proc, name, (_, speed, warm) in zip(procs, names, sims, strict=True):
         pk = farm.worker_ids[proc.pid]
         warm_of[pk] = warm
+        replay = {
+            "switch_seconds": 4.0 * SCALE,
+            "speeds": [[c, "", JOB_SECONDS * SCALE / speed / UNIT] for c in CHECKPOINTS],
+        }
+        costs = (learned or {}).get(name, replay)
         Worker.objects.filter(pk=pk).update(
-            warm_checkpoint=warm, switch_seconds=4.0 * SCALE, switch_samples=10
+            warm_checkpoint=warm, switch_seconds=costs["switch_seconds"], switch_samples=10
         )
         WorkerSpeed.objects.bulk_create(
-            WorkerSpeed(
-                worker_id=pk, checkpoint=c, seconds_per_unit=JOB_SECONDS * SCALE / speed / UNIT, samples=10
-            )
-            for c in CHECKPOINTS
+            WorkerSpeed(worker_id=pk, checkpoint=c, shape=shape, seconds_per_unit=rate, samples=10)
+            for c, shape, rate in costs["speeds"]
         )
     # The scheduler keeps what changes only at register or with learning for farm_snapshot.STATIC_SECONDS.
     from generation import farm_snapshot
