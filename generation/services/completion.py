@@ -153,9 +153,6 @@ def _store_and_finish(
                 warm_checkpoint=task.checkpoint,
                 also=slot_release() if freed else None,
             )
-            attempt_learn(
-                worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now
-            )
             task_changed(task.public_id, task.owner_id)
         if freed:
             slot.held = False
@@ -167,6 +164,7 @@ def _store_and_finish(
         if storage_space.is_disk_full(exc):
             raise storage_space.disk_full() from exc
         raise
+    _learn(worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now)
     for name, value in done.items():  # the row as the UPDATE left it, without reading it again
         setattr(task, name, value)
     task.progress_value = task.progress_max
@@ -175,6 +173,18 @@ def _store_and_finish(
     if task.callback_url or thumbnails_later:
         after_finish(task)
     return Completion(task=task, images=images[::-1])
+
+
+def _learn(*, worker: Worker, task: Task, attempt: TaskAttempt, started, finished) -> None:
+    """Fold the landed attempt into the learned costs, in a transaction of its own after the completion's
+    commit: the task's event streams hear of the completion without waiting for them, and a failure here (the
+    database gone for a moment) costs the estimates one sample, never the completion. Before the next lease
+    of the same request, whose plan reads them."""
+    try:
+        with transaction.atomic():
+            attempt_learn(worker=worker, task=task, attempt=attempt, started=started, finished=finished)
+    except DatabaseError:
+        logger.warning("learning from a completion failed", exc_info=True, extra={"task": task.public_id})
 
 
 def _landed_before(*, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID) -> Completion:

@@ -1,5 +1,6 @@
 """What finished attempts teach: each worker's speed per checkpoint and its model-switch cost, and each
-user's recent GPU-seconds for fair share. Called inside the completion's transaction (services.completion).
+user's recent GPU-seconds for fair share. Called by the completion (services.completion) in a transaction of
+its own, once the completion has committed: estimates, which the next completion corrects, not state.
 """
 
 from datetime import datetime
