@@ -176,13 +176,12 @@ def _store_and_finish(
 
 
 def _learn(*, worker: Worker, task: Task, attempt: TaskAttempt, started, finished) -> None:
-    """Fold the landed attempt into the learned costs, in a transaction of its own after the completion's
+    """Fold the landed attempt into the learned costs, in a transaction of their own after the completion's
     commit: the task's event streams hear of the completion without waiting for them, and a failure here (the
     database gone for a moment) costs the estimates one sample, never the completion. Before the next lease
     of the same request, whose plan reads them."""
     try:
-        with transaction.atomic():
-            attempt_learn(worker=worker, task=task, attempt=attempt, started=started, finished=finished)
+        attempt_learn(worker=worker, task=task, attempt=attempt, started=started, finished=finished)
     except DatabaseError:
         logger.warning("learning from a completion failed", exc_info=True, extra={"task": task.public_id})
 
