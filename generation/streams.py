@@ -9,10 +9,11 @@ all-tasks stream also sends, on reconnect, the tasks that finished since its `La
 An open stream is a coroutine (under ASGI; t2i_project.asgi): it holds no thread and no database connection
 and runs no query until one of its tasks changes. Changes arrive as `task` events on the event channel
 (generation.dispatch, published by the services in the transaction that made the change); a completion's
-event carries the task's JSON as it landed, which the stream sends without reading the task. Where the process
-cannot hear other processes (SQLite), a stream also looks at its tasks every FALLBACK_SECONDS. A stream keeps
-only the set of its tasks that changed, never a queue, so a client that does not read cannot grow the
-server's memory; a stream ends after STREAM_SECONDS and the client reconnects.
+event carries the task's JSON as it landed, which the stream sends without reading the task. Where the
+process cannot hear other processes (SQLite), a stream also looks at its tasks every FALLBACK_SECONDS. A
+stream keeps only the set of its tasks that changed (and the latest JSON an event carried for each), never a
+queue, so a client that does not read cannot grow the server's memory; a stream ends after STREAM_SECONDS
+and the client reconnects.
 
 A queued task's position moves when a task ahead of it is leased or cancelled, which is another task's event:
 streams that follow queued tasks hear every task event as "the queue moved" and look at their queued tasks
@@ -66,9 +67,8 @@ class Follow:
 class Listener:
     loop: asyncio.AbstractEventLoop
     changed: set[str] = field(default_factory=set)
-    states: dict[str, dict] = field(
-        default_factory=dict
-    )  # of changed tasks, when their last event carried one
+    # The JSON of changed tasks whose last event carried it (`state`): sent without a read.
+    states: dict[str, dict] = field(default_factory=dict)
     wake: asyncio.Future | None = None
     queue_moved: bool = False  # another task changed while this stream follows queued ones
 

@@ -169,7 +169,7 @@ def _flip(task: Task, attempt: TaskAttempt, *, worker: Worker, done: dict, now, 
     `task` and `attempt` in memory as the rows are now. True when that is exact: the rows held what the
     caller read (no start or progress report landed since), and each UPDATE wrote what is known; False
     when a report landed meanwhile: the UPDATEs keep its started_at and progress_max (and the memory may
-    miss them). One UPDATE per row either way but in that race, where each takes a second."""
+    miss them). One UPDATE per row; two in that race."""
     lease = fenced(task_id=task.public_id, lease_token=attempt.lease_token, worker_id=worker.pk)
     known = {"started_at": task.started_at or now, "progress_value": task.progress_max}
     as_read = lease.filter(started_at=task.started_at, progress_max=task.progress_max)
