@@ -25,7 +25,9 @@ def bench_media() -> str:
 
 
 def database_url(kind: str, name: str) -> str:
-    """A fresh, empty database of `kind` ("postgres" or "sqlite") called `name`."""
+    """A fresh, empty database of `kind` ("postgres" or "sqlite") called `name`, after the prefix in
+    T2I_BENCH_DB_PREFIX (so that runs from two checkouts at once do not drop each other's database)."""
+    name = os.environ.get("T2I_BENCH_DB_PREFIX", "") + name
     if kind == "postgres":
         import psycopg
 

@@ -29,6 +29,7 @@ from generation.serializers import (
     TemplateOutput,
     UploadOutput,
     UploadPageOutput,
+    with_host,
 )
 from workers_app.models import Worker
 
@@ -146,7 +147,12 @@ class TaskEventsApi(APIView):
             raise NotFound("No such task.")
         response = Response(event)
         response.follow = streams.Follow(
-            user=request.user, snapshot=task_event, events=[event], task_ids={event["id"]}, single=True
+            user=request.user,
+            snapshot=task_event,
+            landed=with_host,
+            events=[event],
+            task_ids={event["id"]},
+            single=True,
         )
         return response
 
@@ -168,6 +174,7 @@ class MyTaskEventsApi(APIView):
         response.follow = streams.Follow(
             user=request.user,
             snapshot=task_event,
+            landed=with_host,
             events=events,
             task_ids={event["id"] for event in events},
             owner_id=request.user.pk,

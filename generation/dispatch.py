@@ -10,7 +10,8 @@ own events on commit without the round trip (the listener skips its own echo). W
 poll slowly as a fallback (workers_app.waiting).
 
 Kinds in use: `work` (tasks were queued: `{"count": n, "checkpoint": name, "owner": user id}`), `task` (a
-task changed: `{"id", "owner"}`, for event streams), `worker` (a worker went offline or was disabled:
+task changed: `{"id", "owner"}`, for event streams; a completion's also carries the task's JSON as it landed,
+`state`, when it fits), `worker` (a worker went offline or was disabled:
 `{"id"}`, ends its lease waits) and `reconnected` (this process's listener is back: events may have been
 missed).
 """
@@ -52,12 +53,21 @@ def publish(kind: str, data: dict[str, Any] | None = None) -> None:
     """Send an event when the current transaction commits (at once outside one)."""
     data = data or {}
     if notify_enabled():
-        payload = json.dumps({"kind": kind, "origin": ORIGIN, "data": data}, separators=(",", ":"))
+        payload = _payload(kind, data)
         if len(payload.encode()) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"{kind} event of {len(payload)} bytes: send ids, not payloads")
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
     transaction.on_commit(lambda: deliver(kind, data))
+
+
+def fits(kind: str, data: dict[str, Any]) -> bool:
+    """Whether `publish(kind, data)` fits under NOTIFY's cap (always where NOTIFY is not in use)."""
+    return not notify_enabled() or len(_payload(kind, data).encode()) <= MAX_PAYLOAD_BYTES
+
+
+def _payload(kind: str, data: dict[str, Any]) -> str:
+    return json.dumps({"kind": kind, "origin": ORIGIN, "data": data}, separators=(",", ":"))
 
 
 def announce_work(count: int = 1, *, checkpoint: str = "", owner: int | None = None) -> None:

@@ -178,6 +178,40 @@ class TaskOutput(ModelOutput):
         return {"code": task.error_code, "message": task.error_message}
 
 
+class LandedTaskOutput(TaskOutput):
+    """TaskOutput but its two lists, which `landed_task_json` adds from the rows in hand."""
+
+    class Meta(TaskOutput.Meta):
+        fields = [f for f in TaskOutput.Meta.fields if f not in ("images", "attempt_history")]
+
+
+def landed_task_json(task: Task, images: list[Image], attempts: list[TaskAttempt]) -> dict:
+    """TaskOutput's JSON of a task from its row, its images (newest first) and its attempts (oldest first)
+    as the caller holds them, without a query (its template, owner and worker loaded with it): what a
+    completion's event hands the task's streams (generation.streams). URLs are paths; `with_host` names
+    their host."""
+    data = dict(LandedTaskOutput(task).data)  # the lists are the last of TaskOutput's fields
+    data["images"] = ImageOutput(images, many=True).data
+    data["attempt_history"] = AttemptOutput(attempts, many=True).data
+    return data
+
+
+def with_host(request, data: dict) -> dict:
+    """A task's JSON made without a request (`landed_task_json`) with its URLs as `request`'s host names
+    them, as TaskOutput with that request gives them (ModelOutput._absolute)."""
+    absolute = request.build_absolute_uri
+    images = [
+        {
+            **image,
+            "url": absolute(image["url"]),
+            "thumbnail_url": image["thumbnail_url"] and absolute(image["thumbnail_url"]),
+        }
+        for image in data["images"]
+    ]
+    preview = data["preview_url"] and absolute(data["preview_url"])
+    return {**data, "preview_url": preview, "images": images}
+
+
 class TaskListOutput(TaskOutput):
     class Meta(TaskOutput.Meta):
         fields = [

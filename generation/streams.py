@@ -8,10 +8,12 @@ all-tasks stream also sends, on reconnect, the tasks that finished since its `La
 
 An open stream is a coroutine (under ASGI; t2i_project.asgi): it holds no thread and no database connection
 and runs no query until one of its tasks changes. Changes arrive as `task` events on the event channel
-(generation.dispatch, published by the services in the transaction that made the change). Where the process
-cannot hear other processes (SQLite), a stream also looks at its tasks every FALLBACK_SECONDS. A stream keeps
-only the set of its tasks that changed, never a queue, so a client that does not read cannot grow the
-server's memory; a stream ends after STREAM_SECONDS and the client reconnects.
+(generation.dispatch, published by the services in the transaction that made the change); a completion's
+event carries the task's JSON as it landed, which the stream sends without reading the task. Where the
+process cannot hear other processes (SQLite), a stream also looks at its tasks every FALLBACK_SECONDS. A
+stream keeps only the set of its tasks that changed (and the latest JSON an event carried for each), never a
+queue, so a client that does not read cannot grow the server's memory; a stream ends after STREAM_SECONDS
+and the client reconnects.
 
 A queued task's position moves when a task ahead of it is leased or cancelled, which is another task's event:
 streams that follow queued tasks hear every task event as "the queue moved" and look at their queued tasks
@@ -52,6 +54,9 @@ class Follow:
 
     user: Any
     snapshot: Callable[[HttpRequest, Any, str], dict | None]  # (request, user, task id) -> task JSON or None
+    # (request, the `state` of a task event) -> the task JSON to send: a completion's event carries the task
+    # as it landed (generation.services.transitions.task_changed), sent without a snapshot
+    landed: Callable[[HttpRequest, dict], dict]
     events: list[dict]  # the first events to send
     task_ids: set[str]
     owner_id: int | None = None  # follow every task of this owner (the all-tasks stream)
@@ -62,6 +67,8 @@ class Follow:
 class Listener:
     loop: asyncio.AbstractEventLoop
     changed: set[str] = field(default_factory=set)
+    # The JSON of changed tasks whose last event carried it (`state`): sent without a read.
+    states: dict[str, dict] = field(default_factory=dict)
     wake: asyncio.Future | None = None
     queue_moved: bool = False  # another task changed while this stream follows queued ones
 
@@ -101,13 +108,17 @@ class Registry:
             return len({listener for group in self._by_task.values() for listener in group})
 
     def changed(self, data: dict[str, Any]) -> None:
-        task_id, owner_id = str(data.get("id", "")), data.get("owner")
+        task_id, owner_id, state = str(data.get("id", "")), data.get("owner"), data.get("state")
         with self._lock:
             listeners = set(self._by_task.get(task_id, ()))
             if owner_id is not None:
                 listeners |= self._by_owner.get(owner_id, set())
             for listener in listeners:
                 listener.changed.add(task_id)
+                if isinstance(state, dict):
+                    listener.states[task_id] = state
+                else:  # a later change without one: read the task
+                    listener.states.pop(task_id, None)
             moved = {listener for listener in self._queued - listeners if not listener.queue_moved}
             for listener in moved:
                 listener.queue_moved = True
@@ -197,7 +208,11 @@ async def events(request: HttpRequest, follow: Follow) -> AsyncIterator[str]:
                 listener.changed |= {task_id for task_id, e in sent.items() if e["status"] == "queued"}
             changed, listener.changed = listener.changed, set()
             for task_id in sorted(changed):
-                event = await snapshot(request, follow.user, task_id)
+                state = listener.states.pop(task_id, None)
+                if state is not None:  # the task's JSON as its change left it: no read
+                    event = follow.landed(request, state)
+                else:
+                    event = await snapshot(request, follow.user, task_id)
                 if event is None or sent.get(task_id) == event:
                     continue
                 sent[task_id] = event

@@ -38,6 +38,7 @@ def long_poll(view_class: type[LeaseApi]) -> Callable[..., Any]:
     first_attempt = step(view_class.as_view())
 
     async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        announced = waiting.room.announced  # work announced after this may escape the first attempt's look
         response = await first_attempt(request, *args, **kwargs)
         pending: PendingWait | None = getattr(response, "pending_wait", None)
         if pending is None or pending.seconds <= 0:
@@ -46,7 +47,7 @@ def long_poll(view_class: type[LeaseApi]) -> Callable[..., Any]:
         deadline = loop.time() + spread(pending.seconds)
         waiter = waiting.Waiter(pending.worker_id, pending.checkpoints, loop, warm=pending.warm)
         try:
-            waiting.room.enter(waiter, limit=pending.limit)
+            waiting.room.enter(waiter, limit=pending.limit, announced=announced)
         except TooManyWaits as exc:
             return error_response(exc)
         unused: dict | None = None  # a wake this request got but did not use: handed on if it ends here

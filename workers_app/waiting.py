@@ -85,19 +85,34 @@ class WaitingRoom:
         self._waiters: list[Waiter] = []  # oldest first
         self._wake_ids = itertools.count(1)
         self._keeper: threading.Thread | None = None
+        self.announced = 0  # `work` events heard so far (a wait's first attempt may have looked before one)
 
     def __len__(self) -> int:
         return len(self._waiters)
 
-    def enter(self, waiter: Waiter, *, limit: int) -> None:
-        """Add an open wait; a worker may hold at most `limit` (its prefetch depth) open at once."""
+    def enter(self, waiter: Waiter, *, limit: int, announced: int | None = None) -> None:
+        """Add an open wait; a worker may hold at most `limit` (its prefetch depth) open at once. `announced`,
+        `self.announced` as it was before the caller last looked at the queue: work announced since then
+        found no waiter to wake and that look may have missed it, so the waiter is woken at once to look
+        again (else it would wait for the keeper's fallback look)."""
         with self._lock:
             if sum(1 for w in self._waiters if w.worker_id == waiter.worker_id) >= max(1, limit):
                 raise TooManyWaits(
                     f"This worker already has {limit} lease request(s) waiting; at most its prefetch depth."
                 )
             self._waiters.append(waiter)
+            missed = announced is not None and announced != self.announced
+            if missed:
+                waiter.event = {"fallback": True}  # its own look: nothing to hand on
         self._ensure_keeper()
+        if missed:
+            self._notify(waiter)
+
+    def announce(self, event: dict[str, Any], count: int) -> int:
+        """Work was queued: count it (see `enter`) and wake up to `count` waiters for it."""
+        with self._lock:
+            self.announced += 1
+        return self.wake(event, count)
 
     def leave(self, waiter: Waiter) -> None:
         with self._lock:
@@ -210,7 +225,9 @@ room = WaitingRoom()
 
 def _on_work(data: dict[str, Any]) -> None:
     count = data.get("count", 1)
-    room.wake({k: v for k, v in data.items() if k != "count"}, count=count if isinstance(count, int) else 1)
+    room.announce(
+        {k: v for k, v in data.items() if k != "count"}, count=count if isinstance(count, int) else 1
+    )
 
 
 dispatch.subscribe("work", _on_work)

@@ -15,6 +15,7 @@ from generation import storage_space
 from generation.exceptions import InvalidInput, LeaseLost, TooLarge
 from generation.images import THUMBNAIL_EXTENSION, VerifiedImage, verify_image
 from generation.models import Image, Task, TaskAttempt
+from generation.serializers import landed_task_json
 from generation.services.completion_slots import Slot, slot_release
 from generation.services.learning import attempt_learn
 from generation.services.leasing import TaskLease, task_lease_next
@@ -67,7 +68,7 @@ def task_complete(
     The completion's `slot` (services.completion_slot), when it holds one, is counted off as it lands.
     """
     try:
-        attempt = TaskAttempt.objects.select_related("task").get(
+        attempt = TaskAttempt.objects.select_related("task__template", "task__owner").get(
             lease_token=lease_token,
             worker=worker,
             task__public_id=task_id,
@@ -103,7 +104,6 @@ def _store_and_finish(
     node_ids: list[str],
     slot: Slot | None,
 ) -> Completion:
-    task_id, lease_token = task.public_id, attempt.lease_token
     storage_space.storage_assert_room(sum(image.size + len(image.thumbnail) for image in verified))
     now = timezone.now()
     done = {
@@ -134,17 +134,8 @@ def _store_and_finish(
             )
         thumbnails_later = any(not image.thumbnail for image in images)
         with transaction.atomic():
-            lease = fenced(task_id=task_id, lease_token=lease_token, worker_id=worker.pk)
-            started = Coalesce("started_at", now)
-            if not lease.update(**done, progress_value=F("progress_max"), started_at=started):
-                raise LeaseLost("This lease is no longer yours.")
+            exact = _flip(task, attempt, worker=worker, done=done, now=now, prompt_id=comfyui_prompt_id)
             Image.objects.bulk_create(images)
-            TaskAttempt.objects.filter(pk=attempt.pk).update(
-                outcome=Outcome.COMPLETED,
-                finished_at=now,
-                started_at=started,
-                comfyui_prompt_id=comfyui_prompt_id[:64] or attempt.comfyui_prompt_id,
-            )
             # Counted off as it lands, unless an image still needs its thumbnail (decoded after the commit).
             freed = slot is not None and slot.held and slot.worker_id == worker.pk and not thumbnails_later
             worker_count_outcome(
@@ -153,10 +144,9 @@ def _store_and_finish(
                 warm_checkpoint=task.checkpoint,
                 also=slot_release() if freed else None,
             )
-            attempt_learn(
-                worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now
-            )
-            task_changed(task.public_id, task.owner_id)
+            # Its streams send the task as it lands without reading it again, when the rows in hand are exact.
+            landed = _landed(task, attempt, images, worker) if exact else None
+            task_changed(task.public_id, task.owner_id, state=landed)
         if freed:
             slot.held = False
     except BaseException as exc:
@@ -167,14 +157,62 @@ def _store_and_finish(
         if storage_space.is_disk_full(exc):
             raise storage_space.disk_full() from exc
         raise
-    for name, value in done.items():  # the row as the UPDATE left it, without reading it again
-        setattr(task, name, value)
-    task.progress_value = task.progress_max
-    task.started_at = task.started_at or now
+    _learn(worker=worker, task=task, attempt=attempt, started=attempt.started_at or now, finished=now)
     logger.info("task completed", extra={"task": task.public_id, "worker": worker.name})
     if task.callback_url or thumbnails_later:
         after_finish(task)
     return Completion(task=task, images=images[::-1])
+
+
+def _flip(task: Task, attempt: TaskAttempt, *, worker: Worker, done: dict, now, prompt_id: str) -> bool:
+    """Mark the task and its attempt completed, fenced by the lease (LeaseLost when it is not live), and
+    `task` and `attempt` in memory as the rows are now. True when that is exact: the rows held what the
+    caller read (no start or progress report landed since), and each UPDATE wrote what is known; False
+    when a report landed meanwhile: the UPDATEs keep its started_at and progress_max (and the memory may
+    miss them). One UPDATE per row; two in that race."""
+    lease = fenced(task_id=task.public_id, lease_token=attempt.lease_token, worker_id=worker.pk)
+    known = {"started_at": task.started_at or now, "progress_value": task.progress_max}
+    as_read = lease.filter(started_at=task.started_at, progress_max=task.progress_max)
+    exact = bool(as_read.update(**done, **known))
+    if not exact and not lease.update(
+        **done, progress_value=F("progress_max"), started_at=Coalesce("started_at", now)
+    ):
+        raise LeaseLost("This lease is no longer yours.")
+    ended = {
+        "outcome": Outcome.COMPLETED,
+        "finished_at": now,
+        "comfyui_prompt_id": prompt_id[:64] or attempt.comfyui_prompt_id,
+    }
+    row = TaskAttempt.objects.filter(pk=attempt.pk)
+    started = attempt.started_at or now
+    exact = exact and bool(row.filter(started_at=attempt.started_at).update(**ended, started_at=started))
+    if not exact:
+        row.update(**ended, started_at=Coalesce("started_at", now))
+    for name, value in (done | known).items():
+        setattr(task, name, value)
+    for name, value in (ended | {"started_at": started}).items():
+        setattr(attempt, name, value)
+    return exact
+
+
+def _landed(task: Task, attempt: TaskAttempt, images: list[Image], worker: Worker) -> dict | None:
+    """The task's JSON as the completion leaves it, from the rows in hand; None when it has earlier
+    attempts (not in hand: its streams read the task)."""
+    if attempt.number > 1:
+        return None
+    task.worker = attempt.worker = worker
+    return landed_task_json(task, images[::-1], [attempt])
+
+
+def _learn(*, worker: Worker, task: Task, attempt: TaskAttempt, started, finished) -> None:
+    """Fold the landed attempt into the learned costs, in a transaction of their own after the completion's
+    commit: the task's event streams hear of the completion without waiting for them, and a failure here (the
+    database gone for a moment) costs the estimates one sample, never the completion. Before the next lease
+    of the same request, whose plan reads them."""
+    try:
+        attempt_learn(worker=worker, task=task, attempt=attempt, started=started, finished=finished)
+    except DatabaseError:
+        logger.warning("learning from a completion failed", exc_info=True, extra={"task": task.public_id})
 
 
 def _landed_before(*, worker: Worker, task_id: uuid.UUID, lease_token: uuid.UUID) -> Completion:

@@ -1,9 +1,11 @@
 """What finished attempts teach: each worker's speed per checkpoint and its model-switch cost, and each
-user's recent GPU-seconds for fair share. Called inside the completion's transaction (services.completion).
+user's recent GPU-seconds for fair share. Called by the completion (services.completion) in a transaction of
+its own, once the completion has committed: estimates, which the next completion corrects, not state.
 """
 
 from datetime import datetime
 
+from django.db import transaction
 from django.db.models import F
 
 from generation import placement
@@ -18,14 +20,21 @@ def task_work(task: Task) -> float:
 def attempt_learn(
     *, worker: Worker, task: Task, attempt: TaskAttempt, started: datetime, finished: datetime
 ) -> None:
-    """Fold one completed attempt into the worker's learned costs and the owner's usage. Only this worker
-    writes its own speed rows, one completion at a time."""
+    """Fold one completed attempt into the worker's learned costs and the owner's usage, in one transaction
+    (none when there is nothing to write). Only this worker writes its own speed rows, one completion at a
+    time."""
     run = (finished - started).total_seconds()
     work = task_work(task)
-    if task.owner_id is not None:
-        user_charge(user_id=task.owner_id, seconds=max(0.0, run), at=finished)
-    if run <= 0 or work <= 0:
+    if task.owner_id is None and (run <= 0 or work <= 0):
         return
+    with transaction.atomic():
+        if task.owner_id is not None:
+            user_charge(user_id=task.owner_id, seconds=max(0.0, run), at=finished)
+        if run > 0 and work > 0:
+            _speed_learn(worker=worker, task=task, attempt=attempt, run=run, work=work)
+
+
+def _speed_learn(*, worker: Worker, task: Task, attempt: TaskAttempt, run: float, work: float) -> None:
     speed = (
         WorkerSpeed.objects.select_for_update()
         .filter(worker=worker, checkpoint=task.checkpoint, shape=task.shape)

@@ -30,10 +30,15 @@ def farm_setting(name: str):
     return settings.T2I[name]
 
 
-def task_changed(public_id: uuid.UUID, owner_id: int | None = None) -> None:
+def task_changed(public_id: uuid.UUID, owner_id: int | None = None, *, state: dict | None = None) -> None:
     """Tell the task's event streams (generation.streams), in every process, that it changed: call inside
-    the transaction that changed it. The event carries ids only; a stream reads the task itself."""
-    dispatch.publish("task", {"id": str(public_id), "owner": owner_id})
+    the transaction that changed it. The event carries ids, and a stream reads the task itself; or also
+    `state`, the task's JSON as this transaction leaves it (serializers.landed_task_json), when it fits the
+    channel, and the streams send that without a read."""
+    data: dict = {"id": str(public_id), "owner": owner_id}
+    if state is not None and dispatch.fits("task", {**data, "state": state}):
+        data["state"] = state
+    dispatch.publish("task", data)
 
 
 def fenced(*, task_id: uuid.UUID, lease_token: uuid.UUID, worker_id: int):

@@ -7,12 +7,15 @@ committed data).
 
 import asyncio
 import json
+from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import AsyncClient
+from django.test import AsyncClient, RequestFactory
 
-from generation import services, streams
+from generation import apis, dispatch, selectors, services, streams
+from generation.serializers import TaskOutput, with_host
+from generation.services import completion
 from tests.conftest import make_worker, off_thread, png_bytes, submit_task
 from tests.factories import UserFactory, api_token_for
 from workers_app import services as worker_services
@@ -191,3 +194,115 @@ def test_under_wsgi_a_stream_is_refused_so_that_the_client_polls(api, user):
     response = api.get(f"/api/v1/tasks/{task.public_id}/events")
     assert response.status_code == 503
     assert response.json()["error"] == "streams_unavailable"
+
+
+def completion_events(monkeypatch) -> list[dict]:
+    """The `task` events published from now on, as their subscribers get them."""
+    published: list[dict] = []
+    monkeypatch.setitem(dispatch._subscribers, "task", [published.append])
+    return published
+
+
+def as_read(task, request) -> dict:
+    """GET tasks/{id}/'s JSON of the task now."""
+    return TaskOutput(
+        selectors.task_status_for(task.owner, task.public_id), context={"request": request}
+    ).data
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_completions_event_carries_the_task_exactly_as_get_reads_it(monkeypatch, batch):
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    task = submit_task(owner=user, batch_size=batch)
+    published = completion_events(monkeypatch)
+    held = worker_services.worker_lease_next(worker=worker)
+    token = held.attempt.lease_token
+    services.task_start(worker=worker, task_id=task.public_id, lease_token=token)
+    services.task_report_progress(
+        worker=worker, task_id=task.public_id, lease_token=token, value=5, maximum=10
+    )
+    files = [upload() for _ in range(batch)]
+    services.task_complete(worker=worker, task_id=task.public_id, lease_token=token, files=files)
+    request = RequestFactory().get("/", HTTP_HOST="testserver")
+    state = published[-1]["state"]
+    assert with_host(request, state) == as_read(task, request)
+    assert list(with_host(request, state)) == list(as_read(task, request))  # the same keys in the same order
+    assert state["images"][0]["url"].startswith("/media/")  # a path: each stream names its own host
+
+
+def test_a_report_that_lands_during_a_completion_leaves_its_streams_to_read_the_task(monkeypatch):
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    task = submit_task(owner=user)
+    held = worker_services.worker_lease_next(worker=worker)
+    token = held.attempt.lease_token
+    verify = completion._verify_batch
+
+    def progress_lands_meanwhile(*args):
+        services.task_report_progress(
+            worker=worker, task_id=task.public_id, lease_token=token, value=3, maximum=7
+        )
+        return verify(*args)
+
+    published = completion_events(monkeypatch)
+    with mock.patch.object(completion, "_verify_batch", progress_lands_meanwhile):
+        services.task_complete(worker=worker, task_id=task.public_id, lease_token=token, files=[upload()])
+    assert "state" not in published[-1]
+    task.refresh_from_db()
+    assert task.status == "completed" and task.started_at is not None
+    assert (task.progress_value, task.progress_max) == (7, 7)  # the report's maximum, as before
+    assert (
+        task.attempt_set.get().started_at == task.started_at or task.attempt_set.get().started_at is not None
+    )
+
+
+def test_a_retried_tasks_completion_leaves_its_streams_to_read_its_attempts(monkeypatch):
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    task = submit_task(owner=user)
+    first = worker_services.worker_lease_next(worker=worker)
+    services.task_fail(
+        worker=worker,
+        task_id=task.public_id,
+        lease_token=first.attempt.lease_token,
+        code="internal",
+        message="try again",
+        retryable=True,
+    )
+    held = worker_services.worker_lease_next(worker=worker)
+    published = completion_events(monkeypatch)
+    services.task_complete(
+        worker=worker, task_id=task.public_id, lease_token=held.attempt.lease_token, files=[upload()]
+    )
+    assert "state" not in published[-1]
+
+
+def test_a_stream_sends_the_completed_task_from_its_event_without_reading_it(monkeypatch):
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    task = submit_task(owner=user)
+    read = []
+
+    def task_event(request, user, task_id):
+        event = apis.task_event.__wrapped__(request, user, task_id)
+        read.append(event["status"])
+        return event
+
+    task_event.__wrapped__ = apis.task_event
+    monkeypatch.setattr(apis, "task_event", task_event)
+    client = client_for(user)
+
+    async def follow() -> list[dict]:
+        response = await client.get(f"/api/v1/tasks/{task.public_id}/events")
+        stream = aiter(response.streaming_content)
+        seen = await next_events(stream)
+        work = asyncio.ensure_future(off_thread(run_task, worker))
+        async for chunk in stream:  # ends with the final event
+            seen += parse(chunk)
+        await work
+        return seen
+
+    seen = asyncio.run(follow())
+    assert seen[-1]["status"] == "completed" and "completed" not in read
+    assert seen[-1] == json.loads(json.dumps(as_read(task, RequestFactory().get("/"))))

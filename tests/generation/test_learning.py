@@ -1,11 +1,13 @@
 """Learned costs: the EWMA fit on synthetic histories, and what a completed attempt teaches the database."""
 
 import random
+from unittest import mock
 
 import pytest
+from django.db import DatabaseError
 
-from generation import placement, services, workflows
-from generation.models import TaskAttempt, UserShare
+from generation import dispatch, placement, services, workflows
+from generation.models import Task, TaskAttempt, UserShare
 from tests.conftest import CHECKPOINT, submit_task
 from tests.generation.test_leasing import lease, upload
 from workers_app.models import WorkerSpeed
@@ -59,6 +61,29 @@ def test_a_completion_teaches_speed_switch_cost_usage_and_the_warm_model(worker,
     assert worker.warm_checkpoint == CHECKPOINT
     share = UserShare.objects.get(user=user)
     assert share.usage_seconds == pytest.approx(2.0 * 0.5 ** (4 / placement.USAGE_HALF_LIFE) + 4.0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_event_goes_out_before_the_completion_learns(worker, user, clock, monkeypatch):
+    """The learned costs are written after the completion commits: its event streams do not wait for them."""
+    learned_at_event = []
+    monkeypatch.setitem(
+        dispatch._subscribers,
+        "task",
+        [lambda data: learned_at_event.append(WorkerSpeed.objects.filter(worker=worker).exists())],
+    )
+    run_one(worker, clock, 2.0, owner=user)
+    assert learned_at_event[-1] is False  # the completion's event: committed, the speed not yet learned
+    assert WorkerSpeed.objects.filter(worker=worker).exists()  # learned before task_complete returned
+
+
+@pytest.mark.django_db
+def test_a_completion_that_cannot_learn_still_lands(worker, user, clock):
+    with mock.patch("generation.services.completion.attempt_learn", side_effect=DatabaseError("gone")):
+        run_one(worker, clock, 2.0, owner=user)
+    task = Task.objects.get()
+    assert task.status == Task.Status.COMPLETED and task.images.count() == 1
+    assert not WorkerSpeed.objects.exists() and not UserShare.objects.filter(usage_seconds__gt=0).exists()
 
 
 def noise_workflow(*, width: int = 64, seed: int = 7, blur: bool = False) -> dict:

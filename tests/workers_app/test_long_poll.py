@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from generation.models import Task
 from tests.conftest import CHECKPOINT, capabilities, make_worker, submit_task, worker_client
+from workers_app import apis as worker_apis
 from workers_app import services as worker_services
 from workers_app import waiting
 from workers_app.models import Worker
@@ -216,6 +217,25 @@ def test_a_lost_wake_up_is_made_good_by_the_keeper(pool, monkeypatch):
     response = answer.result(timeout=5)
     assert response.status_code == 200
     assert response.json()["task_id"] == str(task.public_id)
+
+
+def test_work_queued_while_the_first_attempt_looks_is_leased_without_waiting(pool, monkeypatch):
+    """The task is queued and announced after the first attempt read the queue but before the wait entered
+    the room: its wake found no waiter, and the wait looks again at once instead of waiting for the keeper
+    (here never)."""
+    _, token = make_worker()
+    queued = []
+    first_attempt = worker_apis.lease_once
+
+    def queued_meanwhile(request, worker):
+        found = first_attempt(request, worker)
+        queued.append(submit_task())
+        return found
+
+    monkeypatch.setattr(worker_apis, "lease_once", queued_meanwhile)
+    response = open_wait(pool, token, wait=3).result(timeout=10)
+    assert response.status_code == 200
+    assert response.json()["task_id"] == str(queued[0].public_id)
 
 
 def _only_fallback_wakes(wake):
