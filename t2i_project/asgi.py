@@ -5,11 +5,14 @@ import functools
 import os
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import django
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.base import BaseHandler
+from django.db import close_old_connections
 from django.urls import Resolver404, get_resolver, reverse
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "t2i_project.settings")
@@ -75,19 +78,37 @@ class Handler(ASGIHandler):
         super().__init__()
         self.synchronous = BaseHandler()  # settings.MIDDLEWARE again, loaded for synchronous views
         self.synchronous.load_middleware(is_async=False)
+        # The other synchronous views' hop (completions, the REST API, pages): threads kept for the process's
+        # life, at most one per pooled database connection, instead of a thread made and joined per request.
+        self.kept_threads = max(4, settings.DB_POOL_SIZE)
+        self.request_threads = ThreadPoolExecutor(self.kept_threads, thread_name_prefix="request")
 
     async def get_response_async(self, request):
-        if synchronous_view(request.path_info):
+        if not synchronous_view(request.path_info):
+            return await super().get_response_async(request)
+        if on_shared_thread(request.path_info):
             return await sync_to_async(self.synchronous.get_response)(request)
-        return await super().get_response_async(request)
+        return await sync_to_async(
+            self.on_request_thread, thread_sensitive=False, executor=self.request_threads
+        )(request)
+
+    def on_request_thread(self, request):
+        """The middleware and the view in one go on a kept thread. Its database connections are treated as
+        Django treats a request thread's at the request's start and end (closed unless CONN_MAX_AGE keeps
+        them; pooled ones go back to the pool): Django's request signals run on the shared thread here."""
+        close_old_connections()
+        try:
+            return self.synchronous.get_response(request)
+        finally:
+            close_old_connections()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket") and scope["path"].startswith("/comfy/"):
             comfy_keys.rewrite_scope(scope)  # in place: the server's access log never shows a URL key
         if scope["type"] == "websocket":
             await websocket(scope, receive, send)
-        elif scope["type"] == "http" and on_shared_thread(scope["path"]):
-            await self.handle(scope, receive, send)
+        elif scope["type"] == "http" and (on_shared_thread(scope["path"]) or synchronous_view(scope["path"])):
+            await self.handle(scope, receive, send)  # no thread of its own (get_response_async)
         else:
             await super().__call__(scope, receive, send)
 

@@ -3,6 +3,7 @@ synchronous mode, in one hop to its thread, with the answers Django's own handle
 
 import asyncio
 import json
+import threading
 from http import HTTPStatus
 
 import pytest
@@ -80,6 +81,28 @@ def test_a_synchronous_views_request_makes_one_hop_to_its_thread(monkeypatch):
     assert status == HTTPStatus.OK, body
     assert json.loads(body)["worker_status"] == "idle"
     assert hops == ["Signal.asend.<locals>.sync_send", "BaseHandler.get_response", "HttpResponseBase.close"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_synchronous_views_request_makes_no_thread_of_its_own(monkeypatch):
+    """Requests off the shared thread (the REST API, completions, pages) run on threads kept for the
+    process's life (a few at most); Django's own handler makes and joins a thread for each."""
+    started = []
+    start = threading.Thread.start
+
+    def counted(self):
+        started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counted)
+    requests = 3 * application.kept_threads
+    for _ in range(requests):
+        assert call(application, "GET", "/api/v1/tasks/")[0] == HTTPStatus.UNAUTHORIZED
+    assert len(started) < requests
+    started.clear()
+    for _ in range(requests):
+        call(ASGIHandler(), "GET", "/api/v1/tasks/")
+    assert len(started) >= requests
 
 
 @pytest.mark.django_db(transaction=True)
