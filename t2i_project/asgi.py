@@ -19,6 +19,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "t2i_project.settings")
 django.setup(set_prefix=False)
 
 from generation import comfy_keys  # noqa: E402  (after django.setup)
+from generation.steps import step  # noqa: E402
+from workers_app import long_poll  # noqa: E402
 
 # Requests that wait (lease long polls, event streams), and short worker calls (a few queries, no files; at a
 # busy farm's rate, progress once a second per GPU, making and joining a thread per request was a fifth of
@@ -49,13 +51,38 @@ def on_shared_thread(path: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def synchronous_view(path: str) -> bool:
-    """Whether `path` names a synchronous view (the URLconf is fixed for the process's life). A path that
-    names no view (a static file, a 404) is False: Django's own path serves it."""
+    """Whether `path` names a synchronous view or a lease long poll, whose attempts are synchronous (the
+    URLconf is fixed for the process's life). A path that names no view (a static file, a 404) is False:
+    Django's own path serves it."""
     try:
         match = get_resolver().resolve(path)
     except Resolver404:
         return False
-    return not iscoroutinefunction(match.func)
+    return not iscoroutinefunction(match.func) or long_poll_view(path)
+
+
+@functools.lru_cache(maxsize=1024)
+def long_poll_view(path: str) -> bool:
+    """Whether `path` names a lease long poll (workers_app.long_poll)."""
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return False
+    return hasattr(match.func, "synchronous_attempt")
+
+
+class SynchronousHandler(BaseHandler):
+    """settings.MIDDLEWARE in Django's synchronous mode. A long poll's URL runs its synchronous attempt (the
+    lease view): Handler waits between attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.load_middleware(is_async=False)
+
+    def resolve_request(self, request):
+        match = super().resolve_request(request)
+        match.func = getattr(match.func, "synchronous_attempt", match.func)
+        return match
 
 
 class Handler(ASGIHandler):
@@ -67,17 +94,17 @@ class Handler(ASGIHandler):
     at all (workers_app.long_poll, generation.streams), and a heartbeat or a progress report does not make
     and join a thread.
 
-    A request for a synchronous view (the DRF views, the pages, the admin; not the long polls, the event
-    streams or the front door's async views) runs its middleware and its view in Django's synchronous mode,
-    in one hop to that thread. In Django's async mode each synchronous middleware (SecurityMiddleware,
+    A request for a synchronous view (the DRF views, the pages, the admin, each attempt of a lease long
+    poll; not the event streams or the front door's async views) runs its middleware and its view in
+    Django's synchronous mode, in one hop: to that thread for the worker calls above, to a kept thread for
+    the others (completions, the REST API, pages). In Django's async mode each synchronous middleware (SecurityMiddleware,
     sessions, CSRF, ...) hops to the thread and back for its request half and again for its response half: a
     dozen hops per request, which cost more CPU than a heartbeat's view (bench/README.md, "Per-request
     overhead"). The same middleware in the same order: the answers are the same; only the hops change."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.synchronous = BaseHandler()  # settings.MIDDLEWARE again, loaded for synchronous views
-        self.synchronous.load_middleware(is_async=False)
+        self.synchronous = SynchronousHandler()  # settings.MIDDLEWARE again, for synchronous views
         # The other synchronous views' hop (completions, the REST API, pages): threads kept for the process's
         # life, at most one per pooled database connection, instead of a thread made and joined per request.
         self.kept_threads = max(4, settings.DB_POOL_SIZE)
@@ -86,6 +113,12 @@ class Handler(ASGIHandler):
     async def get_response_async(self, request):
         if not synchronous_view(request.path_info):
             return await super().get_response_async(request)
+        if long_poll_view(request.path_info):
+            # Each attempt in one hop to the shared thread, which gives its connection back: none is held
+            # while the request waits.
+            attempt = step(self.synchronous.get_response)
+            response = await attempt(request)
+            return await long_poll.wait_for_work(request, response, lambda: attempt(request))
         if on_shared_thread(request.path_info):
             return await sync_to_async(self.synchronous.get_response)(request)
         return await sync_to_async(

@@ -92,12 +92,21 @@ class WaitingRoom:
     def enter(self, waiter: Waiter, *, limit: int) -> None:
         """Add an open wait; a worker may hold at most `limit` (its prefetch depth) open at once."""
         with self._lock:
-            if sum(1 for w in self._waiters if w.worker_id == waiter.worker_id) >= max(1, limit):
-                raise TooManyWaits(
-                    f"This worker already has {limit} lease request(s) waiting; at most its prefetch depth."
-                )
+            self._assert_room(waiter.worker_id, limit)
             self._waiters.append(waiter)
         self._ensure_keeper()
+
+    def assert_room(self, worker_id: int, *, limit: int) -> None:
+        """TooManyWaits when the worker already holds `limit` open waits: the lease view refuses the request
+        before its long poll would (enter checks again)."""
+        with self._lock:
+            self._assert_room(worker_id, limit)
+
+    def _assert_room(self, worker_id: int, limit: int) -> None:
+        if sum(1 for w in self._waiters if w.worker_id == worker_id) >= max(1, limit):
+            raise TooManyWaits(
+                f"This worker already has {limit} lease request(s) waiting; at most its prefetch depth."
+            )
 
     def leave(self, waiter: Waiter) -> None:
         with self._lock:
