@@ -97,10 +97,11 @@ class Handler(ASGIHandler):
     A request for a synchronous view (the DRF views, the pages, the admin, each attempt of a lease long
     poll; not the event streams or the front door's async views) runs its middleware and its view in
     Django's synchronous mode, in one hop: to that thread for the worker calls above, to a kept thread for
-    the others (completions, the REST API, pages). In Django's async mode each synchronous middleware (SecurityMiddleware,
-    sessions, CSRF, ...) hops to the thread and back for its request half and again for its response half: a
-    dozen hops per request, which cost more CPU than a heartbeat's view (bench/README.md, "Per-request
-    overhead"). The same middleware in the same order: the answers are the same; only the hops change."""
+    the others (completions, the REST API, pages). In Django's async mode each synchronous middleware
+    (SecurityMiddleware, sessions, CSRF, ...) hops to the thread and back for its request half and again for
+    its response half: a dozen hops per request, which cost more CPU than a heartbeat's view (bench/README.md,
+    "Per-request overhead"). The same middleware in the same order: the answers are the same; only the hops
+    change."""
 
     def __init__(self) -> None:
         super().__init__()
