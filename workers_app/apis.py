@@ -1,6 +1,6 @@
 """The worker API (docs/worker-api.md): thin views over workers_app.services and generation.services."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 from django.http import FileResponse
@@ -16,7 +16,7 @@ from generation import services
 from generation.exceptions import InvalidInput, TooLarge, WorkerDisabled
 from generation.negotiation import JsonAnswers
 from generation.serializers import ImageOutput
-from workers_app import object_info_specs
+from workers_app import object_info_specs, waiting
 from workers_app import services as worker_services
 from workers_app.authentication import IsWorker, WorkerTokenAuthentication
 from workers_app.models import Worker
@@ -241,6 +241,7 @@ class PendingWait:
     prefetch: bool
     seconds: float
     warm: str = ""
+    queued: bool = False  # after a wake-up: work is still queued (the wake is handed on)
 
 
 def lease_once(request: Request, worker: Worker) -> services.TaskLease | PendingWait:
@@ -267,7 +268,7 @@ def lease_once(request: Request, worker: Worker) -> services.TaskLease | Pending
 
 class LeaseApi(WorkerApi):
     """One lease attempt. The URL serves it through `workers_app.long_poll`, which waits when it finds
-    nothing."""
+    nothing and calls it again, with the wait as `request.waited`, each time it is woken."""
 
     @extend_schema(
         request=LeaseInput,
@@ -277,8 +278,16 @@ class LeaseApi(WorkerApi):
         responses={200: LeaseOutput, 204: None},
     )
     def post(self, request: Request) -> Response:
-        found = lease_once(request, self.worker)
+        waited: PendingWait | None = getattr(request, "waited", None)
+        if waited is not None:  # woken during the long poll: another attempt, for the worker as it is now
+            found = worker_services.worker_lease_next(worker=self.worker, prefetch=waited.prefetch)
+            if found is None:
+                found = replace(waited, queued=waiting.work_queued())
+        else:
+            found = lease_once(request, self.worker)
         if isinstance(found, PendingWait):
+            if found.seconds > 0 and waited is None:
+                waiting.room.assert_room(found.worker_id, limit=found.limit)
             response = Response(status=204)
             response.pending_wait = found
             return response

@@ -96,10 +96,7 @@ class WaitingRoom:
         found no waiter to wake and that look may have missed it, so the waiter is woken at once to look
         again (else it would wait for the keeper's fallback look)."""
         with self._lock:
-            if sum(1 for w in self._waiters if w.worker_id == waiter.worker_id) >= max(1, limit):
-                raise TooManyWaits(
-                    f"This worker already has {limit} lease request(s) waiting; at most its prefetch depth."
-                )
+            self._assert_room(waiter.worker_id, limit)
             self._waiters.append(waiter)
             missed = announced is not None and announced != self.announced
             if missed:
@@ -113,6 +110,18 @@ class WaitingRoom:
         with self._lock:
             self.announced += 1
         return self.wake(event, count)
+
+    def assert_room(self, worker_id: int, *, limit: int) -> None:
+        """TooManyWaits when the worker already holds `limit` open waits: the lease view refuses the request
+        before its long poll would (enter checks again)."""
+        with self._lock:
+            self._assert_room(worker_id, limit)
+
+    def _assert_room(self, worker_id: int, limit: int) -> None:
+        if sum(1 for w in self._waiters if w.worker_id == worker_id) >= max(1, limit):
+            raise TooManyWaits(
+                f"This worker already has {limit} lease request(s) waiting; at most its prefetch depth."
+            )
 
     def leave(self, waiter: Waiter) -> None:
         with self._lock:
