@@ -62,13 +62,9 @@ def test_which_paths_name_a_synchronous_view(path, synchronous):
     assert synchronous_view(path) is synchronous
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_synchronous_views_request_makes_one_hop_to_its_thread(monkeypatch):
-    """Three: Django's request_started signal, the middleware with the view, and closing the response. In
-    Django's async mode each half of each synchronous middleware made one, so did the view and its
-    rendering: 19 for this request."""
-    _, token = make_worker()
-    hops = []
+def counted_hops(monkeypatch) -> list[str]:
+    """The functions each `sync_to_async` hop runs, in order, from now on."""
+    hops: list[str] = []
     hop = SyncToAsync.__call__
 
     async def counted(self, *args, **kwargs):
@@ -76,6 +72,16 @@ def test_a_synchronous_views_request_makes_one_hop_to_its_thread(monkeypatch):
         return await hop(self, *args, **kwargs)
 
     monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    return hops
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_synchronous_views_request_makes_one_hop_to_its_thread(monkeypatch):
+    """Three: Django's request_started signal, the middleware with the view, and closing the response. In
+    Django's async mode each half of each synchronous middleware made one, so did the view and its
+    rendering: 19 for this request."""
+    _, token = make_worker()
+    hops = counted_hops(monkeypatch)
     auth = {"authorization": f"Bearer {token}", "content-type": "application/json"}
     status, _, body = call(application, "POST", "/api/v1/worker/heartbeat", auth, b"{}")
     assert status == HTTPStatus.OK, body
@@ -194,14 +200,7 @@ def test_a_lease_that_finds_work_makes_one_hop(monkeypatch):
     Django's async mode it took 19 (the long poll was an async view)."""
     _, token = make_worker()
     submit_task()
-    hops = []
-    hop = SyncToAsync.__call__
-
-    async def counted(self, *args, **kwargs):
-        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
-        return await hop(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    hops = counted_hops(monkeypatch)
     status, _, body = lease(application, token, {})
     assert status == HTTPStatus.OK, body
     assert hops == ["Signal.asend.<locals>.sync_send", "step.<locals>.run", "HttpResponseBase.close"]
