@@ -50,25 +50,24 @@ def on_shared_thread(path: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def synchronous_view(path: str) -> bool:
-    """Whether `path` names a synchronous view or a lease long poll, whose attempts are synchronous (the
-    URLconf is fixed for the process's life). A path that names no view (a static file, a 404) is False:
-    Django's own path serves it."""
+def _view(path: str):
+    """The view `path` names, or None (a static file, a 404); the URLconf is fixed for the process's life."""
     try:
-        match = get_resolver().resolve(path)
+        return get_resolver().resolve(path).func
     except Resolver404:
-        return False
-    return not iscoroutinefunction(match.func) or long_poll_view(path)
+        return None
 
 
-@functools.lru_cache(maxsize=1024)
+def synchronous_view(path: str) -> bool:
+    """Whether `path` names a synchronous view or a lease long poll, whose attempts are synchronous. A path
+    that names no view (a static file, a 404) is False: Django's own path serves it."""
+    view = _view(path)
+    return view is not None and (not iscoroutinefunction(view) or long_poll_view(path))
+
+
 def long_poll_view(path: str) -> bool:
     """Whether `path` names a lease long poll (workers_app.long_poll)."""
-    try:
-        match = get_resolver().resolve(path)
-    except Resolver404:
-        return False
-    return hasattr(match.func, "synchronous_attempt")
+    return hasattr(_view(path), "synchronous_attempt")
 
 
 class SynchronousHandler(BaseHandler):
