@@ -279,9 +279,16 @@ def test_a_retried_tasks_completion_leaves_its_streams_to_read_its_attempts(monk
 
 
 def test_a_stream_sends_the_completed_task_from_its_event_without_reading_it(monkeypatch):
+    """The task runs before the stream opens, so the completion's is the only change the stream hears: a
+    start or progress event arriving late would be read, and may read the task completed by then."""
     user = UserFactory(username="ann")
     worker, _ = make_worker()
     task = submit_task(owner=user)
+    held = worker_services.worker_lease_next(worker=worker)
+    lease = {"worker": worker, "task_id": task.public_id, "lease_token": held.attempt.lease_token}
+    services.task_start(**lease)
+    services.task_report_progress(**lease, value=5, maximum=10)
+    monkeypatch.setattr(streams, "FALLBACK_SECONDS", 3600.0)  # no look of its own meanwhile
     read = []
 
     def task_event(request, user, task_id):
@@ -297,7 +304,7 @@ def test_a_stream_sends_the_completed_task_from_its_event_without_reading_it(mon
         response = await client.get(f"/api/v1/tasks/{task.public_id}/events")
         stream = aiter(response.streaming_content)
         seen = await next_events(stream)
-        work = asyncio.ensure_future(off_thread(run_task, worker))
+        work = asyncio.ensure_future(off_thread(services.task_complete, **lease, files=[upload()]))
         async for chunk in stream:  # ends with the final event
             seen += parse(chunk)
         await work
