@@ -96,7 +96,7 @@ class TaskListCreateApi(APIView):
     @extend_schema(request=TaskSubmitInput, responses={201: TaskOutput})
     def post(self, request: Request) -> Response:
         task = submit_task(request)
-        task = selectors.task_status_for(request.user, task.public_id)  # the answer of GET tasks/<id>/
+        task = selectors.task_as_submitted(task)  # the answer of GET tasks/<id>/, without reading it again
         return Response(TaskOutput(task, context={"request": request}).data, status=201)
 
 

@@ -79,6 +79,17 @@ def task_status_for(user, public_id, *, with_attempts: bool = True) -> Task:
     return task
 
 
+def task_as_submitted(task: Task) -> Task:
+    """The task a submit just queued, as `task_status_for` would read it back: a new task has no images and
+    no attempts yet, so nothing is read (its owner and template are the ones the submit used)."""
+    prefetch_related_objects(
+        [task],
+        Prefetch("images", queryset=Image.objects.none()),
+        Prefetch("attempt_set", queryset=TaskAttempt.objects.none()),
+    )
+    return task
+
+
 def task_queue_position(task: Task) -> int | None:
     """1-based position among queued tasks (the order leasing uses), or None when not queued."""
     if task.status != Task.Status.QUEUED:

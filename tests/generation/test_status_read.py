@@ -153,3 +153,19 @@ def test_a_status_read_skips_what_the_task_cannot_have_yet(api, user, django_ass
     with django_assert_num_queries(2):  # task, attempts
         leased = api.get(f"/api/v1/tasks/{task.public_id}/")
     assert leased.json() == answer and len(leased.json()["attempt_history"]) == 1
+
+
+def test_the_submit_answers_from_the_task_it_queued_without_reading_it_back(api, user):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    body = {"prompt": "a fox", "width": 64, "height": 64, "seed": 7, "priority": 0}
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post("/api/v1/tasks/", body, format="json")
+
+    assert response.status_code == HTTPStatus.CREATED, response.json()
+    task = Task.objects.get(public_id=response.json()["id"])
+    assert response.json() == expected(task)
+    by_id = 'WHERE "generation_task"."public_id"'
+    read_back = [q["sql"] for q in queries.captured_queries if by_id in q["sql"]]
+    assert read_back == []
