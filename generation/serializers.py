@@ -46,6 +46,16 @@ class TaskSubmitInput(serializers.ModelSerializer):
             "negative_prompt": {"trim_whitespace": False},
         }
 
+    def get_fields(self) -> dict:
+        """ModelSerializer's fields, built once per set of limits (as ModelOutput builds its own once)."""
+        cls = type(self)
+        key = repr(self.get_extra_kwargs())
+        fields = cls.__dict__.get("_built_by_limits", {}).get(key)
+        if fields is None:  # the first, or the limits changed (settings): keep only the current ones
+            fields = super().get_fields()
+            cls._built_by_limits = {key: fields}
+        return copy.deepcopy(fields)
+
     def get_extra_kwargs(self) -> dict:
         """Meta.extra_kwargs plus the farm's limits (generation.limits, read from settings on each use): the
         schema shows them, and a value beyond them gets the service's own message."""

@@ -6,6 +6,7 @@ from http import HTTPStatus
 import pytest
 
 from generation.models import Task
+from generation.serializers import TaskSubmitInput
 from tests.conftest import capabilities, make_worker
 from workers_app.models import Worker
 
@@ -47,6 +48,17 @@ def test_beyond_a_limit_the_api_answers_in_the_services_words(api, settings):
     assert fields["prompt"] == [f"At most {settings.T2I['PROMPT_MAX_LENGTH']} characters."]
     assert fields["width"] == submit(api, width=100).json()["fields"]["width"]  # in range, not a multiple
     assert not Task.objects.exists()
+
+
+def test_the_submit_form_follows_a_change_of_the_limits(api, settings):
+    """The submit's fields are built once per set of limits: a change of settings is still seen at once."""
+    assert submit(api, steps=60).status_code == HTTPStatus.CREATED
+    settings.T2I = {**settings.T2I, "STEPS_MAX": 50}
+    assert TaskSubmitInput().fields["steps"].max_value == 50
+    assert submit(api, steps=60).json()["fields"]["steps"] == ["Must be from 1 to 50."]
+    settings.T2I = {**settings.T2I, "STEPS_MAX": 80}
+    assert TaskSubmitInput().fields["steps"].max_value == 80
+    assert submit(api, steps=60).status_code == HTTPStatus.CREATED
 
 
 @pytest.mark.parametrize(
