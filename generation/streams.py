@@ -15,6 +15,12 @@ stream keeps only the set of its tasks that changed (and the latest JSON an even
 queue, so a client that does not read cannot grow the server's memory; a stream ends after STREAM_SECONDS
 and the client reconnects.
 
+A stream gathers the other changes of its tasks for READ_SECONDS, then reads each changed task once, as it
+stands then: the changes of a running task come in bursts (queued, leased, started, progress), and a short
+job's would otherwise cost a read each while the worker's completion waits for the same process. A final
+change (completed, failed, cancelled: the event says so) goes out at once, without a read when the event
+carries the task's JSON, and stands for the changes gathered before it.
+
 A queued task's position moves when a task ahead of it is leased or cancelled, which is another task's event:
 streams that follow queued tasks hear every task event as "the queue moved" and look at their queued tasks
 again, at most once per QUEUE_SECONDS, so a farm busy leasing costs each such stream one look per interval.
@@ -45,6 +51,7 @@ FALLBACK_SECONDS = 2.0  # where this process cannot hear the others (SQLite): ho
 STREAM_SECONDS = 600.0  # then the client reconnects (EventSource waits RETRY_MS)
 RETRY_MS = 2000
 QUEUE_SECONDS = 1.0  # how often a stream following queued tasks looks again at their queue positions
+READ_SECONDS = 0.1  # a stream gathers changes this long before it reads them; final changes go out at once
 FINISHED = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -69,6 +76,8 @@ class Listener:
     changed: set[str] = field(default_factory=set)
     # The JSON of changed tasks whose last event carried it (`state`): sent without a read.
     states: dict[str, dict] = field(default_factory=dict)
+    final: set[str] = field(default_factory=set)  # changed tasks whose last event was final: sent at once
+    gathering_since: float | None = None  # time.monotonic() of the first change that waits for its read
     wake: asyncio.Future | None = None
     queue_moved: bool = False  # another task changed while this stream follows queued ones
 
@@ -103,18 +112,39 @@ class Registry:
                     if not index[key]:
                         del index[key]
 
+    def look(self, listener: Listener, task_ids: set[str]) -> None:
+        """Read these tasks of `listener` again now (its own looks: the fallback, the queue moving)."""
+        with self._lock:
+            listener.changed |= task_ids
+            listener.gathering_since = time.monotonic() - READ_SECONDS
+
+    def take(self, listener: Listener) -> dict[str, dict | None]:
+        """The changed tasks `listener` sends now (`_due`), each with the JSON its event carried or None (read
+        it), taken off its changes."""
+        with self._lock:
+            due = _due(listener, time.monotonic())
+            listener.changed -= due
+            listener.final -= due
+            if not listener.changed:
+                listener.gathering_since = None
+            return {task_id: listener.states.pop(task_id, None) for task_id in due}
+
     def __len__(self) -> int:
         with self._lock:
             return len({listener for group in self._by_task.values() for listener in group})
 
     def changed(self, data: dict[str, Any]) -> None:
         task_id, owner_id, state = str(data.get("id", "")), data.get("owner"), data.get("state")
+        final = bool(data.get("final"))
         with self._lock:
             listeners = set(self._by_task.get(task_id, ()))
             if owner_id is not None:
                 listeners |= self._by_owner.get(owner_id, set())
             for listener in listeners:
+                if listener.gathering_since is None and not final and not isinstance(state, dict):
+                    listener.gathering_since = time.monotonic()
                 listener.changed.add(task_id)
+                (listener.final.add if final else listener.final.discard)(task_id)
                 if isinstance(state, dict):
                     listener.states[task_id] = state
                 else:  # a later change without one: read the task
@@ -179,6 +209,7 @@ async def events(request: HttpRequest, follow: Follow) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     # Listen before sending anything; the first look again after it catches what changed since the snapshot.
     listener = Listener(loop, changed=set(follow.task_ids))
+    listener.gathering_since = time.monotonic() if follow.task_ids else None
     registry.add(listener, follow.task_ids, follow.owner_id)
     snapshot = step(follow.snapshot)
     sent = {event["id"]: event for event in follow.events}
@@ -190,25 +221,27 @@ async def events(request: HttpRequest, follow: Follow) -> AsyncIterator[str]:
             registry.following_queued(listener, any(e["status"] == "queued" for e in sent.values()))
             listener.wake = loop.create_future()
             queue_due = queue_looked + QUEUE_SECONDS if listener.queue_moved else None
-            if not listener.changed and not (queue_due and queue_due <= loop.time()):
+            if not _due(listener, time.monotonic()) and not (queue_due and queue_due <= loop.time()):
                 deaf = not dispatch.listening()  # SQLite with other processes: look again now and then
                 pause = FALLBACK_SECONDS if deaf else KEEPALIVE_SECONDS
                 if queue_due:
                     pause = min(pause, queue_due - loop.time())
+                gathering_since = listener.gathering_since
+                if listener.changed and gathering_since is not None:  # changes gathered for their read
+                    pause = min(pause, gathering_since + READ_SECONDS - time.monotonic())
                 try:
-                    await asyncio.wait_for(listener.wake, min(pause, deadline - loop.time()))
+                    await asyncio.wait_for(listener.wake, max(0.0, min(pause, deadline - loop.time())))
                 except TimeoutError:
                     if deaf:
-                        listener.changed |= follow.task_ids
-                    elif not listener.queue_moved:
+                        registry.look(listener, follow.task_ids)
+                    elif not listener.queue_moved and not listener.changed:
                         yield ": keep-alive\n\n"
                         continue
             if listener.queue_moved and queue_looked + QUEUE_SECONDS <= loop.time():
                 listener.queue_moved, queue_looked = False, loop.time()
-                listener.changed |= {task_id for task_id, e in sent.items() if e["status"] == "queued"}
-            changed, listener.changed = listener.changed, set()
-            for task_id in sorted(changed):
-                state = listener.states.pop(task_id, None)
+                registry.look(listener, {task_id for task_id, e in sent.items() if e["status"] == "queued"})
+            changed = registry.take(listener)
+            for task_id, state in sorted(changed.items()):
                 if state is not None:  # the task's JSON as its change left it: no read
                     event = follow.landed(request, state)
                 else:
@@ -224,6 +257,15 @@ async def events(request: HttpRequest, follow: Follow) -> AsyncIterator[str]:
                     return
     finally:
         registry.remove(listener)
+
+
+def _due(listener: Listener, now: float) -> set[str]:
+    """The changed tasks to send now: all of them once the changes have been gathered for READ_SECONDS, else
+    the final ones and those whose JSON the event carried (no read)."""
+    since = listener.gathering_since
+    if since is not None and now >= since + READ_SECONDS:
+        return set(listener.changed)
+    return {t for t in listener.changed if t in listener.final or t in listener.states}
 
 
 def sse(event: dict) -> str:

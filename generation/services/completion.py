@@ -146,7 +146,7 @@ def _store_and_finish(
             )
             # Its streams send the task as it lands without reading it again, when the rows in hand are exact.
             landed = _landed(task, attempt, images, worker) if exact else None
-            task_changed(task.public_id, task.owner_id, state=landed)
+            task_changed(task.public_id, task.owner_id, state=landed, final=True)
         if freed:
             slot.held = False
     except BaseException as exc:

@@ -203,7 +203,7 @@ def task_cancel(*, task: Task) -> Task:
             TaskAttempt.objects.filter(lease_token=token, outcome=TaskAttempt.Outcome.ACTIVE).update(
                 outcome=TaskAttempt.Outcome.CANCELLED, finished_at=now
             )
-        task_changed(task.public_id, task.owner_id)
+        task_changed(task.public_id, task.owner_id, final=True)
     task.refresh_from_db()
     logger.info("task cancelled", extra={"task": task.public_id})
     return task

@@ -30,12 +30,17 @@ def farm_setting(name: str):
     return settings.T2I[name]
 
 
-def task_changed(public_id: uuid.UUID, owner_id: int | None = None, *, state: dict | None = None) -> None:
+def task_changed(
+    public_id: uuid.UUID, owner_id: int | None = None, *, state: dict | None = None, final: bool = False
+) -> None:
     """Tell the task's event streams (generation.streams), in every process, that it changed: call inside
     the transaction that changed it. The event carries ids, and a stream reads the task itself; or also
     `state`, the task's JSON as this transaction leaves it (serializers.landed_task_json), when it fits the
-    channel, and the streams send that without a read."""
+    channel, and the streams send that without a read. `final`: the task finished (completed, failed,
+    cancelled), which streams send at once; they gather other changes for streams.READ_SECONDS first."""
     data: dict = {"id": str(public_id), "owner": owner_id}
+    if final:
+        data["final"] = True
     if state is not None and dispatch.fits("task", {**data, "state": state}):
         data["state"] = state
     dispatch.publish("task", data)
@@ -98,7 +103,7 @@ def close_lease(
         )
         if worker_id is not None and outcome == Outcome.FAILED:
             worker_count_outcome(worker_id, failed=1)
-        task_changed(task.public_id, task.owner_id)
+        task_changed(task.public_id, task.owner_id, final=not requeue)
         if requeue:
             dispatch.announce_work(checkpoint=task.checkpoint, owner=task.owner_id)
     task.refresh_from_db()

@@ -313,3 +313,113 @@ def test_a_stream_sends_the_completed_task_from_its_event_without_reading_it(mon
     seen = asyncio.run(follow())
     assert seen[-1]["status"] == "completed" and "completed" not in read
     assert seen[-1] == json.loads(json.dumps(as_read(task, RequestFactory().get("/"))))
+
+
+def counting_reads(monkeypatch) -> list[str]:
+    """The status of every task a stream reads (its first events and each change without the task's JSON)."""
+    read: list[str] = []
+
+    def task_event(request, user, task_id):
+        event = apis.task_event.__wrapped__(request, user, task_id)
+        read.append(event["status"])
+        return event
+
+    task_event.__wrapped__ = apis.task_event
+    monkeypatch.setattr(apis, "task_event", task_event)
+    return read
+
+
+def test_changes_in_a_burst_wait_for_one_read_and_a_final_change_goes_out_at_once(monkeypatch):
+    """Lease, start and progress within the read interval cost no read; the cancel, a final change without
+    the task's JSON, is read at once, and that one read stands for all of them."""
+    monkeypatch.setattr(streams, "READ_SECONDS", 3600.0)
+    monkeypatch.setattr(streams, "FALLBACK_SECONDS", 3600.0)
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    task = submit_task(owner=user)
+    read = counting_reads(monkeypatch)
+    client = client_for(user)
+
+    def lease_start_progress():
+        held = worker_services.worker_lease_next(worker=worker)
+        lease = {"worker": worker, "task_id": task.public_id, "lease_token": held.attempt.lease_token}
+        services.task_start(**lease)
+        services.task_report_progress(**lease, value=5, maximum=10)
+
+    async def follow() -> list[str]:
+        response = await client.get(f"/api/v1/tasks/{task.public_id}/events")
+        stream = aiter(response.streaming_content)
+        seen = [e["status"] for e in await next_events(stream)]
+        await off_thread(lease_start_progress)
+        await off_thread(services.task_cancel, task=task)
+        async for chunk in stream:  # ends with the final event
+            seen += [e["status"] for e in parse(chunk)]
+        return seen
+
+    assert asyncio.run(follow()) == ["queued", "cancelled"]
+    assert read == ["queued", "cancelled"]
+    assert len(streams.registry) == 0
+
+
+def test_a_change_that_is_not_final_is_read_once_it_has_been_gathered_for_a_moment(monkeypatch):
+    monkeypatch.setattr(streams, "READ_SECONDS", 0.2)
+    monkeypatch.setattr(streams, "FALLBACK_SECONDS", 3600.0)
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    task = submit_task(owner=user)
+    client = client_for(user)
+
+    async def follow() -> list[str]:
+        response = await client.get(f"/api/v1/tasks/{task.public_id}/events")
+        stream = aiter(response.streaming_content)
+        seen = [e["status"] for e in await next_events(stream)]
+        await off_thread(worker_services.worker_lease_next, worker=worker)
+        seen += [e["status"] for e in await next_events(stream)]
+        await stream.aclose()
+        return seen
+
+    assert asyncio.run(follow()) == ["queued", "leased"]
+
+
+def test_only_finishing_changes_are_final_events(monkeypatch):
+    published = []
+    monkeypatch.setattr(dispatch, "publish", lambda kind, data: published.append((kind, data)))
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    requeued = submit_task(owner=user)
+    held = worker_services.worker_lease_next(worker=worker)
+    services.task_release(worker=worker, task_id=requeued.public_id, lease_token=held.attempt.lease_token)
+    services.task_cancel(task=requeued)
+    finals = [data.get("final", False) for kind, data in published if kind == "task"]
+    assert finals == [False, False, False, True]  # submitted, leased, released (queued again), cancelled
+
+
+def test_an_all_tasks_stream_sends_a_short_job_as_its_final_event_without_reading_it(monkeypatch):
+    """A client that keeps the all-tasks stream open (as a ComfyUI client keeps its socket) and runs one job
+    at a time: the new task, its lease, start and progress are gathered, and the completion's event, which
+    carries the task, stands for them all: no read, also when the stream has been quiet for longer than it
+    gathers changes (its last read long past)."""
+    monkeypatch.setattr(streams, "READ_SECONDS", 1.0)
+    monkeypatch.setattr(streams, "FALLBACK_SECONDS", 3600.0)
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    client = client_for(user)
+
+    read = counting_reads(monkeypatch)
+
+    async def follow() -> list[dict]:
+        response = await client.get("/api/v1/tasks/events")
+        stream = aiter(response.streaming_content)
+        assert parse(await anext(stream)) == []  # open (nothing to follow yet): it listens from now on
+        await asyncio.sleep(1.2)  # quiet for longer than READ_SECONDS
+        reading = asyncio.ensure_future(next_events(stream))  # the stream runs while the job does
+        task = await off_thread(submit_task, owner=user)
+        await off_thread(run_task, worker)
+        events = await reading
+        await stream.aclose()
+        return task, events
+
+    task, events = asyncio.run(follow())
+    assert [(e["id"], e["status"]) for e in events] == [(str(task.public_id), "completed")]
+    assert events[0]["images"][0]["url"].startswith("http")
+    assert read == []
