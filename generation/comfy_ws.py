@@ -245,8 +245,7 @@ class Session:
         ]
 
     def status(self, *, sid: bool = False) -> dict[str, Any]:
-        running, pending = comfy_selectors.queue(self.user)
-        self.remaining = len(running) + len(pending)
+        self.remaining = comfy_selectors.queue_remaining(self.user)
         data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": self.remaining}}}
         if sid:
             data["sid"] = self.client_id
@@ -256,14 +255,14 @@ class Session:
         """A task of this space changed: its end frames if it is this client's and just ended, and a status
         frame when the queue count moved."""
         try:
-            task = comfy_selectors.space(self.user).filter(public_id=task_id).first()
+            task = comfy_selectors.task_entry(self.user, task_id)
         except (ValidationError, ValueError):  # a malformed id from the event channel
             return []
         if task is None:
             return []
         frames: list[dict[str, Any] | bytes] = []
         if task.client_id == self.client_id and task.is_finished:
-            prefetch_related_objects([task], "images")  # only the end frames name them
+            prefetch_related_objects([task], comfy_selectors.images())  # only the end frames name them
             frames = self.end_frames(task)
         before = self.remaining
         status = self.status()
