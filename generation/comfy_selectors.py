@@ -93,9 +93,24 @@ def queue_remaining(user) -> int:
 
 
 def task_entry(user, task_id: str) -> Task | None:
-    """A task of the client's space by the farm's id, as an end frame reads it (ENTRY_FIELDS; its images
-    with `prefetch_related_objects(…, images())` when they are needed)."""
+    """A task of the client's space by the farm's id, as an end frame reads it (ENTRY_FIELDS, without its
+    images)."""
     return space(user).filter(public_id=task_id).only(*ENTRY_FIELDS).first()
+
+
+def landed_entry(user, task_id: str) -> tuple[Task | None, list[Image]]:
+    """A task of the client's space that a completion just landed, and its images, in one query where it
+    has images (each row brings the task's ENTRY_FIELDS along), else in one more (task_entry)."""
+    task_fields = [f"task__{name}" for name in ENTRY_FIELDS]
+    found = list(
+        Image.objects.filter(_image_owner(user), task__public_id=task_id, task__template=None)
+        .select_related("task")
+        .only(*IMAGE_FIELDS, *task_fields)
+        .order_by()
+    )
+    if found:
+        return found[0].task, found
+    return task_entry(user, task_id), []
 
 
 def image_named(user, subfolder: str, filename: str) -> Image | None:
@@ -103,8 +118,11 @@ def image_named(user, subfolder: str, filename: str) -> Image | None:
     if not filename or "/" in filename or "\\" in filename:
         return None
     name = f"{subfolder}/{filename}" if subfolder else filename
-    owner = Q(task__owner=user) if user.is_authenticated else Q(task__owner=None)
-    return Image.objects.filter(owner, file=name, task__template=None).only("file").first()
+    return Image.objects.filter(_image_owner(user), file=name, task__template=None).only("file").first()
+
+
+def _image_owner(user) -> Q:
+    return Q(task__owner=user) if user.is_authenticated else Q(task__owner=None)
 
 
 def preview_after(task_id: str, after: int = 0) -> TaskPreview | None:
