@@ -96,6 +96,8 @@ class Hub:
         """Task changes of a connection's owner; anonymous sockets also look at changes that name no owner
         (start and progress reports), since their own tasks have none."""
         owner, state = data.get("owner"), data.get("state")
+        if isinstance(state, dict) and state.get("template") is not None:
+            return  # a template's task: in no front-door space (comfy_selectors.space), nothing to read
         landed = isinstance(state, dict) and state.get("status") == Task.Status.COMPLETED
         for connection in self._matching(lambda c: c.owner_id == owner):
             self._push(connection, ("task", (str(data.get("id", "")), landed)))

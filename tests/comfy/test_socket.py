@@ -229,3 +229,20 @@ def test_a_completions_event_reads_the_task_with_its_images_in_one_query(django_
     stranger = comfy_ws.Session(UserFactory(), "c1")
     with django_assert_num_queries(2):  # not a task of this space: no images, no task; no frames
         assert stranger.task_changed(str(task.public_id), landed=True) == []
+
+
+def test_a_templates_task_completion_costs_the_sockets_nothing():
+    """A REST task's completion (its landed state names a template) is in no front-door space: the owner's
+    sockets are not woken to read it."""
+
+    class Loop:
+        def call_soon_threadsafe(self, function, *args):
+            function(*args)
+
+    hub = comfy_ws.Hub()
+    connection = comfy_ws.Connection(Loop(), 7, "c1")
+    hub.add(connection)
+    hub.task({"id": "a", "owner": 7, "state": {"status": "completed", "template": "noise-test"}})
+    hub.task({"id": "b", "owner": 7, "state": {"status": "completed", "template": None}})
+    hub.task({"id": "c", "owner": 7})
+    assert list(connection.items) == [("task", ("b", True)), ("task", ("c", False))]
