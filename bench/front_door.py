@@ -15,7 +15,9 @@ Each client keeps one keep-alive HTTP session and one WebSocket (`/ws?clientId=â
 prompt) and sends each prompt with a `prompt_id` of its own choosing, as ComfyUI's documented clients do. Per
 job it records, from the `POST /prompt` call: the first `executing` frame of its prompt, the last frame
 (`executing` with `node: null`), and every image of `/history/{id}` fetched with `/view` ("images in hand").
-The goal (issue 14) is the front door's added p50 of "images in hand" at most 30 ms.
+The goal (issue 14) is the front door's added p50 of "images in hand" at most 30 ms. The stages table says
+where a job's time went: the client's own steps for both, and for the front door also the farm's task
+timestamps (created, leased, started, finished; wall-clock on this one machine).
 """
 
 from __future__ import annotations
@@ -25,27 +27,32 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import requests
 import websocket
 
-from bench.common import pct, save_figures, verdict
+from bench.common import ms, pct, save_figures, verdict
 from bench.farm import Farm
 from bench.latency import JOB_TIME, add_job_options, noise_workflow
 
 ADDED_P50 = 30.0  # ms, the issue's goal for images in hand
 MARKS = ("first executing", "last frame", "images in hand")
+CLIENTS = ("direct", "front door")
 
 
 @dataclass
 class Job:
-    """One job as a client saw it: seconds from the POST /prompt call to each mark."""
+    """One job as a client saw it: seconds from the POST /prompt call to each mark; the wall-clock times
+    (time.time()) of its steps, and the farm's task timestamps for the front door's jobs (stages)."""
 
     client: str
     size: int
     marks: dict[str, float]
+    prompt_id: str = ""
+    wall: dict[str, float] = field(default_factory=dict)
+    task: dict[str, float] = field(default_factory=dict)
 
 
 class ComfyClient:
@@ -62,16 +69,19 @@ class ComfyClient:
 
     def run(self, size: int) -> Job:
         prompt_id = str(uuid.uuid4())
-        began = time.monotonic()
+        began, wall = time.monotonic(), {"began": time.time()}
         body = {"prompt": noise_workflow(size), "client_id": self.client_id, "prompt_id": prompt_id}
         answer = self.session.post(f"{self.url}/prompt", json=body, timeout=30)
+        wall["answered"] = time.time()
         if answer.status_code != 200:
             raise RuntimeError(f"{self.name}: POST /prompt: {answer.status_code} {answer.text[:300]}")
         if answer.json().get("prompt_id") != prompt_id:
             raise RuntimeError(f"{self.name}: the answer names another prompt: {answer.text[:300]}")
         marks = {"first executing": self._until_done(prompt_id, began)}
         marks["last frame"] = time.monotonic() - began
+        wall["last frame"] = time.time()
         entry = self.session.get(f"{self.url}/history/{prompt_id}", timeout=30).json()[prompt_id]
+        wall["history"] = time.time()
         images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
         if not images:
             raise RuntimeError(f"{self.name}: no images in the history of {prompt_id}")
@@ -79,7 +89,8 @@ class ComfyClient:
             params = {k: image[k] for k in ("filename", "subfolder", "type")}
             self.session.get(f"{self.url}/view", params=params, timeout=30).raise_for_status()
         marks["images in hand"] = time.monotonic() - began
-        return Job(self.name, size, marks)
+        wall["images in hand"] = time.time()
+        return Job(self.name, size, marks, prompt_id, wall)
 
     def _until_done(self, prompt_id: str, began: float) -> float:
         """Read frames until this prompt's `executing` with `node: null`; when its first `executing` came."""
@@ -126,11 +137,56 @@ def measure(args: argparse.Namespace) -> list[Job]:
                     if round_ >= args.warmup:
                         jobs.append(job)
             print(f"  {size}x{size}: {args.jobs} jobs per client done", flush=True)
+        _task_times([j for j in jobs if j.client == "front door"])
         return jobs
     finally:
         for client in clients:
             client.close()
         farm.close()
+
+
+def _task_times(jobs: list[Job]) -> None:
+    """The farm's timestamps of the front door's tasks (found by the client's prompt ids)."""
+    from generation.models import Task
+
+    names = ("created_at", "leased_at", "started_at", "finished_at")
+    rows = Task.objects.filter(client_prompt_id__in=[j.prompt_id for j in jobs]).values(
+        "client_prompt_id", *names
+    )
+    found = {row["client_prompt_id"]: row for row in rows}
+    for job in jobs:
+        row = found.get(job.prompt_id, {})
+        job.task = {name[:-3]: row[name].timestamp() for name in names if row.get(name)}
+
+
+def stages(job: Job) -> dict[str, float]:
+    """Seconds in each stage of one job; the farm's stages (task timestamps) for the front door only."""
+    w, t, nan = job.wall, job.task, float("nan")
+    farm = {
+        "  POST sent -> task created": t.get("created", nan) - w["began"],
+        "  task created -> POST answered": w["answered"] - t.get("created", nan),
+        "  created -> leased": t.get("leased", nan) - t.get("created", nan),
+        "  leased -> started": t.get("started", nan) - t.get("leased", nan),
+        "  started -> finished": t.get("finished", nan) - t.get("started", nan),
+        "  finished -> last frame": w["last frame"] - t.get("finished", nan),
+    }
+    return {
+        "POST /prompt answered": w["answered"] - w["began"],
+        **(farm if job.task else {}),
+        "last frame -> /history answered": w["history"] - w["last frame"],
+        "/history -> images in hand (/view)": w["images in hand"] - w["history"],
+    }
+
+
+def print_stages(jobs: list[Job], size: int) -> None:
+    rows = {name: [stages(j) for j in jobs if (j.client, j.size) == (name, size)] for name in CLIENTS}
+    print(f"\n{size}px stages, p50 / p99 ms")
+    for stage in rows["front door"][0]:
+        cells = []
+        for name in CLIENTS:
+            values = [r[stage] for r in rows[name] if stage in r and r[stage] == r[stage]]
+            cells.append(f"{ms(pct(values, 50))} / {ms(pct(values, 99))}" if values else "")
+        print(f"  {stage:<38}" + "".join(f"{cell:>20}" for cell in cells))
 
 
 def report(jobs: list[Job], sizes: list[int]) -> list:
@@ -153,6 +209,8 @@ def report(jobs: list[Job], sizes: list[int]) -> list:
             text = f"{size}px front door {mark}: added p50 (p99 {added[1]:+.1f} ms)"
             goal = ADDED_P50 if mark == "images in hand" else None
             figures.append(Figure("front_door", text, added[0], "ms", "postgres", "<=" if goal else "", goal))
+    for size in sizes:
+        print_stages(jobs, size)
     print("goal:")
     for figure in figures:
         if figure.target is not None:

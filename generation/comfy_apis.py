@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from django.conf import settings
-from django.http import FileResponse, HttpResponse
+from django.http import HttpResponse
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
@@ -65,8 +65,7 @@ def empty_ok() -> HttpResponse:
 
 class PromptApi(ComfyApi):
     def get(self, request: Request) -> Response:
-        running, pending = comfy_selectors.queue(request.user)
-        return Response({"exec_info": {"queue_remaining": len(running) + len(pending)}})
+        return Response({"exec_info": {"queue_remaining": comfy_selectors.queue_remaining(request.user)}})
 
     def post(self, request: Request) -> Response:
         try:
@@ -197,6 +196,10 @@ def _int_param(request: Request, name: str, default: int, *, most: int | None = 
 
 class ViewApi(ComfyApi):
     def get(self, request: Request) -> HttpResponse:
+        """The image's bytes, read here on the view's thread (an image is at most T2I_MAX_IMAGE_BYTES). A
+        FileResponse would stream them, and under ASGI Django reads a file's synchronous iterator on the
+        process's shared thread (all of it, then sends it): one more hop per image, behind the worker calls
+        and socket steps that thread serves."""
         params = request.query_params
         if params.get("type", "output") != "output":
             raise InvalidInput("The farm keeps output images only.", fields={"type": ["Must be output."]})
@@ -206,7 +209,8 @@ class ViewApi(ComfyApi):
         if image is None:
             return HttpResponse(status=404)
         content_type = mimetypes.guess_type(image.file.name)[0] or "application/octet-stream"
-        return FileResponse(image.file.open("rb"), content_type=content_type)
+        with image.file.open("rb") as stored:
+            return HttpResponse(stored.read(), content_type=content_type)
 
 
 class QueueApi(ComfyApi):

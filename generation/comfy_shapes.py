@@ -55,9 +55,9 @@ def image_ref(image: Image) -> dict[str, str]:
     return {"filename": filename, "subfolder": subfolder, "type": "output"}
 
 
-def history_entry(task: Task) -> dict[str, Any] | None:
+def history_entry(task: Task, images: Iterable[Image] | None = None) -> dict[str, Any] | None:
     """A finished task as ComfyUI's history has it; None where ComfyUI keeps nothing (a prompt deleted from
-    the queue before it ran) or the task has not finished."""
+    the queue before it ran) or the task has not finished. Its images are `task.images` unless given."""
     if not task.is_finished or (task.status == Task.Status.CANCELLED and task.started_at is None):
         return None
     prompt_id = prompt_id_of(task)
@@ -66,7 +66,7 @@ def history_entry(task: Task) -> dict[str, Any] | None:
     outputs: dict[str, Any] = {}
     if task.status == Task.Status.COMPLETED:
         socket_nodes = socket_image_nodes(task)
-        for image in sorted(task.images.all(), key=lambda i: i.index):
+        for image in sorted(task.images.all() if images is None else images, key=lambda i: i.index):
             socket_class = socket_nodes.get(image.node_id)
             if socket_class is None:
                 ref = image_ref(image)
@@ -111,10 +111,12 @@ def socket_image_nodes(task: Task) -> dict[str, str]:
     }
 
 
-def socket_images(task: Task) -> list[Image]:
-    """The task's images that its client gets as binary socket frames, in order."""
+def socket_images(task: Task, images: Iterable[Image] | None = None) -> list[Image]:
+    """The task's images (`task.images` unless given) that its client gets as binary socket frames, in
+    order."""
     nodes = socket_image_nodes(task)
-    return [image for image in sorted(task.images.all(), key=lambda i: i.index) if image.node_id in nodes]
+    found = task.images.all() if images is None else images
+    return [image for image in sorted(found, key=lambda i: i.index) if image.node_id in nodes]
 
 
 def image_format(image: Image) -> str:

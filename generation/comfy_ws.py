@@ -30,7 +30,6 @@ from urllib.parse import parse_qs
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import prefetch_related_objects
 from django.http import HttpRequest
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import AuthenticationFailed
@@ -38,7 +37,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from generation import comfy_keys, comfy_selectors, comfy_shapes, dispatch
-from generation.models import ApiToken, Task
+from generation.models import ApiToken, Image, Task
 from generation.services.api_tokens import api_token_user
 from generation.services.frames import EVENT, PREVIEW
 from generation.steps import step
@@ -96,9 +95,12 @@ class Hub:
     def task(self, data: dict[str, Any]) -> None:
         """Task changes of a connection's owner; anonymous sockets also look at changes that name no owner
         (start and progress reports), since their own tasks have none."""
-        owner = data.get("owner")
+        owner, state = data.get("owner"), data.get("state")
+        if isinstance(state, dict) and state.get("template") is not None:
+            return  # a template's task: in no front-door space (comfy_selectors.space), nothing to read
+        landed = isinstance(state, dict) and state.get("status") == Task.Status.COMPLETED
         for connection in self._matching(lambda c: c.owner_id == owner):
-            self._push(connection, ("task", str(data.get("id", ""))))
+            self._push(connection, ("task", (str(data.get("id", "")), landed)))
 
     def _push(self, connection: Connection, item: tuple[str, Any]) -> None:
         try:
@@ -143,7 +145,7 @@ async def serve(scope: dict, receive, send) -> None:
                     # The task is read as it is now, maybe ended since this event: the worker's frames that
                     # came meanwhile go first, before its end frames close the prompt.
                     frames = [f for batch in _take_frames(connection.items) for f in session.relayed(batch)]
-                    frames += await step(session.task_changed)(value)
+                    frames += await step(session.task_changed)(*value)
                 for frame in frames:
                     if isinstance(frame, dict) and frame["type"] == PREVIEW:  # stored by the worker: read it
                         frame = await step(session.preview)(frame["data"])
@@ -245,45 +247,50 @@ class Session:
         ]
 
     def status(self, *, sid: bool = False) -> dict[str, Any]:
-        running, pending = comfy_selectors.queue(self.user)
-        self.remaining = len(running) + len(pending)
+        self.remaining = comfy_selectors.queue_remaining(self.user)
         data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": self.remaining}}}
         if sid:
             data["sid"] = self.client_id
         return {"type": "status", "data": data}
 
-    def task_changed(self, task_id: str) -> list[dict[str, Any] | bytes]:
+    def task_changed(self, task_id: str, landed: bool = False) -> list[dict[str, Any] | bytes]:
         """A task of this space changed: its end frames if it is this client's and just ended, and a status
-        frame when the queue count moved."""
+        frame when the queue count moved. `landed`: the event was a completion's, so the task is read with
+        its images in one query."""
+        images = None
         try:
-            task = comfy_selectors.space(self.user).filter(public_id=task_id).first()
+            if landed:
+                task, images = comfy_selectors.landed_entry(self.user, task_id)
+            else:
+                task = comfy_selectors.task_entry(self.user, task_id)
         except (ValidationError, ValueError):  # a malformed id from the event channel
             return []
         if task is None:
             return []
         frames: list[dict[str, Any] | bytes] = []
         if task.client_id == self.client_id and task.is_finished:
-            prefetch_related_objects([task], "images")  # only the end frames name them
-            frames = self.end_frames(task)
+            if images is None:
+                images = list(task.images.only(*comfy_selectors.IMAGE_FIELDS))  # only end frames name them
+            frames = self.end_frames(task, images)
         before = self.remaining
         status = self.status()
         if frames or status["data"]["status"]["exec_info"]["queue_remaining"] != before:
             frames.insert(len(frames) - 1 if frames else 0, status)
         return frames
 
-    def end_frames(self, task: Task) -> list[dict[str, Any] | bytes]:
+    def end_frames(self, task: Task, images: list[Image]) -> list[dict[str, Any] | bytes]:
         """The images of its socket image nodes (SaveImageWebsocket) as binary frames, executed per output
         node, the terminal frame and executing null, once per prompt (history's rule: a prompt deleted before
         it ran ends without a trace)."""
         prompt_id = comfy_shapes.prompt_id_of(task)
-        entry = comfy_shapes.history_entry(task)
+        entry = comfy_shapes.history_entry(task, images)
         if prompt_id in self.ended or entry is None:
             return []
         self.ended.add(prompt_id)
         self.previews.pop(str(task.public_id), None)
         frames: list[dict[str, Any] | bytes] = [
             binary_image_frame(comfy_shapes.image_format(image), _read(image))
-            for image in comfy_shapes.socket_images(task)
+            for image in comfy_shapes.socket_images(task, images)
         ]
         frames += [
             {

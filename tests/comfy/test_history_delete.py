@@ -51,7 +51,7 @@ def test_delete_takes_the_prompt_out_of_history_and_keeps_its_images(api, user, 
     # Nothing else is lost: the images, their files, /view, the REST API and the web page still have them.
     assert Image.objects.filter(task=gone).count() == 1 and media_files() == files
     view = api.get(f"{base}/view", ref)
-    assert view.status_code == HTTPStatus.OK and b"".join(view.streaming_content) == png_bytes(16, 16)
+    assert view.status_code == HTTPStatus.OK and view.content == png_bytes(16, 16)
     detail = api.get(f"/api/v1/tasks/{gone.public_id}/")
     assert detail.status_code == HTTPStatus.OK and len(detail.json()["images"]) == 1
     web = Client()

@@ -213,3 +213,36 @@ def _closing(function, *args) -> None:
         function(*args)
     finally:
         connection.close()
+
+
+def test_a_completions_event_reads_the_task_with_its_images_in_one_query(django_assert_num_queries):
+    user = UserFactory(username="ann")
+    worker, _ = make_worker()
+    fields = {"workflow": two_outputs(), "client_prompt_id": "p1", "client_id": "c1"}
+    task, _ = services.comfy_prompt_submit(owner=user, **fields)
+    relay_and_complete(worker, task)
+    with django_assert_num_queries(2):  # the images with their task, the queue count
+        frames = comfy_ws.Session(user, "c1").task_changed(str(task.public_id), landed=True)
+    assert [f["type"] for f in frames] == ["executed", "executed", "execution_success", "status", "executing"]
+    with django_assert_num_queries(3):  # another change: the task, then its images as it has ended, the count
+        assert comfy_ws.Session(user, "c1").task_changed(str(task.public_id)) == frames
+    stranger = comfy_ws.Session(UserFactory(), "c1")
+    with django_assert_num_queries(2):  # not a task of this space: no images, no task; no frames
+        assert stranger.task_changed(str(task.public_id), landed=True) == []
+
+
+def test_a_templates_task_completion_costs_the_sockets_nothing():
+    """A REST task's completion (its landed state names a template) is in no front-door space: the owner's
+    sockets are not woken to read it."""
+
+    class Loop:
+        def call_soon_threadsafe(self, function, *args):
+            function(*args)
+
+    hub = comfy_ws.Hub()
+    connection = comfy_ws.Connection(Loop(), 7, "c1")
+    hub.add(connection)
+    hub.task({"id": "a", "owner": 7, "state": {"status": "completed", "template": "noise-test"}})
+    hub.task({"id": "b", "owner": 7, "state": {"status": "completed", "template": None}})
+    hub.task({"id": "c", "owner": 7})
+    assert list(connection.items) == [("task", ("b", True)), ("task", ("c", False))]
