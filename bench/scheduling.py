@@ -15,6 +15,10 @@ Farms (issue 15): "mixed" = 8 workers (2 fast x2, 4 normal, 2 slow x0.5), all ho
 round-robin), users 2 and 3 one task every 3 s (seeded). "mixed-64" = the same mix scaled to 64 workers and
 10,000 flood tasks. "uniform" = 8 identical workers, one checkpoint.
 
+The replay's workers ask when they are free and run each job in exactly its true time. `--prefetch-lead S`
+makes them hold a prefetched task as the daemons do (prefetch 2: the next is asked for when the running one
+ends within S seconds), `--jitter X` makes each run take its true time x (1 +- up to X), seeded by `--seed`.
+
 `--live` runs the mixed farm on real processes instead (bench.scheduling_live; its flags follow).
 """
 
@@ -50,6 +54,8 @@ class SimWorker:
     busy_until: float = 0.0
     running: Job | None = None
     started: float = 0.0
+    next: Job | None = None  # prefetched: held behind the running job (the daemons' prefetch 2)
+    prefetch_at: float = -1.0  # when the running job's prefetch is due
     learned: dict[str, tuple[float, int]] = field(default_factory=dict)  # checkpoint -> (spu, samples)
     switch_learned: tuple[float | None, int] = (None, 0)
     busy: list[tuple[float, float, int | None, int]] = field(default_factory=list)  # start, end, user, job
@@ -126,17 +132,28 @@ def arrivals(farm: Farm, seed: int = 1) -> list[tuple[float, Job]]:
     return [(t, job._replace(id=next(ids)) if job.id == 0 else job) for t, job in out]
 
 
+def held(worker: SimWorker, now: float) -> list[tuple[Job, float]]:
+    """The worker's running and prefetched jobs with their expected ends, as the scheduler sees them: from
+    learned costs only (the defaults until it has finished work)."""
+    rates = {c: spu for c, (spu, _) in worker.learned.items()}
+    default = statistics.fmean(rates.values()) if rates else placement.DEFAULT_SECONDS_PER_UNIT
+    switch = worker.switch_learned[0] or placement.DEFAULT_SWITCH_SECONDS
+    out, end, warm = [], worker.started, worker.warm
+    for job in (worker.running, worker.next):
+        if job is None:
+            break
+        end += job.work * rates.get(job.checkpoint, default) + (switch if job.checkpoint != warm else 0.0)
+        end, warm = max(now, end), job.checkpoint
+        out.append((job, end))
+    return out
+
+
 def node_of(worker: SimWorker, now: float) -> Node:
     """The worker as the scheduler sees it: learned costs only (the defaults until it has finished work)."""
     rates = {c: spu for c, (spu, _) in worker.learned.items()}
     default = statistics.fmean(rates.values()) if rates else placement.DEFAULT_SECONDS_PER_UNIT
-    free_at, warm = now, worker.warm
-    if worker.running is not None:
-        expected = worker.running.work * rates.get(worker.running.checkpoint, default)
-        if worker.running.checkpoint != worker.warm:
-            expected += worker.switch_learned[0] or placement.DEFAULT_SWITCH_SECONDS
-        free_at = max(now, worker.started + expected)
-        warm = worker.running.checkpoint
+    holds = held(worker, now)
+    free_at, warm = (holds[-1][1], holds[-1][0].checkpoint) if holds else (now, worker.warm)
     switch = worker.switch_learned[0]
     return Node(
         id=worker.id,
@@ -195,7 +212,19 @@ class Queue:
         return head + sorted(others, key=lambda j: j.id)[:size]
 
 
-def simulate(farm: Farm, smart: bool, learned: bool = True) -> Result:
+@dataclass(frozen=True)
+class Daemons:
+    """How the simulated workers behave beyond the farm's truth. `lead`: each also holds a prefetched task, as
+    the daemons do (prefetch 2), asking for it when the running one ends within `lead` seconds (None: no
+    prefetch, a worker asks when it is free). `jitter`: each run takes its true time x (1 +- up to this
+    share), drawn from `seed` (0: exactly its true time)."""
+
+    lead: float | None = None
+    jitter: float = 0.0
+    seed: int = 0
+
+
+def simulate(farm: Farm, smart: bool, learned: bool = True, daemons: Daemons = Daemons()) -> Result:
     """One run. `learned`: the farm has run before, so its speeds and switch costs are learned (ten earlier
     jobs per worker and checkpoint, and ten switches, through the same EWMA); else it starts from defaults."""
     workers = [
@@ -223,7 +252,22 @@ def simulate(farm: Farm, smart: bool, learned: bool = True) -> Result:
     predicted: dict[int, float] = {}
     switches = 0
     choice_seconds: list[float] = []
-    idle = list(workers)
+    asking = list(workers)  # idle workers, and busy ones whose prefetch is due: longest waiting first
+    noise = random.Random(daemons.seed)
+
+    def start(worker: SimWorker, job: Job, now: float) -> None:
+        nonlocal switches
+        switches += job.checkpoint != worker.warm
+        worker.running, worker.started = job, now
+        started_at[job.id] = now
+        seconds = worker.true_seconds(job)
+        if daemons.jitter:
+            seconds *= 1 + noise.uniform(-daemons.jitter, daemons.jitter)
+        heapq.heappush(events, (now + seconds, 1, worker.id - 1))
+        if daemons.lead is not None:  # the daemon asks for the next task when this one ends within its lead
+            worker.prefetch_at = max(now, now + seconds - daemons.lead)
+            heapq.heappush(events, (worker.prefetch_at, 3, worker.id - 1))
+
     while events:
         now, kind, ref = heapq.heappop(events)
         if kind == 2:
@@ -241,7 +285,7 @@ def simulate(farm: Farm, smart: bool, learned: bool = True) -> Result:
             if events and events[0][0] == now and events[0][1] == 0:
                 continue  # the rest of a burst first, then one ETA for all of it
             _predict(queue, workers, share, now, predicted)
-        else:
+        elif kind == 1:
             worker = workers[ref]
             job = worker.running
             seconds = now - worker.started
@@ -250,24 +294,33 @@ def simulate(farm: Farm, smart: bool, learned: bool = True) -> Result:
             worker.warm, worker.running = job.checkpoint, None
             finished_at[job.id] = now
             share.charge(job.user, seconds, now)
-            idle.append(worker)
-        still_idle = []
-        for worker in idle:  # longest idle first, as the waiting room wakes them
+            if worker.next is not None:
+                job, worker.next = worker.next, None
+                start(worker, job, now)
+            elif worker not in asking:
+                asking.append(worker)
+        else:  # kind 3: a busy worker's prefetch is due
+            worker = workers[ref]
+            if worker.prefetch_at != now or worker.next is not None or worker in asking:
+                continue
+            asking.append(worker)
+        still_asking = []
+        for worker in asking:
             if not queue.all:
-                still_idle.append(worker)
+                still_asking.append(worker)
                 continue
             t0 = time.perf_counter()
             job = _choose(worker, workers, queue, share, now) if smart else _first(worker, queue)
             choice_seconds.append(time.perf_counter() - t0)
             if job is None:
-                still_idle.append(worker)
+                still_asking.append(worker)  # it asks again at the next event
                 continue
             queue.remove(job)
-            switches += job.checkpoint != worker.warm
-            worker.running, worker.started = job, now
-            started_at[job.id] = now
-            heapq.heappush(events, (now + worker.true_seconds(job), 1, worker.id - 1))
-        idle = still_idle
+            if worker.running is None:
+                start(worker, job, now)
+            else:
+                worker.next = job
+        asking = still_asking
     timings = Timings(submitted, started_at, finished_at, predicted, shown)
     return _measure(workers, flood_ids, timings, switches, choice_seconds)
 
@@ -292,13 +345,14 @@ class Share:
         old = placement.decayed(self.usage.get(user, 0.0), now - self.at.get(user, now))
         self.usage[user], self.at[user] = old + seconds, now
 
-    def recent(self, workers: list[SimWorker], nodes: list[Node], now: float) -> tuple[dict, dict]:
+    def recent(self, workers: list[SimWorker], now: float) -> tuple[dict, dict]:
         usage = {u: placement.decayed(v, now - self.at[u]) for u, v in self.usage.items()}
         served = dict(self.at)
-        for w, n in zip(workers, nodes, strict=True):  # running work counts for its owner, served now
-            if w.running is not None:
-                usage[w.running.user] = usage.get(w.running.user, 0.0) + max(0.0, n.free_at - now)
-                served[w.running.user] = now
+        for w in workers:  # held work (what is left of it) counts for its owner, served now
+            begin = now
+            for job, end in held(w, now):
+                usage[job.user] = usage.get(job.user, 0.0) + max(0.0, end - begin)
+                served[job.user], begin = now, end
         return usage, served
 
 
@@ -310,7 +364,7 @@ def _choose(
     worker: SimWorker, workers: list[SimWorker], queue: Queue, share: Share, now: float
 ) -> Job | None:
     nodes = [node_of(w, now) for w in workers]
-    usage, served = share.recent(workers, nodes, now)
+    usage, served = share.recent(workers, now)
     ordered = placement.order_jobs(
         queue.window(placement.window_size(len(workers))),
         now=now,
@@ -327,7 +381,7 @@ def _estimates(queue: Queue, workers: list[SimWorker], share: Share, now: float)
     flowing through the farm's learned speed after that, stretched by the share of the farm that other users'
     recent arrivals will take first (generation.eta does the same)."""
     nodes = [node_of(w, now) for w in workers]
-    usage, served = share.recent(workers, nodes, now)
+    usage, served = share.recent(workers, now)
     ordered = placement.order_jobs(
         queue.all.values(), now=now, usage=usage, served_at=served, job_seconds=JOB_SECONDS
     )
@@ -449,10 +503,13 @@ ROWS = [
 ]
 
 
-def report(farm: Farm, learned: bool = True) -> tuple[Result, Result]:
+def report(farm: Farm, learned: bool = True, daemons: Daemons = Daemons()) -> tuple[Result, Result]:
     t0 = time.perf_counter()
-    fifo, smart = simulate(farm, smart=False, learned=learned), simulate(farm, smart=True, learned=learned)
+    fifo = simulate(farm, smart=False, learned=learned, daemons=daemons)
+    smart = simulate(farm, smart=True, learned=learned, daemons=daemons)
     costs = "learned costs" if learned else "cold start: nothing learned yet"
+    if daemons != Daemons():
+        costs += f", prefetch lead {daemons.lead} s, run times +-{daemons.jitter:.0%} (seed {daemons.seed})"
     print(f"\n{farm.name}, {costs} (replayed in {time.perf_counter() - t0:.1f} s)")
     print(f"  {'':30} {'FIFO':>10} {'smart':>10} {'change':>9}")
     for label, attr, fmt in ROWS:
@@ -535,6 +592,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--live", action="store_true", help="run the mixed farm for real instead (bench.scheduling_live)"
     )
+    parser.add_argument(
+        "--prefetch-lead",
+        type=float,
+        help="workers also hold a prefetched task, asked for this many seconds before the running one ends",
+    )
+    parser.add_argument("--jitter", type=float, default=0.0, help="each run's time x (1 +- up to this share)")
+    parser.add_argument("--seed", type=int, default=0, help="the jitter's seed")
     args, rest = parser.parse_known_args(argv)
     if args.live:
         from bench import scheduling_live
@@ -542,10 +606,11 @@ def main(argv: list[str] | None = None) -> int:
         return scheduling_live.main(rest + (["--json", str(args.json)] if args.json else []))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    mixed8 = report(mixed())
-    report(mixed(), learned=False)
-    big = None if args.quick else report(mixed(scale=8, flood=10_000))
-    same = report(uniform())
+    daemons = Daemons(lead=args.prefetch_lead, jitter=args.jitter, seed=args.seed)
+    mixed8 = report(mixed(), daemons=daemons)
+    report(mixed(), learned=False, daemons=daemons)
+    big = None if args.quick else report(mixed(scale=8, flood=10_000), daemons=daemons)
+    same = report(uniform(), daemons=daemons)
     choice_ms = choice_cost()
     print(f"\nplacement choice with 10,000 queued tasks and 500 workers: {choice_ms:.2f} ms per ask")
     if args.json:

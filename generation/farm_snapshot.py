@@ -308,7 +308,7 @@ def snapshot(
     # workers in the query (held tasks are at most the live workers' prefetch depth, plus a few of workers
     # that just went away and are not yet reaped).
     held_rows = held_rows.order_by("worker_id", "leased_at", "id").values_list(
-        "worker_id", *JOB_FIELDS, "started_at"
+        "worker_id", "worker__warm_checkpoint", *JOB_FIELDS, "started_at"
     )
     running_seconds: dict[int | None, float] = defaultdict(float)
     held: dict[int, list[tuple[Job, float]]] = defaultdict(list)
@@ -316,7 +316,11 @@ def snapshot(
         worker_id = row[0]
         if worker_id not in free:
             continue
-        job = job_of(row[1:-1], stamp)  # held: when it was queued no longer matters
+        if worker_id not in held:
+            # What it has loaded now (the checkpoint of its last completed task): the live list is cached and
+            # may predate a completion, which would charge its running task a switch it does not make.
+            warm[worker_id] = row[1]
+        job = job_of(row[2:-1], stamp)  # held: when it was queued no longer matters
         seconds = statics[worker_id].costs.run_seconds(job, warm[worker_id])
         if row[-1] is not None:
             seconds = max(0.0, seconds - (stamp - row[-1].timestamp()))

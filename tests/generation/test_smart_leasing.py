@@ -130,6 +130,20 @@ def test_a_leases_farm_holds_the_asker_and_its_competitors_and_counts_everyones_
     assert len(busy_only.nodes) == 4 and set(busy_only.nodes) - {pool[4].pk} < busy  # 3 of the 4 busy ones
 
 
+def test_a_busy_workers_warm_model_comes_with_its_held_work_not_from_the_cached_live_list():
+    (worker,) = workers(OTHER)  # its row: it just finished a task on OTHER (its switch) and runs another
+    task = submit_task(checkpoint=OTHER)
+    assert lease(worker).task.pk == task.pk
+    # the live workers as a process cached them a moment ago, before that completion
+    cached = farm_snapshot.LiveWorker(worker.pk, worker.registered_at, CHECKPOINT, worker.inventory_at)
+    now = timezone.now()
+    farm = farm_snapshot.snapshot(now=now, workers=[cached])
+    node = farm.nodes[worker.pk]
+    run = placement.DEFAULT_SECONDS_PER_UNIT * placement.work_units(64, 64, task.steps, task.batch_size)
+    assert node.free_at - now.timestamp() == pytest.approx(run)  # no switch: OTHER is loaded already
+    assert node.warm == OTHER
+
+
 def test_fifo_setting_keeps_the_old_rule(settings):
     settings.T2I = {**settings.T2I, "SCHEDULER": "fifo"}
     on_a, _ = workers(CHECKPOINT, OTHER)
