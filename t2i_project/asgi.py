@@ -20,7 +20,7 @@ django.setup(set_prefix=False)
 
 from generation import comfy_keys  # noqa: E402  (after django.setup)
 from generation.steps import step  # noqa: E402
-from workers_app import long_poll, waiting  # noqa: E402
+from workers_app import long_poll  # noqa: E402
 
 # Requests that wait (lease long polls, event streams), and short worker calls (a few queries, no files; at a
 # busy farm's rate, progress once a second per GPU, making and joining a thread per request was a fifth of
@@ -117,10 +117,7 @@ class Handler(ASGIHandler):
             # Each attempt in one hop to the shared thread, which gives its connection back: none is held
             # while the request waits.
             attempt = step(self.synchronous.get_response)
-            announced = waiting.room.announced  # work announced after this may escape the attempt's look
-            response = await attempt(request)
-            again = lambda: attempt(request)  # noqa: E731
-            return await long_poll.wait_for_work(request, response, again, announced=announced)
+            return await long_poll.attempt_then_wait(request, lambda: attempt(request))
         if on_shared_thread(request.path_info):
             return await sync_to_async(self.synchronous.get_response)(request)
         return await sync_to_async(

@@ -37,10 +37,7 @@ def long_poll(view_class: type[LeaseApi]) -> Callable[..., Any]:
     attempt = step(synchronous)
 
     async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        announced = waiting.room.announced  # work announced after this may escape the first attempt's look
-        response = await attempt(request, *args, **kwargs)
-        again = lambda: attempt(request, *args, **kwargs)  # noqa: E731
-        return await wait_for_work(request, response, again, announced=announced)
+        return await attempt_then_wait(request, lambda: attempt(request, *args, **kwargs))
 
     view.synchronous_attempt = synchronous  # type: ignore[attr-defined]
     # What DRF's as_view() leaves on its view, for the URL resolver, CSRF and the schema generator.
@@ -48,6 +45,16 @@ def long_poll(view_class: type[LeaseApi]) -> Callable[..., Any]:
     view.initkwargs = {}  # type: ignore[attr-defined]
     view.csrf_exempt = True  # type: ignore[attr-defined]
     return view
+
+
+async def attempt_then_wait(
+    request: HttpRequest, attempt: Callable[[], Awaitable[HttpResponse]]
+) -> HttpResponse:
+    """A lease request: its first `attempt`, then, when that found nothing, its wait for work
+    (`wait_for_work`, which calls `attempt` again for each wake-up)."""
+    announced = waiting.room.announced  # work announced after this may escape the first attempt's look
+    response = await attempt()
+    return await wait_for_work(request, response, attempt, announced=announced)
 
 
 async def wait_for_work(
