@@ -19,7 +19,24 @@ from generation.models import (
 )
 
 
-class TaskSubmitInput(serializers.ModelSerializer):
+class FieldsBuiltOnce:
+    """For a ModelSerializer: its fields built once per class and `fields_key()`, then copied for each
+    instance (as a plain Serializer copies its declared ones). ModelSerializer builds them from the model on
+    every instantiation, which cost more than the rest of a status read."""
+
+    def fields_key(self) -> str:
+        """What the fields depend on beyond the class (nothing, unless a subclass says)."""
+        return ""
+
+    def get_fields(self) -> dict:
+        cls, key = type(self), self.fields_key()
+        built = cls.__dict__.get("_built_fields")
+        if built is None or built[0] != key:  # the first, or what they depend on changed
+            built = cls._built_fields = (key, super().get_fields())
+        return copy.deepcopy(built[1])
+
+
+class TaskSubmitInput(FieldsBuiltOnce, serializers.ModelSerializer):
     """A task as a submit asks for it: the model's input fields (their types, lengths and defaults) and the
     template by name. Types, and the farm's limits so that the schema shows them (get_extra_kwargs);
     generation.services checks every rule, the limits included, for every caller."""
@@ -46,15 +63,9 @@ class TaskSubmitInput(serializers.ModelSerializer):
             "negative_prompt": {"trim_whitespace": False},
         }
 
-    def get_fields(self) -> dict:
-        """ModelSerializer's fields, built once per set of limits (as ModelOutput builds its own once)."""
-        cls = type(self)
-        key = repr(self.get_extra_kwargs())
-        fields = cls.__dict__.get("_built_by_limits", {}).get(key)
-        if fields is None:  # the first, or the limits changed (settings): keep only the current ones
-            fields = super().get_fields()
-            cls._built_by_limits = {key: fields}
-        return copy.deepcopy(fields)
+    def fields_key(self) -> str:
+        """The fields carry the farm's limits (settings): built again when they change."""
+        return repr(self.get_extra_kwargs())
 
     def get_extra_kwargs(self) -> dict:
         """Meta.extra_kwargs plus the farm's limits (generation.limits, read from settings on each use): the
@@ -72,16 +83,8 @@ class TaskSubmitInput(serializers.ModelSerializer):
         return extra
 
 
-class ModelOutput(serializers.ModelSerializer):
-    """An answer described by a model's fields. ModelSerializer builds its fields from the model on every
-    instantiation, which cost more than the rest of a status read; an answer's fields depend on its class
-    alone, so they are built once per class and copied, as a plain Serializer copies its declared ones."""
-
-    def get_fields(self) -> dict:
-        cls = type(self)
-        if "_built_fields" not in cls.__dict__:
-            cls._built_fields = super().get_fields()
-        return copy.deepcopy(cls._built_fields)
+class ModelOutput(FieldsBuiltOnce, serializers.ModelSerializer):
+    """An answer described by a model's fields, which depend on its class alone (FieldsBuiltOnce)."""
 
     def _absolute(self, url: str) -> str:
         """`url` as the request's host names it (the path alone without a request)."""
