@@ -278,6 +278,20 @@ def test_a_retried_tasks_completion_leaves_its_streams_to_read_its_attempts(monk
     assert "state" not in published[-1]
 
 
+def counting_reads(monkeypatch) -> list[str]:
+    """The status of every task a stream reads (its first events and each change without the task's JSON)."""
+    read: list[str] = []
+
+    def task_event(request, user, task_id):
+        event = apis.task_event.__wrapped__(request, user, task_id)
+        read.append(event["status"])
+        return event
+
+    task_event.__wrapped__ = apis.task_event
+    monkeypatch.setattr(apis, "task_event", task_event)
+    return read
+
+
 def test_a_stream_sends_the_completed_task_from_its_event_without_reading_it(monkeypatch):
     """The task runs before the stream opens, so the completion's is the only change the stream hears: a
     start or progress event arriving late would be read, and may read the task completed by then."""
@@ -289,15 +303,7 @@ def test_a_stream_sends_the_completed_task_from_its_event_without_reading_it(mon
     services.task_start(**lease)
     services.task_report_progress(**lease, value=5, maximum=10)
     monkeypatch.setattr(streams, "FALLBACK_SECONDS", 3600.0)  # no look of its own meanwhile
-    read = []
-
-    def task_event(request, user, task_id):
-        event = apis.task_event.__wrapped__(request, user, task_id)
-        read.append(event["status"])
-        return event
-
-    task_event.__wrapped__ = apis.task_event
-    monkeypatch.setattr(apis, "task_event", task_event)
+    read = counting_reads(monkeypatch)
     client = client_for(user)
 
     async def follow() -> list[dict]:
@@ -313,20 +319,6 @@ def test_a_stream_sends_the_completed_task_from_its_event_without_reading_it(mon
     seen = asyncio.run(follow())
     assert seen[-1]["status"] == "completed" and "completed" not in read
     assert seen[-1] == json.loads(json.dumps(as_read(task, RequestFactory().get("/"))))
-
-
-def counting_reads(monkeypatch) -> list[str]:
-    """The status of every task a stream reads (its first events and each change without the task's JSON)."""
-    read: list[str] = []
-
-    def task_event(request, user, task_id):
-        event = apis.task_event.__wrapped__(request, user, task_id)
-        read.append(event["status"])
-        return event
-
-    task_event.__wrapped__ = apis.task_event
-    monkeypatch.setattr(apis, "task_event", task_event)
-    return read
 
 
 def test_changes_in_a_burst_wait_for_one_read_and_a_final_change_goes_out_at_once(monkeypatch):
