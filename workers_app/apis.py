@@ -227,6 +227,14 @@ class LeaseOutput(serializers.Serializer):
         "fetch each (POST tasks/{id}/inputs/{sha256}) and upload it to ComfyUI (/upload/image) first.",
     )
 
+    expected_seconds = serializers.FloatField(
+        source="attempt.expected_seconds",
+        allow_null=True,
+        help_text="Seconds the scheduler expects this task to take here from ComfyUI's start to its end, "
+        "model switch included (its learned costs; null when it has none): a daemon goes by it until the "
+        "sampler's pace is known, to ask for the next task just in time.",
+    )
+
     def get_relay_frames(self, lease) -> bool:
         return bool(lease.task.client_id)
 

@@ -73,7 +73,8 @@ async def wait_for_work(
     if pending is None or pending.seconds <= 0:
         return response
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + spread(pending.seconds)
+    started = loop.time()
+    deadline = started + spread(pending.seconds)
     waiter = waiting.Waiter(pending.worker_id, pending.checkpoints, loop, warm=pending.warm)
     try:
         waiting.room.enter(waiter, limit=pending.limit, announced=announced)
@@ -92,6 +93,8 @@ async def wait_for_work(
             nothing: PendingWait | None = getattr(answer, "pending_wait", None)
             if nothing is None:
                 unused = None
+                # How long this request waited, which is not what getting a task costs (the daemon's lead).
+                answer["Server-Timing"] = f"wait;dur={(loop.time() - started) * 1000:.1f}"
                 return answer
             waiting.room.rearm(waiter)
             event, unused = unused, None

@@ -435,10 +435,12 @@ DROP = 0  # a canned status: the fake scheduler reads the request and closes the
 
 class FakeSchedulerServer:
     """Routes ``POST path`` to canned ``(status, body)`` answers and records every request. Answers carry
-    ``T2I-Protocol: <protocol>`` unless ``protocol`` is None. ``start()`` it; ``stop()`` it."""
+    ``T2I-Protocol: <protocol>`` unless ``protocol`` is None, and the ``headers`` given for their path.
+    ``start()`` it; ``stop()`` it."""
 
     def __init__(self, protocol: str | None = "2") -> None:
         self.answers: dict[str, list[tuple[int, Any]]] = {}
+        self.headers: dict[str, dict[str, str]] = {}
         self.requests: list[dict[str, Any]] = []
         self.protocol = protocol
         fake = self
@@ -460,6 +462,8 @@ class FakeSchedulerServer:
                 self.send_header("Content-Length", str(len(data)))
                 if fake.protocol is not None:
                     self.send_header(PROTOCOL_HEADER, fake.protocol)
+                for name, value in fake.headers.get(path, {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 

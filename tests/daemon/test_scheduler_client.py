@@ -21,6 +21,7 @@ from workers_app.daemon.scheduler import (
     SchedulerError,
     SchedulerUnavailable,
     WorkerDisabled,
+    server_wait,
 )
 
 TOKEN = "s3cret-worker-token"
@@ -89,6 +90,34 @@ def test_lease_returns_the_task(server, client):
     assert (lease.task_id, lease.lease_token, lease.attempt, lease.workflow) == (TASK, "lt", 2, {"1": {}})
     assert server.json()["wait"] == 30  # clamped to the API's 0..30
     assert "lt" not in repr(lease)
+
+
+def test_a_lease_answer_tells_its_expected_seconds_and_how_long_it_waited(server, client):
+    body = {"task_id": TASK, "lease_token": "lt", "workflow": {"1": {}}, "expected_seconds": 4.5}
+    server.answers["lease"] = [(200, body), (200, {**body, "expected_seconds": None})]
+    server.headers["lease"] = {"Server-Timing": "db;dur=2, wait;dur=1250.5"}
+    lease = client.lease(wait=3, prefetch=True)
+    assert (lease.expected_seconds, lease.waited) == (4.5, pytest.approx(1.2505))
+    server.headers["lease"] = {}
+    lease = client.lease(wait=3, prefetch=True)
+    assert (lease.expected_seconds, lease.waited) == (None, 0.0)  # no learned costs; answered at once
+
+
+@pytest.mark.parametrize(
+    "header,seconds",
+    [
+        ("wait;dur=250", 0.25),
+        ('wait;desc="long poll";dur="1500"', 1.5),
+        ("cache;dur=3, wait ; dur = 40", 0.04),
+        ("waiting;dur=250", 0.0),  # another metric
+        ("wait", 0.0),  # no duration
+        ("wait;dur=soon", 0.0),  # not a number
+        ("wait;dur=-5", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_the_wait_is_read_off_the_server_timing_header(header, seconds):
+    assert server_wait(header) == pytest.approx(seconds)
 
 
 def test_start_and_progress_return_the_cancel_flag(server, client):

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 
@@ -517,6 +518,28 @@ def test_the_next_task_is_asked_for_when_the_running_one_ends_within_the_lead(re
     assert worker._prefetch_due([control, TaskControl(make_lease(2))], now=now) is True  # one queued already
 
 
+def test_until_the_sampler_has_a_pace_the_end_is_the_one_the_scheduler_expects():
+    control = TaskControl(make_lease(1, expected_seconds=6.0))
+    assert control.time_left(now=100.0) is None  # not started in ComfyUI yet
+    control.note_start(now=100.0)
+    assert control.time_left(now=101.0) == pytest.approx(5.0)  # a model load: no sampler reports yet
+    control.note_progress(1, 20, now=103.0)
+    control.note_progress(11, 20, now=104.0)  # the sampler's pace: 10 steps a second, 0.9 s to go
+    assert control.time_left(now=104.0) == pytest.approx(0.9)
+    control.note_progress(1, 10, now=104.5)  # another sampler, no pace yet: the expected end again
+    assert control.time_left(now=104.5) == pytest.approx(1.5)
+    assert control.time_left(now=107.0) == 0.0  # later than expected: due
+
+
+@pytest.mark.parametrize("now,due", [(100.5, False), (102.5, False), (106.5, False), (108.5, True)])
+def test_a_model_switch_does_not_make_the_next_task_due_early(now, due):
+    """A switch has no sampler pace; the lease's expected seconds (switch included) say when it ends."""
+    worker = make_worker(FakeComfy(), FakeScheduler(), prefetch_lead=2.0)
+    control = TaskControl(make_lease(1, expected_seconds=10.0))
+    control.note_start(now=100.0)
+    assert worker._prefetch_due([control], now=now) is due
+
+
 def test_a_running_task_without_pace_gets_the_next_one_asked_for_after_the_lead():
     comfy = FakeComfy(auto_finish=False)
     sched = FakeScheduler([make_lease(1), make_lease(2)])
@@ -560,3 +583,15 @@ def test_the_prefetch_lead_is_what_getting_a_task_takes_here_with_a_margin(answe
     worker = make_worker(FakeComfy(), FakeScheduler(), prefetch_lead=most)
     worker._prefetch_answers.extend(answers)
     assert worker.prefetch_lead == pytest.approx(lead)
+
+
+def test_the_time_a_prefetch_lease_waited_for_work_is_not_counted_in_the_lead():
+    sched = FakeScheduler([replace(make_lease(1), waited=0.25), make_lease(2)])
+    worker = make_worker(FakeComfy(), sched, prefetch_lead=30.0)
+    for _ in range(2):  # each answer comes after 0.3 s
+        sched.lease_gate.clear()
+        threading.Timer(0.3, sched.lease_gate.set).start()
+        assert worker._lease(prefetch=True) is not None
+    waited, answered = worker._prefetch_answers
+    assert 0.0 < waited < 0.25  # of its 0.3 s, 0.25 s were a wait for work (the scheduler's Server-Timing)
+    assert answered >= 0.3

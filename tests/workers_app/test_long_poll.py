@@ -14,11 +14,12 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from generation.models import Task
+from generation.models import Task, TaskAttempt
 from tests.conftest import CHECKPOINT, capabilities, make_worker, submit_task, worker_client
 from workers_app import apis as worker_apis
 from workers_app import services as worker_services
 from workers_app import waiting
+from workers_app.daemon.scheduler import server_wait
 from workers_app.models import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -89,6 +90,17 @@ def test_a_waiting_lease_is_answered_as_soon_as_a_task_is_queued(pool):
     assert time.monotonic() - asked < 5  # woken, not timed out (the wait was 20 s)
     assert response["T2I-Protocol"] == "3"
     assert waiting_workers() == []
+    # How long it waited for work, which the daemon leaves out of what getting a task costs.
+    assert 0 < server_wait(response["Server-Timing"]) < time.monotonic() - asked
+
+
+def test_a_lease_answered_at_once_tells_no_wait_and_the_seconds_expected():
+    _, token = make_worker()
+    task = submit_task()
+    response = worker_client(token).post(LEASE, {"wait": 20}, format="json")
+    assert response.status_code == 200 and "Server-Timing" not in response
+    expected = TaskAttempt.objects.get(task=task).expected_seconds
+    assert expected is not None and response.json()["expected_seconds"] == pytest.approx(expected)
 
 
 def test_one_task_wakes_one_waiter_not_all(pool, count_attempts):

@@ -117,11 +117,17 @@ class TaskControl:
                 self._expected_end = now + (maximum - value) * elapsed / done
 
     def time_left(self, now: float | None = None) -> float | None:
-        """Seconds until the sampler counting now ends, as its pace foresees; None when unknown (no two
-        reports of one sampler yet). Nodes after it (decoding, saving) are not in it."""
+        """Seconds until the sampler counting now ends, as its pace foresees (nodes after it, decoding and
+        saving, are not in it); before two reports of one sampler (a model load has none), until the end
+        the scheduler expects from ComfyUI's start (`expected_seconds`); None when neither is known."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            return None if self._expected_end is None else max(0.0, self._expected_end - now)
+            if self._expected_end is not None:
+                return max(0.0, self._expected_end - now)
+        expected = self.lease.expected_seconds
+        if expected is None or self.started_at is None:
+            return None
+        return max(0.0, self.started_at + expected - now)
 
     def mark_submitted(self) -> None:
         """The prompt is in ComfyUI's queue (or was given up): the loop may lease the next task now."""

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -153,6 +153,9 @@ class LeasedTask:
     preview_method: str = ""
     # Uploaded images its LoadImage nodes name: {sha256, name, subfolder} (fetch with input_image()).
     inputs: tuple[dict[str, str], ...] = ()
+    # Seconds the scheduler expects it to take from ComfyUI's start to its end (None: it cannot tell).
+    expected_seconds: float | None = None
+    waited: float = 0.0  # seconds the scheduler held the request waiting for work (its Server-Timing)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -175,6 +178,7 @@ class LeasedTask:
                     {k: str(item[k]) for k in ("sha256", "name", "subfolder")}
                     for item in body.get("inputs") or ()
                 ),
+                expected_seconds=_seconds(body.get("expected_seconds")),
                 raw=body,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -367,9 +371,10 @@ class SchedulerClient:
         if response.status_code == 204 or not response.content:
             return None
         try:
-            return LeasedTask.from_json(response.json())
+            lease = LeasedTask.from_json(response.json())
         except ValueError as exc:
             raise SchedulerError("lease answer is not JSON", code="bad_response") from exc
+        return replace(lease, waited=server_wait(response.headers.get("Server-Timing", "")))
 
     def start(self, task_id: str, lease_token: str, prompt_id: str) -> bool:
         """Mark the task running; returns True when the user already cancelled it."""
@@ -531,3 +536,27 @@ def _wanted(body: dict[str, Any]) -> str | None:
 def _warm(checkpoint: str | None) -> dict[str, str]:
     """The `warm_checkpoint` field, sent only when the worker knows it."""
     return {} if checkpoint is None else {"warm_checkpoint": checkpoint}
+
+
+def _seconds(value: Any) -> float | None:
+    """A lease answer's seconds: a non-negative number, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return float(value)
+
+
+def server_wait(header: str) -> float:
+    """Seconds of the `wait` metric in a Server-Timing header (`wait;dur=<ms>`): how long the scheduler held a
+    lease request waiting for work; 0 when the header has none."""
+    for metric in header.split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        if name != "wait":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "dur":
+                try:
+                    return max(0.0, float(value.strip().strip('"')) / 1000)
+                except ValueError:
+                    return 0.0
+    return 0.0

@@ -260,8 +260,8 @@ class WorkerLoop:
             self._lease_call = None
         self._scheduler_backoff.reset()
         held = time.monotonic() - asked_at
-        if prefetch and lease is not None:
-            self._prefetch_answers.append(held)
+        if prefetch and lease is not None:  # what getting it cost: not the time it waited for work
+            self._prefetch_answers.append(max(0.0, held - lease.waited))
         if lease is None and held < EMPTY_ANSWER_PAUSE:
             # Answered at once with nothing: a scheduler that does not long-poll must not make this loop
             # spin. One that held the request asks again at once, also when it ended the wait before `wait`
