@@ -84,6 +84,7 @@ async def wait_for_work(
     unused: dict | None = None  # a wake this request got but did not use: handed on if it ends here
     try:
         while await waiting.wait(waiter, deadline - loop.time()):
+            woken = loop.time()
             unused = waiter.event
             try:
                 answer = await again()
@@ -93,8 +94,9 @@ async def wait_for_work(
             nothing: PendingWait | None = getattr(answer, "pending_wait", None)
             if nothing is None:
                 unused = None
-                # How long this request waited, which is not what getting a task costs (the daemon's lead).
-                answer["Server-Timing"] = f"wait;dur={(loop.time() - started) * 1000:.1f}"
+                # How long this request waited for work, up to the wake-up this answer comes from: not what
+                # getting a task costs (the daemon's prefetch lead).
+                answer["Server-Timing"] = f"wait;dur={(woken - started) * 1000:.1f}"
                 return answer
             waiting.room.rearm(waiter)
             event, unused = unused, None

@@ -94,6 +94,28 @@ def test_a_waiting_lease_is_answered_as_soon_as_a_task_is_queued(pool):
     assert 0 < server_wait(response["Server-Timing"]) < time.monotonic() - asked
 
 
+def test_the_wait_an_answer_names_ends_at_its_wake_up(pool, monkeypatch):
+    """The attempt the wake-up makes is the work of getting a task, not part of the wait."""
+    worker, token = make_worker()
+    real = worker_services.worker_lease_next
+    attempts = []
+
+    def slow_after_the_wake(*, worker, **kwargs):
+        attempts.append(worker.pk)
+        if len(attempts) > 1:
+            time.sleep(0.5)
+        return real(worker=worker, **kwargs)
+
+    monkeypatch.setattr(worker_services, "worker_lease_next", slow_after_the_wake)
+    asked = time.monotonic()
+    answer = open_wait(pool, token, wait=20)
+    eventually(lambda: waiting_workers() == [worker.pk])
+    submit_task()
+    response = answer.result(timeout=5)
+    assert response.status_code == 200 and len(attempts) == 2
+    assert 0 < server_wait(response["Server-Timing"]) < time.monotonic() - asked - 0.5
+
+
 def test_a_lease_answered_at_once_tells_no_wait_and_the_seconds_expected():
     _, token = make_worker()
     task = submit_task()
