@@ -270,7 +270,10 @@ def test_the_lease_answers_after_a_wait_are_djangos_own(case):
         assert waiting_workers() == []
     ours, django = answers
     assert ours[0] == django[0] == (HTTPStatus.OK if case == "found" else HTTPStatus.CONFLICT), ours
-    assert same_headers(ours[1], django[1], moving=("content-length",)), (ours[1], django[1])
+    # Both name how long they waited for work (Server-Timing), each its own wait.
+    moving = ("content-length", "server-timing")
+    assert same_headers(ours[1], django[1], moving=moving), (ours[1], django[1])
+    assert "server-timing" in dict(ours[1])
     if case == "found":
         assert json.loads(ours[2]).keys() == json.loads(django[2]).keys()
     else:
